@@ -1,0 +1,1 @@
+//! crabbox-e2b-wire

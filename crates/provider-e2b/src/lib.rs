@@ -1,0 +1,1 @@
+//! crabbox-provider-e2b

@@ -1,0 +1,1 @@
+//! crabbox-provider-local
