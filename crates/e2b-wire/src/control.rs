@@ -1,0 +1,374 @@
+//! Control-plane REST bodies (`https://api.<domain>`), camelCase as the service
+//! writes them, plus the list endpoint's metadata filter encoding.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The envd version the emulator reports; `0.6.13` enables every SDK feature.
+pub const EMULATED_ENVD_VERSION: &str = "0.6.13";
+/// Default template of `POST /sandboxes`.
+pub const DEFAULT_TEMPLATE: &str = "base";
+/// Response header carrying the next page token of `GET /v2/sandboxes`.
+pub const NEXT_TOKEN_HEADER: &str = "x-next-token";
+
+/// `autoResume` of a create request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoResume {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+fn default_template() -> String {
+    DEFAULT_TEMPLATE.to_string()
+}
+
+/// Body of `POST /sandboxes` (v1) and `POST /v2/sandboxes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSandbox {
+    #[serde(
+        rename = "templateID",
+        alias = "templateId",
+        default = "default_template"
+    )]
+    pub template_id: String,
+    /// Seconds until the sandbox times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    /// The one snake_case field of the body.
+    #[serde(
+        rename = "allow_internet_access",
+        alias = "allowInternetAccess",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_internet_access: Option<bool>,
+    /// Pause instead of kill at timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause_memory: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<AutoResume>,
+    /// v1 only; every sandbox is secured now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<serde_json::Value>,
+}
+
+impl Default for NewSandbox {
+    fn default() -> Self {
+        Self {
+            template_id: default_template(),
+            timeout: None,
+            metadata: None,
+            env_vars: None,
+            allow_internet_access: None,
+            auto_pause: None,
+            auto_pause_memory: None,
+            auto_resume: None,
+            secure: None,
+            network: None,
+            volume_mounts: None,
+            mcp: None,
+        }
+    }
+}
+
+/// Create/connect response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    pub envd_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    /// Nullable: written as `null` when absent.
+    #[serde(default)]
+    pub traffic_access_token: Option<String>,
+    /// Nullable: `null` means "use the configured domain".
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// `running` or `paused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Running,
+    Paused,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "running" => Some(SandboxState::Running),
+            "paused" => Some(SandboxState::Paused),
+            _ => None,
+        }
+    }
+}
+
+/// What happens at timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    Kill,
+    Pause,
+}
+
+/// `lifecycle` of a sandbox detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    pub auto_resume: bool,
+    pub on_timeout: OnTimeout,
+}
+
+/// `GET /sandboxes/{id}` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxDetail {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub end_at: String,
+    pub envd_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u32,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u32,
+    pub state: SandboxState,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_internet_access: Option<bool>,
+}
+
+/// One element of `GET /v2/sandboxes` (and v1 `GET /sandboxes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedSandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    pub started_at: String,
+    pub end_at: String,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u32,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u32,
+    pub state: SandboxState,
+    pub envd_version: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `POST /sandboxes/{id}/timeout` body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutRequest {
+    pub timeout: u64,
+}
+
+/// `POST /v2/sandboxes/{id}/connect` (and v1) body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectSandboxRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
+/// `POST /sandboxes/{id}/pause` body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+}
+
+/// Every control-plane error body: `{"code": <http status>, "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Encodes a metadata filter as the value of the list endpoint's `metadata`
+/// query parameter: `k=v&k2=v2` with each key and value percent-encoded. The
+/// caller's URL builder encodes the whole string once more as a query value.
+pub fn encode_metadata_filter(filter: &BTreeMap<String, String>) -> String {
+    filter
+        .iter()
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Decodes the `metadata` query parameter value (already query-decoded once) into
+/// key/value pairs. Accepts both single- and double-encoded pairs, since the SDK
+/// quotes each key and value before form-encoding them.
+pub fn decode_metadata_filter(value: &str) -> Vec<(String, String)> {
+    value
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = percent_decode(&percent_decode(&k.replace('+', " ")));
+            let v = percent_decode(&percent_decode(&v.replace('+', " ")));
+            (k, v)
+        })
+        .collect()
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` escapes; malformed escapes are kept literally.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn new_sandbox_reads_sdk_body() {
+        let body = json!({
+            "templateID": "base", "timeout": 300, "autoPause": false,
+            "metadata": {"owner": "crabbox"}, "envVars": {"A": "1"},
+            "allow_internet_access": true, "autoResume": {"enabled": false}
+        });
+        let parsed: NewSandbox = serde_json::from_value(body).unwrap();
+        assert_eq!(parsed.template_id, "base");
+        assert_eq!(parsed.timeout, Some(300));
+        assert_eq!(parsed.allow_internet_access, Some(true));
+        assert_eq!(parsed.env_vars.unwrap()["A"], "1");
+        let empty: NewSandbox = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(empty.template_id, DEFAULT_TEMPLATE);
+    }
+
+    #[test]
+    fn sandbox_writes_null_domain() {
+        let sandbox = Sandbox {
+            template_id: "base".into(),
+            sandbox_id: "i123".into(),
+            client_id: "emulator".into(),
+            envd_version: EMULATED_ENVD_VERSION.into(),
+            alias: None,
+            envd_access_token: Some("tok".into()),
+            traffic_access_token: None,
+            domain: None,
+        };
+        let value = serde_json::to_value(&sandbox).unwrap();
+        assert_eq!(value["domain"], serde_json::Value::Null);
+        assert_eq!(value["sandboxID"], "i123");
+        assert_eq!(value["envdAccessToken"], "tok");
+    }
+
+    #[test]
+    fn metadata_filter_round_trips() {
+        let mut filter = BTreeMap::new();
+        filter.insert("run id".to_string(), "a&b=c".to_string());
+        filter.insert("owner".to_string(), "crab".to_string());
+        let encoded = encode_metadata_filter(&filter);
+        let decoded = decode_metadata_filter(&encoded);
+        assert_eq!(decoded.into_iter().collect::<BTreeMap<_, _>>(), filter);
+    }
+
+    #[test]
+    fn metadata_filter_reads_sdk_double_encoding() {
+        // The SDK quotes "a b" to "a%20b" and then form-encodes it to "a%2520b".
+        assert_eq!(
+            decode_metadata_filter("a%2520b=x%2Fy&k=v"),
+            vec![
+                ("a b".to_string(), "x/y".to_string()),
+                ("k".into(), "v".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn percent_decode_keeps_malformed_escapes() {
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+}

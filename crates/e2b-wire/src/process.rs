@@ -1,0 +1,328 @@
+//! `process.Process` messages in proto3-JSON form.
+//!
+//! Oneofs are flattened into their parent object as proto3 JSON requires, so a
+//! process event is `{"event": {"data": {"stdout": "aGkK"}}}`.
+
+use crate::proto_enum;
+use crate::proto_json::{self, is_default};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The fully qualified service name; RPC paths are `/process.Process/<Method>`.
+pub const SERVICE: &str = "process.Process";
+
+/// What to run: `cmd` with `args`, `envs` on top of the user's defaults, in `cwd`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessConfig {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmd: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub envs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+/// Terminal size of a PTY session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    #[serde(
+        default,
+        with = "proto_json::uint32",
+        skip_serializing_if = "is_default"
+    )]
+    pub cols: u32,
+    #[serde(
+        default,
+        with = "proto_json::uint32",
+        skip_serializing_if = "is_default"
+    )]
+    pub rows: u32,
+}
+
+/// PTY request: present means "run under a pseudo-terminal".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pty {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<PtySize>,
+}
+
+/// `Start` request body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<Pty>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Explicit `optional`: written even when `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<bool>,
+}
+
+/// Picks a process by pid or by tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessSelector {
+    Pid(#[serde(with = "proto_json::uint32")] u32),
+    Tag(String),
+}
+
+/// `Connect` request body: re-attach to a running process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSelector>,
+}
+
+/// First event of every stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartEvent {
+    #[serde(
+        default,
+        with = "proto_json::uint32",
+        skip_serializing_if = "is_default"
+    )]
+    pub pid: u32,
+}
+
+/// One chunk of output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataEvent {
+    Stdout(#[serde(with = "proto_json::base64_bytes")] Vec<u8>),
+    Stderr(#[serde(with = "proto_json::base64_bytes")] Vec<u8>),
+    Pty(#[serde(with = "proto_json::base64_bytes")] Vec<u8>),
+}
+
+/// Last event of a stream: how the process ended.
+///
+/// Exit 0 leaves `exitCode` out; a killed process has `exitCode: -1`,
+/// `exited: false` and a status such as `"signal: killed"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndEvent {
+    #[serde(
+        default,
+        alias = "exit_code",
+        with = "proto_json::int32",
+        skip_serializing_if = "is_default"
+    )]
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub exited: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Sent during silence so proxies and clients know the stream is alive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepAlive {}
+
+/// The `event` oneof of `ProcessEvent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessEvent {
+    Start(StartEvent),
+    Data(DataEvent),
+    End(EndEvent),
+    Keepalive(KeepAlive),
+}
+
+/// One message of a `Start` or `Connect` stream: `{"event": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<ProcessEvent>,
+}
+
+/// `Connect` streams carry the same messages as `Start`.
+pub type ConnectResponse = StartResponse;
+
+impl StartResponse {
+    pub fn new(event: ProcessEvent) -> Self {
+        Self { event: Some(event) }
+    }
+}
+
+proto_enum! {
+    /// `process.Signal`.
+    pub enum Signal {
+        Unspecified = (0, "SIGNAL_UNSPECIFIED"),
+        Sigterm = (15, "SIGNAL_SIGTERM"),
+        Sigkill = (9, "SIGNAL_SIGKILL"),
+    }
+}
+
+/// `SendSignal` request body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendSignalRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSelector>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub signal: Signal,
+}
+
+/// The `input` oneof of `ProcessInput`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessInput {
+    Stdin(#[serde(with = "proto_json::base64_bytes")] Vec<u8>),
+    Pty(#[serde(with = "proto_json::base64_bytes")] Vec<u8>),
+}
+
+/// `SendInput` request body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendInputRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<ProcessInput>,
+}
+
+/// `CloseStdin` request body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseStdinRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSelector>,
+}
+
+/// `Update` request body (PTY resize).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<Pty>,
+}
+
+/// `List` request body (no fields).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {}
+
+/// One running process in a `List` response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ProcessConfig>,
+    #[serde(
+        default,
+        with = "proto_json::uint32",
+        skip_serializing_if = "is_default"
+    )]
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// `List` response body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListResponse {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// Response of `SendSignal`, `SendInput`, `CloseStdin` and `Update`: `{}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn start_request_matches_sdk_shape() {
+        let body = json!({
+            "process": {"cmd": "/bin/bash", "args": ["-l", "-c", "echo hi"],
+                        "envs": {"A": "1"}, "cwd": "/home/user"},
+            "stdin": false,
+            "unknownField": 3
+        });
+        let req: StartRequest = serde_json::from_value(body).unwrap();
+        let process = req.process.as_ref().unwrap();
+        assert_eq!(process.cmd, "/bin/bash");
+        assert_eq!(process.args, ["-l", "-c", "echo hi"]);
+        assert_eq!(process.cwd.as_deref(), Some("/home/user"));
+        assert_eq!(req.stdin, Some(false));
+        let out = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            out["stdin"],
+            json!(false),
+            "explicit optional false is kept"
+        );
+    }
+
+    #[test]
+    fn events_serialize_as_flattened_oneofs() {
+        let start = StartResponse::new(ProcessEvent::Start(StartEvent { pid: 42 }));
+        assert_eq!(
+            serde_json::to_value(&start).unwrap(),
+            json!({"event": {"start": {"pid": 42}}})
+        );
+        let data = StartResponse::new(ProcessEvent::Data(DataEvent::Stdout(b"hi\n".to_vec())));
+        assert_eq!(
+            serde_json::to_value(&data).unwrap(),
+            json!({"event": {"data": {"stdout": "aGkK"}}})
+        );
+        let keepalive = StartResponse::new(ProcessEvent::Keepalive(KeepAlive {}));
+        assert_eq!(
+            serde_json::to_value(&keepalive).unwrap(),
+            json!({"event": {"keepalive": {}}})
+        );
+    }
+
+    #[test]
+    fn end_event_omits_zero_values() {
+        let ok = EndEvent {
+            exit_code: 0,
+            exited: true,
+            status: "exit status 0".into(),
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_value(ProcessEvent::End(ok)).unwrap(),
+            json!({"end": {"exited": true, "status": "exit status 0"}})
+        );
+        let killed: EndEvent =
+            serde_json::from_value(json!({"exit_code": "-1", "status": "signal: killed"})).unwrap();
+        assert_eq!(killed.exit_code, -1);
+        assert!(!killed.exited);
+    }
+
+    #[test]
+    fn signal_reads_names_and_numbers() {
+        let by_name: SendSignalRequest =
+            serde_json::from_value(json!({"process": {"pid": 5}, "signal": "SIGNAL_SIGKILL"}))
+                .unwrap();
+        assert_eq!(by_name.signal, Signal::Sigkill);
+        assert_eq!(by_name.process, Some(ProcessSelector::Pid(5)));
+        let by_number: SendSignalRequest =
+            serde_json::from_value(json!({"process": {"pid": "5"}, "signal": 15})).unwrap();
+        assert_eq!(by_number.signal, Signal::Sigterm);
+        assert_eq!(
+            serde_json::to_value(&by_number).unwrap(),
+            json!({"process": {"pid": 5}, "signal": "SIGNAL_SIGTERM"})
+        );
+    }
+
+    #[test]
+    fn input_bytes_are_padded_base64() {
+        let req = SendInputRequest {
+            process: Some(ProcessSelector::Pid(1)),
+            input: Some(ProcessInput::Stdin(b"a".to_vec())),
+        };
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({"process": {"pid": 1}, "input": {"stdin": "YQ=="}})
+        );
+        let unpadded: SendInputRequest =
+            serde_json::from_value(json!({"input": {"pty": "YQ"}})).unwrap();
+        assert_eq!(unpadded.input, Some(ProcessInput::Pty(b"a".to_vec())));
+    }
+}
