@@ -1,0 +1,443 @@
+//! The provider conformance suite: behaviour every provider must show, written once against
+//! `&dyn Provider`. A provider crate runs it from its own tests (against the real backend or an
+//! emulator of it) by calling [`run_all`] or the individual checks.
+//!
+//! Each check panics with a message naming the behaviour that broke.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::command::RemoteCommand;
+use crate::provider::{
+    KeepPolicy, OutputSink, Provider, RunOutcome, RunRequest, SilentReporter, StatusRequest,
+    StopRequest, SyncSource, WarmupRequest,
+};
+use crate::sync::{SyncManifest, SyncOptions};
+use crate::Error;
+
+/// Collects a run's output per stream, in arrival order.
+#[derive(Debug, Default)]
+pub struct CapturedOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl CapturedOutput {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+impl OutputSink for CapturedOutput {
+    fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.stdout.extend_from_slice(chunk);
+        Ok(())
+    }
+    fn stderr(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.stderr.extend_from_slice(chunk);
+        Ok(())
+    }
+}
+
+/// A temporary git repository with tracked, untracked, ignored and deleted files.
+pub struct RepoFixture {
+    dir: tempfile::TempDir,
+}
+
+/// Runs git in `dir` with a fixed identity and no user/global config.
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=crabbox-test",
+            "-c",
+            "user.email=test@crabbox.invalid",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl RepoFixture {
+    /// `tracked.txt`, `src/lib.txt`, `run.sh` (0755), `gone.txt` (tracked, deleted from the
+    /// work tree), `untracked.txt`, and `ignored.log` + `build/` ignored by `.gitignore`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        git(root, &["init", "-q"]);
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::write(root.join("tracked.txt"), "tracked\n").unwrap();
+        std::fs::write(root.join("src/lib.txt"), "lib\n").unwrap();
+        std::fs::write(root.join("run.sh"), "#!/bin/sh\necho script-ran\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(root.join("gone.txt"), "soon gone\n").unwrap();
+        std::fs::write(root.join(".gitignore"), "*.log\nbuild/\n").unwrap();
+        git(root, &["add", "."]);
+        git(root, &["commit", "-q", "-m", "fixture"]);
+        std::fs::remove_file(root.join("gone.txt")).unwrap();
+        std::fs::write(root.join("untracked.txt"), "untracked\n").unwrap();
+        std::fs::write(root.join("ignored.log"), "ignored\n").unwrap();
+        std::fs::create_dir_all(root.join("build")).unwrap();
+        std::fs::write(root.join("build/out.o"), "object\n").unwrap();
+        Self { dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The files a sync of this fixture must put on the box.
+    pub fn expected_files() -> Vec<&'static str> {
+        vec![
+            ".gitignore",
+            "run.sh",
+            "src/lib.txt",
+            "tracked.txt",
+            "untracked.txt",
+        ]
+    }
+
+    pub fn sync_source(&self) -> SyncSource {
+        SyncSource {
+            root: self.root().to_path_buf(),
+            manifest: SyncManifest::build(self.root(), &SyncOptions::default()).expect("manifest"),
+        }
+    }
+}
+
+impl Default for RepoFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A run request with the suite's defaults.
+pub fn request(repo: &RepoFixture, id: Option<&str>, argv: &[&str]) -> RunRequest {
+    RunRequest {
+        id: id.map(String::from),
+        command: RemoteCommand::new(argv.iter().map(|s| s.to_string()).collect(), false),
+        sync: Some(repo.sync_source()),
+        keep: KeepPolicy::Never,
+        env: BTreeMap::new(),
+        ttl: Duration::from_secs(600),
+        slug: None,
+        repo_root: Some(repo.root().to_path_buf()),
+        cancel: CancellationToken::new(),
+    }
+}
+
+async fn run(p: &dyn Provider, req: &RunRequest) -> (RunOutcome, CapturedOutput) {
+    let mut out = CapturedOutput::default();
+    let outcome = p
+        .run(req, &mut out, &SilentReporter)
+        .await
+        .unwrap_or_else(|e| panic!("run {:?} failed: {e}", req.command.argv));
+    (outcome, out)
+}
+
+async fn lease_ids(p: &dyn Provider) -> Vec<String> {
+    let mut ids: Vec<String> = p
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|b| b.lease_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Exit code of the remote command comes back; stdout and stderr stay separate.
+pub async fn exit_code_and_split_streams(p: &dyn Provider) {
+    let repo = RepoFixture::new();
+    let req = request(
+        &repo,
+        None,
+        &["/bin/sh", "-c", "echo to-out; echo to-err >&2; exit 7"],
+    );
+    let (outcome, out) = run(p, &req).await;
+    assert_eq!(outcome.exit_code, 7, "remote exit code must be returned");
+    assert_eq!(out.stdout_str(), "to-out\n", "stdout must hold only stdout");
+    assert_eq!(out.stderr_str(), "to-err\n", "stderr must hold only stderr");
+    assert!(!outcome.kept, "a one-shot run must not keep its box");
+}
+
+/// The synced tree is tracked + untracked-not-ignored, minus deleted files; modes survive; the
+/// command runs in the workdir.
+pub async fn sync_sends_the_manifest(p: &dyn Provider) {
+    let repo = RepoFixture::new();
+    let req = request(
+        &repo,
+        None,
+        &[
+            "/bin/sh",
+            "-c",
+            "find . -type f -o -type l | sed 's|^\\./||' | sort; ./run.sh",
+        ],
+    );
+    let (outcome, out) = run(p, &req).await;
+    assert_eq!(outcome.exit_code, 0, "stderr: {}", out.stderr_str());
+    let mut lines: Vec<&str> = out.stdout_str().leak().lines().collect();
+    assert_eq!(
+        lines.pop(),
+        Some("script-ran"),
+        "executable mode must survive sync"
+    );
+    assert_eq!(lines, RepoFixture::expected_files(), "synced file set");
+    let report = outcome.sync.expect("sync report");
+    assert_eq!(report.files, RepoFixture::expected_files().len() as u64);
+}
+
+/// Quoting: argv words arrive intact; `--shell` words are shell source.
+pub async fn argv_is_quoted_and_shell_mode_is_raw(p: &dyn Provider) {
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["printf", "%s|", "a b", "it's", "$HOME"]);
+    req.sync = None;
+    let (_, out) = run(p, &req).await;
+    assert_eq!(out.stdout_str(), "a b|it's|$HOME|");
+    let mut req = request(
+        &repo,
+        None,
+        &["echo", "one", "&&", "echo", "two", "|", "tr", "a-z", "A-Z"],
+    );
+    req.command.shell = true;
+    req.sync = None;
+    let (_, out) = run(p, &req).await;
+    assert_eq!(out.stdout_str(), "one\nTWO\n");
+}
+
+/// Only the allow-listed environment reaches the command.
+pub async fn env_reaches_the_command(p: &dyn Provider) {
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["/bin/sh", "-c", "echo \"ci=$CI\""]);
+    req.env.insert("CI".into(), "from-caller".into());
+    req.sync = None;
+    let (_, out) = run(p, &req).await;
+    assert_eq!(out.stdout_str(), "ci=from-caller\n");
+}
+
+/// A one-shot run leaves no box behind.
+pub async fn one_shot_run_leaves_nothing(p: &dyn Provider) {
+    let before = lease_ids(p).await;
+    let repo = RepoFixture::new();
+    run(p, &request(&repo, None, &["true"])).await;
+    assert_eq!(
+        lease_ids(p).await,
+        before,
+        "one-shot run must release its box"
+    );
+}
+
+/// warmup, reuse by lease id and by slug (build outputs survive, deleted files go), status,
+/// list, stop; afterwards the lease is unknown (exit 4).
+pub async fn warm_box_lifecycle(p: &dyn Provider) {
+    let repo = RepoFixture::new();
+    let warm = p
+        .warmup(
+            &WarmupRequest {
+                slug: None,
+                ttl: Duration::from_secs(600),
+                repo_root: Some(repo.root().into()),
+            },
+            &SilentReporter,
+        )
+        .await
+        .expect("warmup");
+    assert!(
+        crate::lease::is_lease_id(&warm.lease_id),
+        "lease id shape: {}",
+        warm.lease_id
+    );
+    assert!(!warm.slug.is_empty());
+    assert!(
+        lease_ids(p).await.contains(&warm.lease_id),
+        "list must show a warm box"
+    );
+
+    let (o, out) = run(
+        p,
+        &request(
+            &repo,
+            Some(&warm.lease_id),
+            &[
+                "/bin/sh",
+                "-c",
+                "mkdir -p target && echo built > target/artifact && pwd",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert!(o.kept && !o.created, "reuse must keep the warm box");
+    assert_eq!(
+        out.stdout_str().trim_end(),
+        warm.workdir,
+        "command must run in the workdir"
+    );
+
+    std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
+    std::fs::write(repo.root().join("tracked.txt"), "changed\n").unwrap();
+    let (o, out) = run(p, &request(&repo, Some(&warm.slug), &["/bin/sh", "-c", "cat target/artifact tracked.txt; test -e untracked.txt && echo stale || echo removed"])).await;
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(
+        out.stdout_str(),
+        "built\nchanged\nremoved\n",
+        "warm reuse keeps build outputs, updates and deletes synced files"
+    );
+
+    let st = p
+        .status(&StatusRequest {
+            id: warm.lease_id.clone(),
+            wait: Some(Duration::from_secs(30)),
+        })
+        .await
+        .expect("status");
+    assert!(st.ready, "status of a warm box: {st:?}");
+    assert_eq!(st.slug, warm.slug);
+
+    let stopped = p
+        .stop(&StopRequest {
+            id: warm.slug.clone(),
+            reclaim: false,
+        })
+        .await
+        .expect("stop by slug");
+    assert_eq!(stopped.lease_id, warm.lease_id);
+    assert!(
+        !lease_ids(p).await.contains(&warm.lease_id),
+        "stopped box must leave the list"
+    );
+    let err = p
+        .status(&StatusRequest {
+            id: warm.lease_id.clone(),
+            wait: None,
+        })
+        .await
+        .expect_err("status after stop");
+    assert_eq!(err.exit_code(), 4, "{err}");
+}
+
+/// `stop` of a lease nobody has: not found, exit 4.
+pub async fn stop_unknown_is_not_found(p: &dyn Provider) {
+    let err = p
+        .stop(&StopRequest {
+            id: "cbx_000000000000".into(),
+            reclaim: false,
+        })
+        .await
+        .expect_err("stop unknown");
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    let err = p
+        .stop(&StopRequest {
+            id: "no-such-slug".into(),
+            reclaim: false,
+        })
+        .await
+        .expect_err("stop unknown slug");
+    assert_eq!(err.exit_code(), 4);
+}
+
+/// `--keep-on-failure` keeps the box when the command fails, and it can be stopped after.
+pub async fn keep_on_failure_keeps_failed_box(p: &dyn Provider) {
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["/bin/sh", "-c", "exit 3"]);
+    req.keep = KeepPolicy::OnFailure;
+    let (o, _) = run(p, &req).await;
+    assert_eq!(o.exit_code, 3);
+    assert!(o.kept, "failed run with keep-on-failure must keep the box");
+    assert!(lease_ids(p).await.contains(&o.lease_id));
+    p.stop(&StopRequest {
+        id: o.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .expect("stop kept box");
+    let mut req = request(&repo, None, &["true"]);
+    req.keep = KeepPolicy::OnFailure;
+    let (o, _) = run(p, &req).await;
+    assert!(
+        !o.kept,
+        "successful run with keep-on-failure must release the box"
+    );
+}
+
+/// Cancelling a run stops the remote command and returns `Interrupted`.
+pub async fn cancel_stops_the_command(p: &dyn Provider) {
+    let repo = RepoFixture::new();
+    let marker = format!("/tmp/crabbox-cancel-{}", crate::lease::new_lease_id());
+    let mut req = request(
+        &repo,
+        None,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("echo started; sleep 30; touch {marker}"),
+        ],
+    );
+    req.sync = None;
+    let cancel = req.cancel.clone();
+    let before = lease_ids(p).await;
+    let started = std::time::Instant::now();
+    let task = async {
+        let mut out = CapturedOutput::default();
+        p.run(&req, &mut out, &SilentReporter).await
+    };
+    let trigger = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(task, trigger);
+    let err = result.expect_err("cancelled run must fail");
+    assert!(matches!(err, Error::Interrupted), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "cancel must not wait for the command"
+    );
+    assert_eq!(
+        lease_ids(p).await,
+        before,
+        "cancelled one-shot run must release its box"
+    );
+}
+
+/// Every check, in order.
+pub async fn run_all(p: &dyn Provider) {
+    exit_code_and_split_streams(p).await;
+    sync_sends_the_manifest(p).await;
+    argv_is_quoted_and_shell_mode_is_raw(p).await;
+    env_reaches_the_command(p).await;
+    one_shot_run_leaves_nothing(p).await;
+    warm_box_lifecycle(p).await;
+    stop_unknown_is_not_found(p).await;
+    keep_on_failure_keeps_failed_box(p).await;
+    cancel_stops_the_command(p).await;
+}
+
+/// A scratch state directory for a provider under test.
+pub fn scratch_dir() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let p = d.path().to_path_buf();
+    (d, p)
+}

@@ -1,0 +1,228 @@
+//! The sync archive: tar + gzip written as a stream, and its safe extraction.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use super::manifest::{EntryKind, SyncEntry};
+use crate::error::{Error, Result};
+
+/// What went into an archive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArchiveStats {
+    pub files: u64,
+    /// Uncompressed content bytes.
+    pub bytes: u64,
+}
+
+/// Writes `entries` (read from under `root`) as tar+gzip into `out`, in the given order (the
+/// manifest's sorted order). Memory stays bounded: each file is copied through in chunks.
+/// `on_progress` gets the running count of content bytes.
+pub fn write_archive<'a, W: Write>(
+    root: &Path,
+    entries: impl IntoIterator<Item = &'a SyncEntry>,
+    out: W,
+    mut on_progress: impl FnMut(u64),
+) -> Result<ArchiveStats> {
+    let gz = GzEncoder::new(out, Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut stats = ArchiveStats::default();
+    let write_err = |e: std::io::Error| Error::Sync(format!("writing sync archive: {e}"));
+    for entry in entries {
+        let full = root.join(&entry.path);
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(entry.mode);
+        header.set_mtime(u64::try_from(entry.mtime_ns / 1_000_000_000).unwrap_or(0));
+        header.set_uid(0);
+        header.set_gid(0);
+        match entry.kind {
+            EntryKind::File => {
+                let file = std::fs::File::open(&full).map_err(Error::io("reading", &full))?;
+                // Size from the open file, not the manifest: the tree may have changed since.
+                let len = file.metadata().map_err(Error::io("reading", &full))?.len();
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(len);
+                tar.append_data(&mut header, &entry.path, file.take(len))
+                    .map_err(|e| {
+                        Error::Sync(format!(
+                            "adding {} to the sync archive: {e}",
+                            full.display()
+                        ))
+                    })?;
+                stats.bytes += len;
+            }
+            EntryKind::Symlink => {
+                let target = entry.link_target.as_deref().unwrap_or_default();
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                tar.append_link(&mut header, &entry.path, target)
+                    .map_err(|e| {
+                        Error::Sync(format!(
+                            "adding link {} to the sync archive: {e}",
+                            full.display()
+                        ))
+                    })?;
+            }
+        }
+        stats.files += 1;
+        on_progress(stats.bytes);
+    }
+    let gz = tar.into_inner().map_err(write_err)?;
+    gz.finish().map_err(write_err)?.flush().map_err(write_err)?;
+    Ok(stats)
+}
+
+/// Unpacks a tar+gzip stream under `dest`, refusing absolute paths, `..` components and
+/// anything but regular files, directories and symlinks. Existing files are replaced; files
+/// not in the archive are left alone. Returns the paths written.
+pub fn extract_archive<R: Read>(input: R, dest: &Path) -> Result<Vec<String>> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    let mut written = Vec::new();
+    let bad = |e: std::io::Error| Error::Sync(format!("reading sync archive: {e}"));
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.into_owned();
+        if path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(Error::Sync(format!(
+                "refusing sync archive entry {}: absolute paths and '..' are not allowed",
+                path.display()
+            )));
+        }
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+            return Err(Error::Sync(format!(
+                "refusing sync archive entry {}: unsupported type",
+                path.display()
+            )));
+        }
+        let target = dest.join(&path);
+        // Replace whatever is there (a symlink must not redirect the write).
+        if let Ok(meta) = std::fs::symlink_metadata(&target) {
+            if !meta.is_dir() || !kind.is_dir() {
+                let _ = if meta.is_dir() {
+                    std::fs::remove_dir_all(&target)
+                } else {
+                    std::fs::remove_file(&target)
+                };
+            }
+        }
+        let ok = entry.unpack_in(dest).map_err(|e| {
+            Error::Sync(format!(
+                "extracting {} into {}: {e}",
+                path.display(),
+                dest.display()
+            ))
+        })?;
+        if !ok {
+            return Err(Error::Sync(format!(
+                "refusing sync archive entry {}: it would land outside {}",
+                path.display(),
+                dest.display()
+            )));
+        }
+        written.push(path.to_string_lossy().into_owned());
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::{SyncManifest, SyncOptions};
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn round_trip_keeps_content_modes_and_links() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("d")).unwrap();
+        std::fs::write(src.path().join("d/a.txt"), "hello").unwrap();
+        std::fs::write(src.path().join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            src.path().join("run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("d/a.txt", src.path().join("link")).unwrap();
+        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
+        let mut buf = Vec::new();
+        let stats = write_archive(src.path(), &m.entries, &mut buf, |_| {}).unwrap();
+        assert_eq!(stats.files, 3);
+        assert_eq!(stats.bytes, 5 + 10);
+        let dst = tempfile::tempdir().unwrap();
+        let written = extract_archive(&buf[..], dst.path()).unwrap();
+        assert_eq!(written.len(), 3);
+        assert_eq!(
+            std::fs::read_to_string(dst.path().join("d/a.txt")).unwrap(),
+            "hello"
+        );
+        let mode = std::fs::metadata(dst.path().join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(
+            std::fs::read_link(dst.path().join("link")).unwrap(),
+            Path::new("d/a.txt")
+        );
+    }
+
+    #[test]
+    fn archive_is_deterministic() {
+        let src = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            std::fs::write(src.path().join(format!("f{i}")), format!("{i}")).unwrap();
+        }
+        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        write_archive(src.path(), &m.entries, &mut a, |_| {}).unwrap();
+        write_archive(src.path(), &m.entries, &mut b, |_| {}).unwrap();
+        assert_eq!(a, b);
+    }
+
+    fn raw_tar_with_path(path: &[u8]) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        // Write the name bytes directly: the builder itself refuses '..'.
+        header.as_old_mut().name[..path.len()].copy_from_slice(path);
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        let mut tar_bytes = Vec::new();
+        tar_bytes.extend_from_slice(header.as_bytes());
+        let mut block = [0u8; 512];
+        block[0] = b'x';
+        tar_bytes.extend_from_slice(&block);
+        tar_bytes.extend_from_slice(&[0u8; 1024]);
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(&tar_bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn extraction_refuses_parent_components() {
+        let dst = tempfile::tempdir().unwrap();
+        let inner = dst.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        let err = extract_archive(&raw_tar_with_path(b"../escape.txt")[..], &inner).unwrap_err();
+        assert_eq!(err.exit_code(), 6, "{err}");
+        assert!(!dst.path().join("escape.txt").exists());
+    }
+
+    #[test]
+    fn extraction_refuses_absolute_paths() {
+        let dst = tempfile::tempdir().unwrap();
+        let err = extract_archive(&raw_tar_with_path(b"/tmp/crabbox-abs-test")[..], dst.path())
+            .unwrap_err();
+        assert!(err.to_string().contains("absolute"), "{err}");
+    }
+}

@@ -1,0 +1,433 @@
+//! The sync manifest: which files of the working tree go to the box.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A regular file or a symlink (kept as a link, never followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Symlink,
+}
+
+/// One file to sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncEntry {
+    /// Relative to the root, `/`-separated, never empty, never with `..`.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits.
+    pub mode: u32,
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// For symlinks, where they point (as stored, not resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+/// Size guardrails: warn past the soft limits, refuse past the hard ones unless forced.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncLimits {
+    pub warn_files: usize,
+    pub warn_bytes: u64,
+    pub max_files: usize,
+    pub max_bytes: u64,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        const GIB: u64 = 1 << 30;
+        Self {
+            warn_files: 50_000,
+            warn_bytes: 5 * GIB,
+            max_files: 150_000,
+            max_bytes: 20 * GIB,
+        }
+    }
+}
+
+/// How to choose files.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// gitignore-style patterns to leave out (`sync.exclude`).
+    pub exclude: Vec<String>,
+    /// gitignore-style patterns; when non-empty only matching files are synced (`sync.include`).
+    pub include: Vec<String>,
+    /// `--force-sync-large` / `CRABBOX_SYNC_ALLOW_LARGE=1`.
+    pub allow_large: bool,
+    pub limits: SyncLimits,
+}
+
+/// The files to sync, sorted by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncManifest {
+    pub entries: Vec<SyncEntry>,
+    pub total_bytes: u64,
+    /// Soft-limit warnings for the front end to print.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// Always left out, whatever the config says.
+const BUILTIN_EXCLUDES: &[&str] = &[".git"];
+const CRABBOXIGNORE: &str = ".crabboxignore";
+
+impl SyncManifest {
+    /// Chooses the files under `root`: in a git work tree, tracked plus untracked-not-ignored
+    /// (deleted tracked files are skipped); elsewhere, a walk honouring `.gitignore`, `.ignore`
+    /// and `.crabboxignore`. Then `.crabboxignore` and `sync.exclude` remove, `sync.include`
+    /// narrows, and the size guardrails apply.
+    pub fn build(root: &Path, opts: &SyncOptions) -> Result<Self> {
+        let candidates = match git_files(root)? {
+            Some(files) => files,
+            None => walk_files(root)?,
+        };
+        let exclude = matcher(root, &opts.exclude, Some(&root.join(CRABBOXIGNORE)))?;
+        let include = if opts.include.is_empty() {
+            None
+        } else {
+            Some(matcher(root, &opts.include, None)?)
+        };
+        let mut entries = BTreeMap::new();
+        for rel in candidates {
+            if !is_clean_relative(&rel) || rel.split('/').any(|c| BUILTIN_EXCLUDES.contains(&c)) {
+                continue;
+            }
+            if exclude.matched_path_or_any_parents(&rel, false).is_ignore() {
+                continue;
+            }
+            if let Some(inc) = &include {
+                if !inc.matched_path_or_any_parents(&rel, false).is_ignore() {
+                    continue;
+                }
+            }
+            let full = root.join(&rel);
+            let meta = match std::fs::symlink_metadata(&full) {
+                Ok(m) => m,
+                // Deleted but still tracked: not part of the tree any more.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("reading", full)(e)),
+            };
+            let ft = meta.file_type();
+            let (kind, link_target) = if ft.is_symlink() {
+                let target = std::fs::read_link(&full).map_err(Error::io("reading link", &full))?;
+                (
+                    EntryKind::Symlink,
+                    Some(target.to_string_lossy().into_owned()),
+                )
+            } else if ft.is_file() {
+                (EntryKind::File, None)
+            } else {
+                // Directories (submodules), sockets, fifos: not synced.
+                continue;
+            };
+            let size = if kind == EntryKind::File {
+                meta.len()
+            } else {
+                0
+            };
+            let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+            entries.insert(
+                rel.clone(),
+                SyncEntry {
+                    path: rel,
+                    kind,
+                    mode: meta.permissions().mode() & 0o7777,
+                    size,
+                    mtime_ns,
+                    link_target,
+                },
+            );
+        }
+        let entries: Vec<SyncEntry> = entries.into_values().collect();
+        let total_bytes = entries.iter().map(|e| e.size).sum();
+        let mut manifest = SyncManifest {
+            entries,
+            total_bytes,
+            warnings: Vec::new(),
+        };
+        manifest.check_limits(root, opts)?;
+        Ok(manifest)
+    }
+
+    fn check_limits(&mut self, root: &Path, opts: &SyncOptions) -> Result<()> {
+        let l = opts.limits;
+        let files = self.entries.len();
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        if (files > l.max_files || self.total_bytes > l.max_bytes) && !opts.allow_large {
+            return Err(Error::Sync(format!(
+                "{} would sync {files} files ({:.2} GiB), over the limit of {} files / {:.0} GiB; \
+                 add excludes to .crabboxignore or sync.exclude, or pass --force-sync-large \
+                 (CRABBOX_SYNC_ALLOW_LARGE=1)",
+                root.display(),
+                gib(self.total_bytes),
+                l.max_files,
+                gib(l.max_bytes)
+            )));
+        }
+        if files > l.warn_files || self.total_bytes > l.warn_bytes {
+            self.warnings.push(format!(
+                "syncing a large tree: {files} files, {:.2} GiB; consider excluding build outputs",
+                gib(self.total_bytes)
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.path.as_str())
+    }
+}
+
+/// Walks up from `start` to the enclosing git work tree's root, if any.
+pub fn git_root(start: &Path) -> Option<PathBuf> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(start)
+        .args(["rev-parse", "--show-toplevel"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?;
+    Some(PathBuf::from(s.trim_end_matches('\n')))
+}
+
+fn git_files(root: &Path) -> Result<Option<Vec<String>>> {
+    if git_root(root).is_none() {
+        return Ok(None);
+    }
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args([
+            "ls-files",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "-z",
+        ])
+        .output()
+        .map_err(Error::io("running git ls-files in", root))?;
+    if !out.status.success() {
+        return Err(Error::Sync(format!(
+            "git ls-files failed in {}: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut files: Vec<String> = out
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    files.dedup();
+    Ok(Some(files))
+}
+
+fn walk_files(root: &Path) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    let walker = ignore::WalkBuilder::new(root)
+        .hidden(false)
+        .follow_links(false)
+        .require_git(false)
+        .git_global(false)
+        .parents(false)
+        .add_custom_ignore_filename(CRABBOXIGNORE)
+        .filter_entry(|e| e.file_name() != ".git")
+        .build();
+    for entry in walker {
+        let entry = entry.map_err(|e| Error::Sync(format!("walking {}: {e}", root.display())))?;
+        if entry.depth() == 0 {
+            continue;
+        }
+        let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
+        if is_dir {
+            continue;
+        }
+        if let Ok(rel) = entry.path().strip_prefix(root) {
+            files.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(files)
+}
+
+fn matcher(root: &Path, patterns: &[String], file: Option<&Path>) -> Result<Gitignore> {
+    let mut b = GitignoreBuilder::new(root);
+    if let Some(f) = file.filter(|f| f.is_file()) {
+        if let Some(e) = b.add(f) {
+            return Err(Error::Usage(format!("reading {}: {e}", f.display())));
+        }
+    }
+    for p in patterns {
+        b.add_line(None, p)
+            .map_err(|e| Error::Usage(format!("bad sync pattern {p:?}: {e}")))?;
+    }
+    b.build()
+        .map_err(|e| Error::Usage(format!("bad sync patterns: {e}")))
+}
+
+fn is_clean_relative(rel: &str) -> bool {
+    !rel.is_empty()
+        && Path::new(rel)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::RepoFixture;
+
+    fn paths(m: &SyncManifest) -> Vec<&str> {
+        m.paths().collect()
+    }
+
+    #[test]
+    fn git_tree_is_tracked_plus_untracked_not_ignored_minus_deleted() {
+        let repo = RepoFixture::new();
+        let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
+        assert_eq!(paths(&m), RepoFixture::expected_files());
+        let run = m.entries.iter().find(|e| e.path == "run.sh").unwrap();
+        assert_eq!(run.mode & 0o777, 0o755);
+        assert_eq!(m.total_bytes, m.entries.iter().map(|e| e.size).sum::<u64>());
+    }
+
+    #[test]
+    fn crabboxignore_and_exclude_remove_include_narrows() {
+        let repo = RepoFixture::new();
+        std::fs::write(repo.root().join(".crabboxignore"), "untracked.txt\n").unwrap();
+        let opts = SyncOptions {
+            exclude: vec!["*.sh".into()],
+            ..Default::default()
+        };
+        let m = SyncManifest::build(repo.root(), &opts).unwrap();
+        assert_eq!(
+            paths(&m),
+            [".crabboxignore", ".gitignore", "src/lib.txt", "tracked.txt"]
+        );
+        let opts = SyncOptions {
+            include: vec!["src/".into(), "tracked.txt".into()],
+            ..Default::default()
+        };
+        let m = SyncManifest::build(repo.root(), &opts).unwrap();
+        assert_eq!(paths(&m), ["src/lib.txt", "tracked.txt"]);
+    }
+
+    #[test]
+    fn symlinks_stay_links_and_are_not_followed() {
+        let repo = RepoFixture::new();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), repo.root().join("escape")).unwrap();
+        let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
+        let link = m
+            .entries
+            .iter()
+            .find(|e| e.path == "escape")
+            .expect("link synced as a link");
+        assert_eq!(link.kind, EntryKind::Symlink);
+        assert!(
+            !m.paths().any(|p| p.starts_with("escape/")),
+            "link target must not be walked"
+        );
+    }
+
+    #[test]
+    fn outside_git_the_walk_honours_ignore_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join(".gitignore"), "*.log\n").unwrap();
+        std::fs::write(root.join(".ignore"), "tmp/\n").unwrap();
+        std::fs::write(root.join(".crabboxignore"), "secret.txt\n").unwrap();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        std::fs::create_dir_all(root.join(".git-not")).unwrap();
+        for f in [
+            "a.txt",
+            "b.log",
+            "tmp/x",
+            "secret.txt",
+            ".hidden",
+            ".git-not/y",
+        ] {
+            std::fs::write(root.join(f), "1").unwrap();
+        }
+        let m = SyncManifest::build(root, &SyncOptions::default()).unwrap();
+        assert_eq!(
+            paths(&m),
+            [
+                ".crabboxignore",
+                ".git-not/y",
+                ".gitignore",
+                ".hidden",
+                ".ignore",
+                "a.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn size_guardrails_refuse_unless_forced_and_warn() {
+        let repo = RepoFixture::new();
+        let limits = SyncLimits {
+            warn_files: 2,
+            warn_bytes: u64::MAX,
+            max_files: 3,
+            max_bytes: u64::MAX,
+        };
+        let err = SyncManifest::build(
+            repo.root(),
+            &SyncOptions {
+                limits,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 6);
+        assert!(err.to_string().contains("--force-sync-large"), "{err}");
+        let m = SyncManifest::build(
+            repo.root(),
+            &SyncOptions {
+                limits,
+                allow_large: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(m.warnings.len(), 1);
+        let small = SyncLimits {
+            warn_files: 100,
+            warn_bytes: 10,
+            max_files: 100,
+            max_bytes: 1 << 20,
+        };
+        let m = SyncManifest::build(
+            repo.root(),
+            &SyncOptions {
+                limits: small,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(m.warnings.len(), 1, "byte soft limit must warn");
+    }
+}
