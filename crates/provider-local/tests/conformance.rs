@@ -1,0 +1,71 @@
+//! The core provider conformance suite, run against the local provider.
+
+use crabbox_core::claims::ClaimStore;
+use crabbox_core::conformance;
+use crabbox_provider_local::LocalProvider;
+
+fn provider() -> (tempfile::TempDir, LocalProvider) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_path_buf();
+    let p = LocalProvider::new(
+        ClaimStore::new(state.join("claims")),
+        state,
+        std::env::vars().collect(),
+    );
+    (dir, p)
+}
+
+#[tokio::test]
+async fn local_provider_passes_the_conformance_suite() {
+    let (_dir, p) = provider();
+    conformance::run_all(&p).await;
+}
+
+#[tokio::test]
+async fn command_sees_only_allow_listed_and_base_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_path_buf();
+    let mut caller: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    caller.insert("CRABBOX_TEST_SECRET".into(), "leak".into());
+    let p = LocalProvider::new(ClaimStore::new(state.join("claims")), state, caller);
+    let repo = conformance::RepoFixture::new();
+    let mut req = conformance::request(
+        &repo,
+        None,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo \"secret=${CRABBOX_TEST_SECRET:-unset} path=${PATH:+set}\"",
+        ],
+    );
+    req.sync = None;
+    let mut out = conformance::CapturedOutput::default();
+    let o = crabbox_core::provider::Provider::run(
+        &p,
+        &req,
+        &mut out,
+        &crabbox_core::provider::SilentReporter,
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.exit_code, 0);
+    assert_eq!(out.stdout_str(), "secret=unset path=set\n");
+}
+
+#[tokio::test]
+async fn killed_command_reports_signal_exit_code() {
+    let (_dir, p) = provider();
+    let repo = conformance::RepoFixture::new();
+    let mut req = conformance::request(&repo, None, &["/bin/sh", "-c", "kill -9 $$"]);
+    req.sync = None;
+    let mut out = conformance::CapturedOutput::default();
+    let o = crabbox_core::provider::Provider::run(
+        &p,
+        &req,
+        &mut out,
+        &crabbox_core::provider::SilentReporter,
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.exit_code, 137);
+}
