@@ -110,6 +110,7 @@ impl Reporter for SilentReporter {
 
 /// How a run went.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunOutcome {
     pub lease_id: String,
     pub slug: String,
@@ -126,6 +127,7 @@ pub struct RunOutcome {
 
 /// Wall-clock phases of a run, for `--timing-json`.
 #[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Timing {
     pub acquire_ms: u64,
     pub sync_ms: u64,
@@ -135,6 +137,7 @@ pub struct Timing {
 
 /// What a sync sent.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct SyncReport {
     pub files: u64,
     pub bytes: u64,
@@ -145,6 +148,7 @@ pub struct SyncReport {
 
 /// A box as `status` and `list` show it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct BoxStatus {
     pub lease_id: String,
     pub slug: String,
@@ -182,6 +186,7 @@ pub struct StopRequest {
 
 /// What `stop` did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct StopOutcome {
     pub lease_id: String,
     pub slug: String,

@@ -1,0 +1,30 @@
+//! `crabbox stop`: release a box, then drop its claim.
+
+use crabbox_core::provider::StopRequest;
+use crabbox_core::Result;
+
+use crate::cli::{GlobalArgs, StopArgs};
+use crate::context;
+
+pub async fn run(g: &GlobalArgs, a: StopArgs) -> Result<i32> {
+    let id = a.target.or(a.id).expect("clap requires one");
+    let cfg = context::load_config(g, vec![])?;
+    let provider = context::provider(&cfg, g)?;
+    let out = provider
+        .stop(&StopRequest {
+            id,
+            reclaim: a.reclaim,
+        })
+        .await?;
+    if a.json {
+        super::print_json(&out);
+    } else if out.already_gone {
+        eprintln!(
+            "crabbox: {} ({}) was already gone; claim dropped",
+            out.lease_id, out.slug
+        );
+    } else {
+        eprintln!("crabbox: stopped {} ({})", out.lease_id, out.slug);
+    }
+    Ok(0)
+}

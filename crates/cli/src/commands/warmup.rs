@@ -1,0 +1,37 @@
+//! `crabbox warmup`: lease a box to reuse.
+
+use crabbox_core::provider::WarmupRequest;
+use crabbox_core::Result;
+
+use crate::cli::{GlobalArgs, WarmupArgs};
+use crate::context::{self, TermReporter};
+
+pub async fn run(g: &GlobalArgs, a: WarmupArgs) -> Result<i32> {
+    let cfg = context::load_config(g, vec![])?;
+    let provider = context::provider(&cfg, g)?;
+    let reporter = TermReporter::new(false);
+    let b = provider
+        .warmup(
+            &WarmupRequest {
+                slug: a.slug,
+                ttl: cfg.core.ttl,
+                repo_root: Some(cfg.repo_root.clone()),
+            },
+            &reporter,
+        )
+        .await?;
+    if a.json {
+        super::print_json(&b);
+    } else {
+        eprintln!(
+            "crabbox: warm {} box {} ({}) ready, workdir {}",
+            b.provider, b.lease_id, b.slug, b.workdir
+        );
+        eprintln!(
+            "crabbox: use it with: crabbox run --provider {} --id {} -- <command>",
+            b.provider, b.lease_id
+        );
+        println!("{}", b.lease_id);
+    }
+    Ok(0)
+}

@@ -1,0 +1,182 @@
+//! What every command needs: the resolved config, the chosen provider, and a reporter.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crabbox_core::claims::ClaimStore;
+use crabbox_core::config::{flag, FlagValue, LoadOptions, LoadedConfig};
+use crabbox_core::provider::{Provider, Reporter};
+use crabbox_core::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::GlobalArgs;
+
+/// The flags that are config settings, as config layers.
+pub fn flag_layers(g: &GlobalArgs) -> Vec<FlagValue> {
+    let mut flags = Vec::new();
+    let mut add = |key: &'static str, name: &'static str, v: &Option<String>| {
+        if let Some(v) = v {
+            flags.push(flag(key, name, v.clone()));
+        }
+    };
+    add("provider", "--provider", &g.provider);
+    add("ttl", "--ttl", &g.ttl);
+    add("idleTimeout", "--idle-timeout", &g.idle_timeout);
+    add("e2b.template", "--e2b-template", &g.e2b_template);
+    add("e2b.workdir", "--e2b-workdir", &g.e2b_workdir);
+    add("e2b.user", "--e2b-user", &g.e2b_user);
+    add("e2b.apiUrl", "--e2b-api-url", &g.e2b_api_url);
+    add("e2b.domain", "--e2b-domain", &g.e2b_domain);
+    add("e2b.sandboxUrl", "--e2b-sandbox-url", &g.e2b_sandbox_url);
+    flags
+}
+
+pub fn load_config(g: &GlobalArgs, extra: Vec<FlagValue>) -> Result<LoadedConfig> {
+    let mut flags = flag_layers(g);
+    flags.extend(extra);
+    let cfg = LoadedConfig::load(&LoadOptions::from_process(flags)?)?;
+    for w in &cfg.warnings {
+        eprintln!("crabbox: warning: {w}");
+    }
+    Ok(cfg)
+}
+
+pub fn claim_store() -> Result<ClaimStore> {
+    let store = ClaimStore::open_default()?;
+    if let Ok((_, corrupt)) = store.list() {
+        for c in corrupt {
+            eprintln!("crabbox: warning: {c}");
+        }
+    }
+    Ok(store)
+}
+
+/// Builds the configured provider and refuses flags it cannot honour, before any work.
+pub fn provider(cfg: &LoadedConfig, g: &GlobalArgs) -> Result<Box<dyn Provider>> {
+    let state_dir = crabbox_core::paths::state_dir()?;
+    let claims = claim_store()?;
+    let p: Box<dyn Provider> = match cfg.core.provider.as_str() {
+        "local" => Box::new(crabbox_provider_local::LocalProvider::new(
+            claims,
+            state_dir,
+            std::env::vars().collect(),
+        )),
+        "e2b" => crate::e2b::provider(cfg, claims, state_dir)?,
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown provider {other:?} (from {}); use local or e2b",
+                cfg.origin("provider")
+                    .map(|o| o.to_string())
+                    .unwrap_or_default()
+            )))
+        }
+    };
+    if !p.capabilities().machine_class {
+        for (flag, v) in [("--class", &g.class), ("--type", &g.machine_type)] {
+            if v.is_some() {
+                let hint = if p.name() == "e2b" {
+                    "; E2B sandbox sizes come from the template: use --e2b-template"
+                } else {
+                    ""
+                };
+                return Err(Error::Usage(format!(
+                    "{flag} is not supported by provider {}{hint}",
+                    p.name()
+                )));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// Status lines on stderr; a progress bar on a TTY once a transfer has taken a moment.
+pub struct TermReporter {
+    tty: bool,
+    quiet: bool,
+    bar: Mutex<Option<ProgressBar>>,
+    started: Mutex<Option<Instant>>,
+}
+
+/// How long a transfer runs before it earns a progress bar.
+const BAR_DELAY: Duration = Duration::from_millis(400);
+
+impl TermReporter {
+    pub fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            quiet,
+            bar: Mutex::new(None),
+            started: Mutex::new(None),
+        }
+    }
+}
+
+impl Reporter for TermReporter {
+    fn status(&self, message: &str) {
+        if self.quiet {
+            return;
+        }
+        let bar = self.bar.lock().unwrap();
+        match bar.as_ref() {
+            Some(b) => b.suspend(|| eprintln!("crabbox: {message}")),
+            None => eprintln!("crabbox: {message}"),
+        }
+    }
+
+    fn progress(&self, phase: &str, done: u64, total: Option<u64>) {
+        if self.quiet || !self.tty {
+            return;
+        }
+        let started = *self
+            .started
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+        if started.elapsed() < BAR_DELAY {
+            return;
+        }
+        let mut bar = self.bar.lock().unwrap();
+        let b = bar.get_or_insert_with(|| {
+            let b = ProgressBar::new(total.unwrap_or(0));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_message(phase.to_string());
+            b
+        });
+        if let Some(t) = total {
+            b.set_length(t);
+        }
+        b.set_position(done);
+    }
+
+    fn finish_progress(&self) {
+        if let Some(b) = self.bar.lock().unwrap().take() {
+            b.finish_and_clear();
+        }
+        *self.started.lock().unwrap() = None;
+    }
+}
+
+/// Writes command output straight through to our stdout and stderr, flushing each chunk.
+pub struct StdioSink;
+
+impl crabbox_core::provider::OutputSink for StdioSink {
+    fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut o = std::io::stdout().lock();
+        o.write_all(chunk)?;
+        o.flush()
+    }
+    fn stderr(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut e = std::io::stderr().lock();
+        e.write_all(chunk)?;
+        e.flush()
+    }
+}
