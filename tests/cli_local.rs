@@ -1,0 +1,265 @@
+//! End to end: the `crabbox` binary with the local provider, in temporary git repositories.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn run_syncs_tracked_and_untracked_but_not_ignored_or_deleted() {
+    let sb = Sandbox::new();
+    let out = ok(sb.run(&[
+        "run",
+        "--",
+        "/bin/sh",
+        "-c",
+        "find . -type f | sed 's|^./||' | sort",
+    ]));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        RepoFixture::expected_files()
+    );
+}
+
+#[test]
+fn exit_code_and_split_streams_pass_through() {
+    let sb = Sandbox::new();
+    let o = sb.run(&[
+        "run",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo out-line; echo err-line >&2; exit 7",
+    ]);
+    assert_eq!(code(&o), 7);
+    assert_eq!(stdout(&o), "out-line\n");
+    let err = stderr(&o);
+    assert!(err.contains("err-line\n"), "{err}");
+    assert!(
+        !stdout(&o).contains("crabbox:"),
+        "status lines must stay off stdout"
+    );
+    assert!(sb.claims().is_empty(), "one-shot run must leave no claim");
+    let boxes = std::fs::read_dir(sb.state.join("crabbox/boxes"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(boxes, 0, "one-shot run must remove its box");
+}
+
+#[test]
+fn warm_reuse_keeps_build_outputs_and_stop_releases() {
+    let sb = Sandbox::new();
+    let lease = ok(sb.run(&["warmup"])).trim().to_string();
+    assert!(crabbox_core::lease::is_lease_id(&lease), "{lease}");
+    ok(sb.run(&[
+        "run",
+        "--id",
+        &lease,
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir -p target && echo cached > target/dep",
+    ]));
+    std::fs::write(sb.root().join("tracked.txt"), "edited\n").unwrap();
+    let out = ok(sb.run(&[
+        "run",
+        "--id",
+        &lease,
+        "--",
+        "cat",
+        "target/dep",
+        "tracked.txt",
+    ]));
+    assert_eq!(out, "cached\nedited\n");
+
+    let list: serde_json::Value = serde_json::from_str(&ok(sb.run(&["list", "--json"]))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["leaseId"], lease.as_str());
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(sb.run(&["status", "--id", &lease, "--wait", "--json"]))).unwrap();
+    assert_eq!(st["ready"], true);
+
+    let slug = st["slug"].as_str().unwrap().to_string();
+    ok(sb.run(&["stop", "--id", &slug]));
+    assert!(sb.claims().is_empty());
+    let o = sb.run(&["status", "--id", &lease]);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+}
+
+#[test]
+fn stop_of_unknown_lease_exits_4_naming_it() {
+    let sb = Sandbox::new();
+    let o = sb.run(&["stop", "cbx_0123456789ab"]);
+    assert_eq!(code(&o), 4);
+    assert!(stderr(&o).contains("cbx_0123456789ab"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_yaml_exits_2_naming_the_file_and_line() {
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.root().join(".crabbox.yaml"),
+        "provider: local\nsync:\n  exclude: [oops\n",
+    )
+    .unwrap();
+    let o = sb.run(&["run", "--", "true"]);
+    assert_eq!(code(&o), 2);
+    let err = stderr(&o);
+    assert!(err.contains(".crabbox.yaml:"), "{err}");
+}
+
+#[test]
+fn unknown_config_key_warns() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.root().join("crabbox.yaml"), "provder: local\n").unwrap();
+    let o = sb.run(&["run", "--", "true"]);
+    assert_eq!(code(&o), 0);
+    assert!(
+        stderr(&o).contains("unknown key `provder`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn twenty_concurrent_warmups_leave_twenty_distinct_claims() {
+    let sb = Sandbox::new();
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            sb.cmd(&["warmup"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut leases = std::collections::HashSet::new();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        leases.insert(ok(o).trim().to_string());
+    }
+    assert_eq!(leases.len(), 20);
+    let claims = sb.claims();
+    assert_eq!(claims.len(), 20);
+    let slugs: std::collections::HashSet<_> = claims
+        .iter()
+        .map(|c| c["slug"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(slugs.len(), 20, "slugs must be distinct");
+    for c in &claims {
+        assert!(leases.contains(c["leaseId"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn keep_on_failure_keeps_the_box_and_says_how_to_stop_it() {
+    let sb = Sandbox::new();
+    let o = sb.run(&["run", "--keep-on-failure", "--", "false"]);
+    assert_eq!(code(&o), 1);
+    let err = stderr(&o);
+    assert!(err.contains("crabbox stop"), "{err}");
+    assert_eq!(sb.claims().len(), 1);
+}
+
+#[test]
+fn shell_flag_runs_shell_source() {
+    let sb = Sandbox::new();
+    let out = ok(sb.run(&[
+        "run",
+        "--shell",
+        "--no-sync",
+        "--",
+        "echo a && echo b | tr b B",
+    ]));
+    assert_eq!(out, "a\nB\n");
+}
+
+#[test]
+fn machine_class_flag_is_refused_with_exit_2() {
+    let sb = Sandbox::new();
+    let o = sb.run(&["run", "--class", "big", "--", "true"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--class"));
+    assert!(sb.claims().is_empty(), "no box before refusing");
+}
+
+#[test]
+fn timing_json_is_one_json_line_on_stderr() {
+    let sb = Sandbox::new();
+    let o = sb.run(&["run", "--timing-json", "--", "true"]);
+    let line = stderr(&o)
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("timing line")
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["exitCode"], 0);
+    assert!(v["totalMs"].is_u64());
+}
+
+#[test]
+fn non_git_directory_is_synced_by_walking() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keep.txt"), "k").unwrap();
+    std::fs::write(dir.path().join(".gitignore"), "skip.txt\n").unwrap();
+    std::fs::write(dir.path().join("skip.txt"), "s").unwrap();
+    let sb = Sandbox::new();
+    let out = ok(sb
+        .cmd(&["run", "--", "ls", "-A"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap());
+    assert_eq!(out, ".gitignore\nkeep.txt\n");
+}
+
+#[test]
+fn config_show_names_origins_and_masks_secrets() {
+    let sb = Sandbox::new()
+        .with_env("E2B_API_KEY", "e2b_supersecret")
+        .with_env("CRABBOX_TTL", "20m");
+    let out = ok(sb.run(&["config", "show"]));
+    assert!(!out.contains("supersecret"), "{out}");
+    assert!(out.contains("environment CRABBOX_TTL"), "{out}");
+    assert!(out.contains("environment E2B_API_KEY"), "{out}");
+}
+
+#[test]
+fn ctrl_c_stops_the_command_and_removes_the_box() {
+    let sb = Sandbox::new();
+    let marker = sb.state.join("should-not-exist");
+    let script = format!("echo started; sleep 20; touch {}", marker.display());
+    let mut child = sb
+        .cmd(&["run", "--", "/bin/sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    let t = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(t.elapsed() < Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(300));
+    let left = processes_mentioning(&marker.display().to_string());
+    assert!(
+        left.is_empty(),
+        "remote command still running after Ctrl-C: {left:?}"
+    );
+    assert!(!marker.exists());
+    assert!(
+        sb.claims().is_empty(),
+        "interrupted one-shot run must drop its claim"
+    );
+}
+
+#[test]
+fn completions_are_generated() {
+    let sb = Sandbox::new();
+    let out = ok(sb.run(&["completions", "bash"]));
+    assert!(out.contains("crabbox"));
+}
