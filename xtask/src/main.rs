@@ -1,1 +1,195 @@
-fn main() {}
+//! Project chores: `cargo xtask ci | emulator | bench`.
+//!
+//! `ci` is the one test command: it installs what the tests need (bubblewrap for the E2B
+//! emulator's sandboxes, a Python venv with E2B's official SDK), then runs formatting and lint
+//! checks, every Rust test, and the SDK fidelity script against the emulator.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+mod bench;
+
+/// The official SDK version the emulator is proven against.
+const E2B_SDK: &str = "e2b==2.63.0";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(&root),
+        Some("emulator") => emulator(&root, &args[1..]),
+        Some("bench") => bench::run(&root, &args[1..]),
+        Some("setup") => setup(&root),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|setup|emulator [ARGS]|bench>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn step(
+    root: &Path,
+    name: &str,
+    program: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Result {
+    eprintln!("xtask: ==> {name}: {program} {}", args.join(" "));
+    let t = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("{name}: cannot run {program}: {e}"))?;
+    eprintln!(
+        "xtask: <== {name}: {status} in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{name} failed ({status})"))
+    }
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program} >/dev/null 2>&1"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs what the tests need that cargo does not: bubblewrap and the SDK venv.
+fn setup(root: &Path) -> Result {
+    if !have("bwrap") {
+        if !have("apt-get") {
+            return Err(
+                "bubblewrap (bwrap) is missing and apt-get is not available: install bubblewrap"
+                    .into(),
+            );
+        }
+        step(root, "apt update", "apt-get", &["update", "-qq"], &[])?;
+        step(
+            root,
+            "install bubblewrap",
+            "apt-get",
+            &["install", "-y", "-qq", "bubblewrap"],
+            &[("DEBIAN_FRONTEND", "noninteractive")],
+        )?;
+    }
+    let venv = root.join(".venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        step(
+            root,
+            "python venv",
+            "python3",
+            &["-m", "venv", venv.to_str().unwrap()],
+            &[],
+        )?;
+    }
+    let has_sdk = Command::new(&python)
+        .args([
+            "-c",
+            "import importlib.metadata as m, sys; sys.exit(m.version('e2b') != '2.63.0')",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_sdk {
+        step(
+            root,
+            "install the E2B SDK",
+            python.to_str().unwrap(),
+            &[
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                E2B_SDK,
+            ],
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+fn ci(root: &Path) -> Result {
+    let t = Instant::now();
+    setup(root)?;
+    step(
+        root,
+        "format check",
+        "cargo",
+        &["fmt", "--all", "--", "--check"],
+        &[],
+    )?;
+    step(
+        root,
+        "clippy",
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    step(
+        root,
+        "build",
+        "cargo",
+        &["build", "--workspace", "--bins"],
+        &[],
+    )?;
+    step(root, "tests", "cargo", &["test", "--workspace"], &[])?;
+    let emulator = root.join("target/debug/e2b-emulator");
+    let script = root.join("tests/sdk/conformance.py");
+    step(
+        root,
+        "E2B SDK fidelity",
+        root.join(".venv/bin/python").to_str().unwrap(),
+        &[script.to_str().unwrap()],
+        &[("E2B_EMULATOR_BIN", emulator.to_str().unwrap())],
+    )?;
+    eprintln!("xtask: ci passed in {:.0}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn emulator(root: &Path, args: &[String]) -> Result {
+    let mut full = vec!["run", "--quiet", "-p", "e2b-emulator", "--"];
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    if extra.is_empty() {
+        full.extend([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            "e2b_local_emulator_key",
+        ]);
+    } else {
+        full.extend(extra);
+    }
+    step(root, "e2b-emulator", "cargo", &full, &[])
+}

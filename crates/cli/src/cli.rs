@@ -110,6 +110,9 @@ pub struct RunArgs {
     /// Print phase timings as one JSON line on stderr at the end
     #[arg(long)]
     pub timing_json: bool,
+    /// Send the whole tree again instead of only what changed since the last sync
+    #[arg(long, conflicts_with = "no_sync")]
+    pub full_resync: bool,
     /// Sync even past the size guardrails [env: CRABBOX_SYNC_ALLOW_LARGE=1]
     #[arg(long)]
     pub force_sync_large: bool,

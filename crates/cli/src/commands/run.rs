@@ -3,7 +3,7 @@
 use crabbox_core::command::RemoteCommand;
 use crabbox_core::config::flag;
 use crabbox_core::provider::{KeepPolicy, RunRequest, SyncSource};
-use crabbox_core::sync::SyncManifest;
+use crabbox_core::sync::{SyncManifest, SyncState};
 use crabbox_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,16 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
             manifest,
         })
     };
+
+    if a.full_resync {
+        if let Some(id) = &a.id {
+            // Forgetting what was synced makes the next sync send everything.
+            if let Some(claim) = context::claim_store()?.resolve(provider.name(), id)? {
+                let state_dir = crabbox_core::paths::state_dir()?;
+                SyncState::remove(&SyncState::path_for(&state_dir, &claim.lease_id));
+            }
+        }
+    }
 
     let cancel = CancellationToken::new();
     watch_signals(cancel.clone());
