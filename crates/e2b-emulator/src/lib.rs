@@ -1,1 +1,27 @@
-//! e2b-emulator
+//! A local emulator of E2B: the control plane and envd on one loopback address.
+//!
+//! This crate owns everything the emulator does: the REST control plane
+//! ([`control`]), envd's HTTP file routes and Connect RPC services ([`envd`]),
+//! the sandboxes' lifecycle ([`sandbox`]), the Linux-namespace isolation that
+//! gives every sandbox a private `/home`, `/root` and `/tmp` ([`isolation`]), and
+//! the processes run inside ([`process`]). Wire shapes come from
+//! `crabbox-e2b-wire`; nothing here is shared with the crabbox client.
+//!
+//! Requests carrying `E2b-Sandbox-Id` are envd requests routed to that sandbox,
+//! exactly as E2B's proxy does, so one address serves both planes and the
+//! official SDKs work with `E2B_API_URL` and `E2B_SANDBOX_URL` both set to it.
+//!
+//! Invariant: the emulator only ever listens on loopback.
+
+pub mod config;
+pub mod control;
+pub mod envd;
+pub mod error;
+pub mod isolation;
+pub mod process;
+pub mod sandbox;
+pub mod sandbox_fs;
+pub mod server;
+
+pub use config::EmulatorConfig;
+pub use server::{Emulator, EmulatorHandle};
