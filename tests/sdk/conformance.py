@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Drive the E2B emulator with E2B's official Python SDK (e2b==2.63.0) only.
+
+Usage: E2B_EMULATOR_BIN=path/to/e2b-emulator python conformance.py
+   or: python conformance.py path/to/e2b-emulator
+
+Starts the emulator on 127.0.0.1:0, points the SDK at it through E2B_API_URL,
+E2B_SANDBOX_URL and E2B_API_KEY, runs one check per behaviour, prints one line
+per check and finally "N passed, M failed". Exits non-zero on any failure. The
+emulator is stopped at the end whatever happens.
+"""
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+CHECKS = []
+
+
+def check(name):
+    def register(fn):
+        CHECKS.append((name, fn))
+        return fn
+
+    return register
+
+
+def start_emulator(binary, api_key):
+    proc = subprocess.Popen(
+        [binary, "--listen", "127.0.0.1:0", "--api-key", api_key, "--max-timeout", "3600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line_box = {}
+
+    def read_first_line():
+        line_box["line"] = proc.stdout.readline()
+
+    reader = threading.Thread(target=read_first_line, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    line = line_box.get("line", "")
+    if not line:
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+        raise RuntimeError(f"emulator did not print its ready line; stderr:\n{err}")
+    ready = json.loads(line)
+    for key in ("api_url", "sandbox_url", "pid"):
+        assert key in ready, f"ready line lacks {key!r}: {line!r}"
+    return proc, ready
+
+
+def stop_emulator(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def main():
+    binary = os.environ.get("E2B_EMULATOR_BIN") or (sys.argv[1] if len(sys.argv) > 1 else None)
+    if not binary:
+        print("set E2B_EMULATOR_BIN or pass the emulator binary path", file=sys.stderr)
+        return 2
+    api_key = "e2b_" + secrets.token_hex(20)
+    proc, ready = start_emulator(binary, api_key)
+    passed = failed = 0
+    try:
+        os.environ["E2B_API_URL"] = ready["api_url"]
+        os.environ["E2B_SANDBOX_URL"] = ready["sandbox_url"]
+        os.environ["E2B_API_KEY"] = api_key
+        os.environ.pop("E2B_DEBUG", None)
+        os.environ.pop("E2B_DOMAIN", None)
+        ctx = {"api_key": api_key}
+        started = time.monotonic()
+        for name, fn in CHECKS:
+            t0 = time.monotonic()
+            try:
+                fn(ctx)
+                passed += 1
+                print(f"ok   {name} ({time.monotonic() - t0:.2f}s)", flush=True)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported
+                failed += 1
+                print(f"FAIL {name}: {exc!r}", flush=True)
+                traceback.print_exc(limit=4)
+        print(f"# total {time.monotonic() - started:.1f}s", flush=True)
+    finally:
+        cleanup = ctx.get("sandbox") if "ctx" in locals() else None
+        if cleanup is not None:
+            try:
+                cleanup.kill()
+            except Exception:
+                pass
+        stop_emulator(proc)
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+# --- checks, run in order; later ones use the sandbox the first one made ---
+
+from e2b import CommandExitException, Sandbox, SandboxQuery  # noqa: E402
+from e2b.exceptions import AuthenticationException, SandboxException  # noqa: E402
+
+
+def list_ids(query=None):
+    paginator = Sandbox.list(query=query)
+    ids = []
+    while paginator.has_next:
+        ids.extend(s.sandbox_id for s in paginator.next_items())
+    return ids
+
+
+@check("wrong API key is rejected with 401")
+def _(ctx):
+    try:
+        Sandbox.create(api_key="e2b_" + "0" * 40, timeout=60)
+    except AuthenticationException:
+        return
+    raise AssertionError("create with a wrong API key did not raise AuthenticationException")
+
+
+@check("create sandbox with metadata")
+def _(ctx):
+    ctx["run_id"] = secrets.token_hex(4)
+    sbx = Sandbox.create(timeout=120, metadata={"suite": "conformance", "run": ctx["run_id"]})
+    ctx["sandbox"] = sbx
+    assert sbx.sandbox_id, "sandbox id is empty"
+    info = sbx.get_info()
+    assert info.metadata.get("run") == ctx["run_id"], f"metadata not kept: {info.metadata}"
+    assert str(info.state.value) == "running", f"state is {info.state}"
+    assert sbx.is_running(), "a new sandbox is not running"
+
+
+@check("list with a matching metadata filter finds the sandbox")
+def _(ctx):
+    ids = list_ids(SandboxQuery(metadata={"run": ctx["run_id"]}))
+    assert ids == [ctx["sandbox"].sandbox_id], f"expected only our sandbox, got {ids}"
+
+
+@check("list with a non-matching metadata filter does not")
+def _(ctx):
+    ids = list_ids(SandboxQuery(metadata={"run": "no-such-run"}))
+    assert ctx["sandbox"].sandbox_id not in ids, f"non-matching filter returned {ids}"
+
+
+@check("commands.run returns stdout")
+def _(ctx):
+    result = ctx["sandbox"].commands.run("echo hello from the sandbox")
+    assert result.exit_code == 0, f"exit code {result.exit_code}"
+    assert result.stdout == "hello from the sandbox\n", f"stdout {result.stdout!r}"
+
+
+@check("commands.run separates stderr")
+def _(ctx):
+    result = ctx["sandbox"].commands.run("echo out; echo err >&2")
+    assert result.stdout == "out\n", f"stdout {result.stdout!r}"
+    assert result.stderr == "err\n", f"stderr {result.stderr!r}"
+
+
+@check("nonzero exit raises CommandExitException with exit_code")
+def _(ctx):
+    try:
+        ctx["sandbox"].commands.run("echo partial; exit 7")
+    except CommandExitException as exc:
+        assert exc.exit_code == 7, f"exit_code {exc.exit_code}"
+        assert exc.stdout == "partial\n", f"stdout {exc.stdout!r}"
+        return
+    raise AssertionError("exit 7 did not raise CommandExitException")
+
+
+@check("commands.run passes envs")
+def _(ctx):
+    result = ctx["sandbox"].commands.run('echo "$GREETING"', envs={"GREETING": "hi there"})
+    assert result.stdout == "hi there\n", f"stdout {result.stdout!r}"
+
+
+@check("commands.run honours cwd")
+def _(ctx):
+    result = ctx["sandbox"].commands.run("pwd", cwd="/tmp")
+    assert result.stdout == "/tmp\n", f"stdout {result.stdout!r}"
+
+
+@check("default user is 'user' with home /home/user")
+def _(ctx):
+    result = ctx["sandbox"].commands.run('whoami; echo "$HOME"; pwd')
+    assert result.stdout == "user\n/home/user\n/home/user\n", f"stdout {result.stdout!r}"
+
+
+@check("user='root' runs as root")
+def _(ctx):
+    result = ctx["sandbox"].commands.run("whoami; id -u", user="root")
+    assert result.stdout == "root\n0\n", f"stdout {result.stdout!r}"
+
+
+@check("background command shows in processes list and can be killed")
+def _(ctx):
+    sbx = ctx["sandbox"]
+    handle = sbx.commands.run("sleep 300", background=True)
+    pids = [p.pid for p in sbx.commands.list()]
+    assert handle.pid in pids, f"pid {handle.pid} not in {pids}"
+    assert handle.kill(), "kill returned False"
+    try:
+        handle.wait()
+        raise AssertionError("killed command did not raise")
+    except CommandExitException as exc:
+        assert exc.exit_code == -1, f"killed command exit_code {exc.exit_code}"
+    deadline = time.monotonic() + 5
+    while handle.pid in [p.pid for p in sbx.commands.list()]:
+        assert time.monotonic() < deadline, "killed process still listed"
+        time.sleep(0.1)
+
+
+@check("files write/read/exists/list/remove")
+def _(ctx):
+    sbx = ctx["sandbox"]
+    info = sbx.files.write("/home/user/project/notes.txt", "first line\n")
+    assert info.path == "/home/user/project/notes.txt", f"write info path {info.path}"
+    assert sbx.files.read("/home/user/project/notes.txt") == "first line\n"
+    assert sbx.files.exists("/home/user/project/notes.txt"), "written file does not exist"
+    names = [e.name for e in sbx.files.list("/home/user/project")]
+    assert names == ["notes.txt"], f"list gave {names}"
+    seen = sbx.commands.run("cat project/notes.txt").stdout
+    assert seen == "first line\n", f"command saw {seen!r}"
+    sbx.files.remove("/home/user/project/notes.txt")
+    assert not sbx.files.exists("/home/user/project/notes.txt"), "removed file still exists"
+
+
+@check("set_timeout moves the end time")
+def _(ctx):
+    sbx = ctx["sandbox"]
+    before = sbx.get_info().end_at
+    sbx.set_timeout(600)
+    after = sbx.get_info().end_at
+    assert (after - before).total_seconds() > 300, f"end_at {before} -> {after}"
+
+
+@check("pause stops envd, connect resumes and the sandbox works again")
+def _(ctx):
+    sbx = ctx["sandbox"]
+    sbx.files.write("/home/user/kept.txt", "still here")
+    assert sbx.pause() is True, "pause returned False"
+    info = Sandbox.get_info(sbx.sandbox_id)
+    assert str(info.state.value) == "paused", f"state after pause {info.state}"
+    assert not sbx.is_running(), "paused sandbox reports running"
+    resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+    assert resumed.sandbox_id == sbx.sandbox_id
+    assert resumed.is_running(), "resumed sandbox is not running"
+    out = resumed.commands.run("cat /home/user/kept.txt").stdout
+    assert out == "still here", f"after resume read {out!r}"
+    ctx["sandbox"] = resumed
+
+
+@check("kill removes the sandbox from the list")
+def _(ctx):
+    sbx = ctx.pop("sandbox")
+    assert sbx.kill() is True, "kill returned False"
+    assert sbx.sandbox_id not in list_ids(), "killed sandbox still listed"
+    assert Sandbox.kill(sbx.sandbox_id) is False, "second kill did not report not found"
+    try:
+        sbx.commands.run("true")
+        raise AssertionError("command on a killed sandbox succeeded")
+    except SandboxException:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
