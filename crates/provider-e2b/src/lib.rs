@@ -1,1 +1,35 @@
-//! crabbox-provider-e2b
+//! crabbox-provider-e2b: Crabbox boxes as E2B sandboxes.
+//!
+//! [`E2bProvider`] implements `crabbox_core::provider::Provider` against E2B's two planes:
+//! the REST control plane (create, connect, get, list, delete) and each sandbox's envd
+//! (file upload, and processes over the Connect protocol with the JSON codec). It behaves
+//! like the reference Go tool for users — same config keys, metadata tags, claims, workdir
+//! rules, exit codes — and goes further where the reference stops:
+//!
+//! - a warm sync sends only what changed and deletes only files crabbox itself synced, so
+//!   remote build outputs (`target/`, `node_modules/`) survive between runs;
+//! - Ctrl-C signals the remote process (SIGTERM, then SIGKILL) and releases the sandbox,
+//!   rather than leaving the command running;
+//! - the TTL cap is `e2b.maxTtl` (1 h by default, raise it on E2B's pro tier).
+//!
+//! Invariants: the API key and envd access tokens never appear in any output, error, log,
+//! `Debug` output or claim; plain HTTP is only ever spoken to loopback; user and workdir are
+//! checked before any network call; a sandbox is only touched when its metadata proves it is
+//! the one the claim (or `--reclaim`) names.
+//!
+//! Modules: [`settings`] (config section and endpoint rules), [`placement`] (user, workdir,
+//! TTL), [`metadata`] (tags and ownership), [`retry`], [`control`] (control-plane client),
+//! [`envd`] (sandbox daemon client), [`remote_sync`] (putting the tree on the box).
+
+pub mod control;
+pub mod envd;
+pub mod metadata;
+pub mod placement;
+mod provider;
+pub mod remote_sync;
+pub mod retry;
+pub mod settings;
+
+pub use provider::E2bProvider;
+pub use retry::RetryPolicy;
+pub use settings::E2bSettings;

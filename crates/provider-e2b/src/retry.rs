@@ -1,0 +1,106 @@
+//! Retry policy for idempotent control-plane calls: 429/502/503/504 and connection failures,
+//! honouring `Retry-After` and `Should-Retry: false`, as E2B's SDKs do.
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+
+/// How often and how patiently to retry an idempotent call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts, the first included.
+    pub max_attempts: u32,
+    /// Delay before the second attempt when the server gives no `Retry-After`; doubled after.
+    pub base_delay: Duration,
+    /// Upper bound of any single delay, `Retry-After` included.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The delay before attempt `attempt + 1` (`attempt` counts from 1).
+    pub fn backoff(&self, attempt: u32, headers: Option<&HeaderMap>) -> Duration {
+        let server = headers.and_then(retry_after);
+        let ours = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+        server.unwrap_or(ours).min(self.max_delay)
+    }
+}
+
+/// The statuses worth another try.
+pub fn is_retryable(status: StatusCode, headers: &HeaderMap) -> bool {
+    let should = headers
+        .get("should-retry")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| !v.trim().eq_ignore_ascii_case("false"))
+        .unwrap_or(true);
+    should && matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and falls back to backoff).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_wins_over_backoff_but_is_capped() {
+        let p = RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(5),
+        };
+        let mut h = HeaderMap::new();
+        assert_eq!(p.backoff(1, Some(&h)), Duration::from_millis(10));
+        assert_eq!(p.backoff(3, Some(&h)), Duration::from_millis(40));
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(p.backoff(1, Some(&h)), Duration::from_secs(2));
+        h.insert("retry-after", HeaderValue::from_static("600"));
+        assert_eq!(p.backoff(1, Some(&h)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn only_overload_statuses_retry_unless_told_not_to() {
+        let h = HeaderMap::new();
+        for s in [429, 502, 503, 504] {
+            assert!(is_retryable(StatusCode::from_u16(s).unwrap(), &h), "{s}");
+        }
+        for s in [400, 401, 404, 409, 500] {
+            assert!(!is_retryable(StatusCode::from_u16(s).unwrap(), &h), "{s}");
+        }
+        let mut no = HeaderMap::new();
+        no.insert("should-retry", HeaderValue::from_static("false"));
+        assert!(!is_retryable(StatusCode::SERVICE_UNAVAILABLE, &no));
+    }
+}
