@@ -73,7 +73,12 @@ def main():
         print("set E2B_EMULATOR_BIN or pass the emulator binary path", file=sys.stderr)
         return 2
     api_key = "e2b_" + secrets.token_hex(20)
-    proc, ready = start_emulator(binary, api_key)
+    try:
+        proc, ready = start_emulator(binary, api_key)
+    except Exception as exc:  # noqa: BLE001 - reported as the one failed check
+        print(f"FAIL start emulator: {exc}", flush=True)
+        print("0 passed, 1 failed")
+        return 1
     passed = failed = 0
     try:
         os.environ["E2B_API_URL"] = ready["api_url"]

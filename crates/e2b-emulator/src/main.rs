@@ -55,6 +55,14 @@ fn main() -> ExitCode {
     runtime.block_on(run(config))
 }
 
+/// The one line printed on stdout once the emulator serves.
+#[derive(serde::Serialize)]
+struct ReadyLine {
+    api_url: String,
+    sandbox_url: String,
+    pid: u32,
+}
+
 async fn run(config: EmulatorConfig) -> ExitCode {
     let handle = match Emulator::start(config).await {
         Ok(handle) => handle,
@@ -63,11 +71,12 @@ async fn run(config: EmulatorConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let ready = serde_json::json!({
-        "api_url": handle.api_url(),
-        "sandbox_url": handle.sandbox_url(),
-        "pid": std::process::id(),
-    });
+    let ready = ReadyLine {
+        api_url: handle.api_url(),
+        sandbox_url: handle.sandbox_url(),
+        pid: std::process::id(),
+    };
+    let ready = serde_json::to_string(&ready).expect("ready line serializes");
     let mut stdout = std::io::stdout().lock();
     if writeln!(stdout, "{ready}")
         .and_then(|_| stdout.flush())
