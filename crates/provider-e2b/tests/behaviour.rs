@@ -1,0 +1,720 @@
+//! E2B-specific behaviour against the in-process emulator: secrets, config safety, warm delta
+//! sync, ownership checks, reclaim, cancellation, TTL and keep-on-failure hints.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{raw_create, raw_delete, raw_exists, raw_list, write, Recorder, World, KEY};
+use crabbox_core::conformance::{request, CapturedOutput, RepoFixture};
+use crabbox_core::provider::{
+    KeepPolicy, Provider, SilentReporter, StatusRequest, StopRequest, WarmupRequest,
+};
+use crabbox_core::Error;
+
+fn warm_req(repo: &RepoFixture) -> WarmupRequest {
+    WarmupRequest {
+        slug: None,
+        ttl: Duration::from_secs(600),
+        repo_root: Some(repo.root().to_path_buf()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_key_is_refused_without_echoing_it() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let wrong = "e2b_wrongwrongwrongwrong1234";
+    let p = world
+        .provider(&emu, &[("CRABBOX_E2B_API_KEY", wrong)])
+        .unwrap();
+    let err = p.list().await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(wrong), "key leaked: {text}");
+    assert!(text.contains("E2B_API_KEY"), "{text}");
+    assert_eq!(err.exit_code(), 2, "{text}");
+
+    let repo = RepoFixture::new();
+    let mut out = CapturedOutput::default();
+    let err = p
+        .run(&request(&repo, None, &["true"]), &mut out, &SilentReporter)
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(wrong), "key leaked: {text}");
+    assert!(
+        world.claims().list().unwrap().0.is_empty(),
+        "failed create must not leave a claim"
+    );
+
+    let right = world.provider(&emu, &[]).unwrap();
+    let debug = format!("{right:?}");
+    assert!(!debug.contains(KEY), "Debug leaks the key: {debug}");
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_key_is_a_usage_error_naming_both_variables() {
+    let world = World::new();
+    let cfg = world.config(&[]).unwrap();
+    let err =
+        crabbox_provider_e2b::E2bProvider::from_config(&cfg, world.claims(), world.state_dir())
+            .unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("E2B_API_KEY") && msg.contains("CRABBOX_E2B_API_KEY"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn repository_config_may_not_redirect_the_users_key() {
+    for key in [
+        "apiUrl: http://127.0.0.1:9",
+        "domain: evil.example",
+        "sandboxUrl: http://127.0.0.1:9",
+    ] {
+        let world = World::new();
+        write(
+            world.cwd.path(),
+            ".crabbox.yaml",
+            &format!("e2b:\n  {key}\n"),
+        );
+        let cfg = world.config(&[("E2B_API_KEY", KEY)]).expect("config loads");
+        let err =
+            crabbox_provider_e2b::E2bProvider::from_config(&cfg, world.claims(), world.state_dir())
+                .unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{key}: {err}");
+        assert!(err.to_string().contains(".crabbox.yaml"), "{err}");
+        assert!(!err.to_string().contains(KEY));
+    }
+    // The same redirect from the user's own environment is theirs to make.
+    let world = World::new();
+    let cfg = world
+        .config(&[("E2B_API_KEY", KEY), ("E2B_API_URL", "http://127.0.0.1:9")])
+        .unwrap();
+    assert!(crabbox_provider_e2b::E2bProvider::from_config(
+        &cfg,
+        world.claims(),
+        world.state_dir()
+    )
+    .is_ok());
+    // A repository that restates the default is harmless.
+    let world = World::new();
+    write(
+        world.cwd.path(),
+        ".crabbox.yaml",
+        "e2b:\n  domain: e2b.app\n  template: base\n",
+    );
+    let cfg = world.config(&[("E2B_API_KEY", KEY)]).unwrap();
+    assert!(crabbox_provider_e2b::E2bProvider::from_config(
+        &cfg,
+        world.claims(),
+        world.state_dir()
+    )
+    .is_ok());
+}
+
+#[tokio::test]
+async fn plain_http_to_a_remote_host_is_refused() {
+    let world = World::new();
+    let err = world
+        .provider_at("http://api.e2b.app", "", &[])
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let err = world
+        .provider_at("https://api.e2b.app", "http://10.1.2.3:49983", &[])
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsafe_workdir_or_user_is_refused_before_any_sandbox_exists() {
+    let emu = common::emulator().await;
+    let repo = RepoFixture::new();
+    for (key, value) in [
+        ("CRABBOX_E2B_WORKDIR", "/etc"),
+        ("CRABBOX_E2B_WORKDIR", "../.."),
+        ("CRABBOX_E2B_WORKDIR", "/usr/"),
+        ("CRABBOX_E2B_USER", ".."),
+        ("CRABBOX_E2B_USER", "a/b"),
+    ] {
+        let world = World::new();
+        let p = world.provider(&emu, &[(key, value)]).unwrap();
+        let mut out = CapturedOutput::default();
+        let err = p
+            .run(&request(&repo, None, &["true"]), &mut out, &SilentReporter)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{key}={value}: {err}");
+        let err = p
+            .warmup(&warm_req(&repo), &SilentReporter)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{key}={value}: {err}");
+        assert!(world.claims().list().unwrap().0.is_empty());
+    }
+    assert!(raw_list(&emu).await.is_empty(), "no sandbox may be created");
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_sync_sends_only_changes_and_keeps_build_outputs() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+
+    let first = request(
+        &repo,
+        Some(&warm.lease_id),
+        &["/bin/sh", "-c", "mkdir -p target node_modules/x && echo built > target/out && echo dep > node_modules/x/i.js"],
+    );
+    let mut out = CapturedOutput::default();
+    let o = p.run(&first, &mut out, &SilentReporter).await.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    let s = o.sync.unwrap();
+    assert_eq!(
+        s.sent_files,
+        RepoFixture::expected_files().len() as u64,
+        "first sync sends all"
+    );
+
+    // Unchanged tree: nothing is sent.
+    let mut out = CapturedOutput::default();
+    let o = p
+        .run(
+            &request(&repo, Some(&warm.lease_id), &["true"]),
+            &mut out,
+            &SilentReporter,
+        )
+        .await
+        .unwrap();
+    let s = o.sync.unwrap();
+    assert_eq!((s.sent_files, s.deleted_files), (0, 0));
+
+    // One edit, one new file, one deletion.
+    std::thread::sleep(Duration::from_millis(20));
+    write(repo.root(), "tracked.txt", "edited\n");
+    write(repo.root(), "src/new.txt", "new\n");
+    std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
+    let mut out = CapturedOutput::default();
+    let o = p
+        .run(
+            &request(
+                &repo,
+                Some(&warm.slug),
+                &["/bin/sh", "-c", "cat tracked.txt src/new.txt target/out node_modules/x/i.js; test -e untracked.txt && echo stale || echo removed"],
+            ),
+            &mut out,
+            &SilentReporter,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "edited\nnew\nbuilt\ndep\nremoved\n");
+    let s = o.sync.unwrap();
+    assert_eq!(s.sent_files, 2, "only the edited and the new file travel");
+    assert_eq!(s.deleted_files, 1);
+    assert_eq!(s.files, 5, "5 synced - 1 deleted + 1 new");
+
+    // No sync archives are left in /tmp.
+    let mut out = CapturedOutput::default();
+    let mut req = request(
+        &repo,
+        Some(&warm.lease_id),
+        &["/bin/sh", "-c", "ls /tmp | grep -c crabbox- || true"],
+    );
+    req.sync = None;
+    p.run(&req, &mut out, &SilentReporter).await.unwrap();
+    assert_eq!(
+        out.stdout_str().trim(),
+        "0",
+        "remote archives must be removed"
+    );
+
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    assert!(!crabbox_core::sync::SyncState::path_for(&world.state_dir(), &warm.lease_id).exists());
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_refuses_a_sandbox_whose_metadata_does_not_match_the_claim() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    let foreign = raw_create(&emu, BTreeMap::from([("owner", "someone-else")])).await;
+    let foreign_id = foreign["sandboxID"].as_str().unwrap().to_string();
+
+    // Point the claim at a sandbox crabbox did not make.
+    let store = world.claims();
+    let mut claim = store.get(&warm.lease_id).unwrap().unwrap();
+    claim.remote_id = foreign_id.clone();
+    store.write(&claim).unwrap();
+    let err = p
+        .stop(&StopRequest {
+            id: warm.lease_id.clone(),
+            reclaim: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(
+        raw_exists(&emu, &foreign_id).await,
+        "foreign sandbox must survive"
+    );
+    assert!(store.get(&warm.lease_id).unwrap().is_some(), "claim kept");
+    let err = p
+        .status(&StatusRequest {
+            id: warm.lease_id.clone(),
+            wait: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "status checks ownership too: {err}");
+
+    // A raw id of a non-crabbox sandbox is not usable either.
+    let err = p
+        .status(&StatusRequest {
+            id: foreign_id.clone(),
+            wait: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4);
+    let err = p
+        .stop(&StopRequest {
+            id: foreign_id.clone(),
+            reclaim: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4);
+    assert!(raw_exists(&emu, &foreign_id).await);
+
+    // Restore and stop properly.
+    claim.remote_id = warm.remote_id.clone();
+    store.write(&claim).unwrap();
+    p.stop(&StopRequest {
+        id: warm.slug.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    assert!(!raw_exists(&emu, &warm.remote_id).await);
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_of_a_vanished_sandbox_drops_the_claim() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    raw_delete(&emu, &warm.remote_id).await;
+    let o = p
+        .stop(&StopRequest {
+            id: warm.lease_id.clone(),
+            reclaim: false,
+        })
+        .await
+        .unwrap();
+    assert!(o.already_gone);
+    assert!(world.claims().get(&warm.lease_id).unwrap().is_none());
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reclaim_releases_a_crabbox_sandbox_whose_claim_was_lost() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    world.claims().remove(&warm.lease_id).unwrap();
+
+    let listed = p.list().await.unwrap();
+    let entry = listed
+        .iter()
+        .find(|b| b.remote_id == warm.remote_id)
+        .unwrap();
+    assert!(!entry.claimed);
+    assert_eq!(
+        entry.lease_id, warm.lease_id,
+        "lease comes from the metadata"
+    );
+
+    let err = p
+        .stop(&StopRequest {
+            id: warm.lease_id.clone(),
+            reclaim: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4);
+    assert!(err.to_string().contains("--reclaim"), "{err}");
+    assert!(raw_exists(&emu, &warm.remote_id).await);
+
+    let o = p
+        .stop(&StopRequest {
+            id: warm.lease_id.clone(),
+            reclaim: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(o.lease_id, warm.lease_id);
+    assert!(!raw_exists(&emu, &warm.remote_id).await);
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_and_synthetic_sandbox_ids_reach_an_unclaimed_crabbox_sandbox() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    world.claims().remove(&warm.lease_id).unwrap();
+    for id in [warm.remote_id.clone(), format!("e2b_{}", warm.remote_id)] {
+        let st = p
+            .status(&StatusRequest {
+                id: id.clone(),
+                wait: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(st.lease_id, warm.lease_id);
+        assert!(!st.claimed);
+        let mut req = request(&repo, Some(&id), &["pwd"]);
+        req.sync = None;
+        let mut out = CapturedOutput::default();
+        let o = p.run(&req, &mut out, &SilentReporter).await.unwrap();
+        assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+        assert!(o.kept && !o.created);
+    }
+    // A canonical lease id never falls back to anything but its own claim.
+    let err = p
+        .status(&StatusRequest {
+            id: warm.lease_id.clone(),
+            wait: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4);
+    raw_delete(&emu, &warm.remote_id).await;
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claim_from_another_endpoint_is_never_used() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    let store = world.claims();
+    let mut claim = store.get(&warm.lease_id).unwrap().unwrap();
+    claim.endpoint = "https://api.other.example".into();
+    store.write(&claim).unwrap();
+    let err = p
+        .stop(&StopRequest {
+            id: warm.lease_id.clone(),
+            reclaim: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(raw_exists(&emu, &warm.remote_id).await);
+    raw_delete(&emu, &warm.remote_id).await;
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_wait_times_out_on_a_paused_sandbox() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    let st = p
+        .status(&StatusRequest {
+            id: warm.slug.clone(),
+            wait: Some(Duration::from_secs(10)),
+        })
+        .await
+        .unwrap();
+    assert!(st.ready && st.claimed);
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{}/sandboxes/{}/pause",
+            emu.api_url(),
+            warm.remote_id
+        ))
+        .header("X-API-Key", KEY)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let err = p
+        .status(&StatusRequest {
+            id: warm.slug.clone(),
+            wait: Some(Duration::from_millis(800)),
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WaitTimeout(_)), "{err}");
+    assert_eq!(err.exit_code(), 5);
+    p.stop(&StopRequest {
+        id: warm.slug.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ttl_is_capped_by_max_ttl_unless_raised() {
+    let emu = common::emulator().await;
+    let repo = RepoFixture::new();
+    let lifetime = |b: &crabbox_core::provider::BoxStatus| {
+        let parse = |s: &Option<String>| {
+            time::OffsetDateTime::parse(
+                s.as_deref().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        };
+        (parse(&b.expires_at) - parse(&b.created_at)).whole_seconds()
+    };
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let mut req = warm_req(&repo);
+    req.ttl = Duration::from_secs(90 * 60);
+    let warm = p.warmup(&req, &SilentReporter).await.unwrap();
+    let st = p
+        .status(&StatusRequest {
+            id: warm.lease_id.clone(),
+            wait: None,
+        })
+        .await
+        .unwrap();
+    let secs = lifetime(&st);
+    assert!((3590..=3600).contains(&secs), "90m clamps to 1h: {secs}");
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+
+    let p = world
+        .provider(&emu, &[("CRABBOX_E2B_MAX_TTL", "30m")])
+        .unwrap();
+    let warm = p.warmup(&req, &SilentReporter).await.unwrap();
+    let st = p
+        .status(&StatusRequest {
+            id: warm.lease_id.clone(),
+            wait: None,
+        })
+        .await
+        .unwrap();
+    let secs = lifetime(&st);
+    assert!((1790..=1800).contains(&secs), "30m cap: {secs}");
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_carries_crabbox_tags() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world
+        .provider(&emu, &[("CRABBOX_E2B_WORKDIR", "proj")])
+        .unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    assert_eq!(warm.workdir, "/home/user/proj");
+    let listed = raw_list(&emu).await;
+    let meta = &listed[0]["metadata"];
+    assert_eq!(meta["crabbox"], "true");
+    assert_eq!(meta["provider"], "e2b");
+    assert_eq!(meta["lease"], warm.lease_id.as_str());
+    assert_eq!(meta["slug"], warm.slug.as_str());
+    assert_eq!(meta["keep"], "true");
+    assert_eq!(meta["template"], "base");
+    assert_eq!(meta["workdir"], "_home_user_proj");
+    for k in ["created_at", "expires_at", "repo"] {
+        assert!(meta[k].as_str().is_some_and(|v| !v.is_empty()), "{k}");
+    }
+    let claim = world.claims().get(&warm.lease_id).unwrap().unwrap();
+    assert_eq!(claim.endpoint, emu.api_url());
+    assert_eq!(claim.remote_id, warm.remote_id);
+    let claim_text =
+        std::fs::read_to_string(world.claims().dir().join(format!("{}.json", warm.lease_id)))
+            .unwrap();
+    assert!(!claim_text.contains(KEY));
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_on_failure_prints_how_to_rerun_and_stop() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["/bin/sh", "-c", "exit 3"]);
+    req.keep = KeepPolicy::OnFailure;
+    let rec = Recorder::default();
+    let mut out = CapturedOutput::default();
+    let o = p.run(&req, &mut out, &rec).await.unwrap();
+    assert!(o.kept && o.created);
+    let text = rec.text();
+    assert!(
+        text.contains(&format!(
+            "crabbox run --provider e2b --id {} -- '/bin/sh' '-c' 'exit 3'",
+            o.lease_id
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("crabbox stop --provider e2b {}", o.lease_id)),
+        "{text}"
+    );
+    p.stop(&StopRequest {
+        id: o.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_travels_as_envs_and_signals_reach_the_remote_command() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world
+        .provider(&emu, &[])
+        .unwrap()
+        .with_cancel_grace(Duration::from_secs(2));
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+
+    // A kept box survives the cancel, so what the command saw can be read afterwards.
+    let mut req = request(
+        &repo,
+        Some(&warm.lease_id),
+        &[
+            "/bin/bash",
+            "-c",
+            "trap 'echo \"$SECRET_ISH\" > got-term; exit 0' TERM; echo started; sleep 30 & wait",
+        ],
+    );
+    req.sync = None;
+    req.env.insert("SECRET_ISH".into(), "from-env".into());
+    let cancel = req.cancel.clone();
+    let started = std::time::Instant::now();
+    let mut out = CapturedOutput::default();
+    let trigger = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cancel.cancel();
+    };
+    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
+    assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(out.stdout_str().contains("started"));
+
+    let mut req = request(&repo, Some(&warm.lease_id), &["cat", "got-term"]);
+    req.sync = None;
+    let mut out = CapturedOutput::default();
+    let o = p.run(&req, &mut out, &SilentReporter).await.unwrap();
+    assert_eq!(
+        o.exit_code,
+        0,
+        "SIGTERM must reach the command: {}",
+        out.stderr_str()
+    );
+    assert_eq!(out.stdout_str(), "from-env\n");
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_of_a_one_shot_run_deletes_its_sandbox() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world
+        .provider(&emu, &[])
+        .unwrap()
+        .with_cancel_grace(Duration::from_millis(500));
+    let repo = RepoFixture::new();
+    // Ignores SIGTERM: only the SIGKILL after the grace ends it.
+    let mut req = request(
+        &repo,
+        None,
+        &["/bin/bash", "-c", "trap '' TERM; echo started; sleep 60"],
+    );
+    req.sync = None;
+    let cancel = req.cancel.clone();
+    let mut out = CapturedOutput::default();
+    let trigger = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cancel.cancel();
+    };
+    let started = std::time::Instant::now();
+    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
+    assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        raw_list(&emu).await.is_empty(),
+        "cancelled one-shot sandbox must be deleted"
+    );
+    assert!(
+        world.claims().list().unwrap().0.is_empty(),
+        "and its claim dropped"
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_command_reports_128_plus_signal() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["/bin/bash", "-c", "kill -KILL $$"]);
+    req.sync = None;
+    let mut out = CapturedOutput::default();
+    let o = p.run(&req, &mut out, &SilentReporter).await.unwrap();
+    assert_eq!(o.exit_code, 137);
+    emu.shutdown().await;
+}
