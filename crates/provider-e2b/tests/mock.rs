@@ -1,0 +1,431 @@
+//! Wire-level behaviour the emulator cannot provoke, against a tiny scripted E2B mock:
+//! streams that end without an end event, retries honouring `Retry-After`, create never
+//! retried, list pagination, the cancel signal sequence, no redirects followed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use common::World;
+use crabbox_core::conformance::{request, CapturedOutput, RepoFixture};
+use crabbox_core::provider::{Provider, SilentReporter, StatusRequest};
+use crabbox_core::Error;
+use crabbox_e2b_wire::envelope;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "tok-secret-123456";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StreamMode {
+    /// start, some output, then the body just ends.
+    NoEnd,
+    /// start, output, then keepalives forever.
+    Forever,
+}
+
+struct Mock {
+    log: Mutex<Vec<String>>,
+    get_failures: AtomicUsize,
+    list_failures: AtomicUsize,
+    retry_after: &'static str,
+    create_status: u16,
+    stream: StreamMode,
+}
+
+type S = State<Arc<Mock>>;
+
+impl Mock {
+    fn new(stream: StreamMode) -> Self {
+        Self {
+            log: Mutex::new(Vec::new()),
+            get_failures: AtomicUsize::new(0),
+            list_failures: AtomicUsize::new(0),
+            retry_after: "1",
+            create_status: 201,
+            stream,
+        }
+    }
+
+    fn note(&self, entry: String) {
+        self.log.lock().unwrap().push(entry);
+    }
+
+    fn entries(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.entries()
+            .iter()
+            .filter(|e| e.starts_with(prefix))
+            .count()
+    }
+
+    fn overloaded(&self) -> Response {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", self.retry_after)],
+            axum::Json(json!({"code": 503, "message": "overloaded"})),
+        )
+            .into_response()
+    }
+}
+
+fn sandbox(id: &str) -> Value {
+    json!({"templateID": "base", "sandboxID": id, "clientID": "mock", "envdVersion": "0.6.13",
+           "envdAccessToken": TOKEN, "trafficAccessToken": null, "domain": null})
+}
+
+fn listed(id: &str, lease: &str) -> Value {
+    json!({"templateID": "base", "sandboxID": id, "clientID": "mock",
+           "startedAt": "2024-01-01T00:00:00Z", "endAt": "2024-01-01T01:00:00Z",
+           "cpuCount": 2, "memoryMB": 512, "diskSizeMB": 1024, "state": "running",
+           "envdVersion": "0.6.13",
+           "metadata": {"crabbox": "true", "provider": "e2b", "lease": lease, "slug": "blue-crab"}})
+}
+
+async fn create(State(m): S) -> Response {
+    m.note("POST /v2/sandboxes".into());
+    if m.create_status != 201 {
+        return m.overloaded();
+    }
+    (StatusCode::CREATED, axum::Json(sandbox("sbx1"))).into_response()
+}
+
+async fn detail(State(m): S, Path(id): Path<String>) -> Response {
+    m.note(format!("GET /sandboxes/{id}"));
+    if id == "redirect" {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", "/sandboxes/elsewhere")],
+        )
+            .into_response();
+    }
+    if m.get_failures.load(Ordering::SeqCst) > 0 {
+        m.get_failures.fetch_sub(1, Ordering::SeqCst);
+        return m.overloaded();
+    }
+    let mut d = listed(&id, "cbx_0123456789ab");
+    d["envdAccessToken"] = json!(TOKEN);
+    d["domain"] = Value::Null;
+    axum::Json(d).into_response()
+}
+
+async fn kill(State(m): S, Path(id): Path<String>) -> StatusCode {
+    m.note(format!("DELETE /sandboxes/{id}"));
+    StatusCode::NO_CONTENT
+}
+
+async fn list(State(m): S, Query(q): Query<HashMap<String, String>>) -> Response {
+    m.note(format!(
+        "GET /v2/sandboxes metadata={} token={}",
+        q.get("metadata").cloned().unwrap_or_default(),
+        q.get("nextToken").cloned().unwrap_or_default()
+    ));
+    if m.list_failures.load(Ordering::SeqCst) > 0 {
+        m.list_failures.fetch_sub(1, Ordering::SeqCst);
+        return m.overloaded();
+    }
+    match q.get("nextToken").map(String::as_str) {
+        None => (
+            [("x-next-token", "page2")],
+            axum::Json(json!([listed("sbxA", "cbx_aaaaaaaaaaaa")])),
+        )
+            .into_response(),
+        _ => axum::Json(json!([listed("sbxB", "cbx_bbbbbbbbbbbb")])).into_response(),
+    }
+}
+
+async fn connect(State(m): S, Path(id): Path<String>) -> Response {
+    m.note(format!("POST /v2/sandboxes/{id}/connect"));
+    axum::Json(sandbox(&id)).into_response()
+}
+
+async fn health(State(m): S, headers: HeaderMap) -> StatusCode {
+    m.note(format!(
+        "GET /health sandbox={}",
+        headers
+            .get("e2b-sandbox-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    ));
+    StatusCode::NO_CONTENT
+}
+
+async fn make_dir(State(m): S) -> Response {
+    m.note("MakeDir".into());
+    axum::Json(json!({})).into_response()
+}
+
+async fn send_signal(State(m): S, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    m.note(format!(
+        "SendSignal {} pid={}",
+        v["signal"].as_str().unwrap_or(""),
+        v["process"]["pid"]
+    ));
+    axum::Json(json!({})).into_response()
+}
+
+async fn start(State(m): S, headers: HeaderMap, body: Bytes) -> Response {
+    let h = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    m.note(format!(
+        "Start sandbox={} port={} token={} auth={} proto={} ctype={}",
+        h("e2b-sandbox-id"),
+        h("e2b-sandbox-port"),
+        h("x-access-token") == TOKEN,
+        h("authorization"),
+        h("connect-protocol-version"),
+        h("content-type"),
+    ));
+    let req = envelope::EnvelopeDecoder::new().decode(&body).unwrap();
+    m.note(format!(
+        "Start body {}",
+        String::from_utf8_lossy(&req[0].payload)
+    ));
+    let first = [
+        envelope::encode(0, br#"{"event":{"start":{"pid":42}}}"#),
+        envelope::encode(0, br#"{"event":{"data":{"stdout":"cGFydGlhbAo="}}}"#),
+    ];
+    let head = futures::stream::iter(first.into_iter().map(Ok::<Bytes, std::io::Error>));
+    let body = match m.stream {
+        StreamMode::NoEnd => Body::from_stream(head),
+        StreamMode::Forever => {
+            use futures::StreamExt;
+            let tail = futures::stream::unfold((), |()| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some((
+                    Ok::<Bytes, std::io::Error>(envelope::encode(
+                        0,
+                        br#"{"event":{"keepalive":{}}}"#,
+                    )),
+                    (),
+                ))
+            });
+            Body::from_stream(head.chain(tail))
+        }
+    };
+    Response::builder()
+        .header("content-type", "application/connect+json")
+        .body(body)
+        .unwrap()
+}
+
+async fn serve(mock: Mock) -> (Arc<Mock>, String) {
+    let mock = Arc::new(mock);
+    let app = Router::new()
+        .route("/v2/sandboxes", post(create).get(list))
+        .route("/sandboxes/{id}", get(detail).delete(kill))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/health", get(health))
+        .route("/filesystem.Filesystem/MakeDir", post(make_dir))
+        .route("/process.Process/SendSignal", post(send_signal))
+        .route("/process.Process/Start", post(start))
+        .with_state(mock.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (mock, format!("http://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_without_end_event_is_a_transport_error_not_success() {
+    let (mock, url) = serve(Mock::new(StreamMode::NoEnd)).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["echo", "hi"]);
+    req.sync = None;
+    req.env.insert("CI".into(), "1".into());
+    let mut out = CapturedOutput::default();
+    let err = p.run(&req, &mut out, &SilentReporter).await.unwrap_err();
+    assert!(matches!(err, Error::Transport(_)), "{err}");
+    assert_eq!(err.exit_code(), 1);
+    assert!(!err.to_string().contains(TOKEN));
+    assert_eq!(
+        out.stdout_str(),
+        "partial\n",
+        "output before the break still arrives"
+    );
+    let log = mock.entries();
+    let start = log.iter().find(|e| e.starts_with("Start sandbox")).unwrap();
+    assert_eq!(
+        start,
+        "Start sandbox=sbx1 port=49983 token=true auth=Basic dXNlcjo= proto=1 ctype=application/connect+json"
+    );
+    let body = log.iter().find(|e| e.starts_with("Start body")).unwrap();
+    let body: Value = serde_json::from_str(body.trim_start_matches("Start body ")).unwrap();
+    assert_eq!(body["process"]["cmd"], "/bin/bash");
+    assert_eq!(body["process"]["args"], json!(["-l", "-c", "'echo' 'hi'"]));
+    assert_eq!(body["process"]["cwd"], "/home/user/crabbox");
+    assert_eq!(
+        body["process"]["envs"],
+        json!({"CI": "1"}),
+        "env goes as envs"
+    );
+    assert_eq!(
+        mock.count("DELETE /sandboxes/sbx1"),
+        1,
+        "the broken run releases its sandbox"
+    );
+    assert!(world.claims().list().unwrap().0.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_and_list_retry_503_honouring_retry_after() {
+    let mock = Mock::new(StreamMode::NoEnd);
+    mock.get_failures.store(1, Ordering::SeqCst);
+    mock.list_failures.store(1, Ordering::SeqCst);
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+
+    let t = Instant::now();
+    let st = p
+        .status(&StatusRequest {
+            id: "sbx9".into(),
+            wait: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "Retry-After: 1 honoured"
+    );
+    assert_eq!(mock.count("GET /sandboxes/sbx9"), 2);
+    assert!(st.ready && !st.claimed);
+    assert_eq!(st.lease_id, "cbx_0123456789ab");
+    assert_eq!(mock.count("GET /health sandbox=sbx9"), 1);
+
+    let t = Instant::now();
+    let boxes = p.list().await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(950));
+    let ids: Vec<_> = boxes.iter().map(|b| b.remote_id.as_str()).collect();
+    assert_eq!(ids, ["sbxA", "sbxB"], "X-Next-Token is followed");
+    let lists: Vec<_> = mock
+        .entries()
+        .into_iter()
+        .filter(|e| e.starts_with("GET /v2/sandboxes"))
+        .collect();
+    assert_eq!(
+        lists,
+        [
+            "GET /v2/sandboxes metadata=crabbox=true&provider=e2b token=",
+            "GET /v2/sandboxes metadata=crabbox=true&provider=e2b token=",
+            "GET /v2/sandboxes metadata=crabbox=true&provider=e2b token=page2",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_stop_after_three_attempts() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.retry_after = "0";
+    mock.get_failures.store(10, Ordering::SeqCst);
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let err = p
+        .status(&StatusRequest {
+            id: "sbx9".into(),
+            wait: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(mock.count("GET /sandboxes/sbx9"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_is_never_retried() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.create_status = 503;
+    mock.retry_after = "0";
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let mut out = CapturedOutput::default();
+    let err = p
+        .run(&request(&repo, None, &["true"]), &mut out, &SilentReporter)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    assert_eq!(mock.count("POST /v2/sandboxes"), 1);
+    assert!(
+        world.claims().list().unwrap().0.is_empty(),
+        "the reserved lease is released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_sends_sigterm_then_sigkill_then_deletes_the_sandbox() {
+    let (mock, url) = serve(Mock::new(StreamMode::Forever)).await;
+    let world = World::new();
+    let p = world
+        .provider_at(&url, &url, &[])
+        .unwrap()
+        .with_cancel_grace(Duration::from_millis(200));
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["sleep", "100"]);
+    req.sync = None;
+    let cancel = req.cancel.clone();
+    let mut out = CapturedOutput::default();
+    let trigger = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cancel.cancel();
+    };
+    let t = Instant::now();
+    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
+    assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let tail: Vec<_> = mock
+        .entries()
+        .into_iter()
+        .filter(|e| e.starts_with("SendSignal") || e.starts_with("DELETE"))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "SendSignal SIGNAL_SIGTERM pid=42",
+            "SendSignal SIGNAL_SIGKILL pid=42",
+            "DELETE /sandboxes/sbx1"
+        ]
+    );
+    assert!(world.claims().list().unwrap().0.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_are_not_followed() {
+    let (mock, url) = serve(Mock::new(StreamMode::NoEnd)).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let err = p
+        .status(&StatusRequest {
+            id: "redirect".into(),
+            wait: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("redirect"), "{err}");
+    assert_eq!(mock.count("GET /sandboxes/elsewhere"), 0);
+}
