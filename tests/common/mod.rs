@@ -131,3 +131,66 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     }
     pids
 }
+
+/// A running `e2b-emulator` process (the sibling binary in the target directory), killed on drop.
+pub struct Emulator {
+    child: std::process::Child,
+    pub api_url: String,
+    pub sandbox_url: String,
+    pub key: String,
+}
+
+impl Emulator {
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let bin = Path::new(env!("CARGO_BIN_EXE_crabbox")).with_file_name("e2b-emulator");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first (cargo build -p e2b-emulator; cargo xtask ci does)",
+            bin.display()
+        );
+        let key = format!("e2b_{}", "0123456789abcdef0123456789abcdef01234567");
+        let mut child = Command::new(&bin)
+            .args(["--listen", "127.0.0.1:0", "--api-key", &key])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("emulator starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("emulator said {line:?}: {e}"));
+        Self {
+            child,
+            api_url: v["api_url"].as_str().unwrap().to_string(),
+            sandbox_url: v["sandbox_url"].as_str().unwrap().to_string(),
+            key,
+        }
+    }
+
+    /// A test sandbox whose environment points crabbox at this emulator.
+    pub fn sandbox(&self) -> Sandbox {
+        Sandbox::new()
+            .with_env("E2B_API_KEY", &self.key)
+            .with_env("E2B_API_URL", &self.api_url)
+            .with_env("E2B_SANDBOX_URL", &self.sandbox_url)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child so it can kill its sandboxes.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

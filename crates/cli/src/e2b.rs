@@ -5,14 +5,14 @@ use std::path::PathBuf;
 use crabbox_core::claims::ClaimStore;
 use crabbox_core::config::LoadedConfig;
 use crabbox_core::provider::Provider;
-use crabbox_core::{Error, Result};
+use crabbox_core::Result;
 
 pub fn provider(
-    _cfg: &LoadedConfig,
-    _claims: ClaimStore,
-    _state_dir: PathBuf,
+    cfg: &LoadedConfig,
+    claims: ClaimStore,
+    state_dir: PathBuf,
 ) -> Result<Box<dyn Provider>> {
-    Err(Error::Usage(
-        "the e2b provider is not built into this binary yet".into(),
-    ))
+    Ok(Box::new(crabbox_provider_e2b::E2bProvider::from_config(
+        cfg, claims, state_dir,
+    )?))
 }

@@ -1,0 +1,260 @@
+//! End to end: the `crabbox` binary with `--provider e2b` against the local E2B emulator, in
+//! temporary git repositories.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn e2b_list(sb: &Sandbox) -> Vec<serde_json::Value> {
+    let out = ok(sb.run(&["list", "--provider", "e2b", "--json"]));
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn the_documented_command_sequence_works() {
+    let emu = Emulator::start();
+    let sb = emu.sandbox();
+    let out = ok(sb.run(&["run", "--provider", "e2b", "--", "echo", "crabbox-e2b-ok"]));
+    assert_eq!(out, "crabbox-e2b-ok\n");
+    assert!(
+        e2b_list(&sb).is_empty(),
+        "one-shot run must leave no sandbox"
+    );
+
+    let lease = ok(sb.run(&["warmup", "--provider", "e2b", "--e2b-template", "base"]))
+        .trim()
+        .to_string();
+    assert!(crabbox_core::lease::is_lease_id(&lease), "{lease}");
+    let out = ok(sb.run(&["run", "--provider", "e2b", "--id", &lease, "--", "pwd"]));
+    assert_eq!(out, "/home/user/crabbox\n");
+    let st: serde_json::Value = serde_json::from_str(&ok(sb.run(&[
+        "status",
+        "--provider",
+        "e2b",
+        "--id",
+        &lease,
+        "--wait",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(st["ready"], true);
+    assert_eq!(e2b_list(&sb).len(), 1);
+    ok(sb.run(&["stop", "--provider", "e2b", &lease]));
+    assert!(e2b_list(&sb).is_empty());
+    assert!(sb.claims().is_empty());
+
+    let out = ok(sb.run(&[
+        "run",
+        "--provider",
+        "e2b",
+        "--e2b-workdir",
+        "repo",
+        "--",
+        "pwd",
+    ]));
+    assert_eq!(out, "/home/user/repo\n");
+    assert!(e2b_list(&sb).is_empty());
+}
+
+#[test]
+fn synced_files_exit_code_and_split_streams() {
+    let emu = Emulator::start();
+    let sb = emu.sandbox();
+    let out = ok(sb.run(&[
+        "run",
+        "--provider",
+        "e2b",
+        "--",
+        "/bin/sh",
+        "-c",
+        "find . -type f | sed 's|^./||' | sort",
+    ]));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        RepoFixture::expected_files()
+    );
+    let o = sb.run(&[
+        "run",
+        "--provider",
+        "e2b",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo out-line; echo err-line >&2; exit 7",
+    ]);
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "out-line\n");
+    assert!(stderr(&o).contains("err-line\n"));
+    assert!(e2b_list(&sb).is_empty());
+}
+
+#[test]
+fn unsafe_workdir_and_user_exit_2_before_any_sandbox() {
+    let emu = Emulator::start();
+    let sb = emu.sandbox();
+    for args in [
+        vec![
+            "run",
+            "--provider",
+            "e2b",
+            "--e2b-workdir",
+            "/etc",
+            "--",
+            "true",
+        ],
+        vec![
+            "run",
+            "--provider",
+            "e2b",
+            "--e2b-workdir",
+            "/",
+            "--",
+            "true",
+        ],
+        vec![
+            "run",
+            "--provider",
+            "e2b",
+            "--e2b-user",
+            "../root",
+            "--",
+            "true",
+        ],
+        vec!["warmup", "--provider", "e2b", "--e2b-user", "a/b"],
+    ] {
+        let o = sb.run(&args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+    }
+    assert!(e2b_list(&sb).is_empty(), "no sandbox may be created");
+    assert!(sb.claims().is_empty());
+}
+
+#[test]
+fn api_key_precedence_and_secrecy() {
+    let emu = Emulator::start();
+    let wrong = "e2b_wrongwrongwrongwrong1234";
+    // CRABBOX_E2B_API_KEY wins over E2B_API_KEY.
+    let sb = emu
+        .sandbox()
+        .with_env("E2B_API_KEY", wrong)
+        .with_env("CRABBOX_E2B_API_KEY", &emu.key);
+    ok(sb.run(&["run", "--provider", "e2b", "--no-sync", "--", "true"]));
+    let sb = emu.sandbox().with_env("CRABBOX_E2B_API_KEY", wrong);
+    let o = sb.run(&["run", "--provider", "e2b", "--no-sync", "--", "true"]);
+    assert_ne!(code(&o), 0);
+    assert!(
+        !stderr(&o).contains(wrong) && !stdout(&o).contains(wrong),
+        "key echoed: {}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("wrongwrong"), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_key_exits_2_naming_the_variable() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new()
+        .with_env("E2B_API_URL", &emu.api_url)
+        .with_env("E2B_SANDBOX_URL", &emu.sandbox_url);
+    let o = sb.run(&["run", "--provider", "e2b", "--", "true"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("E2B_API_KEY"), "{}", stderr(&o));
+}
+
+#[test]
+fn repository_config_may_not_redirect_an_inherited_key() {
+    let emu = Emulator::start();
+    let sb = Sandbox::new().with_env("E2B_API_KEY", &emu.key);
+    std::fs::write(
+        sb.root().join(".crabbox.yaml"),
+        format!("provider: e2b\ne2b:\n  apiUrl: {}\n", emu.api_url),
+    )
+    .unwrap();
+    let o = sb.run(&["run", "--", "true"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(!stderr(&o).contains(&emu.key));
+}
+
+#[test]
+fn keep_on_failure_keeps_the_sandbox() {
+    let emu = Emulator::start();
+    let sb = emu.sandbox();
+    let o = sb.run(&[
+        "run",
+        "--provider",
+        "e2b",
+        "--keep-on-failure",
+        "--",
+        "/bin/sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(code(&o), 3);
+    assert!(stderr(&o).contains("crabbox stop"), "{}", stderr(&o));
+    let boxes = e2b_list(&sb);
+    assert_eq!(boxes.len(), 1);
+    let lease = boxes[0]["leaseId"].as_str().unwrap().to_string();
+    ok(sb.run(&["stop", "--provider", "e2b", &lease]));
+    assert!(e2b_list(&sb).is_empty());
+}
+
+#[test]
+fn ctrl_c_stops_the_remote_process_and_deletes_the_sandbox() {
+    let emu = Emulator::start();
+    let sb = emu.sandbox();
+    let token = format!("crabbox-ctrlc-{}", std::process::id());
+    let script = format!("echo started; sleep 45 # {token}");
+    let mut child = sb
+        .cmd(&[
+            "run",
+            "--provider",
+            "e2b",
+            "--no-sync",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    assert!(
+        !processes_mentioning(&token).is_empty(),
+        "remote command should be running"
+    );
+    let t = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(&token).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        processes_mentioning(&token).is_empty(),
+        "remote process survived Ctrl-C"
+    );
+    assert!(e2b_list(&sb).is_empty(), "sandbox must be deleted");
+    assert!(sb.claims().is_empty());
+}
+
+#[test]
+fn class_flag_is_refused_for_e2b() {
+    let emu = Emulator::start();
+    let sb = emu.sandbox();
+    let o = sb.run(&["run", "--provider", "e2b", "--class", "large", "--", "true"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--e2b-template"), "{}", stderr(&o));
+}
