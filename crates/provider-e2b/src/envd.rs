@@ -232,6 +232,21 @@ impl Envd {
         }
     }
 
+    /// `filesystem.Filesystem/Stat`: whether `path` exists.
+    pub async fn exists(&self, path: &str) -> Result<bool> {
+        let req = filesystem::StatRequest {
+            path: path.to_string(),
+        };
+        match self
+            .unary::<_, filesystem::StatResponse>(filesystem::SERVICE, "Stat", &req)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(RpcFailure::Rpc(e)) if e.code == Code::NotFound => Ok(false),
+            Err(e) => Err(e.into_error(&format!("sandbox {}: looking at {path}", self.sandbox_id))),
+        }
+    }
+
     /// `process.Process/SendSignal` to one pid.
     pub async fn send_signal(&self, pid: u32, signal: Signal) -> Result<()> {
         let req = SendSignalRequest {

@@ -115,7 +115,7 @@ impl E2bProvider {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(30))
             .user_agent(concat!("crabbox/", env!("CARGO_PKG_VERSION")));
-        if all_loopback && endpoints.sandbox_url.is_some() {
+        if all_loopback {
             // A proxy from the environment must not see loopback traffic or its tokens.
             builder = builder.no_proxy();
         }
@@ -489,12 +489,18 @@ impl E2bProvider {
         };
         // What the box holds is only known for a lease this machine synced into the same
         // workdir; anything else gets everything (laid over, never deleting unknown files).
-        let previous = match &box_.claim {
+        let mut previous = match &box_.claim {
             Some(c) if !box_.created && c.workdir == placement.workdir => {
                 Some(SyncState::load(&self.state_path(&box_.lease_id)))
             }
             _ => None,
         };
+        // A workdir removed on the box behind our back invalidates the record.
+        if previous.as_ref().is_some_and(|s| !s.entries.is_empty())
+            && !box_.envd.exists(&placement.workdir).await?
+        {
+            previous = None;
+        }
         let plan = SyncPlan::new(source, previous.as_ref());
         let report = sync_tree(
             &box_.envd,

@@ -299,6 +299,17 @@ mod tests {
     }
 
     #[test]
+    fn settings_debug_hides_the_key() {
+        let s: E2bSettings = serde_json::from_value(serde_json::json!({
+            "apiKey": "e2b_hidden_key", "apiUrl": "https://api.e2b.app", "maxTtl": "24h"
+        }))
+        .unwrap();
+        assert_eq!(s.max_ttl, Duration::from_secs(86400));
+        let text = format!("{s:?}");
+        assert!(!text.contains("e2b_hidden_key"), "{text}");
+    }
+
+    #[test]
     fn domain_must_be_a_host_name() {
         assert!(check_domain("e2b.app").is_ok());
         assert!(check_domain("localhost:3000").is_ok());

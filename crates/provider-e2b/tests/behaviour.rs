@@ -718,3 +718,49 @@ async fn killed_command_reports_128_plus_signal() {
     assert_eq!(o.exit_code, 137);
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_sync_resends_everything_when_the_workdir_vanished_on_the_box() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    let mut out = CapturedOutput::default();
+    p.run(
+        &request(&repo, Some(&warm.lease_id), &["true"]),
+        &mut out,
+        &SilentReporter,
+    )
+    .await
+    .unwrap();
+    let mut req = request(
+        &repo,
+        Some(&warm.lease_id),
+        &["/bin/sh", "-c", "rm -rf \"$PWD\""],
+    );
+    req.sync = None;
+    p.run(&req, &mut out, &SilentReporter).await.unwrap();
+    let mut out = CapturedOutput::default();
+    let o = p
+        .run(
+            &request(&repo, Some(&warm.lease_id), &["cat", "tracked.txt"]),
+            &mut out,
+            &SilentReporter,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(
+        o.sync.unwrap().sent_files,
+        RepoFixture::expected_files().len() as u64
+    );
+    assert_eq!(out.stdout_str(), "tracked\n");
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
