@@ -402,11 +402,27 @@ impl ProcessStream {
 
 /// The exit code of a finished process: its own code, or 128+signal when it was killed.
 pub fn exit_code_of(end: &crabbox_e2b_wire::process::EndEvent) -> i32 {
-    if end.exited || end.exit_code >= 0 {
+    let status = end.status.trim();
+    if end.exited {
         return end.exit_code;
     }
-    let status = end.status.trim();
+    if let Some(code) = status
+        .strip_prefix("exit status ")
+        .and_then(|c| c.trim().parse::<i32>().ok())
+    {
+        return code;
+    }
+    if end.exit_code > 0 {
+        return end.exit_code;
+    }
     let name = status.strip_prefix("signal: ").unwrap_or(status);
+    if let Some(n) = name
+        .strip_prefix("signal ")
+        .and_then(|n| n.trim().parse::<i32>().ok())
+        .filter(|n| (1..=64).contains(n))
+    {
+        return 128 + n;
+    }
     let number = match name {
         "hangup" => 1,
         "interrupt" => 2,
@@ -450,6 +466,13 @@ mod tests {
         assert_eq!(exit_code_of(&end(-1, false, "signal: terminated")), 143);
         assert_eq!(exit_code_of(&end(-1, false, "signal: interrupt")), 130);
         assert_eq!(exit_code_of(&end(-1, false, "")), 137);
+        assert_eq!(exit_code_of(&end(-1, false, "signal: signal 10")), 138);
+        assert_eq!(
+            exit_code_of(&end(0, false, "signal: terminated")),
+            143,
+            "an omitted exitCode of a killed process is not success"
+        );
+        assert_eq!(exit_code_of(&end(0, false, "exit status 4")), 4);
     }
 
     #[test]

@@ -118,9 +118,9 @@ pub async fn sync_tree(
     reporter: &dyn Reporter,
     timeout: Duration,
 ) -> Result<SyncReport> {
-    let mut report = SyncReport {
+    let report = SyncReport {
         files: source.manifest.len() as u64,
-        bytes: 0,
+        bytes: source.manifest.total_bytes,
         sent_files: plan.send.len() as u64,
         deleted_files: plan.delete.len() as u64,
     };
@@ -142,8 +142,7 @@ pub async fn sync_tree(
         }
     ));
 
-    let (archive, stats) = build_archive(source, &plan.send).await?;
-    report.bytes = stats.bytes;
+    let (archive, _) = build_archive(source, &plan.send).await?;
     let tag = hex::encode(rand::random::<[u8; 8]>());
     let remote_archive = format!("/tmp/crabbox-{tag}.tgz");
     let remote_delete = format!("/tmp/crabbox-{tag}.del");
