@@ -258,3 +258,38 @@ fn class_flag_is_refused_for_e2b() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("--e2b-template"), "{}", stderr(&o));
 }
+
+#[test]
+fn id_accepts_slug_sandbox_id_and_synthetic_id_and_reclaim_releases_unclaimed() {
+    let emu = Emulator::start();
+    let sb = emu.sandbox();
+    let warm: serde_json::Value =
+        serde_json::from_str(&ok(sb.run(&["warmup", "--provider", "e2b", "--json"]))).unwrap();
+    let slug = warm["slug"].as_str().unwrap().to_string();
+    let sandbox = warm["remoteId"].as_str().unwrap().to_string();
+    let synthetic = format!("e2b_{sandbox}");
+    for id in [&slug, &sandbox, &synthetic] {
+        let out = ok(sb.run(&[
+            "run",
+            "--provider",
+            "e2b",
+            "--no-sync",
+            "--id",
+            id,
+            "--",
+            "echo",
+            "same-box",
+        ]));
+        assert_eq!(out, "same-box\n", "--id {id}");
+    }
+    // Lose the claim: the sandbox is still crabbox's, but this machine no longer holds it.
+    for entry in std::fs::read_dir(sb.claims_dir()).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let listed = e2b_list(&sb);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["claimed"], false);
+    let o = sb.run(&["stop", "--provider", "e2b", "--reclaim", &sandbox]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(e2b_list(&sb).is_empty());
+}
