@@ -175,7 +175,7 @@ pub struct SandboxDetail {
     #[serde(rename = "diskSizeMB")]
     pub disk_size_mb: u32,
     pub state: SandboxState,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub metadata: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
@@ -204,8 +204,16 @@ pub struct ListedSandbox {
     pub disk_size_mb: u32,
     pub state: SandboxState,
     pub envd_version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// Reads an absent or explicit `null` map as empty: a sandbox without metadata may come back
+/// either way.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    Ok(Option::<BTreeMap<String, String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `POST /sandboxes/{id}/timeout` body.
@@ -370,5 +378,19 @@ mod tests {
     fn percent_decode_keeps_malformed_escapes() {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+}
+
+#[cfg(test)]
+mod null_metadata_tests {
+    use super::*;
+
+    #[test]
+    fn null_metadata_reads_as_empty() {
+        let body = r#"{"templateID":"base","sandboxID":"i1","clientID":"c","startedAt":"2026-01-01T00:00:00Z",
+            "endAt":"2026-01-01T01:00:00Z","cpuCount":2,"memoryMB":512,"diskSizeMB":1024,"state":"running",
+            "envdVersion":"0.6.13","metadata":null}"#;
+        let s: ListedSandbox = serde_json::from_str(body).unwrap();
+        assert!(s.metadata.is_empty());
     }
 }
