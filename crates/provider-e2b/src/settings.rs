@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crabbox_core::config::{LoadedConfig, Origin};
 use crabbox_core::{Error, Result};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use url::{Host, Url};
 
 /// A value that must never be printed: the API key, an envd access token.
@@ -55,7 +55,10 @@ pub struct E2bSettings {
     pub workdir: String,
     #[serde(default)]
     pub user: String,
-    #[serde(default = "default_max_ttl", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_max_ttl",
+        deserialize_with = "crabbox_core::config::de_duration"
+    )]
     pub max_ttl: Duration,
 }
 
@@ -76,19 +79,6 @@ impl std::fmt::Debug for E2bSettings {
 
 fn default_max_ttl() -> Duration {
     Duration::from_secs(3600)
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => crabbox_core::config::parse_duration(&t).map_err(serde::de::Error::custom),
-    }
 }
 
 pub const DEFAULT_API_URL: &str = "https://api.e2b.app";
