@@ -229,7 +229,12 @@ fn config_show_names_origins_and_masks_secrets() {
 fn ctrl_c_stops_the_command_and_removes_the_box() {
     let sb = Sandbox::new();
     let marker = sb.state.join("should-not-exist");
-    let script = format!("echo started; sleep 20; touch {}", marker.display());
+    // A background subshell (same command line, so findable) that outlives its parent unless
+    // the whole process group is killed.
+    let script = format!(
+        "(sleep 20; touch {}) & echo started; wait",
+        marker.display()
+    );
     let mut child = sb
         .cmd(&["run", "--", "/bin/sh", "-c", &script])
         .stdout(std::process::Stdio::piped())

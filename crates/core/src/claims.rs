@@ -211,7 +211,8 @@ impl ClaimStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("removing claim", path)(e)),
         }
-        let _ = fs::remove_file(self.dir.join(format!("{lease_id}.lock")));
+        // The lock file stays: unlinking it while others wait on it would let a newcomer lock
+        // a fresh inode while a waiter holds the old one.
         Ok(())
     }
 

@@ -383,33 +383,16 @@ pub async fn keep_on_failure_keeps_failed_box(p: &dyn Provider) {
     );
 }
 
-/// Cancelling a run stops the remote command and returns `Interrupted`.
+/// Cancelling a run stops the remote command — even one that ignores SIGTERM — and returns
+/// `Interrupted`; a one-shot box is released, a reused (`--id`) box is kept.
 pub async fn cancel_stops_the_command(p: &dyn Provider) {
     let repo = RepoFixture::new();
-    let marker = format!("/tmp/crabbox-cancel-{}", crate::lease::new_lease_id());
-    let mut req = request(
-        &repo,
-        None,
-        &[
-            "/bin/sh",
-            "-c",
-            &format!("echo started; sleep 30; touch {marker}"),
-        ],
-    );
-    req.sync = None;
-    let cancel = req.cancel.clone();
+    // One-shot: the box goes away.
     let before = lease_ids(p).await;
+    let mut req = request(&repo, None, &["/bin/sh", "-c", "echo started; sleep 30"]);
+    req.sync = None;
     let started = std::time::Instant::now();
-    let task = async {
-        let mut out = CapturedOutput::default();
-        p.run(&req, &mut out, &SilentReporter).await
-    };
-    let trigger = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        cancel.cancel();
-    };
-    let (result, ()) = tokio::join!(task, trigger);
-    let err = result.expect_err("cancelled run must fail");
+    let err = run_and_cancel(p, &req).await;
     assert!(matches!(err, Error::Interrupted), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(25),
@@ -420,6 +403,54 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
         before,
         "cancelled one-shot run must release its box"
     );
+
+    // Reused box: the command (which ignores SIGTERM and beats every 100 ms) must stop, and
+    // the box must stay for the next run to inspect.
+    let warm = p
+        .warmup(
+            &WarmupRequest {
+                slug: None,
+                ttl: Duration::from_secs(600),
+                repo_root: Some(repo.root().into()),
+            },
+            &SilentReporter,
+        )
+        .await
+        .expect("warmup");
+    let heartbeat = "trap '' TERM; while :; do date +%s%N > .heartbeat; sleep 0.1; done";
+    let req = request(&repo, Some(&warm.lease_id), &["/bin/sh", "-c", heartbeat]);
+    let err = run_and_cancel(p, &req).await;
+    assert!(matches!(err, Error::Interrupted), "{err}");
+    let mut probe = request(&repo, Some(&warm.lease_id), &["/bin/sh", "-c", "a=$(cat .heartbeat); sleep 1; b=$(cat .heartbeat); [ \"$a\" = \"$b\" ] && echo stopped || echo still-beating"]);
+    probe.sync = None;
+    let (o, out) = run(p, &probe).await;
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(
+        out.stdout_str(),
+        "stopped\n",
+        "a cancelled command must not keep running (SIGKILL after the grace period)"
+    );
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .expect("stop");
+}
+
+/// Runs `req`, cancels it once its first output arrived (or after 1.5 s), returns the error.
+async fn run_and_cancel(p: &dyn Provider, req: &RunRequest) -> Error {
+    let cancel = req.cancel.clone();
+    let task = async {
+        let mut out = CapturedOutput::default();
+        p.run(req, &mut out, &SilentReporter).await
+    };
+    let trigger = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(task, trigger);
+    result.expect_err("cancelled run must fail")
 }
 
 /// Every check, in order.

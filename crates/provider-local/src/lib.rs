@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,6 +21,7 @@ use crabbox_core::provider::{
 use crabbox_core::sync::{extract_archive, write_archive, SyncState};
 use crabbox_core::{Error, Result};
 use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
 
 const PROVIDER: &str = "local";
 /// Variables a command always gets from the caller, as a login on a remote box would have.
@@ -134,8 +137,11 @@ impl LocalProvider {
         lease_id: &str,
         src: &SyncSource,
         reporter: &dyn Reporter,
+        cancel: &CancellationToken,
     ) -> Result<SyncReport> {
         let state_path = self.sync_state_path(lease_id);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let cancelled_in_task = cancelled.clone();
         let workdir = self.box_dir(lease_id);
         let src = src.clone();
         let total = src.manifest.total_bytes;
@@ -158,6 +164,10 @@ impl LocalProvider {
                     let _ = tx.send(b);
                 })?;
                 drop(spool_w);
+                // Stop before touching the box if the run was interrupted meanwhile.
+                if cancelled_in_task.load(Ordering::SeqCst) {
+                    return Err(Error::Interrupted);
+                }
                 use std::io::Seek;
                 let mut reader = &spool;
                 reader
@@ -175,9 +185,14 @@ impl LocalProvider {
             (handle, rx)
         };
         let mut report = report;
+        // The blocking task is always awaited, even on cancel, so nothing writes into the
+        // box after this returns (the caller may be about to delete it).
         let result = loop {
             tokio::select! {
                 r = &mut report => break r,
+                _ = cancel.cancelled(), if !cancelled.load(Ordering::SeqCst) => {
+                    cancelled.store(true, Ordering::SeqCst);
+                }
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if let Some(done) = progress_rx.try_iter().last() {
                         reporter.progress("sync", done, Some(total));
@@ -339,7 +354,9 @@ impl Provider for LocalProvider {
         let body = async {
             let sync = match &req.sync {
                 Some(src) => {
-                    let r = self.sync(&claim.lease_id, src, reporter).await?;
+                    let r = self
+                        .sync(&claim.lease_id, src, reporter, &req.cancel)
+                        .await?;
                     reporter.status(&format!(
                         "synced {} files ({} sent, {} deleted)",
                         r.files, r.sent_files, r.deleted_files
@@ -349,14 +366,16 @@ impl Provider for LocalProvider {
                 None => None,
             };
             let sync_time = t1.elapsed();
+            if req.cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
             let t2 = Instant::now();
             let code = self.exec(req, &workdir, out).await?;
             Ok::<_, Error>((sync, sync_time, code, t2.elapsed()))
         };
-        let result = tokio::select! {
-            r = body => r,
-            _ = req.cancel.cancelled() => Err(Error::Interrupted),
-        };
+        // Cancellation is handled inside sync and exec, which clean up before returning;
+        // racing the whole body against the token here would drop them half-way.
+        let result = body.await;
         let success = matches!(&result, Ok((_, _, 0, _)));
         let keep = !created || req.keep.keeps(success);
         let t3 = Instant::now();

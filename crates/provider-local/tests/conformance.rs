@@ -69,3 +69,44 @@ async fn killed_command_reports_signal_exit_code() {
     .unwrap();
     assert_eq!(o.exit_code, 137);
 }
+
+#[tokio::test]
+async fn cancel_kills_the_whole_process_group() {
+    let (_dir, p) = provider();
+    let repo = conformance::RepoFixture::new();
+    let token = format!("crabbox-pgroup-{}", crabbox_core::lease::new_lease_id());
+    let script = format!("(trap '' TERM; sleep 30; echo {token}) & echo started; wait");
+    let mut req = conformance::request(&repo, None, &["/bin/sh", "-c", &script]);
+    req.sync = None;
+    let cancel = req.cancel.clone();
+    let run = async {
+        let mut out = conformance::CapturedOutput::default();
+        crabbox_core::provider::Provider::run(
+            &p,
+            &req,
+            &mut out,
+            &crabbox_core::provider::SilentReporter,
+        )
+        .await
+    };
+    let trigger = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(run, trigger);
+    assert!(matches!(result, Err(crabbox_core::Error::Interrupted)));
+    let survivors: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (String::from_utf8_lossy(&cmd).contains(&token) && pid != std::process::id())
+                .then_some(pid)
+        })
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "processes of the cancelled command survived: {survivors:?}"
+    );
+}

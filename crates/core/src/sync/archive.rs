@@ -1,6 +1,7 @@
 //! The sync archive: tar + gzip written as a stream, and its safe extraction.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path};
 
 use flate2::write::GzEncoder;
@@ -40,15 +41,21 @@ pub fn write_archive<'a, W: Write>(
         header.set_gid(0);
         match entry.kind {
             EntryKind::File => {
-                let file = std::fs::File::open(&full).map_err(Error::io("reading", &full))?;
+                // O_NOFOLLOW: a file swapped for a symlink since the manifest was built must not
+                // be read through.
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&full)
+                    .map_err(Error::io("reading", &full))?;
                 // Size from the open file, not the manifest: the tree may have changed since.
                 let len = file.metadata().map_err(Error::io("reading", &full))?.len();
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(len);
-                tar.append_data(&mut header, &entry.path, file.take(len))
+                tar.append_data(&mut header, &entry.path, ExactLen { inner: file.take(len), remaining: len })
                     .map_err(|e| {
                         Error::Sync(format!(
-                            "adding {} to the sync archive: {e}",
+                            "adding {} to the sync archive: {e}; if it is being written to, run again or exclude it",
                             full.display()
                         ))
                     })?;
@@ -73,6 +80,30 @@ pub fn write_archive<'a, W: Write>(
     let gz = tar.into_inner().map_err(write_err)?;
     gz.finish().map_err(write_err)?.flush().map_err(write_err)?;
     Ok(stats)
+}
+
+/// Yields exactly `remaining` bytes or fails: a file that shrinks while it is archived must
+/// not leave the tar stream shorter than its header promised.
+struct ExactLen<R> {
+    inner: R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for ExactLen<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while being synced",
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
 }
 
 /// Unpacks a tar+gzip stream under `dest`, refusing absolute paths, `..` components and
@@ -174,6 +205,39 @@ mod tests {
             std::fs::read_link(dst.path().join("link")).unwrap(),
             Path::new("d/a.txt")
         );
+    }
+
+    #[test]
+    fn a_file_that_shrinks_fails_the_archive_instead_of_corrupting_it() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("log"), "0123456789").unwrap();
+        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
+        let mut r = ExactLen {
+            inner: &b"01234"[..],
+            remaining: 10,
+        };
+        let mut sink = Vec::new();
+        let err = std::io::copy(&mut r, &mut sink).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        // Through the archive writer: a manifest entry whose file is now shorter still works,
+        // because the size is taken from the open file, and the content is complete.
+        std::fs::write(src.path().join("log"), "01").unwrap();
+        let mut buf = Vec::new();
+        let stats = write_archive(src.path(), &m.entries, &mut buf, |_| {}).unwrap();
+        assert_eq!(stats.bytes, 2);
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_symlink_is_not_read_through() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f"), "x").unwrap();
+        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), "secret").unwrap();
+        std::fs::remove_file(src.path().join("f")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), src.path().join("f")).unwrap();
+        let err = write_archive(src.path(), &m.entries, Vec::new(), |_| {}).unwrap_err();
+        assert!(err.to_string().contains("f"), "{err}");
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl SyncManifest {
             Some(matcher(root, &opts.include, None)?)
         };
         let mut entries = BTreeMap::new();
+        let mut real_dirs = std::collections::HashSet::new();
         for rel in candidates {
             if !is_clean_relative(&rel) || rel.split('/').any(|c| BUILTIN_EXCLUDES.contains(&c)) {
                 continue;
@@ -109,6 +110,11 @@ impl SyncManifest {
                 if !inc.matched_path_or_any_parents(&rel, false).is_ignore() {
                     continue;
                 }
+            }
+            if !parents_are_real_dirs(root, &rel, &mut real_dirs) {
+                // A directory on the way is now a symlink (or gone): reading through it could
+                // leave the tree.
+                continue;
             }
             let full = root.join(&rel);
             let meta = match std::fs::symlink_metadata(&full) {
@@ -286,6 +292,35 @@ fn matcher(root: &Path, patterns: &[String], file: Option<&Path>) -> Result<Giti
         .map_err(|e| Error::Usage(format!("bad sync patterns: {e}")))
 }
 
+/// Every directory between `root` and `rel` is a real directory, not a symlink.
+fn parents_are_real_dirs(
+    root: &Path,
+    rel: &str,
+    known: &mut std::collections::HashSet<String>,
+) -> bool {
+    let mut prefix = String::new();
+    let mut parts = rel.split('/').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            return true;
+        }
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        if known.contains(&prefix) {
+            continue;
+        }
+        match std::fs::symlink_metadata(root.join(&prefix)) {
+            Ok(m) if m.is_dir() => {
+                known.insert(prefix.clone());
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
 fn is_clean_relative(rel: &str) -> bool {
     !rel.is_empty()
         && Path::new(rel)
@@ -349,6 +384,20 @@ mod tests {
         assert!(
             !m.paths().any(|p| p.starts_with("escape/")),
             "link target must not be walked"
+        );
+    }
+
+    #[test]
+    fn tracked_files_behind_a_directory_now_a_symlink_are_skipped() {
+        let repo = RepoFixture::new();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("lib.txt"), "outside").unwrap();
+        std::fs::remove_dir_all(repo.root().join("src")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), repo.root().join("src")).unwrap();
+        let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
+        assert!(
+            !m.paths().any(|p| p == "src/lib.txt"),
+            "must not read through the link"
         );
     }
 
