@@ -268,3 +268,94 @@ fn completions_are_generated() {
     let out = ok(sb.run(&["completions", "bash"]));
     assert!(out.contains("crabbox"));
 }
+
+/// Starts `crabbox run` of a SIGTERM-ignoring command tagged with `token`; returns once the
+/// command printed `started`.
+fn start_stubborn(sb: &Sandbox, token: &str) -> std::process::Child {
+    let script = format!("trap '' TERM; echo started; while :; do sleep 0.2; done # {token}");
+    let mut child = sb
+        .cmd(&["run", "--no-sync", "--", "/bin/sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    child
+}
+
+#[test]
+fn sigterm_is_handled_like_ctrl_c() {
+    let sb = Sandbox::new();
+    let token = format!("crabbox-sigterm-{}", std::process::id());
+    let mut child = start_stubborn(&sb, &token);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(
+        processes_mentioning(&token).is_empty(),
+        "command survived SIGTERM to crabbox"
+    );
+    assert!(sb.claims().is_empty());
+}
+
+#[test]
+fn second_ctrl_c_exits_at_once() {
+    let sb = Sandbox::new();
+    let token = format!("crabbox-twice-{}", std::process::id());
+    let mut child = start_stubborn(&sb, &token);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    // The first Ctrl-C's cleanup waits out a 3 s grace for this command; the second skips it.
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "second Ctrl-C took {:?}",
+        t.elapsed()
+    );
+    for pid in processes_mentioning(&token) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn claims_are_private_and_leave_no_temp_files() {
+    let sb = Sandbox::new();
+    ok(sb.run(&["warmup"]));
+    ok(sb.run(&["warmup"]));
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(sb.claims_dir()).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".tmp"), "leftover temp file {name}");
+        if name.ends_with(".json") {
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn corrupt_claim_is_reported_with_its_path_and_kept() {
+    let sb = Sandbox::new();
+    let lease = ok(sb.run(&["warmup"])).trim().to_string();
+    let bad = sb.claims_dir().join("cbx_badbadbadbad.json");
+    std::fs::write(&bad, "{truncated").unwrap();
+    let o = sb.run(&["list", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&bad.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
+    let list: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["leaseId"], lease.as_str());
+    assert!(bad.exists(), "a corrupt claim must never be deleted");
+}
