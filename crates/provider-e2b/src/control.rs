@@ -71,11 +71,6 @@ impl ControlPlane {
             .timeout(self.timeout)
     }
 
-    /// Sends once: for non-idempotent calls.
-    async fn send_once(&self, what: &str, req: RequestBuilder) -> Result<Response> {
-        req.send().await.map_err(|e| self.transport(what, &e))
-    }
-
     /// Sends with retries on overload statuses and connection failures.
     async fn send_retrying(
         &self,
@@ -151,16 +146,40 @@ impl ControlPlane {
         })
     }
 
-    /// `POST /v2/sandboxes`; only 201 counts as created.
-    pub async fn create(&self, body: &NewSandbox) -> Result<Sandbox> {
+    /// `POST /v2/sandboxes`; only 201 counts as created. The error says whether the
+    /// sandbox may exist anyway (the request may have reached the service).
+    pub async fn create(&self, body: &NewSandbox) -> std::result::Result<Sandbox, CreateError> {
         let what = "creating a sandbox";
-        let resp = self
-            .send_once(what, self.request(Method::POST, "/v2/sandboxes").json(body))
-            .await?;
-        if resp.status() != StatusCode::CREATED {
-            return Err(self.failure(what, resp).await);
+        let resp = match self
+            .request(Method::POST, "/v2/sandboxes")
+            .json(body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(CreateError {
+                    // A refused connection never carried the request; anything later might have.
+                    maybe_created: !e.is_connect(),
+                    in_flight: true,
+                    error: self.transport(what, &e),
+                });
+            }
+        };
+        let status = resp.status();
+        if status != StatusCode::CREATED {
+            return Err(CreateError {
+                // 4xx and redirects are refusals; a 5xx may have failed after creating it.
+                maybe_created: status.is_server_error() || status.is_success(),
+                in_flight: false,
+                error: self.failure(what, resp).await,
+            });
         }
-        self.json(what, resp).await
+        self.json(what, resp).await.map_err(|error| CreateError {
+            maybe_created: true,
+            in_flight: false,
+            error,
+        })
     }
 
     /// `POST /v2/sandboxes/{id}/connect` with the TTL: refreshes a running sandbox's lifetime
@@ -248,6 +267,16 @@ impl ControlPlane {
             _ => Err(self.failure(&what, resp).await),
         }
     }
+}
+
+/// A failed create, and whether the sandbox may have been made anyway (timeout, connection
+/// broken after sending, 5xx, unreadable 201): then look it up by its lease tag.
+#[derive(Debug)]
+pub struct CreateError {
+    pub error: Error,
+    pub maybe_created: bool,
+    /// No answer came back: the service may still be working on it.
+    pub in_flight: bool,
 }
 
 /// A reqwest error with its causes, which carry the useful part ("connection refused").

@@ -17,8 +17,9 @@ use crabbox_core::sync::SyncState;
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::control::{NewSandbox, Sandbox, SandboxDetail, SandboxState};
 use crabbox_e2b_wire::process::{DataEvent, ProcessConfig, ProcessEvent, Signal, StartRequest};
+use tokio_util::sync::CancellationToken;
 
-use crate::control::ControlPlane;
+use crate::control::{ControlPlane, CreateError};
 use crate::envd::{exit_code_of, Envd, EnvdRoute, ProcessStream};
 use crate::metadata::{self, Tags};
 use crate::placement::{clamp_ttl, Placement};
@@ -33,6 +34,11 @@ const CANCEL_BUDGET: Duration = Duration::from_secs(30);
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Poll interval of `status --wait`.
 const WAIT_POLL: Duration = Duration::from_millis(500);
+/// Bound of the lookup and delete of a sandbox whose create did not complete.
+const ORPHAN_BUDGET: Duration = Duration::from_secs(20);
+/// Looks for a sandbox whose create may still be in progress, and the pause between them.
+const SETTLE_LOOKS: u32 = 3;
+const SETTLE_POLL: Duration = Duration::from_secs(1);
 
 /// Crabbox's E2B backend. Build it with [`E2bProvider::from_config`].
 pub struct E2bProvider {
@@ -230,6 +236,11 @@ impl E2bProvider {
     /// Creates a sandbox and its claim. The lease id and slug are reserved under the claim
     /// store's lock first (the claim has no sandbox yet), then the sandbox is created with
     /// its tags, then the claim is completed; if that write fails the sandbox is deleted.
+    ///
+    /// A create that failed or was cancelled after the request may have reached E2B is
+    /// followed by a lookup of the lease's tag, deleting what it finds; if that lookup fails
+    /// the placeholder claim stays so `crabbox stop --provider e2b <lease>` can finish it.
+    #[allow(clippy::too_many_arguments)]
     async fn create_lease(
         &self,
         placement: &Placement,
@@ -237,8 +248,12 @@ impl E2bProvider {
         ttl: Duration,
         keep: bool,
         repo_root: Option<&std::path::Path>,
+        cancel: Option<&CancellationToken>,
         reporter: &dyn Reporter,
     ) -> Result<(Claim, Sandbox)> {
+        if cancel.is_some_and(CancellationToken::is_cancelled) {
+            return Err(Error::Interrupted);
+        }
         let now = now_rfc3339();
         let mut claim = self.claims.create(wanted_slug, |lease_id, slug| Claim {
             lease_id: lease_id.to_string(),
@@ -276,22 +291,139 @@ impl E2bProvider {
             metadata: Some(tags),
             ..NewSandbox::default()
         };
-        let sandbox = match self.control.create(&body).await {
+        let created = match cancel {
+            Some(cancel) => tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(CreateError {
+                    error: Error::Interrupted,
+                    maybe_created: true,
+                    in_flight: true,
+                }),
+                r = self.control.create(&body) => r,
+            },
+            None => self.control.create(&body).await,
+        };
+        let sandbox = match created {
             Ok(s) => s,
-            Err(e) => {
-                let _ = self.claims.remove(&claim.lease_id);
-                return Err(e);
-            }
+            Err(failure) => return Err(self.abandon_create(&claim, failure, reporter).await),
         };
         claim.remote_id = sandbox.sandbox_id.clone();
         claim.labels.remove("state");
         if let Err(e) = self.claims.write(&claim) {
-            let _ = self.control.delete(&sandbox.sandbox_id).await;
-            let _ = self.claims.remove(&claim.lease_id);
-            return Err(e);
+            return Err(
+                match tokio::time::timeout(ORPHAN_BUDGET, self.control.delete(&sandbox.sandbox_id))
+                    .await
+                {
+                    Ok(Ok(_)) => {
+                        let _ = self.claims.remove(&claim.lease_id);
+                        with_hint(
+                            e,
+                            &format!(
+                                "sandbox {} was deleted again since it could not be claimed",
+                                sandbox.sandbox_id
+                            ),
+                        )
+                    }
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(d)) => d.to_string(),
+                            _ => format!("no answer within {}s", ORPHAN_BUDGET.as_secs()),
+                        };
+                        with_hint(
+                            e,
+                            &format!(
+                                "sandbox {} was created but could not be deleted again ({why});                                  release it with `crabbox stop --provider e2b {}` or `crabbox                                  stop --provider e2b --reclaim {}`",
+                                sandbox.sandbox_id, claim.lease_id, sandbox.sandbox_id
+                            ),
+                        )
+                    }
+                },
+            );
         }
         SyncState::remove(&self.state_path(&claim.lease_id));
         Ok((claim, sandbox))
+    }
+
+    /// After a failed or cancelled create: releases the reserved lease, first deleting any
+    /// sandbox E2B made for it anyway. Returns the error to report.
+    async fn abandon_create(
+        &self,
+        claim: &Claim,
+        failure: CreateError,
+        reporter: &dyn Reporter,
+    ) -> Error {
+        let CreateError {
+            error,
+            maybe_created,
+            in_flight,
+        } = failure;
+        if !maybe_created {
+            let _ = self.claims.remove(&claim.lease_id);
+            return error;
+        }
+        reporter.status(&format!(
+            "creating the sandbox for lease {} did not complete; looking for one tagged with it              to delete",
+            claim.lease_id
+        ));
+        let cleanup = tokio::time::timeout(
+            ORPHAN_BUDGET,
+            self.delete_lease_sandboxes(&claim.lease_id, in_flight),
+        )
+        .await;
+        let why = match cleanup {
+            Ok(Ok(deleted)) => {
+                for id in &deleted {
+                    reporter.status(&format!(
+                        "deleted sandbox {id} of the unfinished lease {}",
+                        claim.lease_id
+                    ));
+                }
+                let _ = self.forget(&claim.lease_id);
+                return error;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}s", ORPHAN_BUDGET.as_secs()),
+        };
+        let hint = format!(
+            "a sandbox for lease {} ({}) may exist on E2B and could not be checked ({why});              the claim is kept: release it with `crabbox stop --provider e2b {}`",
+            claim.lease_id, claim.slug, claim.lease_id
+        );
+        reporter.status(&hint);
+        with_hint(error, &hint)
+    }
+
+    /// Crabbox sandboxes tagged with `lease_id`, by a list filtered on the lease tag.
+    async fn sandboxes_of_lease(&self, lease_id: &str) -> Result<Vec<String>> {
+        let mut filter = metadata::crabbox_filter();
+        filter.insert("lease".to_string(), metadata::sanitize(lease_id));
+        Ok(self
+            .control
+            .list(&filter)
+            .await?
+            .into_iter()
+            .filter(|s| metadata::belongs_to(&s.metadata, lease_id))
+            .map(|s| s.sandbox_id)
+            .collect())
+    }
+
+    /// Deletes every sandbox tagged with `lease_id`. `settle`: the create may still be in
+    /// progress on E2B's side, so an empty answer is asked again a few times.
+    async fn delete_lease_sandboxes(&self, lease_id: &str, settle: bool) -> Result<Vec<String>> {
+        let looks = if settle { SETTLE_LOOKS } else { 1 };
+        let mut deleted = Vec::new();
+        for look in 0..looks {
+            if look > 0 {
+                tokio::time::sleep(SETTLE_POLL).await;
+            }
+            for id in self.sandboxes_of_lease(lease_id).await? {
+                self.control.delete(&id).await?;
+                deleted.push(id);
+            }
+            if !deleted.is_empty() {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 
     /// The sandbox `id` names and its claim: by local claim, else (a raw sandbox id or
@@ -382,6 +514,7 @@ impl E2bProvider {
                     ttl,
                     req.keep == KeepPolicy::Always,
                     req.repo_root.as_deref(),
+                    Some(&req.cancel),
                     reporter,
                 )
                 .await?;
@@ -394,10 +527,9 @@ impl E2bProvider {
                 claim: Some(claim),
             });
         };
-        let (claim, detail) = self.locate(id).await?;
-        let sandbox = self
-            .control
-            .connect(&detail.sandbox_id, ttl)
+        // Nothing is made here, so a cancel has nothing to undo.
+        let (claim, detail) = cancellable(&req.cancel, self.locate(id)).await?;
+        let sandbox = cancellable(&req.cancel, self.control.connect(&detail.sandbox_id, ttl))
             .await?
             .ok_or_else(|| {
                 Error::NotFound(format!(
@@ -670,6 +802,18 @@ impl E2bProvider {
     }
 }
 
+/// `fut`, or `Interrupted` as soon as `cancel` fires (`fut` is dropped).
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Interrupted),
+        r = fut => r,
+    }
+}
+
 fn forward(out: &mut dyn OutputSink, data: DataEvent) -> Result<()> {
     match data {
         DataEvent::Stdout(b) | DataEvent::Pty(b) => out.stdout(&b),
@@ -688,6 +832,19 @@ fn rerun_words(req: &RunRequest) -> String {
             .map(|w| shell_quote(w))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// `error` with `hint` appended to its message, keeping its kind (and exit code).
+fn with_hint(error: Error, hint: &str) -> Error {
+    match error {
+        Error::Usage(m) => Error::Usage(format!("{m}; {hint}")),
+        Error::NotFound(m) => Error::NotFound(format!("{m}; {hint}")),
+        Error::WaitTimeout(m) => Error::WaitTimeout(format!("{m}; {hint}")),
+        Error::Sync(m) => Error::Sync(format!("{m}; {hint}")),
+        Error::Transport(m) => Error::Transport(format!("{m}; {hint}")),
+        Error::Interrupted => Error::Interrupted,
+        other => Error::Transport(format!("{other}; {hint}")),
     }
 }
 
@@ -719,6 +876,7 @@ impl Provider for E2bProvider {
                 ttl,
                 true,
                 req.repo_root.as_deref(),
+                None,
                 reporter,
             )
             .await?;
@@ -870,16 +1028,14 @@ impl Provider for E2bProvider {
     async fn stop(&self, req: &StopRequest) -> Result<StopOutcome> {
         if let Some(claim) = self.resolve_claim(&req.id)? {
             if claim.remote_id.is_empty() {
-                // Creation broke between reserving the lease and recording the sandbox.
-                let found = self.find_remote(&claim.lease_id).await?;
-                if let Some((sandbox_id, _)) = &found {
-                    self.control.delete(sandbox_id).await?;
-                }
+                // Creation broke between reserving the lease and recording the sandbox: what
+                // E2B made for it carries its lease tag.
+                let deleted = self.delete_lease_sandboxes(&claim.lease_id, false).await?;
                 self.forget(&claim.lease_id)?;
                 return Ok(StopOutcome {
                     lease_id: claim.lease_id,
                     slug: claim.slug,
-                    already_gone: found.is_none(),
+                    already_gone: deleted.is_empty(),
                 });
             }
             let already_gone = match self.control.get(&claim.remote_id).await? {

@@ -33,12 +33,31 @@ enum StreamMode {
     Forever,
 }
 
+/// What the create handler does after recording the sandbox (when it records one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CreateMode {
+    /// 201 with the sandbox.
+    Created,
+    /// Makes the sandbox, then answers 500.
+    MadeThen500,
+    /// Makes the sandbox, then breaks the connection without an answer.
+    MadeThenDrop,
+    /// Makes the sandbox, then never answers.
+    MadeThenHang,
+}
+
 struct Mock {
     log: Mutex<Vec<String>>,
     get_failures: AtomicUsize,
     list_failures: AtomicUsize,
     retry_after: &'static str,
     create_status: u16,
+    create_mode: CreateMode,
+    delete_status: u16,
+    /// Sandboxes the create handler made: id and metadata.
+    made: Mutex<Vec<(String, Value)>>,
+    /// Claims directory to sabotage from inside create (the claim write then fails).
+    break_claim_in: Option<std::path::PathBuf>,
     stream: StreamMode,
 }
 
@@ -52,6 +71,10 @@ impl Mock {
             list_failures: AtomicUsize::new(0),
             retry_after: "1",
             create_status: 201,
+            create_mode: CreateMode::Created,
+            delete_status: 204,
+            made: Mutex::new(Vec::new()),
+            break_claim_in: None,
             stream,
         }
     }
@@ -94,12 +117,64 @@ fn listed(id: &str, lease: &str) -> Value {
            "metadata": {"crabbox": "true", "provider": "e2b", "lease": lease, "slug": "blue-crab"}})
 }
 
-async fn create(State(m): S) -> Response {
+async fn create(State(m): S, body: Bytes) -> Response {
     m.note("POST /v2/sandboxes".into());
     if m.create_status != 201 {
         return m.overloaded();
     }
-    (StatusCode::CREATED, axum::Json(sandbox("sbx1"))).into_response()
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    let meta = body["metadata"].clone();
+    if let (Some(dir), Some(lease)) = (&m.break_claim_in, meta["lease"].as_str()) {
+        // A directory where the claim goes: renaming the finished claim into place fails.
+        let at = dir.join(format!("{lease}.json"));
+        let _ = std::fs::remove_file(&at);
+        std::fs::create_dir_all(at.join("in-the-way")).unwrap();
+    }
+    if m.create_mode == CreateMode::Created {
+        m.made.lock().unwrap().push(("sbx1".into(), meta));
+        return (StatusCode::CREATED, axum::Json(sandbox("sbx1"))).into_response();
+    }
+    let id = format!("made{}", m.count("made ") + 1);
+    m.note(format!(
+        "made {id} lease={}",
+        meta["lease"].as_str().unwrap_or("")
+    ));
+    m.made.lock().unwrap().push((id, meta));
+    match m.create_mode {
+        CreateMode::MadeThen500 => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"code": 500, "message": "internal error"})),
+        )
+            .into_response(),
+        CreateMode::MadeThenDrop => {
+            let broken = futures::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::other("connection dropped"))
+            });
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .body(Body::from_stream(broken))
+                .unwrap()
+        }
+        _ => {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
+    }
+}
+
+/// The sandboxes the create handler made, with the lease tag `lease`.
+fn made_with_lease(m: &Mock, lease: &str) -> Vec<Value> {
+    m.made
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, meta)| meta["lease"] == lease)
+        .map(|(id, meta)| {
+            let mut l = listed(id, lease);
+            l["metadata"] = meta.clone();
+            l
+        })
+        .collect()
 }
 
 async fn detail(State(m): S, Path(id): Path<String>) -> Response {
@@ -115,15 +190,33 @@ async fn detail(State(m): S, Path(id): Path<String>) -> Response {
         m.get_failures.fetch_sub(1, Ordering::SeqCst);
         return m.overloaded();
     }
+    let made = m
+        .made
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(i, _)| *i == id)
+        .cloned();
     let mut d = listed(&id, "cbx_0123456789ab");
+    if let Some((_, meta)) = made {
+        d["metadata"] = meta;
+    }
     d["envdAccessToken"] = json!(TOKEN);
     d["domain"] = Value::Null;
     axum::Json(d).into_response()
 }
 
-async fn kill(State(m): S, Path(id): Path<String>) -> StatusCode {
+async fn kill(State(m): S, Path(id): Path<String>) -> Response {
     m.note(format!("DELETE /sandboxes/{id}"));
-    StatusCode::NO_CONTENT
+    if m.delete_status != 204 {
+        return (
+            StatusCode::from_u16(m.delete_status).unwrap(),
+            axum::Json(json!({"code": m.delete_status, "message": "cannot kill right now"})),
+        )
+            .into_response();
+    }
+    m.made.lock().unwrap().retain(|(i, _)| *i != id);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn list(State(m): S, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -135,6 +228,12 @@ async fn list(State(m): S, Query(q): Query<HashMap<String, String>>) -> Response
     if m.list_failures.load(Ordering::SeqCst) > 0 {
         m.list_failures.fetch_sub(1, Ordering::SeqCst);
         return m.overloaded();
+    }
+    let filter = crabbox_e2b_wire::control::decode_metadata_filter(
+        q.get("metadata").map(String::as_str).unwrap_or(""),
+    );
+    if let Some((_, lease)) = filter.iter().find(|(k, _)| k == "lease") {
+        return axum::Json(json!(made_with_lease(&m, lease))).into_response();
     }
     match q.get("nextToken").map(String::as_str) {
         None => (
@@ -428,4 +527,185 @@ async fn redirects_are_not_followed() {
         .unwrap_err();
     assert!(err.to_string().contains("redirect"), "{err}");
     assert_eq!(mock.count("GET /sandboxes/elsewhere"), 0);
+}
+
+/// The lease a reserved claim (or the made sandbox) carries.
+fn made_lease(mock: &Mock) -> String {
+    let entries = mock.entries();
+    let made = entries.iter().find(|e| e.starts_with("made ")).unwrap();
+    made.rsplit_once("lease=").unwrap().1.to_string()
+}
+
+async fn one_shot(p: &crabbox_provider_e2b::E2bProvider) -> crabbox_core::Result<()> {
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["true"]);
+    req.sync = None;
+    let mut out = CapturedOutput::default();
+    p.run(&req, &mut out, &SilentReporter).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_that_made_the_sandbox_then_failed_deletes_it() {
+    for mode in [CreateMode::MadeThen500, CreateMode::MadeThenDrop] {
+        let mut mock = Mock::new(StreamMode::NoEnd);
+        mock.create_mode = mode;
+        let (mock, url) = serve(mock).await;
+        let world = World::new();
+        let p = world.provider_at(&url, &url, &[]).unwrap();
+        let err = one_shot(&p).await.unwrap_err();
+        assert_eq!(err.exit_code(), 1, "{err}");
+        let lease = made_lease(&mock);
+        assert_eq!(mock.count("POST /v2/sandboxes"), 1, "create is not retried");
+        assert!(
+            mock.entries().contains(&format!(
+                "GET /v2/sandboxes metadata=crabbox=true&lease={lease}&provider=e2b token="
+            )),
+            "looked up by its lease tag: {:?}",
+            mock.entries()
+        );
+        assert_eq!(mock.count("DELETE /sandboxes/made1"), 1, "orphan deleted");
+        assert!(mock.made.lock().unwrap().is_empty());
+        assert!(
+            world.claims().list().unwrap().0.is_empty(),
+            "the reserved lease is released"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_whose_cleanup_lookup_fails_keeps_the_claim_and_says_how_to_stop() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.create_mode = CreateMode::MadeThen500;
+    mock.retry_after = "0";
+    mock.list_failures.store(1000, Ordering::SeqCst);
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let err = one_shot(&p).await.unwrap_err();
+    let lease = made_lease(&mock);
+    let text = err.to_string();
+    assert_eq!(err.exit_code(), 1, "{text}");
+    assert!(
+        text.contains(&format!("crabbox stop --provider e2b {lease}")),
+        "{text}"
+    );
+    assert!(!text.contains(TOKEN) && !text.contains(common::KEY));
+    let claim = world
+        .claims()
+        .get(&lease)
+        .unwrap()
+        .expect("placeholder kept");
+    assert!(claim.remote_id.is_empty());
+    assert_eq!(mock.count("DELETE"), 0);
+
+    // Once E2B answers again, the advertised stop finds the sandbox by its tag.
+    mock.list_failures.store(0, Ordering::SeqCst);
+    let o = p
+        .stop(&crabbox_core::provider::StopRequest {
+            id: lease.clone(),
+            reclaim: false,
+        })
+        .await
+        .unwrap();
+    assert!(!o.already_gone);
+    assert_eq!(mock.count("DELETE /sandboxes/made1"), 1);
+    assert!(world.claims().get(&lease).unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_during_create_deletes_the_sandbox_it_made() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.create_mode = CreateMode::MadeThenHang;
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["true"]);
+    req.sync = None;
+    let cancel = req.cancel.clone();
+    let mut out = CapturedOutput::default();
+    let trigger = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+    };
+    let t = Instant::now();
+    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
+    assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "cancel must not wait for create: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        mock.count("DELETE /sandboxes/made1"),
+        1,
+        "{:?}",
+        mock.entries()
+    );
+    assert!(world.claims().list().unwrap().0.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_delete_keeps_the_claim_and_names_the_sandbox() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.delete_status = 500;
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p
+        .warmup(
+            &crabbox_core::provider::WarmupRequest {
+                slug: None,
+                ttl: Duration::from_secs(600),
+                repo_root: Some(repo.root().to_path_buf()),
+            },
+            &SilentReporter,
+        )
+        .await
+        .unwrap();
+    let err = p
+        .stop(&crabbox_core::provider::StopRequest {
+            id: warm.lease_id.clone(),
+            reclaim: false,
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(err.exit_code(), 0);
+    assert!(err.to_string().contains("sbx1"), "{err}");
+    assert!(err.to_string().contains("500"), "{err}");
+    assert_eq!(
+        mock.count("DELETE /sandboxes/sbx1"),
+        1,
+        "500 is not retried"
+    );
+    let claim = world
+        .claims()
+        .get(&warm.lease_id)
+        .unwrap()
+        .expect("claim kept");
+    assert_eq!(claim.remote_id, "sbx1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_claim_write_after_create_deletes_the_sandbox() {
+    let world = World::new();
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.break_claim_in = Some(world.claims().dir().to_path_buf());
+    let (mock, url) = serve(mock).await;
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let err = one_shot(&p).await.unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    assert!(err.to_string().contains("sbx1"), "{err}");
+    assert_eq!(
+        mock.count("DELETE /sandboxes/sbx1"),
+        1,
+        "{:?}",
+        mock.entries()
+    );
+    assert_eq!(
+        mock.count("Start"),
+        0,
+        "nothing runs on an unclaimed sandbox"
+    );
 }
