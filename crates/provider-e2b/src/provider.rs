@@ -778,16 +778,44 @@ impl E2bProvider {
     /// E2B rather than a local claim (`stop --reclaim`, or a claim whose creation broke).
     async fn find_remote(&self, id: &str) -> Result<Option<(String, BTreeMap<String, String>)>> {
         let raw = id.strip_prefix("e2b_").unwrap_or(id);
-        for s in self.control.list(&metadata::crabbox_filter()).await? {
-            let m = &s.metadata;
-            if !metadata::is_crabbox(m) {
-                continue;
+        let listed: Vec<_> = self
+            .control
+            .list(&metadata::crabbox_filter())
+            .await?
+            .into_iter()
+            .filter(|s| metadata::is_crabbox(&s.metadata))
+            .collect();
+        // A sandbox id or a lease id names one sandbox; a slug is only unique per machine.
+        if let Some(s) = listed.iter().find(|s| {
+            s.sandbox_id == raw || s.metadata.get("lease").map(String::as_str) == Some(id)
+        }) {
+            return Ok(Some((s.sandbox_id.clone(), s.metadata.clone())));
+        }
+        if !lease::is_lease_id(id) {
+            let by_slug: Vec<_> = listed
+                .iter()
+                .filter(|s| s.metadata.get("slug").map(String::as_str) == Some(id))
+                .collect();
+            if by_slug.len() > 1 {
+                let names = by_slug
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} (lease {})",
+                            s.sandbox_id,
+                            s.metadata.get("lease").map_or("-", String::as_str)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Error::Usage(format!(
+                    "slug {id:?} names {} Crabbox sandboxes on {} (slugs are only unique per                      machine): {names}; name the one to reclaim by its sandbox id or lease id",
+                    by_slug.len(),
+                    self.endpoint
+                )));
             }
-            let hit = s.sandbox_id == raw
-                || m.get("lease").map(String::as_str) == Some(id)
-                || (!lease::is_lease_id(id) && m.get("slug").map(String::as_str) == Some(id));
-            if hit {
-                return Ok(Some((s.sandbox_id, s.metadata)));
+            if let Some(s) = by_slug.first() {
+                return Ok(Some((s.sandbox_id.clone(), s.metadata.clone())));
             }
         }
         // Paused or otherwise unlisted: a direct lookup by sandbox id.

@@ -764,3 +764,54 @@ async fn warm_sync_resends_everything_when_the_workdir_vanished_on_the_box() {
     .unwrap();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reclaim_by_a_slug_two_machines_share_is_refused() {
+    let emu = common::emulator().await;
+    let repo = RepoFixture::new();
+    // Two machines pick the same slug; a third, with no claims, reclaims by it.
+    let mut warm = Vec::new();
+    for _ in 0..2 {
+        let world = World::new();
+        let p = world.provider(&emu, &[]).unwrap();
+        let mut req = warm_req(&repo);
+        req.slug = Some("blue-lobster".into());
+        warm.push(p.warmup(&req, &SilentReporter).await.unwrap());
+    }
+    let third = World::new();
+    let p = third.provider(&emu, &[]).unwrap();
+    let err = p
+        .stop(&StopRequest {
+            id: "blue-lobster".into(),
+            reclaim: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let text = err.to_string();
+    for w in &warm {
+        assert!(text.contains(&w.remote_id), "{text}");
+        assert!(raw_exists(&emu, &w.remote_id).await, "nothing is deleted");
+    }
+    assert!(text.contains("sandbox id or lease id"), "{text}");
+
+    // Named exactly, each goes.
+    let o = p
+        .stop(&StopRequest {
+            id: warm[0].remote_id.clone(),
+            reclaim: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(o.lease_id, warm[0].lease_id);
+    let o = p
+        .stop(&StopRequest {
+            id: warm[1].lease_id.clone(),
+            reclaim: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(o.lease_id, warm[1].lease_id);
+    assert!(raw_list(&emu).await.is_empty());
+    emu.shutdown().await;
+}
