@@ -616,7 +616,7 @@ impl E2bProvider {
         reporter: &dyn Reporter,
     ) -> Result<Option<crabbox_core::provider::SyncReport>> {
         let Some(source) = &req.sync else {
-            box_.envd.make_dir(&placement.workdir).await?;
+            cancellable(&req.cancel, box_.envd.make_dir(&placement.workdir)).await?;
             return Ok(None);
         };
         // What the box holds is only known for a lease this machine synced into the same
@@ -629,7 +629,7 @@ impl E2bProvider {
         };
         // A workdir removed on the box behind our back invalidates the record.
         if previous.as_ref().is_some_and(|s| !s.entries.is_empty())
-            && !box_.envd.exists(&placement.workdir).await?
+            && !cancellable(&req.cancel, box_.envd.exists(&placement.workdir)).await?
         {
             previous = None;
         }
@@ -641,6 +641,7 @@ impl E2bProvider {
             &placement.workdir,
             reporter,
             self.sync_timeout,
+            &req.cancel,
         )
         .await?;
         if let Some(claim) = &mut box_.claim {
@@ -946,24 +947,23 @@ impl Provider for E2bProvider {
         timing.acquire_ms = ms(t.elapsed());
 
         let t = Instant::now();
+        // The sync watches the token itself, so that an interrupted sync still removes its
+        // files from the box (within remote_sync::CLEANUP_BUDGET) before it returns.
         let synced = if req.cancel.is_cancelled() {
             Err(Error::Interrupted)
         } else {
-            tokio::select! {
-                biased;
-                _ = req.cancel.cancelled() => Err(Error::Interrupted),
-                r = self.sync_phase(&mut box_, req, placement, reporter) => r,
-            }
+            self.sync_phase(&mut box_, req, placement, reporter).await
         };
         timing.sync_ms = ms(t.elapsed());
         let sync = match synced {
             Ok(report) => report,
             Err(e) => {
-                let interrupted = matches!(e, Error::Interrupted);
-                let _ =
-                    tokio::time::timeout(CANCEL_BUDGET, self.release(&box_, false, req, reporter))
-                        .await;
-                return Err(if interrupted { Error::Interrupted } else { e });
+                let _ = tokio::time::timeout(
+                    CANCEL_BUDGET.saturating_sub(crate::remote_sync::CLEANUP_BUDGET),
+                    self.release(&box_, false, req, reporter),
+                )
+                .await;
+                return Err(e);
             }
         };
 

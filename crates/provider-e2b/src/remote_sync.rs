@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,11 +20,15 @@ use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::filesystem;
 use crabbox_e2b_wire::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
 use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::envd::{exit_code_of, Envd};
 
 /// Chunk size of the upload stream.
 const UPLOAD_CHUNK: usize = 256 * 1024;
+/// Bound of the remote cleanup after an abandoned sync, and of each of its calls.
+pub const CLEANUP_BUDGET: Duration = Duration::from_secs(8);
+const CLEANUP_STEP: Duration = Duration::from_secs(4);
 
 /// Extracts into staging, then swaps in (first sync) or lays over the workdir (warm sync).
 const APPLY_SCRIPT: &str = r#"set -u
@@ -109,7 +114,10 @@ pub fn is_safe_relative(path: &str) -> bool {
             .all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
-/// Syncs `source` to `workdir` on the box per `plan`.
+/// Syncs `source` to `workdir` on the box per `plan`, within `timeout` for upload and
+/// apply together. On `cancel` (`Error::Interrupted`), the deadline or any failure, the
+/// apply script is killed and the archive, delete list and staging directory are removed
+/// from the box (bounded by [`CLEANUP_BUDGET`]) before this returns.
 pub async fn sync_tree(
     envd: &Envd,
     source: &SyncSource,
@@ -117,6 +125,7 @@ pub async fn sync_tree(
     workdir: &str,
     reporter: &dyn Reporter,
     timeout: Duration,
+    cancel: &CancellationToken,
 ) -> Result<SyncReport> {
     let report = SyncReport {
         files: source.manifest.len() as u64,
@@ -146,10 +155,21 @@ pub async fn sync_tree(
     let tag = hex::encode(rand::random::<[u8; 8]>());
     let remote_archive = format!("/tmp/crabbox-{tag}.tgz");
     let remote_delete = format!("/tmp/crabbox-{tag}.del");
+    let stage = staging_dir(workdir, &tag);
     let has_delete = !plan.delete.is_empty();
+    // The apply script's pid once it started (0 before): killed if the sync is abandoned.
+    let apply_pid = AtomicU32::new(0);
+    let interrupted = || -> Result<()> {
+        if cancel.is_cancelled() {
+            Err(Error::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
 
-    let result = async {
+    let work = async {
         upload_file(envd, archive.path(), &remote_archive, reporter, timeout).await?;
+        interrupted()?;
         if has_delete {
             let mut list = Vec::new();
             for p in &plan.delete {
@@ -159,23 +179,17 @@ pub async fn sync_tree(
             let len = list.len() as u64;
             envd.upload(&remote_delete, reqwest::Body::from(list), len, timeout)
                 .await?;
+            interrupted()?;
         }
-        let stage = staging_dir(workdir, &tag);
         let mut envs = BTreeMap::from([
             ("CBX_ARCHIVE".to_string(), remote_archive.clone()),
             ("CBX_WORKDIR".to_string(), workdir.to_string()),
-            ("CBX_STAGE".to_string(), stage),
+            ("CBX_STAGE".to_string(), stage.clone()),
         ]);
         if has_delete {
             envs.insert("CBX_DELETE".into(), remote_delete.clone());
         }
-        let run = tokio::time::timeout(timeout, run_captured(envd, APPLY_SCRIPT, envs)).await;
-        let (code, _out, err) = run.map_err(|_| {
-            Error::Sync(format!(
-                "sync to {workdir} did not finish within {}s (sync.timeout)",
-                timeout.as_secs()
-            ))
-        })??;
+        let (code, _out, err) = run_tracked(envd, APPLY_SCRIPT, envs, &apply_pid).await?;
         if code != 0 {
             return Err(Error::Sync(format!(
                 "sync to {workdir} failed (exit {code}): {}",
@@ -183,21 +197,60 @@ pub async fn sync_tree(
             )));
         }
         Ok(())
-    }
-    .await;
+    };
+    // Upload and apply share one deadline; a cancel or the deadline drops `work` here, so
+    // the remote leftovers are removed below rather than by the script's trap.
+    let result = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Interrupted),
+        r = tokio::time::timeout(timeout, work) => r.unwrap_or_else(|_| {
+            Err(Error::Sync(format!(
+                "sync to {workdir} did not finish within {}s (sync.timeout)",
+                timeout.as_secs()
+            )))
+        }),
+    };
     if result.is_err() {
-        // The script's trap removes them; this covers an upload that broke before it ran.
-        for path in [&remote_archive, &remote_delete] {
-            let _ = envd
-                .unary::<_, serde_json::Value>(
-                    filesystem::SERVICE,
-                    "Remove",
-                    &filesystem::RemoveRequest { path: path.clone() },
-                )
-                .await;
+        // The script's trap removes them when it ends by itself; this covers an upload that
+        // broke before it ran, and a script stopped (SIGKILL skips its trap) or abandoned.
+        let pid = apply_pid.load(Ordering::SeqCst);
+        let mut leftovers = vec![remote_archive.as_str(), stage.as_str()];
+        if has_delete {
+            leftovers.push(&remote_delete);
         }
+        let _ = tokio::time::timeout(
+            CLEANUP_BUDGET,
+            remove_leftovers(envd, (pid != 0).then_some(pid), &leftovers),
+        )
+        .await;
     }
     result.map(|()| report)
+}
+
+/// SIGKILLs the apply script (it must not go on changing the workdir after we gave up on
+/// it), then removes the sync's temporary files on the box.
+async fn remove_leftovers(envd: &Envd, pid: Option<u32>, paths: &[&str]) {
+    if let Some(pid) = pid {
+        let _ = tokio::time::timeout(
+            CLEANUP_STEP,
+            envd.send_signal(pid, crabbox_e2b_wire::process::Signal::Sigkill),
+        )
+        .await;
+    }
+    let removes = paths.iter().map(|path| async move {
+        let _ = tokio::time::timeout(
+            CLEANUP_STEP,
+            envd.unary::<_, serde_json::Value>(
+                filesystem::SERVICE,
+                "Remove",
+                &filesystem::RemoveRequest {
+                    path: path.to_string(),
+                },
+            ),
+        )
+        .await;
+    });
+    futures::future::join_all(removes).await;
 }
 
 /// `<parent>/.<name>.crabbox-stage-<tag>`, next to the workdir so the final move is a rename.
@@ -287,6 +340,16 @@ pub async fn run_captured(
     script: &str,
     envs: BTreeMap<String, String>,
 ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
+    run_tracked(envd, script, envs, &AtomicU32::new(0)).await
+}
+
+/// [`run_captured`], storing the script's pid in `pid` as soon as envd reports it.
+async fn run_tracked(
+    envd: &Envd,
+    script: &str,
+    envs: BTreeMap<String, String>,
+    pid: &AtomicU32,
+) -> Result<(i32, Vec<u8>, Vec<u8>)> {
     let req = StartRequest {
         process: Some(ProcessConfig {
             cmd: "/bin/bash".into(),
@@ -313,7 +376,8 @@ pub async fn run_captured(
                 let _ = stream.next_event().await;
                 return Ok((exit_code_of(&end), sink.out, sink.err));
             }
-            ProcessEvent::Start(_) | ProcessEvent::Keepalive(_) => {}
+            ProcessEvent::Start(start) => pid.store(start.pid, Ordering::SeqCst),
+            ProcessEvent::Keepalive(_) => {}
         }
     }
     Err(Error::Transport(

@@ -815,3 +815,93 @@ async fn reclaim_by_a_slug_two_machines_share_is_refused() {
     assert!(raw_list(&emu).await.is_empty());
     emu.shutdown().await;
 }
+
+/// Cancels the run as soon as the sync archive is on the box (its upload finished).
+struct CancelAfterUpload(tokio_util::sync::CancellationToken);
+
+impl crabbox_core::provider::Reporter for CancelAfterUpload {
+    fn status(&self, _message: &str) {}
+    fn finish_progress(&self) {
+        self.0.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_warm_sync_leaves_no_archive_on_the_box() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    let mut out = CapturedOutput::default();
+    p.run(
+        &request(&repo, Some(&warm.lease_id), &["true"]),
+        &mut out,
+        &SilentReporter,
+    )
+    .await
+    .unwrap();
+
+    // A warm sync with a change and a deletion, cancelled once the archive is uploaded.
+    std::thread::sleep(Duration::from_millis(20));
+    write(repo.root(), "tracked.txt", "edited\n");
+    std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
+    let req = request(&repo, Some(&warm.lease_id), &["true"]);
+    let started = std::time::Instant::now();
+    let mut out = CapturedOutput::default();
+    let err = p
+        .run(&req, &mut out, &CancelAfterUpload(req.cancel.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Interrupted), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // The kept box holds no archive, delete list or staging directory.
+    let mut probe = request(
+        &repo,
+        Some(&warm.lease_id),
+        &[
+            "/bin/sh",
+            "-c",
+            "ls -a /tmp \"$(dirname \"$PWD\")\" | grep crabbox- || true",
+        ],
+    );
+    probe.sync = None;
+    let mut out = CapturedOutput::default();
+    let o = p.run(&probe, &mut out, &SilentReporter).await.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "", "leftovers on the box");
+
+    // The next sync still brings the box up to date.
+    let mut out = CapturedOutput::default();
+    let o = p
+        .run(
+            &request(
+                &repo,
+                Some(&warm.lease_id),
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "cat tracked.txt; test -e untracked.txt && echo stale || echo removed",
+                ],
+            ),
+            &mut out,
+            &SilentReporter,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout_str(),
+        "edited\nremoved\n",
+        "{}",
+        out.stderr_str()
+    );
+    assert_eq!(o.exit_code, 0);
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}

@@ -266,6 +266,18 @@ async fn make_dir(State(m): S) -> Response {
     axum::Json(json!({})).into_response()
 }
 
+async fn upload(State(m): S, Query(q): Query<HashMap<String, String>>, _body: Bytes) -> Response {
+    let path = q.get("path").cloned().unwrap_or_default();
+    m.note(format!("upload {path}"));
+    axum::Json(json!([{"path": path, "name": "f", "type": "file"}])).into_response()
+}
+
+async fn remove(State(m): S, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    m.note(format!("Remove {}", v["path"].as_str().unwrap_or("")));
+    axum::Json(json!({})).into_response()
+}
+
 async fn send_signal(State(m): S, body: Bytes) -> Response {
     let v: Value = serde_json::from_slice(&body).unwrap();
     m.note(format!(
@@ -334,6 +346,8 @@ async fn serve(mock: Mock) -> (Arc<Mock>, String) {
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/health", get(health))
         .route("/filesystem.Filesystem/MakeDir", post(make_dir))
+        .route("/filesystem.Filesystem/Remove", post(remove))
+        .route("/files", post(upload))
         .route("/process.Process/SendSignal", post(send_signal))
         .route("/process.Process/Start", post(start))
         .with_state(mock.clone());
@@ -708,4 +722,54 @@ async fn failed_claim_write_after_create_deletes_the_sandbox() {
         0,
         "nothing runs on an unclaimed sandbox"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_timeout_kills_the_apply_script_and_removes_its_files() {
+    // The apply script starts (pid 42) and never ends.
+    let (mock, url) = serve(Mock::new(StreamMode::Forever)).await;
+    let world = World::new();
+    let p = world
+        .provider_at(&url, &url, &[("CRABBOX_SYNC_TIMEOUT", "1s")])
+        .unwrap();
+    let repo = RepoFixture::new();
+    let mut out = CapturedOutput::default();
+    let t = Instant::now();
+    let err = p
+        .run(&request(&repo, None, &["true"]), &mut out, &SilentReporter)
+        .await
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert_eq!(err.exit_code(), 6, "{err}");
+    assert!(err.to_string().contains("sync.timeout"), "{err}");
+    let log = mock.entries();
+    let archive = log
+        .iter()
+        .find_map(|e| e.strip_prefix("upload "))
+        .expect("archive uploaded")
+        .to_string();
+    assert!(
+        archive.starts_with("/tmp/crabbox-") && archive.ends_with(".tgz"),
+        "{archive}"
+    );
+    let tag = &archive["/tmp/crabbox-".len()..archive.len() - ".tgz".len()];
+    let tail: Vec<_> = log
+        .iter()
+        .filter(|e| {
+            e.starts_with("SendSignal") || e.starts_with("Remove") || e.starts_with("DELETE")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(tail[0], "SendSignal SIGNAL_SIGKILL pid=42", "{tail:?}");
+    let mut removed: Vec<_> = tail[1..3].to_vec();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            format!("Remove /home/user/.crabbox.crabbox-stage-{tag}"),
+            format!("Remove /tmp/crabbox-{tag}.tgz"),
+        ],
+        "a first sync has no delete list"
+    );
+    assert_eq!(tail[3..], ["DELETE /sandboxes/sbx1"]);
 }
