@@ -27,8 +27,8 @@ use crate::envd::{exit_code_of, Envd};
 /// Chunk size of the upload stream.
 const UPLOAD_CHUNK: usize = 256 * 1024;
 /// Bound of the remote cleanup after an abandoned sync, and of each of its calls.
-pub const CLEANUP_BUDGET: Duration = Duration::from_secs(8);
-const CLEANUP_STEP: Duration = Duration::from_secs(4);
+pub const CLEANUP_BUDGET: Duration = Duration::from_secs(10);
+const CLEANUP_STEP: Duration = Duration::from_secs(3);
 
 /// Extracts into staging, then swaps in (first sync) or lays over the workdir (warm sync).
 const APPLY_SCRIPT: &str = r#"set -u
@@ -61,6 +61,21 @@ if [ -n "${CBX_DELETE:-}" ]; then
   done < "$CBX_DELETE"
 fi
 tar -xzpf "$CBX_ARCHIVE" -C "$wd" --no-same-owner || fail "updating $wd from the sync archive failed"
+"#;
+
+/// Run after the apply script was SIGKILLed: envd signals only that pid, so a `tar` it
+/// started may still be extracting. Kills every process whose command line names this
+/// sync's archive (the path has a random tag, so nothing else matches; this script's own
+/// command line does not contain it), then removes the sync's files.
+const REAP_SCRIPT: &str = r#"for d in /proc/[0-9]*; do
+  [ "${d#/proc/}" = "$$" ] && continue
+  c=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) || continue
+  case $c in *"$CBX_ARCHIVE"*) kill -KILL "${d#/proc/}" 2>/dev/null ;; esac
+done
+rm -rf -- "$CBX_STAGE"
+rm -f -- "$CBX_ARCHIVE"
+if [ -n "${CBX_DELETE:-}" ]; then rm -f -- "$CBX_DELETE"; fi
+exit 0
 "#;
 
 /// What one sync must do.
@@ -214,10 +229,11 @@ pub async fn sync_tree(
         // The script's trap removes them when it ends by itself; this covers an upload that
         // broke before it ran, and a script stopped (SIGKILL skips its trap) or abandoned.
         let pid = apply_pid.load(Ordering::SeqCst);
-        let mut leftovers = vec![remote_archive.as_str(), stage.as_str()];
-        if has_delete {
-            leftovers.push(&remote_delete);
-        }
+        let leftovers = Leftovers {
+            archive: &remote_archive,
+            stage: &stage,
+            delete: has_delete.then_some(remote_delete.as_str()),
+        };
         let _ = tokio::time::timeout(
             CLEANUP_BUDGET,
             remove_leftovers(envd, (pid != 0).then_some(pid), &leftovers),
@@ -228,16 +244,30 @@ pub async fn sync_tree(
 }
 
 /// SIGKILLs the apply script (it must not go on changing the workdir after we gave up on
-/// it), then removes the sync's temporary files on the box.
-async fn remove_leftovers(envd: &Envd, pid: Option<u32>, paths: &[&str]) {
+/// it) and whatever `tar` it left running, then removes the sync's temporary files on the
+/// box: by the reaper script, and through the file API in case that could not run.
+async fn remove_leftovers(envd: &Envd, pid: Option<u32>, leftovers: &Leftovers<'_>) {
     if let Some(pid) = pid {
         let _ = tokio::time::timeout(
             CLEANUP_STEP,
             envd.send_signal(pid, crabbox_e2b_wire::process::Signal::Sigkill),
         )
         .await;
+        let mut envs = BTreeMap::from([
+            ("CBX_ARCHIVE".to_string(), leftovers.archive.to_string()),
+            ("CBX_STAGE".to_string(), leftovers.stage.to_string()),
+        ]);
+        if let Some(delete) = leftovers.delete {
+            envs.insert("CBX_DELETE".into(), delete.to_string());
+        }
+        let _ = tokio::time::timeout(CLEANUP_STEP, run_captured(envd, REAP_SCRIPT, envs)).await;
     }
-    let removes = paths.iter().map(|path| async move {
+    let paths = [
+        Some(leftovers.archive),
+        Some(leftovers.stage),
+        leftovers.delete,
+    ];
+    let removes = paths.into_iter().flatten().map(|path| async move {
         let _ = tokio::time::timeout(
             CLEANUP_STEP,
             envd.unary::<_, serde_json::Value>(
@@ -251,6 +281,13 @@ async fn remove_leftovers(envd: &Envd, pid: Option<u32>, paths: &[&str]) {
         .await;
     });
     futures::future::join_all(removes).await;
+}
+
+/// The remote paths one sync creates.
+struct Leftovers<'a> {
+    archive: &'a str,
+    stage: &'a str,
+    delete: Option<&'a str>,
 }
 
 /// `<parent>/.<name>.crabbox-stage-<tag>`, next to the workdir so the final move is a rename.
@@ -563,6 +600,59 @@ mod tests {
             .filter(|n| n.contains("crabbox-stage"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn reap_script_kills_what_reads_the_archive_and_removes_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join(format!(
+            "crabbox-{}.tgz",
+            hex::encode(rand::random::<[u8; 8]>())
+        ));
+        let delete = dir.path().join("list.del");
+        let stage = dir.path().join(".wd.crabbox-stage-x");
+        std::fs::write(&archive, "x").unwrap();
+        std::fs::write(&delete, "x").unwrap();
+        std::fs::create_dir_all(stage.join("sub")).unwrap();
+        // Stands in for a tar left running after its script was SIGKILLed.
+        let mut reader = std::process::Command::new("tail")
+            .arg("-f")
+            .arg(&archive)
+            .spawn()
+            .unwrap();
+        let mut bystander = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let out = std::process::Command::new("/bin/bash")
+            .args(["-c", REAP_SCRIPT])
+            .env("CBX_ARCHIVE", &archive)
+            .env("CBX_STAGE", &stage)
+            .env("CBX_DELETE", &delete)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let reaped = loop {
+            if let Some(status) = reader.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = reader.kill();
+        let alive = bystander.try_wait().unwrap().is_none();
+        let _ = bystander.kill();
+        let _ = bystander.wait();
+        assert!(reaped.is_some(), "the archive's reader must be killed");
+        assert!(alive, "unrelated processes are left alone");
+        assert!(!archive.exists() && !delete.exists() && !stage.exists());
     }
 
     #[test]
