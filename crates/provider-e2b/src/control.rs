@@ -2,7 +2,8 @@
 //!
 //! Every call has a 60 s timeout. Idempotent calls (get, list, delete, connect) retry per the
 //! [`RetryPolicy`]; create never retries blindly, since a lost response could leave a sandbox
-//! nobody knows about.
+//! nobody knows about: its [`CreateError`] says whether one may exist, for the caller to look
+//! up by its lease tag.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -9,7 +9,9 @@
 //! - a warm sync sends only what changed and deletes only files crabbox itself synced, so
 //!   remote build outputs (`target/`, `node_modules/`) survive between runs;
 //! - Ctrl-C signals the remote process (SIGTERM, then SIGKILL) and releases the sandbox,
-//!   rather than leaving the command running;
+//!   rather than leaving the command running; a Ctrl-C during create, or a create that
+//!   failed after it may have reached E2B, is followed by a lookup of the lease's tag and a
+//!   delete, and an abandoned sync kills its apply script and removes its files from the box;
 //! - the TTL cap is `e2b.maxTtl` (1 h by default, raise it on E2B's pro tier).
 //!
 //! Invariants: the API key and envd access tokens never appear in any output, error, log,

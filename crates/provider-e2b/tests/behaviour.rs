@@ -1,5 +1,6 @@
 //! E2B-specific behaviour against the in-process emulator: secrets, config safety, warm delta
-//! sync, ownership checks, reclaim, cancellation, TTL and keep-on-failure hints.
+//! sync, ownership checks, reclaim (and an ambiguous slug), cancellation (also mid-sync), TTL
+//! and keep-on-failure hints.
 
 mod common;
 

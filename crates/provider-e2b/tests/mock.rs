@@ -1,6 +1,8 @@
 //! Wire-level behaviour the emulator cannot provoke, against a tiny scripted E2B mock:
 //! streams that end without an end event, retries honouring `Retry-After`, create never
-//! retried, list pagination, the cancel signal sequence, no redirects followed.
+//! retried, list pagination, the cancel signal sequence, no redirects followed; a create
+//! that made its sandbox then failed, hung or was cancelled, a failed DELETE, a failed claim
+//! write, and an apply script that outlives `sync.timeout`.
 
 mod common;
 
