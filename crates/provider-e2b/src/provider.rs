@@ -332,7 +332,9 @@ impl E2bProvider {
                         with_hint(
                             e,
                             &format!(
-                                "sandbox {} was created but could not be deleted again ({why});                                  release it with `crabbox stop --provider e2b {}` or `crabbox                                  stop --provider e2b --reclaim {}`",
+                                "sandbox {} was created but could not be deleted again ({why}); \
+                                 release it with `crabbox stop --provider e2b {}` or `crabbox \
+                                 stop --provider e2b --reclaim {}`",
                                 sandbox.sandbox_id, claim.lease_id, sandbox.sandbox_id
                             ),
                         )
@@ -362,7 +364,8 @@ impl E2bProvider {
             return error;
         }
         reporter.status(&format!(
-            "creating the sandbox for lease {} did not complete; looking for one tagged with it              to delete",
+            "creating the sandbox for lease {} did not complete; looking for one tagged with it \
+             to delete",
             claim.lease_id
         ));
         let cleanup = tokio::time::timeout(
@@ -385,7 +388,8 @@ impl E2bProvider {
             Err(_) => format!("no answer within {}s", ORPHAN_BUDGET.as_secs()),
         };
         let hint = format!(
-            "a sandbox for lease {} ({}) may exist on E2B and could not be checked ({why});              the claim is kept: release it with `crabbox stop --provider e2b {}`",
+            "a sandbox for lease {} ({}) may exist on E2B and could not be checked ({why}); \
+             the claim is kept: release it with `crabbox stop --provider e2b {}`",
             claim.lease_id, claim.slug, claim.lease_id
         );
         reporter.status(&hint);
@@ -810,7 +814,8 @@ impl E2bProvider {
                     .collect::<Vec<_>>()
                     .join(", ");
                 return Err(Error::Usage(format!(
-                    "slug {id:?} names {} Crabbox sandboxes on {} (slugs are only unique per                      machine): {names}; name the one to reclaim by its sandbox id or lease id",
+                    "slug {id:?} names {} Crabbox sandboxes on {} (slugs are only unique per \
+                     machine): {names}; name the one to reclaim by its sandbox id or lease id",
                     by_slug.len(),
                     self.endpoint
                 )));

@@ -795,6 +795,7 @@ async fn reclaim_by_a_slug_two_machines_share_is_refused() {
         assert!(raw_exists(&emu, &w.remote_id).await, "nothing is deleted");
     }
     assert!(text.contains("sandbox id or lease id"), "{text}");
+    assert!(!text.contains("  "), "one line of prose: {text}");
 
     // Named exactly, each goes.
     let o = p

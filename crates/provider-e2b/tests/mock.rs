@@ -624,6 +624,7 @@ async fn create_whose_cleanup_lookup_fails_keeps_the_claim_and_says_how_to_stop(
         "{text}"
     );
     assert!(!text.contains(TOKEN) && !text.contains(common::KEY));
+    assert!(!text.contains("  "), "one line of prose: {text}");
     let claim = world
         .claims()
         .get(&lease)
@@ -730,6 +731,7 @@ async fn failed_claim_write_after_create_deletes_the_sandbox() {
     let p = world.provider_at(&url, &url, &[]).unwrap();
     let err = one_shot(&p).await.unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
+    assert!(err.to_string().contains("deleted again"), "{err}");
     assert!(err.to_string().contains("sbx1"), "{err}");
     assert_eq!(
         mock.count("DELETE /sandboxes/sbx1"),
