@@ -417,7 +417,7 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
         )
         .await
         .expect("warmup");
-    let heartbeat = "trap '' TERM; while :; do date +%s%N > .heartbeat; sleep 0.1; done";
+    let heartbeat = "trap '' TERM; date +%s%N > .heartbeat; echo started; while :; do date +%s%N > .heartbeat; sleep 0.1; done";
     let req = request(&repo, Some(&warm.lease_id), &["/bin/sh", "-c", heartbeat]);
     let err = run_and_cancel(p, &req).await;
     assert!(matches!(err, Error::Interrupted), "{err}");
@@ -438,18 +438,40 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
     .expect("stop");
 }
 
-/// Runs `req`, cancels it once its first output arrived (or after 1.5 s), returns the error.
+/// Cancels a token when the first stdout chunk arrives, so the cancel lands while the command
+/// runs (not during sync, however slow the machine).
+struct CancelOnOutput {
+    inner: CapturedOutput,
+    cancel: CancellationToken,
+}
+
+impl OutputSink for CancelOnOutput {
+    fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.cancel.cancel();
+        self.inner.stdout(chunk)
+    }
+    fn stderr(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.inner.stderr(chunk)
+    }
+}
+
+/// Runs `req` (whose command prints once it has started), cancels it at that first output,
+/// and returns the error.
 async fn run_and_cancel(p: &dyn Provider, req: &RunRequest) -> Error {
-    let cancel = req.cancel.clone();
-    let task = async {
-        let mut out = CapturedOutput::default();
-        p.run(req, &mut out, &SilentReporter).await
+    let mut sink = CancelOnOutput {
+        inner: CapturedOutput::default(),
+        cancel: req.cancel.clone(),
     };
-    let trigger = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        cancel.cancel();
-    };
-    let (result, ()) = tokio::join!(task, trigger);
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        p.run(req, &mut sink, &SilentReporter),
+    )
+    .await
+    .expect("the command never printed, or cancel did not end the run");
+    assert!(
+        sink.cancel.is_cancelled(),
+        "the command ended before printing: {result:?}"
+    );
     result.expect_err("cancelled run must fail")
 }
 
