@@ -4,8 +4,8 @@
 //! streamed to `/tmp/crabbox-<hex>.tgz` on the box. A small script extracts it into a staging
 //! directory next to the workdir first, so a broken upload or extraction never touches the
 //! workspace. Then either the staging directory becomes the workdir (first sync) or the
-//! archive is laid over the existing workdir after deleting the files crabbox synced before
-//! and that are gone locally. Files crabbox never synced (build outputs) are left alone.
+//! staged files are hard-linked over the existing workdir (`cp -al`, no new disk space)
+//! after deleting the files crabbox synced before and that are gone locally. Files crabbox never synced (build outputs) are left alone.
 //! The remote archive is removed however the script ends.
 
 use std::collections::BTreeMap;
@@ -60,7 +60,9 @@ if [ -n "${CBX_DELETE:-}" ]; then
     if [ "$d" != "$f" ]; then rmdir -p --ignore-fail-on-non-empty -- "$d" 2>/dev/null || true; fi
   done < "$CBX_DELETE"
 fi
-tar -xzpf "$CBX_ARCHIVE" -C "$wd" --no-same-owner || fail "updating $wd from the sync archive failed"
+# Hard-link the extracted files over the workdir: no second decompression, and no new
+# disk space is needed, so a half-applied update is as unlikely as it can be.
+cp -al --remove-destination -- "$CBX_STAGE/." "$wd/" || fail "updating $wd from the staged files failed"
 "#;
 
 /// Run after the apply script was SIGKILLed: envd signals only that pid, so a `tar` it
