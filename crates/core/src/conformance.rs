@@ -404,8 +404,8 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
         "cancelled one-shot run must release its box"
     );
 
-    // Reused box: the command (which ignores SIGTERM and beats every 100 ms) must stop, and
-    // the box must stay for the next run to inspect.
+    // Reused box: the command (whose child ignores SIGTERM and beats every 100 ms) must stop,
+    // and the box must stay for the next run to inspect.
     let warm = p
         .warmup(
             &WarmupRequest {
@@ -417,7 +417,10 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
         )
         .await
         .expect("warmup");
-    let heartbeat = "trap '' TERM; date +%s%N > .heartbeat; echo started; while :; do date +%s%N > .heartbeat; sleep 0.1; done";
+    // The beating loop is a background child that ignores SIGTERM: stopping only the top
+    // process is not enough, the provider must stop the command's whole tree.
+    let heartbeat = "(trap '' TERM; while :; do date +%s%N > .heartbeat; sleep 0.1; done) & \
+                     while [ ! -s .heartbeat ]; do sleep 0.05; done; echo started; wait";
     let req = request(&repo, Some(&warm.lease_id), &["/bin/sh", "-c", heartbeat]);
     let err = run_and_cancel(p, &req).await;
     assert!(matches!(err, Error::Interrupted), "{err}");
