@@ -225,6 +225,32 @@ def _(ctx):
         time.sleep(0.1)
 
 
+@check("commands.kill signals only the command's process, as envd does")
+def _(ctx):
+    sbx = ctx["sandbox"]
+    handle = sbx.commands.run(
+        "exec sh -c 'echo $$ > kill-pids; sleep 3173 & echo $! >> kill-pids; wait'",
+        background=True,
+    )
+    deadline = time.monotonic() + 5
+    while True:
+        pids = sbx.files.read("kill-pids") if sbx.files.exists("kill-pids") else ""
+        if len(pids.splitlines()) >= 2:
+            break
+        assert time.monotonic() < deadline, f"no pids written: {pids!r}"
+        time.sleep(0.05)
+    sh_pid, sleep_pid = (int(line) for line in pids.splitlines()[:2])
+    assert handle.pid == sh_pid, f"reported pid {handle.pid}, the command's own is {sh_pid}"
+    assert handle.kill(), "kill returned False"
+    try:
+        handle.wait()
+        raise AssertionError("killed command did not raise")
+    except CommandExitException as exc:
+        assert exc.exit_code == -1, f"killed command exit_code {exc.exit_code}"
+    alive = sbx.commands.run(f"kill -0 {sleep_pid} && echo alive; kill -KILL {sleep_pid}")
+    assert alive.stdout == "alive\n", f"background child of a killed command: {alive.stdout!r}"
+
+
 @check("files write/read/exists/list/remove")
 def _(ctx):
     sbx = ctx["sandbox"]

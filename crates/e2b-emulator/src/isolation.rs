@@ -436,6 +436,31 @@ pub fn all_pids() -> Vec<i32> {
         .collect()
 }
 
+/// Host pids of the children of `parent`: from `/proc/<pid>/task/<pid>/children`
+/// when the kernel has it, else by scanning every process's parent.
+pub fn proc_children_of(parent: u32) -> Vec<u32> {
+    match fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")) {
+        Ok(text) => text
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect(),
+        Err(_) => proc_children(parent),
+    }
+}
+
+/// The pid of host process `host_pid` as seen in its own (innermost) pid
+/// namespace: the last field of `NSpid:` in `/proc/<pid>/status`.
+pub fn pid_in_namespace(host_pid: i32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 fn proc_children(parent: u32) -> Vec<u32> {
     all_pids()
         .into_iter()

@@ -1,11 +1,15 @@
 //! Processes running inside sandboxes: spawning, output fan-out, input, signals.
 //!
 //! Every process is an `nsenter` (leading its own session) that enters the
-//! sandbox's namespaces and runs the command as the selected user. Output is
-//! read as it is produced and fanned out, chunk by chunk, to every attached
-//! stream; a stream that goes away detaches without touching the process.
+//! sandbox's namespaces and forks the command, which runs as the selected user.
+//! Like real envd, the emulator reports the command's pid as seen inside the
+//! sandbox's pid namespace, and `SendSignal` and the `Connect-Timeout-Ms`
+//! deadline signal exactly that process, never its children: a background child
+//! of a killed command goes on running until the sandbox dies. Output is read
+//! as it is produced and fanned out, chunk by chunk, to every attached stream; a
+//! stream that goes away detaches without touching the process.
 
-use crate::isolation::{session_members, HostTools, SandboxNamespace, SandboxUser};
+use crate::isolation::{pid_in_namespace, proc_children_of, session_members, SandboxUser};
 use crabbox_e2b_wire::process::{DataEvent, EndEvent, ProcessConfig, ProcessInfo, PtySize};
 use crabbox_e2b_wire::{Code, ConnectError};
 use std::collections::BTreeMap;
@@ -15,7 +19,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -26,6 +30,9 @@ const READ_CHUNK: usize = 32 * 1024;
 /// to drain the pipes, short enough that a background child holding the pipe
 /// open does not hold up the end of the command.
 const DRAIN_GRACE: Duration = Duration::from_millis(300);
+/// How long `nsenter` may take to fork the command before the emulator stops
+/// looking for it (and falls back to signalling `nsenter` itself).
+const FORK_WAIT: Duration = Duration::from_secs(2);
 
 /// What an attached stream receives.
 #[derive(Debug, Clone)]
@@ -45,9 +52,55 @@ struct Fanout {
     end: Option<EndEvent>,
 }
 
+/// The command process itself, on the host: the `nsenter` leader's child.
+struct CommandProcess {
+    host_pid: i32,
+    /// Pins the process, so that a signal never reaches a recycled pid.
+    pidfd: Option<OwnedFd>,
+}
+
+impl CommandProcess {
+    fn find(leader: u32) -> Option<CommandProcess> {
+        let host_pid = *proc_children_of(leader).first()? as i32;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, host_pid, 0) };
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: a fresh descriptor that nothing else owns.
+            unsafe { OwnedFd::from_raw_fd(fd as i32) }
+        });
+        Some(CommandProcess { host_pid, pidfd })
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: fd is an open pidfd; info may be null.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            if rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+                return;
+            }
+        }
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.host_pid, signal);
+        }
+    }
+}
+
 /// One process started through `process.Process/Start`.
 pub struct ProcessHandle {
+    /// The command's pid inside the sandbox (what envd reports).
     pub pid: u32,
+    /// Host pid of the `nsenter` that leads the command's session.
+    leader: u32,
+    command: Option<CommandProcess>,
     pub config: ProcessConfig,
     pub tag: Option<String>,
     input: tokio::sync::Mutex<Option<InputSink>>,
@@ -98,31 +151,41 @@ impl ProcessHandle {
         }
     }
 
-    /// Delivers `signal` to the command and everything it started.
-    ///
-    /// SIGKILL takes the whole session down, the `nsenter` leader included. Other
-    /// signals skip the leader: it would die of them instead of forwarding them,
-    /// and reports the command's own fate when the command ends.
+    /// Delivers `signal` to the command process only, as envd does: what the
+    /// command started (a pipeline's other members, background jobs) is not
+    /// signalled. The `nsenter` leader reports the command's fate when it ends.
     pub fn signal(&self, signal: i32) {
         if self.has_ended() {
             return;
         }
         self.last_signal.store(signal, Ordering::SeqCst);
-        let sid = self.pid as i32;
-        for (pid, stat) in session_members(sid) {
-            if signal != libc::SIGKILL && pid == sid && stat.comm == "nsenter" {
-                continue;
-            }
+        match &self.command {
+            Some(command) => command.signal(signal),
+            // The command was never seen (it ended at once, or nsenter failed).
+            // SAFETY: kill has no memory-safety preconditions.
+            None => unsafe {
+                libc::kill(self.leader as i32, signal);
+            },
+        }
+    }
+
+    /// SIGKILLs the command's whole session, the `nsenter` leader included (the
+    /// sandbox is being killed; what left the session dies with the namespace).
+    pub fn kill_session(&self) {
+        if self.has_ended() {
+            return;
+        }
+        self.last_signal.store(libc::SIGKILL, Ordering::SeqCst);
+        let sid = self.leader as i32;
+        for (pid, _) in session_members(sid) {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe {
-                libc::kill(pid, signal);
+                libc::kill(pid, libc::SIGKILL);
             }
         }
-        if signal == libc::SIGKILL {
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(sid, libc::SIGKILL);
-            }
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(sid, libc::SIGKILL);
         }
     }
 
@@ -247,14 +310,20 @@ impl ProcessTable {
             .insert(handle.pid, handle);
     }
 
-    fn remove(&self, pid: u32) {
-        self.processes.lock().expect("process table").remove(&pid);
+    fn remove(&self, handle: &Arc<ProcessHandle>) {
+        let mut processes = self.processes.lock().expect("process table");
+        if processes
+            .get(&handle.pid)
+            .is_some_and(|p| Arc::ptr_eq(p, handle))
+        {
+            processes.remove(&handle.pid);
+        }
     }
 
-    /// Signals every process (used when the sandbox is killed).
-    pub fn signal_all(&self, signal: i32) {
+    /// SIGKILLs every process and its session (used when the sandbox is killed).
+    pub fn kill_all(&self) {
         for process in self.list() {
-            process.signal(signal);
+            process.kill_session();
         }
     }
 }
@@ -307,22 +376,34 @@ fn open_pty(size: PtySize) -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
-/// Starts a process and returns it with a stream already attached, so the
-/// caller sees all of its output.
-pub fn spawn(
+/// Waits until the `nsenter` leader has forked the command, and returns it with
+/// its pid inside the sandbox. `None` when the leader exited first (the command
+/// ended at once, or could not be started) or took implausibly long.
+async fn find_command(
+    leader: u32,
+    child: &mut tokio::process::Child,
+) -> Option<(CommandProcess, u32)> {
+    let until = Instant::now() + FORK_WAIT;
+    loop {
+        if let Some(command) = CommandProcess::find(leader) {
+            let pid = pid_in_namespace(command.host_pid)?;
+            return Some((command, pid));
+        }
+        if !matches!(child.try_wait(), Ok(None)) || Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Starts `cmd` (an `nsenter` into the sandbox, from
+/// [`crate::isolation::SandboxNamespace::command`]) and returns the process with
+/// a stream already attached, so the caller sees all of its output.
+pub async fn spawn(
     table: &Arc<ProcessTable>,
-    namespace: &SandboxNamespace,
-    tools: &HostTools,
+    mut cmd: std::process::Command,
     spec: SpawnSpec,
 ) -> Result<(Arc<ProcessHandle>, mpsc::UnboundedReceiver<OutputEvent>), ConnectError> {
-    let mut cmd = namespace.command(
-        tools,
-        spec.user,
-        &spec.cwd,
-        &spec.envs,
-        &spec.config.cmd,
-        &spec.config.args,
-    );
     let pty = match spec.pty {
         Some(size) => Some(
             open_pty(size)
@@ -369,7 +450,11 @@ pub fn spawn(
             format!("starting '{}': {e}", spec.config.cmd),
         )
     })?;
-    let pid = child.id().unwrap_or(0);
+    let leader = child.id().unwrap_or(0);
+    let (command, pid) = match find_command(leader, &mut child).await {
+        Some((command, pid)) => (Some(command), pid),
+        None => (None, leader),
+    };
 
     let (input, pty_master, pty_reader) = match pty {
         Some((master, slave)) => {
@@ -394,6 +479,8 @@ pub fn spawn(
 
     let handle = Arc::new(ProcessHandle {
         pid,
+        leader,
+        command,
         config: spec.config,
         tag: spec.tag,
         input: tokio::sync::Mutex::new(input),
@@ -446,7 +533,7 @@ pub fn spawn(
             },
         };
         waiter.publish(OutputEvent::End(end));
-        table.remove(waiter.pid);
+        table.remove(&waiter);
     });
 
     Ok((handle, first_stream))

@@ -353,7 +353,7 @@ impl Registry {
 }
 
 async fn destroy(sandbox: Arc<Sandbox>) {
-    sandbox.processes.signal_all(libc::SIGKILL);
+    sandbox.processes.kill_all();
     let namespace = sandbox.namespace.lock().expect("namespace lock").take();
     if let Some(mut namespace) = namespace {
         // A frozen process cannot die until it is thawed.

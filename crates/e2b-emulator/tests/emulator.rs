@@ -568,3 +568,131 @@ async fn auto_pause_sandbox_pauses_at_timeout_and_resumes_on_connect() {
     assert_eq!(run.stdout, "back\n");
     emu.shutdown().await;
 }
+
+/// Host pids of the processes whose command line is exactly `argv`.
+fn host_pids_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .filter(|pid| {
+            // A zombie has finished dying.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+        })
+        .collect()
+}
+
+async fn send_signal(c: &Client, sbx: &Sandbox, pid: u32, signal: &str) -> reqwest::StatusCode {
+    c.envd(sbx, reqwest::Method::POST, "/process.Process/SendSignal")
+        .header("Content-Type", "application/json")
+        .json(&json!({"process": {"pid": pid}, "signal": signal}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Like envd, SendSignal (and the Connect-Timeout-Ms deadline) reach only the command's
+/// own process, whose pid is reported as seen inside the sandbox; its background children
+/// live on until the sandbox is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_signal_reaches_only_the_command_process_not_its_children() {
+    let emu = emulator().await;
+    let c = Client::new(&emu);
+    let sbx = c.create(json!({"timeout": 60})).await;
+    let res = c
+        .start(
+            &sbx,
+            "exec sh -c 'echo $$; sleep 3171 & echo $!; wait'",
+            None,
+        )
+        .await;
+    let mut body = res.bytes_stream();
+    let mut decoder = EnvelopeDecoder::new();
+    let (mut pid, mut stdout, mut end) = (None, String::new(), None);
+    let mut signalled = false;
+    while let Some(chunk) = body.next().await {
+        for env in decoder.decode(&chunk.unwrap()).unwrap() {
+            if env.is_end_stream() {
+                continue;
+            }
+            let msg: StartResponse = serde_json::from_slice(&env.payload).unwrap();
+            match msg.event.unwrap() {
+                ProcessEvent::Start(s) => pid = Some(s.pid),
+                ProcessEvent::Data(DataEvent::Stdout(b)) => {
+                    stdout.push_str(&String::from_utf8_lossy(&b))
+                }
+                ProcessEvent::End(e) => end = Some(e),
+                _ => {}
+            }
+        }
+        if !signalled && stdout.lines().count() >= 2 {
+            signalled = true;
+            let status = send_signal(&c, &sbx, pid.unwrap(), "SIGNAL_SIGKILL").await;
+            assert_eq!(status, 200);
+        }
+    }
+    let end = end.expect("end event");
+    assert_eq!(end.status, "signal: killed");
+    let lines: Vec<u32> = stdout.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let (sh_pid, sleep_pid) = (lines[0], lines[1]);
+    assert_eq!(
+        pid,
+        Some(sh_pid),
+        "the reported pid is the command's pid in the sandbox"
+    );
+
+    let check = format!("kill -0 {sleep_pid} && tr '\\0' ' ' < /proc/{sleep_pid}/cmdline");
+    let run = c.run(&sbx, &check, None).await;
+    assert_eq!(
+        run.stdout.trim(),
+        "sleep 3171",
+        "the background child lives: {run:?}"
+    );
+    assert_eq!(host_pids_running(&["sleep", "3171"]).len(), 1);
+
+    // The Connect-Timeout-Ms deadline kills only the command, too.
+    let body = json!({"process": {"cmd": "/bin/sh", "args": ["-c", "sleep 3172 & echo go; wait"]}});
+    let res = c
+        .envd(&sbx, reqwest::Method::POST, "/process.Process/Start")
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Protocol-Version", "1")
+        .header("Connect-Timeout-Ms", "1000")
+        .body(envelope::encode_message(&body).unwrap().to_vec())
+        .send()
+        .await
+        .unwrap();
+    let run = tokio::time::timeout(Duration::from_secs(10), collect(res))
+        .await
+        .expect("the deadline ends the command");
+    assert_eq!(run.end.unwrap().status, "signal: killed");
+    assert_eq!(host_pids_running(&["sleep", "3172"]).len(), 1);
+
+    // Killing the sandbox kills everything it ran.
+    let res = c
+        .http
+        .delete(format!("{}/sandboxes/{}", c.base, sbx.sandbox_id))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !host_pids_running(&["sleep", "3171"]).is_empty()
+        || !host_pids_running(&["sleep", "3172"]).is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox's processes outlived it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    emu.shutdown().await;
+}

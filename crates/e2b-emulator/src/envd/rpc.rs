@@ -203,7 +203,7 @@ pub async fn process(
     body: Bytes,
 ) -> Response {
     match method.as_str() {
-        "Start" => start(&state, &sandbox, &headers, &body),
+        "Start" => start(&state, &sandbox, &headers, &body).await,
         "Connect" => connect(&state, &sandbox, &headers, &body),
         _ => match process_unary(&sandbox, &method, &body).await {
             Ok(response) => response,
@@ -212,8 +212,8 @@ pub async fn process(
     }
 }
 
-fn start(state: &AppState, sandbox: &Sandbox, headers: &HeaderMap, body: &Bytes) -> Response {
-    match start_process(state, sandbox, headers, body) {
+async fn start(state: &AppState, sandbox: &Sandbox, headers: &HeaderMap, body: &Bytes) -> Response {
+    match start_process(state, sandbox, headers, body).await {
         Ok((handle, events)) => stream_response(event_stream(
             handle.pid,
             events,
@@ -223,7 +223,7 @@ fn start(state: &AppState, sandbox: &Sandbox, headers: &HeaderMap, body: &Bytes)
     }
 }
 
-fn start_process(
+async fn start_process(
     state: &AppState,
     sandbox: &Sandbox,
     headers: &HeaderMap,
@@ -271,14 +271,24 @@ fn start_process(
         pty: request.pty.map(|p| p.size.unwrap_or_default()),
         deadline: connect_timeout(headers),
     };
-    let namespace = sandbox.namespace.lock().expect("namespace lock");
-    let namespace = namespace.as_ref().ok_or_else(|| {
-        ConnectError::new(
-            Code::Unavailable,
-            format!("sandbox {} is shutting down", sandbox.id),
+    let cmd = {
+        let namespace = sandbox.namespace.lock().expect("namespace lock");
+        let namespace = namespace.as_ref().ok_or_else(|| {
+            ConnectError::new(
+                Code::Unavailable,
+                format!("sandbox {} is shutting down", sandbox.id),
+            )
+        })?;
+        namespace.command(
+            &state.registry.tools,
+            spec.user,
+            &spec.cwd,
+            &spec.envs,
+            &spec.config.cmd,
+            &spec.config.args,
         )
-    })?;
-    process::spawn(&sandbox.processes, namespace, &state.registry.tools, spec)
+    };
+    process::spawn(&sandbox.processes, cmd, spec).await
 }
 
 fn connect(state: &AppState, sandbox: &Sandbox, headers: &HeaderMap, body: &Bytes) -> Response {
