@@ -8,8 +8,9 @@
 //!
 //! - a warm sync sends only what changed and deletes only files crabbox itself synced, so
 //!   remote build outputs (`target/`, `node_modules/`) survive between runs;
-//! - Ctrl-C signals the remote process (SIGTERM, then SIGKILL) and releases the sandbox,
-//!   rather than leaving the command running; a Ctrl-C during create, or a create that
+//! - Ctrl-C signals the remote process (SIGTERM, then SIGKILL) and everything it started
+//!   (found by the `CRABBOX_RUN_ID` in their environment, see [`run_tree`]) and releases the
+//!   sandbox, rather than leaving the command running; a Ctrl-C during create, or a create that
 //!   failed after it may have reached E2B, is followed by a lookup of the lease's tag and a
 //!   delete, and an abandoned sync kills its apply script and removes its files from the box;
 //! - the TTL cap is `e2b.maxTtl` (1 h by default, raise it on E2B's pro tier).
@@ -21,7 +22,8 @@
 //!
 //! Modules: [`settings`] (config section and endpoint rules), [`placement`] (user, workdir,
 //! TTL), [`metadata`] (tags and ownership), [`retry`], [`control`] (control-plane client),
-//! [`envd`] (sandbox daemon client), [`remote_sync`] (putting the tree on the box).
+//! [`envd`] (sandbox daemon client), [`remote_sync`] (putting the tree on the box),
+//! [`run_tree`] (stopping all of a run's processes on cancel).
 
 pub mod control;
 pub mod envd;
@@ -30,6 +32,7 @@ pub mod placement;
 mod provider;
 pub mod remote_sync;
 pub mod retry;
+pub mod run_tree;
 pub mod settings;
 
 pub use provider::E2bProvider;

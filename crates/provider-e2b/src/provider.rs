@@ -25,6 +25,7 @@ use crate::metadata::{self, Tags};
 use crate::placement::{clamp_ttl, Placement};
 use crate::remote_sync::{sync_tree, SyncPlan};
 use crate::retry::RetryPolicy;
+use crate::run_tree::{self, RUN_ID_VAR};
 use crate::settings::{self, E2bSettings, Secret};
 
 const PROVIDER: &str = "e2b";
@@ -657,7 +658,8 @@ impl E2bProvider {
         Ok(Some(report))
     }
 
-    /// Runs the command, streaming its output; on cancel stops it remotely.
+    /// Runs the command, streaming its output; on cancel stops it remotely, with everything
+    /// it started (its environment carries a fresh [`RUN_ID_VAR`], see [`run_tree`]).
     async fn command_phase(
         &self,
         box_: &Acquired,
@@ -665,11 +667,14 @@ impl E2bProvider {
         placement: &Placement,
         out: &mut dyn OutputSink,
     ) -> Result<Ran> {
+        let run_id = run_tree::new_run_id();
+        let mut envs = req.env.clone();
+        envs.insert(RUN_ID_VAR.into(), run_id.clone());
         let start = StartRequest {
             process: Some(ProcessConfig {
                 cmd: "/bin/bash".into(),
                 args: vec!["-l".into(), "-c".into(), req.command.script()],
-                envs: req.env.clone(),
+                envs,
                 cwd: Some(placement.workdir.clone()),
             }),
             pty: None,
@@ -678,7 +683,15 @@ impl E2bProvider {
         };
         let mut stream = tokio::select! {
             biased;
-            _ = req.cancel.cancelled() => return Ok(Ran::Interrupted),
+            _ = req.cancel.cancelled() => {
+                // The start may have reached envd: stop whatever it began.
+                let _ = tokio::time::timeout(
+                    CANCEL_BUDGET / 2,
+                    run_tree::reap(&box_.envd, &run_id, self.cancel_grace),
+                )
+                .await;
+                return Ok(Ran::Interrupted);
+            }
             s = box_.envd.start(&start) => s?,
         };
         let mut pid = None;
@@ -688,7 +701,7 @@ impl E2bProvider {
                 _ = req.cancel.cancelled() => {
                     let _ = tokio::time::timeout(
                         CANCEL_BUDGET / 2,
-                        self.stop_remote(&box_.envd, &mut stream, pid, out),
+                        self.stop_remote(&box_.envd, &mut stream, pid, &run_id, out),
                     )
                     .await;
                     return Ok(Ran::Interrupted);
@@ -711,8 +724,25 @@ impl E2bProvider {
         }
     }
 
-    /// SIGTERM, a grace period while output still flows, then SIGKILL.
+    /// SIGTERM, a grace period while output still flows, then SIGKILL: to the command's pid
+    /// and, through the reaper, to every process of run `run_id` (envd signals only the pid,
+    /// and the command's children would otherwise outlive it on a kept sandbox).
     async fn stop_remote(
+        &self,
+        envd: &Envd,
+        stream: &mut ProcessStream,
+        pid: Option<u32>,
+        run_id: &str,
+        out: &mut dyn OutputSink,
+    ) {
+        tokio::join!(
+            self.stop_command(envd, stream, pid, out),
+            run_tree::reap(envd, run_id, self.cancel_grace),
+        );
+    }
+
+    /// SIGTERM, a grace period while output still flows, then SIGKILL, to the command's pid.
+    async fn stop_command(
         &self,
         envd: &Envd,
         stream: &mut ProcessStream,

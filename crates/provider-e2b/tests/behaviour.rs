@@ -907,3 +907,93 @@ async fn interrupted_warm_sync_leaves_no_archive_on_the_box() {
     .unwrap();
     emu.shutdown().await;
 }
+
+/// Captures output and cancels the run once stdout contains `needle`.
+struct CancelOnOutput {
+    out: CapturedOutput,
+    needle: &'static str,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl crabbox_core::provider::OutputSink for CancelOnOutput {
+    fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.out.stdout(chunk)?;
+        if self.out.stdout_str().contains(self.needle) {
+            self.cancel.cancel();
+        }
+        Ok(())
+    }
+    fn stderr(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.out.stderr(chunk)
+    }
+}
+
+/// envd's SendSignal reaches only the command's own process: a cancel must also stop what
+/// the command started, here a background loop that ignores SIGTERM, on a box that is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_the_commands_background_children_on_a_kept_sandbox() {
+    let emu = common::emulator().await;
+    let world = World::new();
+    let p = world
+        .provider(&emu, &[])
+        .unwrap()
+        .with_cancel_grace(Duration::from_secs(1));
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+
+    let mut req = request(
+        &repo,
+        Some(&warm.lease_id),
+        &[
+            "sh",
+            "-c",
+            "(trap '' TERM; while :; do date +%s%N > beat; sleep 0.1; done) & echo started; wait",
+        ],
+    );
+    req.sync = None;
+    let mut out = CancelOnOutput {
+        out: CapturedOutput::default(),
+        needle: "started",
+        cancel: req.cancel.clone(),
+    };
+    let started = std::time::Instant::now();
+    let res = p.run(&req, &mut out, &SilentReporter).await;
+    let cancel_took = started.elapsed();
+    assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
+    assert!(cancel_took < Duration::from_secs(30), "{cancel_took:?}");
+    assert!(out.out.stdout_str().contains("started"));
+
+    // The heartbeat must have stopped: the file no longer changes.
+    let mut probe = request(
+        &repo,
+        Some(&warm.lease_id),
+        &[
+            "/bin/sh",
+            "-c",
+            "a=$(cat beat); sleep 1; b=$(cat beat); \
+             if [ \"$a\" = \"$b\" ]; then echo stopped; else echo beating; fi",
+        ],
+    );
+    probe.sync = None;
+    let mut out = CapturedOutput::default();
+    let o = p.run(&probe, &mut out, &SilentReporter).await.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(
+        out.stdout_str(),
+        "stopped\n",
+        "the command's background child outlived the cancel ({cancel_took:?})"
+    );
+    // Even so the sandbox goes on working.
+    let mut again = request(&repo, Some(&warm.lease_id), &["echo", "ok"]);
+    again.sync = None;
+    let mut out = CapturedOutput::default();
+    let o = p.run(&again, &mut out, &SilentReporter).await.unwrap();
+    assert_eq!((o.exit_code, out.stdout_str().as_str()), (0, "ok\n"));
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}

@@ -409,11 +409,14 @@ async fn stream_without_end_event_is_a_transport_error_not_success() {
     assert_eq!(body["process"]["cmd"], "/bin/bash");
     assert_eq!(body["process"]["args"], json!(["-l", "-c", "'echo' 'hi'"]));
     assert_eq!(body["process"]["cwd"], "/home/user/crabbox");
-    assert_eq!(
-        body["process"]["envs"],
-        json!({"CI": "1"}),
-        "env goes as envs"
+    let envs = body["process"]["envs"].as_object().unwrap();
+    assert_eq!(envs["CI"], "1", "env goes as envs");
+    let run_id = envs["CRABBOX_RUN_ID"].as_str().unwrap();
+    assert!(
+        run_id.len() == 32 && run_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a fresh run id marks the run's processes: {run_id}"
     );
+    assert_eq!(envs.len(), 2, "{envs:?}");
     assert_eq!(
         mock.count("DELETE /sandboxes/sbx1"),
         1,

@@ -1,0 +1,166 @@
+//! Stopping everything a run started on the box, not just the command's own process.
+//!
+//! envd's `SendSignal` signals exactly one pid, the command's. What the command started
+//! (`make && make test`'s children, a `(worker) &` in a shell script) is not signalled, and
+//! on a kept sandbox (`--id`, `keep`) it would go on running after Ctrl-C. So every run's
+//! environment carries [`RUN_ID_VAR`]`=<random hex>`, which every descendant inherits, and
+//! a cancel also starts a short reaper on the box that signals every process whose initial
+//! environment holds exactly that entry.
+//!
+//! Limits: the reaper runs as the run's user, so it cannot see or signal a descendant that
+//! changed user (`sudo`); a descendant started with a cleared or rewritten environment
+//! (`env -i`) escapes it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::envd::Envd;
+use crate::remote_sync::run_captured;
+
+/// Set in the environment of every command crabbox runs on an E2B sandbox, to a fresh
+/// random value per run, so that a cancel can find and stop every process the run started
+/// (see the module docs). Users may see it in their command's environment; its value means
+/// nothing outside that one run.
+pub const RUN_ID_VAR: &str = "CRABBOX_RUN_ID";
+
+/// Longest the reaper may keep the caller waiting beyond the grace period.
+const REAP_SLACK: Duration = Duration::from_secs(5);
+
+/// SIGTERMs every process of run `CBX_RUN_ID` (except this script, whose own environment
+/// has no such entry), waits up to `CBX_GRACE_TICKS` tenths of a second for them to go,
+/// then SIGKILLs what is left, sweeping again while new ones turn up (a dying parent may
+/// have forked just before). Only bash builtins look at each process, so a sweep over a
+/// busy box stays quick; zombies have an empty environ and are skipped.
+const REAP_SCRIPT: &str = r#"want="CRABBOX_RUN_ID=$CBX_RUN_ID"
+signal_run() {
+  found=1
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = "$$" ] && continue
+    while IFS= read -r -d '' e; do
+      if [ "$e" = "$want" ]; then
+        kill -"$1" "$p" 2>/dev/null && found=0
+        break
+      fi
+    done < "$d/environ" 2>/dev/null
+  done
+  return $found
+}
+signal_run TERM || exit 0
+i=0
+while [ "$i" -lt "$CBX_GRACE_TICKS" ] && signal_run 0; do
+  sleep 0.1
+  i=$((i + 1))
+done
+r=0
+while [ "$r" -lt 10 ] && signal_run KILL; do
+  sleep 0.05
+  r=$((r + 1))
+done
+exit 0
+"#;
+
+/// A fresh run id: 128 random bits in hex.
+pub fn new_run_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Runs the reaper for `run_id` on the box: SIGTERM, up to `grace` for the run's processes
+/// to exit, then SIGKILL. Bounded by `grace` plus a few seconds; errors are ignored (the
+/// caller is already cleaning up).
+pub async fn reap(envd: &Envd, run_id: &str, grace: Duration) {
+    let ticks = grace.as_millis().div_ceil(100).max(1);
+    let envs = BTreeMap::from([
+        ("CBX_RUN_ID".to_string(), run_id.to_string()),
+        ("CBX_GRACE_TICKS".to_string(), ticks.to_string()),
+    ]);
+    let _ = tokio::time::timeout(grace + REAP_SLACK, run_captured(envd, REAP_SCRIPT, envs)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command};
+    use std::time::Instant;
+
+    fn wait_gone(child: &mut Child, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn reap_script_is_valid_bash() {
+        let out = Command::new("bash")
+            .args(["-n", "-c", REAP_SCRIPT])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn reaper_stops_the_runs_processes_and_nothing_else() {
+        let id = new_run_id();
+        // Ignores SIGTERM: only the SIGKILL after the grace stops it.
+        let mut stubborn = Command::new("sh")
+            .args(["-c", "trap '' TERM; while :; do sleep 0.1; done"])
+            .env(RUN_ID_VAR, &id)
+            .spawn()
+            .unwrap();
+        let mut polite = Command::new("sleep")
+            .arg("30")
+            .env(RUN_ID_VAR, &id)
+            .spawn()
+            .unwrap();
+        // Another run's process, and one whose id merely starts with ours.
+        let mut other = Command::new("sleep")
+            .arg("30")
+            .env(RUN_ID_VAR, new_run_id())
+            .spawn()
+            .unwrap();
+        let mut prefixed = Command::new("sleep")
+            .arg("30")
+            .env(RUN_ID_VAR, format!("{id}0"))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        let out = Command::new("bash")
+            .args(["-c", REAP_SCRIPT])
+            .env("CBX_RUN_ID", &id)
+            .env("CBX_GRACE_TICKS", "5")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let polite_gone = wait_gone(&mut polite, Duration::from_secs(2));
+        let stubborn_gone = wait_gone(&mut stubborn, Duration::from_secs(2));
+        let other_alive = other.try_wait().unwrap().is_none();
+        let prefixed_alive = prefixed.try_wait().unwrap().is_none();
+        for child in [&mut stubborn, &mut polite, &mut other, &mut prefixed] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(polite_gone, "SIGTERM reaches the run's processes");
+        assert!(stubborn_gone, "SIGKILL follows the grace");
+        assert!(
+            other_alive && prefixed_alive,
+            "other processes are left alone"
+        );
+    }
+}
