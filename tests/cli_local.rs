@@ -359,3 +359,25 @@ fn corrupt_claim_is_reported_with_its_path_and_kept() {
     assert_eq!(list[0]["leaseId"], lease.as_str());
     assert!(bad.exists(), "a corrupt claim must never be deleted");
 }
+
+#[test]
+fn sync_delete_false_keeps_files_removed_locally() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.root().join(".crabbox.yaml"), "sync:\n  delete: false\n").unwrap();
+    let lease = ok(sb.run(&["warmup"])).trim().to_string();
+    ok(sb.run(&["run", "--id", &lease, "--", "true"]));
+    std::fs::remove_file(sb.root().join("untracked.txt")).unwrap();
+    let out = ok(sb.run(&["run", "--id", &lease, "--", "cat", "untracked.txt"]));
+    assert_eq!(
+        out, "untracked\n",
+        "sync.delete=false must not delete remotely"
+    );
+    std::fs::write(sb.root().join(".crabbox.yaml"), "sync:\n  delete: true\n").unwrap();
+    std::fs::remove_file(sb.root().join("src/lib.txt")).unwrap();
+    let o = sb.run(&["run", "--id", &lease, "--", "test", "-e", "src/lib.txt"]);
+    assert_eq!(
+        code(&o),
+        1,
+        "sync.delete=true must delete a file removed locally"
+    );
+}

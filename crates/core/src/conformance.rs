@@ -123,6 +123,7 @@ impl RepoFixture {
         SyncSource {
             root: self.root().to_path_buf(),
             manifest: SyncManifest::build(self.root(), &SyncOptions::default()).expect("manifest"),
+            delete: true,
         }
     }
 }

@@ -54,6 +54,9 @@ impl KeepPolicy {
 pub struct SyncSource {
     pub root: PathBuf,
     pub manifest: SyncManifest,
+    /// `sync.delete`: remove from the box the files crabbox synced before that are gone
+    /// locally. Files crabbox never synced are left alone either way.
+    pub delete: bool,
 }
 
 /// Lease a box to reuse later.

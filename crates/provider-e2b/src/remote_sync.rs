@@ -102,7 +102,7 @@ impl SyncPlan {
                     delete: delta
                         .deleted
                         .into_iter()
-                        .filter(|p| is_safe_relative(p))
+                        .filter(|p| source.delete && is_safe_relative(p))
                         .collect(),
                     full: false,
                 }
@@ -465,11 +465,29 @@ mod tests {
     fn source(entries: Vec<SyncEntry>) -> SyncSource {
         SyncSource {
             root: "/nonexistent".into(),
+            delete: true,
             manifest: SyncManifest {
                 entries,
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn plan_deletes_nothing_when_sync_delete_is_off() {
+        let e = |p: &str| SyncEntry {
+            path: p.into(),
+            kind: crabbox_core::sync::EntryKind::File,
+            mode: 0o644,
+            size: 1,
+            mtime_ns: 1,
+            link_target: None,
+        };
+        let before = SyncState::from_manifest(&source(vec![e("a"), e("b")]).manifest);
+        let mut now = source(vec![e("a")]);
+        assert_eq!(SyncPlan::new(&now, Some(&before)).delete, ["b"]);
+        now.delete = false;
+        assert!(SyncPlan::new(&now, Some(&before)).delete.is_empty());
     }
 
     #[test]

@@ -150,7 +150,8 @@ impl LocalProvider {
             let handle = tokio::task::spawn_blocking(move || -> Result<SyncReport> {
                 let previous = SyncState::load(&state_path);
                 let delta = previous.delta(&src.manifest);
-                for gone in &delta.deleted {
+                let deletions: &[String] = if src.delete { &delta.deleted } else { &[] };
+                for gone in deletions {
                     let p = workdir.join(gone);
                     if std::fs::symlink_metadata(&p).is_ok() {
                         std::fs::remove_file(&p)
@@ -179,7 +180,7 @@ impl LocalProvider {
                     files: src.manifest.len() as u64,
                     bytes: src.manifest.total_bytes,
                     sent_files: stats.files,
-                    deleted_files: delta.deleted.len() as u64,
+                    deleted_files: deletions.len() as u64,
                 })
             });
             (handle, rx)

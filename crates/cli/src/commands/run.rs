@@ -35,6 +35,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
         Some(SyncSource {
             root: cfg.repo_root.clone(),
             manifest,
+            delete: cfg.core.sync.delete,
         })
     };
 
