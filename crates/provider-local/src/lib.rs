@@ -143,6 +143,7 @@ impl LocalProvider {
         let cancelled = Arc::new(AtomicBool::new(false));
         let cancelled_in_task = cancelled.clone();
         let workdir = self.box_dir(lease_id);
+        let spool_dir = self.state_dir.join("boxes");
         let src = src.clone();
         let total = src.manifest.total_bytes;
         let (report, progress_rx) = {
@@ -158,8 +159,10 @@ impl LocalProvider {
                             .map_err(Error::io("removing stale synced file", &p))?;
                     }
                 }
-                let spool = tempfile::tempfile()
-                    .map_err(Error::io("creating sync spool in", std::env::temp_dir()))?;
+                // Spool next to the boxes, not in a possibly small /tmp: the archive is as big
+                // as the changed files.
+                let spool = tempfile::tempfile_in(&spool_dir)
+                    .map_err(Error::io("creating sync spool in", &spool_dir))?;
                 let mut spool_w = std::io::BufWriter::new(&spool);
                 let stats = write_archive(&src.root, &delta.changed, &mut spool_w, |b| {
                     let _ = tx.send(b);
