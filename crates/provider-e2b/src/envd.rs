@@ -1,8 +1,8 @@
 //! The sandbox daemon (envd): file upload over HTTP, and the `process.Process` /
 //! `filesystem.Filesystem` services over the Connect protocol with the JSON codec.
 //!
-//! Every request carries the sandbox's access token; with a fixed sandbox URL it also carries
-//! the routing headers `E2b-Sandbox-Id` and `E2b-Sandbox-Port`.
+//! Every request carries the sandbox's access token and, as the official SDK's do, the
+//! routing headers `E2b-Sandbox-Id` and `E2b-Sandbox-Port`.
 
 use std::time::Duration;
 
@@ -43,7 +43,6 @@ pub struct Envd {
     http: reqwest::Client,
     base: String,
     sandbox_id: String,
-    routed: bool,
     token: Option<Secret>,
     user: String,
 }
@@ -67,17 +66,14 @@ impl Envd {
         token: Option<Secret>,
         user: &str,
     ) -> Self {
-        let (base, routed) = match route {
-            EnvdRoute::Domain(domain) => {
-                (format!("https://{ENVD_PORT}-{sandbox_id}.{domain}"), false)
-            }
-            EnvdRoute::Fixed(base) => (base.clone(), true),
+        let base = match route {
+            EnvdRoute::Domain(domain) => format!("https://{ENVD_PORT}-{sandbox_id}.{domain}"),
+            EnvdRoute::Fixed(base) => base.clone(),
         };
         Self {
             http,
             base,
             sandbox_id: sandbox_id.to_string(),
-            routed,
             token,
             user: user.to_string(),
         }
@@ -87,13 +83,15 @@ impl Envd {
         &self.base
     }
 
+    /// Every envd request carries the routing headers, whichever the route: the official
+    /// SDK sends them on all of them (its envd base for E2B's own domains is the shared
+    /// `https://sandbox.<domain>`, routed by these headers alone).
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if self.routed {
-            req = req
-                .header("E2b-Sandbox-Id", &self.sandbox_id)
-                .header("E2b-Sandbox-Port", ENVD_PORT.to_string());
-        }
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("E2b-Sandbox-Id", &self.sandbox_id)
+            .header("E2b-Sandbox-Port", ENVD_PORT.to_string());
         if let Some(token) = &self.token {
             req = req.header("X-Access-Token", token.expose());
         }
@@ -367,12 +365,17 @@ impl ProcessStream {
                 if env.payload.is_empty() {
                     continue;
                 }
-                let msg: StartResponse = serde_json::from_slice(&env.payload).map_err(|e| {
-                    Error::Transport(format!(
-                        "sandbox {}: unreadable command stream message: {e}",
-                        self.sandbox_id
-                    ))
-                })?;
+                let msg: StartResponse = match serde_json::from_slice(&env.payload) {
+                    Ok(msg) => msg,
+                    // The SDK's codec ignores what it does not know; so do we.
+                    Err(_) if is_unknown_event(&env.payload) => continue,
+                    Err(e) => {
+                        return Err(Error::Transport(format!(
+                            "sandbox {}: unreadable command stream message: {e}",
+                            self.sandbox_id
+                        )))
+                    }
+                };
                 match msg.event {
                     Some(event) => return Ok(Some(event)),
                     None => continue,
@@ -397,6 +400,28 @@ impl ProcessStream {
                 }
             }
         }
+    }
+}
+
+/// A stream message whose event is of a kind this client does not know (a newer envd's),
+/// or a data event with no stream this client knows: skipped, like the official SDK's
+/// codec (`ignore_unknown_fields`) does, rather than failing the run.
+fn is_unknown_event(payload: &[u8]) -> bool {
+    let Ok(serde_json::Value::Object(msg)) = serde_json::from_slice(payload) else {
+        return false;
+    };
+    let Some(serde_json::Value::Object(event)) = msg.get("event") else {
+        return false;
+    };
+    let known = ["start", "data", "end", "keepalive"];
+    if !event.keys().any(|k| known.contains(&k.as_str())) {
+        return true;
+    }
+    match event.get("data") {
+        Some(serde_json::Value::Object(data)) if event.len() == 1 => !data
+            .keys()
+            .any(|k| ["stdout", "stderr", "pty"].contains(&k.as_str())),
+        _ => false,
     }
 }
 
@@ -476,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn fixed_route_sends_routing_headers() {
+    fn every_route_sends_routing_headers() {
         let http = reqwest::Client::new();
         let e = Envd::new(
             http.clone(),
@@ -499,7 +524,51 @@ mod tests {
         );
         assert_eq!(d.base(), "https://49983-sbx1.e2b.app");
         let req = d.request(Method::GET, "/health").build().unwrap();
-        assert!(req.headers().get("e2b-sandbox-id").is_none());
+        assert_eq!(req.url().as_str(), "https://49983-sbx1.e2b.app/health");
+        // As the SDK does (sandbox_sync/main.py: extra_sandbox_headers on every request).
+        assert_eq!(req.headers()["e2b-sandbox-id"], "sbx1");
+        assert_eq!(req.headers()["e2b-sandbox-port"], "49983");
+        assert!(
+            req.headers().get("x-access-token").is_none(),
+            "no token, none sent"
+        );
+    }
+
+    fn stream_of(messages: &[&[u8]]) -> ProcessStream {
+        let mut body = Vec::new();
+        for m in messages {
+            body.extend_from_slice(&envelope::encode(0, m));
+        }
+        body.extend_from_slice(&envelope::encode(2, b"{}"));
+        ProcessStream {
+            body: futures::stream::iter(vec![Ok(Bytes::from(body))]).boxed(),
+            decoder: EnvelopeDecoder::new(),
+            finished: false,
+            sandbox_id: "s".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_event_kinds_are_skipped_like_the_sdk_does() {
+        let mut s = stream_of(&[
+            br#"{"event":{"start":{"pid":7}}}"#,
+            br#"{"event":{"progress":{"percent":3}}}"#,
+            br#"{"event":{"data":{"stdin":"aGkK"}}}"#,
+            br#"{"event":{"keepalive":{}},"extra":1}"#,
+            br#"{"event":{"data":{"stdout":"aGkK"}}}"#,
+            br#"{"event":{"end":{"exitCode":3,"exited":true,"status":"exit status 3"}}}"#,
+        ]);
+        let mut seen = Vec::new();
+        while let Some(e) = s.next_event().await.unwrap() {
+            seen.push(e);
+        }
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(matches!(seen[0], ProcessEvent::Start(ref st) if st.pid == 7));
+        assert!(matches!(seen[1], ProcessEvent::Keepalive(_)));
+        assert!(matches!(seen[3], ProcessEvent::End(ref e) if exit_code_of(e) == 3));
+        // A known kind that does not parse is still an error.
+        let mut bad = stream_of(&[br#"{"event":{"start":{"pid":"x"}}}"#]);
+        assert!(bad.next_event().await.is_err());
     }
 
     #[test]

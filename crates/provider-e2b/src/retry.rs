@@ -1,5 +1,5 @@
 //! Retry policy for idempotent control-plane calls: 429/502/503/504 and connection failures,
-//! honouring `Retry-After` and `Should-Retry: false`, as E2B's SDKs do.
+//! honouring `Retry-After` and an authoritative `Should-Retry`, as E2B's SDKs do.
 
 use std::time::Duration;
 
@@ -46,14 +46,19 @@ impl RetryPolicy {
     }
 }
 
-/// The statuses worth another try.
+/// The failures worth another try, as the official SDK decides: a `Should-Retry` header is
+/// authoritative when present (`true` retries any failure status, anything else none);
+/// without it, 429/502/503/504 are retried.
 pub fn is_retryable(status: StatusCode, headers: &HeaderMap) -> bool {
-    let should = headers
-        .get("should-retry")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| !v.trim().eq_ignore_ascii_case("false"))
-        .unwrap_or(true);
-    should && matches!(status.as_u16(), 429 | 502 | 503 | 504)
+    if status.is_success() || status.is_redirection() {
+        return false;
+    }
+    match headers.get("should-retry") {
+        Some(v) => v
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("true")),
+        None => matches!(status.as_u16(), 429 | 502 | 503 | 504),
+    }
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare for APIs and falls back to backoff).
@@ -91,7 +96,7 @@ mod tests {
     }
 
     #[test]
-    fn only_overload_statuses_retry_unless_told_not_to() {
+    fn overload_statuses_retry_and_should_retry_is_authoritative() {
         let h = HeaderMap::new();
         for s in [429, 502, 503, 504] {
             assert!(is_retryable(StatusCode::from_u16(s).unwrap(), &h), "{s}");
@@ -102,5 +107,15 @@ mod tests {
         let mut no = HeaderMap::new();
         no.insert("should-retry", HeaderValue::from_static("false"));
         assert!(!is_retryable(StatusCode::SERVICE_UNAVAILABLE, &no));
+        // As in the SDK (e2b/retry.py `_retry_delay`), a present header is authoritative.
+        let mut odd = HeaderMap::new();
+        odd.insert("should-retry", HeaderValue::from_static("maybe"));
+        assert!(!is_retryable(StatusCode::TOO_MANY_REQUESTS, &odd));
+        let mut yes = HeaderMap::new();
+        yes.insert("should-retry", HeaderValue::from_static("True"));
+        assert!(is_retryable(StatusCode::INTERNAL_SERVER_ERROR, &yes));
+        assert!(is_retryable(StatusCode::CONFLICT, &yes));
+        assert!(!is_retryable(StatusCode::OK, &yes), "never a success");
+        assert!(!is_retryable(StatusCode::TEMPORARY_REDIRECT, &yes));
     }
 }

@@ -48,7 +48,41 @@ enum CreateMode {
     MadeThenHang,
 }
 
+/// One request as it reached the mock: what the SDK comparison tests look at.
+#[derive(Clone, Debug)]
+struct Wire {
+    method: String,
+    path: String,
+    query: Vec<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Wire {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    fn query_keys(&self) -> Vec<&str> {
+        let mut keys: Vec<_> = self.query.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort();
+        keys
+    }
+
+    fn query(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 struct Mock {
+    wire: Mutex<Vec<Wire>>,
     log: Mutex<Vec<String>>,
     get_failures: AtomicUsize,
     list_failures: AtomicUsize,
@@ -68,6 +102,7 @@ type S = State<Arc<Mock>>;
 impl Mock {
     fn new(stream: StreamMode) -> Self {
         Self {
+            wire: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
             get_failures: AtomicUsize::new(0),
             list_failures: AtomicUsize::new(0),
@@ -358,6 +393,39 @@ async fn start(State(m): S, headers: HeaderMap, body: Bytes) -> Response {
         .unwrap()
 }
 
+/// Records every request verbatim (body buffered) before the handler sees it.
+async fn record(
+    State(m): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let query = url_pairs(parts.uri.query().unwrap_or(""));
+    m.wire.lock().unwrap().push(Wire {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query,
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    next.run(axum::extract::Request::from_parts(parts, Body::from(body)))
+        .await
+}
+
+/// `application/x-www-form-urlencoded` pairs, decoded once (as a server's query parser does).
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| crabbox_e2b_wire::control::percent_decode(&s.replace('+', " "));
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
 async fn serve(mock: Mock) -> (Arc<Mock>, String) {
     let mock = Arc::new(mock);
     let app = Router::new()
@@ -370,6 +438,7 @@ async fn serve(mock: Mock) -> (Arc<Mock>, String) {
         .route("/files", post(upload))
         .route("/process.Process/SendSignal", post(send_signal))
         .route("/process.Process/Start", post(start))
+        .layer(axum::middleware::from_fn_with_state(mock.clone(), record))
         .with_state(mock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -802,4 +871,201 @@ async fn sync_timeout_kills_the_apply_script_and_removes_its_files() {
         "a first sync has no delete list"
     );
     assert_eq!(tail[3..], ["DELETE /sandboxes/sbx1"]);
+}
+
+/// Every request the provider makes, compared field by field with what E2B's official Python
+/// SDK (e2b 2.63.0) sends for the same operation; the emulator accepts looser requests, so
+/// this is where the SDK-compatible shapes are pinned.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_match_the_official_sdk_wire_shapes() {
+    let (mock, url) = serve(Mock::new(StreamMode::NoEnd)).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let mut out = CapturedOutput::default();
+    // A fresh sandbox with a sync: create, upload, the apply script (whose stream breaks),
+    // its cleanup (SendSignal, Remove) and the delete.
+    let _ = p
+        .run(&request(&repo, None, &["true"]), &mut out, &SilentReporter)
+        .await
+        .unwrap_err();
+    // A warm unclaimed sandbox without a sync: get, connect, MakeDir, Start.
+    let mut warm = request(&repo, Some("sbx9"), &["true"]);
+    warm.sync = None;
+    let _ = p.run(&warm, &mut out, &SilentReporter).await.unwrap_err();
+    p.status(&StatusRequest {
+        id: "sbx9".into(),
+        wait: None,
+    })
+    .await
+    .unwrap();
+    p.list().await.unwrap();
+
+    let wire = mock.wire.lock().unwrap().clone();
+    let find = |method: &str, path: &str| -> Vec<Wire> {
+        wire.iter()
+            .filter(|w| w.method == method && w.path == path)
+            .cloned()
+            .collect()
+    };
+    let key = common::KEY;
+
+    // Control plane: X-API-Key on every call (the SDK's `X-API-KEY`; header names are
+    // case-insensitive), JSON bodies as application/json.
+    for w in wire.iter().filter(|w| w.path.contains("sandboxes")) {
+        assert_eq!(w.header("x-api-key"), Some(key), "{} {}", w.method, w.path);
+        assert!(
+            w.header("x-access-token").is_none(),
+            "no envd token to the API"
+        );
+    }
+    // create: POST /v2/sandboxes, NewSandboxV2 in camelCase; `timeout` in whole seconds;
+    // no v1-only `secure`.
+    let create = &find("POST", "/v2/sandboxes")[0];
+    assert_eq!(create.header("content-type"), Some("application/json"));
+    let body = create.json();
+    let mut keys: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["metadata", "templateID", "timeout"], "{body}");
+    assert_eq!(body["templateID"], "base");
+    assert_eq!(body["timeout"], json!(600), "seconds, as an integer");
+    let meta = body["metadata"].as_object().unwrap();
+    assert!(meta.values().all(Value::is_string), "{meta:?}");
+    assert_eq!(meta["crabbox"], "true");
+    assert_eq!(meta["provider"], "e2b");
+    // connect: POST /v2/sandboxes/{id}/connect with ConnectSandboxV2 `{"timeout": secs}`.
+    let connect = &find("POST", "/v2/sandboxes/sbx9/connect")[0];
+    assert_eq!(connect.header("content-type"), Some("application/json"));
+    assert_eq!(connect.json(), json!({"timeout": 600}));
+    // get / kill: no body, no query.
+    for w in find("GET", "/sandboxes/sbx9")
+        .iter()
+        .chain(&find("DELETE", "/sandboxes/sbx1"))
+    {
+        assert!(w.body.is_empty() && w.query.is_empty(), "{w:?}");
+    }
+    assert_eq!(find("DELETE", "/sandboxes/sbx1").len(), 1);
+    // list: GET /v2/sandboxes?metadata=<urlencoded pairs>&state=running,paused&limit=100,
+    // then nextToken from X-Next-Token.
+    let lists = find("GET", "/v2/sandboxes");
+    let first = &lists[0];
+    assert_eq!(first.query_keys(), ["limit", "metadata", "state"]);
+    assert_eq!(first.query("metadata"), Some("crabbox=true&provider=e2b"));
+    assert_eq!(first.query("state"), Some("running,paused"));
+    assert_eq!(first.query("limit"), Some("100"));
+    assert_eq!(lists[1].query("nextToken"), Some("page2"));
+
+    // envd: every request carries the access token and the routing headers, as the SDK's.
+    let envd: Vec<_> = wire
+        .iter()
+        .filter(|w| !w.path.contains("sandboxes"))
+        .collect();
+    assert!(envd.len() >= 7, "{envd:?}");
+    for w in &envd {
+        assert_eq!(w.header("x-access-token"), Some(TOKEN), "{}", w.path);
+        assert_eq!(w.header("e2b-sandbox-port"), Some("49983"), "{}", w.path);
+        assert!(w.header("e2b-sandbox-id").is_some(), "{}", w.path);
+        assert!(w.header("x-api-key").is_none(), "no API key to envd");
+    }
+    // POST /files: multipart, one part named `file` whose filename is the target path,
+    // `path` and `username` as query parameters, a known length.
+    let upload = &find("POST", "/files")[0];
+    assert_eq!(upload.query_keys(), ["path", "username"]);
+    let path = upload.query("path").unwrap();
+    assert!(
+        path.starts_with("/tmp/crabbox-") && path.ends_with(".tgz"),
+        "{path}"
+    );
+    assert_eq!(upload.query("username"), Some("user"));
+    let ctype = upload.header("content-type").unwrap();
+    let boundary = ctype
+        .strip_prefix("multipart/form-data; boundary=")
+        .unwrap_or_else(|| panic!("{ctype}"));
+    assert_eq!(
+        upload.header("content-length"),
+        Some(upload.body.len().to_string().as_str())
+    );
+    let text = String::from_utf8_lossy(&upload.body);
+    assert!(
+        text.starts_with(&format!("--{boundary}\r\n")),
+        "{text:.200}"
+    );
+    assert_eq!(
+        text.matches(&format!("--{boundary}\r\n")).count(),
+        1,
+        "one part"
+    );
+    assert!(
+        text.contains(&format!(
+            "Content-Disposition: form-data; name=\"file\"; filename=\"{path}\"\r\n"
+        )),
+        "{text:.300}"
+    );
+    assert!(text.ends_with(&format!("--{boundary}--\r\n")));
+    // Connect RPC: unary calls are bare JSON as application/json; the user is selected with
+    // `Authorization: Basic base64("user:")`.
+    let unary = |path: &str| -> Vec<Wire> {
+        find("POST", path)
+            .into_iter()
+            .inspect(|w| {
+                assert_eq!(w.header("content-type"), Some("application/json"), "{path}");
+                assert_eq!(w.header("connect-protocol-version"), Some("1"), "{path}");
+                assert_eq!(w.header("authorization"), Some("Basic dXNlcjo="), "{path}");
+            })
+            .collect()
+    };
+    assert_eq!(
+        unary("/process.Process/SendSignal")[0].json(),
+        json!({"process": {"pid": 42}, "signal": "SIGNAL_SIGKILL"})
+    );
+    let removes = unary("/filesystem.Filesystem/Remove");
+    assert!(!removes.is_empty());
+    for r in &removes {
+        let body = r.json();
+        assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+        assert!(body["path"].as_str().unwrap().starts_with('/'), "{body}");
+    }
+    assert_eq!(
+        unary("/filesystem.Filesystem/MakeDir")[0].json(),
+        json!({"path": "/home/user/crabbox"})
+    );
+    // Start: a server stream, one enveloped JSON message, keepalive pings asked for, and no
+    // Connect-Timeout-Ms (envd would SIGKILL the command at that deadline).
+    let starts = find("POST", "/process.Process/Start");
+    assert!(starts.len() >= 3, "apply, reaper, command");
+    for s in &starts {
+        assert_eq!(s.header("content-type"), Some("application/connect+json"));
+        assert_eq!(s.header("connect-protocol-version"), Some("1"));
+        assert_eq!(s.header("keepalive-ping-interval"), Some("50"));
+        assert_eq!(s.header("authorization"), Some("Basic dXNlcjo="));
+        assert!(s.header("connect-timeout-ms").is_none());
+        let envs = envelope::EnvelopeDecoder::new().decode(&s.body).unwrap();
+        assert_eq!(envs.len(), 1);
+        assert_eq!(envs[0].flags, 0, "uncompressed, not end-of-stream");
+        let msg: Value = serde_json::from_slice(&envs[0].payload).unwrap();
+        let mut keys: Vec<_> = msg.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["process", "stdin"], "{msg}");
+        assert_eq!(msg["stdin"], json!(false));
+        let process = msg["process"].as_object().unwrap();
+        assert!(
+            process
+                .keys()
+                .all(|k| ["cmd", "args", "envs", "cwd"].contains(&k.as_str())),
+            "{msg}"
+        );
+        assert_eq!(process["cmd"], "/bin/bash");
+    }
+    let command = starts.last().unwrap();
+    let msg: Value = serde_json::from_slice(
+        &envelope::EnvelopeDecoder::new()
+            .decode(&command.body)
+            .unwrap()[0]
+            .payload,
+    )
+    .unwrap();
+    assert_eq!(msg["process"]["args"], json!(["-l", "-c", "'true'"]));
+    assert_eq!(msg["process"]["cwd"], "/home/user/crabbox");
+    // GET /health: no body, token and routing headers (checked above).
+    assert!(!find("GET", "/health").is_empty());
 }
