@@ -696,3 +696,57 @@ async fn send_signal_reaches_only_the_command_process_not_its_children() {
     }
     emu.shutdown().await;
 }
+
+/// envd is strict about framing: a stream request must be one envelope with the Connect
+/// stream content type, a unary call JSON with `application/json` and a non-empty body.
+#[tokio::test(flavor = "multi_thread")]
+async fn rpc_requests_with_the_wrong_framing_are_refused() {
+    let emu = emulator().await;
+    let c = Client::new(&emu);
+    let sbx = c.create(json!({"templateID": "base"})).await;
+    let start = json!({"process": {"cmd": "/bin/true"}, "stdin": false});
+
+    let res = c
+        .envd(&sbx, reqwest::Method::POST, "/process.Process/Start")
+        .header("Content-Type", "application/json")
+        .body(envelope::encode_message(&start).unwrap().to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415, "Start with a unary content type");
+
+    let res = c
+        .envd(&sbx, reqwest::Method::POST, "/process.Process/Start")
+        .header("Content-Type", "application/connect+json")
+        .body(start.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.bytes().await.unwrap();
+    let envs = EnvelopeDecoder::new().decode(&body).unwrap();
+    assert_eq!(envs.len(), 1, "only the end-of-stream envelope");
+    let end = String::from_utf8_lossy(&envs[0].payload).into_owned();
+    assert!(
+        envs[0].is_end_stream() && end.contains("invalid_argument"),
+        "{end}"
+    );
+
+    let res = c
+        .envd(&sbx, reqwest::Method::POST, "/filesystem.Filesystem/Stat")
+        .header("Content-Type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400, "empty unary body");
+
+    let res = c
+        .envd(&sbx, reqwest::Method::POST, "/filesystem.Filesystem/Stat")
+        .header("Content-Type", "text/plain")
+        .body(r#"{"path":"/tmp"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+    emu.shutdown().await;
+}

@@ -48,12 +48,40 @@ fn unary_ok<T: Serialize>(message: &T) -> Response {
     }
 }
 
+/// Answers 415 unless the request's `Content-Type` is `expected`, as envd's Connect handlers
+/// do (a unary call must be `application/json`, a stream `application/connect+json`).
+fn wrong_content_type(headers: &HeaderMap, expected: &str) -> Option<Response> {
+    let got = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if got.as_deref() == Some(expected) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(header::ACCEPT, expected)],
+            format!("unsupported content type {got:?}, expected {expected}"),
+        )
+            .into_response(),
+    )
+}
+
 fn parse_unary<T: DeserializeOwned>(body: &Bytes) -> Result<T, ConnectError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
+    if body.is_empty() {
+        // envd's JSON codec refuses a zero-length payload rather than reading it as `{}`.
+        return Err(ConnectError::new(
+            Code::InvalidArgument,
+            "zero-length payload is not a valid JSON object",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         ConnectError::new(
             Code::InvalidArgument,
@@ -62,12 +90,9 @@ fn parse_unary<T: DeserializeOwned>(body: &Bytes) -> Result<T, ConnectError> {
     })
 }
 
-/// The request message of a server-streaming call: one envelope (a bare JSON
-/// body is accepted too).
+/// The request message of a server-streaming call: exactly one envelope, as the Connect
+/// protocol requires (a bare JSON body is refused, as envd refuses it).
 fn parse_stream_request<T: DeserializeOwned>(body: &Bytes) -> Result<T, ConnectError> {
-    if body.first() == Some(&b'{') {
-        return parse_unary(body);
-    }
     let mut decoder = EnvelopeDecoder::new();
     let first = decoder
         .decode(body)
@@ -202,6 +227,13 @@ pub async fn process(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let expected = match method.as_str() {
+        "Start" | "Connect" => STREAM_CONTENT_TYPE,
+        _ => UNARY_CONTENT_TYPE,
+    };
+    if let Some(refused) = wrong_content_type(&headers, expected) {
+        return refused;
+    }
     match method.as_str() {
         "Start" => start(&state, &sandbox, &headers, &body).await,
         "Connect" => connect(&state, &sandbox, &headers, &body),
@@ -368,6 +400,9 @@ pub async fn filesystem(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(refused) = wrong_content_type(&headers, UNARY_CONTENT_TYPE) {
+        return refused;
+    }
     let result = match rpc_user(&headers) {
         Ok(user) => filesystem_unary(&sandbox, user, &method, &body).await,
         Err(err) => Err(err),
