@@ -5,7 +5,7 @@
 //! Each check panics with a message naming the behaviour that broke.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -479,22 +479,21 @@ async fn run_and_cancel(p: &dyn Provider, req: &RunRequest) -> Error {
     result.expect_err("cancelled run must fail")
 }
 
-/// Every check, in order.
+/// Every check, in order. Checks of what a provider declares it can do run only when its
+/// capabilities say so; a provider that declares them must pass them.
 pub async fn run_all(p: &dyn Provider) {
+    let caps = p.capabilities();
     exit_code_and_split_streams(p).await;
     sync_sends_the_manifest(p).await;
     argv_is_quoted_and_shell_mode_is_raw(p).await;
     env_reaches_the_command(p).await;
     one_shot_run_leaves_nothing(p).await;
-    warm_box_lifecycle(p).await;
+    if caps.warm_reuse {
+        warm_box_lifecycle(p).await;
+    }
     stop_unknown_is_not_found(p).await;
     keep_on_failure_keeps_failed_box(p).await;
-    cancel_stops_the_command(p).await;
-}
-
-/// A scratch state directory for a provider under test.
-pub fn scratch_dir() -> (tempfile::TempDir, PathBuf) {
-    let d = tempfile::tempdir().expect("tempdir");
-    let p = d.path().to_path_buf();
-    (d, p)
+    if caps.remote_kill {
+        cancel_stops_the_command(p).await;
+    }
 }

@@ -7,6 +7,11 @@ async fn e2b_provider_passes_the_conformance_suite() {
     let emu = common::emulator().await;
     let world = common::World::new();
     let provider = world.provider(&emu, &[]).expect("provider");
+    let caps = crabbox_core::provider::Provider::capabilities(&provider);
+    assert!(
+        caps.remote_kill && caps.warm_reuse && !caps.machine_class,
+        "{caps:?}"
+    );
     crabbox_core::conformance::run_all(&provider).await;
     assert!(
         common::raw_list(&emu).await.is_empty(),

@@ -18,6 +18,11 @@ fn provider() -> (tempfile::TempDir, LocalProvider) {
 #[tokio::test]
 async fn local_provider_passes_the_conformance_suite() {
     let (_dir, p) = provider();
+    let caps = crabbox_core::provider::Provider::capabilities(&p);
+    assert!(
+        caps.remote_kill && caps.warm_reuse && !caps.machine_class,
+        "{caps:?}"
+    );
     conformance::run_all(&p).await;
 }
 
