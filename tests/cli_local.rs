@@ -381,3 +381,21 @@ fn sync_delete_false_keeps_files_removed_locally() {
         "sync.delete=true must delete a file removed locally"
     );
 }
+
+#[test]
+fn status_without_id_uses_the_only_lease_or_asks_for_one() {
+    let sb = Sandbox::new();
+    let o = sb.run(&["status"]);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    let first = ok(sb.run(&["warmup"])).trim().to_string();
+    let st: serde_json::Value = serde_json::from_str(&ok(sb.run(&["status", "--json"]))).unwrap();
+    assert_eq!(st["leaseId"], first.as_str());
+    let second = ok(sb.run(&["warmup"])).trim().to_string();
+    let o = sb.run(&["status"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains(&first) && stderr(&o).contains(&second),
+        "{}",
+        stderr(&o)
+    );
+}

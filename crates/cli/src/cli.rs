@@ -123,9 +123,9 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Lease id, slug or sandbox id
+    /// Lease id, slug or sandbox id (default: the one lease this machine holds)
     #[arg(long)]
-    pub id: String,
+    pub id: Option<String>,
     /// Wait until the box is ready
     #[arg(long)]
     pub wait: bool,
