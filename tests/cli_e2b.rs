@@ -238,12 +238,8 @@ fn ctrl_c_stops_the_remote_process_and_deletes_the_sandbox() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(t.elapsed() < Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_mentioning(&token).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
-        processes_mentioning(&token).is_empty(),
+        survivors_after_grace(&token).is_empty(),
         "remote process survived Ctrl-C"
     );
     assert!(e2b_list(&sb).is_empty(), "sandbox must be deleted");

@@ -194,3 +194,16 @@ impl Drop for Emulator {
         let _ = self.child.wait();
     }
 }
+
+/// Waits up to 5 s for every process mentioning `needle` to be gone (a killed process may take
+/// a moment to exit on a busy machine); returns the ones still there.
+pub fn survivors_after_grace(needle: &str) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = processes_mentioning(needle);
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

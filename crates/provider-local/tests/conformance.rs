@@ -100,16 +100,24 @@ async fn cancel_kills_the_whole_process_group() {
     };
     let (result, ()) = tokio::join!(run, trigger);
     assert!(matches!(result, Err(crabbox_core::Error::Interrupted)));
-    let survivors: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            (String::from_utf8_lossy(&cmd).contains(&token) && pid != std::process::id())
-                .then_some(pid)
-        })
-        .collect();
+    let survivors = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                (String::from_utf8_lossy(&cmd).contains(&token) && pid != std::process::id())
+                    .then_some(pid)
+            })
+            .collect()
+    };
+    // SIGKILL is delivered at once, but a busy machine may take a moment to finish the exits.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !survivors().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let survivors = survivors();
     assert!(
         survivors.is_empty(),
         "processes of the cancelled command survived: {survivors:?}"
