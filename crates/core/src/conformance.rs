@@ -149,7 +149,22 @@ pub fn request(repo: &RepoFixture, id: Option<&str>, argv: &[&str]) -> RunReques
     }
 }
 
-async fn run(p: &dyn Provider, req: &RunRequest) -> (RunOutcome, CapturedOutput) {
+/// Leases a box for `repo` (the suite's TTL), panicking if warmup fails.
+pub async fn warm_box(p: &dyn Provider, repo: &RepoFixture) -> crate::provider::BoxStatus {
+    p.warmup(
+        &WarmupRequest {
+            slug: None,
+            ttl: Duration::from_secs(600),
+            repo_root: Some(repo.root().into()),
+        },
+        &SilentReporter,
+    )
+    .await
+    .expect("warmup")
+}
+
+/// Runs `req` to completion, collecting its output; panics if the run fails.
+pub async fn run_captured(p: &dyn Provider, req: &RunRequest) -> (RunOutcome, CapturedOutput) {
     let mut out = CapturedOutput::default();
     let outcome = p
         .run(req, &mut out, &SilentReporter)
@@ -178,7 +193,7 @@ pub async fn exit_code_and_split_streams(p: &dyn Provider) {
         None,
         &["/bin/sh", "-c", "echo to-out; echo to-err >&2; exit 7"],
     );
-    let (outcome, out) = run(p, &req).await;
+    let (outcome, out) = run_captured(p, &req).await;
     assert_eq!(outcome.exit_code, 7, "remote exit code must be returned");
     assert_eq!(out.stdout_str(), "to-out\n", "stdout must hold only stdout");
     assert_eq!(out.stderr_str(), "to-err\n", "stderr must hold only stderr");
@@ -198,7 +213,7 @@ pub async fn sync_sends_the_manifest(p: &dyn Provider) {
             "find . -type f -o -type l | sed 's|^\\./||' | sort; ./run.sh",
         ],
     );
-    let (outcome, out) = run(p, &req).await;
+    let (outcome, out) = run_captured(p, &req).await;
     assert_eq!(outcome.exit_code, 0, "stderr: {}", out.stderr_str());
     let mut lines: Vec<&str> = out.stdout_str().leak().lines().collect();
     assert_eq!(
@@ -216,7 +231,7 @@ pub async fn argv_is_quoted_and_shell_mode_is_raw(p: &dyn Provider) {
     let repo = RepoFixture::new();
     let mut req = request(&repo, None, &["printf", "%s|", "a b", "it's", "$HOME"]);
     req.sync = None;
-    let (_, out) = run(p, &req).await;
+    let (_, out) = run_captured(p, &req).await;
     assert_eq!(out.stdout_str(), "a b|it's|$HOME|");
     let mut req = request(
         &repo,
@@ -225,7 +240,7 @@ pub async fn argv_is_quoted_and_shell_mode_is_raw(p: &dyn Provider) {
     );
     req.command.shell = true;
     req.sync = None;
-    let (_, out) = run(p, &req).await;
+    let (_, out) = run_captured(p, &req).await;
     assert_eq!(out.stdout_str(), "one\nTWO\n");
 }
 
@@ -235,7 +250,7 @@ pub async fn env_reaches_the_command(p: &dyn Provider) {
     let mut req = request(&repo, None, &["/bin/sh", "-c", "echo \"ci=$CI\""]);
     req.env.insert("CI".into(), "from-caller".into());
     req.sync = None;
-    let (_, out) = run(p, &req).await;
+    let (_, out) = run_captured(p, &req).await;
     assert_eq!(out.stdout_str(), "ci=from-caller\n");
 }
 
@@ -243,7 +258,7 @@ pub async fn env_reaches_the_command(p: &dyn Provider) {
 pub async fn one_shot_run_leaves_nothing(p: &dyn Provider) {
     let before = lease_ids(p).await;
     let repo = RepoFixture::new();
-    run(p, &request(&repo, None, &["true"])).await;
+    run_captured(p, &request(&repo, None, &["true"])).await;
     assert_eq!(
         lease_ids(p).await,
         before,
@@ -255,17 +270,7 @@ pub async fn one_shot_run_leaves_nothing(p: &dyn Provider) {
 /// list, stop; afterwards the lease is unknown (exit 4).
 pub async fn warm_box_lifecycle(p: &dyn Provider) {
     let repo = RepoFixture::new();
-    let warm = p
-        .warmup(
-            &WarmupRequest {
-                slug: None,
-                ttl: Duration::from_secs(600),
-                repo_root: Some(repo.root().into()),
-            },
-            &SilentReporter,
-        )
-        .await
-        .expect("warmup");
+    let warm = warm_box(p, &repo).await;
     assert!(
         crate::lease::is_lease_id(&warm.lease_id),
         "lease id shape: {}",
@@ -277,7 +282,7 @@ pub async fn warm_box_lifecycle(p: &dyn Provider) {
         "list must show a warm box"
     );
 
-    let (o, out) = run(
+    let (o, out) = run_captured(
         p,
         &request(
             &repo,
@@ -300,7 +305,7 @@ pub async fn warm_box_lifecycle(p: &dyn Provider) {
 
     std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
     std::fs::write(repo.root().join("tracked.txt"), "changed\n").unwrap();
-    let (o, out) = run(p, &request(&repo, Some(&warm.slug), &["/bin/sh", "-c", "cat target/artifact tracked.txt; test -e untracked.txt && echo stale || echo removed"])).await;
+    let (o, out) = run_captured(p, &request(&repo, Some(&warm.slug), &["/bin/sh", "-c", "cat target/artifact tracked.txt; test -e untracked.txt && echo stale || echo removed"])).await;
     assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
     assert_eq!(
         out.stdout_str(),
@@ -365,7 +370,7 @@ pub async fn keep_on_failure_keeps_failed_box(p: &dyn Provider) {
     let repo = RepoFixture::new();
     let mut req = request(&repo, None, &["/bin/sh", "-c", "exit 3"]);
     req.keep = KeepPolicy::OnFailure;
-    let (o, _) = run(p, &req).await;
+    let (o, _) = run_captured(p, &req).await;
     assert_eq!(o.exit_code, 3);
     assert!(o.kept, "failed run with keep-on-failure must keep the box");
     assert!(lease_ids(p).await.contains(&o.lease_id));
@@ -377,7 +382,7 @@ pub async fn keep_on_failure_keeps_failed_box(p: &dyn Provider) {
     .expect("stop kept box");
     let mut req = request(&repo, None, &["true"]);
     req.keep = KeepPolicy::OnFailure;
-    let (o, _) = run(p, &req).await;
+    let (o, _) = run_captured(p, &req).await;
     assert!(
         !o.kept,
         "successful run with keep-on-failure must release the box"
@@ -407,17 +412,7 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
 
     // Reused box: the command (whose child ignores SIGTERM and beats every 100 ms) must stop,
     // and the box must stay for the next run to inspect.
-    let warm = p
-        .warmup(
-            &WarmupRequest {
-                slug: None,
-                ttl: Duration::from_secs(600),
-                repo_root: Some(repo.root().into()),
-            },
-            &SilentReporter,
-        )
-        .await
-        .expect("warmup");
+    let warm = warm_box(p, &repo).await;
     // The beating loop is a background child that ignores SIGTERM: stopping only the top
     // process is not enough, the provider must stop the command's whole tree.
     let heartbeat = "(trap '' TERM; while :; do date +%s%N > .heartbeat; sleep 0.1; done) & \
@@ -427,7 +422,7 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
     assert!(matches!(err, Error::Interrupted), "{err}");
     let mut probe = request(&repo, Some(&warm.lease_id), &["/bin/sh", "-c", "a=$(cat .heartbeat); sleep 1; b=$(cat .heartbeat); [ \"$a\" = \"$b\" ] && echo stopped || echo still-beating"]);
     probe.sync = None;
-    let (o, out) = run(p, &probe).await;
+    let (o, out) = run_captured(p, &probe).await;
     assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
     assert_eq!(
         out.stdout_str(),

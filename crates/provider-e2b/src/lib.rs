@@ -38,3 +38,17 @@ pub mod settings;
 pub use provider::E2bProvider;
 pub use retry::RetryPolicy;
 pub use settings::E2bSettings;
+
+/// Fails the test unless `script` parses as bash (`bash -n`): the scripts run on the box.
+#[cfg(test)]
+pub(crate) fn assert_valid_bash(script: &str) {
+    let out = std::process::Command::new("/bin/bash")
+        .args(["-n", "-c", script])
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -542,15 +542,7 @@ mod tests {
 
     #[test]
     fn apply_script_is_valid_bash() {
-        let out = std::process::Command::new("/bin/bash")
-            .args(["-n", "-c", APPLY_SCRIPT])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::assert_valid_bash(APPLY_SCRIPT);
     }
 
     #[test]

@@ -98,15 +98,7 @@ mod tests {
 
     #[test]
     fn reap_script_is_valid_bash() {
-        let out = Command::new("bash")
-            .args(["-n", "-c", REAP_SCRIPT])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::assert_valid_bash(REAP_SCRIPT);
     }
 
     #[test]

@@ -44,15 +44,7 @@ async fn command_sees_only_allow_listed_and_base_environment() {
         ],
     );
     req.sync = None;
-    let mut out = conformance::CapturedOutput::default();
-    let o = crabbox_core::provider::Provider::run(
-        &p,
-        &req,
-        &mut out,
-        &crabbox_core::provider::SilentReporter,
-    )
-    .await
-    .unwrap();
+    let (o, out) = conformance::run_captured(&p, &req).await;
     assert_eq!(o.exit_code, 0);
     assert_eq!(out.stdout_str(), "secret=unset path=set\n");
 }
@@ -63,15 +55,7 @@ async fn killed_command_reports_signal_exit_code() {
     let repo = conformance::RepoFixture::new();
     let mut req = conformance::request(&repo, None, &["/bin/sh", "-c", "kill -9 $$"]);
     req.sync = None;
-    let mut out = conformance::CapturedOutput::default();
-    let o = crabbox_core::provider::Provider::run(
-        &p,
-        &req,
-        &mut out,
-        &crabbox_core::provider::SilentReporter,
-    )
-    .await
-    .unwrap();
+    let (o, _) = conformance::run_captured(&p, &req).await;
     assert_eq!(o.exit_code, 137);
 }
 
