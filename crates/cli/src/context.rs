@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use crabbox_core::claims::ClaimStore;
 use crabbox_core::config::{flag, FlagValue, LoadOptions, LoadedConfig};
-use crabbox_core::provider::{Provider, Reporter};
+use crabbox_core::engine::Engine;
+use crabbox_core::events::Reporter;
+use crabbox_core::hint::Hint;
+use crabbox_core::provider::ProviderContext;
 use crabbox_core::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -51,42 +54,31 @@ pub fn claim_store() -> Result<ClaimStore> {
     Ok(store)
 }
 
-/// Builds the configured provider and refuses flags it cannot honour, before any work.
-pub fn provider(cfg: &LoadedConfig, g: &GlobalArgs) -> Result<Box<dyn Provider>> {
+/// The engine over the configured provider; refuses flags the provider cannot honour,
+/// before any work.
+pub fn engine(cfg: &LoadedConfig, g: &GlobalArgs) -> Result<Engine> {
     let state_dir = crabbox_core::paths::state_dir()?;
-    let claims = claim_store()?;
-    let p: Box<dyn Provider> = match cfg.core.provider.as_str() {
-        "local" => Box::new(crabbox_provider_local::LocalProvider::new(
-            claims,
-            state_dir,
-            std::env::vars().collect(),
-        )),
-        "e2b" => crate::e2b::provider(cfg, claims, state_dir)?,
-        other => {
-            return Err(Error::Usage(format!(
-                "unknown provider {other:?} (from {}); use local or e2b",
-                cfg.origin("provider")
-                    .map(|o| o.to_string())
-                    .unwrap_or_default()
-            )))
-        }
+    let ctx = ProviderContext {
+        state_dir: state_dir.clone(),
+        caller_env: std::env::vars().collect(),
     };
-    if !p.capabilities().machine_class {
+    let provider = crate::registry::registry().build(cfg, &ctx)?;
+    if !provider.capabilities().machine_class {
         for (flag, v) in [("--class", &g.class), ("--type", &g.machine_type)] {
             if v.is_some() {
-                let hint = if p.name() == "e2b" {
+                let hint = if provider.name() == "e2b" {
                     "; E2B sandbox sizes come from the template: use --e2b-template"
                 } else {
                     ""
                 };
                 return Err(Error::Usage(format!(
                     "{flag} is not supported by provider {}{hint}",
-                    p.name()
+                    provider.name()
                 )));
             }
         }
     }
-    Ok(p)
+    Ok(Engine::new(provider, claim_store()?, state_dir).configured(cfg))
 }
 
 /// Status lines on stderr; a progress bar on a TTY once a transfer has taken a moment.
@@ -122,6 +114,10 @@ impl Reporter for TermReporter {
             Some(b) => b.suspend(|| eprintln!("crabbox: {message}")),
             None => eprintln!("crabbox: {message}"),
         }
+    }
+
+    fn hint(&self, hint: &Hint) {
+        self.status(&format!("hint: {}", crate::render::hint(hint)));
     }
 
     fn progress(&self, phase: &str, done: u64, total: Option<u64>) {
@@ -166,7 +162,7 @@ impl Reporter for TermReporter {
 /// Writes command output straight through to our stdout and stderr, flushing each chunk.
 pub struct StdioSink;
 
-impl crabbox_core::provider::OutputSink for StdioSink {
+impl crabbox_core::events::OutputSink for StdioSink {
     fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         let mut o = std::io::stdout().lock();

@@ -6,7 +6,8 @@
 mod cli;
 mod commands;
 mod context;
-mod e2b;
+mod registry;
+mod render;
 
 use clap::Parser;
 
@@ -26,6 +27,9 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("crabbox: error: {e}");
+            for hint in e.hints() {
+                eprintln!("crabbox: hint: {}", render::hint(hint));
+            }
             e.exit_code()
         }
     };

@@ -1,6 +1,7 @@
 //! The provider conformance suite: behaviour every provider must show, written once against
-//! `&dyn Provider`. A provider crate runs it from its own tests (against the real backend or an
-//! emulator of it) by calling [`run_all`] or the individual checks.
+//! the [`Engine`] over a provider's primitives. A provider crate runs it from its own tests
+//! (against the real backend or an emulator of it) by calling [`run_all`] or the individual
+//! checks.
 //!
 //! Each check panics with a message naming the behaviour that broke.
 
@@ -12,39 +13,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::RemoteCommand;
-use crate::provider::{
-    KeepPolicy, OutputSink, Provider, RunOutcome, RunRequest, SilentReporter, StatusRequest,
-    StopRequest, SyncSource, WarmupRequest,
+use crate::engine::{
+    Engine, KeepPolicy, RunOutcome, RunRequest, StatusRequest, StopRequest, SyncSource,
+    WarmupRequest,
 };
+pub use crate::events::CapturedOutput;
+use crate::events::{OutputSink, SilentReporter};
 use crate::sync::{SyncManifest, SyncOptions};
 use crate::Error;
-
-/// Collects a run's output per stream, in arrival order.
-#[derive(Debug, Default)]
-pub struct CapturedOutput {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
-impl CapturedOutput {
-    pub fn stdout_str(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-    pub fn stderr_str(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
-    }
-}
-
-impl OutputSink for CapturedOutput {
-    fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        self.stdout.extend_from_slice(chunk);
-        Ok(())
-    }
-    fn stderr(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        self.stderr.extend_from_slice(chunk);
-        Ok(())
-    }
-}
 
 /// A temporary git repository with tracked, untracked, ignored and deleted files.
 pub struct RepoFixture {
@@ -140,6 +116,7 @@ pub fn request(repo: &RepoFixture, id: Option<&str>, argv: &[&str]) -> RunReques
         id: id.map(String::from),
         command: RemoteCommand::new(argv.iter().map(|s| s.to_string()).collect(), false),
         sync: Some(repo.sync_source()),
+        full_resync: false,
         keep: KeepPolicy::Never,
         env: BTreeMap::new(),
         ttl: Duration::from_secs(600),
@@ -150,7 +127,7 @@ pub fn request(repo: &RepoFixture, id: Option<&str>, argv: &[&str]) -> RunReques
 }
 
 /// Leases a box for `repo` (the suite's TTL), panicking if warmup fails.
-pub async fn warm_box(p: &dyn Provider, repo: &RepoFixture) -> crate::provider::BoxStatus {
+pub async fn warm_box(p: &Engine, repo: &RepoFixture) -> crate::engine::BoxStatus {
     p.warmup(
         &WarmupRequest {
             slug: None,
@@ -164,7 +141,7 @@ pub async fn warm_box(p: &dyn Provider, repo: &RepoFixture) -> crate::provider::
 }
 
 /// Runs `req` to completion, collecting its output; panics if the run fails.
-pub async fn run_captured(p: &dyn Provider, req: &RunRequest) -> (RunOutcome, CapturedOutput) {
+pub async fn run_captured(p: &Engine, req: &RunRequest) -> (RunOutcome, CapturedOutput) {
     let mut out = CapturedOutput::default();
     let outcome = p
         .run(req, &mut out, &SilentReporter)
@@ -173,7 +150,7 @@ pub async fn run_captured(p: &dyn Provider, req: &RunRequest) -> (RunOutcome, Ca
     (outcome, out)
 }
 
-async fn lease_ids(p: &dyn Provider) -> Vec<String> {
+async fn lease_ids(p: &Engine) -> Vec<String> {
     let mut ids: Vec<String> = p
         .list()
         .await
@@ -186,7 +163,7 @@ async fn lease_ids(p: &dyn Provider) -> Vec<String> {
 }
 
 /// Exit code of the remote command comes back; stdout and stderr stay separate.
-pub async fn exit_code_and_split_streams(p: &dyn Provider) {
+pub async fn exit_code_and_split_streams(p: &Engine) {
     let repo = RepoFixture::new();
     let req = request(
         &repo,
@@ -202,7 +179,7 @@ pub async fn exit_code_and_split_streams(p: &dyn Provider) {
 
 /// The synced tree is tracked + untracked-not-ignored, minus deleted files; modes survive; the
 /// command runs in the workdir.
-pub async fn sync_sends_the_manifest(p: &dyn Provider) {
+pub async fn sync_sends_the_manifest(p: &Engine) {
     let repo = RepoFixture::new();
     let req = request(
         &repo,
@@ -227,7 +204,7 @@ pub async fn sync_sends_the_manifest(p: &dyn Provider) {
 }
 
 /// Quoting: argv words arrive intact; `--shell` words are shell source.
-pub async fn argv_is_quoted_and_shell_mode_is_raw(p: &dyn Provider) {
+pub async fn argv_is_quoted_and_shell_mode_is_raw(p: &Engine) {
     let repo = RepoFixture::new();
     let mut req = request(&repo, None, &["printf", "%s|", "a b", "it's", "$HOME"]);
     req.sync = None;
@@ -245,7 +222,7 @@ pub async fn argv_is_quoted_and_shell_mode_is_raw(p: &dyn Provider) {
 }
 
 /// Only the allow-listed environment reaches the command.
-pub async fn env_reaches_the_command(p: &dyn Provider) {
+pub async fn env_reaches_the_command(p: &Engine) {
     let repo = RepoFixture::new();
     let mut req = request(&repo, None, &["/bin/sh", "-c", "echo \"ci=$CI\""]);
     req.env.insert("CI".into(), "from-caller".into());
@@ -255,7 +232,7 @@ pub async fn env_reaches_the_command(p: &dyn Provider) {
 }
 
 /// A one-shot run leaves no box behind.
-pub async fn one_shot_run_leaves_nothing(p: &dyn Provider) {
+pub async fn one_shot_run_leaves_nothing(p: &Engine) {
     let before = lease_ids(p).await;
     let repo = RepoFixture::new();
     run_captured(p, &request(&repo, None, &["true"])).await;
@@ -268,7 +245,7 @@ pub async fn one_shot_run_leaves_nothing(p: &dyn Provider) {
 
 /// warmup, reuse by lease id and by slug (build outputs survive, deleted files go), status,
 /// list, stop; afterwards the lease is unknown (exit 4).
-pub async fn warm_box_lifecycle(p: &dyn Provider) {
+pub async fn warm_box_lifecycle(p: &Engine) {
     let repo = RepoFixture::new();
     let warm = warm_box(p, &repo).await;
     assert!(
@@ -315,7 +292,7 @@ pub async fn warm_box_lifecycle(p: &dyn Provider) {
 
     let st = p
         .status(&StatusRequest {
-            id: warm.lease_id.clone(),
+            id: Some(warm.lease_id.clone()),
             wait: Some(Duration::from_secs(30)),
         })
         .await
@@ -337,7 +314,7 @@ pub async fn warm_box_lifecycle(p: &dyn Provider) {
     );
     let err = p
         .status(&StatusRequest {
-            id: warm.lease_id.clone(),
+            id: Some(warm.lease_id.clone()),
             wait: None,
         })
         .await
@@ -346,7 +323,7 @@ pub async fn warm_box_lifecycle(p: &dyn Provider) {
 }
 
 /// `stop` of a lease nobody has: not found, exit 4.
-pub async fn stop_unknown_is_not_found(p: &dyn Provider) {
+pub async fn stop_unknown_is_not_found(p: &Engine) {
     let err = p
         .stop(&StopRequest {
             id: "cbx_000000000000".into(),
@@ -354,7 +331,7 @@ pub async fn stop_unknown_is_not_found(p: &dyn Provider) {
         })
         .await
         .expect_err("stop unknown");
-    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    assert!(matches!(err.root(), Error::NotFound(_)), "{err}");
     let err = p
         .stop(&StopRequest {
             id: "no-such-slug".into(),
@@ -366,7 +343,7 @@ pub async fn stop_unknown_is_not_found(p: &dyn Provider) {
 }
 
 /// `--keep-on-failure` keeps the box when the command fails, and it can be stopped after.
-pub async fn keep_on_failure_keeps_failed_box(p: &dyn Provider) {
+pub async fn keep_on_failure_keeps_failed_box(p: &Engine) {
     let repo = RepoFixture::new();
     let mut req = request(&repo, None, &["/bin/sh", "-c", "exit 3"]);
     req.keep = KeepPolicy::OnFailure;
@@ -391,7 +368,7 @@ pub async fn keep_on_failure_keeps_failed_box(p: &dyn Provider) {
 
 /// Cancelling a run stops the remote command — even one that ignores SIGTERM — and returns
 /// `Interrupted`; a one-shot box is released, a reused (`--id`) box is kept.
-pub async fn cancel_stops_the_command(p: &dyn Provider) {
+pub async fn cancel_stops_the_command(p: &Engine) {
     let repo = RepoFixture::new();
     // One-shot: the box goes away.
     let before = lease_ids(p).await;
@@ -399,7 +376,7 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
     req.sync = None;
     let started = std::time::Instant::now();
     let err = run_and_cancel(p, &req).await;
-    assert!(matches!(err, Error::Interrupted), "{err}");
+    assert!(err.is_interrupted(), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(25),
         "cancel must not wait for the command"
@@ -419,7 +396,7 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
                      while [ ! -s .heartbeat ]; do sleep 0.05; done; echo started; wait";
     let req = request(&repo, Some(&warm.lease_id), &["/bin/sh", "-c", heartbeat]);
     let err = run_and_cancel(p, &req).await;
-    assert!(matches!(err, Error::Interrupted), "{err}");
+    assert!(err.is_interrupted(), "{err}");
     let mut probe = request(&repo, Some(&warm.lease_id), &["/bin/sh", "-c", "a=$(cat .heartbeat); sleep 1; b=$(cat .heartbeat); [ \"$a\" = \"$b\" ] && echo stopped || echo still-beating"]);
     probe.sync = None;
     let (o, out) = run_captured(p, &probe).await;
@@ -439,9 +416,9 @@ pub async fn cancel_stops_the_command(p: &dyn Provider) {
 
 /// Cancels a token when the first stdout chunk arrives, so the cancel lands while the command
 /// runs (not during sync, however slow the machine).
-struct CancelOnOutput {
-    inner: CapturedOutput,
-    cancel: CancellationToken,
+pub struct CancelOnOutput {
+    pub inner: CapturedOutput,
+    pub cancel: CancellationToken,
 }
 
 impl OutputSink for CancelOnOutput {
@@ -456,7 +433,7 @@ impl OutputSink for CancelOnOutput {
 
 /// Runs `req` (whose command prints once it has started), cancels it at that first output,
 /// and returns the error.
-async fn run_and_cancel(p: &dyn Provider, req: &RunRequest) -> Error {
+pub async fn run_and_cancel(p: &Engine, req: &RunRequest) -> Error {
     let mut sink = CancelOnOutput {
         inner: CapturedOutput::default(),
         cancel: req.cancel.clone(),
@@ -476,8 +453,8 @@ async fn run_and_cancel(p: &dyn Provider, req: &RunRequest) -> Error {
 
 /// Every check, in order. Checks of what a provider declares it can do run only when its
 /// capabilities say so; a provider that declares them must pass them.
-pub async fn run_all(p: &dyn Provider) {
-    let caps = p.capabilities();
+pub async fn run_all(p: &Engine) {
+    let caps = p.provider().capabilities();
     exit_code_and_split_streams(p).await;
     sync_sends_the_manifest(p).await;
     argv_is_quoted_and_shell_mode_is_raw(p).await;

@@ -1,20 +1,29 @@
 //! crabbox-core: the domain of crabbox, free of CLI and provider code.
 //!
-//! - [`provider`]: the `Provider` trait every backend implements, and its request/outcome types.
+//! - [`engine`]: the lease lifecycle (warmup, run, status, stop, list), written once for every
+//!   provider, with its request and outcome types.
+//! - [`provider`]: the box primitives every backend implements.
+//! - [`events`] and [`hint`]: how the library reports progress and what to do next.
+//! - [`registry`]: provider names to how each is built.
 //! - [`config`]: layered configuration (defaults, files, environment, flags) with origins.
 //! - [`lease`] and [`claims`]: lease ids, slugs, and this machine's claim files.
 //! - [`sync`]: the sync manifest, the streamed archive, and warm-sync state.
 //! - [`command`]: how argv becomes the remote shell command.
-//! - [`conformance`]: behaviour tests written once against `&dyn Provider`, run by every provider.
+//! - [`conformance`]: behaviour tests written once against the engine, run by every provider.
 
 pub mod claims;
 pub mod command;
 pub mod config;
 pub mod conformance;
+pub mod engine;
 pub mod error;
+pub mod events;
+pub mod hint;
 pub mod lease;
 pub mod paths;
+pub mod plan;
 pub mod provider;
+pub mod registry;
 pub mod sync;
 
 pub use error::{Error, Result};

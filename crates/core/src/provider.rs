@@ -1,23 +1,31 @@
-//! The `Provider` trait: what every backend (local directories, E2B sandboxes, ...) implements.
+//! The box primitives every backend (local directories, E2B sandboxes, ...) implements.
 //!
-//! The CLI and other front ends only ever talk to `&dyn Provider`. A provider owns its leases
-//! end to end (creating the box, writing the claim, syncing, running, releasing); core supplies
-//! the shared pieces (claims, slugs, the sync manifest and archive, command quoting).
+//! A provider knows how to make, find, inspect and delete its boxes, how to put an archive
+//! of files on one, and how to start and signal processes there. It knows nothing of leases'
+//! lifecycles: claims, sync planning, keep policies, cancellation and timings live once, in
+//! [`crate::engine`], which drives these primitives for every provider alike.
+//!
+//! Contract, checked by [`crate::conformance`] for every provider:
+//! - `create` tags the box with its lease so `delete_lease_boxes` finds it even when the
+//!   create's answer was lost; `inspect`, `open` and `delete` refuse (`Error::NotOurs`) a box
+//!   whose tags do not prove it is the lease's.
+//! - `BoxSession::apply_archive` leaves the previous tree intact on failure, and removes what
+//!   it put on the box (archive, staging) before returning, also when cancelled.
+//! - `BoxSession::stop_run` leaves no process of the run alive, descendants included.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::command::RemoteCommand;
-use crate::error::Result;
-use crate::sync::SyncManifest;
+use crate::error::{Error, Result};
+use crate::events::Reporter;
 
-/// What a provider can do, so a front end can refuse an unsupported flag before doing any work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a provider can do, so a front end can refuse an unsupported request before doing
+/// any work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
     /// Accepts `--class` / `--type` (machine sizes). E2B sizes come from the template instead.
     pub machine_class: bool,
@@ -25,196 +33,235 @@ pub struct Capabilities {
     pub remote_kill: bool,
     /// Keeps build outputs between runs on a warm box.
     pub warm_reuse: bool,
+    /// Pause and resume a box.
+    pub pause: bool,
+    /// Snapshot a box and start new ones from the snapshot.
+    pub snapshot: bool,
+    /// Public URLs of ports on the box.
+    pub port_url: bool,
+    /// An interactive terminal on the box.
+    pub pty: bool,
 }
 
-/// When to keep a box that `run` created for itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KeepPolicy {
-    /// Release the box when the run ends, whatever happened (the default).
-    #[default]
-    Never,
-    /// Keep it (`--keep`).
-    Always,
-    /// Keep it only if the command failed or the run broke (`--keep-on-failure`).
-    OnFailure,
+/// A box to make for a lease the engine has reserved.
+#[derive(Debug, Clone)]
+pub struct NewBox<'a> {
+    pub lease_id: &'a str,
+    pub slug: &'a str,
+    /// Already capped by [`Provider::ttl`].
+    pub ttl: Duration,
+    /// Made to be kept (warmup, `--keep`): recorded in the box's tags.
+    pub keep: bool,
+    pub repo_root: Option<&'a Path>,
+    /// The workdir [`Provider::workdir`] chose.
+    pub workdir: &'a str,
 }
 
-impl KeepPolicy {
-    pub fn keeps(self, success: bool) -> bool {
-        match self {
-            KeepPolicy::Never => false,
-            KeepPolicy::Always => true,
-            KeepPolicy::OnFailure => !success,
+/// A box that was made, and a session on it.
+pub struct Created {
+    /// The provider's id for it (sandbox id, directory name).
+    pub remote_id: String,
+    /// Extra facts for the claim (the template it came from, ...).
+    pub labels: BTreeMap<String, String>,
+    pub session: Box<dyn BoxSession>,
+}
+
+/// Why a create failed, and whether a box may exist anyway.
+#[derive(Debug)]
+pub struct CreateFailure {
+    pub error: Error,
+    /// The request may have reached the service: a box tagged with the lease may exist.
+    pub maybe_created: bool,
+    /// The request was abandoned in flight: the service may still be making the box, so a
+    /// lookup that finds nothing is worth repeating a few times.
+    pub in_flight: bool,
+}
+
+impl From<Error> for CreateFailure {
+    fn from(error: Error) -> Self {
+        CreateFailure {
+            error,
+            maybe_created: false,
+            in_flight: false,
         }
     }
 }
 
-/// The local tree to put on the box: the repository root and the files chosen from it.
-#[derive(Debug, Clone)]
-pub struct SyncSource {
-    pub root: PathBuf,
-    pub manifest: SyncManifest,
-    /// `sync.delete`: remove from the box the files crabbox synced before that are gone
-    /// locally. Files crabbox never synced are left alone either way.
-    pub delete: bool,
-}
-
-/// Lease a box to reuse later.
-#[derive(Debug, Clone)]
-pub struct WarmupRequest {
-    /// A slug the user asked for (`--slug`); otherwise one is derived from the lease id.
-    pub slug: Option<String>,
-    pub ttl: Duration,
-    /// Repository the lease is for (recorded in the claim and metadata).
-    pub repo_root: Option<PathBuf>,
-}
-
-/// Run one command, on a new box or on the warm box named by `id`.
-#[derive(Debug, Clone)]
-pub struct RunRequest {
-    /// `--id`: lease id, slug, or a provider-specific id. `None` creates a fresh box.
-    pub id: Option<String>,
-    pub command: RemoteCommand,
-    /// `None` with `--no-sync`.
-    pub sync: Option<SyncSource>,
-    pub keep: KeepPolicy,
-    /// Allow-listed environment to give the command (never put on its command line).
-    pub env: BTreeMap<String, String>,
-    pub ttl: Duration,
-    pub slug: Option<String>,
-    pub repo_root: Option<PathBuf>,
-    /// Fired on Ctrl-C / SIGTERM: the provider stops the remote command, cleans up, and
-    /// returns `Error::Interrupted`.
-    pub cancel: CancellationToken,
-}
-
-/// Where the command's output goes, chunk by chunk, as it arrives.
-pub trait OutputSink: Send {
-    fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()>;
-    fn stderr(&mut self, chunk: &[u8]) -> std::io::Result<()>;
-}
-
-/// Progress of a long step, for the front end to draw (bar on a TTY, lines otherwise).
-pub trait Reporter: Send + Sync {
-    /// A one-line status message ("creating sandbox", "synced 120 files").
-    fn status(&self, message: &str);
-    /// Byte progress of a transfer; `total` when known.
-    fn progress(&self, _phase: &str, _done: u64, _total: Option<u64>) {}
-    /// The transfer is over.
-    fn finish_progress(&self) {}
-}
-
-/// A reporter that says nothing (tests, `--json`).
-pub struct SilentReporter;
-
-impl Reporter for SilentReporter {
-    fn status(&self, _message: &str) {}
-}
-
-/// How a run went.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunOutcome {
+/// The box a lease names, as the engine resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoxRef {
     pub lease_id: String,
     pub slug: String,
-    /// The remote command's exit code.
-    pub exit_code: i32,
-    /// The box is still there after the run (warm box, `--keep`, or kept on failure).
-    pub kept: bool,
-    /// The box was created by this run (not a `--id` reuse).
-    pub created: bool,
-    pub timing: Timing,
-    /// What sync did.
-    pub sync: Option<SyncReport>,
-}
-
-/// Wall-clock phases of a run, for `--timing-json`.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Timing {
-    pub acquire_ms: u64,
-    pub sync_ms: u64,
-    pub command_ms: u64,
-    pub release_ms: u64,
-}
-
-/// What a sync sent.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct SyncReport {
-    pub files: u64,
-    pub bytes: u64,
-    /// Files sent this time (a warm sync only sends what changed).
-    pub sent_files: u64,
-    pub deleted_files: u64,
-}
-
-/// A box as `status` and `list` show it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct BoxStatus {
-    pub lease_id: String,
-    pub slug: String,
-    pub provider: String,
-    /// Provider-specific id (the sandbox id for E2B, the directory for local).
     pub remote_id: String,
-    /// `running`, `paused`, `ready`, `gone`...
-    pub state: String,
-    pub ready: bool,
-    pub workdir: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-    /// A claim for it exists on this machine.
+    /// Resolved through a claim of this machine (else found on the service by its tags).
     pub claimed: bool,
+    /// Its tags were already checked in this process (it was just made, or found by them),
+    /// so `open` and `delete` need not ask again.
+    pub verified: bool,
 }
 
-/// `status` options.
+/// A box as its provider sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteBox {
+    pub remote_id: String,
+    /// The lease its tags name, if they name a valid one.
+    pub lease_id: Option<String>,
+    pub slug: Option<String>,
+    /// `running`, `paused`, `ready`...
+    pub state: String,
+    /// It can run commands now (as far as its state says; see [`Provider::ready`]).
+    pub running: bool,
+    pub workdir: Option<String>,
+    pub created_at: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+/// A command to start on a box.
 #[derive(Debug, Clone)]
-pub struct StatusRequest {
-    pub id: String,
-    /// `--wait`: poll until ready, failing with `Error::WaitTimeout` after this long.
-    pub wait: Option<Duration>,
+pub struct ExecSpec {
+    /// Handed to `/bin/bash -l -c`.
+    pub script: String,
+    /// The whole environment crabbox gives the command (allow-listed variables plus the
+    /// run's own, [`RUN_ID_VAR`] among them). Providers add only what a login on the box
+    /// has anyway (`PATH`, `HOME`, ...).
+    pub env: BTreeMap<String, String>,
+    pub cwd: String,
+    /// The run's id, also in `env` as [`RUN_ID_VAR`]: how a provider finds every process
+    /// of the run.
+    pub run_id: String,
 }
 
-/// `stop` options.
+/// Set in the environment of every command crabbox runs, to a fresh random value per run,
+/// so a cancel can find every process the run started. Its value means nothing outside
+/// that one run.
+pub const RUN_ID_VAR: &str = "CRABBOX_RUN_ID";
+
+/// One thing a running command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// The command's process started, with this pid on the box.
+    Started {
+        pid: u32,
+    },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The command ended with this exit code (128 + n for signal n).
+    Exited(i32),
+}
+
+/// The events of one started command, in order.
+#[async_trait]
+pub trait ExecStream: Send {
+    /// The next event; `Ok(None)` when the stream ended (after `Exited`, or broken before it).
+    async fn next_event(&mut self) -> Result<Option<ExecEvent>>;
+}
+
+/// Which run to stop.
 #[derive(Debug, Clone)]
-pub struct StopRequest {
-    pub id: String,
-    /// `--reclaim`: release a box whose claim was lost or belongs to another checkout, as long
-    /// as the provider can prove it is a crabbox box.
-    pub reclaim: bool,
+pub struct RunTarget {
+    pub run_id: String,
+    /// The command's pid once it was reported.
+    pub pid: Option<u32>,
 }
 
-/// What `stop` did.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct StopOutcome {
-    pub lease_id: String,
-    pub slug: String,
-    /// The box was already gone; only the claim was dropped.
-    pub already_gone: bool,
+/// An archive of files to lay over a workdir.
+#[derive(Debug)]
+pub struct ApplyArchive<'a> {
+    /// A gzipped tar of the files to send (paths relative to the workdir).
+    pub archive: &'a Path,
+    /// Files crabbox synced before to delete first (safe relative paths).
+    pub delete: &'a [String],
+    pub workdir: &'a str,
+    /// Upload and apply together must finish within this.
+    pub timeout: Duration,
+    pub cancel: &'a CancellationToken,
 }
 
-/// A box backend.
+/// Operations on one box that is up.
+#[async_trait]
+pub trait BoxSession: Send + Sync {
+    /// `path` exists on the box.
+    async fn exists(&self, path: &str) -> Result<bool>;
+    /// Creates `path` (and its parents) on the box.
+    async fn make_dir(&self, path: &str) -> Result<()>;
+    /// Deletes `req.delete`, then lays the archive over `req.workdir` (creating it). On
+    /// failure, cancel or timeout the previous tree is intact and nothing of this sync is
+    /// left on the box when this returns.
+    async fn apply_archive(&self, req: &ApplyArchive<'_>, reporter: &dyn Reporter) -> Result<()>;
+    /// Starts a command; its events follow on the stream.
+    async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>>;
+    /// Sends `signal` to the command's own process (`target.pid`).
+    async fn signal(&self, target: &RunTarget, signal: Signal) -> Result<()>;
+    /// Makes sure no process of the run survives, descendants included: SIGTERM, up to
+    /// `grace` for them to exit, then SIGKILL. Best effort, bounded by `grace` plus a few
+    /// seconds.
+    async fn stop_run(&self, target: &RunTarget, grace: Duration);
+}
+
+/// The signals the engine sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Term,
+    Kill,
+}
+
+/// A box backend: the primitives the engine needs. See the module docs for the contract.
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// `local`, `e2b`...
     fn name(&self) -> &'static str;
     fn capabilities(&self) -> Capabilities;
-    /// Create a box to reuse, record its claim, and return it.
-    async fn warmup(&self, req: &WarmupRequest, reporter: &dyn Reporter) -> Result<BoxStatus>;
-    /// Sync (unless `req.sync` is `None`), run the command streaming its output into `out`,
-    /// release the box per `req.keep` when the run created it. Returns the remote exit code in
-    /// the outcome; transport failures are errors.
-    async fn run(
+    /// The service the boxes live on (the E2B API URL, `local`): a claim made against one
+    /// endpoint is never used against another.
+    fn endpoint(&self) -> String;
+    /// Refuses settings that would make every box of this provider fail (a bad workdir or
+    /// user), before any box exists or any request is sent.
+    fn preflight(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Where a lease's files go on its box.
+    fn workdir(&self, lease_id: &str) -> Result<String>;
+    /// The lifetime a box gets when `requested` is asked for (a provider may cap it).
+    fn ttl(&self, requested: Duration) -> Duration {
+        requested
+    }
+    /// Makes a box, tagged with its lease. `reporter` may hear provider facts ("from
+    /// template base").
+    async fn create(
         &self,
-        req: &RunRequest,
-        out: &mut dyn OutputSink,
+        new: &NewBox<'_>,
         reporter: &dyn Reporter,
-    ) -> Result<RunOutcome>;
-    async fn status(&self, req: &StatusRequest) -> Result<BoxStatus>;
-    async fn stop(&self, req: &StopRequest) -> Result<StopOutcome>;
-    async fn list(&self) -> Result<Vec<BoxStatus>>;
+    ) -> std::result::Result<Created, CreateFailure>;
+    /// Deletes every box tagged with `lease_id` (a create whose answer was lost); `settle`:
+    /// the create may still be in progress, so an empty answer is asked again a few times.
+    /// Returns the ids deleted.
+    async fn delete_lease_boxes(&self, lease_id: &str, settle: bool) -> Result<Vec<String>>;
+    /// The box as the service sees it, `None` when it is gone; `Error::NotOurs` when its
+    /// tags do not prove it is `target`'s lease's.
+    async fn inspect(&self, target: &BoxRef) -> Result<Option<RemoteBox>>;
+    /// A crabbox box no claim of this machine names, by a provider id (a sandbox id) or,
+    /// with `by_tags`, also by the lease id or slug in its tags. `Error::Usage` when a slug
+    /// names several.
+    async fn find_unclaimed(&self, id: &str, by_tags: bool) -> Result<Option<RemoteBox>>;
+    /// Opens a session on the box, refreshing its lifetime to `ttl`; `Error::NotFound` when
+    /// it is gone, `Error::NotOurs` when it is not the lease's.
+    async fn open(&self, target: &BoxRef, ttl: Duration) -> Result<Box<dyn BoxSession>>;
+    /// Deletes the box after checking it is the lease's; `Ok(false)` when it was already
+    /// gone.
+    async fn delete(&self, target: &BoxRef) -> Result<bool>;
+    /// Every crabbox box of this provider on its endpoint.
+    async fn list(&self) -> Result<Vec<RemoteBox>>;
+    /// The box answers commands now (`status --wait` polls this).
+    async fn ready(&self, b: &RemoteBox) -> bool {
+        b.running
+    }
+}
+
+/// What a provider needs from the process that builds it.
+#[derive(Debug, Clone)]
+pub struct ProviderContext {
+    /// crabbox's state directory (claims, sync state, local boxes).
+    pub state_dir: PathBuf,
+    /// The caller's environment (for what a login on a box inherits, like `PATH`).
+    pub caller_env: BTreeMap<String, String>,
 }

@@ -2,12 +2,13 @@
 //!
 //! Every call has a 60 s timeout. Idempotent calls (get, list, delete, connect) retry per the
 //! [`RetryPolicy`]; create never retries blindly, since a lost response could leave a sandbox
-//! nobody knows about: its [`CreateError`] says whether one may exist, for the caller to look
+//! nobody knows about: its `CreateFailure` says whether one may exist, for the engine to look
 //! up by its lease tag.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crabbox_core::provider::CreateFailure;
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::control::{
     encode_metadata_filter, percent_encode, ApiError, ConnectSandboxRequest, ListedSandbox,
@@ -149,7 +150,7 @@ impl ControlPlane {
 
     /// `POST /v2/sandboxes`; only 201 counts as created. The error says whether the
     /// sandbox may exist anyway (the request may have reached the service).
-    pub async fn create(&self, body: &NewSandbox) -> std::result::Result<Sandbox, CreateError> {
+    pub async fn create(&self, body: &NewSandbox) -> std::result::Result<Sandbox, CreateFailure> {
         let what = "creating a sandbox";
         let resp = match self
             .request(Method::POST, "/v2/sandboxes")
@@ -159,7 +160,7 @@ impl ControlPlane {
         {
             Ok(r) => r,
             Err(e) => {
-                return Err(CreateError {
+                return Err(CreateFailure {
                     // A refused connection never carried the request; anything later might have.
                     maybe_created: !e.is_connect(),
                     in_flight: true,
@@ -169,14 +170,14 @@ impl ControlPlane {
         };
         let status = resp.status();
         if status != StatusCode::CREATED {
-            return Err(CreateError {
+            return Err(CreateFailure {
                 // 4xx and redirects are refusals; a 5xx may have failed after creating it.
                 maybe_created: status.is_server_error() || status.is_success(),
                 in_flight: false,
                 error: self.failure(what, resp).await,
             });
         }
-        self.json(what, resp).await.map_err(|error| CreateError {
+        self.json(what, resp).await.map_err(|error| CreateFailure {
             maybe_created: true,
             in_flight: false,
             error,
@@ -268,16 +269,6 @@ impl ControlPlane {
             _ => Err(self.failure(&what, resp).await),
         }
     }
-}
-
-/// A failed create, and whether the sandbox may have been made anyway (timeout, connection
-/// broken after sending, 5xx, unreadable 201): then look it up by its lease tag.
-#[derive(Debug)]
-pub struct CreateError {
-    pub error: Error,
-    pub maybe_created: bool,
-    /// No answer came back: the service may still be working on it.
-    pub in_flight: bool,
 }
 
 /// A reqwest error with its causes, which carry the useful part ("connection refused").

@@ -1,19 +1,20 @@
 //! crabbox-provider-e2b: Crabbox boxes as E2B sandboxes.
 //!
-//! [`E2bProvider`] implements `crabbox_core::provider::Provider` against E2B's two planes:
+//! [`E2bProvider`] implements crabbox's box primitives (`crabbox_core::provider::Provider`)
+//! against E2B's two planes:
 //! the REST control plane (create, connect, get, list, delete) and each sandbox's envd
 //! (file upload, and processes over the Connect protocol with the JSON codec). It behaves
-//! like the reference Go tool for users — same config keys, metadata tags, claims, workdir
-//! rules, exit codes — and goes further where the reference stops:
+//! like the reference Go tool for users — same config keys, metadata tags, workdir rules —
+//! while the lease lifecycle (claims, sync plan, keep policy, cancel) is the shared engine's
+//! in `crabbox-core`. What is E2B's own lives here:
 //!
-//! - a warm sync sends only what changed and deletes only files crabbox itself synced, so
-//!   remote build outputs (`target/`, `node_modules/`) survive between runs;
-//! - Ctrl-C signals the remote process (SIGTERM, then SIGKILL) and everything it started
-//!   (found by the `CRABBOX_RUN_ID` in their environment, see [`run_tree`]) and releases the
-//!   sandbox, rather than leaving the command running; a Ctrl-C during create, or a create that
-//!   failed after it may have reached E2B, is followed by a lookup of the lease's tag and a
-//!   delete, and an abandoned sync kills its apply script and removes its files from the box;
-//! - the TTL cap is `e2b.maxTtl` (1 h by default, raise it on E2B's pro tier).
+//! - sandboxes tagged with their lease, found again by that tag after a create whose answer
+//!   was lost, and used or deleted only when their tags prove they are the lease's;
+//! - a sync applied through a staging directory on the box, whose leftovers are removed when
+//!   it is abandoned ([`remote_sync`]);
+//! - a cancel reaching everything the command started, found by the `CRABBOX_RUN_ID` in
+//!   their environment, since envd signals one pid ([`run_tree`]);
+//! - the TTL cap `e2b.maxTtl` (1 h by default, raise it on E2B's pro tier).
 //!
 //! Invariants: the API key and envd access tokens never appear in any output, error, log,
 //! `Debug` output or claim; plain HTTP is only ever spoken to loopback; user and workdir are
@@ -22,17 +23,21 @@
 //!
 //! Modules: [`settings`] (config section and endpoint rules), [`placement`] (user, workdir,
 //! TTL), [`metadata`] (tags and ownership), [`retry`], [`control`] (control-plane client),
-//! [`envd`] (sandbox daemon client), [`remote_sync`] (putting the tree on the box),
-//! [`run_tree`] (stopping all of a run's processes on cancel).
+//! [`envd`] (sandbox daemon client), `provider` (the primitives over the control plane),
+//! `lookup` (sandboxes no claim names), [`session`] (commands and files on one sandbox),
+//! [`remote_sync`] (applying an archive on the box), [`run_tree`] (stopping all of a run's
+//! processes on cancel).
 
 pub mod control;
 pub mod envd;
+mod lookup;
 pub mod metadata;
 pub mod placement;
 mod provider;
 pub mod remote_sync;
 pub mod retry;
 pub mod run_tree;
+pub mod session;
 pub mod settings;
 
 pub use provider::E2bProvider;
@@ -52,3 +57,9 @@ pub(crate) fn assert_valid_bash(script: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The registry entry of the E2B provider.
+pub const ENTRY: crabbox_core::registry::ProviderEntry = crabbox_core::registry::ProviderEntry {
+    name: "e2b",
+    build: |cfg, _ctx| Ok(Box::new(E2bProvider::from_config(cfg)?)),
+};

@@ -14,56 +14,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use crabbox_core::provider::RUN_ID_VAR;
+
 use crate::envd::Envd;
 use crate::remote_sync::run_captured;
-
-/// Set in the environment of every command crabbox runs on an E2B sandbox, to a fresh
-/// random value per run, so that a cancel can find and stop every process the run started
-/// (see the module docs). Users may see it in their command's environment; its value means
-/// nothing outside that one run.
-pub const RUN_ID_VAR: &str = "CRABBOX_RUN_ID";
 
 /// Longest the reaper may keep the caller waiting beyond the grace period.
 const REAP_SLACK: Duration = Duration::from_secs(5);
 
-/// SIGTERMs every process of run `CBX_RUN_ID` (except this script, whose own environment
-/// has no such entry), waits up to `CBX_GRACE_TICKS` tenths of a second for them to go,
-/// then SIGKILLs what is left, sweeping again while new ones turn up (a dying parent may
-/// have forked just before). Only bash builtins look at each process, so a sweep over a
-/// busy box stays quick; zombies have an empty environ and are skipped.
-const REAP_SCRIPT: &str = r#"want="CRABBOX_RUN_ID=$CBX_RUN_ID"
-signal_run() {
-  found=1
-  for d in /proc/[0-9]*; do
-    p=${d#/proc/}
-    [ "$p" = "$$" ] && continue
-    while IFS= read -r -d '' e; do
-      if [ "$e" = "$want" ]; then
-        kill -"$1" "$p" 2>/dev/null && found=0
-        break
-      fi
-    done < "$d/environ" 2>/dev/null
-  done
-  return $found
-}
-signal_run TERM || exit 0
-i=0
-while [ "$i" -lt "$CBX_GRACE_TICKS" ] && signal_run 0; do
-  sleep 0.1
-  i=$((i + 1))
-done
-r=0
-while [ "$r" -lt 10 ] && signal_run KILL; do
-  sleep 0.05
-  r=$((r + 1))
-done
-exit 0
-"#;
-
-/// A fresh run id: 128 random bits in hex.
-pub fn new_run_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
+/// SIGTERMs every process of run `CBX_RUN_ID` (except itself, whose own environment has no
+/// such entry), waits up to `CBX_GRACE_TICKS` tenths of a second for them to go, then
+/// SIGKILLs what is left, sweeping again while new ones turn up (a dying parent may have
+/// forked just before). Zombies have an empty environ and are skipped.
+const REAP_SCRIPT: &str = include_str!("scripts/run_reap.sh");
 
 /// Runs the reaper for `run_id` on the box: SIGTERM, up to `grace` for the run's processes
 /// to exit, then SIGKILL. Bounded by `grace` plus a few seconds; errors are ignored (the
@@ -80,6 +43,7 @@ pub async fn reap(envd: &Envd, run_id: &str, grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crabbox_core::engine::new_run_id;
     use std::process::{Child, Command};
     use std::time::Instant;
 
@@ -126,7 +90,7 @@ mod tests {
             .env(RUN_ID_VAR, format!("{id}0"))
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        // spawn() returns once each child has exec'd, so their environments are in place.
         let started = Instant::now();
         let out = Command::new("bash")
             .args(["-c", REAP_SCRIPT])

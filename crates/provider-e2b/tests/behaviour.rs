@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::{raw_create, raw_delete, raw_exists, raw_list, write, Recorder, World, KEY};
 use crabbox_core::conformance::{request, CapturedOutput, RepoFixture};
-use crabbox_core::provider::{
-    KeepPolicy, Provider, SilentReporter, StatusRequest, StopRequest, WarmupRequest,
-};
+use crabbox_core::engine::{KeepPolicy, StatusRequest, StopRequest, WarmupRequest};
+use crabbox_core::events::SilentReporter;
+use crabbox_core::hint::Hint;
 use crabbox_core::Error;
 
 fn warm_req(repo: &RepoFixture) -> WarmupRequest {
@@ -59,9 +59,7 @@ async fn wrong_key_is_refused_without_echoing_it() {
 async fn missing_key_is_a_usage_error_naming_both_variables() {
     let world = World::new();
     let cfg = world.config(&[]).unwrap();
-    let err =
-        crabbox_provider_e2b::E2bProvider::from_config(&cfg, world.claims(), world.state_dir())
-            .unwrap_err();
+    let err = crabbox_provider_e2b::E2bProvider::from_config(&cfg).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     let msg = err.to_string();
     assert!(
@@ -84,9 +82,7 @@ async fn repository_config_may_not_redirect_the_users_key() {
             &format!("e2b:\n  {key}\n"),
         );
         let cfg = world.config(&[("E2B_API_KEY", KEY)]).expect("config loads");
-        let err =
-            crabbox_provider_e2b::E2bProvider::from_config(&cfg, world.claims(), world.state_dir())
-                .unwrap_err();
+        let err = crabbox_provider_e2b::E2bProvider::from_config(&cfg).unwrap_err();
         assert_eq!(err.exit_code(), 2, "{key}: {err}");
         assert!(err.to_string().contains(".crabbox.yaml"), "{err}");
         assert!(!err.to_string().contains(KEY));
@@ -96,12 +92,7 @@ async fn repository_config_may_not_redirect_the_users_key() {
     let cfg = world
         .config(&[("E2B_API_KEY", KEY), ("E2B_API_URL", "http://127.0.0.1:9")])
         .unwrap();
-    assert!(crabbox_provider_e2b::E2bProvider::from_config(
-        &cfg,
-        world.claims(),
-        world.state_dir()
-    )
-    .is_ok());
+    assert!(crabbox_provider_e2b::E2bProvider::from_config(&cfg).is_ok());
     // A repository that restates the default is harmless.
     let world = World::new();
     write(
@@ -110,12 +101,7 @@ async fn repository_config_may_not_redirect_the_users_key() {
         "e2b:\n  domain: e2b.app\n  template: base\n",
     );
     let cfg = world.config(&[("E2B_API_KEY", KEY)]).unwrap();
-    assert!(crabbox_provider_e2b::E2bProvider::from_config(
-        &cfg,
-        world.claims(),
-        world.state_dir()
-    )
-    .is_ok());
+    assert!(crabbox_provider_e2b::E2bProvider::from_config(&cfg).is_ok());
 }
 
 #[tokio::test]
@@ -277,7 +263,7 @@ async fn stop_refuses_a_sandbox_whose_metadata_does_not_match_the_claim() {
     assert!(store.get(&warm.lease_id).unwrap().is_some(), "claim kept");
     let err = p
         .status(&StatusRequest {
-            id: warm.lease_id.clone(),
+            id: Some(warm.lease_id.clone()),
             wait: None,
         })
         .await
@@ -287,7 +273,7 @@ async fn stop_refuses_a_sandbox_whose_metadata_does_not_match_the_claim() {
     // A raw id of a non-crabbox sandbox is not usable either.
     let err = p
         .status(&StatusRequest {
-            id: foreign_id.clone(),
+            id: Some(foreign_id.clone()),
             wait: None,
         })
         .await
@@ -364,7 +350,14 @@ async fn reclaim_releases_a_crabbox_sandbox_whose_claim_was_lost() {
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), 4);
-    assert!(err.to_string().contains("--reclaim"), "{err}");
+    assert_eq!(
+        err.hints(),
+        [&Hint::Reclaim {
+            provider: "e2b".into(),
+            id: warm.lease_id.clone()
+        }],
+        "{err}"
+    );
     assert!(raw_exists(&emu, &warm.remote_id).await);
 
     let o = p
@@ -390,7 +383,7 @@ async fn raw_and_synthetic_sandbox_ids_reach_an_unclaimed_crabbox_sandbox() {
     for id in [warm.remote_id.clone(), format!("e2b_{}", warm.remote_id)] {
         let st = p
             .status(&StatusRequest {
-                id: id.clone(),
+                id: Some(id.clone()),
                 wait: None,
             })
             .await
@@ -407,7 +400,7 @@ async fn raw_and_synthetic_sandbox_ids_reach_an_unclaimed_crabbox_sandbox() {
     // A canonical lease id never falls back to anything but its own claim.
     let err = p
         .status(&StatusRequest {
-            id: warm.lease_id.clone(),
+            id: Some(warm.lease_id.clone()),
             wait: None,
         })
         .await
@@ -450,7 +443,7 @@ async fn status_wait_times_out_on_a_paused_sandbox() {
     let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
     let st = p
         .status(&StatusRequest {
-            id: warm.slug.clone(),
+            id: Some(warm.slug.clone()),
             wait: Some(Duration::from_secs(10)),
         })
         .await
@@ -470,7 +463,7 @@ async fn status_wait_times_out_on_a_paused_sandbox() {
     assert!(res.status().is_success(), "{}", res.status());
     let err = p
         .status(&StatusRequest {
-            id: warm.slug.clone(),
+            id: Some(warm.slug.clone()),
             wait: Some(Duration::from_millis(800)),
         })
         .await
@@ -490,7 +483,7 @@ async fn status_wait_times_out_on_a_paused_sandbox() {
 async fn ttl_is_capped_by_max_ttl_unless_raised() {
     let emu = common::emulator().await;
     let repo = RepoFixture::new();
-    let lifetime = |b: &crabbox_core::provider::BoxStatus| {
+    let lifetime = |b: &crabbox_core::engine::BoxStatus| {
         let parse = |s: &Option<String>| {
             time::OffsetDateTime::parse(
                 s.as_deref().unwrap(),
@@ -507,7 +500,7 @@ async fn ttl_is_capped_by_max_ttl_unless_raised() {
     let warm = p.warmup(&req, &SilentReporter).await.unwrap();
     let st = p
         .status(&StatusRequest {
-            id: warm.lease_id.clone(),
+            id: Some(warm.lease_id.clone()),
             wait: None,
         })
         .await
@@ -527,7 +520,7 @@ async fn ttl_is_capped_by_max_ttl_unless_raised() {
     let warm = p.warmup(&req, &SilentReporter).await.unwrap();
     let st = p
         .status(&StatusRequest {
-            id: warm.lease_id.clone(),
+            id: Some(warm.lease_id.clone()),
             wait: None,
         })
         .await
@@ -593,17 +586,21 @@ async fn keep_on_failure_prints_how_to_rerun_and_stop() {
     let mut out = CapturedOutput::default();
     let o = p.run(&req, &mut out, &rec).await.unwrap();
     assert!(o.kept && o.created);
-    let text = rec.text();
-    assert!(
-        text.contains(&format!(
-            "crabbox run --provider e2b --id {} -- '/bin/sh' '-c' 'exit 3'",
-            o.lease_id
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("crabbox stop --provider e2b {}", o.lease_id)),
-        "{text}"
+    assert_eq!(
+        rec.hints(),
+        [
+            Hint::Rerun {
+                provider: "e2b".into(),
+                lease_id: o.lease_id.clone(),
+                command: req.command.clone(),
+            },
+            Hint::Stop {
+                provider: "e2b".into(),
+                lease_id: o.lease_id.clone(),
+            },
+        ],
+        "{}",
+        rec.text()
     );
     p.stop(&StopRequest {
         id: o.lease_id.clone(),
@@ -821,7 +818,7 @@ async fn reclaim_by_a_slug_two_machines_share_is_refused() {
 /// Cancels the run as soon as the sync archive is on the box (its upload finished).
 struct CancelAfterUpload(tokio_util::sync::CancellationToken);
 
-impl crabbox_core::provider::Reporter for CancelAfterUpload {
+impl crabbox_core::events::Reporter for CancelAfterUpload {
     fn status(&self, _message: &str) {}
     fn finish_progress(&self) {
         self.0.cancel();
@@ -915,7 +912,7 @@ struct CancelOnOutput {
     cancel: tokio_util::sync::CancellationToken,
 }
 
-impl crabbox_core::provider::OutputSink for CancelOnOutput {
+impl crabbox_core::events::OutputSink for CancelOnOutput {
     fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         self.out.stdout(chunk)?;
         if self.out.stdout_str().contains(self.needle) {

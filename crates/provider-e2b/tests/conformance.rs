@@ -7,7 +7,7 @@ async fn e2b_provider_passes_the_conformance_suite() {
     let emu = common::emulator().await;
     let world = common::World::new();
     let provider = world.provider(&emu, &[]).expect("provider");
-    let caps = crabbox_core::provider::Provider::capabilities(&provider);
+    let caps = provider.provider().capabilities();
     assert!(
         caps.remote_kill && caps.warm_reuse && !caps.machine_class,
         "{caps:?}"

@@ -20,7 +20,8 @@ use axum::Router;
 use bytes::Bytes;
 use common::World;
 use crabbox_core::conformance::{request, CapturedOutput, RepoFixture};
-use crabbox_core::provider::{Provider, SilentReporter, StatusRequest};
+use crabbox_core::engine::StatusRequest;
+use crabbox_core::events::SilentReporter;
 use crabbox_core::Error;
 use crabbox_e2b_wire::envelope;
 use serde_json::{json, Value};
@@ -506,7 +507,7 @@ async fn get_and_list_retry_503_honouring_retry_after() {
     let t = Instant::now();
     let st = p
         .status(&StatusRequest {
-            id: "sbx9".into(),
+            id: Some("sbx9".into()),
             wait: None,
         })
         .await
@@ -550,7 +551,7 @@ async fn retries_stop_after_three_attempts() {
     let p = world.provider_at(&url, &url, &[]).unwrap();
     let err = p
         .status(&StatusRequest {
-            id: "sbx9".into(),
+            id: Some("sbx9".into()),
             wait: None,
         })
         .await
@@ -626,7 +627,7 @@ async fn redirects_are_not_followed() {
     let p = world.provider_at(&url, &url, &[]).unwrap();
     let err = p
         .status(&StatusRequest {
-            id: "redirect".into(),
+            id: Some("redirect".into()),
             wait: None,
         })
         .await
@@ -642,7 +643,7 @@ fn made_lease(mock: &Mock) -> String {
     made.rsplit_once("lease=").unwrap().1.to_string()
 }
 
-async fn one_shot(p: &crabbox_provider_e2b::E2bProvider) -> crabbox_core::Result<()> {
+async fn one_shot(p: &crabbox_core::engine::Engine) -> crabbox_core::Result<()> {
     let repo = RepoFixture::new();
     let mut req = request(&repo, None, &["true"]);
     req.sync = None;
@@ -691,8 +692,12 @@ async fn create_whose_cleanup_lookup_fails_keeps_the_claim_and_says_how_to_stop(
     let lease = made_lease(&mock);
     let text = err.to_string();
     assert_eq!(err.exit_code(), 1, "{text}");
-    assert!(
-        text.contains(&format!("crabbox stop --provider e2b {lease}")),
+    assert_eq!(
+        err.hints(),
+        [&crabbox_core::hint::Hint::Stop {
+            provider: "e2b".into(),
+            lease_id: lease.clone()
+        }],
         "{text}"
     );
     assert!(!text.contains(TOKEN) && !text.contains(common::KEY));
@@ -708,7 +713,7 @@ async fn create_whose_cleanup_lookup_fails_keeps_the_claim_and_says_how_to_stop(
     // Once E2B answers again, the advertised stop finds the sandbox by its tag.
     mock.list_failures.store(0, Ordering::SeqCst);
     let o = p
-        .stop(&crabbox_core::provider::StopRequest {
+        .stop(&crabbox_core::engine::StopRequest {
             id: lease.clone(),
             reclaim: false,
         })
@@ -762,7 +767,7 @@ async fn failed_delete_keeps_the_claim_and_names_the_sandbox() {
     let repo = RepoFixture::new();
     let warm = p
         .warmup(
-            &crabbox_core::provider::WarmupRequest {
+            &crabbox_core::engine::WarmupRequest {
                 slug: None,
                 ttl: Duration::from_secs(600),
                 repo_root: Some(repo.root().to_path_buf()),
@@ -772,7 +777,7 @@ async fn failed_delete_keeps_the_claim_and_names_the_sandbox() {
         .await
         .unwrap();
     let err = p
-        .stop(&crabbox_core::provider::StopRequest {
+        .stop(&crabbox_core::engine::StopRequest {
             id: warm.lease_id.clone(),
             reclaim: false,
         })
@@ -801,10 +806,20 @@ async fn failed_claim_write_after_create_deletes_the_sandbox() {
     mock.break_claim_in = Some(world.claims().dir().to_path_buf());
     let (mock, url) = serve(mock).await;
     let p = world.provider_at(&url, &url, &[]).unwrap();
-    let err = one_shot(&p).await.unwrap_err();
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["true"]);
+    req.sync = None;
+    let rec = common::Recorder::default();
+    let err = p
+        .run(&req, &mut CapturedOutput::default(), &rec)
+        .await
+        .unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
-    assert!(err.to_string().contains("deleted again"), "{err}");
-    assert!(err.to_string().contains("sbx1"), "{err}");
+    assert!(
+        rec.text().contains("box sbx1 was deleted again"),
+        "{}",
+        rec.text()
+    );
     assert_eq!(
         mock.count("DELETE /sandboxes/sbx1"),
         1,
@@ -894,7 +909,7 @@ async fn requests_match_the_official_sdk_wire_shapes() {
     warm.sync = None;
     let _ = p.run(&warm, &mut out, &SilentReporter).await.unwrap_err();
     p.status(&StatusRequest {
-        id: "sbx9".into(),
+        id: Some("sbx9".into()),
         wait: None,
     })
     .await

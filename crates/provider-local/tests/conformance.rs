@@ -1,24 +1,36 @@
 //! The core provider conformance suite, run against the local provider.
 
+use std::collections::BTreeMap;
+
 use crabbox_core::claims::ClaimStore;
 use crabbox_core::conformance;
+use crabbox_core::engine::Engine;
+use crabbox_core::provider::ProviderContext;
 use crabbox_provider_local::LocalProvider;
 
-fn provider() -> (tempfile::TempDir, LocalProvider) {
+fn engine_with(caller_env: BTreeMap<String, String>) -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().to_path_buf();
-    let p = LocalProvider::new(
+    let provider = LocalProvider::new(&ProviderContext {
+        state_dir: state.clone(),
+        caller_env,
+    });
+    let p = Engine::new(
+        Box::new(provider),
         ClaimStore::new(state.join("claims")),
         state,
-        std::env::vars().collect(),
     );
     (dir, p)
+}
+
+fn provider() -> (tempfile::TempDir, Engine) {
+    engine_with(std::env::vars().collect())
 }
 
 #[tokio::test]
 async fn local_provider_passes_the_conformance_suite() {
     let (_dir, p) = provider();
-    let caps = crabbox_core::provider::Provider::capabilities(&p);
+    let caps = p.provider().capabilities();
     assert!(
         caps.remote_kill && caps.warm_reuse && !caps.machine_class,
         "{caps:?}"
@@ -28,11 +40,9 @@ async fn local_provider_passes_the_conformance_suite() {
 
 #[tokio::test]
 async fn command_sees_only_allow_listed_and_base_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().to_path_buf();
-    let mut caller: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let mut caller: BTreeMap<String, String> = std::env::vars().collect();
     caller.insert("CRABBOX_TEST_SECRET".into(), "leak".into());
-    let p = LocalProvider::new(ClaimStore::new(state.join("claims")), state, caller);
+    let (_dir, p) = engine_with(caller);
     let repo = conformance::RepoFixture::new();
     let mut req = conformance::request(
         &repo,
@@ -67,23 +77,8 @@ async fn cancel_kills_the_whole_process_group() {
     let script = format!("(trap '' TERM; sleep 30; echo {token}) & echo started; wait");
     let mut req = conformance::request(&repo, None, &["/bin/sh", "-c", &script]);
     req.sync = None;
-    let cancel = req.cancel.clone();
-    let run = async {
-        let mut out = conformance::CapturedOutput::default();
-        crabbox_core::provider::Provider::run(
-            &p,
-            &req,
-            &mut out,
-            &crabbox_core::provider::SilentReporter,
-        )
-        .await
-    };
-    let trigger = async {
-        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-        cancel.cancel();
-    };
-    let (result, ()) = tokio::join!(run, trigger);
-    assert!(matches!(result, Err(crabbox_core::Error::Interrupted)));
+    let err = conformance::run_and_cancel(&p, &req).await;
+    assert!(err.is_interrupted(), "{err}");
     let survivors = || -> Vec<u32> {
         std::fs::read_dir("/proc")
             .unwrap()

@@ -7,14 +7,14 @@ use crate::context;
 
 pub async fn run(g: &GlobalArgs, a: ListArgs) -> Result<i32> {
     let cfg = context::load_config(g, vec![])?;
-    let provider = context::provider(&cfg, g)?;
-    let boxes = provider.list().await?;
+    let engine = context::engine(&cfg, g)?;
+    let boxes = engine.list().await?;
     if a.json {
         super::print_json(&boxes);
         return Ok(0);
     }
     if boxes.is_empty() {
-        eprintln!("crabbox: no {} boxes", provider.name());
+        eprintln!("crabbox: no {} boxes", engine.name());
         return Ok(0);
     }
     println!(

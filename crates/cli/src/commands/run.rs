@@ -1,10 +1,9 @@
 //! `crabbox run -- <command>`: sync the working tree to a box and run the command there.
 
-use crabbox_core::command::RemoteCommand;
 use crabbox_core::config::flag;
-use crabbox_core::provider::{KeepPolicy, RunRequest, SyncSource};
-use crabbox_core::sync::{SyncManifest, SyncState};
-use crabbox_core::{Error, Result};
+use crabbox_core::engine::KeepPolicy;
+use crabbox_core::plan::{plan_run, RunOptions};
+use crabbox_core::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{GlobalArgs, RunArgs};
@@ -16,41 +15,8 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
         extra.push(flag("sync.allowLarge", "--force-sync-large", true));
     }
     let cfg = context::load_config(g, extra)?;
-    let provider = context::provider(&cfg, g)?;
+    let engine = context::engine(&cfg, g)?;
     let reporter = TermReporter::new(false);
-
-    // The archive's file list is settled before any box exists, so a tree that cannot be
-    // synced costs nothing remote.
-    let sync = if a.no_sync {
-        None
-    } else {
-        let root = cfg.repo_root.clone();
-        let opts = cfg.core.sync.options();
-        let manifest = tokio::task::spawn_blocking(move || SyncManifest::build(&root, &opts))
-            .await
-            .map_err(|e| Error::Sync(format!("building the sync manifest: {e}")))??;
-        for w in &manifest.warnings {
-            eprintln!("crabbox: warning: {w}");
-        }
-        Some(SyncSource {
-            root: cfg.repo_root.clone(),
-            manifest,
-            delete: cfg.core.sync.delete,
-        })
-    };
-
-    if a.full_resync {
-        if let Some(id) = &a.id {
-            // Forgetting what was synced makes the next sync send everything.
-            if let Some(claim) = context::claim_store()?.resolve(provider.name(), id)? {
-                let state_dir = crabbox_core::paths::state_dir()?;
-                SyncState::remove(&SyncState::path_for(&state_dir, &claim.lease_id));
-            }
-        }
-    }
-
-    let cancel = CancellationToken::new();
-    watch_signals(cancel.clone());
     let keep = if a.keep {
         KeepPolicy::Always
     } else if a.keep_on_failure {
@@ -58,22 +24,26 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
     } else {
         KeepPolicy::Never
     };
-    let env = cfg.core.env.pick(&std::env::vars().collect());
-    let req = RunRequest {
+    let opts = RunOptions {
         id: a.id,
-        command: RemoteCommand::new(a.command, a.shell),
-        sync,
+        command: a.command,
+        shell: a.shell,
+        no_sync: a.no_sync,
+        full_resync: a.full_resync,
         keep,
-        env,
-        ttl: cfg.core.ttl,
         slug: a.slug,
-        repo_root: Some(cfg.repo_root.clone()),
-        cancel,
+        allow_env: Vec::new(),
     };
-    let outcome = provider.run(&req, &mut StdioSink, &reporter).await?;
+    let cancel = CancellationToken::new();
+    let plan = plan_run(&cfg, &std::env::vars().collect(), opts, cancel.clone()).await?;
+    for w in &plan.warnings {
+        eprintln!("crabbox: warning: {w}");
+    }
+    watch_signals(cancel);
+    let outcome = engine.run(&plan.request, &mut StdioSink, &reporter).await?;
     if a.timing_json {
         let line = serde_json::json!({
-            "provider": provider.name(),
+            "provider": outcome.provider,
             "leaseId": outcome.lease_id,
             "slug": outcome.slug,
             "exitCode": outcome.exit_code,
@@ -83,7 +53,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
             "syncMs": outcome.timing.sync_ms,
             "commandMs": outcome.timing.command_ms,
             "releaseMs": outcome.timing.release_ms,
-            "totalMs": outcome.timing.acquire_ms + outcome.timing.sync_ms + outcome.timing.command_ms + outcome.timing.release_ms,
+            "totalMs": outcome.timing.total_ms(),
             "sync": outcome.sync,
         });
         eprintln!("{line}");
@@ -91,7 +61,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
     Ok(outcome.exit_code)
 }
 
-/// First Ctrl-C / SIGTERM: cancel the run (the provider stops the remote command and cleans
+/// First Ctrl-C / SIGTERM: cancel the run (the engine stops the remote command and cleans
 /// up). Second: exit at once.
 fn watch_signals(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};

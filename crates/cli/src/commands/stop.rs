@@ -1,6 +1,6 @@
 //! `crabbox stop`: release a box, then drop its claim.
 
-use crabbox_core::provider::StopRequest;
+use crabbox_core::engine::StopRequest;
 use crabbox_core::Result;
 
 use crate::cli::{GlobalArgs, StopArgs};
@@ -9,8 +9,8 @@ use crate::context;
 pub async fn run(g: &GlobalArgs, a: StopArgs) -> Result<i32> {
     let id = a.target.or(a.id).expect("clap requires one");
     let cfg = context::load_config(g, vec![])?;
-    let provider = context::provider(&cfg, g)?;
-    let out = provider
+    let engine = context::engine(&cfg, g)?;
+    let out = engine
         .stop(&StopRequest {
             id,
             reclaim: a.reclaim,

@@ -1,6 +1,6 @@
 //! `crabbox warmup`: lease a box to reuse.
 
-use crabbox_core::provider::WarmupRequest;
+use crabbox_core::engine::WarmupRequest;
 use crabbox_core::Result;
 
 use crate::cli::{GlobalArgs, WarmupArgs};
@@ -8,9 +8,9 @@ use crate::context::{self, TermReporter};
 
 pub async fn run(g: &GlobalArgs, a: WarmupArgs) -> Result<i32> {
     let cfg = context::load_config(g, vec![])?;
-    let provider = context::provider(&cfg, g)?;
+    let engine = context::engine(&cfg, g)?;
     let reporter = TermReporter::new(false);
-    let b = provider
+    let b = engine
         .warmup(
             &WarmupRequest {
                 slug: a.slug,

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use crabbox_core::claims::ClaimStore;
 use crabbox_core::config::{LoadOptions, LoadedConfig};
-use crabbox_core::provider::Reporter;
+use crabbox_core::engine::Engine;
+use crabbox_core::events::Reporter;
 use crabbox_provider_e2b::{E2bProvider, RetryPolicy};
 use e2b_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use serde_json::Value;
@@ -63,7 +64,7 @@ impl World {
         api_url: &str,
         sandbox_url: &str,
         extra: &[(&str, &str)],
-    ) -> crabbox_core::Result<E2bProvider> {
+    ) -> crabbox_core::Result<Engine> {
         let mut env: Vec<(&str, &str)> = vec![
             ("CRABBOX_E2B_API_KEY", KEY),
             ("CRABBOX_E2B_API_URL", api_url),
@@ -74,22 +75,19 @@ impl World {
             env.push((k, v));
         }
         let cfg = self.config(&env)?;
-        Ok(
-            E2bProvider::from_config(&cfg, self.claims(), self.state_dir())?.with_retry_policy(
-                RetryPolicy {
-                    max_attempts: 3,
-                    base_delay: Duration::from_millis(20),
-                    max_delay: Duration::from_secs(2),
-                },
-            ),
-        )
+        let provider = E2bProvider::from_config(&cfg)?.with_retry_policy(RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_secs(2),
+        });
+        Ok(Engine::new(Box::new(provider), self.claims(), self.state_dir()).configured(&cfg))
     }
 
     pub fn provider(
         &self,
         emu: &EmulatorHandle,
         extra: &[(&str, &str)],
-    ) -> crabbox_core::Result<E2bProvider> {
+    ) -> crabbox_core::Result<Engine> {
         self.provider_at(&emu.api_url(), &emu.sandbox_url(), extra)
     }
 }
@@ -149,17 +147,25 @@ pub async fn raw_exists(emu: &EmulatorHandle, id: &str) -> bool {
 #[derive(Default)]
 pub struct Recorder {
     pub lines: Mutex<Vec<String>>,
+    pub hints: Mutex<Vec<crabbox_core::hint::Hint>>,
 }
 
 impl Reporter for Recorder {
     fn status(&self, message: &str) {
         self.lines.lock().unwrap().push(message.to_string());
     }
+    fn hint(&self, hint: &crabbox_core::hint::Hint) {
+        self.hints.lock().unwrap().push(hint.clone());
+    }
 }
 
 impl Recorder {
     pub fn text(&self) -> String {
         self.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn hints(&self) -> Vec<crabbox_core::hint::Hint> {
+        self.hints.lock().unwrap().clone()
     }
 }
 

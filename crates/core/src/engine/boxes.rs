@@ -1,0 +1,225 @@
+//! `warmup`, `status`, `stop` and `list`: leases and their boxes outside a run.
+
+use std::time::Instant;
+
+use super::leases::LeaseSpec;
+use super::{Engine, WAIT_POLL};
+use crate::claims::Claim;
+use crate::engine::{BoxStatus, StatusRequest, StopOutcome, StopRequest, WarmupRequest};
+use crate::error::{Error, Result};
+use crate::events::Reporter;
+use crate::hint::Hint;
+use crate::lease;
+use crate::provider::{BoxRef, RemoteBox};
+
+impl Engine {
+    /// Makes a box to reuse, records its claim, and returns it.
+    pub async fn warmup(&self, req: &WarmupRequest, reporter: &dyn Reporter) -> Result<BoxStatus> {
+        self.provider.preflight()?;
+        let spec = LeaseSpec {
+            slug: req.slug.as_deref(),
+            ttl: self.provider.ttl(req.ttl),
+            keep: true,
+            repo_root: req.repo_root.as_deref(),
+        };
+        let (claim, target, _session) = self.create_lease(&spec, None, reporter).await?;
+        let remote = self.provider.inspect(&target).await.ok().flatten();
+        Ok(self.box_status(Some(&claim), &target, remote.as_ref(), true))
+    }
+
+    /// The box `req.id` names (or the one lease this machine holds), optionally waiting
+    /// until it is ready.
+    pub async fn status(&self, req: &StatusRequest) -> Result<BoxStatus> {
+        let id = match &req.id {
+            Some(id) => id.clone(),
+            None => self.only_lease()?,
+        };
+        let located = self.locate(&id).await?;
+        let (claim, target, mut found) = (located.claim, located.target, located.remote);
+        let deadline = req.wait.map(|w| Instant::now() + w);
+        loop {
+            let remote = match found.take() {
+                Some(r) => r,
+                None => self
+                    .provider
+                    .inspect(&target)
+                    .await?
+                    .ok_or_else(|| self.gone(&target, claim.is_some()))?,
+            };
+            let ready = self.provider.ready(&remote).await;
+            let Some(deadline) = deadline else {
+                return Ok(self.box_status(claim.as_ref(), &target, Some(&remote), ready));
+            };
+            if ready {
+                return Ok(self.box_status(claim.as_ref(), &target, Some(&remote), ready));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::WaitTimeout(format!(
+                    "{} box {} (lease {}) was not ready within {}s (state {})",
+                    self.name(),
+                    target.remote_id,
+                    if target.claimed {
+                        target.lease_id.as_str()
+                    } else {
+                        "unclaimed"
+                    },
+                    req.wait.unwrap_or_default().as_secs(),
+                    remote.state
+                )));
+            }
+            tokio::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
+    }
+
+    /// Releases a lease's box, then drops its claim (only once the box is gone). With
+    /// `reclaim`, also a crabbox box no claim of this machine names.
+    pub async fn stop(&self, req: &StopRequest) -> Result<StopOutcome> {
+        if let Some(claim) = self.resolve_claim(&req.id)? {
+            if claim.remote_id.is_empty() {
+                // Creation broke between reserving the lease and recording the box: what the
+                // service made for it carries its lease tag.
+                let deleted = self
+                    .provider
+                    .delete_lease_boxes(&claim.lease_id, false)
+                    .await?;
+                self.forget(&claim.lease_id)?;
+                return Ok(StopOutcome {
+                    lease_id: claim.lease_id,
+                    slug: claim.slug,
+                    already_gone: deleted.is_empty(),
+                });
+            }
+            let target = self.claimed_target(&claim)?;
+            let existed = self.provider.delete(&target).await.map_err(|e| {
+                if matches!(e.root(), Error::NotOurs(_)) {
+                    e.with_hint(Hint::StaleClaim {
+                        path: self.claims.dir().join(format!("{}.json", claim.lease_id)),
+                    })
+                } else {
+                    e
+                }
+            })?;
+            self.forget(&claim.lease_id)?;
+            return Ok(StopOutcome {
+                lease_id: claim.lease_id,
+                slug: claim.slug,
+                already_gone: !existed,
+            });
+        }
+        if !req.reclaim {
+            return Err(Error::NotFound(format!(
+                "no {} lease {:?} on this machine ({}); if its box still exists and the claim \
+                 was lost, it can be reclaimed",
+                self.name(),
+                req.id,
+                self.provider.endpoint()
+            ))
+            .with_hint(Hint::Reclaim {
+                provider: self.name().to_string(),
+                id: req.id.clone(),
+            }));
+        }
+        let remote = self
+            .provider
+            .find_unclaimed(&req.id, true)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no crabbox box {:?} on {} to reclaim",
+                    req.id,
+                    self.provider.endpoint()
+                ))
+            })?;
+        let target = self.unclaimed_target(&remote);
+        let existed = self.provider.delete(&target).await?;
+        if lease::is_lease_id(&target.lease_id) {
+            crate::sync::SyncState::remove(&self.state_path(&target.lease_id));
+        }
+        Ok(StopOutcome {
+            lease_id: target.lease_id,
+            slug: target.slug,
+            already_gone: !existed,
+        })
+    }
+
+    /// Every box of this provider, with the claims of this machine: a box no claim names is
+    /// shown unclaimed; a claim whose box is gone is shown `gone`.
+    pub async fn list(&self) -> Result<Vec<BoxStatus>> {
+        let remote = self.provider.list().await?;
+        let claims = self.my_claims()?;
+        let mut out: Vec<BoxStatus> = remote
+            .iter()
+            .map(|b| {
+                let claim = claims.iter().find(|c| c.remote_id == b.remote_id);
+                let target = match claim {
+                    Some(c) => BoxRef {
+                        lease_id: c.lease_id.clone(),
+                        slug: c.slug.clone(),
+                        remote_id: c.remote_id.clone(),
+                        claimed: true,
+                        verified: false,
+                    },
+                    None => self.unclaimed_target(b),
+                };
+                self.box_status(claim, &target, Some(b), b.running)
+            })
+            .collect();
+        for c in &claims {
+            if !remote.iter().any(|b| b.remote_id == c.remote_id) {
+                let target = BoxRef {
+                    lease_id: c.lease_id.clone(),
+                    slug: c.slug.clone(),
+                    remote_id: c.remote_id.clone(),
+                    claimed: true,
+                    verified: false,
+                };
+                out.push(self.box_status(Some(c), &target, None, false));
+            }
+        }
+        out.sort_by(|a, b| a.lease_id.cmp(&b.lease_id));
+        Ok(out)
+    }
+
+    /// The error for a box that is gone, with the lease to stop when a claim names it.
+    fn gone(&self, target: &BoxRef, claimed: bool) -> Error {
+        let e = Error::NotFound(format!(
+            "{} box {} of lease {} ({}) is gone (expired or deleted)",
+            self.name(),
+            target.remote_id,
+            target.lease_id,
+            target.slug
+        ));
+        if claimed {
+            e.with_hint(self.stop_hint(&target.lease_id))
+        } else {
+            e
+        }
+    }
+
+    fn box_status(
+        &self,
+        claim: Option<&Claim>,
+        target: &BoxRef,
+        remote: Option<&RemoteBox>,
+        ready: bool,
+    ) -> BoxStatus {
+        BoxStatus {
+            lease_id: target.lease_id.clone(),
+            slug: target.slug.clone(),
+            provider: self.name().to_string(),
+            remote_id: target.remote_id.clone(),
+            state: remote.map_or_else(|| "gone".to_string(), |r| r.state.clone()),
+            ready,
+            workdir: claim
+                .map(|c| c.workdir.clone())
+                .or_else(|| remote.and_then(|r| r.workdir.clone()))
+                .unwrap_or_default(),
+            created_at: remote
+                .and_then(|r| r.created_at.clone())
+                .or_else(|| claim.map(|c| c.claimed_at.clone())),
+            expires_at: remote.and_then(|r| r.expires_at.clone()),
+            claimed: claim.is_some(),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! What front ends ask of the engine and what they get back: plain, serialisable data.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::RemoteCommand;
+use crate::sync::SyncManifest;
+
+/// When to keep a box that `run` created for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeepPolicy {
+    /// Release the box when the run ends, whatever happened (the default).
+    #[default]
+    Never,
+    /// Keep it (`--keep`).
+    Always,
+    /// Keep it only if the command failed or the run broke (`--keep-on-failure`).
+    OnFailure,
+}
+
+impl KeepPolicy {
+    pub fn keeps(self, success: bool) -> bool {
+        match self {
+            KeepPolicy::Never => false,
+            KeepPolicy::Always => true,
+            KeepPolicy::OnFailure => !success,
+        }
+    }
+}
+
+/// The local tree to put on the box: the repository root and the files chosen from it.
+#[derive(Debug, Clone)]
+pub struct SyncSource {
+    pub root: PathBuf,
+    pub manifest: SyncManifest,
+    /// `sync.delete`: remove from the box the files crabbox synced before that are gone
+    /// locally. Files crabbox never synced are left alone either way.
+    pub delete: bool,
+}
+
+/// Lease a box to reuse later.
+#[derive(Debug, Clone)]
+pub struct WarmupRequest {
+    /// A slug the user asked for (`--slug`); otherwise one is derived from the lease id.
+    pub slug: Option<String>,
+    pub ttl: Duration,
+    /// Repository the lease is for (recorded in the claim and the box's tags).
+    pub repo_root: Option<PathBuf>,
+}
+
+/// Run one command, on a new box or on the warm box named by `id`.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// `--id`: lease id, slug, or a provider-specific id. `None` creates a fresh box.
+    pub id: Option<String>,
+    pub command: RemoteCommand,
+    /// `None` with `--no-sync`.
+    pub sync: Option<SyncSource>,
+    /// `--full-resync`: send the whole tree, whatever the box is thought to hold.
+    pub full_resync: bool,
+    pub keep: KeepPolicy,
+    /// Allow-listed environment to give the command (never put on its command line).
+    pub env: BTreeMap<String, String>,
+    pub ttl: Duration,
+    pub slug: Option<String>,
+    pub repo_root: Option<PathBuf>,
+    /// Fired on Ctrl-C / SIGTERM: the engine stops the remote command, cleans up, and
+    /// returns `Error::Interrupted`.
+    pub cancel: CancellationToken,
+}
+
+/// How a run went.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunOutcome {
+    pub provider: String,
+    pub lease_id: String,
+    pub slug: String,
+    /// The remote command's exit code.
+    pub exit_code: i32,
+    /// The box is still there after the run (warm box, `--keep`, kept on failure, or a
+    /// release that failed).
+    pub kept: bool,
+    /// The box was created by this run (not a `--id` reuse).
+    pub created: bool,
+    pub timing: Timing,
+    /// What sync did.
+    pub sync: Option<SyncReport>,
+}
+
+/// Wall-clock phases of a run, for `--timing-json`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timing {
+    pub acquire_ms: u64,
+    pub sync_ms: u64,
+    pub command_ms: u64,
+    pub release_ms: u64,
+}
+
+impl Timing {
+    pub fn total_ms(&self) -> u64 {
+        self.acquire_ms + self.sync_ms + self.command_ms + self.release_ms
+    }
+}
+
+/// What a sync sent.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncReport {
+    /// Files in the manifest.
+    pub files: u64,
+    /// Bytes of the whole tree.
+    pub bytes: u64,
+    /// Files sent this time (a warm sync only sends what changed).
+    pub sent_files: u64,
+    pub deleted_files: u64,
+}
+
+/// A box as `status` and `list` show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BoxStatus {
+    pub lease_id: String,
+    pub slug: String,
+    pub provider: String,
+    /// Provider-specific id (the sandbox id for E2B, the directory for local).
+    pub remote_id: String,
+    /// `running`, `paused`, `ready`, `gone`...
+    pub state: String,
+    pub ready: bool,
+    pub workdir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// A claim for it exists on this machine.
+    pub claimed: bool,
+}
+
+/// `status` options.
+#[derive(Debug, Clone)]
+pub struct StatusRequest {
+    /// `None`: the one lease this machine holds for the provider.
+    pub id: Option<String>,
+    /// `--wait`: poll until ready, failing with `Error::WaitTimeout` after this long.
+    pub wait: Option<Duration>,
+}
+
+/// `stop` options.
+#[derive(Debug, Clone)]
+pub struct StopRequest {
+    pub id: String,
+    /// `--reclaim`: release a box whose claim was lost or belongs to another checkout, as long
+    /// as the provider can prove it is a crabbox box.
+    pub reclaim: bool,
+}
+
+/// What `stop` did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StopOutcome {
+    pub lease_id: String,
+    pub slug: String,
+    /// The box was already gone; only the claim was dropped.
+    pub already_gone: bool,
+}

@@ -1,0 +1,223 @@
+//! `run`: acquire a box, sync, run the command, release by keep policy.
+
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::exec::Ran;
+use super::leases::LeaseSpec;
+use super::{ms, Engine, CANCEL_BUDGET};
+use crate::claims::Claim;
+use crate::engine::{KeepPolicy, RunOutcome, RunRequest, Timing};
+use crate::error::{Error, Result};
+use crate::events::{OutputSink, Reporter};
+use crate::hint::Hint;
+use crate::provider::{BoxRef, BoxSession};
+
+/// The box one run works on.
+pub(super) struct Acquired {
+    pub target: BoxRef,
+    pub claim: Option<Claim>,
+    /// Made by this run (so this run releases it).
+    pub created: bool,
+    pub workdir: String,
+    pub session: Box<dyn BoxSession>,
+}
+
+impl Engine {
+    /// Syncs the tree (unless `req.sync` is `None`), runs the command streaming its output
+    /// into `out`, and releases the box per `req.keep` when this run created it. The remote
+    /// exit code is in the outcome; transport failures are errors. On `req.cancel` the
+    /// command's whole process tree is stopped and a box this run made is released before
+    /// `Error::Interrupted` comes back.
+    pub async fn run(
+        &self,
+        req: &RunRequest,
+        out: &mut dyn OutputSink,
+        reporter: &dyn Reporter,
+    ) -> Result<RunOutcome> {
+        self.provider.preflight()?;
+        let mut timing = Timing::default();
+
+        let t = Instant::now();
+        let mut acquired = self.acquire(req, reporter).await?;
+        timing.acquire_ms = ms(t.elapsed());
+
+        let t = Instant::now();
+        // The sync watches the token itself, so that an interrupted sync still removes its
+        // files from the box before it returns.
+        let synced = if req.cancel.is_cancelled() {
+            Err(Error::Interrupted)
+        } else {
+            self.sync_phase(&mut acquired, req, reporter).await
+        };
+        timing.sync_ms = ms(t.elapsed());
+        let sync = match synced {
+            Ok(report) => report,
+            Err(e) => {
+                let _ = tokio::time::timeout(
+                    CANCEL_BUDGET / 2,
+                    self.release(&acquired, false, req, reporter),
+                )
+                .await;
+                return Err(e);
+            }
+        };
+
+        let t = Instant::now();
+        let ran = self.exec_phase(&acquired, req, out).await;
+        timing.command_ms = ms(t.elapsed());
+
+        let t = Instant::now();
+        let result = match ran {
+            Ok(Ran::Exited(code)) => {
+                let kept = self.release(&acquired, code == 0, req, reporter).await;
+                Ok((code, kept))
+            }
+            Ok(Ran::Interrupted) => {
+                let _ = tokio::time::timeout(
+                    CANCEL_BUDGET / 2,
+                    self.release(&acquired, false, req, reporter),
+                )
+                .await;
+                Err(Error::Interrupted)
+            }
+            Err(e) => {
+                self.release(&acquired, false, req, reporter).await;
+                Err(e)
+            }
+        };
+        timing.release_ms = ms(t.elapsed());
+        let (exit_code, kept) = result?;
+        Ok(RunOutcome {
+            provider: self.name().to_string(),
+            lease_id: acquired.target.lease_id.clone(),
+            slug: acquired.target.slug.clone(),
+            exit_code,
+            kept,
+            created: acquired.created,
+            timing,
+            sync,
+        })
+    }
+
+    /// The box for `req`: a new one, or the warm one `req.id` names (lifetime refreshed).
+    async fn acquire(&self, req: &RunRequest, reporter: &dyn Reporter) -> Result<Acquired> {
+        let ttl = self.provider.ttl(req.ttl);
+        let Some(id) = req.id.as_deref() else {
+            let spec = LeaseSpec {
+                slug: req.slug.as_deref(),
+                ttl,
+                keep: req.keep == KeepPolicy::Always,
+                repo_root: req.repo_root.as_deref(),
+            };
+            let (claim, target, session) = self
+                .create_lease(&spec, Some(&req.cancel), reporter)
+                .await?;
+            return Ok(Acquired {
+                target,
+                workdir: claim.workdir.clone(),
+                claim: Some(claim),
+                created: true,
+                session,
+            });
+        };
+        // Nothing is made here, so a cancel has nothing to undo.
+        let located = cancellable(&req.cancel, self.locate(id)).await?;
+        let (claim, target) = (located.claim, located.target);
+        let session = cancellable(&req.cancel, self.provider.open(&target, ttl))
+            .await
+            .map_err(|e| match (&e, &claim) {
+                (Error::NotFound(_), Some(_)) => e.with_hint(self.stop_hint(&target.lease_id)),
+                _ => e,
+            })?;
+        reporter.status(&format!(
+            "reusing {} box {} (lease {}, {})",
+            self.name(),
+            target.remote_id,
+            target.lease_id,
+            target.slug
+        ));
+        Ok(Acquired {
+            workdir: self.provider.workdir(&target.lease_id)?,
+            target,
+            claim,
+            created: false,
+            session,
+        })
+    }
+
+    /// Releases a box this run created unless the keep policy says otherwise. Returns
+    /// whether the box is still there. A release that fails is reported with the lease to
+    /// stop, never silently.
+    async fn release(
+        &self,
+        acquired: &Acquired,
+        success: bool,
+        req: &RunRequest,
+        reporter: &dyn Reporter,
+    ) -> bool {
+        let target = &acquired.target;
+        if !acquired.created {
+            return true;
+        }
+        if req.keep.keeps(success) {
+            if let Some(claim) = &acquired.claim {
+                if !claim.keep {
+                    let mut kept = claim.clone();
+                    kept.keep = true;
+                    let _ = self.claims.write(&kept);
+                }
+            }
+            if !success && req.keep == KeepPolicy::OnFailure {
+                reporter.status(&format!(
+                    "kept {} box {} (lease {}, {}) after the failure",
+                    self.name(),
+                    target.remote_id,
+                    target.lease_id,
+                    target.slug
+                ));
+                reporter.hint(&Hint::Rerun {
+                    provider: self.name().to_string(),
+                    lease_id: target.lease_id.clone(),
+                    command: req.command.clone(),
+                });
+                reporter.hint(&self.stop_hint(&target.lease_id));
+            }
+            return true;
+        }
+        match self.provider.delete(target).await {
+            Ok(_) => {
+                if let Err(e) = self.forget(&target.lease_id) {
+                    reporter.status(&format!(
+                        "box {} deleted, but its claim could not be removed: {e}",
+                        target.remote_id
+                    ));
+                }
+                false
+            }
+            Err(e) => {
+                reporter.status(&format!(
+                    "could not delete {} box {} (lease {}): {e}",
+                    self.name(),
+                    target.remote_id,
+                    target.lease_id
+                ));
+                reporter.hint(&self.stop_hint(&target.lease_id));
+                true
+            }
+        }
+    }
+}
+
+/// `fut`, or `Interrupted` as soon as `cancel` fires (`fut` is dropped).
+pub(super) async fn cancellable<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Error::Interrupted),
+        r = fut => r,
+    }
+}

@@ -1,0 +1,95 @@
+//! Turning what a front end was asked into the engine's request: the sync manifest (built
+//! before any box exists, so a tree that cannot be synced costs nothing remote), the
+//! environment the command gets, and the keep policy.
+
+use std::collections::BTreeMap;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::command::RemoteCommand;
+use crate::config::LoadedConfig;
+use crate::engine::{KeepPolicy, RunRequest, SyncSource};
+use crate::error::{Error, Result};
+use crate::sync::SyncManifest;
+
+/// A run as a front end describes it.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Reuse this lease (id, slug or provider id); `None` makes a fresh box.
+    pub id: Option<String>,
+    pub command: Vec<String>,
+    /// The words are shell source (`--shell`).
+    pub shell: bool,
+    pub no_sync: bool,
+    pub full_resync: bool,
+    pub keep: KeepPolicy,
+    pub slug: Option<String>,
+    /// Extra variables to forward, named by the user (`--allow-env`).
+    pub allow_env: Vec<String>,
+}
+
+/// The engine's request, and what the user should hear before it runs.
+#[derive(Debug)]
+pub struct RunPlan {
+    pub request: RunRequest,
+    /// Manifest warnings and variables refused to the box (by name only).
+    pub warnings: Vec<String>,
+}
+
+/// Builds the run request for `opts` under `cfg`, with `caller_env` as the caller's
+/// environment and `cancel` as the run's cancel token.
+pub async fn plan_run(
+    cfg: &LoadedConfig,
+    caller_env: &BTreeMap<String, String>,
+    opts: RunOptions,
+    cancel: CancellationToken,
+) -> Result<RunPlan> {
+    let mut warnings = Vec::new();
+    let sync = if opts.no_sync {
+        None
+    } else {
+        let root = cfg.repo_root.clone();
+        let sync_opts = cfg.core.sync.options();
+        let manifest = tokio::task::spawn_blocking(move || SyncManifest::build(&root, &sync_opts))
+            .await
+            .map_err(|e| Error::Sync(format!("building the sync manifest: {e}")))??;
+        warnings.extend(manifest.warnings.iter().cloned());
+        Some(SyncSource {
+            root: cfg.repo_root.clone(),
+            manifest,
+            delete: cfg.core.sync.delete,
+        })
+    };
+    let env = forwarded(cfg, caller_env, &opts.allow_env, &mut warnings);
+    Ok(RunPlan {
+        request: RunRequest {
+            id: opts.id,
+            command: RemoteCommand::new(opts.command, opts.shell),
+            sync,
+            full_resync: opts.full_resync,
+            keep: opts.keep,
+            env,
+            ttl: cfg.core.ttl,
+            slug: opts.slug,
+            repo_root: Some(cfg.repo_root.clone()),
+            cancel,
+        },
+        warnings,
+    })
+}
+
+fn forwarded(
+    cfg: &LoadedConfig,
+    caller_env: &BTreeMap<String, String>,
+    extra: &[String],
+    warnings: &mut Vec<String>,
+) -> BTreeMap<String, String> {
+    let _ = warnings;
+    cfg.core
+        .env
+        .allow
+        .iter()
+        .chain(extra)
+        .filter_map(|k| caller_env.get(k).map(|v| (k.clone(), v.clone())))
+        .collect()
+}

@@ -1,0 +1,65 @@
+//! The provider registry: a provider's name to how it is built. Core names no provider; the
+//! front end's crate registers each one (one line per provider).
+
+use crate::config::LoadedConfig;
+use crate::error::{Error, Result};
+use crate::provider::{Provider, ProviderContext};
+
+/// How to build one provider.
+#[derive(Clone, Copy)]
+pub struct ProviderEntry {
+    /// `local`, `e2b`: the value of the `provider` setting that selects it.
+    pub name: &'static str,
+    /// Builds it from the loaded configuration (its own section, `cfg.section(name)`).
+    pub build: fn(&LoadedConfig, &ProviderContext) -> Result<Box<dyn Provider>>,
+}
+
+impl std::fmt::Debug for ProviderEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderEntry")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// The providers a front end offers.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    entries: Vec<ProviderEntry>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a provider; a later entry of the same name replaces an earlier one.
+    pub fn with(mut self, entry: ProviderEntry) -> Self {
+        self.entries.retain(|e| e.name != entry.name);
+        self.entries.push(entry);
+        self
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|e| e.name).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ProviderEntry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    /// Builds the provider the `provider` setting names.
+    pub fn build(&self, cfg: &LoadedConfig, ctx: &ProviderContext) -> Result<Box<dyn Provider>> {
+        let name = cfg.core.provider.as_str();
+        let entry = self.get(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "unknown provider {name:?} (from {}); use one of: {}",
+                cfg.origin("provider")
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "the defaults".into()),
+                self.names().join(", ")
+            ))
+        })?;
+        (entry.build)(cfg, ctx)
+    }
+}
