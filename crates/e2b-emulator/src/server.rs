@@ -6,6 +6,7 @@ use crate::sandbox::Registry;
 use crate::{control, envd};
 use axum::extract::Request;
 use axum::Router;
+use crabbox_e2b_wire::headers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ pub fn app(state: AppState) -> Router {
     let envd = envd::router(state.clone());
     let control = control::router(state);
     Router::new().fallback_service(tower::service_fn(move |request: Request| {
-        let is_envd = request.headers().contains_key(envd::SANDBOX_ID_HEADER)
+        let is_envd = request.headers().contains_key(headers::SANDBOX_ID)
             || envd::is_envd_path(request.uri().path());
         let router = if is_envd {
             envd.clone()

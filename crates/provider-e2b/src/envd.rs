@@ -6,14 +6,13 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::envelope::{self, EnvelopeDecoder};
 use crabbox_e2b_wire::process::{
     ProcessEvent, ProcessSelector, SendSignalRequest, Signal, StartRequest, StartResponse,
 };
-use crabbox_e2b_wire::{filesystem, Code, ConnectError};
+use crabbox_e2b_wire::{connect, filesystem, headers, Code, ConnectError};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -90,19 +89,24 @@ impl Envd {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .header("E2b-Sandbox-Id", &self.sandbox_id)
-            .header("E2b-Sandbox-Port", ENVD_PORT.to_string());
+            .header(headers::SANDBOX_ID, &self.sandbox_id)
+            .header(headers::SANDBOX_PORT, ENVD_PORT.to_string());
         if let Some(token) = &self.token {
-            req = req.header("X-Access-Token", token.expose());
+            req = req.header(headers::ACCESS_TOKEN, token.expose());
         }
         req
     }
 
     fn rpc(&self, service: &str, method: &str) -> RequestBuilder {
-        let user = base64::engine::general_purpose::STANDARD.encode(format!("{}:", self.user));
         self.request(Method::POST, &format!("/{service}/{method}"))
-            .header("Connect-Protocol-Version", "1")
-            .header(reqwest::header::AUTHORIZATION, format!("Basic {user}"))
+            .header(
+                headers::CONNECT_PROTOCOL_VERSION,
+                headers::CONNECT_PROTOCOL_VERSION_1,
+            )
+            .header(
+                reqwest::header::AUTHORIZATION,
+                headers::encode_user(&self.user),
+            )
     }
 
     fn scrub(&self, text: &str) -> String {
@@ -181,7 +185,7 @@ impl Envd {
     ) -> std::result::Result<Resp, RpcFailure> {
         let resp = self
             .rpc(service, method)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, connect::UNARY_CONTENT_TYPE)
             .json(req)
             .timeout(UNARY_TIMEOUT)
             .send()
@@ -269,8 +273,8 @@ impl Envd {
             .map_err(|e| Error::Transport(format!("encoding process start request: {e}")))?;
         let resp = self
             .rpc(crabbox_e2b_wire::process::SERVICE, "Start")
-            .header(reqwest::header::CONTENT_TYPE, "application/connect+json")
-            .header("Keepalive-Ping-Interval", "50")
+            .header(reqwest::header::CONTENT_TYPE, connect::STREAM_CONTENT_TYPE)
+            .header(headers::KEEPALIVE_PING_INTERVAL, "50")
             .body(body)
             .send()
             .await

@@ -13,6 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use crabbox_e2b_wire::connect::{STREAM_CONTENT_TYPE, UNARY_CONTENT_TYPE};
 use crabbox_e2b_wire::envelope::{self, EnvelopeDecoder};
 use crabbox_e2b_wire::filesystem::{
     EntryInfo, EntryResponse, FileType, ListDirRequest, ListDirResponse, MoveRequest, PathRequest,
@@ -23,16 +24,13 @@ use crabbox_e2b_wire::process::{
     ProcessSelector, SendInputRequest, SendSignalRequest, Signal, StartEvent, StartRequest,
     StartResponse, UpdateRequest,
 };
-use crabbox_e2b_wire::{Code, ConnectError};
+use crabbox_e2b_wire::{headers, Code, ConnectError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-const STREAM_CONTENT_TYPE: &str = "application/connect+json";
-const UNARY_CONTENT_TYPE: &str = "application/json";
 
 fn unary_ok<T: Serialize>(message: &T) -> Response {
     match serde_json::to_vec(message) {
@@ -183,7 +181,7 @@ fn event_stream(
 
 fn keepalive_interval(state: &AppState, headers: &HeaderMap) -> Duration {
     let requested = headers
-        .get("keepalive-ping-interval")
+        .get(headers::KEEPALIVE_PING_INTERVAL)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&secs| secs > 0)
@@ -194,7 +192,7 @@ fn keepalive_interval(state: &AppState, headers: &HeaderMap) -> Duration {
 
 fn connect_timeout(headers: &HeaderMap) -> Option<Duration> {
     headers
-        .get("connect-timeout-ms")
+        .get(headers::CONNECT_TIMEOUT_MS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&ms| ms > 0)
