@@ -11,6 +11,8 @@
 //! - [`connect`]: Connect error codes, their HTTP statuses, and the content types.
 //! - [`headers`]: the header names both planes use, and envd's `Authorization: Basic`
 //!   user selection ([`headers::encode_user`] / [`headers::decode_user`]).
+//! - [`process::SIGNALS`]: the one signal table (number, Go's name as envd reports it,
+//!   `process.Signal` value).
 //!
 //! We hand-write this small JSON codec instead of depending on the `connectrpc`
 //! crate: the build has no protoc/buf code generation step, envd is only spoken to

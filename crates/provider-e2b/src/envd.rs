@@ -12,7 +12,7 @@ use crabbox_e2b_wire::envelope::{self, EnvelopeDecoder};
 use crabbox_e2b_wire::process::{
     ProcessEvent, ProcessSelector, SendSignalRequest, Signal, StartRequest, StartResponse,
 };
-use crabbox_e2b_wire::{connect, filesystem, headers, Code, ConnectError};
+use crabbox_e2b_wire::{connect, filesystem, headers, process, Code, ConnectError};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -436,7 +436,7 @@ pub fn exit_code_of(end: &crabbox_e2b_wire::process::EndEvent) -> i32 {
         return end.exit_code;
     }
     if let Some(code) = status
-        .strip_prefix("exit status ")
+        .strip_prefix(process::EXIT_STATUS_PREFIX)
         .and_then(|c| c.trim().parse::<i32>().ok())
     {
         return code;
@@ -444,32 +444,12 @@ pub fn exit_code_of(end: &crabbox_e2b_wire::process::EndEvent) -> i32 {
     if end.exit_code > 0 {
         return end.exit_code;
     }
-    let name = status.strip_prefix("signal: ").unwrap_or(status);
-    if let Some(n) = name
-        .strip_prefix("signal ")
-        .and_then(|n| n.trim().parse::<i32>().ok())
+    let name = status
+        .strip_prefix(process::SIGNAL_STATUS_PREFIX)
+        .unwrap_or(status);
+    let number = process::signal_number(name)
         .filter(|n| (1..=64).contains(n))
-    {
-        return 128 + n;
-    }
-    let number = match name {
-        "hangup" => 1,
-        "interrupt" => 2,
-        "quit" => 3,
-        "illegal instruction" => 4,
-        "trace/breakpoint trap" => 5,
-        "aborted" => 6,
-        "bus error" => 7,
-        "floating point exception" => 8,
-        "killed" => 9,
-        "user defined signal 1" => 10,
-        "segmentation fault" => 11,
-        "user defined signal 2" => 12,
-        "broken pipe" => 13,
-        "alarm clock" => 14,
-        "terminated" => 15,
-        _ => 9,
-    };
+        .unwrap_or(9);
     128 + number
 }
 

@@ -21,8 +21,8 @@ use crabbox_e2b_wire::filesystem::{
 };
 use crabbox_e2b_wire::process::{
     CloseStdinRequest, ConnectRequest, Empty, KeepAlive, ListResponse, ProcessEvent, ProcessInput,
-    ProcessSelector, SendInputRequest, SendSignalRequest, Signal, StartEvent, StartRequest,
-    StartResponse, UpdateRequest,
+    ProcessSelector, SendInputRequest, SendSignalRequest, StartEvent, StartRequest, StartResponse,
+    UpdateRequest,
 };
 use crabbox_e2b_wire::{headers, Code, ConnectError};
 use serde::de::DeserializeOwned;
@@ -347,15 +347,11 @@ async fn process_unary(
         "SendSignal" => {
             let request: SendSignalRequest = parse_unary(body)?;
             let handle = select_process(sandbox, request.process.as_ref())?;
-            let signal = match request.signal {
-                Signal::Sigkill => libc::SIGKILL,
-                Signal::Sigterm => libc::SIGTERM,
-                Signal::Unspecified => {
-                    return Err(ConnectError::new(
-                        Code::InvalidArgument,
-                        "a signal is required",
-                    ))
-                }
+            let Some(signal) = request.signal.posix_number() else {
+                return Err(ConnectError::new(
+                    Code::InvalidArgument,
+                    "a signal is required",
+                ));
             };
             handle.signal(signal);
             Ok(unary_ok(&Empty {}))
