@@ -1,7 +1,7 @@
 //! The control plane: E2B's REST API for sandboxes, behind `X-API-Key`.
 
 use crate::error::HttpError;
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};

@@ -22,6 +22,7 @@ pub mod process;
 pub mod sandbox;
 pub mod sandbox_fs;
 pub mod server;
+pub mod state;
 
 pub use config::EmulatorConfig;
 pub use server::{Emulator, EmulatorHandle};

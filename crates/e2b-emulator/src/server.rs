@@ -3,6 +3,7 @@
 use crate::config::EmulatorConfig;
 use crate::isolation::HostTools;
 use crate::sandbox::Registry;
+use crate::state::AppState;
 use crate::{control, envd};
 use axum::extract::Request;
 use axum::Router;
@@ -11,13 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
-
-/// Shared by every handler.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<EmulatorConfig>,
-    pub registry: Arc<Registry>,
-}
 
 /// Sends envd traffic (the `E2b-Sandbox-Id` header, or an envd-only path) to
 /// envd and everything else to the control plane, as E2B's proxy does.

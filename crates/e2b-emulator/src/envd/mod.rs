@@ -7,7 +7,7 @@ pub mod rpc;
 use crate::error::HttpError;
 use crate::isolation::{SandboxUser, USER};
 use crate::sandbox::Sandbox;
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};

@@ -8,7 +8,7 @@ use crate::isolation::SandboxUser;
 use crate::process::{self, OutputEvent, ProcessHandle, SpawnSpec};
 use crate::sandbox::Sandbox;
 use crate::sandbox_fs::{fs_error, Resolved};
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
