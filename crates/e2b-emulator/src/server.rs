@@ -37,7 +37,9 @@ impl Emulator {
     /// Checks the host, binds the address and serves until [`EmulatorHandle::shutdown`].
     pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
         config.validate()?;
-        let tools = HostTools::check().await?;
+        let tools = tokio::task::spawn_blocking(HostTools::check)
+            .await
+            .map_err(|e| anyhow::anyhow!("checking the host: {e}"))??;
         let (state_dir, temp_dir) = match &config.state_dir {
             Some(dir) => (dir.clone(), None),
             None => {
