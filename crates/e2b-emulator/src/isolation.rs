@@ -136,7 +136,10 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 
 impl HostTools {
     /// Locates the tools and proves the kernel lets bubblewrap make namespaces.
-    pub async fn check() -> Result<HostTools, IsolationError> {
+    ///
+    /// Blocks while a short bubblewrap probe runs; from async code, call it through
+    /// `tokio::task::spawn_blocking`.
+    pub fn check() -> Result<HostTools, IsolationError> {
         let bwrap = find_on_path("bwrap").ok_or(IsolationError::MissingTool {
             tool: "bwrap",
             package: "bubblewrap",
@@ -154,7 +157,7 @@ impl HostTools {
         if euid != 0 {
             return Err(IsolationError::NotRoot(euid));
         }
-        let probe = tokio::process::Command::new(&bwrap)
+        let probe = std::process::Command::new(&bwrap)
             .args([
                 "--unshare-pid",
                 "--unshare-uts",
@@ -171,7 +174,6 @@ impl HostTools {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
-            .await
             .map_err(|e| IsolationError::NamespacesRefused(format!("running bwrap: {e}")))?;
         if !probe.status.success() {
             let stderr = String::from_utf8_lossy(&probe.stderr).trim().to_string();

@@ -4,8 +4,12 @@
 //! ([`control`]), envd's HTTP file routes and Connect RPC services ([`envd`]),
 //! the sandboxes' lifecycle ([`sandbox`]), the Linux-namespace isolation that
 //! gives every sandbox a private `/home`, `/root` and `/tmp` ([`isolation`]), and
-//! the processes run inside ([`process`]). Wire shapes come from
-//! `crabbox-e2b-wire`; nothing here is shared with the crabbox client.
+//! the processes run inside ([`process`]). [`server`] builds the routers of
+//! [`control`] and [`envd`], which share only [`state::AppState`]. [`preflight()`]
+//! runs the host check of start-up on its own, and [`available_or_skip`] is the rule
+//! tests that start an emulator follow when it fails (skip, or panic under CI).
+//! Wire shapes, header names, the signal table and the `Authorization` user encoding
+//! come from `crabbox-e2b-wire`; nothing here is shared with the crabbox client.
 //!
 //! Requests carrying `E2b-Sandbox-Id` are envd requests routed to that sandbox,
 //! exactly as E2B's proxy does, so one address serves both planes and the
@@ -18,10 +22,13 @@ pub mod control;
 pub mod envd;
 pub mod error;
 pub mod isolation;
+pub mod preflight;
 pub mod process;
 pub mod sandbox;
 pub mod sandbox_fs;
 pub mod server;
+pub mod state;
 
 pub use config::EmulatorConfig;
+pub use preflight::{available_or_skip, preflight, REQUIRE_EMULATOR_ENV};
 pub use server::{Emulator, EmulatorHandle};

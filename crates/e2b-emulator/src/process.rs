@@ -10,7 +10,10 @@
 //! stream that goes away detaches without touching the process.
 
 use crate::isolation::{pid_in_namespace, proc_children_of, session_members, SandboxUser};
-use crabbox_e2b_wire::process::{DataEvent, EndEvent, ProcessConfig, ProcessInfo, PtySize};
+use crabbox_e2b_wire::process::{
+    signal_name, DataEvent, EndEvent, ProcessConfig, ProcessInfo, PtySize, EXIT_STATUS_PREFIX,
+    SIGNAL_STATUS_PREFIX,
+};
 use crabbox_e2b_wire::{Code, ConnectError};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -572,24 +575,6 @@ fn read_pty(mut master: std::fs::File, handle: Arc<ProcessHandle>) {
     }
 }
 
-/// Go's names for signals, which envd reports as `signal: <name>`.
-pub fn signal_name(signal: i32) -> String {
-    match signal {
-        libc::SIGHUP => "hangup".into(),
-        libc::SIGINT => "interrupt".into(),
-        libc::SIGQUIT => "quit".into(),
-        libc::SIGILL => "illegal instruction".into(),
-        libc::SIGABRT => "aborted".into(),
-        libc::SIGFPE => "floating point exception".into(),
-        libc::SIGKILL => "killed".into(),
-        libc::SIGSEGV => "segmentation fault".into(),
-        libc::SIGPIPE => "broken pipe".into(),
-        libc::SIGALRM => "alarm clock".into(),
-        libc::SIGTERM => "terminated".into(),
-        other => format!("signal {other}"),
-    }
-}
-
 /// The end event envd reports for an exit status.
 pub fn end_event(status: ExitStatus, signal_we_sent: i32) -> EndEvent {
     let signaled = status.signal().or_else(|| {
@@ -603,13 +588,13 @@ pub fn end_event(status: ExitStatus, signal_we_sent: i32) -> EndEvent {
         (Some(signal), _) => EndEvent {
             exit_code: -1,
             exited: false,
-            status: format!("signal: {}", signal_name(signal)),
+            status: format!("{SIGNAL_STATUS_PREFIX}{}", signal_name(signal)),
             error: None,
         },
         (None, Some(code)) => EndEvent {
             exit_code: code,
             exited: true,
-            status: format!("exit status {code}"),
+            status: format!("{EXIT_STATUS_PREFIX}{code}"),
             error: None,
         },
         (None, None) => EndEvent {
@@ -643,5 +628,31 @@ mod tests {
         assert_eq!(terminated.status, "signal: terminated");
         let plain_143 = end_event(ExitStatus::from_raw(143 << 8), 0);
         assert_eq!(plain_143.exit_code, 143);
+        let usr1 = end_event(ExitStatus::from_raw(libc::SIGUSR1), 0);
+        assert_eq!(usr1.status, "signal: user defined signal 1");
+    }
+
+    #[test]
+    fn the_shared_signal_table_uses_this_hosts_numbers() {
+        let host = [
+            (libc::SIGHUP, "hangup"),
+            (libc::SIGINT, "interrupt"),
+            (libc::SIGQUIT, "quit"),
+            (libc::SIGILL, "illegal instruction"),
+            (libc::SIGTRAP, "trace/breakpoint trap"),
+            (libc::SIGABRT, "aborted"),
+            (libc::SIGBUS, "bus error"),
+            (libc::SIGFPE, "floating point exception"),
+            (libc::SIGKILL, "killed"),
+            (libc::SIGUSR1, "user defined signal 1"),
+            (libc::SIGSEGV, "segmentation fault"),
+            (libc::SIGUSR2, "user defined signal 2"),
+            (libc::SIGPIPE, "broken pipe"),
+            (libc::SIGALRM, "alarm clock"),
+            (libc::SIGTERM, "terminated"),
+        ];
+        for (number, name) in host {
+            assert_eq!(signal_name(number), name);
+        }
     }
 }

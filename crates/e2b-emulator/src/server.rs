@@ -3,20 +3,15 @@
 use crate::config::EmulatorConfig;
 use crate::isolation::HostTools;
 use crate::sandbox::Registry;
+use crate::state::AppState;
 use crate::{control, envd};
 use axum::extract::Request;
 use axum::Router;
+use crabbox_e2b_wire::headers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
-
-/// Shared by every handler.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<EmulatorConfig>,
-    pub registry: Arc<Registry>,
-}
 
 /// Sends envd traffic (the `E2b-Sandbox-Id` header, or an envd-only path) to
 /// envd and everything else to the control plane, as E2B's proxy does.
@@ -24,7 +19,7 @@ pub fn app(state: AppState) -> Router {
     let envd = envd::router(state.clone());
     let control = control::router(state);
     Router::new().fallback_service(tower::service_fn(move |request: Request| {
-        let is_envd = request.headers().contains_key(envd::SANDBOX_ID_HEADER)
+        let is_envd = request.headers().contains_key(headers::SANDBOX_ID)
             || envd::is_envd_path(request.uri().path());
         let router = if is_envd {
             envd.clone()
@@ -42,7 +37,9 @@ impl Emulator {
     /// Checks the host, binds the address and serves until [`EmulatorHandle::shutdown`].
     pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
         config.validate()?;
-        let tools = HostTools::check().await?;
+        let tools = tokio::task::spawn_blocking(HostTools::check)
+            .await
+            .map_err(|e| anyhow::anyhow!("checking the host: {e}"))??;
         let (state_dir, temp_dir) = match &config.state_dir {
             Some(dir) => (dir.clone(), None),
             None => {

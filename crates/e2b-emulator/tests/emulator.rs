@@ -10,10 +10,14 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "e2b_0123456789abcdef";
 
-async fn emulator() -> EmulatorHandle {
+/// A running emulator, or `None` (the reason printed) when this host cannot run one.
+async fn emulator() -> Option<EmulatorHandle> {
+    if !e2b_emulator::available_or_skip() {
+        return None;
+    }
     let mut config = EmulatorConfig::new(KEY);
     config.max_keepalive_interval = Duration::from_millis(200);
-    Emulator::start(config).await.expect("emulator starts")
+    Some(Emulator::start(config).await.expect("emulator starts"))
 }
 
 struct Client {
@@ -134,7 +138,9 @@ async fn collect(res: reqwest::Response) -> Run {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_get_list_and_kill_a_sandbox() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c
         .create(json!({"templateID": "base", "timeout": 60, "metadata": {"team": "crab"}}))
@@ -187,7 +193,9 @@ async fn create_get_list_and_kill_a_sandbox() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn list_paginates_with_next_token_header() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     for _ in 0..3 {
         c.create(json!({"timeout": 60})).await;
@@ -222,7 +230,9 @@ async fn list_paginates_with_next_token_header() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_without_valid_credentials_get_401() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let res = c
         .http
@@ -261,7 +271,9 @@ async fn requests_without_valid_credentials_get_401() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn create_above_max_timeout_is_400_with_error_body() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let res = c
         .http
@@ -279,7 +291,9 @@ async fn create_above_max_timeout_is_400_with_error_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn start_streams_separated_output_and_exit_code_7() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"timeout": 60})).await;
     let run = c
@@ -306,7 +320,9 @@ async fn start_streams_separated_output_and_exit_code_7() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn output_arrives_while_the_command_runs_with_keepalives_in_silence() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"timeout": 60})).await;
     let began = Instant::now();
@@ -346,7 +362,9 @@ async fn output_arrives_while_the_command_runs_with_keepalives_in_silence() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_cwd_ends_the_stream_with_an_error_before_start() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"timeout": 60})).await;
     let body = json!({"process": {"cmd": "/bin/true", "cwd": "/no/such/dir"}});
@@ -366,7 +384,9 @@ async fn bad_cwd_ends_the_stream_with_an_error_before_start() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn send_signal_kills_a_running_process() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"timeout": 60})).await;
     let res = c.start(&sbx, "sleep 30 & sleep 30", None).await;
@@ -420,7 +440,9 @@ async fn send_signal_kills_a_running_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_then_download_files() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"timeout": 60})).await;
     let part = reqwest::multipart::Part::bytes(b"multipart body".to_vec())
@@ -476,7 +498,9 @@ async fn upload_then_download_files() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_sandboxes_never_see_each_others_files() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let a = c.create(json!({"timeout": 60})).await;
     let b = c.create(json!({"timeout": 60})).await;
@@ -514,7 +538,9 @@ async fn two_sandboxes_never_see_each_others_files() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn timeout_kills_the_sandbox_and_envd_answers_502() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"timeout": 1})).await;
     let res = c.start(&sbx, "sleep 30", None).await;
@@ -542,7 +568,9 @@ async fn timeout_kills_the_sandbox_and_envd_answers_502() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn auto_pause_sandbox_pauses_at_timeout_and_resumes_on_connect() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"timeout": 1, "autoPause": true})).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -604,7 +632,9 @@ async fn send_signal(c: &Client, sbx: &Sandbox, pid: u32, signal: &str) -> reqwe
 /// live on until the sandbox is killed.
 #[tokio::test(flavor = "multi_thread")]
 async fn send_signal_reaches_only_the_command_process_not_its_children() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"timeout": 60})).await;
     let res = c
@@ -701,7 +731,9 @@ async fn send_signal_reaches_only_the_command_process_not_its_children() {
 /// stream content type, a unary call JSON with `application/json` and a non-empty body.
 #[tokio::test(flavor = "multi_thread")]
 async fn rpc_requests_with_the_wrong_framing_are_refused() {
-    let emu = emulator().await;
+    let Some(emu) = emulator().await else {
+        return;
+    };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"templateID": "base"})).await;
     let start = json!({"process": {"cmd": "/bin/true"}, "stdin": false});

@@ -4,6 +4,11 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// `Content-Type` of a unary Connect request and response with the JSON codec.
+pub const UNARY_CONTENT_TYPE: &str = "application/json";
+/// `Content-Type` of a streaming Connect request and response with the JSON codec.
+pub const STREAM_CONTENT_TYPE: &str = "application/connect+json";
+
 /// A Connect error code, written in JSON by its snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

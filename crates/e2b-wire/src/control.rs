@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 pub const EMULATED_ENVD_VERSION: &str = "0.6.13";
 /// Default template of `POST /sandboxes`.
 pub const DEFAULT_TEMPLATE: &str = "base";
-/// Response header carrying the next page token of `GET /v2/sandboxes`.
-pub const NEXT_TOKEN_HEADER: &str = "x-next-token";
 
 /// `autoResume` of a create request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,11 @@
 //!   big-endian length, payload) and an incremental decoder for network chunks.
 //! - [`process`] and [`filesystem`]: the envd RPC messages of `process.Process` and
 //!   `filesystem.Filesystem` in their proto3-JSON form.
-//! - [`connect`]: Connect error codes and their HTTP statuses.
+//! - [`connect`]: Connect error codes, their HTTP statuses, and the content types.
+//! - [`headers`]: the header names both planes use, and envd's `Authorization: Basic`
+//!   user selection ([`headers::encode_user`] / [`headers::decode_user`]).
+//! - [`process::SIGNALS`]: the one signal table (number, Go's name as envd reports it,
+//!   `process.Signal` value).
 //!
 //! We hand-write this small JSON codec instead of depending on the `connectrpc`
 //! crate: the build has no protoc/buf code generation step, envd is only spoken to
@@ -18,6 +22,7 @@ pub mod connect;
 pub mod control;
 pub mod envelope;
 pub mod filesystem;
+pub mod headers;
 pub mod process;
 pub mod proto_json;
 

@@ -159,6 +159,88 @@ proto_enum! {
     }
 }
 
+impl Signal {
+    /// The POSIX signal number this protocol signal delivers; `None` for `Unspecified`.
+    pub fn posix_number(self) -> Option<i32> {
+        SIGNALS
+            .iter()
+            .find(|s| s.proto == Some(self))
+            .map(|s| s.number)
+    }
+
+    /// The protocol signal that delivers POSIX signal `number`, if the protocol has one.
+    pub fn from_posix_number(number: i32) -> Option<Signal> {
+        SIGNALS
+            .iter()
+            .find(|s| s.number == number)
+            .and_then(|s| s.proto)
+    }
+}
+
+/// One signal as envd reports and sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalName {
+    /// The Linux signal number.
+    pub number: i32,
+    /// Go's name for it (envd is written in Go), as in an end event's status `signal: killed`.
+    pub name: &'static str,
+    /// The `process.Signal` value that sends it with `SendSignal`, if there is one.
+    pub proto: Option<Signal>,
+}
+
+/// The signals with a name in envd's end-event status (Go's names for 1..=15 on Linux);
+/// any other signal `n` is spelled `signal n`.
+pub const SIGNALS: [SignalName; 15] = {
+    const fn sig(number: i32, name: &'static str, proto: Option<Signal>) -> SignalName {
+        SignalName {
+            number,
+            name,
+            proto,
+        }
+    }
+    [
+        sig(1, "hangup", None),
+        sig(2, "interrupt", None),
+        sig(3, "quit", None),
+        sig(4, "illegal instruction", None),
+        sig(5, "trace/breakpoint trap", None),
+        sig(6, "aborted", None),
+        sig(7, "bus error", None),
+        sig(8, "floating point exception", None),
+        sig(9, "killed", Some(Signal::Sigkill)),
+        sig(10, "user defined signal 1", None),
+        sig(11, "segmentation fault", None),
+        sig(12, "user defined signal 2", None),
+        sig(13, "broken pipe", None),
+        sig(14, "alarm clock", None),
+        sig(15, "terminated", Some(Signal::Sigterm)),
+    ]
+};
+
+/// Prefix of an end event's status for a process that exited: `exit status 7`.
+pub const EXIT_STATUS_PREFIX: &str = "exit status ";
+/// Prefix of an end event's status for a process a signal killed: `signal: killed`.
+pub const SIGNAL_STATUS_PREFIX: &str = "signal: ";
+
+/// Go's name for signal `number`, as envd writes it after [`SIGNAL_STATUS_PREFIX`]:
+/// `killed` for 9, `signal 42` for a signal without a name in [`SIGNALS`].
+pub fn signal_name(number: i32) -> String {
+    match SIGNALS.iter().find(|s| s.number == number) {
+        Some(s) => s.name.to_string(),
+        None => format!("signal {number}"),
+    }
+}
+
+/// The signal number a name written by [`signal_name`] stands for (`killed` -> 9,
+/// `signal 42` -> 42); `None` for a name it does not write.
+pub fn signal_number(name: &str) -> Option<i32> {
+    if let Some(s) = SIGNALS.iter().find(|s| s.name == name) {
+        return Some(s.number);
+    }
+    name.strip_prefix("signal ")
+        .and_then(|n| n.trim().parse::<i32>().ok())
+}
+
 /// `SendSignal` request body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendSignalRequest {
@@ -309,6 +391,40 @@ mod tests {
             serde_json::to_value(&by_number).unwrap(),
             json!({"process": {"pid": 5}, "signal": "SIGNAL_SIGTERM"})
         );
+    }
+
+    #[test]
+    fn every_signal_round_trips_by_number_name_and_protocol_value() {
+        for s in SIGNALS {
+            assert_eq!(signal_name(s.number), s.name);
+            assert_eq!(signal_number(s.name), Some(s.number), "{}", s.name);
+            assert_eq!(Signal::from_posix_number(s.number), s.proto, "{}", s.name);
+            if let Some(proto) = s.proto {
+                assert_eq!(proto.posix_number(), Some(s.number), "{}", s.name);
+                assert_eq!(Signal::from_name(proto.as_str()), Some(proto));
+            }
+        }
+        let numbers: Vec<i32> = SIGNALS.iter().map(|s| s.number).collect();
+        assert_eq!(
+            numbers,
+            (1..=15).collect::<Vec<_>>(),
+            "one entry per number"
+        );
+        let mut names: Vec<&str> = SIGNALS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SIGNALS.len(), "names are unique");
+    }
+
+    #[test]
+    fn signals_outside_the_table_are_spelled_by_number() {
+        assert_eq!(signal_name(42), "signal 42");
+        assert_eq!(signal_number("signal 42"), Some(42));
+        assert_eq!(signal_number("no such signal"), None);
+        assert_eq!(Signal::Unspecified.posix_number(), None);
+        assert_eq!(Signal::Sigkill.posix_number(), Some(9));
+        assert_eq!(Signal::Sigterm.posix_number(), Some(15));
+        assert_eq!(Signal::from_posix_number(2), None);
     }
 
     #[test]

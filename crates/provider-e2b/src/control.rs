@@ -12,8 +12,9 @@ use crabbox_core::provider::CreateFailure;
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::control::{
     encode_metadata_filter, percent_encode, ApiError, ConnectSandboxRequest, ListedSandbox,
-    NewSandbox, Sandbox, SandboxDetail, NEXT_TOKEN_HEADER,
+    NewSandbox, Sandbox, SandboxDetail,
 };
+use crabbox_e2b_wire::headers;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -68,7 +69,7 @@ impl ControlPlane {
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
-            .header("X-API-Key", self.key.expose())
+            .header(headers::API_KEY, self.key.expose())
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(self.timeout)
     }
@@ -241,7 +242,7 @@ impl ControlPlane {
             }
             let next = resp
                 .headers()
-                .get(NEXT_TOKEN_HEADER)
+                .get(headers::NEXT_TOKEN)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
                 .filter(|v| !v.is_empty())

@@ -6,14 +6,13 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::envelope::{self, EnvelopeDecoder};
 use crabbox_e2b_wire::process::{
     ProcessEvent, ProcessSelector, SendSignalRequest, Signal, StartRequest, StartResponse,
 };
-use crabbox_e2b_wire::{filesystem, Code, ConnectError};
+use crabbox_e2b_wire::{connect, filesystem, headers, process, Code, ConnectError};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -90,19 +89,24 @@ impl Envd {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .header("E2b-Sandbox-Id", &self.sandbox_id)
-            .header("E2b-Sandbox-Port", ENVD_PORT.to_string());
+            .header(headers::SANDBOX_ID, &self.sandbox_id)
+            .header(headers::SANDBOX_PORT, ENVD_PORT.to_string());
         if let Some(token) = &self.token {
-            req = req.header("X-Access-Token", token.expose());
+            req = req.header(headers::ACCESS_TOKEN, token.expose());
         }
         req
     }
 
     fn rpc(&self, service: &str, method: &str) -> RequestBuilder {
-        let user = base64::engine::general_purpose::STANDARD.encode(format!("{}:", self.user));
         self.request(Method::POST, &format!("/{service}/{method}"))
-            .header("Connect-Protocol-Version", "1")
-            .header(reqwest::header::AUTHORIZATION, format!("Basic {user}"))
+            .header(
+                headers::CONNECT_PROTOCOL_VERSION,
+                headers::CONNECT_PROTOCOL_VERSION_1,
+            )
+            .header(
+                reqwest::header::AUTHORIZATION,
+                headers::encode_user(&self.user),
+            )
     }
 
     fn scrub(&self, text: &str) -> String {
@@ -181,7 +185,7 @@ impl Envd {
     ) -> std::result::Result<Resp, RpcFailure> {
         let resp = self
             .rpc(service, method)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, connect::UNARY_CONTENT_TYPE)
             .json(req)
             .timeout(UNARY_TIMEOUT)
             .send()
@@ -269,8 +273,8 @@ impl Envd {
             .map_err(|e| Error::Transport(format!("encoding process start request: {e}")))?;
         let resp = self
             .rpc(crabbox_e2b_wire::process::SERVICE, "Start")
-            .header(reqwest::header::CONTENT_TYPE, "application/connect+json")
-            .header("Keepalive-Ping-Interval", "50")
+            .header(reqwest::header::CONTENT_TYPE, connect::STREAM_CONTENT_TYPE)
+            .header(headers::KEEPALIVE_PING_INTERVAL, "50")
             .body(body)
             .send()
             .await
@@ -432,7 +436,7 @@ pub fn exit_code_of(end: &crabbox_e2b_wire::process::EndEvent) -> i32 {
         return end.exit_code;
     }
     if let Some(code) = status
-        .strip_prefix("exit status ")
+        .strip_prefix(process::EXIT_STATUS_PREFIX)
         .and_then(|c| c.trim().parse::<i32>().ok())
     {
         return code;
@@ -440,32 +444,12 @@ pub fn exit_code_of(end: &crabbox_e2b_wire::process::EndEvent) -> i32 {
     if end.exit_code > 0 {
         return end.exit_code;
     }
-    let name = status.strip_prefix("signal: ").unwrap_or(status);
-    if let Some(n) = name
-        .strip_prefix("signal ")
-        .and_then(|n| n.trim().parse::<i32>().ok())
+    let name = status
+        .strip_prefix(process::SIGNAL_STATUS_PREFIX)
+        .unwrap_or(status);
+    let number = process::signal_number(name)
         .filter(|n| (1..=64).contains(n))
-    {
-        return 128 + n;
-    }
-    let number = match name {
-        "hangup" => 1,
-        "interrupt" => 2,
-        "quit" => 3,
-        "illegal instruction" => 4,
-        "trace/breakpoint trap" => 5,
-        "aborted" => 6,
-        "bus error" => 7,
-        "floating point exception" => 8,
-        "killed" => 9,
-        "user defined signal 1" => 10,
-        "segmentation fault" => 11,
-        "user defined signal 2" => 12,
-        "broken pipe" => 13,
-        "alarm clock" => 14,
-        "terminated" => 15,
-        _ => 9,
-    };
+        .unwrap_or(9);
     128 + number
 }
 

@@ -24,7 +24,9 @@ fn warm_req(repo: &RepoFixture) -> WarmupRequest {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_key_is_refused_without_echoing_it() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let wrong = "e2b_wrongwrongwrongwrong1234";
     let p = world
@@ -119,7 +121,9 @@ async fn plain_http_to_a_remote_host_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unsafe_workdir_or_user_is_refused_before_any_sandbox_exists() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let repo = RepoFixture::new();
     for (key, value) in [
         ("CRABBOX_E2B_WORKDIR", "/etc"),
@@ -149,7 +153,9 @@ async fn unsafe_workdir_or_user_is_refused_before_any_sandbox_exists() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_sync_sends_only_changes_and_keeps_build_outputs() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -235,7 +241,9 @@ async fn warm_sync_sends_only_changes_and_keeps_build_outputs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_refuses_a_sandbox_whose_metadata_does_not_match_the_claim() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -304,7 +312,9 @@ async fn stop_refuses_a_sandbox_whose_metadata_does_not_match_the_claim() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_of_a_vanished_sandbox_drops_the_claim() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -324,7 +334,9 @@ async fn stop_of_a_vanished_sandbox_drops_the_claim() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reclaim_releases_a_crabbox_sandbox_whose_claim_was_lost() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -374,7 +386,9 @@ async fn reclaim_releases_a_crabbox_sandbox_whose_claim_was_lost() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn raw_and_synthetic_sandbox_ids_reach_an_unclaimed_crabbox_sandbox() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -412,7 +426,9 @@ async fn raw_and_synthetic_sandbox_ids_reach_an_unclaimed_crabbox_sandbox() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn claim_from_another_endpoint_is_never_used() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -436,7 +452,9 @@ async fn claim_from_another_endpoint_is_never_used() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_wait_times_out_on_a_paused_sandbox() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -481,7 +499,9 @@ async fn status_wait_times_out_on_a_paused_sandbox() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ttl_is_capped_by_max_ttl_unless_raised() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let repo = RepoFixture::new();
     let lifetime = |b: &crabbox_core::engine::BoxStatus| {
         let parse = |s: &Option<String>| {
@@ -538,7 +558,9 @@ async fn ttl_is_capped_by_max_ttl_unless_raised() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sandbox_carries_crabbox_tags() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world
         .provider(&emu, &[("CRABBOX_E2B_WORKDIR", "proj")])
@@ -576,7 +598,9 @@ async fn sandbox_carries_crabbox_tags() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keep_on_failure_prints_how_to_rerun_and_stop() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -613,7 +637,9 @@ async fn keep_on_failure_prints_how_to_rerun_and_stop() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn env_travels_as_envs_and_signals_reach_the_remote_command() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world
         .provider(&emu, &[])
@@ -668,7 +694,9 @@ async fn env_travels_as_envs_and_signals_reach_the_remote_command() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_of_a_one_shot_run_deletes_its_sandbox() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world
         .provider(&emu, &[])
@@ -705,7 +733,9 @@ async fn cancel_of_a_one_shot_run_deletes_its_sandbox() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_command_reports_128_plus_signal() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -719,7 +749,9 @@ async fn killed_command_reports_128_plus_signal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_sync_resends_everything_when_the_workdir_vanished_on_the_box() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -765,7 +797,9 @@ async fn warm_sync_resends_everything_when_the_workdir_vanished_on_the_box() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reclaim_by_a_slug_two_machines_share_is_refused() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let repo = RepoFixture::new();
     // Two machines pick the same slug; a third, with no claims, reclaims by it.
     let mut warm = Vec::new();
@@ -827,7 +861,9 @@ impl crabbox_core::events::Reporter for CancelAfterUpload {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn interrupted_warm_sync_leaves_no_archive_on_the_box() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
@@ -929,7 +965,9 @@ impl crabbox_core::events::OutputSink for CancelOnOutput {
 /// the command started, here a background loop that ignores SIGTERM, on a box that is kept.
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_the_commands_background_children_on_a_kept_sandbox() {
-    let emu = common::emulator().await;
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
     let world = World::new();
     let p = world
         .provider(&emu, &[])

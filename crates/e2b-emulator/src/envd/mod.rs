@@ -7,7 +7,7 @@ pub mod rpc;
 use crate::error::HttpError;
 use crate::isolation::{SandboxUser, USER};
 use crate::sandbox::Sandbox;
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -15,15 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine as _;
-use crabbox_e2b_wire::{Code, ConnectError};
+use crabbox_e2b_wire::{headers, Code, ConnectError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// The header E2B's proxy routes envd requests by.
-pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
-/// The header carrying the sandbox's `envdAccessToken`.
-pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
 /// Whether a path belongs to envd rather than the control plane.
 pub fn is_envd_path(path: &str) -> bool {
@@ -59,7 +54,7 @@ async fn route_to_sandbox(
 ) -> Response {
     let id = request
         .headers()
-        .get(SANDBOX_ID_HEADER)
+        .get(headers::SANDBOX_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
@@ -80,7 +75,7 @@ async fn route_to_sandbox(
 fn authorized(sandbox: &Sandbox, request: &Request) -> bool {
     let token = request
         .headers()
-        .get(ACCESS_TOKEN_HEADER)
+        .get(headers::ACCESS_TOKEN)
         .and_then(|v| v.to_str().ok());
     if token == Some(sandbox.access_token.as_str()) {
         return true;
@@ -130,21 +125,15 @@ pub fn rpc_user(headers: &axum::http::HeaderMap) -> Result<SandboxUser, ConnectE
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(USER);
     };
-    let invalid = || ConnectError::new(Code::Unauthenticated, "invalid Authorization header");
-    let value = value.to_str().map_err(|_| invalid())?;
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))
-        .ok_or_else(invalid)?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| invalid())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
-    let name = decoded.split(':').next().unwrap_or("");
-    if name.is_empty() {
-        return Ok(USER);
+    let invalid =
+        |e: headers::InvalidUserAuth| ConnectError::new(Code::Unauthenticated, e.to_string());
+    let value = value
+        .to_str()
+        .map_err(|_| invalid(headers::InvalidUserAuth))?;
+    match headers::decode_user(value).map_err(invalid)? {
+        Some(name) => named_user(&name),
+        None => Ok(USER),
     }
-    named_user(name)
 }
 
 /// A sandbox user by name, or the error envd gives for an unknown one.

@@ -8,11 +8,12 @@ use crate::isolation::SandboxUser;
 use crate::process::{self, OutputEvent, ProcessHandle, SpawnSpec};
 use crate::sandbox::Sandbox;
 use crate::sandbox_fs::{fs_error, Resolved};
-use crate::server::AppState;
+use crate::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use crabbox_e2b_wire::connect::{STREAM_CONTENT_TYPE, UNARY_CONTENT_TYPE};
 use crabbox_e2b_wire::envelope::{self, EnvelopeDecoder};
 use crabbox_e2b_wire::filesystem::{
     EntryInfo, EntryResponse, FileType, ListDirRequest, ListDirResponse, MoveRequest, PathRequest,
@@ -20,19 +21,16 @@ use crabbox_e2b_wire::filesystem::{
 };
 use crabbox_e2b_wire::process::{
     CloseStdinRequest, ConnectRequest, Empty, KeepAlive, ListResponse, ProcessEvent, ProcessInput,
-    ProcessSelector, SendInputRequest, SendSignalRequest, Signal, StartEvent, StartRequest,
-    StartResponse, UpdateRequest,
+    ProcessSelector, SendInputRequest, SendSignalRequest, StartEvent, StartRequest, StartResponse,
+    UpdateRequest,
 };
-use crabbox_e2b_wire::{Code, ConnectError};
+use crabbox_e2b_wire::{headers, Code, ConnectError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-const STREAM_CONTENT_TYPE: &str = "application/connect+json";
-const UNARY_CONTENT_TYPE: &str = "application/json";
 
 fn unary_ok<T: Serialize>(message: &T) -> Response {
     match serde_json::to_vec(message) {
@@ -183,7 +181,7 @@ fn event_stream(
 
 fn keepalive_interval(state: &AppState, headers: &HeaderMap) -> Duration {
     let requested = headers
-        .get("keepalive-ping-interval")
+        .get(headers::KEEPALIVE_PING_INTERVAL)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&secs| secs > 0)
@@ -194,7 +192,7 @@ fn keepalive_interval(state: &AppState, headers: &HeaderMap) -> Duration {
 
 fn connect_timeout(headers: &HeaderMap) -> Option<Duration> {
     headers
-        .get("connect-timeout-ms")
+        .get(headers::CONNECT_TIMEOUT_MS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&ms| ms > 0)
@@ -349,15 +347,11 @@ async fn process_unary(
         "SendSignal" => {
             let request: SendSignalRequest = parse_unary(body)?;
             let handle = select_process(sandbox, request.process.as_ref())?;
-            let signal = match request.signal {
-                Signal::Sigkill => libc::SIGKILL,
-                Signal::Sigterm => libc::SIGTERM,
-                Signal::Unspecified => {
-                    return Err(ConnectError::new(
-                        Code::InvalidArgument,
-                        "a signal is required",
-                    ))
-                }
+            let Some(signal) = request.signal.posix_number() else {
+                return Err(ConnectError::new(
+                    Code::InvalidArgument,
+                    "a signal is required",
+                ));
             };
             handle.signal(signal);
             Ok(unary_ok(&Empty {}))
