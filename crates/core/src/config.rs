@@ -220,21 +220,13 @@ impl SyncConfig {
     }
 }
 
+/// `env.allow`: which caller variables the remote command asks for. What is actually
+/// forwarded is decided by [`crate::env_policy::forwarded_env`].
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvConfig {
     #[serde(deserialize_with = "de_list")]
     pub allow: Vec<String>,
-}
-
-impl EnvConfig {
-    /// The allow-listed variables that are set in `env`.
-    pub fn pick(&self, env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        self.allow
-            .iter()
-            .filter_map(|k| env.get(k).map(|v| (k.clone(), v.clone())))
-            .collect()
-    }
 }
 
 /// Parses `90m`, `1h30m`, `45s` or a bare number of seconds.

@@ -2,6 +2,7 @@
 
 use crabbox_core::command::RemoteCommand;
 use crabbox_core::config::flag;
+use crabbox_core::env_policy::forwarded_env;
 use crabbox_core::provider::{KeepPolicy, RunRequest, SyncSource};
 use crabbox_core::sync::{SyncManifest, SyncState};
 use crabbox_core::{Error, Result};
@@ -58,13 +59,16 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
     } else {
         KeepPolicy::Never
     };
-    let env = cfg.core.env.pick(&std::env::vars().collect());
+    let env = forwarded_env(&cfg, &std::env::vars().collect(), &a.allow_env);
+    for refused in &env.refused {
+        eprintln!("crabbox: warning: {refused}");
+    }
     let req = RunRequest {
         id: a.id,
         command: RemoteCommand::new(a.command, a.shell),
         sync,
         keep,
-        env,
+        env: env.vars,
         ttl: cfg.core.ttl,
         slug: a.slug,
         repo_root: Some(cfg.repo_root.clone()),
