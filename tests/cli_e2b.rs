@@ -195,6 +195,85 @@ fn repository_config_may_not_redirect_an_inherited_key() {
 }
 
 #[test]
+fn repository_config_cannot_forward_the_api_key_to_the_sandbox() {
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
+    // The provider needs the key in the caller's environment: exactly the case where a
+    // repository's env.allow could hand it to the sandbox.
+    let token = "ghp_planted_fake_token_e2b_0001";
+    let sb = emu
+        .sandbox()
+        .with_env("CRABBOX_E2B_API_KEY", &emu.key)
+        .with_env("GITHUB_TOKEN", token)
+        .with_env("CI", "planted-ci");
+    std::fs::write(
+        sb.root().join(".crabbox.yaml"),
+        "env:\n  allow: [E2B_API_KEY, CRABBOX_E2B_API_KEY, GITHUB_TOKEN, CI]\n",
+    )
+    .unwrap();
+    let no_key = |o: &std::process::Output, what: &str| {
+        assert!(
+            !stdout(o).contains(&emu.key) && !stderr(o).contains(&emu.key),
+            "{what}: the API key's value was shown"
+        );
+        assert!(
+            !stderr(o).contains(token),
+            "{what}: GITHUB_TOKEN's value was shown"
+        );
+    };
+
+    let o = sb.run(&["run", "--provider", "e2b", "--no-sync", "--", "env", "-0"]);
+    no_key(&o, "repository allow-list");
+    ok_quiet(&o);
+    let env = env_of(&o);
+    let names: Vec<&str> = env.keys().map(String::as_str).collect();
+    assert_eq!(env.get("CI").map(String::as_str), Some("planted-ci"));
+    for absent in ["E2B_API_KEY", "CRABBOX_E2B_API_KEY", "GITHUB_TOKEN"] {
+        assert!(
+            !env.contains_key(absent),
+            "{absent} reached the sandbox; its env names: {names:?}"
+        );
+    }
+    let err = stderr(&o);
+    for refused in ["E2B_API_KEY", "CRABBOX_E2B_API_KEY"] {
+        assert!(
+            err.contains(&format!(
+                "not forwarding {refused} to the box: it is crabbox's own credential"
+            )),
+            "{err}"
+        );
+    }
+    assert!(
+        err.contains("not forwarding GITHUB_TOKEN to the box: its name marks it secret"),
+        "{err}"
+    );
+
+    let o = sb.run(&[
+        "run",
+        "--provider",
+        "e2b",
+        "--no-sync",
+        "--allow-env",
+        "GITHUB_TOKEN",
+        "--allow-env",
+        "E2B_API_KEY",
+        "--",
+        "env",
+        "-0",
+    ]);
+    no_key(&o, "--allow-env");
+    ok_quiet(&o);
+    let env = env_of(&o);
+    assert!(
+        env.get("GITHUB_TOKEN").map(String::as_str) == Some(token),
+        "GITHUB_TOKEN did not arrive intact with --allow-env"
+    );
+    assert!(!env.contains_key("E2B_API_KEY") && !env.contains_key("CRABBOX_E2B_API_KEY"));
+    assert!(e2b_list(&sb).is_empty());
+}
+
+#[test]
 fn keep_on_failure_keeps_the_sandbox() {
     let Some(emu) = Emulator::start() else {
         return;

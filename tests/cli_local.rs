@@ -398,3 +398,158 @@ fn status_without_id_uses_the_only_lease_or_asks_for_one() {
         stderr(&o)
     );
 }
+
+/// Values planted in the caller's environment; fake, but handled as secrets would be: the
+/// assertions below name variables and never print their values.
+const PLANTED: &[(&str, &str)] = &[
+    ("E2B_API_KEY", "e2b_planted_fake_key_0001"),
+    ("CRABBOX_E2B_API_KEY", "e2b_planted_fake_key_0002"),
+    ("GITHUB_TOKEN", "ghp_planted_fake_token_0003"),
+    ("AWS_SECRET_ACCESS_KEY", "aws_planted_fake_secret_0004"),
+    ("DB_PASSWORD", "planted_fake_password_0005"),
+    ("LEAKME", "planted_leak_0006"),
+    ("SSH_AUTH_SOCK", "/tmp/planted-agent-0007"),
+    ("FOO", "planted_foo_0008"),
+    ("CI", "planted_ci_0009"),
+    ("NODE_OPTIONS", "--planted-node-options-0010"),
+];
+
+fn planted_sandbox() -> Sandbox {
+    PLANTED
+        .iter()
+        .fold(Sandbox::new(), |sb, (k, v)| sb.with_env(k, v))
+}
+
+fn planted(name: &str) -> &'static str {
+    PLANTED.iter().find(|(k, _)| *k == name).unwrap().1
+}
+
+/// Asserts `text` holds none of the planted values, naming the variable (not the value).
+fn assert_no_planted_value(text: &str, except: &[&str], what: &str) {
+    for (name, value) in PLANTED {
+        if !except.contains(name) {
+            assert!(!text.contains(value), "{what} holds the value of {name}");
+        }
+    }
+}
+
+#[test]
+fn repository_config_cannot_forward_secrets() {
+    let sb = planted_sandbox();
+    std::fs::write(
+        sb.root().join(".crabbox.yaml"),
+        "env:\n  allow: [E2B_API_KEY, GITHUB_TOKEN, CI]\n",
+    )
+    .unwrap();
+
+    let o = sb.run(&["run", "--no-sync", "--", "env", "-0"]);
+    let err = stderr(&o);
+    assert_no_planted_value(&err, &[], "crabbox's stderr");
+    ok_quiet(&o);
+    let env = env_of(&o);
+    let names: Vec<&str> = env.keys().map(String::as_str).collect();
+    assert_eq!(env.get("CI").map(String::as_str), Some(planted("CI")));
+    for absent in ["E2B_API_KEY", "GITHUB_TOKEN", "LEAKME", "NODE_OPTIONS"] {
+        assert!(
+            !env.contains_key(absent),
+            "{absent} reached the box; box env names: {names:?}"
+        );
+    }
+    assert_no_planted_value(&stdout(&o), &["CI"], "the box's environment");
+    assert!(
+        err.contains("not forwarding E2B_API_KEY to the box: it is crabbox's own credential"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not forwarding GITHUB_TOKEN to the box: its name marks it secret")
+            && err.contains(".crabbox.yaml"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("LEAKME") && !err.contains("not forwarding CI"),
+        "{err}"
+    );
+
+    let o = sb.run(&[
+        "run",
+        "--no-sync",
+        "--allow-env",
+        "GITHUB_TOKEN",
+        "--allow-env",
+        "E2B_API_KEY",
+        "--",
+        "env",
+        "-0",
+    ]);
+    let err = stderr(&o);
+    assert_no_planted_value(&err, &[], "crabbox's stderr");
+    ok_quiet(&o);
+    let env = env_of(&o);
+    assert!(
+        env.get("GITHUB_TOKEN").map(String::as_str) == Some(planted("GITHUB_TOKEN")),
+        "GITHUB_TOKEN did not arrive intact with --allow-env"
+    );
+    assert!(
+        !env.contains_key("E2B_API_KEY"),
+        "--allow-env must not forward crabbox's own credential"
+    );
+    assert!(err.contains("not forwarding E2B_API_KEY"), "{err}");
+    assert!(!err.contains("GITHUB_TOKEN"), "{err}");
+}
+
+/// The names a bare login shell on this machine has when started with only the variables a
+/// local box always gets (`BASE_ENV` in provider-local): profile scripts may export their own
+/// (pyenv, for one), and those are the machine's, not the caller's.
+fn login_shell_names() -> std::collections::BTreeSet<String> {
+    let mut c = std::process::Command::new("/bin/bash");
+    c.args(["-l", "-c", "env -0"]).env_clear();
+    for k in ["PATH", "HOME", "USER", "LANG", "TERM"] {
+        if let Ok(v) = std::env::var(k) {
+            c.env(k, v);
+        }
+    }
+    let o = c.output().unwrap();
+    ok_quiet(&o);
+    env_of(&o).into_keys().collect()
+}
+
+#[test]
+fn the_box_sees_exactly_the_allow_list_and_the_base_variables() {
+    let sb = planted_sandbox();
+    std::fs::write(
+        sb.root().join(".crabbox.yaml"),
+        "env:\n  allow: [CI, FOO, GITHUB_TOKEN, E2B_API_KEY, DB_PASSWORD]\n",
+    )
+    .unwrap();
+    let o = sb.run(&["run", "--no-sync", "--", "env", "-0"]);
+    ok_quiet(&o);
+    // bash sets these itself (and `_` is the last command): not the caller's.
+    let bash_own = ["PWD", "OLDPWD", "SHLVL", "_"];
+    let got: std::collections::BTreeSet<String> = env_of(&o)
+        .into_keys()
+        .filter(|k| !bash_own.contains(&k.as_str()))
+        .collect();
+    let baseline = login_shell_names();
+    for (name, _) in PLANTED {
+        assert!(
+            !baseline.contains(*name),
+            "this machine's login shell sets {name}; the test cannot tell"
+        );
+    }
+    let mut want: std::collections::BTreeSet<String> = baseline
+        .into_iter()
+        .filter(|k| !bash_own.contains(&k.as_str()))
+        .collect();
+    // The repository list replaced the default [CI, NODE_OPTIONS]; its secret names are refused.
+    // CRABBOX_RUN_ID is the run's own (how a cancel finds every process of the run).
+    want.extend([
+        "CI".to_string(),
+        "FOO".to_string(),
+        "CRABBOX_RUN_ID".to_string(),
+    ]);
+    for base in ["PATH", "HOME"] {
+        assert!(want.contains(base), "{base} is missing from the baseline");
+    }
+    assert_eq!(got, want, "the box's environment names");
+    assert_no_planted_value(&stdout(&o), &["CI", "FOO"], "the box's environment");
+}

@@ -212,3 +212,22 @@ pub fn survivors_after_grace(needle: &str) -> Vec<u32> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The environment a box command printed with `env -0`, as name -> value.
+pub fn env_of(o: &Output) -> std::collections::BTreeMap<String, String> {
+    o.stdout
+        .split(|b| *b == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (k, v) = entry.split_once('=').unwrap_or((&entry, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// Panics unless `o` exited 0; prints only stderr, for commands whose stdout may hold
+/// values a test must not print (an environment dump).
+pub fn ok_quiet(o: &Output) {
+    assert_eq!(code(o), 0, "stderr: {}", stderr(o));
+}

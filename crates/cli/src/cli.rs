@@ -116,6 +116,11 @@ pub struct RunArgs {
     /// Sync even past the size guardrails [env: CRABBOX_SYNC_ALLOW_LARGE=1]
     #[arg(long)]
     pub force_sync_large: bool,
+    /// Also hand this local environment variable to the command (repeatable); unlike
+    /// env.allow in a repository config, it may name a secret (*_KEY, *_TOKEN, ...), but
+    /// never crabbox's own API key
+    #[arg(long = "allow-env", value_name = "NAME")]
+    pub allow_env: Vec<String>,
     /// The command to run
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -168,6 +168,9 @@ impl LoadOptions {
 pub struct LoadedConfig {
     figment: Figment,
     origins: Vec<(String, Origin)>,
+    /// Each layer's own data, lowest first: figment keeps only the merged result, and some
+    /// decisions (see [`crate::env_policy`]) need to know which layer asked for what.
+    layers: Vec<(Origin, Dict)>,
     /// The repository root (git top level, else the current directory).
     pub repo_root: PathBuf,
     /// The files that were read, lowest first.
@@ -217,21 +220,13 @@ impl SyncConfig {
     }
 }
 
+/// `env.allow`: which caller variables the remote command asks for. What is actually
+/// forwarded is decided by [`crate::env_policy::forwarded_env`].
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvConfig {
     #[serde(deserialize_with = "de_list")]
     pub allow: Vec<String>,
-}
-
-impl EnvConfig {
-    /// The allow-listed variables that are set in `env`.
-    pub fn pick(&self, env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        self.allow
-            .iter()
-            .filter_map(|k| env.get(k).map(|v| (k.clone(), v.clone())))
-            .collect()
-    }
 }
 
 /// Parses `90m`, `1h30m`, `45s` or a bare number of seconds.
@@ -357,9 +352,11 @@ impl LoadedConfig {
             }
         }
 
+        let defaults = yaml_dict(DEFAULTS_YAML, Path::new("<built-in defaults>"))?;
+        let mut layers = vec![(Origin::Default, defaults.clone())];
         let mut figment = Figment::new().merge(Layer {
             name: "default".into(),
-            data: yaml_dict(DEFAULTS_YAML, Path::new("<built-in defaults>"))?,
+            data: defaults,
         });
         let mut origins = vec![("default".to_string(), Origin::Default)];
         let mut warnings = Vec::new();
@@ -368,9 +365,11 @@ impl LoadedConfig {
             let value = parse_yaml(&text, path)?;
             check_keys(&value, "", path, &text, &mut warnings)?;
             let name = origin.to_string();
+            let data = yaml_dict(&text, path)?;
+            layers.push((origin.clone(), data.clone()));
             figment = figment.merge(Layer {
                 name: name.clone(),
-                data: yaml_dict(&text, path)?,
+                data,
             });
             origins.push((name, origin.clone()));
         }
@@ -394,34 +393,35 @@ impl LoadedConfig {
                     Value::from(raw.clone())
                 };
                 let name = format!("environment {var}");
+                let origin = Origin::Env {
+                    var: var.to_string(),
+                };
+                let data = nested(setting.key, value);
+                layers.push((origin.clone(), data.clone()));
                 figment = figment.merge(Layer {
                     name: name.clone(),
-                    data: nested(setting.key, value),
+                    data,
                 });
-                origins.push((
-                    name,
-                    Origin::Env {
-                        var: var.to_string(),
-                    },
-                ));
+                origins.push((name, origin));
             }
         }
         for flag in &opts.flags {
             let name = format!("flag {}", flag.flag);
+            let origin = Origin::Flag {
+                flag: flag.flag.to_string(),
+            };
+            let data = nested(flag.key, flag.value.clone());
+            layers.push((origin.clone(), data.clone()));
             figment = figment.merge(Layer {
                 name: name.clone(),
-                data: nested(flag.key, flag.value.clone()),
+                data,
             });
-            origins.push((
-                name,
-                Origin::Flag {
-                    flag: flag.flag.to_string(),
-                },
-            ));
+            origins.push((name, origin));
         }
         let mut loaded = LoadedConfig {
             figment,
             origins,
+            layers,
             repo_root,
             files: files.into_iter().map(|(p, _)| p).collect(),
             warnings,
@@ -467,6 +467,44 @@ impl LoadedConfig {
     /// The raw value of `key`.
     pub fn value(&self, key: &str) -> Option<Value> {
         self.figment.find_value(key).ok()
+    }
+
+    /// The list setting `key` as each layer that sets it wrote it, lowest precedence first.
+    ///
+    /// The merged value (`self.core`) says which entries are in force; this says who asked
+    /// for each: a later layer's list replaces an earlier one, so [`Self::origin`] names only
+    /// the last writer. A value that is neither a list nor comma-separated text is skipped
+    /// (if it is in force, loading has already refused it).
+    pub fn layer_lists(&self, key: &str) -> Vec<(Origin, Vec<String>)> {
+        #[derive(Deserialize)]
+        struct List(#[serde(deserialize_with = "de_list")] Vec<String>);
+        self.layers
+            .iter()
+            .filter_map(|(origin, data)| {
+                let (first, rest) = key.split_once('.').unwrap_or((key, ""));
+                let top = data.get(first)?;
+                let value = if rest.is_empty() {
+                    top
+                } else {
+                    top.find_ref(rest)?
+                };
+                let List(items) = value.deserialize().ok()?;
+                Some((origin.clone(), items))
+            })
+            .collect()
+    }
+
+    /// The environment variables of every secret setting (`E2B_API_KEY`,
+    /// `CRABBOX_E2B_API_KEY`, ...): crabbox's own credentials.
+    ///
+    /// Every schema lookup outside this module goes through a `LoadedConfig` method like this
+    /// one, so the schema can become per-load without its users changing.
+    pub fn secret_env_vars(&self) -> Vec<String> {
+        SCHEMA
+            .iter()
+            .filter(|s| s.secret)
+            .flat_map(|s| s.env.iter().map(|v| v.to_string()))
+            .collect()
     }
 
     /// Every schema setting with its value (secrets masked) and origin, for `config show`.
@@ -889,5 +927,81 @@ mod tests {
         assert_eq!(c.core.ttl, Duration::from_secs(120));
         let err = env(&[("CRABBOX_TTL", "soon")]).load().unwrap_err();
         assert!(err.to_string().contains("CRABBOX_TTL"), "{err}");
+    }
+
+    #[test]
+    fn a_later_list_replaces_an_earlier_one_but_each_layer_keeps_its_own() {
+        let e = env(&[]);
+        e.user("env:\n  allow: [FROM_USER, BOTH]\n");
+        e.repo("crabbox.yaml", "provider: local\n");
+        e.repo(".crabbox.yaml", "env:\n  allow: BOTH, FROM_REPO\n");
+        let c = e.load().unwrap();
+        assert_eq!(
+            c.core.env.allow,
+            ["BOTH", "FROM_REPO"],
+            "merge replaces lists"
+        );
+        let layers = c.layer_lists("env.allow");
+        let user = e.dir.path().join("user.yaml");
+        let dot = e.opts.cwd.join(".crabbox.yaml");
+        assert_eq!(
+            layers,
+            [
+                (Origin::Default, vec!["CI".into(), "NODE_OPTIONS".into()]),
+                (
+                    Origin::UserFile { path: user },
+                    vec!["FROM_USER".into(), "BOTH".into()]
+                ),
+                (
+                    Origin::RepoFile { path: dot },
+                    vec!["BOTH".into(), "FROM_REPO".into()]
+                ),
+            ],
+            "crabbox.yaml sets no env.allow and is not listed"
+        );
+
+        let mut e = env(&[("CRABBOX_ENV_ALLOW", "FROM_ENV")]);
+        e.repo(".crabbox.yaml", "env:\n  allow: [FROM_REPO]\n");
+        e.opts
+            .flags
+            .push(flag("env.allow", "--test-flag", ["FROM_FLAG"]));
+        let c = e.load().unwrap();
+        assert_eq!(c.core.env.allow, ["FROM_FLAG"]);
+        let layers = c.layer_lists("env.allow");
+        let origins: Vec<_> = layers.iter().map(|(o, _)| o.clone()).collect();
+        assert!(matches!(origins[1], Origin::RepoFile { .. }), "{origins:?}");
+        assert_eq!(
+            layers[2],
+            (
+                Origin::Env {
+                    var: "CRABBOX_ENV_ALLOW".into()
+                },
+                vec!["FROM_ENV".into()]
+            )
+        );
+        assert_eq!(
+            layers[3],
+            (
+                Origin::Flag {
+                    flag: "--test-flag".into()
+                },
+                vec!["FROM_FLAG".into()]
+            )
+        );
+        assert_eq!(layers.len(), 4);
+        assert!(c.layer_lists("no.such.key").is_empty());
+    }
+
+    #[test]
+    fn secret_env_vars_are_the_secret_settings_variables() {
+        let c = env(&[]).load().unwrap();
+        let vars = c.secret_env_vars();
+        assert!(vars.contains(&"E2B_API_KEY".to_string()), "{vars:?}");
+        assert!(
+            vars.contains(&"CRABBOX_E2B_API_KEY".to_string()),
+            "{vars:?}"
+        );
+        assert!(!vars.contains(&"E2B_API_URL".to_string()), "{vars:?}");
+        assert!(!vars.contains(&"CRABBOX_ENV_ALLOW".to_string()), "{vars:?}");
     }
 }

@@ -6,6 +6,7 @@
 //! - [`events`] and [`hint`]: how the library reports progress and what to do next.
 //! - [`registry`]: provider names to how each is built.
 //! - [`config`]: layered configuration (defaults, files, environment, flags) with origins.
+//! - [`env_policy`]: which of the caller's environment variables reach the remote command.
 //! - [`lease`] and [`claims`]: lease ids, slugs, and this machine's claim files.
 //! - [`sync`]: the sync manifest, the streamed archive, and warm-sync state.
 //! - [`command`]: how argv becomes the remote shell command.
@@ -16,6 +17,7 @@ pub mod command;
 pub mod config;
 pub mod conformance;
 pub mod engine;
+pub mod env_policy;
 pub mod error;
 pub mod events;
 pub mod hint;

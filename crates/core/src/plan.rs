@@ -84,12 +84,7 @@ fn forwarded(
     extra: &[String],
     warnings: &mut Vec<String>,
 ) -> BTreeMap<String, String> {
-    let _ = warnings;
-    cfg.core
-        .env
-        .allow
-        .iter()
-        .chain(extra)
-        .filter_map(|k| caller_env.get(k).map(|v| (k.clone(), v.clone())))
-        .collect()
+    let env = crate::env_policy::forwarded_env(cfg, caller_env, extra);
+    warnings.extend(env.refused.iter().map(ToString::to_string));
+    env.vars
 }

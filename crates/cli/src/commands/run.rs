@@ -32,7 +32,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
         full_resync: a.full_resync,
         keep,
         slug: a.slug,
-        allow_env: Vec::new(),
+        allow_env: a.allow_env,
     };
     let cancel = CancellationToken::new();
     let plan = plan_run(&cfg, &std::env::vars().collect(), opts, cancel.clone()).await?;
