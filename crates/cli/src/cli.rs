@@ -1,6 +1,7 @@
 //! The command-line grammar. Flags mirror the reference CLI so its users type the same things.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use crabbox_core::config::{FlagValue, Setting};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,7 +16,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Flags every command accepts.
+/// Flags every command accepts. Each provider's settings add their own flags (`--e2b-*`),
+/// from its config section, when the command line is built ([`command`]).
 #[derive(Debug, Args, Clone, Default)]
 pub struct GlobalArgs {
     /// Provider to use: local (default) or e2b [env: CRABBOX_PROVIDER]
@@ -27,30 +29,71 @@ pub struct GlobalArgs {
     /// Idle timeout, e.g. 30m [env: CRABBOX_IDLE_TIMEOUT]
     #[arg(long, global = true)]
     pub idle_timeout: Option<String>,
-    /// E2B template [env: CRABBOX_E2B_TEMPLATE]
-    #[arg(long, global = true, value_name = "TEMPLATE")]
-    pub e2b_template: Option<String>,
-    /// Workdir inside the sandbox; relative paths are under the user's home [env: CRABBOX_E2B_WORKDIR]
-    #[arg(long, global = true, value_name = "DIR")]
-    pub e2b_workdir: Option<String>,
-    /// Sandbox user (template default `user`) [env: CRABBOX_E2B_USER]
-    #[arg(long, global = true, value_name = "USER")]
-    pub e2b_user: Option<String>,
-    /// E2B API URL [env: CRABBOX_E2B_API_URL, E2B_API_URL]
-    #[arg(long, global = true, value_name = "URL")]
-    pub e2b_api_url: Option<String>,
-    /// E2B domain [env: CRABBOX_E2B_DOMAIN, E2B_DOMAIN]
-    #[arg(long, global = true, value_name = "DOMAIN")]
-    pub e2b_domain: Option<String>,
-    /// One envd base URL for every sandbox [env: CRABBOX_E2B_SANDBOX_URL, E2B_SANDBOX_URL]
-    #[arg(long, global = true, value_name = "URL")]
-    pub e2b_sandbox_url: Option<String>,
     /// Machine class (providers with machine sizes only; refused for local and e2b)
     #[arg(long, global = true, value_name = "CLASS")]
     pub class: Option<String>,
     /// Machine type (providers with machine sizes only; refused for local and e2b)
     #[arg(long = "type", global = true, value_name = "TYPE")]
     pub machine_type: Option<String>,
+    /// Values of the providers' flags, as config layers.
+    #[arg(skip)]
+    pub provider_flags: Vec<FlagValue>,
+}
+
+/// The full grammar: the derived one plus every registered provider's flags.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for setting in provider_settings() {
+        if let Some(f) = setting.flag {
+            cmd = cmd.arg(
+                clap::Arg::new(f.long)
+                    .long(f.long)
+                    .global(true)
+                    .value_name(f.value_name)
+                    .help(f.help),
+            );
+        }
+    }
+    cmd
+}
+
+/// Parses the process's arguments (exiting with usage on error, as clap does).
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Global flags are propagated to the subcommand's matches; read them from the deepest.
+    let mut deepest = &matches;
+    while let Some((_, sub)) = deepest.subcommand() {
+        deepest = sub;
+    }
+    for setting in provider_settings() {
+        if let Some(f) = setting.flag {
+            let value = deepest
+                .try_get_one::<String>(f.long)
+                .ok()
+                .flatten()
+                .or_else(|| matches.get_one::<String>(f.long));
+            if let Some(v) = value {
+                cli.global.provider_flags.push(FlagValue::new(
+                    setting.key,
+                    format!("--{}", f.long),
+                    v.clone(),
+                ));
+            }
+        }
+    }
+    cli
+}
+
+fn provider_settings() -> Vec<Setting> {
+    crate::registry::registry()
+        .sections()
+        .into_iter()
+        .flat_map(|s| s.settings.iter().copied())
+        .collect()
 }
 
 #[derive(Debug, Subcommand)]

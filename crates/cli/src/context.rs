@@ -9,7 +9,7 @@ use crabbox_core::engine::Engine;
 use crabbox_core::events::Reporter;
 use crabbox_core::hint::Hint;
 use crabbox_core::provider::ProviderContext;
-use crabbox_core::{Error, Result};
+use crabbox_core::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::GlobalArgs;
@@ -25,19 +25,15 @@ pub fn flag_layers(g: &GlobalArgs) -> Vec<FlagValue> {
     add("provider", "--provider", &g.provider);
     add("ttl", "--ttl", &g.ttl);
     add("idleTimeout", "--idle-timeout", &g.idle_timeout);
-    add("e2b.template", "--e2b-template", &g.e2b_template);
-    add("e2b.workdir", "--e2b-workdir", &g.e2b_workdir);
-    add("e2b.user", "--e2b-user", &g.e2b_user);
-    add("e2b.apiUrl", "--e2b-api-url", &g.e2b_api_url);
-    add("e2b.domain", "--e2b-domain", &g.e2b_domain);
-    add("e2b.sandboxUrl", "--e2b-sandbox-url", &g.e2b_sandbox_url);
+    flags.extend(g.provider_flags.iter().cloned());
     flags
 }
 
 pub fn load_config(g: &GlobalArgs, extra: Vec<FlagValue>) -> Result<LoadedConfig> {
     let mut flags = flag_layers(g);
     flags.extend(extra);
-    let cfg = LoadedConfig::load(&LoadOptions::from_process(flags)?)?;
+    let sections = crate::registry::registry().sections();
+    let cfg = LoadedConfig::load(&LoadOptions::from_process(flags, sections)?)?;
     for w in &cfg.warnings {
         eprintln!("crabbox: warning: {w}");
     }
@@ -63,22 +59,12 @@ pub fn engine(cfg: &LoadedConfig, g: &GlobalArgs) -> Result<Engine> {
         caller_env: std::env::vars().collect(),
     };
     let provider = crate::registry::registry().build(cfg, &ctx)?;
-    if !provider.capabilities().machine_class {
-        for (flag, v) in [("--class", &g.class), ("--type", &g.machine_type)] {
-            if v.is_some() {
-                let hint = if provider.name() == "e2b" {
-                    "; E2B sandbox sizes come from the template: use --e2b-template"
-                } else {
-                    ""
-                };
-                return Err(Error::Usage(format!(
-                    "{flag} is not supported by provider {}{hint}",
-                    provider.name()
-                )));
-            }
-        }
-    }
-    Ok(Engine::new(provider, claim_store()?, state_dir).configured(cfg))
+    let engine = Engine::new(provider, claim_store()?, state_dir).configured(cfg);
+    engine.refuse_machine_sizes(&[
+        ("--class", g.class.as_deref()),
+        ("--type", g.machine_type.as_deref()),
+    ])?;
+    Ok(engine)
 }
 
 /// Status lines on stderr; a progress bar on a TTY once a transfer has taken a moment.

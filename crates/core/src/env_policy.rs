@@ -12,8 +12,8 @@
 //!    plus every `run --allow-env NAME`, which adds to the list rather than replacing it.
 //!    Only variables that are set in the caller's environment are considered.
 //! 2. **crabbox's own credentials are never forwarded**, whoever asks: the variables of every
-//!    secret setting in the config schema ([`LoadedConfig::secret_env_vars`]: `E2B_API_KEY`,
-//!    `CRABBOX_E2B_API_KEY`).
+//!    secret setting in the config schema ([`LoadedConfig::secret_env_vars`], e.g. a provider's
+//!    API key variables).
 //! 3. **A variable whose name marks it secret** ([`is_secret_name`]: `*_KEY`, `*_TOKEN`,
 //!    `*_SECRET`, `*PASSWORD*`) is forwarded only if a layer the user controls asks for it: the
 //!    built-in defaults, the user's config file (or `CRABBOX_CONFIG`), `CRABBOX_ENV_ALLOW`, a
@@ -214,6 +214,7 @@ mod tests {
                 .collect(),
             flags: vec![],
             user_file: Some(dir.path().join("user.yaml")),
+            sections: vec![crate::config::tests::ACME],
         };
         Setup { dir, opts }
     }
@@ -244,8 +245,8 @@ mod tests {
     const CALLER: &[(&str, &str)] = &[
         ("CI", "true"),
         ("NODE_OPTIONS", "--max-old-space-size=4096"),
-        ("E2B_API_KEY", "e2b_value_one"),
-        ("CRABBOX_E2B_API_KEY", "e2b_value_two"),
+        ("ACME_API_KEY", "acme_value_one"),
+        ("CRABBOX_ACME_API_KEY", "acme_value_two"),
         ("GITHUB_TOKEN", "ghp_value"),
         ("LEAKME", "x"),
         ("FOO", "foo"),
@@ -278,17 +279,17 @@ mod tests {
 
     #[test]
     fn crabbox_credentials_are_never_forwarded_whoever_asks() {
-        let s = setup(&[("CRABBOX_ENV_ALLOW", "E2B_API_KEY,CI")])
-            .user("env:\n  allow: [CRABBOX_E2B_API_KEY, E2B_API_KEY]\n");
-        let f = s.forward(CALLER, &["CRABBOX_E2B_API_KEY", "E2B_API_KEY"]);
+        let s = setup(&[("CRABBOX_ENV_ALLOW", "ACME_API_KEY,CI")])
+            .user("env:\n  allow: [CRABBOX_ACME_API_KEY, ACME_API_KEY]\n");
+        let f = s.forward(CALLER, &["CRABBOX_ACME_API_KEY", "ACME_API_KEY"]);
         assert_eq!(names(&f), ["CI"]);
-        assert_eq!(refused(&f), ["E2B_API_KEY", "CRABBOX_E2B_API_KEY"]);
+        assert_eq!(refused(&f), ["ACME_API_KEY", "CRABBOX_ACME_API_KEY"]);
         for r in &f.refused {
             assert_eq!(r.reason, RefusalReason::CrabboxCredential);
         }
         assert_eq!(
             f.refused[0].to_string(),
-            "not forwarding E2B_API_KEY to the box: it is crabbox's own credential"
+            "not forwarding ACME_API_KEY to the box: it is crabbox's own credential"
         );
     }
 
@@ -296,11 +297,11 @@ mod tests {
     fn repository_list_replaces_the_users_and_secret_names_from_it_are_refused() {
         let s = setup(&[]).user("env:\n  allow: [FOO]\n").repo(
             ".crabbox.yaml",
-            "env:\n  allow: [E2B_API_KEY, GITHUB_TOKEN, CI]\n",
+            "env:\n  allow: [ACME_API_KEY, GITHUB_TOKEN, CI]\n",
         );
         let f = s.forward(CALLER, &[]);
         assert_eq!(names(&f), ["CI"], "FOO was replaced by the repository list");
-        assert_eq!(refused(&f), ["E2B_API_KEY", "GITHUB_TOKEN"]);
+        assert_eq!(refused(&f), ["ACME_API_KEY", "GITHUB_TOKEN"]);
         let dot = s.repo_path(".crabbox.yaml");
         assert_eq!(
             f.refused[1].reason,
@@ -389,11 +390,11 @@ mod tests {
         let f = setup(&[])
             .repo(
                 ".crabbox.yaml",
-                "env:\n  allow: [E2B_API_KEY, GITHUB_TOKEN, CI]\n",
+                "env:\n  allow: [ACME_API_KEY, GITHUB_TOKEN, CI]\n",
             )
-            .forward(CALLER, &["GITHUB_TOKEN", "FOO", "E2B_API_KEY"]);
+            .forward(CALLER, &["GITHUB_TOKEN", "FOO", "ACME_API_KEY"]);
         assert_eq!(names(&f), ["CI", "FOO", "GITHUB_TOKEN"]);
-        assert_eq!(refused(&f), ["E2B_API_KEY"]);
+        assert_eq!(refused(&f), ["ACME_API_KEY"]);
         assert_eq!(f.refused[0].reason, RefusalReason::CrabboxCredential);
     }
 
@@ -413,7 +414,7 @@ mod tests {
         let f = setup(&[])
             .repo(
                 ".crabbox.yaml",
-                "env:\n  allow: [E2B_API_KEY, CRABBOX_E2B_API_KEY, GITHUB_TOKEN, CI]\n",
+                "env:\n  allow: [ACME_API_KEY, CRABBOX_ACME_API_KEY, GITHUB_TOKEN, CI]\n",
             )
             .forward(CALLER, &[]);
         assert_eq!(f.refused.len(), 3);
@@ -425,7 +426,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        for name in ["E2B_API_KEY", "CRABBOX_E2B_API_KEY", "GITHUB_TOKEN"] {
+        for name in ["ACME_API_KEY", "CRABBOX_ACME_API_KEY", "GITHUB_TOKEN"] {
             let value = CALLER.iter().find(|(k, _)| *k == name).unwrap().1;
             // The message names the variable only, so a failure prints no value either.
             assert!(!shown.contains(value), "the value of {name} was shown");

@@ -219,6 +219,11 @@ pub trait Provider: Send + Sync {
     fn preflight(&self) -> Result<()> {
         Ok(())
     }
+    /// Why machine sizes (`--class`, `--type`) do not apply, when they do not
+    /// (`capabilities().machine_class` is false) and the provider has a setting instead.
+    fn machine_size_note(&self) -> Option<&'static str> {
+        None
+    }
     /// Where a lease's files go on its box.
     fn workdir(&self, lease_id: &str) -> Result<String>;
     /// The lifetime a box gets when `requested` is asked for (a provider may cap it).

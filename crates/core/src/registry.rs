@@ -1,7 +1,7 @@
 //! The provider registry: a provider's name to how it is built. Core names no provider; the
 //! front end's crate registers each one (one line per provider).
 
-use crate::config::LoadedConfig;
+use crate::config::{ConfigSection, LoadedConfig};
 use crate::error::{Error, Result};
 use crate::provider::{Provider, ProviderContext};
 
@@ -10,6 +10,8 @@ use crate::provider::{Provider, ProviderContext};
 pub struct ProviderEntry {
     /// `local`, `e2b`: the value of the `provider` setting that selects it.
     pub name: &'static str,
+    /// Its config section (settings, environment variables, flags, defaults).
+    pub section: ConfigSection,
     /// Builds it from the loaded configuration (its own section, `cfg.section(name)`).
     pub build: fn(&LoadedConfig, &ProviderContext) -> Result<Box<dyn Provider>>,
 }
@@ -42,6 +44,11 @@ impl Registry {
 
     pub fn names(&self) -> Vec<&'static str> {
         self.entries.iter().map(|e| e.name).collect()
+    }
+
+    /// Every provider's config section, for loading the config.
+    pub fn sections(&self) -> Vec<ConfigSection> {
+        self.entries.iter().map(|e| e.section).collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&ProviderEntry> {

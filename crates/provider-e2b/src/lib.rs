@@ -42,7 +42,7 @@ pub mod settings;
 
 pub use provider::E2bProvider;
 pub use retry::RetryPolicy;
-pub use settings::E2bSettings;
+pub use settings::{E2bSettings, SECTION};
 
 /// Fails the test unless `script` parses as bash (`bash -n`): the scripts run on the box.
 #[cfg(test)]
@@ -61,5 +61,6 @@ pub(crate) fn assert_valid_bash(script: &str) {
 /// The registry entry of the E2B provider.
 pub const ENTRY: crabbox_core::registry::ProviderEntry = crabbox_core::registry::ProviderEntry {
     name: "e2b",
+    section: settings::SECTION,
     build: |cfg, _ctx| Ok(Box::new(E2bProvider::from_config(cfg)?)),
 };

@@ -244,6 +244,10 @@ impl Provider for E2bProvider {
         self.endpoint.clone()
     }
 
+    fn machine_size_note(&self) -> Option<&'static str> {
+        Some("E2B sandbox sizes come from the template: set e2b.template (--e2b-template)")
+    }
+
     fn preflight(&self) -> Result<()> {
         self.placement().map(|_| ())
     }

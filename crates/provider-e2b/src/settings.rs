@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crabbox_core::config::{LoadedConfig, Origin};
+use crabbox_core::config::{ConfigSection, LoadedConfig, Origin, Setting};
 use crabbox_core::{Error, Result};
 use serde::Deserialize;
 use url::{Host, Url};
@@ -36,6 +36,51 @@ impl std::fmt::Debug for Secret {
         f.write_str("Secret(****)")
     }
 }
+
+/// The `e2b` config section: its settings (environment variables in precedence order,
+/// secrecy, flags) and defaults.
+pub const SECTION: ConfigSection = ConfigSection {
+    name: "e2b",
+    settings: &[
+        Setting::new("e2b.apiKey", &["CRABBOX_E2B_API_KEY", "E2B_API_KEY"]).secret(),
+        Setting::new("e2b.apiUrl", &["CRABBOX_E2B_API_URL", "E2B_API_URL"]).flag(
+            "e2b-api-url",
+            "URL",
+            "E2B API URL [env: CRABBOX_E2B_API_URL, E2B_API_URL]",
+        ),
+        Setting::new("e2b.domain", &["CRABBOX_E2B_DOMAIN", "E2B_DOMAIN"]).flag(
+            "e2b-domain",
+            "DOMAIN",
+            "E2B domain [env: CRABBOX_E2B_DOMAIN, E2B_DOMAIN]",
+        ),
+        Setting::new(
+            "e2b.sandboxUrl",
+            &["CRABBOX_E2B_SANDBOX_URL", "E2B_SANDBOX_URL"],
+        )
+        .flag(
+            "e2b-sandbox-url",
+            "URL",
+            "One envd base URL for every sandbox [env: CRABBOX_E2B_SANDBOX_URL, E2B_SANDBOX_URL]",
+        ),
+        Setting::new("e2b.template", &["CRABBOX_E2B_TEMPLATE"]).flag(
+            "e2b-template",
+            "TEMPLATE",
+            "E2B template [env: CRABBOX_E2B_TEMPLATE]",
+        ),
+        Setting::new("e2b.workdir", &["CRABBOX_E2B_WORKDIR"]).flag(
+            "e2b-workdir",
+            "DIR",
+            "Workdir inside the sandbox; relative paths are under the user's home [env: CRABBOX_E2B_WORKDIR]",
+        ),
+        Setting::new("e2b.user", &["CRABBOX_E2B_USER"]).flag(
+            "e2b-user",
+            "USER",
+            "Sandbox user (template default `user`) [env: CRABBOX_E2B_USER]",
+        ),
+        Setting::new("e2b.maxTtl", &["CRABBOX_E2B_MAX_TTL"]),
+    ],
+    defaults_yaml: include_str!("defaults.yaml"),
+};
 
 /// The `e2b` section as configured (defaults < files < environment < flags).
 #[derive(Clone, Deserialize)]

@@ -246,5 +246,10 @@ impl BoxSession for LocalSession {
 /// The registry entry of the local provider.
 pub const ENTRY: crabbox_core::registry::ProviderEntry = crabbox_core::registry::ProviderEntry {
     name: PROVIDER,
+    section: crabbox_core::config::ConfigSection {
+        name: PROVIDER,
+        settings: &[],
+        defaults_yaml: "{}",
+    },
     build: |_cfg, ctx| Ok(Box::new(LocalProvider::new(ctx))),
 };

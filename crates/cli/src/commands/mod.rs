@@ -7,7 +7,6 @@ mod status;
 mod stop;
 mod warmup;
 
-use clap::CommandFactory;
 use crabbox_core::Result;
 
 use crate::cli::{Cli, Command};
@@ -25,7 +24,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
-                &mut Cli::command(),
+                &mut crate::cli::command(),
                 "crabbox",
                 &mut std::io::stdout(),
             );

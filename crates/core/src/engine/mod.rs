@@ -100,6 +100,25 @@ impl Engine {
         self.provider.name()
     }
 
+    /// Refuses machine sizes (`--class`, `--type`: `(flag, value)` pairs) a provider without
+    /// them cannot honour, before any work.
+    pub fn refuse_machine_sizes(&self, asked: &[(&str, Option<&str>)]) -> Result<()> {
+        if self.provider.capabilities().machine_class {
+            return Ok(());
+        }
+        match asked.iter().find(|(_, v)| v.is_some()) {
+            None => Ok(()),
+            Some((flag, _)) => Err(crate::Error::Usage(format!(
+                "{flag} is not supported by provider {}{}",
+                self.name(),
+                self.provider
+                    .machine_size_note()
+                    .map(|n| format!("; {n}"))
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+
     pub fn claims(&self) -> &ClaimStore {
         &self.claims
     }

@@ -60,6 +60,7 @@ impl World {
                 .collect(),
             flags: vec![],
             user_file: None,
+            sections: vec![crabbox_provider_e2b::SECTION],
         })
     }
 

@@ -1,0 +1,337 @@
+//! Config loading: precedence, origins, errors with file and line, sections.
+
+use super::*;
+
+/// A provider section like the ones provider crates contribute.
+pub(crate) const ACME: ConfigSection = ConfigSection {
+    name: "acme",
+    settings: &[
+        Setting::new("acme.apiKey", &["CRABBOX_ACME_API_KEY", "ACME_API_KEY"]).secret(),
+        Setting::new("acme.apiUrl", &["CRABBOX_ACME_API_URL", "ACME_API_URL"]),
+        Setting::new("acme.domain", &["CRABBOX_ACME_DOMAIN", "ACME_DOMAIN"]),
+        Setting::new("acme.template", &["CRABBOX_ACME_TEMPLATE"]).flag(
+            "acme-template",
+            "TEMPLATE",
+            "template",
+        ),
+        Setting::new("acme.workdir", &["CRABBOX_ACME_WORKDIR"]),
+        Setting::new("acme.user", &["CRABBOX_ACME_USER"]),
+    ],
+    defaults_yaml:
+        "apiUrl: https://api.acme.invalid\ntemplate: base\nworkdir: crabbox\nuser: \"\"\n",
+};
+
+struct Env {
+    dir: tempfile::TempDir,
+    opts: LoadOptions,
+}
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let opts = LoadOptions {
+        cwd: repo,
+        env: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        flags: vec![],
+        user_file: Some(dir.path().join("user.yaml")),
+        sections: vec![ACME],
+    };
+    Env { dir, opts }
+}
+
+impl Env {
+    fn user(&self, text: &str) -> &Self {
+        std::fs::write(self.dir.path().join("user.yaml"), text).unwrap();
+        self
+    }
+    fn repo(&self, name: &str, text: &str) -> &Self {
+        std::fs::write(self.opts.cwd.join(name), text).unwrap();
+        self
+    }
+    fn load(&self) -> Result<LoadedConfig> {
+        LoadedConfig::load(&self.opts)
+    }
+}
+
+fn string(c: &LoadedConfig, key: &str) -> String {
+    c.value(key)
+        .and_then(|v| v.into_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn defaults_apply_with_no_files() {
+    let c = env(&[]).load().unwrap();
+    assert_eq!(c.core.provider, "local");
+    assert_eq!(c.core.ttl, Duration::from_secs(90 * 60));
+    assert_eq!(c.core.env.allow, ["CI", "NODE_OPTIONS"]);
+    assert_eq!(c.origin("provider"), Some(Origin::Default));
+}
+
+#[test]
+fn layers_override_in_order() {
+    let e = env(&[]);
+    e.user("ttl: 10m\nacme:\n  template: from-user\n  workdir: u\n  user: u\n");
+    e.repo(
+        "crabbox.yaml",
+        "acme:\n  template: from-plain\n  workdir: p\n",
+    );
+    e.repo(".crabbox.yaml", "acme:\n  template: from-dot\n");
+    let c = e.load().unwrap();
+    assert_eq!(string(&c, "acme.template"), "from-dot");
+    assert_eq!(string(&c, "acme.workdir"), "p");
+    assert_eq!(string(&c, "acme.user"), "u");
+    assert_eq!(c.core.ttl, Duration::from_secs(600));
+    assert!(
+        matches!(c.origin("acme.template"), Some(Origin::RepoFile { path }) if path.ends_with(".crabbox.yaml"))
+    );
+    assert!(matches!(
+        c.origin("acme.user"),
+        Some(Origin::UserFile { .. })
+    ));
+
+    let mut e = env(&[
+        ("CRABBOX_ACME_TEMPLATE", "from-env"),
+        ("CRABBOX_TTL", "20m"),
+    ]);
+    e.repo(".crabbox.yaml", "acme:\n  template: from-dot\n");
+    assert_eq!(string(&e.load().unwrap(), "acme.template"), "from-env");
+    e.opts
+        .flags
+        .push(flag("acme.template", "--acme-template", "from-flag"));
+    e.opts.flags.push(flag("ttl", "--ttl", "5m"));
+    let c = e.load().unwrap();
+    assert_eq!(string(&c, "acme.template"), "from-flag");
+    assert_eq!(c.core.ttl, Duration::from_secs(300));
+    assert_eq!(
+        c.origin("acme.template"),
+        Some(Origin::Flag {
+            flag: "--acme-template".into()
+        })
+    );
+}
+
+#[test]
+fn crabbox_prefixed_env_beats_vendor_env() {
+    let c = env(&[
+        ("ACME_API_KEY", "vendor"),
+        ("CRABBOX_ACME_API_KEY", "ours"),
+        ("ACME_DOMAIN", "d.example"),
+    ])
+    .load()
+    .unwrap();
+    assert_eq!(string(&c, "acme.apiKey"), "ours");
+    assert_eq!(
+        c.origin("acme.apiKey"),
+        Some(Origin::Env {
+            var: "CRABBOX_ACME_API_KEY".into()
+        })
+    );
+    assert_eq!(string(&c, "acme.domain"), "d.example");
+    let c = env(&[("ACME_API_KEY", "vendor"), ("CRABBOX_ACME_API_KEY", "")])
+        .load()
+        .unwrap();
+    assert_eq!(
+        string(&c, "acme.apiKey"),
+        "vendor",
+        "empty prefixed variable must not win"
+    );
+}
+
+#[test]
+fn crabbox_config_replaces_the_search() {
+    let e = env(&[]);
+    e.repo(".crabbox.yaml", "provider: acme\n");
+    let other = e.dir.path().join("explicit.yaml");
+    std::fs::write(&other, "target: macos\n").unwrap();
+    let mut e2 = env(&[("CRABBOX_CONFIG", other.to_str().unwrap())]);
+    e2.opts.cwd = e.opts.cwd.clone();
+    let c = e2.load().unwrap();
+    assert_eq!(c.core.provider, "local", "repo file must not be read");
+    assert_eq!(c.core.target, "macos");
+}
+
+#[test]
+fn yaml_syntax_error_names_file_and_line() {
+    let e = env(&[]);
+    e.repo(
+        ".crabbox.yaml",
+        "provider: acme\nacme:\n  template: [unclosed\n",
+    );
+    let err = e.load().unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let msg = err.to_string();
+    assert!(msg.contains(".crabbox.yaml:"), "{msg}");
+    assert!(matches!(err, Error::Config { line: Some(_), .. }), "{msg}");
+}
+
+#[test]
+fn type_error_names_file_line_and_key() {
+    let e = env(&[]);
+    e.repo(
+        ".crabbox.yaml",
+        "provider: local\n\nsync:\n  delete: true\n  timeout: [1, 2]\n",
+    );
+    let err = e.load().unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(&err, Error::Config { line: Some(5), .. }), "{msg}");
+    assert!(msg.contains("sync.timeout"), "{msg}");
+    assert!(msg.contains(".crabbox.yaml:5"), "{msg}");
+}
+
+#[test]
+fn unknown_key_warns_naming_it() {
+    let e = env(&[]);
+    e.repo(
+        ".crabbox.yaml",
+        "provider: local\nacme:\n  tempalte: base\nfrobnicate: 1\n",
+    );
+    let c = e.load().unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains("acme.tempalte") && c.warnings[0].contains(":3"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(c.warnings[1].contains("frobnicate"));
+}
+
+#[test]
+fn api_key_in_a_file_is_refused() {
+    let e = env(&[]);
+    e.user("acme:\n  apiKey: acme_secret\n");
+    let err = e.load().unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(!err.to_string().contains("acme_secret"));
+    assert!(err.to_string().contains("ACME_API_KEY"));
+}
+
+#[test]
+fn describe_masks_secrets_and_names_origins() {
+    let c = env(&[("ACME_API_KEY", "acme_topsecret")]).load().unwrap();
+    let shown = c.describe();
+    let key = shown.iter().find(|s| s.key == "acme.apiKey").unwrap();
+    assert_eq!(key.value, serde_json::json!("****"));
+    assert_eq!(
+        key.origin,
+        Some(Origin::Env {
+            var: "ACME_API_KEY".into()
+        })
+    );
+    assert!(!serde_json::to_string(&shown).unwrap().contains("topsecret"));
+}
+
+#[test]
+fn env_lists_and_durations_parse() {
+    let c = env(&[
+        ("CRABBOX_ENV_ALLOW", "CI, FOO"),
+        ("CRABBOX_SYNC_ALLOW_LARGE", "1"),
+        ("CRABBOX_TTL", "120"),
+    ])
+    .load()
+    .unwrap();
+    assert_eq!(c.core.env.allow, ["CI", "FOO"]);
+    assert!(c.core.sync.allow_large);
+    assert_eq!(c.core.ttl, Duration::from_secs(120));
+    let err = env(&[("CRABBOX_TTL", "soon")]).load().unwrap_err();
+    assert!(err.to_string().contains("CRABBOX_TTL"), "{err}");
+}
+
+#[test]
+fn a_later_list_replaces_an_earlier_one_but_each_layer_keeps_its_own() {
+    let e = env(&[]);
+    e.user("env:\n  allow: [FROM_USER, BOTH]\n");
+    e.repo("crabbox.yaml", "provider: local\n");
+    e.repo(".crabbox.yaml", "env:\n  allow: BOTH, FROM_REPO\n");
+    let c = e.load().unwrap();
+    assert_eq!(
+        c.core.env.allow,
+        ["BOTH", "FROM_REPO"],
+        "merge replaces lists"
+    );
+    let layers = c.layer_lists("env.allow");
+    let user = e.dir.path().join("user.yaml");
+    let dot = e.opts.cwd.join(".crabbox.yaml");
+    assert_eq!(
+        layers,
+        [
+            (Origin::Default, vec!["CI".into(), "NODE_OPTIONS".into()]),
+            (
+                Origin::UserFile { path: user },
+                vec!["FROM_USER".into(), "BOTH".into()]
+            ),
+            (
+                Origin::RepoFile { path: dot },
+                vec!["BOTH".into(), "FROM_REPO".into()]
+            ),
+        ],
+        "crabbox.yaml sets no env.allow and is not listed"
+    );
+
+    let mut e = env(&[("CRABBOX_ENV_ALLOW", "FROM_ENV")]);
+    e.repo(".crabbox.yaml", "env:\n  allow: [FROM_REPO]\n");
+    e.opts
+        .flags
+        .push(flag("env.allow", "--test-flag", ["FROM_FLAG"]));
+    let c = e.load().unwrap();
+    assert_eq!(c.core.env.allow, ["FROM_FLAG"]);
+    let layers = c.layer_lists("env.allow");
+    let origins: Vec<_> = layers.iter().map(|(o, _)| o.clone()).collect();
+    assert!(matches!(origins[1], Origin::RepoFile { .. }), "{origins:?}");
+    assert_eq!(
+        layers[2],
+        (
+            Origin::Env {
+                var: "CRABBOX_ENV_ALLOW".into()
+            },
+            vec!["FROM_ENV".into()]
+        )
+    );
+    assert_eq!(
+        layers[3],
+        (
+            Origin::Flag {
+                flag: "--test-flag".into()
+            },
+            vec!["FROM_FLAG".into()]
+        )
+    );
+    assert_eq!(layers.len(), 4);
+    assert!(c.layer_lists("no.such.key").is_empty());
+}
+
+#[test]
+fn secret_env_vars_are_the_secret_settings_variables() {
+    let c = env(&[]).load().unwrap();
+    let vars = c.secret_env_vars();
+    assert!(vars.contains(&"ACME_API_KEY".to_string()), "{vars:?}");
+    assert!(
+        vars.contains(&"CRABBOX_ACME_API_KEY".to_string()),
+        "{vars:?}"
+    );
+    assert!(!vars.contains(&"ACME_API_URL".to_string()), "{vars:?}");
+    assert!(!vars.contains(&"CRABBOX_ENV_ALLOW".to_string()), "{vars:?}");
+}
+
+#[test]
+fn sections_bring_their_defaults_keys_and_env() {
+    let c = env(&[("ACME_DOMAIN", "d.example")]).load().unwrap();
+    assert_eq!(string(&c, "acme.template"), "base");
+    assert_eq!(c.origin("acme.template"), Some(Origin::Default));
+    assert_eq!(string(&c, "acme.domain"), "d.example");
+    // Without the section its keys are unknown and its variables mean nothing.
+    let mut e = env(&[("ACME_DOMAIN", "d.example")]);
+    e.opts.sections.clear();
+    e.repo(".crabbox.yaml", "acme:\n  template: x\n");
+    let c = e.load().unwrap();
+    assert!(c.value("acme.domain").is_none());
+    assert!(
+        c.warnings.iter().any(|w| w.contains("unknown key `acme`")),
+        "{:?}",
+        c.warnings
+    );
+}
