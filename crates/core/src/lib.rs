@@ -26,6 +26,7 @@ pub mod paths;
 pub mod plan;
 pub mod provider;
 pub mod registry;
+pub mod secret;
 pub mod sync;
 
 pub use error::{Error, Result};

@@ -19,7 +19,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::retry::{is_retryable, RetryPolicy};
-use crate::settings::Secret;
+use crabbox_core::secret::Secret;
 
 /// Timeout of one control-plane call.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,23 +28,13 @@ pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_LIST_PAGES: usize = 100;
 
 /// A client of one E2B API endpoint.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ControlPlane {
     http: reqwest::Client,
     base: String,
     key: Secret,
     retry: RetryPolicy,
     timeout: Duration,
-}
-
-impl std::fmt::Debug for ControlPlane {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlPlane")
-            .field("base", &self.base)
-            .field("key", &self.key)
-            .field("retry", &self.retry)
-            .finish()
-    }
 }
 
 impl ControlPlane {

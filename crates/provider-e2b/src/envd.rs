@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::control::error_chain;
-use crate::settings::Secret;
+use crabbox_core::secret::Secret;
 
 /// envd's port inside every sandbox.
 pub const ENVD_PORT: u16 = 49983;
@@ -37,24 +37,13 @@ pub enum EnvdRoute {
 }
 
 /// A client of one sandbox's envd.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Envd {
     http: reqwest::Client,
     base: String,
     sandbox_id: String,
     token: Option<Secret>,
     user: String,
-}
-
-impl std::fmt::Debug for Envd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Envd")
-            .field("base", &self.base)
-            .field("sandbox_id", &self.sandbox_id)
-            .field("token", &self.token)
-            .field("user", &self.user)
-            .finish()
-    }
 }
 
 impl Envd {

@@ -8,34 +8,7 @@ use crabbox_core::{Error, Result};
 use serde::Deserialize;
 use url::{Host, Url};
 
-/// A value that must never be printed: the API key, an envd access token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for a request header only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// `text` with every occurrence of the secret masked.
-    pub fn scrub(&self, text: &str) -> String {
-        if self.0.len() < 4 {
-            return text.to_string();
-        }
-        text.replace(&self.0, "****")
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(****)")
-    }
-}
+pub use crabbox_core::secret::Secret;
 
 /// The `e2b` config section: its settings (environment variables in precedence order,
 /// secrecy, flags) and defaults.
@@ -83,11 +56,11 @@ pub const SECTION: ConfigSection = ConfigSection {
 };
 
 /// The `e2b` section as configured (defaults < files < environment < flags).
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct E2bSettings {
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     #[serde(default)]
     pub api_url: String,
     #[serde(default)]
@@ -105,21 +78,6 @@ pub struct E2bSettings {
         deserialize_with = "crabbox_core::config::de_duration"
     )]
     pub max_ttl: Duration,
-}
-
-impl std::fmt::Debug for E2bSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("E2bSettings")
-            .field("api_key", &self.api_key.as_ref().map(|_| "****"))
-            .field("api_url", &self.api_url)
-            .field("domain", &self.domain)
-            .field("sandbox_url", &self.sandbox_url)
-            .field("template", &self.template)
-            .field("workdir", &self.workdir)
-            .field("user", &self.user)
-            .field("max_ttl", &self.max_ttl)
-            .finish()
-    }
 }
 
 fn default_max_ttl() -> Duration {
@@ -149,7 +107,7 @@ const REDIRECT_KEYS: &[(&str, &str)] = &[
 
 /// The API key, or a usage error naming the variables that provide it.
 pub fn api_key(settings: &E2bSettings) -> Result<Secret> {
-    match settings.api_key.as_deref().map(str::trim) {
+    match settings.api_key.as_ref().map(|k| k.expose().trim()) {
         Some(k) if !k.is_empty() => Ok(Secret::new(k)),
         _ => Err(Error::Usage(
             "no E2B API key: set E2B_API_KEY or CRABBOX_E2B_API_KEY in the environment".into(),
