@@ -42,20 +42,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
     watch_signals(cancel);
     let outcome = engine.run(&plan.request, &mut StdioSink, &reporter).await?;
     if a.timing_json {
-        let line = serde_json::json!({
-            "provider": outcome.provider,
-            "leaseId": outcome.lease_id,
-            "slug": outcome.slug,
-            "exitCode": outcome.exit_code,
-            "created": outcome.created,
-            "kept": outcome.kept,
-            "acquireMs": outcome.timing.acquire_ms,
-            "syncMs": outcome.timing.sync_ms,
-            "commandMs": outcome.timing.command_ms,
-            "releaseMs": outcome.timing.release_ms,
-            "totalMs": outcome.timing.total_ms(),
-            "sync": outcome.sync,
-        });
+        let line = serde_json::to_string(&outcome.timing_report()).expect("serializable");
         eprintln!("{line}");
     }
     Ok(outcome.exit_code)

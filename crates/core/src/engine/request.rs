@@ -92,6 +92,44 @@ pub struct RunOutcome {
     pub sync: Option<SyncReport>,
 }
 
+impl RunOutcome {
+    /// The outcome as one flat record of phase timings (`run --timing-json`).
+    pub fn timing_report(&self) -> TimingReport {
+        TimingReport {
+            provider: self.provider.clone(),
+            lease_id: self.lease_id.clone(),
+            slug: self.slug.clone(),
+            exit_code: self.exit_code,
+            created: self.created,
+            kept: self.kept,
+            acquire_ms: self.timing.acquire_ms,
+            sync_ms: self.timing.sync_ms,
+            command_ms: self.timing.command_ms,
+            release_ms: self.timing.release_ms,
+            total_ms: self.timing.total_ms(),
+            sync: self.sync.clone(),
+        }
+    }
+}
+
+/// A run's phase timings with who and what, as one flat JSON object.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimingReport {
+    pub provider: String,
+    pub lease_id: String,
+    pub slug: String,
+    pub exit_code: i32,
+    pub created: bool,
+    pub kept: bool,
+    pub acquire_ms: u64,
+    pub sync_ms: u64,
+    pub command_ms: u64,
+    pub release_ms: u64,
+    pub total_ms: u64,
+    pub sync: Option<SyncReport>,
+}
+
 /// Wall-clock phases of a run, for `--timing-json`.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
