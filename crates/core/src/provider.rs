@@ -33,6 +33,9 @@ pub struct Capabilities {
     pub remote_kill: bool,
     /// Keeps build outputs between runs on a warm box.
     pub warm_reuse: bool,
+    /// A box carries tags that prove it is crabbox's, so one no claim names can be found and
+    /// released (`stop --reclaim`).
+    pub reclaim: bool,
     /// Pause and resume a box.
     pub pause: bool,
     /// Snapshot a box and start new ones from the snapshot.

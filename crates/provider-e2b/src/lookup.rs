@@ -6,7 +6,7 @@ use crabbox_core::provider::RemoteBox;
 use crabbox_core::{Error, Result};
 
 use crate::metadata;
-use crate::provider::{not_crabbox, remote_box, E2bProvider};
+use crate::provider::{listed_box, not_crabbox, remote_box, E2bProvider};
 
 /// A crabbox sandbox by raw sandbox id or `e2b_<id>`; `None` when there is none.
 pub async fn find_by_id(p: &E2bProvider, id: &str) -> Result<Option<RemoteBox>> {
@@ -42,28 +42,13 @@ pub async fn find_by_id(p: &E2bProvider, id: &str) -> Result<Option<RemoteBox>> 
 /// several sandboxes is refused.
 pub async fn find_by_tags(p: &E2bProvider, id: &str) -> Result<Option<RemoteBox>> {
     let raw = id.strip_prefix("e2b_").unwrap_or(id);
-    let listed: Vec<_> = p
-        .control
-        .list(&metadata::crabbox_filter())
-        .await?
-        .into_iter()
-        .filter(|s| metadata::is_crabbox(&s.metadata))
-        .collect();
-    let as_box = |s: &crabbox_e2b_wire::control::ListedSandbox| {
-        remote_box(
-            &s.sandbox_id,
-            s.state,
-            &s.metadata,
-            &s.started_at,
-            &s.end_at,
-        )
-    };
+    let listed = p.crabbox_sandboxes().await?;
     // A sandbox id or a lease id names one sandbox.
     if let Some(s) = listed
         .iter()
         .find(|s| s.sandbox_id == raw || s.metadata.get("lease").map(String::as_str) == Some(id))
     {
-        return Ok(Some(as_box(s)));
+        return Ok(Some(listed_box(s)));
     }
     if lease::is_lease_id(id) {
         return Ok(None);
@@ -92,7 +77,7 @@ pub async fn find_by_tags(p: &E2bProvider, id: &str) -> Result<Option<RemoteBox>
         )));
     }
     if let Some(s) = by_slug.first() {
-        return Ok(Some(as_box(s)));
+        return Ok(Some(listed_box(s)));
     }
     // Paused or otherwise unlisted: a direct lookup by sandbox id.
     match find_by_id(p, id).await {

@@ -11,7 +11,7 @@ use crabbox_core::provider::{
     BoxRef, BoxSession, Capabilities, CreateFailure, Created, NewBox, Provider, RemoteBox,
 };
 use crabbox_core::{Error, Result};
-use crabbox_e2b_wire::control::{NewSandbox, SandboxDetail, SandboxState};
+use crabbox_e2b_wire::control::{ListedSandbox, NewSandbox, SandboxDetail, SandboxState};
 
 use crate::control::ControlPlane;
 use crate::envd::{Envd, EnvdRoute};
@@ -184,6 +184,17 @@ impl E2bProvider {
         );
     }
 
+    /// Every crabbox sandbox of provider e2b on this endpoint.
+    pub(crate) async fn crabbox_sandboxes(&self) -> Result<Vec<ListedSandbox>> {
+        Ok(self
+            .control
+            .list(&metadata::crabbox_filter())
+            .await?
+            .into_iter()
+            .filter(|s| metadata::is_crabbox(&s.metadata))
+            .collect())
+    }
+
     /// Crabbox sandboxes tagged with `lease_id`, by a list filtered on the lease tag.
     async fn sandboxes_of_lease(&self, lease_id: &str) -> Result<Vec<String>> {
         let mut filter = metadata::crabbox_filter();
@@ -197,6 +208,17 @@ impl E2bProvider {
             .map(|s| s.sandbox_id)
             .collect())
     }
+}
+
+/// A listed sandbox as the engine sees it.
+pub(crate) fn listed_box(s: &ListedSandbox) -> RemoteBox {
+    remote_box(
+        &s.sandbox_id,
+        s.state,
+        &s.metadata,
+        &s.started_at,
+        &s.end_at,
+    )
 }
 
 pub(crate) fn not_crabbox(sandbox_id: &str) -> Error {
@@ -236,6 +258,7 @@ impl Provider for E2bProvider {
         Capabilities {
             remote_kill: true,
             warm_reuse: true,
+            reclaim: true,
             ..Capabilities::default()
         }
     }
@@ -366,20 +389,10 @@ impl Provider for E2bProvider {
 
     async fn list(&self) -> Result<Vec<RemoteBox>> {
         Ok(self
-            .control
-            .list(&metadata::crabbox_filter())
+            .crabbox_sandboxes()
             .await?
-            .into_iter()
-            .filter(|s| metadata::is_crabbox(&s.metadata))
-            .map(|s| {
-                remote_box(
-                    &s.sandbox_id,
-                    s.state,
-                    &s.metadata,
-                    &s.started_at,
-                    &s.end_at,
-                )
-            })
+            .iter()
+            .map(listed_box)
             .collect())
     }
 

@@ -107,18 +107,27 @@ impl Engine {
                 already_gone: !existed,
             });
         }
-        if !req.reclaim {
-            return Err(Error::NotFound(format!(
-                "no {} lease {:?} on this machine ({}); if its box still exists and the claim \
-                 was lost, it can be reclaimed",
+        let can_reclaim = self.provider.capabilities().reclaim;
+        if !req.reclaim || !can_reclaim {
+            let unknown = format!(
+                "no {} lease {:?} on this machine ({})",
                 self.name(),
                 req.id,
                 self.provider.endpoint()
-            ))
-            .with_hint(Hint::Reclaim {
-                provider: self.name().to_string(),
-                id: req.id.clone(),
-            }));
+            );
+            let provider = self.name().to_string();
+            return Err(if can_reclaim {
+                Error::NotFound(format!(
+                    "{unknown}; if its box still exists and the claim was lost, it can be \
+                     reclaimed"
+                ))
+                .with_hint(Hint::Reclaim {
+                    provider,
+                    id: req.id.clone(),
+                })
+            } else {
+                Error::NotFound(unknown).with_hint(Hint::List { provider })
+            });
         }
         let remote = self
             .provider

@@ -132,7 +132,7 @@ impl Engine {
             }));
         }
         reporter.status(&format!(
-            "{} box {} ready: lease {} ({})",
+            "created {} box {} (lease {}, {})",
             provider.name(),
             target.remote_id,
             claim.lease_id,
