@@ -660,17 +660,17 @@ async fn env_travels_as_envs_and_signals_reach_the_remote_command() {
     );
     req.sync = None;
     req.env.insert("SECRET_ISH".into(), "from-env".into());
-    let cancel = req.cancel.clone();
-    let started = std::time::Instant::now();
-    let mut out = CapturedOutput::default();
-    let trigger = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        cancel.cancel();
+    // Cancelled once the command printed `started`: its TERM trap is set by then.
+    let mut out = CancelOnOutput {
+        out: CapturedOutput::default(),
+        needle: "started",
+        cancel: req.cancel.clone(),
     };
-    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
+    let started = std::time::Instant::now();
+    let res = p.run(&req, &mut out, &SilentReporter).await;
     assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(out.stdout_str().contains("started"));
+    assert!(out.out.stdout_str().contains("started"));
 
     let mut req = request(&repo, Some(&warm.lease_id), &["cat", "got-term"]);
     req.sync = None;
@@ -710,14 +710,14 @@ async fn cancel_of_a_one_shot_run_deletes_its_sandbox() {
         &["/bin/bash", "-c", "trap '' TERM; echo started; sleep 60"],
     );
     req.sync = None;
-    let cancel = req.cancel.clone();
-    let mut out = CapturedOutput::default();
-    let trigger = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        cancel.cancel();
+    // Cancelled once the command printed `started`: it is running and ignores SIGTERM.
+    let mut out = CancelOnOutput {
+        out: CapturedOutput::default(),
+        needle: "started",
+        cancel: req.cancel.clone(),
     };
     let started = std::time::Instant::now();
-    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
+    let res = p.run(&req, &mut out, &SilentReporter).await;
     assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(
