@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{raw_create, raw_delete, raw_exists, raw_list, write, Recorder, World, KEY};
+use common::{edit, raw_create, raw_delete, raw_exists, raw_list, write, Recorder, World, KEY};
 use crabbox_core::conformance::{request, CapturedOutput, RepoFixture};
 use crabbox_core::engine::{KeepPolicy, StatusRequest, StopRequest, WarmupRequest};
 use crabbox_core::events::SilentReporter;
@@ -190,8 +190,7 @@ async fn warm_sync_sends_only_changes_and_keeps_build_outputs() {
     assert_eq!((s.sent_files, s.deleted_files), (0, 0));
 
     // One edit, one new file, one deletion.
-    std::thread::sleep(Duration::from_millis(20));
-    write(repo.root(), "tracked.txt", "edited\n");
+    edit(repo.root(), "tracked.txt", "edited\n");
     write(repo.root(), "src/new.txt", "new\n");
     std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
     let mut out = CapturedOutput::default();
@@ -878,8 +877,7 @@ async fn interrupted_warm_sync_leaves_no_archive_on_the_box() {
     .unwrap();
 
     // A warm sync with a change and a deletion, cancelled once the archive is uploaded.
-    std::thread::sleep(Duration::from_millis(20));
-    write(repo.root(), "tracked.txt", "edited\n");
+    edit(repo.root(), "tracked.txt", "edited\n");
     std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
     let req = request(&repo, Some(&warm.lease_id), &["true"]);
     let started = std::time::Instant::now();
