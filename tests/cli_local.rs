@@ -303,9 +303,20 @@ fn second_ctrl_c_exits_at_once() {
     let sb = Sandbox::new();
     let token = format!("crabbox-twice-{}", std::process::id());
     let mut child = start_stubborn(&sb, &token);
+    let mut status_lines = BufReader::new(child.stderr.take().unwrap()).lines();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    std::thread::sleep(Duration::from_millis(300));
+    // The second Ctrl-C goes once crabbox has taken the first (two signals sent together may
+    // arrive as one).
+    loop {
+        let line = status_lines
+            .next()
+            .expect("crabbox exited without reporting the first Ctrl-C")
+            .unwrap();
+        if line.contains("interrupted: stopping") {
+            break;
+        }
+    }
     let t = Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(child.wait().unwrap().code(), Some(130));

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{raw_create, raw_delete, raw_exists, raw_list, write, Recorder, World, KEY};
+use common::{edit, raw_create, raw_delete, raw_exists, raw_list, write, Recorder, World, KEY};
 use crabbox_core::conformance::{request, CapturedOutput, RepoFixture};
 use crabbox_core::engine::{KeepPolicy, StatusRequest, StopRequest, WarmupRequest};
 use crabbox_core::events::SilentReporter;
@@ -190,8 +190,7 @@ async fn warm_sync_sends_only_changes_and_keeps_build_outputs() {
     assert_eq!((s.sent_files, s.deleted_files), (0, 0));
 
     // One edit, one new file, one deletion.
-    std::thread::sleep(Duration::from_millis(20));
-    write(repo.root(), "tracked.txt", "edited\n");
+    edit(repo.root(), "tracked.txt", "edited\n");
     write(repo.root(), "src/new.txt", "new\n");
     std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
     let mut out = CapturedOutput::default();
@@ -660,17 +659,17 @@ async fn env_travels_as_envs_and_signals_reach_the_remote_command() {
     );
     req.sync = None;
     req.env.insert("SECRET_ISH".into(), "from-env".into());
-    let cancel = req.cancel.clone();
-    let started = std::time::Instant::now();
-    let mut out = CapturedOutput::default();
-    let trigger = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        cancel.cancel();
+    // Cancelled once the command printed `started`: its TERM trap is set by then.
+    let mut out = CancelOnOutput {
+        out: CapturedOutput::default(),
+        needle: "started",
+        cancel: req.cancel.clone(),
     };
-    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
+    let started = std::time::Instant::now();
+    let res = p.run(&req, &mut out, &SilentReporter).await;
     assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(out.stdout_str().contains("started"));
+    assert!(out.out.stdout_str().contains("started"));
 
     let mut req = request(&repo, Some(&warm.lease_id), &["cat", "got-term"]);
     req.sync = None;
@@ -710,14 +709,14 @@ async fn cancel_of_a_one_shot_run_deletes_its_sandbox() {
         &["/bin/bash", "-c", "trap '' TERM; echo started; sleep 60"],
     );
     req.sync = None;
-    let cancel = req.cancel.clone();
-    let mut out = CapturedOutput::default();
-    let trigger = async {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        cancel.cancel();
+    // Cancelled once the command printed `started`: it is running and ignores SIGTERM.
+    let mut out = CancelOnOutput {
+        out: CapturedOutput::default(),
+        needle: "started",
+        cancel: req.cancel.clone(),
     };
     let started = std::time::Instant::now();
-    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
+    let res = p.run(&req, &mut out, &SilentReporter).await;
     assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(
@@ -878,8 +877,7 @@ async fn interrupted_warm_sync_leaves_no_archive_on_the_box() {
     .unwrap();
 
     // A warm sync with a change and a deletion, cancelled once the archive is uploaded.
-    std::thread::sleep(Duration::from_millis(20));
-    write(repo.root(), "tracked.txt", "edited\n");
+    edit(repo.root(), "tracked.txt", "edited\n");
     std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
     let req = request(&repo, Some(&warm.lease_id), &["true"]);
     let started = std::time::Instant::now();

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use common::World;
-use crabbox_core::conformance::{request, CapturedOutput, RepoFixture};
+use crabbox_core::conformance::{request, run_and_cancel, CapturedOutput, RepoFixture};
 use crabbox_core::engine::StatusRequest;
 use crabbox_core::events::SilentReporter;
 use crabbox_core::Error;
@@ -95,6 +95,9 @@ struct Mock {
     made: Mutex<Vec<(String, Value)>>,
     /// Claims directory to sabotage from inside create (the claim write then fails).
     break_claim_in: Option<std::path::PathBuf>,
+    /// Signalled when a create that does not answer 201 has made its sandbox: the point a
+    /// test cancels at to catch the provider mid-create.
+    made_one: tokio::sync::Notify,
     stream: StreamMode,
 }
 
@@ -113,6 +116,7 @@ impl Mock {
             delete_status: 204,
             made: Mutex::new(Vec::new()),
             break_claim_in: None,
+            made_one: tokio::sync::Notify::new(),
             stream,
         }
     }
@@ -178,6 +182,7 @@ async fn create(State(m): S, body: Bytes) -> Response {
         meta["lease"].as_str().unwrap_or("")
     ));
     m.made.lock().unwrap().push((id, meta));
+    m.made_one.notify_one();
     match m.create_mode {
         CreateMode::MadeThen500 => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -594,15 +599,11 @@ async fn cancel_sends_sigterm_then_sigkill_then_deletes_the_sandbox() {
     let repo = RepoFixture::new();
     let mut req = request(&repo, None, &["sleep", "100"]);
     req.sync = None;
-    let cancel = req.cancel.clone();
-    let mut out = CapturedOutput::default();
-    let trigger = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        cancel.cancel();
-    };
+    // Cancelled at the command's first output, which the mock sends after its start event:
+    // the provider knows the pid to signal.
     let t = Instant::now();
-    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
-    assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
+    let err = run_and_cancel(&p, &req).await;
+    assert!(matches!(err, Error::Interrupted), "{err:?}");
     assert!(t.elapsed() < Duration::from_secs(10));
     let tail: Vec<_> = mock
         .entries()
@@ -734,14 +735,19 @@ async fn cancel_during_create_deletes_the_sandbox_it_made() {
     let repo = RepoFixture::new();
     let mut req = request(&repo, None, &["true"]);
     req.sync = None;
-    let cancel = req.cancel.clone();
     let mut out = CapturedOutput::default();
-    let trigger = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cancel.cancel();
-    };
     let t = Instant::now();
-    let (res, ()) = tokio::join!(p.run(&req, &mut out, &SilentReporter), trigger);
+    let run = p.run(&req, &mut out, &SilentReporter);
+    tokio::pin!(run);
+    // Cancelled once the mock made the sandbox and left the create unanswered; a run that
+    // ends before that is returned as it is (and fails the assertion below).
+    let res = tokio::select! {
+        res = &mut run => res,
+        () = mock.made_one.notified() => {
+            req.cancel.cancel();
+            run.await
+        }
+    };
     assert!(matches!(res, Err(Error::Interrupted)), "{res:?}");
     assert!(
         t.elapsed() < Duration::from_secs(10),

@@ -180,3 +180,18 @@ pub fn write(root: &Path, rel: &str, text: &str) {
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, text).unwrap();
 }
+
+/// Rewrites `rel` with `text` and sets its mtime a second past the old one, so the edit shows
+/// in a warm sync's delta however coarse the filesystem's timestamps are (no sleeping for a
+/// fresh mtime).
+pub fn edit(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    let before = std::fs::metadata(&p).unwrap().modified().unwrap();
+    std::fs::write(&p, text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(before + Duration::from_secs(1))
+        .unwrap();
+}
