@@ -122,3 +122,40 @@ async fn a_failed_delete_is_reported_and_keeps_the_box_and_claim() {
     assert_eq!(b.claim(&lease).unwrap().remote_id, "sbx1");
     assert!(b.fake.get_box("sbx1").is_some());
 }
+
+/// The engine bounds the release after a failed sync or a cancel; a delete that outlasts the
+/// bound is a release that failed, and is reported like one. (Time is paused: the bound
+/// passes without being waited out.)
+#[tokio::test(start_paused = true)]
+async fn a_delete_that_never_answers_after_a_failed_sync_is_reported() {
+    let b = Bench::new();
+    b.fake.fail(Op::Apply, Error::Sync("disk full".into()));
+    b.fake.hang(Op::Delete);
+    let err = b.run(&b.request("make test")).await.0.unwrap_err();
+    assert_eq!(err.exit_code(), 6, "the sync's error: {err}");
+    let lease = b.created_lease();
+    assert_eq!(b.fake.count(Op::Delete), 1);
+    assert!(
+        b.reporter
+            .statuses()
+            .iter()
+            .any(|s| s.starts_with("could not delete memory box sbx1")),
+        "{:?}",
+        b.reporter.statuses()
+    );
+    assert_eq!(b.reporter.hints(), [stop_hint(&lease)]);
+    assert!(b.claim(&lease).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_that_never_answers_after_a_cancel_is_reported() {
+    let b = Bench::new();
+    b.fake
+        .script("serve", Script::new().stdout("up\n").until_signalled());
+    b.fake.hang(Op::Delete);
+    let err = b.run_cancelled_on_output(&b.request("serve")).await;
+    assert!(err.is_interrupted(), "{err}");
+    let lease = b.created_lease();
+    assert_eq!(b.reporter.hints(), [stop_hint(&lease)]);
+    assert!(b.claim(&lease).is_some());
+}
