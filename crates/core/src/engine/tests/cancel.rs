@@ -104,3 +104,33 @@ async fn cancel_while_the_command_starts_stops_the_run_and_releases_the_box() {
     );
     b.assert_nothing_left();
 }
+
+/// Output that can no longer be written (a closed pipe).
+struct ClosedOutput;
+
+impl crate::events::OutputSink for ClosedOutput {
+    fn stdout(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+    fn stderr(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    }
+}
+
+#[tokio::test]
+async fn an_output_failure_stops_the_command_on_a_kept_box() {
+    let b = Bench::new();
+    b.fake
+        .script("serve", Script::new().stdout("up\n").until_signalled());
+    let warm = b.warmup().await;
+    let req = b.request_on(&warm.lease_id, "serve");
+    let err = b
+        .engine
+        .run(&req, &mut ClosedOutput, &b.reporter)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("broken pipe"), "{err}");
+    assert_eq!(b.fake.processes()[0].exit, Some(TERM_EXIT));
+    assert_eq!(b.fake.count(Op::StopRun), 1);
+    assert!(b.fake.get_box("sbx1").is_some(), "a reused box stays");
+}
