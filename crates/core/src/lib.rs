@@ -11,6 +11,7 @@
 //! - [`sync`]: the sync manifest, the streamed archive, and warm-sync state.
 //! - [`command`]: how argv becomes the remote shell command.
 //! - [`conformance`]: behaviour tests written once against the engine, run by every provider.
+//! - [`testing`]: test support: an in-memory provider with scripted commands and injected faults.
 
 pub mod claims;
 pub mod command;
@@ -28,6 +29,7 @@ pub mod provider;
 pub mod registry;
 pub mod secret;
 pub mod sync;
+pub mod testing;
 
 pub use error::{Error, Result};
 pub use sync::manifest_git_root as git_root;

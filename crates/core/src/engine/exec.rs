@@ -67,10 +67,13 @@ impl Engine {
                 }
                 e = stream.next_event() => e?,
             };
-            match event {
-                Some(ExecEvent::Started { pid }) => target.pid = Some(pid),
-                Some(ExecEvent::Stdout(b)) => out.stdout(&b).map_err(output_error)?,
-                Some(ExecEvent::Stderr(b)) => out.stderr(&b).map_err(output_error)?,
+            let written = match event {
+                Some(ExecEvent::Started { pid }) => {
+                    target.pid = Some(pid);
+                    Ok(())
+                }
+                Some(ExecEvent::Stdout(b)) => out.stdout(&b),
+                Some(ExecEvent::Stderr(b)) => out.stderr(&b),
                 Some(ExecEvent::Exited(code)) => return Ok(Ran::Exited(code)),
                 None => {
                     return Err(Error::Transport(format!(
@@ -80,6 +83,16 @@ impl Engine {
                         acquired.target.remote_id
                     )))
                 }
+            };
+            if let Err(e) = written {
+                // Nobody sees the output any more: the command must not run on unseen (on a
+                // kept box, nothing else would stop it).
+                let _ = tokio::time::timeout(
+                    CANCEL_BUDGET / 2,
+                    self.stop_command(session, stream.as_mut(), &mut target, out),
+                )
+                .await;
+                return Err(output_error(e));
             }
         }
     }

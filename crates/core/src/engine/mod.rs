@@ -17,6 +17,8 @@ mod leases;
 pub mod request;
 mod run;
 mod sync;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;

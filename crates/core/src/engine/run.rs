@@ -1,6 +1,6 @@
 //! `run`: acquire a box, sync, run the command, release by keep policy.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -55,11 +55,8 @@ impl Engine {
         let sync = match synced {
             Ok(report) => report,
             Err(e) => {
-                let _ = tokio::time::timeout(
-                    CANCEL_BUDGET / 2,
-                    self.release(&acquired, false, req, reporter),
-                )
-                .await;
+                self.release_within(CANCEL_BUDGET / 2, &acquired, req, reporter)
+                    .await;
                 return Err(e);
             }
         };
@@ -75,11 +72,8 @@ impl Engine {
                 Ok((code, kept))
             }
             Ok(Ran::Interrupted) => {
-                let _ = tokio::time::timeout(
-                    CANCEL_BUDGET / 2,
-                    self.release(&acquired, false, req, reporter),
-                )
-                .await;
+                self.release_within(CANCEL_BUDGET / 2, &acquired, req, reporter)
+                    .await;
                 Err(Error::Interrupted)
             }
             Err(e) => {
@@ -206,6 +200,29 @@ impl Engine {
                 reporter.hint(&self.stop_hint(&target.lease_id));
                 true
             }
+        }
+    }
+
+    /// Releases after a run that failed, giving up after `budget`; a release that gets no
+    /// answer is reported like one that failed, never dropped silently.
+    async fn release_within(
+        &self,
+        budget: Duration,
+        acquired: &Acquired,
+        req: &RunRequest,
+        reporter: &dyn Reporter,
+    ) {
+        let released = self.release(acquired, false, req, reporter);
+        if tokio::time::timeout(budget, released).await.is_err() {
+            let target = &acquired.target;
+            reporter.status(&format!(
+                "could not delete {} box {} (lease {}): no answer within {}s",
+                self.name(),
+                target.remote_id,
+                target.lease_id,
+                budget.as_secs()
+            ));
+            reporter.hint(&self.stop_hint(&target.lease_id));
         }
     }
 }

@@ -1,0 +1,137 @@
+//! Sync: everything on a new box; on a warm one only what changed, deleting what crabbox
+//! synced and is gone locally; everything again when the record cannot be trusted.
+
+use super::*;
+use crate::engine::SyncReport;
+use crate::testing::{Node, Script};
+
+/// A bench with a warm lease that had one full sync; returns its lease id.
+async fn warm_and_synced(b: &Bench) -> String {
+    b.fake.script("true", Script::exits(0));
+    let warm = b.warmup().await;
+    b.run(&b.request_on(&warm.lease_id, "true"))
+        .await
+        .0
+        .unwrap();
+    let first = &b.fake.get_box("sbx1").unwrap().applied[0];
+    assert_eq!(first.paths(), ["a.txt", "run.sh", "src/lib.rs"]);
+    b.fake.clear_calls();
+    warm.lease_id
+}
+
+fn content(b: &Bench, rel: &str) -> Option<String> {
+    let found = b.fake.get_box("sbx1")?;
+    Some(String::from_utf8_lossy(found.file(rel)?).into_owned())
+}
+
+#[tokio::test]
+async fn a_new_box_gets_the_whole_tree_with_its_modes() {
+    let b = Bench::new();
+    b.fake.script("true", Script::exits(0));
+    let mut req = b.request("true");
+    req.keep = KeepPolicy::Always;
+    let outcome = b.run(&req).await.0.unwrap();
+    assert_eq!(
+        outcome.sync,
+        Some(SyncReport {
+            files: 3,
+            bytes: 6 + 14 + 10,
+            sent_files: 3,
+            deleted_files: 0
+        })
+    );
+    let tree = b.fake.get_box("sbx1").unwrap().tree();
+    assert_eq!(
+        tree.get("run.sh"),
+        Some(&Node::File {
+            data: b"#!/bin/sh\n".to_vec(),
+            mode: 0o755
+        })
+    );
+    assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha\n"));
+    assert_eq!(
+        content(&b, "src/lib.rs").as_deref(),
+        Some("pub fn f() {}\n")
+    );
+    assert_eq!(tree.len(), 3);
+}
+
+#[tokio::test]
+async fn a_warm_sync_sends_only_changed_files_and_deletes_removed_ones() {
+    let b = Bench::new();
+    let lease = warm_and_synced(&b).await;
+    b.write("a.txt", "alpha, longer now\n");
+    b.write("new.txt", "new\n");
+    b.remove("src/lib.rs");
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+
+    let report = outcome.sync.unwrap();
+    assert_eq!((report.sent_files, report.deleted_files), (2, 1));
+    let synced = b.fake.get_box("sbx1").unwrap();
+    let second = &synced.applied[1];
+    assert_eq!(second.paths(), ["a.txt", "new.txt"]);
+    assert_eq!(second.delete, ["src/lib.rs"]);
+    let tree: Vec<String> = synced.tree().into_keys().collect();
+    assert_eq!(tree, ["a.txt", "new.txt", "run.sh"]);
+    assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha, longer now\n"));
+    assert_eq!(
+        b.fake.calls(),
+        calls(&[
+            "open sbx1",
+            &format!("exists sbx1 {}", b.workdir(&lease)),
+            "apply sbx1",
+            "start sbx1"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_warm_sync_of_an_unchanged_tree_applies_nothing() {
+    let b = Bench::new();
+    let lease = warm_and_synced(&b).await;
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 0);
+    assert_eq!(b.fake.count(Op::Apply), 0, "{:?}", b.fake.calls());
+}
+
+#[tokio::test]
+async fn full_resync_sends_every_file_to_a_warm_box() {
+    let b = Bench::new();
+    let lease = warm_and_synced(&b).await;
+    b.write("a.txt", "alpha, longer now\n");
+    let mut req = b.request_on(&lease, "true");
+    req.full_resync = true;
+    b.run(&req).await.0.unwrap();
+    let second = &b.fake.get_box("sbx1").unwrap().applied[1];
+    assert_eq!(second.paths(), ["a.txt", "run.sh", "src/lib.rs"]);
+    assert!(second.delete.is_empty());
+    assert_eq!(b.fake.count(Op::Exists), 0);
+}
+
+#[tokio::test]
+async fn a_workdir_missing_on_the_box_makes_a_full_sync() {
+    let b = Bench::new();
+    let lease = warm_and_synced(&b).await;
+    b.fake.remove_path("sbx1", &b.workdir(&lease));
+    b.remove("src/lib.rs");
+    b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    let synced = b.fake.get_box("sbx1").unwrap();
+    let second = &synced.applied[1];
+    assert_eq!(second.paths(), ["a.txt", "run.sh"]);
+    assert!(second.delete.is_empty(), "nothing is known to be there");
+    assert_eq!(synced.tree().len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_warm_sync_is_sent_again_by_the_next_run() {
+    let b = Bench::new();
+    let lease = warm_and_synced(&b).await;
+    b.write("a.txt", "alpha, longer now\n");
+    b.fake.fail(Op::Apply, Error::Sync("disk full".into()));
+    let req = b.request_on(&lease, "true");
+    assert_eq!(b.run(&req).await.0.unwrap_err().exit_code(), 6);
+    b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    let synced = b.fake.get_box("sbx1").unwrap();
+    assert_eq!(synced.applied.len(), 2, "the failed apply changed nothing");
+    assert_eq!(synced.applied[1].paths(), ["a.txt"]);
+}

@@ -1,0 +1,108 @@
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::conformance;
+use crate::error::Error;
+use crate::events::SilentReporter;
+use crate::provider::{ApplyArchive, BoxRef, BoxSession, ExecSpec, NewBox, Provider};
+
+async fn made_box(p: &MemoryProvider, lease_id: &str) -> (BoxRef, Box<dyn BoxSession>) {
+    let workdir = p.workdir(lease_id).unwrap();
+    let new = NewBox {
+        lease_id,
+        slug: "blue-crab",
+        ttl: Duration::from_secs(60),
+        keep: false,
+        repo_root: None,
+        workdir: &workdir,
+    };
+    let created = p
+        .create(&new, &SilentReporter)
+        .await
+        .unwrap_or_else(|f| panic!("{}", f.error));
+    let target = BoxRef {
+        lease_id: lease_id.into(),
+        slug: "blue-crab".into(),
+        remote_id: created.remote_id,
+        claimed: true,
+        verified: true,
+    };
+    (target, created.session)
+}
+
+/// The conformance checks whose commands need no shell, their commands scripted by text.
+/// The rest of `conformance::run_all` runs real shell commands (`find`, `printf`, pipes,
+/// background children), which this provider does not fake.
+#[tokio::test]
+async fn memory_provider_passes_the_conformance_checks_that_need_no_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = MemoryProvider::new();
+    fake.script("'true'", Script::exits(0));
+    fake.script("'/bin/sh' '-c' 'exit 3'", Script::exits(3));
+    let engine = fake.engine(dir.path());
+    conformance::stop_unknown_is_not_found(&engine).await;
+    conformance::one_shot_run_leaves_nothing(&engine).await;
+    conformance::keep_on_failure_keeps_failed_box(&engine).await;
+}
+
+#[tokio::test]
+async fn a_box_refuses_a_target_naming_another_lease() {
+    let fake = MemoryProvider::new();
+    let (target, _) = made_box(&fake, "cbx_aaaaaaaaaaaa").await;
+    let other = BoxRef {
+        lease_id: "cbx_bbbbbbbbbbbb".into(),
+        ..target.clone()
+    };
+    for err in [
+        fake.delete(&other).await.unwrap_err(),
+        fake.inspect(&other).await.unwrap_err(),
+        fake.open(&other, Duration::from_secs(1))
+            .await
+            .err()
+            .unwrap(),
+    ] {
+        assert!(matches!(err, Error::NotOurs(_)), "{err}");
+    }
+    assert!(fake.get_box(&target.remote_id).is_some());
+}
+
+#[tokio::test]
+async fn a_bad_archive_leaves_the_tree_as_it_was() {
+    let fake = MemoryProvider::new();
+    let (target, session) = made_box(&fake, "cbx_aaaaaaaaaaaa").await;
+    let spool = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(spool.path(), b"not a gzipped tar").unwrap();
+    let cancel = CancellationToken::new();
+    let keep = ["kept.txt".to_string()];
+    let req = ApplyArchive {
+        archive: spool.path(),
+        delete: &keep,
+        workdir: "/crabbox/cbx_aaaaaaaaaaaa",
+        timeout: Duration::from_secs(5),
+        cancel: &cancel,
+    };
+    let before = fake.get_box(&target.remote_id).unwrap();
+    let err = session
+        .apply_archive(&req, &SilentReporter)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 6, "{err}");
+    assert_eq!(fake.get_box(&target.remote_id).unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_command_without_a_script_does_not_start() {
+    let fake = MemoryProvider::new();
+    let (_, session) = made_box(&fake, "cbx_aaaaaaaaaaaa").await;
+    let spec = ExecSpec {
+        script: "make".into(),
+        env: Default::default(),
+        cwd: "/crabbox/cbx_aaaaaaaaaaaa".into(),
+        run_id: "r".into(),
+    };
+    let err = session.start(&spec).await.err().unwrap();
+    assert!(err.to_string().contains("no script"), "{err}");
+    assert!(fake.processes().is_empty());
+}
