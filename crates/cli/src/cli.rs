@@ -156,6 +156,10 @@ pub struct RunArgs {
     /// Send the whole tree again instead of only what changed since the last sync
     #[arg(long, conflicts_with = "no_sync")]
     pub full_resync: bool,
+    /// Compare files by content hash instead of size and mtime (slower; for trees whose mtimes
+    /// cannot be trusted)
+    #[arg(long, conflicts_with = "no_sync")]
+    pub checksum: bool,
     /// Sync even past the size guardrails [env: CRABBOX_SYNC_ALLOW_LARGE=1]
     #[arg(long)]
     pub force_sync_large: bool,

@@ -117,6 +117,7 @@ pub fn request(repo: &RepoFixture, id: Option<&str>, argv: &[&str]) -> RunReques
         command: RemoteCommand::new(argv.iter().map(|s| s.to_string()).collect(), false),
         sync: Some(repo.sync_source()),
         full_resync: false,
+        checksum: false,
         keep: KeepPolicy::Never,
         env: BTreeMap::new(),
         ttl: Duration::from_secs(600),
@@ -322,6 +323,66 @@ pub async fn warm_box_lifecycle(p: &Engine) {
     assert_eq!(err.exit_code(), 4, "{err}");
 }
 
+/// A warm sync checks the box, not a memory of it: whatever commands changed there (an edit
+/// of the same size within the same second, a deletion, a chmod, a file turned into a
+/// directory, a retargeted symlink) is restored; a synced directory swapped for a symlink to
+/// elsewhere is never deleted or written through; build outputs stay.
+pub async fn warm_sync_restores_what_the_box_changed(p: &Engine) {
+    let repo = RepoFixture::new();
+    let root = repo.root();
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    std::fs::write(root.join("d/f.txt"), "f\n").unwrap();
+    std::os::unix::fs::symlink("tracked.txt", root.join("link")).unwrap();
+    let warm = warm_box(p, &repo).await;
+    let (o, out) = run_captured(
+        p,
+        &request(
+            &repo,
+            Some(&warm.lease_id),
+            &[
+                "/bin/sh",
+                "-c",
+                "mkdir -p target && echo built > target/out",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+
+    let vandal = "echo clobber > tracked.txt && rm src/lib.txt && chmod 644 run.sh && \
+                  rm untracked.txt && mkdir -p untracked.txt/inner && ln -sfn /etc link && \
+                  mkdir -p \"$PWD.outside\" && echo keep > \"$PWD.outside/f.txt\" && \
+                  rm -rf d && ln -s \"$PWD.outside\" d";
+    let mut req = request(&repo, Some(&warm.lease_id), &["/bin/sh", "-c", vandal]);
+    req.sync = None;
+    let (o, out) = run_captured(p, &req).await;
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+
+    // d/f.txt goes locally: its deletion must not reach through the planted link.
+    std::fs::remove_file(root.join("d/f.txt")).unwrap();
+    let probe = "cat tracked.txt src/lib.txt untracked.txt target/out \"$PWD.outside/f.txt\"; \
+                 stat -c %a run.sh; readlink link; rm -rf \"$PWD.outside\"";
+    let (o, out) = run_captured(
+        p,
+        &request(&repo, Some(&warm.lease_id), &["/bin/sh", "-c", probe]),
+    )
+    .await;
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(
+        out.stdout_str(),
+        "tracked\nlib\nuntracked\nbuilt\nkeep\n755\ntracked.txt\n",
+        "the box must hold the local tree again, and nothing outside the workdir may change"
+    );
+    let report = o.sync.expect("sync report");
+    assert_eq!(report.sent_files, 5, "{report:?}");
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .expect("stop");
+}
+
 /// `stop` of a lease nobody has: not found, exit 4.
 pub async fn stop_unknown_is_not_found(p: &Engine) {
     let err = p
@@ -462,6 +523,7 @@ pub async fn run_all(p: &Engine) {
     one_shot_run_leaves_nothing(p).await;
     if caps.warm_reuse {
         warm_box_lifecycle(p).await;
+        warm_sync_restores_what_the_box_changed(p).await;
     }
     stop_unknown_is_not_found(p).await;
     keep_on_failure_keeps_failed_box(p).await;

@@ -22,6 +22,8 @@ pub struct RunOptions {
     pub shell: bool,
     pub no_sync: bool,
     pub full_resync: bool,
+    /// Compare files by content hash (`--checksum`).
+    pub checksum: bool,
     pub keep: KeepPolicy,
     pub slug: Option<String>,
     /// Extra variables to forward, named by the user (`--allow-env`).
@@ -67,6 +69,7 @@ pub async fn plan_run(
             command: RemoteCommand::new(opts.command, opts.shell),
             sync,
             full_resync: opts.full_resync,
+            checksum: opts.checksum,
             keep: opts.keep,
             env,
             ttl: cfg.core.ttl,

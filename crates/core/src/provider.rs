@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::events::Reporter;
+use crate::sync::{RemoteTree, SyncOp};
 
 /// What a provider can do, so a front end can refuse an unsupported request before doing
 /// any work.
@@ -172,24 +173,40 @@ pub struct RunTarget {
 pub struct ApplyArchive<'a> {
     /// A gzipped tar of the files to send (paths relative to the workdir).
     pub archive: &'a Path,
-    /// Files crabbox synced before to delete first (safe relative paths).
-    pub delete: &'a [String],
+    /// Changes to make first, in order, never through a symlink (see [`SyncOp`]).
+    pub ops: &'a [SyncOp],
+    /// The new sync record ([`crate::sync::SyncRecord::encode`]), kept beside the workdir
+    /// once the files are in place (see [`record_path`]).
+    pub record: &'a [u8],
     pub workdir: &'a str,
     /// Upload and apply together must finish within this.
     pub timeout: Duration,
     pub cancel: &'a CancellationToken,
 }
 
+/// Where a workdir's sync record lives on the box: beside it, `<parent>/.<name>.crabbox-synced`,
+/// out of the command's way.
+pub fn record_path(workdir: &str) -> String {
+    let (parent, name) = workdir.rsplit_once('/').unwrap_or(("", workdir));
+    format!("{parent}/.{name}.crabbox-synced")
+}
+
 /// Operations on one box that is up.
 #[async_trait]
 pub trait BoxSession: Send + Sync {
+    /// Reads the synced tree in one pass: whether `workdir` exists, its sync record, and the
+    /// children of the workdir and of every directory the record names (kind, permission
+    /// bits, size, whole-second mtime, link target; content hashes when `checksum`). Never
+    /// follows a symlink.
+    async fn scan(&self, workdir: &str, checksum: bool) -> Result<RemoteTree>;
     /// `path` exists on the box.
     async fn exists(&self, path: &str) -> Result<bool>;
     /// Creates `path` (and its parents) on the box.
     async fn make_dir(&self, path: &str) -> Result<()>;
-    /// Deletes `req.delete`, then lays the archive over `req.workdir` (creating it). On
-    /// failure, cancel or timeout the previous tree is intact and nothing of this sync is
-    /// left on the box when this returns.
+    /// Applies `req.ops`, lays the archive over `req.workdir` (or, when the workdir does not
+    /// exist, makes the extracted tree the workdir), then stores `req.record`. On failure,
+    /// cancel or timeout the previous tree is intact (the ops aside) and nothing of this sync
+    /// is left on the box when this returns.
     async fn apply_archive(&self, req: &ApplyArchive<'_>, reporter: &dyn Reporter) -> Result<()>;
     /// Starts a command; its events follow on the stream.
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>>;

@@ -37,6 +37,7 @@ mod provider;
 pub mod remote_sync;
 pub mod retry;
 pub mod run_tree;
+pub mod scan;
 pub mod session;
 pub mod settings;
 

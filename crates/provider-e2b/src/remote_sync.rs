@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crabbox_core::events::{OutputSink, Reporter};
-use crabbox_core::provider::ApplyArchive;
+use crabbox_core::provider::{record_path, ApplyArchive};
+use crabbox_core::sync::{RemoteTree, SyncOp};
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::filesystem;
 use crabbox_e2b_wire::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
@@ -44,42 +45,37 @@ pub async fn apply(envd: &Envd, req: &ApplyArchive<'_>, reporter: &dyn Reporter)
     let (workdir, timeout, cancel) = (req.workdir, req.timeout, req.cancel);
     let tag = hex::encode(rand::random::<[u8; 8]>());
     let remote_archive = format!("/tmp/crabbox-{tag}.tgz");
-    let remote_delete = format!("/tmp/crabbox-{tag}.del");
     let stage = staging_dir(workdir, &tag);
-    let has_delete = !req.delete.is_empty();
+    // One upload: the ops and the record ride in front of the archive.
+    let ops = SyncOp::encode_all(req.ops);
+    let mut header = ops.clone();
+    header.extend_from_slice(req.record);
     // The apply script's pid once it started (0 before): killed if the sync is abandoned.
     let apply_pid = AtomicU32::new(0);
-    let interrupted = || -> Result<()> {
-        if cancel.is_cancelled() {
-            Err(Error::Interrupted)
-        } else {
-            Ok(())
-        }
-    };
 
     let work = async {
-        upload_file(envd, req.archive, &remote_archive, reporter, timeout).await?;
-        interrupted()?;
-        if has_delete {
-            let mut list = Vec::new();
-            for p in req.delete {
-                list.extend_from_slice(p.as_bytes());
-                list.push(0);
-            }
-            let len = list.len() as u64;
-            envd.upload(&remote_delete, reqwest::Body::from(list), len, timeout)
-                .await?;
-            interrupted()?;
+        upload_file(
+            envd,
+            &header,
+            req.archive,
+            &remote_archive,
+            reporter,
+            timeout,
+        )
+        .await?;
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted);
         }
-        let mut envs = BTreeMap::from([
+        let envs = BTreeMap::from([
             ("CBX_ARCHIVE".to_string(), remote_archive.clone()),
+            ("CBX_OPS_LEN".to_string(), ops.len().to_string()),
+            ("CBX_RECORD_LEN".to_string(), req.record.len().to_string()),
             ("CBX_WORKDIR".to_string(), workdir.to_string()),
             ("CBX_STAGE".to_string(), stage.clone()),
+            ("CBX_RECORD".to_string(), record_path(workdir)),
         ]);
-        if has_delete {
-            envs.insert("CBX_DELETE".into(), remote_delete.clone());
-        }
-        let (code, _out, err) = run_tracked(envd, APPLY_SCRIPT, envs, &apply_pid).await?;
+        let (code, _out, err) =
+            run_tracked(envd, APPLY_SCRIPT, envs, &apply_pid, CAPTURE_LIMIT).await?;
         if code != 0 {
             return Err(Error::Sync(format!(
                 "sync to {workdir} failed (exit {code}): {}",
@@ -105,9 +101,9 @@ pub async fn apply(envd: &Envd, req: &ApplyArchive<'_>, reporter: &dyn Reporter)
         // broke before it ran, and a script stopped (SIGKILL skips its trap) or abandoned.
         let pid = apply_pid.load(Ordering::SeqCst);
         let leftovers = Leftovers {
+            tag: &tag,
             archive: &remote_archive,
             stage: &stage,
-            delete: has_delete.then_some(remote_delete.as_str()),
         };
         let _ = tokio::time::timeout(
             CLEANUP_BUDGET,
@@ -116,6 +112,38 @@ pub async fn apply(envd: &Envd, req: &ApplyArchive<'_>, reporter: &dyn Reporter)
         .await;
     }
     result
+}
+
+/// Reads the synced tree under `workdir` in one pass (see [`crate::scan`]).
+pub async fn scan(envd: &Envd, workdir: &str, checksum: bool) -> Result<RemoteTree> {
+    let envs = BTreeMap::from([
+        ("CBX_WORKDIR".to_string(), workdir.to_string()),
+        ("CBX_RECORD".to_string(), record_path(workdir)),
+        (
+            "CBX_CHECKSUM".to_string(),
+            if checksum { "1" } else { "" }.to_string(),
+        ),
+    ]);
+    let (code, out, err) = run_tracked(
+        envd,
+        crate::scan::SCAN_SCRIPT,
+        envs,
+        &AtomicU32::new(0),
+        crate::scan::SCAN_LIMIT,
+    )
+    .await?;
+    if code != 0 {
+        return Err(Error::Transport(format!(
+            "reading the box's tree under {workdir} failed (exit {code}): {}",
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    if out.len() >= crate::scan::SCAN_LIMIT {
+        return Err(Error::Sync(format!(
+            "the box's tree under {workdir} is too large to read in one pass"
+        )));
+    }
+    crate::scan::parse(&out)
 }
 
 /// SIGKILLs the apply script (it must not go on changing the workdir after we gave up on
@@ -128,21 +156,17 @@ async fn remove_leftovers(envd: &Envd, pid: Option<u32>, leftovers: &Leftovers<'
             envd.send_signal(pid, crabbox_e2b_wire::process::Signal::Sigkill),
         )
         .await;
-        let mut envs = BTreeMap::from([
+        let envs = BTreeMap::from([
+            ("CBX_TAG".to_string(), leftovers.tag.to_string()),
             ("CBX_ARCHIVE".to_string(), leftovers.archive.to_string()),
             ("CBX_STAGE".to_string(), leftovers.stage.to_string()),
         ]);
-        if let Some(delete) = leftovers.delete {
-            envs.insert("CBX_DELETE".into(), delete.to_string());
-        }
         let _ = tokio::time::timeout(CLEANUP_STEP, run_captured(envd, REAP_SCRIPT, envs)).await;
     }
-    let paths = [
-        Some(leftovers.archive),
-        Some(leftovers.stage),
-        leftovers.delete,
-    ];
-    let removes = paths.into_iter().flatten().map(|path| async move {
+    let ops = format!("{}.ops", leftovers.stage);
+    let rec = format!("{}.rec", leftovers.stage);
+    let paths = [leftovers.archive, leftovers.stage, &ops, &rec];
+    let removes = paths.into_iter().map(|path| async move {
         let _ = tokio::time::timeout(
             CLEANUP_STEP,
             envd.unary::<_, serde_json::Value>(
@@ -160,9 +184,9 @@ async fn remove_leftovers(envd: &Envd, pid: Option<u32>, leftovers: &Leftovers<'
 
 /// The remote paths one sync creates.
 struct Leftovers<'a> {
+    tag: &'a str,
     archive: &'a str,
     stage: &'a str,
-    delete: Option<&'a str>,
 }
 
 /// `<parent>/.<name>.crabbox-stage-<tag>`, next to the workdir so the final move is a rename.
@@ -171,9 +195,11 @@ fn staging_dir(workdir: &str, tag: &str) -> String {
     format!("{parent}/.{name}.crabbox-stage-{tag}")
 }
 
-/// Streams a local file to `remote` in chunks, reporting progress; memory stays bounded.
+/// Streams `header` then a local file to `remote` in chunks, reporting progress; memory stays
+/// bounded.
 async fn upload_file(
     envd: &Envd,
+    header: &[u8],
     local: &std::path::Path,
     remote: &str,
     reporter: &dyn Reporter,
@@ -186,14 +212,19 @@ async fn upload_file(
         .metadata()
         .await
         .map_err(Error::io("reading sync archive", local))?
-        .len();
+        .len()
+        + header.len() as u64;
+    let header = Bytes::copy_from_slice(header);
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));
     let feed = async move {
-        let mut done = 0u64;
+        let mut done = header.len() as u64;
         reporter.progress("upload", 0, Some(len));
+        if !header.is_empty() && tx.send(Ok(header)).await.is_err() {
+            return;
+        }
         loop {
             let mut buf = vec![0u8; UPLOAD_CHUNK];
             match file.read(&mut buf).await {
@@ -224,7 +255,7 @@ pub async fn run_captured(
     script: &str,
     envs: BTreeMap<String, String>,
 ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
-    run_tracked(envd, script, envs, &AtomicU32::new(0)).await
+    run_tracked(envd, script, envs, &AtomicU32::new(0), CAPTURE_LIMIT).await
 }
 
 /// [`run_captured`], storing the script's pid in `pid` as soon as envd reports it.
@@ -233,6 +264,7 @@ async fn run_tracked(
     script: &str,
     envs: BTreeMap<String, String>,
     pid: &AtomicU32,
+    limit: usize,
 ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
     let req = StartRequest {
         process: Some(ProcessConfig {
@@ -246,7 +278,10 @@ async fn run_tracked(
         stdin: Some(false),
     };
     let mut stream = envd.start(&req).await?;
-    let mut sink = Captured::default();
+    let mut sink = Captured {
+        limit,
+        ..Captured::default()
+    };
     while let Some(event) = stream.next_event().await? {
         match event {
             ProcessEvent::Data(DataEvent::Stdout(b)) | ProcessEvent::Data(DataEvent::Pty(b)) => {
@@ -274,13 +309,16 @@ async fn run_tracked(
 struct Captured {
     out: Vec<u8>,
     err: Vec<u8>,
+    /// Bytes kept of each stream.
+    limit: usize,
 }
 
+/// What a helper script's output is capped at.
 const CAPTURE_LIMIT: usize = 64 * 1024;
 
 impl OutputSink for Captured {
     fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        let room = CAPTURE_LIMIT.saturating_sub(self.out.len());
+        let room = self.limit.saturating_sub(self.out.len());
         self.out.extend_from_slice(&chunk[..chunk.len().min(room)]);
         Ok(())
     }

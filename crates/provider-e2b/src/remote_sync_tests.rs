@@ -1,7 +1,9 @@
-//! Tests of the on-box sync scripts, run locally with bash and GNU tar.
+//! Tests of the on-box sync scripts, run locally with bash, GNU tar and coreutils.
+
+use std::path::{Path, PathBuf};
 
 use super::*;
-use crabbox_core::sync::{write_archive, SyncManifest};
+use crabbox_core::sync::{write_archive, SyncManifest, SyncRecord};
 
 #[test]
 fn staging_sits_next_to_the_workdir() {
@@ -13,92 +15,204 @@ fn staging_sits_next_to_the_workdir() {
 }
 
 #[test]
-fn apply_script_is_valid_bash() {
+fn apply_and_reap_scripts_are_valid_bash() {
     crate::assert_valid_bash(APPLY_SCRIPT);
+    crate::assert_valid_bash(REAP_SCRIPT);
 }
 
-#[test]
-fn apply_script_swaps_then_overlays_keeping_build_outputs() {
-    // Exercise the script locally with GNU tar: first sync swaps in, warm sync overlays.
-    let src = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(src.path().join("d")).unwrap();
-    std::fs::write(src.path().join("d/a.txt"), "a1").unwrap();
-    std::fs::write(src.path().join("b.txt"), "b1").unwrap();
-    let box_dir = tempfile::tempdir().unwrap();
-    let wd = box_dir.path().join("work");
-    let run = |entries: &[&str], delete: &[&str]| {
+/// A box directory with a workdir, and a source tree to sync from.
+struct Box_ {
+    dir: tempfile::TempDir,
+    src: tempfile::TempDir,
+}
+
+impl Box_ {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            src: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn wd(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn write_src(&self, rel: &str, text: &str) {
+        let p = self.src.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// Runs the apply script as `apply` does: the upload is ops + record + archive of `send`.
+    fn apply(&self, send: &[&str], ops: &[SyncOp]) -> std::process::Output {
         let tag = hex::encode(rand::random::<[u8; 4]>());
-        let archive = box_dir.path().join(format!("a-{tag}.tgz"));
-        let m = SyncManifest::build(src.path(), &Default::default()).unwrap();
+        let upload = self.dir.path().join(format!("crabbox-{tag}.tgz"));
+        let m = SyncManifest::build(self.src.path(), &Default::default()).unwrap();
         let chosen: Vec<_> = m
             .entries
             .iter()
-            .filter(|e| entries.contains(&e.path.as_str()))
+            .filter(|e| send.contains(&e.path.as_str()))
             .collect();
-        write_archive(
-            src.path(),
-            chosen,
-            std::fs::File::create(&archive).unwrap(),
-            |_| {},
-        )
-        .unwrap();
-        let mut cmd = std::process::Command::new("/bin/bash");
-        cmd.args(["-c", APPLY_SCRIPT])
-            .env("CBX_ARCHIVE", &archive)
+        let ops = SyncOp::encode_all(ops);
+        let record = SyncRecord::of(&m).encode();
+        let mut bytes = ops.clone();
+        bytes.extend_from_slice(&record);
+        write_archive(self.src.path(), chosen, &mut bytes, |_| {}).unwrap();
+        std::fs::write(&upload, bytes).unwrap();
+        let wd = self.wd();
+        let out = std::process::Command::new("/bin/bash")
+            .args(["-c", APPLY_SCRIPT])
+            .env("CBX_ARCHIVE", &upload)
+            .env("CBX_OPS_LEN", ops.len().to_string())
+            .env("CBX_RECORD_LEN", record.len().to_string())
             .env("CBX_WORKDIR", &wd)
-            .env("CBX_STAGE", staging_dir(wd.to_str().unwrap(), &tag));
-        if !delete.is_empty() {
-            let del = box_dir.path().join(format!("d-{tag}"));
-            let mut list = Vec::new();
-            for d in delete {
-                list.extend_from_slice(d.as_bytes());
-                list.push(0);
-            }
-            std::fs::write(&del, list).unwrap();
-            cmd.env("CBX_DELETE", &del);
-        }
-        let out = cmd.output().unwrap();
+            .env("CBX_STAGE", staging_dir(wd.to_str().unwrap(), &tag))
+            .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
+            .output()
+            .unwrap();
+        assert!(
+            !upload.exists(),
+            "the upload is removed however the script ends"
+        );
+        out
+    }
+
+    fn apply_ok(&self, send: &[&str], ops: &[SyncOp]) {
+        let out = self.apply(send, ops);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(!archive.exists(), "archive must be removed");
-    };
-    run(&["d/a.txt", "b.txt"], &[]);
-    assert_eq!(std::fs::read_to_string(wd.join("d/a.txt")).unwrap(), "a1");
-    std::fs::create_dir_all(wd.join("target")).unwrap();
-    std::fs::write(wd.join("target/out"), "built").unwrap();
-    std::fs::write(src.path().join("b.txt"), "b2").unwrap();
-    std::fs::remove_file(src.path().join("d/a.txt")).unwrap();
-    run(&["b.txt"], &["d/a.txt"]);
-    assert_eq!(std::fs::read_to_string(wd.join("b.txt")).unwrap(), "b2");
-    assert!(!wd.join("d").exists(), "emptied synced directory is pruned");
-    assert_eq!(
-        std::fs::read_to_string(wd.join("target/out")).unwrap(),
-        "built"
-    );
-    let leftovers: Vec<_> = std::fs::read_dir(box_dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("crabbox-stage"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("crabbox-stage") || n.starts_with("crabbox-"))
+            .collect()
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
 }
 
 #[test]
-fn reap_script_kills_what_reads_the_archive_and_removes_the_files() {
+fn apply_script_swaps_then_overlays_keeping_build_outputs_and_keeps_the_record() {
+    let b = Box_::new();
+    b.write_src("d/a.txt", "a1");
+    b.write_src("b.txt", "b1");
+    b.apply_ok(&["d/a.txt", "b.txt"], &[]);
+    let wd = b.wd();
+    assert_eq!(read(&wd.join("d/a.txt")), "a1");
+    let record = std::fs::read(record_path(wd.to_str().unwrap())).unwrap();
+    let record = SyncRecord::decode(&record);
+    assert!(record.paths.contains("d/a.txt") && record.dirs.contains("d"));
+
+    std::fs::create_dir_all(wd.join("target")).unwrap();
+    std::fs::write(wd.join("target/out"), "built").unwrap();
+    b.write_src("b.txt", "b2");
+    std::fs::remove_file(b.src.path().join("d/a.txt")).unwrap();
+    b.apply_ok(&["b.txt"], &[SyncOp::Delete("d/a.txt".into())]);
+    assert_eq!(read(&wd.join("b.txt")), "b2");
+    assert!(!wd.join("d").exists(), "emptied synced directory is pruned");
+    assert_eq!(read(&wd.join("target/out")), "built");
+    assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
+}
+
+#[test]
+fn nothing_is_deleted_or_written_through_a_symlink_planted_on_the_box() {
+    let b = Box_::new();
+    b.write_src("d/f.txt", "ours");
+    b.write_src("e/g.txt", "ours");
+    b.apply_ok(&["d/f.txt", "e/g.txt"], &[]);
+    let wd = b.wd();
+    // A command on the box swaps the synced directories for links to elsewhere.
+    let outside = b.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("f.txt"), "not crabbox's").unwrap();
+    std::fs::write(outside.join("g.txt"), "not crabbox's").unwrap();
+    for d in ["d", "e"] {
+        std::fs::remove_dir_all(wd.join(d)).unwrap();
+        std::os::unix::fs::symlink(&outside, wd.join(d)).unwrap();
+    }
+    // d/f.txt is gone locally: deleting it must not go through the link.
+    std::fs::remove_file(b.src.path().join("d/f.txt")).unwrap();
+    b.apply_ok(&[], &[SyncOp::Delete("d/f.txt".into())]);
+    assert_eq!(read(&outside.join("f.txt")), "not crabbox's");
+    // e/g.txt is sent again: the link is cleared and the file lands in a real directory.
+    b.write_src("e/g.txt", "ours again");
+    b.apply_ok(&["e/g.txt"], &[SyncOp::Clear("e".into())]);
+    assert_eq!(read(&outside.join("g.txt")), "not crabbox's");
+    assert!(!std::fs::symlink_metadata(wd.join("e"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(read(&wd.join("e/g.txt")), "ours again");
+    // An unscanned chain with a link in it is made real before anything is written.
+    b.write_src("n/m/h.txt", "new");
+    std::fs::create_dir_all(wd.join("n")).unwrap();
+    std::os::unix::fs::symlink(&outside, wd.join("n/m")).unwrap();
+    b.apply_ok(
+        &["n/m/h.txt"],
+        &[
+            SyncOp::EnsureDir("n/m".into()),
+            SyncOp::ClearIfDir("n/m/h.txt".into()),
+        ],
+    );
+    assert!(!outside.join("h.txt").exists());
+    assert_eq!(read(&wd.join("n/m/h.txt")), "new");
+}
+
+#[test]
+fn a_file_replaced_by_a_directory_on_the_box_is_restored() {
+    let b = Box_::new();
+    b.write_src("x", "file");
+    b.apply_ok(&["x"], &[]);
+    let wd = b.wd();
+    std::fs::remove_file(wd.join("x")).unwrap();
+    std::fs::create_dir_all(wd.join("x/inner")).unwrap();
+    b.apply_ok(&["x"], &[SyncOp::Clear("x".into())]);
+    assert_eq!(read(&wd.join("x")), "file");
+}
+
+#[test]
+fn failed_extract_leaves_the_workdir_intact() {
+    let b = Box_::new();
+    let wd = b.wd();
+    std::fs::create_dir_all(&wd).unwrap();
+    std::fs::write(wd.join("keep.txt"), "old").unwrap();
+    let upload = b.dir.path().join("crabbox-broken.tgz");
+    std::fs::write(&upload, b"\x1f\x8bnot really gzip").unwrap();
+    let out = std::process::Command::new("/bin/bash")
+        .args(["-c", APPLY_SCRIPT])
+        .env("CBX_ARCHIVE", &upload)
+        .env("CBX_OPS_LEN", "0")
+        .env("CBX_RECORD_LEN", "0")
+        .env("CBX_WORKDIR", &wd)
+        .env("CBX_STAGE", staging_dir(wd.to_str().unwrap(), "x"))
+        .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left as it was"));
+    assert_eq!(read(&wd.join("keep.txt")), "old");
+    assert!(!upload.exists(), "upload removed even on failure");
+    assert!(!Path::new(&record_path(wd.to_str().unwrap())).exists());
+}
+
+#[test]
+fn reap_script_kills_what_works_on_the_sync_and_removes_its_files() {
     let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join(format!(
-        "crabbox-{}.tgz",
-        hex::encode(rand::random::<[u8; 8]>())
-    ));
-    let delete = dir.path().join("list.del");
-    let stage = dir.path().join(".wd.crabbox-stage-x");
+    let tag = hex::encode(rand::random::<[u8; 8]>());
+    let archive = dir.path().join(format!("crabbox-{tag}.tgz"));
+    let stage = dir.path().join(format!(".wd.crabbox-stage-{tag}"));
     std::fs::write(&archive, "x").unwrap();
-    std::fs::write(&delete, "x").unwrap();
     std::fs::create_dir_all(stage.join("sub")).unwrap();
-    // Stands in for a tar left running after its script was SIGKILLed.
+    std::fs::write(format!("{}.ops", stage.display()), "x").unwrap();
+    // Stands in for a tail or tar left running after its script was SIGKILLed.
     let mut reader = std::process::Command::new("tail")
         .arg("-f")
         .arg(&archive)
@@ -110,9 +224,9 @@ fn reap_script_kills_what_reads_the_archive_and_removes_the_files() {
         .unwrap();
     let out = std::process::Command::new("/bin/bash")
         .args(["-c", REAP_SCRIPT])
+        .env("CBX_TAG", &tag)
         .env("CBX_ARCHIVE", &archive)
         .env("CBX_STAGE", &stage)
-        .env("CBX_DELETE", &delete)
         .output()
         .unwrap();
     assert!(
@@ -134,28 +248,8 @@ fn reap_script_kills_what_reads_the_archive_and_removes_the_files() {
     let alive = bystander.try_wait().unwrap().is_none();
     let _ = bystander.kill();
     let _ = bystander.wait();
-    assert!(reaped.is_some(), "the archive's reader must be killed");
+    assert!(reaped.is_some(), "the upload's reader must be killed");
     assert!(alive, "unrelated processes are left alone");
-    assert!(!archive.exists() && !delete.exists() && !stage.exists());
-}
-
-#[test]
-fn failed_extract_leaves_the_workdir_intact() {
-    let box_dir = tempfile::tempdir().unwrap();
-    let wd = box_dir.path().join("work");
-    std::fs::create_dir_all(&wd).unwrap();
-    std::fs::write(wd.join("keep.txt"), "old").unwrap();
-    let archive = box_dir.path().join("broken.tgz");
-    std::fs::write(&archive, b"\x1f\x8bnot really gzip").unwrap();
-    let out = std::process::Command::new("/bin/bash")
-        .args(["-c", APPLY_SCRIPT])
-        .env("CBX_ARCHIVE", &archive)
-        .env("CBX_WORKDIR", &wd)
-        .env("CBX_STAGE", staging_dir(wd.to_str().unwrap(), "x"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("left as it was"));
-    assert_eq!(std::fs::read_to_string(wd.join("keep.txt")).unwrap(), "old");
-    assert!(!archive.exists(), "archive removed even on failure");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }

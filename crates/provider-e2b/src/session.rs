@@ -7,6 +7,7 @@ use crabbox_core::events::Reporter;
 use crabbox_core::provider::{
     ApplyArchive, BoxSession, ExecEvent, ExecSpec, ExecStream, RunTarget, Signal,
 };
+use crabbox_core::sync::RemoteTree;
 use crabbox_core::Result;
 use crabbox_e2b_wire::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
 
@@ -35,6 +36,10 @@ impl E2bSession {
 impl BoxSession for E2bSession {
     async fn exists(&self, path: &str) -> Result<bool> {
         self.envd.exists(path).await
+    }
+
+    async fn scan(&self, workdir: &str, checksum: bool) -> Result<RemoteTree> {
+        crate::remote_sync::scan(&self.envd, workdir, checksum).await
     }
 
     async fn make_dir(&self, path: &str) -> Result<()> {

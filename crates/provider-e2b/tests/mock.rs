@@ -881,17 +881,19 @@ async fn sync_timeout_kills_the_apply_script_and_removes_its_files() {
     assert_eq!(tail[0], "SendSignal SIGNAL_SIGKILL pid=42", "{tail:?}");
     assert_eq!(tail[1], "reaper ran", "{tail:?}");
     let tail = &tail[1..];
-    let mut removed: Vec<_> = tail[1..3].to_vec();
+    let mut removed: Vec<_> = tail[1..5].to_vec();
     removed.sort();
     assert_eq!(
         removed,
         [
             format!("Remove /home/user/.crabbox.crabbox-stage-{tag}"),
+            format!("Remove /home/user/.crabbox.crabbox-stage-{tag}.ops"),
+            format!("Remove /home/user/.crabbox.crabbox-stage-{tag}.rec"),
             format!("Remove /tmp/crabbox-{tag}.tgz"),
         ],
-        "a first sync has no delete list"
+        "the upload, the staging directory and the plan's and record's copies"
     );
-    assert_eq!(tail[3..], ["DELETE /sandboxes/sbx1"]);
+    assert_eq!(tail[5..], ["DELETE /sandboxes/sbx1"]);
 }
 
 /// Every request the provider makes, compared field by field with what E2B's official Python

@@ -7,6 +7,7 @@
 //! everything it started.
 
 mod exec;
+mod tree;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use crabbox_core::provider::{
     ApplyArchive, BoxRef, BoxSession, Capabilities, CreateFailure, Created, ExecSpec, ExecStream,
     NewBox, Provider, ProviderContext, RemoteBox, RunTarget, Signal,
 };
-use crabbox_core::sync::extract_archive;
+use crabbox_core::sync::RemoteTree;
 use crabbox_core::{Error, Result};
 
 const PROVIDER: &str = "local";
@@ -164,6 +165,7 @@ impl LocalProvider {
     /// Removes a box directory; `false` when there was none.
     fn delete_dir(&self, lease_id: &str) -> Result<bool> {
         let dir = self.box_dir(lease_id);
+        let _ = std::fs::remove_file(crabbox_core::provider::record_path(&dir.to_string_lossy()));
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -189,29 +191,26 @@ impl BoxSession for LocalSession {
         std::fs::create_dir_all(path).map_err(Error::io("creating", path))
     }
 
+    async fn scan(&self, workdir: &str, checksum: bool) -> Result<RemoteTree> {
+        let workdir = PathBuf::from(workdir);
+        tokio::task::spawn_blocking(move || tree::scan(&workdir, checksum))
+            .await
+            .map_err(|e| Error::Sync(format!("scanning the box: {e}")))?
+    }
+
     async fn apply_archive(&self, req: &ApplyArchive<'_>, _reporter: &dyn Reporter) -> Result<()> {
         if req.cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
         let workdir = PathBuf::from(req.workdir);
         let archive = req.archive.to_path_buf();
-        let delete = req.delete.to_vec();
+        let ops = req.ops.to_vec();
+        let record = req.record.to_vec();
         // Awaited even on cancel, so nothing writes into the box after this returns (the
         // caller may be about to delete it).
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            for gone in &delete {
-                let p = workdir.join(gone);
-                if std::fs::symlink_metadata(&p).is_ok() {
-                    std::fs::remove_file(&p)
-                        .map_err(Error::io("removing stale synced file", &p))?;
-                }
-            }
-            let file = std::fs::File::open(&archive).map_err(Error::io("opening", &archive))?;
-            extract_archive(std::io::BufReader::new(file), &workdir)?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::Sync(format!("sync task failed: {e}")))?
+        tokio::task::spawn_blocking(move || tree::apply(&workdir, &archive, &ops, &record))
+            .await
+            .map_err(|e| Error::Sync(format!("sync task failed: {e}")))?
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {

@@ -30,6 +30,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
         shell: a.shell,
         no_sync: a.no_sync,
         full_resync: a.full_resync,
+        checksum: a.checksum,
         keep,
         slug: a.slug,
         allow_env: a.allow_env,

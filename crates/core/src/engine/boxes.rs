@@ -9,7 +9,6 @@ use crate::engine::{BoxStatus, StatusRequest, StopOutcome, StopRequest, WarmupRe
 use crate::error::{Error, Result};
 use crate::events::Reporter;
 use crate::hint::Hint;
-use crate::lease;
 use crate::provider::{BoxRef, RemoteBox};
 
 impl Engine {
@@ -142,9 +141,6 @@ impl Engine {
             })?;
         let target = self.unclaimed_target(&remote);
         let existed = self.provider.delete(&target).await?;
-        if lease::is_lease_id(&target.lease_id) {
-            crate::sync::SyncState::remove(&self.state_path(&target.lease_id));
-        }
         Ok(StopOutcome {
             lease_id: target.lease_id,
             slug: target.slug,

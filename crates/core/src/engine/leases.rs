@@ -71,8 +71,6 @@ impl Engine {
             }
         };
         claim.workdir = workdir.clone();
-        // A lease id is never reused, but a stale file must not pose as this box's record.
-        crate::sync::SyncState::remove(&self.state_path(&claim.lease_id));
         let new = NewBox {
             lease_id: &claim.lease_id,
             slug: &claim.slug,

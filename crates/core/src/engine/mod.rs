@@ -26,7 +26,6 @@ use std::time::Duration;
 use crate::claims::{Claim, ClaimStore};
 use crate::error::Result;
 use crate::provider::Provider;
-use crate::sync::SyncState;
 
 pub use exec::new_run_id;
 pub use request::*;
@@ -64,7 +63,7 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// `state_dir` holds the sync state (`sync/<lease>.json`) and sync spools.
+    /// `state_dir` holds sync spools and per-lease sync locks.
     pub fn new(provider: Box<dyn Provider>, claims: ClaimStore, state_dir: PathBuf) -> Self {
         Self {
             provider,
@@ -125,13 +124,8 @@ impl Engine {
         &self.claims
     }
 
-    fn state_path(&self, lease_id: &str) -> PathBuf {
-        SyncState::path_for(&self.state_dir, lease_id)
-    }
-
-    /// Drops a lease's claim and sync state.
+    /// Drops a lease's claim (what was synced is recorded on its box, which is gone).
     fn forget(&self, lease_id: &str) -> Result<()> {
-        SyncState::remove(&self.state_path(lease_id));
         self.claims.remove(lease_id)
     }
 

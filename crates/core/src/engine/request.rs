@@ -60,8 +60,10 @@ pub struct RunRequest {
     pub command: RemoteCommand,
     /// `None` with `--no-sync`.
     pub sync: Option<SyncSource>,
-    /// `--full-resync`: send the whole tree, whatever the box is thought to hold.
+    /// `--full-resync`: send the whole tree, whatever the box holds.
     pub full_resync: bool,
+    /// `--checksum`: compare files by content hash instead of size and mtime.
+    pub checksum: bool,
     pub keep: KeepPolicy,
     /// Allow-listed environment to give the command (never put on its command line).
     pub env: BTreeMap<String, String>,
@@ -154,9 +156,23 @@ pub struct SyncReport {
     pub files: u64,
     /// Bytes of the whole tree.
     pub bytes: u64,
-    /// Files sent this time (a warm sync only sends what changed).
+    /// Files sent this time (a warm sync only sends what differs on the box).
     pub sent_files: u64,
     pub deleted_files: u64,
+    /// Bytes of the files sent (before compression).
+    pub sent_bytes: u64,
+    /// Bytes that went over the wire (the compressed archive).
+    pub wire_bytes: u64,
+    /// Paths removed on the box because something of another kind stood there.
+    pub cleared: u64,
+    /// Reading the box's tree, ms (0 for a new box).
+    pub scan_ms: u64,
+    /// Comparing and packing, ms.
+    pub pack_ms: u64,
+    /// Uploading and applying on the box, ms.
+    pub apply_ms: u64,
+    /// Waiting for another sync of the same lease, ms.
+    pub wait_ms: u64,
 }
 
 /// A box as `status` and `list` show it.

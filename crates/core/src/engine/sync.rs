@@ -1,25 +1,27 @@
-//! The sync phase: plan what to send from the manifest and the record of the last sync, pack
-//! it into a spooled archive, and have the provider lay it over the workdir.
+//! The sync phase: scan what is on the box, plan what differs, pack it into a spooled
+//! archive, and have the provider apply it. One sync of a lease at a time on this machine.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use super::run::{cancellable, Acquired};
-use super::Engine;
+use super::{ms, Engine};
 use crate::claims::now_rfc3339;
 use crate::engine::{RunRequest, SyncReport, SyncSource};
 use crate::error::{Error, Result};
 use crate::events::Reporter;
 use crate::provider::ApplyArchive;
-use crate::sync::{write_archive, SyncEntry, SyncPlan, SyncState};
+use crate::sync::{write_archive, PlanOptions, RemoteTree, SyncEntry, SyncOp, SyncPlan};
 
-/// How often archive-building progress is reported.
-const PROGRESS_TICK: Duration = Duration::from_millis(100);
+/// How often archive-building progress is reported, and a busy sync lock is tried again.
+const TICK: Duration = Duration::from_millis(100);
 
 impl Engine {
-    /// Syncs (or creates the workdir with `--no-sync`), then records what was synced and
-    /// when the lease was used.
+    /// Syncs (or creates the workdir with `--no-sync`), then records when the lease was used.
     pub(super) async fn sync_phase(
         &self,
         acquired: &mut Acquired,
@@ -30,71 +32,131 @@ impl Engine {
         let workdir = acquired.workdir.clone();
         let Some(source) = &req.sync else {
             cancellable(&req.cancel, session.make_dir(&workdir)).await?;
-            self.touch_claim(acquired, None)?;
+            self.touch_claim(acquired)?;
             return Ok(None);
         };
-        // What the box holds is only known for a lease this machine synced into the same
-        // workdir; anything else gets everything (laid over, never deleting unknown files).
-        let mut previous = match &acquired.claim {
-            Some(c) if !acquired.created && !req.full_resync && c.workdir == workdir => {
-                Some(SyncState::load(&self.state_path(&c.lease_id)))
-            }
-            _ => None,
+        let t = Instant::now();
+        let _lock = self
+            .lock_sync(&acquired.target.lease_id, reporter, &req.cancel)
+            .await?;
+        let wait_ms = ms(t.elapsed());
+
+        // A box this run just made holds nothing yet; any other is read, not remembered.
+        let t = Instant::now();
+        let remote = if acquired.created {
+            RemoteTree::default()
+        } else {
+            cancellable(&req.cancel, session.scan(&workdir, req.checksum)).await?
         };
-        // A workdir removed on the box behind our back invalidates the record.
-        if previous.as_ref().is_some_and(|s| !s.entries.is_empty())
-            && !cancellable(&req.cancel, session.exists(&workdir)).await?
-        {
-            previous = None;
-        }
-        let plan = SyncPlan::new(source, previous.as_ref());
-        let report = SyncReport {
+        let scan_ms = ms(t.elapsed());
+
+        let t = Instant::now();
+        let hashes = if req.checksum {
+            Some(hash_files(source, &req.cancel).await?)
+        } else {
+            None
+        };
+        let plan = SyncPlan::new(
+            &source.manifest,
+            &remote,
+            PlanOptions {
+                delete: source.delete,
+                resend_all: req.full_resync,
+                hashes: hashes.as_ref(),
+            },
+        );
+        let mut report = SyncReport {
             files: source.manifest.len() as u64,
             bytes: source.manifest.total_bytes,
             sent_files: plan.send.len() as u64,
-            deleted_files: plan.delete.len() as u64,
+            deleted_files: plan.deleted() as u64,
+            sent_bytes: plan.send.iter().map(|e| e.size).sum(),
+            cleared: plan
+                .ops
+                .iter()
+                .filter(|op| matches!(op, SyncOp::Clear(_)))
+                .count() as u64,
+            scan_ms,
+            wait_ms,
+            ..SyncReport::default()
         };
         if plan.is_noop() {
             reporter.status(&format!(
-                "sync: {} files up to date on the box",
-                report.files
+                "sync: {} files up to date on the box (verified in {} ms)",
+                report.files, report.scan_ms
             ));
+            report.pack_ms = ms(t.elapsed());
         } else {
-            reporter.status(&format!(
-                "sync: sending {} of {} files{}",
-                plan.send.len(),
-                source.manifest.len(),
-                if plan.delete.is_empty() {
-                    String::new()
-                } else {
-                    format!(", deleting {}", plan.delete.len())
-                }
-            ));
+            reporter.status(&describe(&plan, &report));
             let spool = self.pack(source, &plan.send, reporter, &req.cancel).await?;
+            report.pack_ms = ms(t.elapsed());
+            report.wire_bytes = spool.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+            let t = Instant::now();
+            let record = plan.record.encode();
             let apply = ApplyArchive {
                 archive: spool.path(),
-                delete: &plan.delete,
+                ops: &plan.ops,
+                record: &record,
                 workdir: &workdir,
                 timeout: self.sync_timeout,
                 cancel: &req.cancel,
             };
             session.apply_archive(&apply, reporter).await?;
+            report.apply_ms = ms(t.elapsed());
         }
-        self.touch_claim(acquired, Some(source))?;
+        if let Some(claim) = &mut acquired.claim {
+            claim.workdir = workdir;
+        }
+        self.touch_claim(acquired)?;
         Ok(Some(report))
     }
 
-    /// Records the sync (when there was one) and the lease's last use in its claim.
-    fn touch_claim(&self, acquired: &mut Acquired, synced: Option<&SyncSource>) -> Result<()> {
+    /// Records the lease's last use (and workdir) in its claim.
+    fn touch_claim(&self, acquired: &mut Acquired) -> Result<()> {
         let Some(claim) = &mut acquired.claim else {
             return Ok(());
         };
-        if let Some(source) = synced {
-            SyncState::from_manifest(&source.manifest).save(&self.state_path(&claim.lease_id))?;
-            claim.workdir = acquired.workdir.clone();
-        }
         claim.last_used_at = now_rfc3339();
         self.claims.write(claim)
+    }
+
+    /// Holds this machine's sync lock of `lease_id` until dropped, waiting (and saying so)
+    /// while another sync of the lease runs. Two runs of one lease never interleave their
+    /// syncs; their commands may then run side by side.
+    async fn lock_sync(
+        &self,
+        lease_id: &str,
+        reporter: &dyn Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<std::fs::File> {
+        use fs4::fs_std::FileExt;
+        let dir = self.state_dir.join("locks");
+        std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+        let path = dir.join(format!("{lease_id}.sync"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("opening sync lock", &path))?;
+        let mut said = false;
+        loop {
+            match file.try_lock_exclusive() {
+                Ok(true) => return Ok(file),
+                Ok(false) => {}
+                Err(e) => return Err(Error::io("locking", &path)(e)),
+            }
+            if !said {
+                reporter.status(&format!(
+                    "sync: waiting for another sync of lease {lease_id} to finish"
+                ));
+                said = true;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Error::Interrupted),
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
     }
 
     /// Writes the archive of `entries` to a spool file under the state directory (not a
@@ -105,7 +167,7 @@ impl Engine {
         source: &SyncSource,
         entries: &[SyncEntry],
         reporter: &dyn Reporter,
-        cancel: &tokio_util::sync::CancellationToken,
+        cancel: &CancellationToken,
     ) -> Result<tempfile::NamedTempFile> {
         let spool_dir = self.state_dir.join("spool");
         std::fs::create_dir_all(&spool_dir).map_err(Error::io("creating", &spool_dir))?;
@@ -141,12 +203,88 @@ impl Engine {
                     reporter.finish_progress();
                     return Err(Error::Interrupted);
                 }
-                _ = tokio::time::sleep(PROGRESS_TICK) => {
+                _ = tokio::time::sleep(TICK) => {
                     reporter.progress("pack", done.load(Ordering::Relaxed), Some(total));
                 }
             }
         };
         reporter.finish_progress();
         result.map_err(|e| Error::Sync(format!("building the sync archive: {e}")))?
+    }
+}
+
+/// `sync: sending 3 of 120 files (41.0 KiB), deleting 1, replacing 1`.
+fn describe(plan: &SyncPlan, report: &SyncReport) -> String {
+    let mut line = format!(
+        "sync: sending {} of {} files ({})",
+        report.sent_files,
+        report.files,
+        human_bytes(report.sent_bytes)
+    );
+    if plan.full {
+        line.push_str(" to a new workdir");
+    }
+    if report.deleted_files > 0 {
+        line.push_str(&format!(", deleting {}", report.deleted_files));
+    }
+    if report.cleared > 0 {
+        line.push_str(&format!(
+            ", replacing {} changed on the box",
+            report.cleared
+        ));
+    }
+    line
+}
+
+/// `1.5 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// SHA-256 of every regular file of the manifest, by path (`--checksum`).
+async fn hash_files(
+    source: &SyncSource,
+    cancel: &CancellationToken,
+) -> Result<BTreeMap<String, String>> {
+    let root = source.root.clone();
+    let files: Vec<String> = source
+        .manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind == crate::sync::EntryKind::File)
+        .map(|e| e.path.clone())
+        .collect();
+    let task = tokio::task::spawn_blocking(move || -> Result<BTreeMap<String, String>> {
+        use sha2::Digest;
+        let mut out = BTreeMap::new();
+        for rel in files {
+            let path = root.join(&rel);
+            // O_NOFOLLOW: a file swapped for a symlink is not read through.
+            let mut file = std::os::unix::fs::OpenOptionsExt::custom_flags(
+                std::fs::OpenOptions::new().read(true),
+                libc::O_NOFOLLOW,
+            )
+            .open(&path)
+            .map_err(Error::io("hashing", &path))?;
+            let mut hasher = sha2::Sha256::new();
+            std::io::copy(&mut file, &mut hasher).map_err(Error::io("hashing", &path))?;
+            out.insert(rel, hex::encode(hasher.finalize()));
+        }
+        Ok(out)
+    });
+    tokio::select! {
+        _ = cancel.cancelled() => Err(Error::Interrupted),
+        r = task => r.map_err(|e| Error::Sync(format!("hashing the tree: {e}")))?,
     }
 }

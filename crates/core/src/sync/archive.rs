@@ -41,6 +41,14 @@ pub fn write_archive<'a, W: Write>(
         header.set_gid(0);
         match entry.kind {
             EntryKind::File => {
+                // The exact mtime travels as a pax extension (GNU tar and `extract_archive`
+                // apply it), so a warm sync can compare it to the nanosecond: the header only
+                // holds whole seconds, and an edit within the same second would hide.
+                let secs = entry.mtime_ns.div_euclid(1_000_000_000);
+                let nanos = entry.mtime_ns.rem_euclid(1_000_000_000);
+                let mtime = format!("{secs}.{nanos:09}");
+                tar.append_pax_extensions([("mtime", mtime.as_bytes())])
+                    .map_err(write_err)?;
                 // O_NOFOLLOW: a file swapped for a symlink since the manifest was built must not
                 // be read through.
                 let file = std::fs::OpenOptions::new()
@@ -136,6 +144,7 @@ pub fn extract_archive<R: Read>(input: R, dest: &Path) -> Result<Vec<String>> {
                 path.display()
             )));
         }
+        let mtime_ns = entry_mtime_ns(&mut entry);
         let target = dest.join(&path);
         // Replace whatever is there (a symlink must not redirect the write).
         if let Ok(meta) = std::fs::symlink_metadata(&target) {
@@ -161,9 +170,57 @@ pub fn extract_archive<R: Read>(input: R, dest: &Path) -> Result<Vec<String>> {
                 dest.display()
             )));
         }
+        if kind.is_file() {
+            if let Some(ns) = mtime_ns {
+                set_mtime(&target, ns);
+            }
+        }
         written.push(path.to_string_lossy().into_owned());
     }
     Ok(written)
+}
+
+/// An entry's exact mtime: its pax `mtime` when it has one, else the header's whole seconds.
+pub fn entry_mtime_ns<R: Read>(entry: &mut tar::Entry<'_, R>) -> Option<i128> {
+    if let Ok(Some(mut pax)) = entry.pax_extensions() {
+        let found = pax.find_map(|ext| {
+            let ext = ext.ok()?;
+            (ext.key().ok()? == "mtime").then(|| parse_pax_time(ext.value().ok()?))?
+        });
+        if found.is_some() {
+            return found;
+        }
+    }
+    entry
+        .header()
+        .mtime()
+        .ok()
+        .map(|s| i128::from(s) * 1_000_000_000)
+}
+
+/// `1700000000.123456789` (or fewer digits) -> nanoseconds.
+fn parse_pax_time(v: &str) -> Option<i128> {
+    let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
+    let secs: i128 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos: i128 = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse().ok()?
+    };
+    Some(secs * 1_000_000_000 + if secs < 0 { -nanos } else { nanos })
+}
+
+/// Sets a file's mtime to the nanosecond (best effort: a failure only costs a resend).
+fn set_mtime(path: &Path, ns: i128) {
+    let Ok(secs) = u64::try_from(ns.div_euclid(1_000_000_000)) else {
+        return;
+    };
+    let nanos = ns.rem_euclid(1_000_000_000) as u32;
+    let when = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+        let _ = f.set_modified(when);
+    }
 }
 
 #[cfg(test)]

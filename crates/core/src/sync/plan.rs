@@ -1,51 +1,237 @@
-//! The sync plan: which files one sync sends and which it deletes, from the local manifest
-//! and the record of what was synced before.
+//! The sync plan: what one sync sends and what it changes on the box first, from the local
+//! manifest and a scan of what is actually on the box (never a local memory of it).
+//!
+//! A file is sent when the box lacks it or it differs (kind, size, mtime to the nanosecond,
+//! permission bits, link target; content hash with `--checksum`). Before the files are laid
+//! over the workdir, the box is made safe to write into: whatever stands where the tree has
+//! something of another kind is removed, and no directory on the way to a sent file may be a
+//! symlink, so nothing is ever written or deleted through a link. Deletions are limited to
+//! files the box's [`SyncRecord`] says crabbox synced and that are gone locally.
 
-use super::manifest::SyncEntry;
-use super::state::SyncState;
-use crate::engine::SyncSource;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::manifest::{EntryKind, SyncEntry, SyncManifest};
+use super::record::{ancestors, parent, SyncRecord};
+
+/// What a scan of the box's workdir found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteTree {
+    /// The workdir exists as a real directory.
+    pub exists: bool,
+    /// The record of the last completed sync into this workdir, if there is one.
+    pub record: Option<SyncRecord>,
+    /// Directories whose children were listed (`""` is the workdir itself).
+    pub scanned: BTreeSet<String>,
+    /// Every entry of a scanned directory, by workdir-relative path.
+    pub entries: BTreeMap<String, RemoteEntry>,
+}
+
+/// One path on the box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    pub kind: RemoteKind,
+    /// Permission bits.
+    pub mode: u32,
+    pub size: u64,
+    /// Nanoseconds since the epoch, as precise as the box's filesystem keeps it.
+    pub mtime_ns: i128,
+    pub link_target: Option<String>,
+    /// Hex SHA-256 of a regular file's content (`--checksum` scans only).
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    File,
+    Dir,
+    Symlink,
+    /// A socket, fifo or device.
+    Other,
+}
+
+/// A change to the box's workdir before the sent files are laid over it. Paths are relative
+/// to the workdir; a provider applies them without following any symlink.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SyncOp {
+    /// Remove the path whatever it is (a file, a link, a whole directory): the tree has
+    /// something of another kind there.
+    Clear(String),
+    /// Make every component of this directory a real directory or absent: a symlink or a file
+    /// in the way is removed, so nothing below is written through it.
+    EnsureDir(String),
+    /// Remove the path if it is a real directory (where a sent file goes and the box's state
+    /// was not scanned).
+    ClearIfDir(String),
+    /// Delete a file crabbox synced before that is gone locally, unless a directory on the
+    /// way is a symlink.
+    Delete(String),
+}
+
+impl SyncOp {
+    /// NUL-terminated `<letter><path>` entries, for scripts on the box: `c`, `p`, `u`, `x`.
+    pub fn encode_all(ops: &[SyncOp]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for op in ops {
+            let (letter, path) = match op {
+                SyncOp::Clear(p) => (b'c', p),
+                SyncOp::EnsureDir(p) => (b'p', p),
+                SyncOp::ClearIfDir(p) => (b'u', p),
+                SyncOp::Delete(p) => (b'x', p),
+            };
+            out.push(letter);
+            out.extend_from_slice(path.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+}
+
+/// How to compare.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanOptions<'a> {
+    /// `sync.delete`: remove files crabbox synced before that are gone locally.
+    pub delete: bool,
+    /// `--full-resync`: send every file, whatever the box holds.
+    pub resend_all: bool,
+    /// `--checksum`: the local files' content hashes; compare those instead of size and mtime.
+    pub hashes: Option<&'a BTreeMap<String, String>>,
+}
 
 /// What one sync must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncPlan {
     /// Files to send.
     pub send: Vec<SyncEntry>,
-    /// Files crabbox synced before that are gone locally (safe relative paths only).
-    pub delete: Vec<String>,
-    /// No trustworthy record of the box's tree: everything is sent.
+    /// Changes to make on the box first, in order.
+    pub ops: Vec<SyncOp>,
+    /// The workdir is missing: everything is sent and swapped in whole.
     pub full: bool,
+    /// The record to keep on the box once the sync completed.
+    pub record: SyncRecord,
 }
 
 impl SyncPlan {
-    /// Everything when there is no previous state, else only the delta.
-    pub fn new(source: &SyncSource, previous: Option<&SyncState>) -> Self {
-        match previous.filter(|s| !s.entries.is_empty()) {
-            Some(state) => {
-                let delta = state.delta(&source.manifest);
-                SyncPlan {
-                    send: delta.changed,
-                    delete: delta
-                        .deleted
-                        .into_iter()
-                        .filter(|p| source.delete && is_safe_relative(p))
-                        .collect(),
-                    full: false,
-                }
-            }
-            None => SyncPlan {
-                send: source.manifest.entries.clone(),
-                delete: Vec::new(),
+    pub fn new(manifest: &SyncManifest, remote: &RemoteTree, opts: PlanOptions<'_>) -> Self {
+        let record = SyncRecord::of(manifest);
+        if !remote.exists {
+            return SyncPlan {
+                send: manifest.entries.clone(),
+                ops: Vec::new(),
                 full: true,
-            },
+                record,
+            };
+        }
+        let mut send = Vec::new();
+        let mut ops = BTreeSet::new();
+        for e in &manifest.entries {
+            if let Some(op_and_send) = compare(e, remote, opts) {
+                ops.extend(op_and_send);
+                send.push(e.clone());
+            }
+        }
+        let mut ops: Vec<SyncOp> = ops.into_iter().collect();
+        // Shallow clears first: a deeper one under a cleared path is then skipped on the box.
+        ops.sort_by_key(|op| match op {
+            SyncOp::Clear(p) => (0, p.matches('/').count(), p.clone()),
+            SyncOp::EnsureDir(p) => (1, p.matches('/').count(), p.clone()),
+            SyncOp::ClearIfDir(p) => (2, 0, p.clone()),
+            SyncOp::Delete(p) => (3, 0, p.clone()),
+        });
+        if opts.delete {
+            if let Some(previous) = &remote.record {
+                let now: BTreeSet<&str> = manifest.paths().collect();
+                ops.extend(
+                    previous
+                        .paths
+                        .iter()
+                        .filter(|p| !now.contains(p.as_str()) && is_safe_relative(p))
+                        .filter(|p| remote_may_hold(remote, p))
+                        .map(|p| SyncOp::Delete(p.clone())),
+                );
+            }
+        }
+        SyncPlan {
+            send,
+            ops,
+            full: false,
+            record,
         }
     }
 
+    /// Files this sync deletes.
+    pub fn deleted(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|op| matches!(op, SyncOp::Delete(_)))
+            .count()
+    }
+
+    /// Nothing to send, remove or delete: the box already holds the tree.
     pub fn is_noop(&self) -> bool {
-        !self.full && self.send.is_empty() && self.delete.is_empty()
+        !self.full && self.send.is_empty() && self.ops.is_empty()
     }
 }
 
-/// A relative path with no `..`, no empty or `.` segments and no NUL: safe to delete under
+/// `None` when the box holds `e` as it is; else the ops it needs before it is sent.
+fn compare(e: &SyncEntry, remote: &RemoteTree, opts: PlanOptions<'_>) -> Option<Vec<SyncOp>> {
+    let known = |p: &str| remote.scanned.contains(parent(p));
+    for dir in ancestors(&e.path) {
+        if !known(dir) {
+            // Below here the box was not scanned: make the way safe and send.
+            return Some(vec![
+                SyncOp::EnsureDir(parent(&e.path).to_string()),
+                SyncOp::ClearIfDir(e.path.clone()),
+            ]);
+        }
+        match remote.entries.get(dir) {
+            None => return Some(Vec::new()),
+            Some(r) if r.kind == RemoteKind::Dir => {}
+            Some(_) => return Some(vec![SyncOp::Clear(dir.to_string())]),
+        }
+    }
+    if !known(&e.path) {
+        return Some(vec![SyncOp::ClearIfDir(e.path.clone())]);
+    }
+    let Some(r) = remote.entries.get(&e.path) else {
+        return Some(Vec::new());
+    };
+    let same_kind = matches!(
+        (e.kind, r.kind),
+        (EntryKind::File, RemoteKind::File) | (EntryKind::Symlink, RemoteKind::Symlink)
+    );
+    if matches!(r.kind, RemoteKind::Dir | RemoteKind::Other) {
+        return Some(vec![SyncOp::Clear(e.path.clone())]);
+    }
+    if !same_kind || opts.resend_all {
+        return Some(Vec::new());
+    }
+    let differs = match e.kind {
+        EntryKind::Symlink => r.link_target != e.link_target,
+        EntryKind::File => {
+            let content_differs = match opts.hashes {
+                Some(hashes) => r.sha256.is_none() || hashes.get(&e.path) != r.sha256.as_ref(),
+                None => r.size != e.size || !same_mtime(r.mtime_ns, e.mtime_ns),
+            };
+            content_differs || r.mode & 0o777 != e.mode & 0o777
+        }
+    };
+    differs.then(Vec::new)
+}
+
+/// A recorded path may still be on the box: it was seen, or its directory was not scanned.
+fn remote_may_hold(remote: &RemoteTree, path: &str) -> bool {
+    !remote.scanned.contains(parent(path)) || remote.entries.contains_key(path)
+}
+
+/// The box's mtime is the local one: to the nanosecond, or to the second where the box keeps
+/// whole seconds only (a filesystem without finer times, or a file put there by an older sync).
+pub fn same_mtime(remote_ns: i128, local_ns: i128) -> bool {
+    const S: i128 = 1_000_000_000;
+    remote_ns == local_ns
+        || (remote_ns.rem_euclid(S) == 0 && remote_ns == local_ns.div_euclid(S) * S)
+}
+
+/// A relative path with no `..`, no empty or `.` segments and no NUL: safe to touch under
 /// the workdir.
 pub fn is_safe_relative(path: &str) -> bool {
     !path.is_empty()
@@ -57,82 +243,5 @@ pub fn is_safe_relative(path: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sync::{EntryKind, SyncManifest};
-
-    fn entry(path: &str, size: u64) -> SyncEntry {
-        SyncEntry {
-            path: path.into(),
-            kind: EntryKind::File,
-            mode: 0o644,
-            size,
-            mtime_ns: 1,
-            link_target: None,
-        }
-    }
-
-    fn source(entries: Vec<SyncEntry>) -> SyncSource {
-        SyncSource {
-            root: "/nonexistent".into(),
-            delete: true,
-            manifest: SyncManifest {
-                entries,
-                ..Default::default()
-            },
-        }
-    }
-
-    #[test]
-    fn plan_deletes_nothing_when_sync_delete_is_off() {
-        let before = SyncState::from_manifest(&source(vec![entry("a", 1), entry("b", 1)]).manifest);
-        let mut now = source(vec![entry("a", 1)]);
-        assert_eq!(SyncPlan::new(&now, Some(&before)).delete, ["b"]);
-        now.delete = false;
-        assert!(SyncPlan::new(&now, Some(&before)).delete.is_empty());
-    }
-
-    #[test]
-    fn no_state_means_full_sync() {
-        let s = source(vec![entry("a", 1), entry("b", 1)]);
-        let plan = SyncPlan::new(&s, None);
-        assert!(plan.full);
-        assert_eq!(plan.send.len(), 2);
-        let plan = SyncPlan::new(&s, Some(&SyncState::default()));
-        assert!(plan.full, "an empty state is no record of the box");
-    }
-
-    #[test]
-    fn warm_plan_sends_changes_and_deletes_only_synced_files() {
-        let before = source(vec![entry("a", 1), entry("b", 1), entry("gone", 1)]);
-        let state = SyncState::from_manifest(&before.manifest);
-        let now = source(vec![entry("a", 1), entry("b", 2), entry("new", 1)]);
-        let plan = SyncPlan::new(&now, Some(&state));
-        assert!(!plan.full);
-        let sent: Vec<_> = plan.send.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(sent, ["b", "new"]);
-        assert_eq!(plan.delete, ["gone"]);
-        let same = SyncPlan::new(&before, Some(&state));
-        assert!(same.is_noop());
-    }
-
-    #[test]
-    fn unsafe_delete_paths_are_dropped() {
-        for bad in [
-            "",
-            "/etc/passwd",
-            "../x",
-            "a/../../b",
-            "a//b",
-            "./a",
-            "a\0b",
-        ] {
-            assert!(!is_safe_relative(bad), "{bad:?}");
-        }
-        assert!(is_safe_relative("src/lib.rs"));
-        assert!(is_safe_relative(".gitignore"));
-        let before = SyncState::from_manifest(&source(vec![entry("../evil", 1)]).manifest);
-        let now = source(vec![]);
-        assert!(SyncPlan::new(&now, Some(&before)).delete.is_empty());
-    }
-}
+#[path = "plan_tests.rs"]
+mod tests;

@@ -253,6 +253,7 @@ impl Provider for MemoryProvider {
         Capabilities {
             remote_kill: true,
             warm_reuse: true,
+            reclaim: true,
             ..Capabilities::default()
         }
     }
@@ -292,6 +293,7 @@ impl Provider for MemoryProvider {
                     dirs: Default::default(),
                     files: Default::default(),
                     applied: Vec::new(),
+                    records: BTreeMap::new(),
                 },
             );
             (injected, remote_id)

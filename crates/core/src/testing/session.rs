@@ -15,7 +15,7 @@ use super::state::{Applied, Injected, MemBox, Node, Op, Proc, Process, State};
 use crate::error::{Error, Result};
 use crate::events::Reporter;
 use crate::provider::{ApplyArchive, BoxSession, ExecSpec, ExecStream, RunTarget, Signal};
-use crate::sync::is_safe_relative;
+use crate::sync::{ancestors, is_safe_relative, RemoteTree, SyncOp};
 
 pub(super) struct MemSession {
     shared: Arc<Shared>,
@@ -76,10 +76,8 @@ impl BoxSession for MemSession {
         if req.cancel.is_cancelled() {
             return Err(Error::Interrupted);
         }
-        if let Some(bad) = req.delete.iter().find(|p| !is_safe_relative(p)) {
-            return Err(Error::Sync(format!(
-                "refusing to delete {bad:?} on the box"
-            )));
+        if let Some(bad) = req.ops.iter().map(op_path).find(|p| !is_safe_relative(p)) {
+            return Err(Error::Sync(format!("refusing to touch {bad:?} on the box")));
         }
         let bytes =
             std::fs::read(req.archive).map_err(Error::io("reading the archive", req.archive))?;
@@ -87,23 +85,51 @@ impl BoxSession for MemSession {
         let (entries, dirs) = read_archive(&bytes)?;
         let workdir = req.workdir.trim_end_matches('/');
         self.on_box(|b| {
-            for gone in req.delete {
-                b.files.remove(&format!("{workdir}/{gone}"));
+            let at = |rel: &str| format!("{workdir}/{rel}");
+            let mut deleted = Vec::new();
+            for op in req.ops {
+                match op {
+                    SyncOp::Clear(p) => b.remove_path(&at(p)),
+                    SyncOp::EnsureDir(d) => {
+                        for dir in ancestors(d).chain([d.as_str()]) {
+                            b.files.remove(&at(dir));
+                        }
+                    }
+                    SyncOp::ClearIfDir(p) => {
+                        if b.dirs.contains(&at(p)) {
+                            b.remove_path(&at(p));
+                        }
+                    }
+                    SyncOp::Delete(p) => {
+                        let through_link = ancestors(p)
+                            .any(|d| matches!(b.files.get(&at(d)), Some(Node::Symlink { .. })));
+                        if !through_link && b.files.remove(&at(p)).is_some() {
+                            deleted.push(p.clone());
+                        }
+                    }
+                }
             }
             b.dirs.insert(workdir.to_string());
-            b.dirs.extend(dirs.iter().map(|d| format!("{workdir}/{d}")));
-            b.files.extend(
-                entries
-                    .iter()
-                    .map(|(p, n)| (format!("{workdir}/{p}"), n.clone())),
-            );
+            b.dirs.extend(dirs.iter().map(|d| at(d)));
+            for (p, n) in &entries {
+                b.dirs.extend(ancestors(p).map(at));
+                b.files.insert(at(p), n.clone());
+            }
+            b.records.insert(workdir.to_string(), req.record.to_vec());
             b.applied.push(Applied {
                 workdir: workdir.to_string(),
                 entries,
-                delete: req.delete.to_vec(),
+                delete: deleted,
+                ops: req.ops.to_vec(),
             });
             Ok(())
         })
+    }
+
+    async fn scan(&self, workdir: &str, checksum: bool) -> Result<RemoteTree> {
+        let detail = format!("{} {workdir}", self.remote_id);
+        self.shared.enter(Op::Scan, &detail).await?;
+        self.on_box(|b| Ok(b.scan(workdir.trim_end_matches('/'), checksum)))
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {
@@ -246,7 +272,8 @@ fn read_archive(bytes: &[u8]) -> Result<(BTreeMap<String, Node>, BTreeSet<String
             let mode = entry.header().mode().map_err(bad)?;
             let mut data = Vec::new();
             entry.read_to_end(&mut data).map_err(bad)?;
-            files.insert(path, Node::File { data, mode });
+            let mtime = crate::sync::entry_mtime_ns(&mut entry).unwrap_or(0);
+            files.insert(path, Node::File { data, mode, mtime });
         } else {
             return Err(Error::Sync(format!(
                 "refusing archive entry {path:?}: unsupported type"
@@ -254,4 +281,10 @@ fn read_archive(bytes: &[u8]) -> Result<(BTreeMap<String, Node>, BTreeSet<String
         }
     }
     Ok((files, dirs))
+}
+
+fn op_path(op: &SyncOp) -> &str {
+    match op {
+        SyncOp::Clear(p) | SyncOp::EnsureDir(p) | SyncOp::ClearIfDir(p) | SyncOp::Delete(p) => p,
+    }
 }

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use super::script::{Script, KILL_EXIT, TERM_EXIT};
 use crate::error::Error;
 use crate::provider::{ExecSpec, Signal};
+use crate::sync::RemoteTree;
 
 /// A primitive of [`crate::provider::Provider`] or [`crate::provider::BoxSession`], as the
 /// call log names it and as faults target it.
@@ -22,6 +23,7 @@ pub enum Op {
     Delete,
     List,
     Exists,
+    Scan,
     MakeDir,
     Apply,
     Start,
@@ -41,6 +43,7 @@ impl Op {
             Op::Delete => "delete",
             Op::List => "list",
             Op::Exists => "exists",
+            Op::Scan => "scan",
             Op::MakeDir => "make_dir",
             Op::Apply => "apply",
             Op::Start => "start",
@@ -53,8 +56,15 @@ impl Op {
 /// A file on a memory box.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
-    File { data: Vec<u8>, mode: u32 },
-    Symlink { target: String },
+    File {
+        data: Vec<u8>,
+        mode: u32,
+        /// Nanoseconds, as the archive carried it.
+        mtime: i128,
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 /// One archive a box received and applied.
@@ -63,8 +73,10 @@ pub struct Applied {
     pub workdir: String,
     /// The archive's files, by path relative to the workdir.
     pub entries: BTreeMap<String, Node>,
-    /// The delete list that came with it.
+    /// The files it deleted first (its `Delete` ops).
     pub delete: Vec<String>,
+    /// Every op that came with it, in order.
+    pub ops: Vec<crate::sync::SyncOp>,
 }
 
 impl Applied {
@@ -89,6 +101,8 @@ pub struct MemBox {
     pub files: BTreeMap<String, Node>,
     /// Every archive applied to it, in order.
     pub applied: Vec<Applied>,
+    /// The sync record kept beside each workdir, by workdir.
+    pub records: BTreeMap<String, Vec<u8>>,
 }
 
 impl MemBox {
@@ -114,6 +128,78 @@ impl MemBox {
         self.dirs.contains(path)
             || self.files.contains_key(path)
             || self.files.keys().any(|p| p.starts_with(&under))
+    }
+
+    /// What a scan of `workdir` finds: the children of the workdir and of every directory
+    /// its record names.
+    pub(super) fn scan(&self, workdir: &str, checksum: bool) -> RemoteTree {
+        use crate::sync::{RemoteEntry, RemoteKind, SyncRecord};
+        if !self.dirs.contains(workdir) {
+            return RemoteTree::default();
+        }
+        let record = self.records.get(workdir).map(|r| SyncRecord::decode(r));
+        let mut scanned = std::collections::BTreeSet::from([String::new()]);
+        if let Some(r) = &record {
+            scanned.extend(
+                r.dirs
+                    .iter()
+                    .filter(|d| self.dirs.contains(&format!("{workdir}/{d}")))
+                    .cloned(),
+            );
+        }
+        let prefix = format!("{workdir}/");
+        let mut entries = BTreeMap::new();
+        let mut put = |abs: &str, entry: RemoteEntry| {
+            let Some(rel) = abs.strip_prefix(&prefix) else {
+                return;
+            };
+            if scanned.contains(crate::sync::parent(rel)) {
+                entries.insert(rel.to_string(), entry);
+            }
+        };
+        for d in &self.dirs {
+            put(
+                d,
+                RemoteEntry {
+                    kind: RemoteKind::Dir,
+                    mode: 0o755,
+                    size: 0,
+                    mtime_ns: 0,
+                    link_target: None,
+                    sha256: None,
+                },
+            );
+        }
+        for (path, node) in &self.files {
+            let entry = match node {
+                Node::File { data, mode, mtime } => RemoteEntry {
+                    kind: RemoteKind::File,
+                    mode: *mode,
+                    size: data.len() as u64,
+                    mtime_ns: *mtime,
+                    link_target: None,
+                    sha256: checksum.then(|| {
+                        use sha2::Digest;
+                        hex::encode(sha2::Sha256::digest(data))
+                    }),
+                },
+                Node::Symlink { target } => RemoteEntry {
+                    kind: RemoteKind::Symlink,
+                    mode: 0o777,
+                    size: 0,
+                    mtime_ns: 0,
+                    link_target: Some(target.clone()),
+                    sha256: None,
+                },
+            };
+            put(path, entry);
+        }
+        RemoteTree {
+            exists: true,
+            record,
+            scanned,
+            entries,
+        }
     }
 
     /// Removes `path` and everything under it.

@@ -75,10 +75,11 @@ async fn a_bad_archive_leaves_the_tree_as_it_was() {
     let spool = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(spool.path(), b"not a gzipped tar").unwrap();
     let cancel = CancellationToken::new();
-    let keep = ["kept.txt".to_string()];
+    let keep = [crate::sync::SyncOp::Delete("kept.txt".to_string())];
     let req = ApplyArchive {
         archive: spool.path(),
-        delete: &keep,
+        ops: &keep,
+        record: b"",
         workdir: "/crabbox/cbx_aaaaaaaaaaaa",
         timeout: Duration::from_secs(5),
         cancel: &cancel,

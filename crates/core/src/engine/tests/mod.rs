@@ -73,6 +73,13 @@ impl Bench {
         std::fs::write(path, content).unwrap();
     }
 
+    /// The exact mtime of a file of the local tree, as an archive carries it.
+    fn mtime_of(&self, rel: &str) -> i128 {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(self.repo.path().join(rel)).unwrap();
+        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+    }
+
     fn remove(&self, rel: &str) {
         std::fs::remove_file(self.repo.path().join(rel)).unwrap();
     }
@@ -93,6 +100,7 @@ impl Bench {
             command: RemoteCommand::new(vec![script.to_string()], true),
             sync: Some(self.source()),
             full_resync: false,
+            checksum: false,
             keep: KeepPolicy::Never,
             env: BTreeMap::new(),
             ttl: Duration::from_secs(600),

@@ -1,0 +1,245 @@
+//! Reading the synced tree of a sandbox in one pass: [`SCAN_SCRIPT`] lists it with GNU `find`
+//! (never following a symlink), and [`parse`] turns its output into the engine's
+//! [`RemoteTree`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crabbox_core::sync::{RemoteEntry, RemoteKind, RemoteTree, SyncRecord};
+use crabbox_core::{Error, Result};
+
+/// Lists the workdir, its record and the children of every recorded directory; see the
+/// script's header for its output.
+pub const SCAN_SCRIPT: &str = include_str!("scripts/sync_scan.sh");
+
+/// Largest scan output accepted (a tree of a few hundred thousand files).
+pub const SCAN_LIMIT: usize = 256 << 20;
+
+/// NUL-separated fields, and raw runs of bytes.
+struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn field(&mut self) -> Option<&'a [u8]> {
+        let end = self.rest.iter().position(|b| *b == 0)?;
+        let (f, tail) = self.rest.split_at(end);
+        self.rest = &tail[1..];
+        Some(f)
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (bytes, tail) = self.rest.split_at_checked(n)?;
+        self.rest = tail;
+        Some(bytes)
+    }
+}
+
+fn bad(what: &str) -> Error {
+    Error::Transport(format!("reading the box's tree: {what}"))
+}
+
+/// Parses [`SCAN_SCRIPT`]'s output.
+pub fn parse(out: &[u8]) -> Result<RemoteTree> {
+    let mut c = Cursor { rest: out };
+    match c.field() {
+        Some(b"N") => return Ok(RemoteTree::default()),
+        Some(b"W") => {}
+        _ => return Err(bad("the scan printed no header")),
+    }
+    let mut tree = RemoteTree {
+        exists: true,
+        scanned: BTreeSet::from([String::new()]),
+        ..RemoteTree::default()
+    };
+    let mut f = c.field();
+    if let Some(len) = f.and_then(|f| f.strip_prefix(b"R")) {
+        let len: usize = std::str::from_utf8(len)
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| bad("a bad record length"))?;
+        let record = c.take(len).ok_or_else(|| bad("a short record"))?;
+        tree.record = Some(SyncRecord::decode(record));
+        f = c.field();
+    }
+    loop {
+        match f {
+            Some(b"E") => break,
+            Some(d) if d.first() == Some(&b'D') => {
+                if let Ok(d) = std::str::from_utf8(&d[1..]) {
+                    tree.scanned.insert(d.to_string());
+                }
+            }
+            _ => return Err(bad("the scan ended before its entries")),
+        }
+        f = c.field();
+    }
+    let mut hashes = BTreeMap::new();
+    while let Some(kind) = c.field() {
+        if kind == b"H" {
+            while let Some(line) = c.field() {
+                let Some(split) = line.windows(2).position(|w| w == b"  ") else {
+                    continue;
+                };
+                let (hash, path) = (&line[..split], &line[split + 2..]);
+                if let (Ok(h), Some(p)) = (std::str::from_utf8(hash), relative(path)) {
+                    hashes.insert(p, h.to_string());
+                }
+            }
+            break;
+        }
+        let (Some(mode), Some(size), Some(mtime), Some(path), Some(link)) =
+            (c.field(), c.field(), c.field(), c.field(), c.field())
+        else {
+            return Err(bad("a truncated entry"));
+        };
+        let Some(path) = relative(path) else {
+            // Not valid UTF-8: no synced path has such a name; it stays unknown.
+            continue;
+        };
+        let kind = match kind {
+            b"f" => RemoteKind::File,
+            b"d" => RemoteKind::Dir,
+            b"l" => RemoteKind::Symlink,
+            _ => RemoteKind::Other,
+        };
+        let number = |f: &[u8], radix: u32| {
+            std::str::from_utf8(f)
+                .ok()
+                .and_then(|s| u64::from_str_radix(s.trim(), radix).ok())
+        };
+        let mtime_ns = std::str::from_utf8(mtime)
+            .ok()
+            .and_then(parse_find_time)
+            .unwrap_or(0);
+        tree.entries.insert(
+            path,
+            RemoteEntry {
+                kind,
+                mode: number(mode, 8).unwrap_or(0) as u32,
+                size: number(size, 10).unwrap_or(0),
+                mtime_ns,
+                link_target: (kind == RemoteKind::Symlink)
+                    .then(|| String::from_utf8_lossy(link).into_owned()),
+                sha256: None,
+            },
+        );
+    }
+    for (path, hash) in hashes {
+        if let Some(e) = tree.entries.get_mut(&path) {
+            e.sha256 = Some(hash);
+        }
+    }
+    Ok(tree)
+}
+
+/// find's `%T@`, `1700000000.1234567890`, in nanoseconds.
+fn parse_find_time(v: &str) -> Option<i128> {
+    let (secs, frac) = v.trim().split_once('.').unwrap_or((v.trim(), ""));
+    let secs: i128 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos: i128 = format!("{digits:0<9}").parse().ok()?;
+    Some(secs * 1_000_000_000 + if secs < 0 { -nanos } else { nanos })
+}
+
+/// `./a/b` -> `a/b`.
+fn relative(path: &[u8]) -> Option<String> {
+    let p = std::str::from_utf8(path).ok()?;
+    Some(p.strip_prefix("./").unwrap_or(p).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn scan_dir(wd: &std::path::Path, record: &std::path::Path, checksum: bool) -> RemoteTree {
+        let out = Command::new("/bin/bash")
+            .args(["-c", SCAN_SCRIPT])
+            .env("CBX_WORKDIR", wd)
+            .env("CBX_RECORD", record)
+            .env("CBX_CHECKSUM", if checksum { "1" } else { "" })
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse(&out.stdout).unwrap()
+    }
+
+    #[test]
+    fn scan_script_is_valid_bash() {
+        crate::assert_valid_bash(SCAN_SCRIPT);
+    }
+
+    #[test]
+    fn the_scan_reads_kinds_modes_links_and_the_record_without_following_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let wd = dir.path().join("wd");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(wd.join("src/deep")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "x").unwrap();
+        std::fs::write(wd.join("a.txt"), "hello").unwrap();
+        std::fs::set_permissions(wd.join("a.txt"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(wd.join("src/deep/f"), "1").unwrap();
+        std::os::unix::fs::symlink("a.txt", wd.join("link")).unwrap();
+        std::os::unix::fs::symlink(&outside, wd.join("evil")).unwrap();
+        std::fs::write(wd.join("-dash"), "").unwrap();
+        let record_file = dir.path().join("record");
+        let record = SyncRecord {
+            paths: ["a.txt", "src/deep/f", "evil/secret"]
+                .map(String::from)
+                .into(),
+            dirs: ["src", "src/deep", "evil", "gone"].map(String::from).into(),
+        };
+        std::fs::write(&record_file, record.encode()).unwrap();
+
+        let tree = scan_dir(&wd, &record_file, true);
+        assert!(tree.exists);
+        assert_eq!(tree.record.as_ref(), Some(&record));
+        let scanned: Vec<_> = tree.scanned.iter().map(String::as_str).collect();
+        assert_eq!(
+            scanned,
+            ["", "src", "src/deep"],
+            "a symlinked dir is not listed"
+        );
+        let a = &tree.entries["a.txt"];
+        assert_eq!((a.kind, a.mode, a.size), (RemoteKind::File, 0o755, 5));
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(wd.join("a.txt")).unwrap();
+        assert_eq!(
+            a.mtime_ns,
+            i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            "mtimes are read to the nanosecond"
+        );
+        assert_eq!(
+            a.sha256.as_deref(),
+            Some("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+        );
+        assert_eq!(tree.entries["src/deep/f"].kind, RemoteKind::File);
+        assert_eq!(tree.entries["src"].kind, RemoteKind::Dir);
+        let link = &tree.entries["link"];
+        assert_eq!(
+            (link.kind, link.link_target.as_deref()),
+            (RemoteKind::Symlink, Some("a.txt"))
+        );
+        assert_eq!(tree.entries["evil"].kind, RemoteKind::Symlink);
+        assert!(tree.entries.contains_key("-dash"));
+        assert!(!tree.entries.keys().any(|k| k.contains("secret")));
+    }
+
+    #[test]
+    fn a_missing_workdir_or_record_is_said_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = scan_dir(&dir.path().join("nope"), &dir.path().join("r"), false);
+        assert!(!tree.exists);
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let tree = scan_dir(dir.path(), &dir.path().join("r"), false);
+        assert!(tree.exists && tree.record.is_none());
+        assert_eq!(tree.entries["f"].sha256, None);
+        assert!(parse(b"garbage").is_err());
+    }
+}
