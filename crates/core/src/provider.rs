@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::events::Reporter;
-use crate::sync::{RemoteTree, SyncOp};
+use crate::sync::{Codec, RemoteTree, SyncOp};
 
 /// What a provider can do, so a front end can refuse an unsupported request before doing
 /// any work.
@@ -168,18 +168,29 @@ pub struct RunTarget {
     pub pid: Option<u32>,
 }
 
-/// An archive of files to lay over a workdir.
+/// One packed chunk of a sync (a tar through its codec), spooled locally; the spool file is
+/// removed when this is dropped.
 #[derive(Debug)]
-pub struct ApplyArchive<'a> {
-    /// A gzipped tar of the files to send (paths relative to the workdir).
-    pub archive: &'a Path,
+pub struct PackedChunk {
+    pub file: tempfile::TempPath,
+    pub codec: Codec,
+    /// Bytes of the spool file: what goes over the wire.
+    pub len: u64,
+}
+
+/// Chunks as the engine packs them; an `Err` means packing failed and the sync is abandoned.
+pub type ChunkFeed = tokio::sync::mpsc::Receiver<Result<PackedChunk>>;
+
+/// A sync to apply to a workdir.
+#[derive(Debug)]
+pub struct ApplySync<'a> {
     /// Changes to make first, in order, never through a symlink (see [`SyncOp`]).
     pub ops: &'a [SyncOp],
     /// The new sync record ([`crate::sync::SyncRecord::encode`]), kept beside the workdir
     /// once the files are in place (see [`record_path`]).
     pub record: &'a [u8],
     pub workdir: &'a str,
-    /// Upload and apply together must finish within this.
+    /// Sending and applying together must finish within this.
     pub timeout: Duration,
     pub cancel: &'a CancellationToken,
 }
@@ -203,11 +214,23 @@ pub trait BoxSession: Send + Sync {
     async fn exists(&self, path: &str) -> Result<bool>;
     /// Creates `path` (and its parents) on the box.
     async fn make_dir(&self, path: &str) -> Result<()>;
-    /// Applies `req.ops`, lays the archive over `req.workdir` (or, when the workdir does not
-    /// exist, makes the extracted tree the workdir), then stores `req.record`. On failure,
-    /// cancel or timeout the previous tree is intact (the ops aside) and nothing of this sync
-    /// is left on the box when this returns.
-    async fn apply_archive(&self, req: &ApplyArchive<'_>, reporter: &dyn Reporter) -> Result<()>;
+    /// The codecs this box can unpack, best first. Asked only for large syncs, so a probe of
+    /// the box costs small ones nothing.
+    async fn codecs(&self) -> Vec<Codec> {
+        vec![Codec::Gzip]
+    }
+    /// Sends and unpacks every chunk of `chunks` as it arrives (while the engine still packs
+    /// the next ones); once the feed ends, applies `req.ops`, lays the files over
+    /// `req.workdir` (or, when the workdir does not exist, makes them the workdir), then
+    /// stores `req.record`. An `Err` in the feed, a cancel, the timeout or any failure
+    /// abandons the sync: nothing of it is left on the box when this returns, and the previous
+    /// tree is intact where the provider can stage (E2B).
+    async fn apply_sync(
+        &self,
+        req: &ApplySync<'_>,
+        chunks: ChunkFeed,
+        reporter: &dyn Reporter,
+    ) -> Result<()>;
     /// Starts a command; its events follow on the stream.
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>>;
     /// Sends `signal` to the command's own process (`target.pid`).

@@ -1,23 +1,25 @@
-//! Putting files on a sandbox: the archive the engine packed is streamed to
-//! `/tmp/crabbox-<hex>.tgz` on the box, and a small script ([`APPLY_SCRIPT`]) extracts it into
-//! a staging directory next to the workdir first, so a broken upload or extraction never
-//! touches the workspace. Then either the staging directory becomes the workdir (first sync)
-//! or the staged files are hard-linked over the existing workdir (`cp -al`, no new disk
-//! space) after deleting the files crabbox synced before and that are gone locally. Files
-//! crabbox never synced (build outputs) are left alone. The remote archive is removed however
-//! the script ends, and an abandoned sync's leftovers are removed before [`apply`] returns.
+//! Putting files on a sandbox. The engine packs a sync into chunks; each is streamed to
+//! `/tmp/crabbox-<tag>-<n>.<ext>` on the box as soon as it is packed, and unpacked into a
+//! staging directory next to the workdir by [`UNPACK_SCRIPT`] while the next one travels, so
+//! a broken upload or extraction never touches the workspace. Once every chunk is in,
+//! [`COMMIT_SCRIPT`] either makes the staging directory the workdir (first sync), or runs the
+//! plan's ops and hard-links the staged files over the workdir (`cp -al`, no new disk space);
+//! files crabbox never synced (build outputs) are left alone. The plan's ops and the new sync
+//! record ride in front of the first chunk. An abandoned sync's processes are killed and its
+//! files removed before [`apply`] returns.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use crabbox_core::engine::human_bytes;
 use crabbox_core::events::{OutputSink, Reporter};
-use crabbox_core::provider::{record_path, ApplyArchive};
-use crabbox_core::sync::{RemoteTree, SyncOp};
+use crabbox_core::provider::{record_path, ApplySync, ChunkFeed};
+use crabbox_core::sync::{Codec, RemoteTree, SyncOp};
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::filesystem;
 use crabbox_e2b_wire::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
+use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use crate::envd::{exit_code_of, Envd};
@@ -28,64 +30,92 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 pub const CLEANUP_BUDGET: Duration = Duration::from_secs(10);
 const CLEANUP_STEP: Duration = Duration::from_secs(3);
 
-/// Extracts into staging, then swaps in (first sync) or lays over the workdir (warm sync).
-pub const APPLY_SCRIPT: &str = include_str!("scripts/sync_apply.sh");
+/// Unpacks one chunk into the staging directory.
+pub const UNPACK_SCRIPT: &str = include_str!("scripts/sync_unpack.sh");
 
-/// Run after the apply script was SIGKILLed: envd signals only that pid, so a `tar` it
+/// Swaps the staging directory in, or runs the ops and lays it over the workdir.
+pub const COMMIT_SCRIPT: &str = include_str!("scripts/sync_commit.sh");
+
+/// Chunks unpacking on the box at once.
+const UNPACKERS: usize = 2;
+/// Syncs sending at least this much say what they sent before the box applies it.
+const REPORT_FROM: u64 = 1 << 20;
+
+/// Run after a sync's scripts were SIGKILLed: envd signals only their pids, so a `tar` they
 /// started may still be extracting. Kills every process whose command line names this
-/// sync's archive (the path has a random tag, so nothing else matches; this script's own
-/// command line does not contain it), then removes the sync's files.
+/// sync's random tag (this script's own command line does not contain it), then removes the
+/// sync's files.
 const REAP_SCRIPT: &str = include_str!("scripts/sync_reap.sh");
 
-/// Puts `req.archive` on the box and applies it to `req.workdir`, within `req.timeout` for
-/// upload and apply together. On cancel (`Error::Interrupted`), the deadline or any failure,
-/// the apply script is killed and the archive, delete list and staging directory are removed
-/// from the box (bounded by [`CLEANUP_BUDGET`]) before this returns.
-pub async fn apply(envd: &Envd, req: &ApplyArchive<'_>, reporter: &dyn Reporter) -> Result<()> {
+/// Sends and unpacks each chunk as it arrives, then commits, within `req.timeout` for all of
+/// it. On cancel (`Error::Interrupted`), the deadline, an `Err` in the feed or any failure,
+/// the scripts are killed and every upload, the staging directory and the plan's copies are
+/// removed from the box (bounded by [`CLEANUP_BUDGET`]) before this returns.
+pub async fn apply(
+    envd: &Envd,
+    req: &ApplySync<'_>,
+    mut chunks: ChunkFeed,
+    reporter: &dyn Reporter,
+) -> Result<()> {
     let (workdir, timeout, cancel) = (req.workdir, req.timeout, req.cancel);
     let tag = hex::encode(rand::random::<[u8; 8]>());
-    let remote_archive = format!("/tmp/crabbox-{tag}.tgz");
     let stage = staging_dir(workdir, &tag);
-    // One upload: the ops and the record ride in front of the archive.
     let ops = SyncOp::encode_all(req.ops);
     let mut header = ops.clone();
     header.extend_from_slice(req.record);
-    // The apply script's pid once it started (0 before): killed if the sync is abandoned.
-    let apply_pid = AtomicU32::new(0);
+    // Pids of the scripts started (0 before): killed if the sync is abandoned.
+    let pids = std::sync::Mutex::new(Vec::<u32>::new());
 
     let work = async {
-        upload_file(
-            envd,
-            &header,
-            req.archive,
-            &remote_archive,
-            reporter,
-            timeout,
-        )
-        .await?;
-        if cancel.is_cancelled() {
-            return Err(Error::Interrupted);
+        let mut unpacking = futures::stream::FuturesUnordered::new();
+        let (mut n, mut sent) = (0usize, 0u64);
+        let started = std::time::Instant::now();
+        while let Some(chunk) = chunks.recv().await {
+            let chunk = chunk?;
+            sent += chunk.len;
+            let remote = format!("/tmp/crabbox-{tag}-{n}.{}", extension(chunk.codec));
+            let head: &[u8] = if n == 0 { &header } else { &[] };
+            upload_file(envd, head, &chunk.file, &remote, timeout).await?;
+            drop(chunk.file);
+            let mut envs = BTreeMap::from([
+                ("CBX_CHUNK".to_string(), remote),
+                ("CBX_CODEC".to_string(), chunk.codec.name().to_string()),
+                ("CBX_STAGE".to_string(), stage.clone()),
+                ("CBX_WORKDIR".to_string(), workdir.to_string()),
+            ]);
+            if n == 0 {
+                envs.insert("CBX_OPS_LEN".into(), ops.len().to_string());
+                envs.insert("CBX_RECORD_LEN".into(), req.record.len().to_string());
+            }
+            if unpacking.len() >= UNPACKERS {
+                finished(unpacking.next().await)?;
+            }
+            unpacking.push(run_script(envd, UNPACK_SCRIPT, envs, &pids));
+            n += 1;
+        }
+        if sent >= REPORT_FROM {
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            reporter.status(&format!(
+                "sync: sent {n} chunks, {} at {}/s; unpacking and applying on the box",
+                human_bytes(sent),
+                human_bytes((sent as f64 / secs) as u64)
+            ));
+        }
+        while let Some(done) = unpacking.next().await {
+            finished(Some(done))?;
+        }
+        if n == 0 {
+            return Err(Error::Sync("the sync had no chunk to send".into()));
         }
         let envs = BTreeMap::from([
-            ("CBX_ARCHIVE".to_string(), remote_archive.clone()),
-            ("CBX_OPS_LEN".to_string(), ops.len().to_string()),
-            ("CBX_RECORD_LEN".to_string(), req.record.len().to_string()),
             ("CBX_WORKDIR".to_string(), workdir.to_string()),
             ("CBX_STAGE".to_string(), stage.clone()),
             ("CBX_RECORD".to_string(), record_path(workdir)),
         ]);
-        let (code, _out, err) =
-            run_tracked(envd, APPLY_SCRIPT, envs, &apply_pid, CAPTURE_LIMIT).await?;
-        if code != 0 {
-            return Err(Error::Sync(format!(
-                "sync to {workdir} failed (exit {code}): {}",
-                String::from_utf8_lossy(&err).trim()
-            )));
-        }
-        Ok(())
+        finished(Some(run_script(envd, COMMIT_SCRIPT, envs, &pids).await))
     };
-    // Upload and apply share one deadline; a cancel or the deadline drops `work` here, so
-    // the remote leftovers are removed below rather than by the script's trap.
+    // One deadline for all of it; a cancel or the deadline drops `work` here, so the remote
+    // leftovers are removed below rather than by the scripts' traps.
     let result = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(Error::Interrupted),
@@ -97,21 +127,60 @@ pub async fn apply(envd: &Envd, req: &ApplyArchive<'_>, reporter: &dyn Reporter)
         }),
     };
     if result.is_err() {
-        // The script's trap removes them when it ends by itself; this covers an upload that
-        // broke before it ran, and a script stopped (SIGKILL skips its trap) or abandoned.
-        let pid = apply_pid.load(Ordering::SeqCst);
+        let pids = pids.lock().expect("pids").clone();
         let leftovers = Leftovers {
             tag: &tag,
-            archive: &remote_archive,
             stage: &stage,
         };
-        let _ = tokio::time::timeout(
-            CLEANUP_BUDGET,
-            remove_leftovers(envd, (pid != 0).then_some(pid), &leftovers),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(CLEANUP_BUDGET, remove_leftovers(envd, &pids, &leftovers)).await;
     }
     result
+}
+
+/// The codecs the box can unpack, best first: zstd where it has `zstd`, always gzip.
+pub async fn probe_codecs(envd: &Envd) -> Vec<Codec> {
+    let probe = "command -v zstd >/dev/null 2>&1 && echo zstd";
+    match run_captured(envd, probe, BTreeMap::new()).await {
+        Ok((0, out, _)) if out.starts_with(b"zstd") => vec![Codec::Zstd, Codec::Gzip],
+        _ => vec![Codec::Gzip],
+    }
+}
+
+/// A sync script's end: an error unless it exited 0.
+fn finished(done: Option<Result<Ran>>) -> Result<()> {
+    let Some(done) = done else { return Ok(()) };
+    let (code, _out, err) = done?;
+    if code != 0 {
+        return Err(Error::Sync(format!(
+            "sync failed on the box (exit {code}): {}",
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// How a helper script ended: its exit code, stdout and stderr (capped).
+type Ran = (i32, Vec<u8>, Vec<u8>);
+
+/// Runs a sync script, recording its pid in `pids` as soon as envd reports it.
+async fn run_script(
+    envd: &Envd,
+    script: &str,
+    envs: BTreeMap<String, String>,
+    pids: &std::sync::Mutex<Vec<u32>>,
+) -> Result<(i32, Vec<u8>, Vec<u8>)> {
+    let on_start = |pid: u32| pids.lock().expect("pids").push(pid);
+    run_tracked(envd, script, envs, &on_start, CAPTURE_LIMIT).await
+}
+
+/// The upload's name ending for a codec.
+fn extension(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Gzip => "tgz",
+        Codec::Zstd => "tar.zst",
+        Codec::Stored => "tar",
+    }
 }
 
 /// Reads the synced tree under `workdir` in one pass (see [`crate::scan`]).
@@ -128,7 +197,7 @@ pub async fn scan(envd: &Envd, workdir: &str, checksum: bool) -> Result<RemoteTr
         envd,
         crate::scan::SCAN_SCRIPT,
         envs,
-        &AtomicU32::new(0),
+        &|_| {},
         crate::scan::SCAN_LIMIT,
     )
     .await?;
@@ -146,26 +215,27 @@ pub async fn scan(envd: &Envd, workdir: &str, checksum: bool) -> Result<RemoteTr
     crate::scan::parse(&out)
 }
 
-/// SIGKILLs the apply script (it must not go on changing the workdir after we gave up on
-/// it) and whatever `tar` it left running, then removes the sync's temporary files on the
-/// box: by the reaper script, and through the file API in case that could not run.
-async fn remove_leftovers(envd: &Envd, pid: Option<u32>, leftovers: &Leftovers<'_>) {
-    if let Some(pid) = pid {
+/// SIGKILLs the sync's scripts (they must not go on changing the box after we gave up on
+/// them) and whatever they left running, then removes the sync's files on the box: by the
+/// reaper script, and through the file API for the staging directory and the plan's copies
+/// in case that could not run.
+async fn remove_leftovers(envd: &Envd, pids: &[u32], leftovers: &Leftovers<'_>) {
+    let kills = pids.iter().map(|pid| async move {
         let _ = tokio::time::timeout(
             CLEANUP_STEP,
-            envd.send_signal(pid, crabbox_e2b_wire::process::Signal::Sigkill),
+            envd.send_signal(*pid, crabbox_e2b_wire::process::Signal::Sigkill),
         )
         .await;
-        let envs = BTreeMap::from([
-            ("CBX_TAG".to_string(), leftovers.tag.to_string()),
-            ("CBX_ARCHIVE".to_string(), leftovers.archive.to_string()),
-            ("CBX_STAGE".to_string(), leftovers.stage.to_string()),
-        ]);
-        let _ = tokio::time::timeout(CLEANUP_STEP, run_captured(envd, REAP_SCRIPT, envs)).await;
-    }
+    });
+    futures::future::join_all(kills).await;
+    let envs = BTreeMap::from([
+        ("CBX_TAG".to_string(), leftovers.tag.to_string()),
+        ("CBX_STAGE".to_string(), leftovers.stage.to_string()),
+    ]);
+    let _ = tokio::time::timeout(CLEANUP_STEP, run_captured(envd, REAP_SCRIPT, envs)).await;
     let ops = format!("{}.ops", leftovers.stage);
     let rec = format!("{}.rec", leftovers.stage);
-    let paths = [leftovers.archive, leftovers.stage, &ops, &rec];
+    let paths = [leftovers.stage, &ops, &rec];
     let removes = paths.into_iter().map(|path| async move {
         let _ = tokio::time::timeout(
             CLEANUP_STEP,
@@ -182,10 +252,9 @@ async fn remove_leftovers(envd: &Envd, pid: Option<u32>, leftovers: &Leftovers<'
     futures::future::join_all(removes).await;
 }
 
-/// The remote paths one sync creates.
+/// The remote paths one sync creates: uploads named by its tag, and its staging directory.
 struct Leftovers<'a> {
     tag: &'a str,
-    archive: &'a str,
     stage: &'a str,
 }
 
@@ -195,14 +264,12 @@ fn staging_dir(workdir: &str, tag: &str) -> String {
     format!("{parent}/.{name}.crabbox-stage-{tag}")
 }
 
-/// Streams `header` then a local file to `remote` in chunks, reporting progress; memory stays
-/// bounded.
+/// Streams `header` then a local file to `remote` in pieces; memory stays bounded.
 async fn upload_file(
     envd: &Envd,
     header: &[u8],
     local: &std::path::Path,
     remote: &str,
-    reporter: &dyn Reporter,
     timeout: Duration,
 ) -> Result<()> {
     let mut file = tokio::fs::File::open(local)
@@ -220,8 +287,6 @@ async fn upload_file(
         rx.recv().await.map(|item| (item, rx))
     }));
     let feed = async move {
-        let mut done = header.len() as u64;
-        reporter.progress("upload", 0, Some(len));
         if !header.is_empty() && tx.send(Ok(header)).await.is_err() {
             return;
         }
@@ -231,11 +296,9 @@ async fn upload_file(
                 Ok(0) => break,
                 Ok(n) => {
                     buf.truncate(n);
-                    done += n as u64;
                     if tx.send(Ok(Bytes::from(buf))).await.is_err() {
                         break;
                     }
-                    reporter.progress("upload", done, Some(len));
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
@@ -245,7 +308,6 @@ async fn upload_file(
         }
     };
     let (_, result) = tokio::join!(feed, envd.upload(remote, body, len, timeout));
-    reporter.finish_progress();
     result
 }
 
@@ -255,15 +317,16 @@ pub async fn run_captured(
     script: &str,
     envs: BTreeMap<String, String>,
 ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
-    run_tracked(envd, script, envs, &AtomicU32::new(0), CAPTURE_LIMIT).await
+    run_tracked(envd, script, envs, &|_| {}, CAPTURE_LIMIT).await
 }
 
-/// [`run_captured`], storing the script's pid in `pid` as soon as envd reports it.
+/// [`run_captured`], calling `on_start` with the script's pid as soon as envd reports it, and
+/// keeping up to `limit` bytes of each stream.
 async fn run_tracked(
     envd: &Envd,
     script: &str,
     envs: BTreeMap<String, String>,
-    pid: &AtomicU32,
+    on_start: &(dyn Fn(u32) + Sync),
     limit: usize,
 ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
     let req = StartRequest {
@@ -295,7 +358,7 @@ async fn run_tracked(
                 let _ = stream.next_event().await;
                 return Ok((exit_code_of(&end), sink.out, sink.err));
             }
-            ProcessEvent::Start(start) => pid.store(start.pid, Ordering::SeqCst),
+            ProcessEvent::Start(start) => on_start(start.pid),
             ProcessEvent::Keepalive(_) => {}
         }
     }

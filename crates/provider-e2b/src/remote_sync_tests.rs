@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crabbox_core::sync::{write_archive, SyncManifest, SyncRecord};
+use crabbox_core::sync::{SyncManifest, SyncRecord};
 
 #[test]
 fn staging_sits_next_to_the_workdir() {
@@ -15,8 +15,9 @@ fn staging_sits_next_to_the_workdir() {
 }
 
 #[test]
-fn apply_and_reap_scripts_are_valid_bash() {
-    crate::assert_valid_bash(APPLY_SCRIPT);
+fn sync_scripts_are_valid_bash() {
+    crate::assert_valid_bash(UNPACK_SCRIPT);
+    crate::assert_valid_bash(COMMIT_SCRIPT);
     crate::assert_valid_bash(REAP_SCRIPT);
 }
 
@@ -44,38 +45,69 @@ impl Box_ {
         std::fs::write(p, text).unwrap();
     }
 
-    /// Runs the apply script as `apply` does: the upload is ops + record + archive of `send`.
+    /// Runs the scripts as `apply` does: the files of `send` in two chunks (the first one
+    /// carrying ops and record), each unpacked, then the commit.
     fn apply(&self, send: &[&str], ops: &[SyncOp]) -> std::process::Output {
         let tag = hex::encode(rand::random::<[u8; 4]>());
-        let upload = self.dir.path().join(format!("crabbox-{tag}.tgz"));
         let m = SyncManifest::build(self.src.path(), &Default::default()).unwrap();
         let chosen: Vec<_> = m
             .entries
             .iter()
             .filter(|e| send.contains(&e.path.as_str()))
             .collect();
+        let half = chosen.len() / 2;
         let ops = SyncOp::encode_all(ops);
         let record = SyncRecord::of(&m).encode();
-        let mut bytes = ops.clone();
-        bytes.extend_from_slice(&record);
-        write_archive(self.src.path(), chosen, &mut bytes, |_| {}).unwrap();
-        std::fs::write(&upload, bytes).unwrap();
         let wd = self.wd();
-        let out = std::process::Command::new("/bin/bash")
-            .args(["-c", APPLY_SCRIPT])
-            .env("CBX_ARCHIVE", &upload)
-            .env("CBX_OPS_LEN", ops.len().to_string())
-            .env("CBX_RECORD_LEN", record.len().to_string())
+        let stage = staging_dir(wd.to_str().unwrap(), &tag);
+        for (n, (part, codec)) in [
+            (&chosen[..half], Codec::Zstd),
+            (&chosen[half..], Codec::Gzip),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let upload = self.dir.path().join(format!("crabbox-{tag}-{n}.tar"));
+            let mut bytes = Vec::new();
+            if n == 0 {
+                bytes.extend_from_slice(&ops);
+                bytes.extend_from_slice(&record);
+            }
+            crabbox_core::sync::write_archive_with(
+                self.src.path(),
+                part.iter().copied(),
+                codec,
+                &mut bytes,
+                |_| {},
+            )
+            .unwrap();
+            std::fs::write(&upload, bytes).unwrap();
+            let mut cmd = std::process::Command::new("/bin/bash");
+            cmd.args(["-c", UNPACK_SCRIPT])
+                .env("CBX_CHUNK", &upload)
+                .env("CBX_CODEC", codec.name())
+                .env("CBX_STAGE", &stage)
+                .env("CBX_WORKDIR", &wd);
+            if n == 0 {
+                cmd.env("CBX_OPS_LEN", ops.len().to_string())
+                    .env("CBX_RECORD_LEN", record.len().to_string());
+            }
+            let out = cmd.output().unwrap();
+            assert!(
+                !upload.exists(),
+                "an upload is removed however its unpack ends"
+            );
+            if !out.status.success() {
+                return out;
+            }
+        }
+        std::process::Command::new("/bin/bash")
+            .args(["-c", COMMIT_SCRIPT])
             .env("CBX_WORKDIR", &wd)
-            .env("CBX_STAGE", staging_dir(wd.to_str().unwrap(), &tag))
+            .env("CBX_STAGE", &stage)
             .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
             .output()
-            .unwrap();
-        assert!(
-            !upload.exists(),
-            "the upload is removed however the script ends"
-        );
-        out
+            .unwrap()
     }
 
     fn apply_ok(&self, send: &[&str], ops: &[SyncOp]) {
@@ -184,16 +216,17 @@ fn failed_extract_leaves_the_workdir_intact() {
     let wd = b.wd();
     std::fs::create_dir_all(&wd).unwrap();
     std::fs::write(wd.join("keep.txt"), "old").unwrap();
-    let upload = b.dir.path().join("crabbox-broken.tgz");
+    let upload = b.dir.path().join("crabbox-broken-0.tgz");
     std::fs::write(&upload, b"\x1f\x8bnot really gzip").unwrap();
+    let stage = staging_dir(wd.to_str().unwrap(), "x");
     let out = std::process::Command::new("/bin/bash")
-        .args(["-c", APPLY_SCRIPT])
-        .env("CBX_ARCHIVE", &upload)
+        .args(["-c", UNPACK_SCRIPT])
+        .env("CBX_CHUNK", &upload)
+        .env("CBX_CODEC", "gzip")
+        .env("CBX_STAGE", &stage)
+        .env("CBX_WORKDIR", &wd)
         .env("CBX_OPS_LEN", "0")
         .env("CBX_RECORD_LEN", "0")
-        .env("CBX_WORKDIR", &wd)
-        .env("CBX_STAGE", staging_dir(wd.to_str().unwrap(), "x"))
-        .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -207,7 +240,8 @@ fn failed_extract_leaves_the_workdir_intact() {
 fn reap_script_kills_what_works_on_the_sync_and_removes_its_files() {
     let dir = tempfile::tempdir().unwrap();
     let tag = hex::encode(rand::random::<[u8; 8]>());
-    let archive = dir.path().join(format!("crabbox-{tag}.tgz"));
+    // Uploads live in the box's /tmp, where the reaper looks for them by tag.
+    let archive = PathBuf::from(format!("/tmp/crabbox-{tag}-0.tgz"));
     let stage = dir.path().join(format!(".wd.crabbox-stage-{tag}"));
     std::fs::write(&archive, "x").unwrap();
     std::fs::create_dir_all(stage.join("sub")).unwrap();
@@ -225,7 +259,6 @@ fn reap_script_kills_what_works_on_the_sync_and_removes_its_files() {
     let out = std::process::Command::new("/bin/bash")
         .args(["-c", REAP_SCRIPT])
         .env("CBX_TAG", &tag)
-        .env("CBX_ARCHIVE", &archive)
         .env("CBX_STAGE", &stage)
         .output()
         .unwrap();
@@ -250,6 +283,7 @@ fn reap_script_kills_what_works_on_the_sync_and_removes_its_files() {
     let _ = bystander.wait();
     assert!(reaped.is_some(), "the upload's reader must be killed");
     assert!(alive, "unrelated processes are left alone");
+    assert!(!archive.exists(), "the upload is removed");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crabbox_core::events::Reporter;
 use crabbox_core::provider::{
-    ApplyArchive, BoxSession, ExecEvent, ExecSpec, ExecStream, RunTarget, Signal,
+    ApplySync, BoxSession, ChunkFeed, ExecEvent, ExecSpec, ExecStream, RunTarget, Signal,
 };
-use crabbox_core::sync::RemoteTree;
+use crabbox_core::sync::{Codec, RemoteTree};
 use crabbox_core::Result;
 use crabbox_e2b_wire::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
 
@@ -17,6 +17,8 @@ use crate::envd::{exit_code_of, Envd, ProcessStream};
 pub struct E2bSession {
     sandbox_id: String,
     envd: Envd,
+    /// What the box can unpack, once asked.
+    codecs: tokio::sync::Mutex<Vec<Codec>>,
 }
 
 impl E2bSession {
@@ -24,6 +26,7 @@ impl E2bSession {
         Self {
             sandbox_id: sandbox_id.to_string(),
             envd,
+            codecs: tokio::sync::Mutex::default(),
         }
     }
 
@@ -46,8 +49,21 @@ impl BoxSession for E2bSession {
         self.envd.make_dir(path).await
     }
 
-    async fn apply_archive(&self, req: &ApplyArchive<'_>, reporter: &dyn Reporter) -> Result<()> {
-        crate::remote_sync::apply(&self.envd, req, reporter).await
+    async fn codecs(&self) -> Vec<Codec> {
+        let mut codecs = self.codecs.lock().await;
+        if codecs.is_empty() {
+            *codecs = crate::remote_sync::probe_codecs(&self.envd).await;
+        }
+        codecs.clone()
+    }
+
+    async fn apply_sync(
+        &self,
+        req: &ApplySync<'_>,
+        chunks: ChunkFeed,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
+        crate::remote_sync::apply(&self.envd, req, chunks, reporter).await
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {

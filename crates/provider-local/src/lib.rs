@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use crabbox_core::events::Reporter;
 use crabbox_core::provider::{
-    ApplyArchive, BoxRef, BoxSession, Capabilities, CreateFailure, Created, ExecSpec, ExecStream,
-    NewBox, Provider, ProviderContext, RemoteBox, RunTarget, Signal,
+    ApplySync, BoxRef, BoxSession, Capabilities, ChunkFeed, CreateFailure, Created, ExecSpec,
+    ExecStream, NewBox, Provider, ProviderContext, RemoteBox, RunTarget, Signal,
 };
-use crabbox_core::sync::RemoteTree;
+use crabbox_core::sync::{Codec, RemoteTree};
 use crabbox_core::{Error, Result};
 
 const PROVIDER: &str = "local";
@@ -174,6 +174,14 @@ impl LocalProvider {
     }
 }
 
+/// Chunks unpacked side by side.
+const UNPACKERS: usize = 2;
+
+async fn join_unpack(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    task.await
+        .map_err(|e| Error::Sync(format!("sync task failed: {e}")))?
+}
+
 /// Commands and files of one local box.
 struct LocalSession {
     caller_env: Arc<BTreeMap<String, String>>,
@@ -198,17 +206,61 @@ impl BoxSession for LocalSession {
             .map_err(|e| Error::Sync(format!("scanning the box: {e}")))?
     }
 
-    async fn apply_archive(&self, req: &ApplyArchive<'_>, _reporter: &dyn Reporter) -> Result<()> {
-        if req.cancel.is_cancelled() {
-            return Err(Error::Interrupted);
-        }
+    async fn codecs(&self) -> Vec<Codec> {
+        vec![Codec::Zstd, Codec::Gzip]
+    }
+
+    async fn apply_sync(
+        &self,
+        req: &ApplySync<'_>,
+        mut chunks: ChunkFeed,
+        _reporter: &dyn Reporter,
+    ) -> Result<()> {
         let workdir = PathBuf::from(req.workdir);
-        let archive = req.archive.to_path_buf();
-        let ops = req.ops.to_vec();
+        let mut ops = Some(req.ops.to_vec());
+        let mut unpacking: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
+        // Every blocking task is awaited, even on failure or cancel, so nothing writes into
+        // the box after this returns (the caller may be about to delete it).
+        let fed = loop {
+            let next = tokio::select! {
+                _ = req.cancel.cancelled() => break Err(Error::Interrupted),
+                c = chunks.recv() => c,
+            };
+            let chunk = match next {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e),
+                Some(Ok(c)) => c,
+            };
+            if let Some(ops) = ops.take() {
+                // The ops come first: nothing is unpacked before the way is safe.
+                let wd = workdir.clone();
+                let made = tokio::task::spawn_blocking(move || tree::prepare(&wd, &ops)).await;
+                if let Err(e) = made.map_err(|e| Error::Sync(format!("sync task failed: {e}")))? {
+                    break Err(e);
+                }
+            }
+            if unpacking.len() >= UNPACKERS {
+                let first = unpacking.remove(0);
+                if let Err(e) = join_unpack(first).await {
+                    break Err(e);
+                }
+            }
+            let wd = workdir.clone();
+            unpacking.push(tokio::task::spawn_blocking(move || {
+                tree::unpack(&wd, &chunk.file, chunk.codec)
+            }));
+        };
+        let mut result = fed;
+        for task in unpacking {
+            let r = join_unpack(task).await;
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result?;
+        let wd = workdir.clone();
         let record = req.record.to_vec();
-        // Awaited even on cancel, so nothing writes into the box after this returns (the
-        // caller may be about to delete it).
-        tokio::task::spawn_blocking(move || tree::apply(&workdir, &archive, &ops, &record))
+        tokio::task::spawn_blocking(move || tree::finish(&wd, &record))
             .await
             .map_err(|e| Error::Sync(format!("sync task failed: {e}")))?
     }

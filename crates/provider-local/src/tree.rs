@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crabbox_core::provider::record_path;
 use crabbox_core::sync::{
-    ancestors, extract_archive, parent, RemoteEntry, RemoteKind, RemoteTree, SyncOp, SyncRecord,
+    ancestors, extract_archive_with, parent, Codec, RemoteEntry, RemoteKind, RemoteTree, SyncOp,
+    SyncRecord,
 };
 use crabbox_core::{Error, Result};
 
@@ -139,8 +140,8 @@ fn remove_any(path: &Path) -> Result<()> {
     }
 }
 
-/// Applies a sync: the ops, then the archive laid over the workdir, then the record.
-pub fn apply(workdir: &Path, archive: &Path, ops: &[SyncOp], record: &[u8]) -> Result<()> {
+/// Makes the way safe for a sync: the ops, in order, none through a symlink.
+pub fn prepare(workdir: &Path, ops: &[SyncOp]) -> Result<()> {
     std::fs::create_dir_all(workdir).map_err(Error::io("creating", workdir))?;
     for op in ops {
         match op {
@@ -179,8 +180,18 @@ pub fn apply(workdir: &Path, archive: &Path, ops: &[SyncOp], record: &[u8]) -> R
             }
         }
     }
-    let file = std::fs::File::open(archive).map_err(Error::io("opening", archive))?;
-    extract_archive(std::io::BufReader::new(file), workdir)?;
+    Ok(())
+}
+
+/// Lays one chunk over the workdir.
+pub fn unpack(workdir: &Path, chunk: &Path, codec: Codec) -> Result<()> {
+    let file = std::fs::File::open(chunk).map_err(Error::io("opening", chunk))?;
+    extract_archive_with(std::io::BufReader::new(file), codec, workdir)?;
+    Ok(())
+}
+
+/// Stores the record of the completed sync beside the workdir.
+pub fn finish(workdir: &Path, record: &[u8]) -> Result<()> {
     let record_file = PathBuf::from(record_path(&workdir.to_string_lossy()));
     let tmp = record_file.with_extension("tmp");
     std::fs::write(&tmp, record).map_err(Error::io("writing the sync record", &tmp))?;

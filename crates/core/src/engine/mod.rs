@@ -29,6 +29,7 @@ use crate::provider::Provider;
 
 pub use exec::new_run_id;
 pub use request::*;
+pub use sync::human_bytes;
 
 /// How long a SIGTERMed command gets before SIGKILL, by default.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(3);

@@ -14,11 +14,20 @@ use crate::claims::now_rfc3339;
 use crate::engine::{RunRequest, SyncReport, SyncSource};
 use crate::error::{Error, Result};
 use crate::events::Reporter;
-use crate::provider::ApplyArchive;
-use crate::sync::{write_archive, PlanOptions, RemoteTree, SyncEntry, SyncOp, SyncPlan};
+use crate::provider::{ApplySync, PackedChunk};
+use crate::sync::{
+    split, write_archive_with, ChunkSpec, Codec, PlanOptions, RemoteTree, SyncOp, SyncPlan,
+};
 
-/// How often archive-building progress is reported, and a busy sync lock is tried again.
+/// How often packing progress is reported, and a busy sync lock is tried again.
 const TICK: Duration = Duration::from_millis(100);
+/// Threads packing chunks side by side.
+const PACKERS: usize = 2;
+/// Chunks packed ahead of the one being sent.
+const PACKED_AHEAD: usize = 2;
+/// From this many bytes to send, the box is asked which codecs it has (zstd is much faster
+/// than gzip, but asking costs a round trip a small sync does not need).
+const PROBE_CODECS_FROM: u64 = 8 << 20;
 
 impl Engine {
     /// Syncs (or creates the workdir with `--no-sync`), then records when the lease was used.
@@ -65,6 +74,7 @@ impl Engine {
                 hashes: hashes.as_ref(),
             },
         );
+        let plan_ms = ms(t.elapsed());
         let mut report = SyncReport {
             files: source.manifest.len() as u64,
             bytes: source.manifest.total_bytes,
@@ -78,6 +88,7 @@ impl Engine {
                 .count() as u64,
             scan_ms,
             wait_ms,
+            pack_ms: plan_ms,
             ..SyncReport::default()
         };
         if plan.is_noop() {
@@ -85,24 +96,37 @@ impl Engine {
                 "sync: {} files up to date on the box (verified in {} ms)",
                 report.files, report.scan_ms
             ));
-            report.pack_ms = ms(t.elapsed());
         } else {
             reporter.status(&describe(&plan, &report));
-            let spool = self.pack(source, &plan.send, reporter, &req.cancel).await?;
-            report.pack_ms = ms(t.elapsed());
-            report.wire_bytes = spool.as_file().metadata().map(|m| m.len()).unwrap_or(0);
-            let t = Instant::now();
+            let codec = if report.sent_bytes >= PROBE_CODECS_FROM {
+                session
+                    .codecs()
+                    .await
+                    .first()
+                    .copied()
+                    .unwrap_or(Codec::Gzip)
+            } else {
+                Codec::Gzip
+            };
+            let chunks = split(&source.root, &plan.send, codec);
             let record = plan.record.encode();
-            let apply = ApplyArchive {
-                archive: spool.path(),
+            let apply = ApplySync {
                 ops: &plan.ops,
                 record: &record,
                 workdir: &workdir,
                 timeout: self.sync_timeout,
                 cancel: &req.cancel,
             };
-            session.apply_archive(&apply, reporter).await?;
-            report.apply_ms = ms(t.elapsed());
+            let wire = Arc::new(AtomicU64::new(0));
+            let (tx, rx) = tokio::sync::mpsc::channel(PACKED_AHEAD);
+            let packing = self.pack(source, chunks, tx, wire.clone(), reporter, &req.cancel);
+            let (applied, packed) = tokio::join!(session.apply_sync(&apply, rx, reporter), packing);
+            reporter.finish_progress();
+            // A packing failure is the cause of the apply's abandonment: report it first.
+            packed?;
+            applied?;
+            report.wire_bytes = wire.load(Ordering::Relaxed);
+            report.apply_ms = ms(t.elapsed()).saturating_sub(report.pack_ms);
         }
         if let Some(claim) = &mut acquired.claim {
             claim.workdir = workdir;
@@ -159,58 +183,130 @@ impl Engine {
         }
     }
 
-    /// Writes the archive of `entries` to a spool file under the state directory (not a
-    /// possibly small `/tmp`: the archive is as big as the changed files), reporting
-    /// progress. A cancel abandons it at once: nothing has touched the box yet.
+    /// Packs `chunks` into spool files under the state directory (not a possibly small
+    /// `/tmp`) on a few threads, feeding each to `tx` as soon as it is written, so packing,
+    /// sending and unpacking overlap. Reports packing progress; on a failure sends it down the
+    /// feed (the provider abandons the sync) and returns it.
     async fn pack(
         &self,
         source: &SyncSource,
-        entries: &[SyncEntry],
+        chunks: Vec<ChunkSpec>,
+        tx: tokio::sync::mpsc::Sender<Result<PackedChunk>>,
+        wire: Arc<AtomicU64>,
         reporter: &dyn Reporter,
         cancel: &CancellationToken,
-    ) -> Result<tempfile::NamedTempFile> {
+    ) -> Result<()> {
         let spool_dir = self.state_dir.join("spool");
         std::fs::create_dir_all(&spool_dir).map_err(Error::io("creating", &spool_dir))?;
-        let total: u64 = entries.iter().map(|e| e.size).sum();
+        let total: u64 = chunks.iter().map(ChunkSpec::bytes).sum();
+        let workers = PACKERS.min(chunks.len()).max(1);
+        let queue = Arc::new(std::sync::Mutex::new(
+            chunks
+                .into_iter()
+                .collect::<std::collections::VecDeque<_>>(),
+        ));
         let done = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (root, entries) = (source.root.clone(), entries.to_vec());
-        let (done_w, stop_w) = (done.clone(), stop.clone());
-        let mut task = tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
-            let mut spool = tempfile::Builder::new()
-                .prefix("sync-")
-                .suffix(".tgz")
-                .tempfile_in(&spool_dir)
-                .map_err(Error::io("creating a sync archive in", &spool_dir))?;
-            {
-                let mut w = std::io::BufWriter::new(spool.as_file_mut());
-                write_archive(&root, &entries, &mut w, |b| {
-                    done_w.store(b, Ordering::Relaxed);
-                })?;
-                std::io::Write::flush(&mut w)
-                    .map_err(|e| Error::Sync(format!("writing the sync archive: {e}")))?;
-            }
-            if stop_w.load(Ordering::Relaxed) {
-                return Err(Error::Interrupted);
-            }
-            Ok(spool)
-        });
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (queue, done, stop, wire, tx) = (
+                queue.clone(),
+                done.clone(),
+                stop.clone(),
+                wire.clone(),
+                tx.clone(),
+            );
+            let (root, spool_dir) = (source.root.clone(), spool_dir.clone());
+            tasks.push(tokio::task::spawn_blocking(move || -> Result<()> {
+                loop {
+                    let next = queue.lock().expect("chunk queue").pop_front();
+                    let Some(spec) = next else { return Ok(()) };
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(Error::Interrupted);
+                    }
+                    let packed = pack_chunk(&root, &spool_dir, &spec, &done);
+                    let failed = packed.as_ref().err().map(|e| Error::Sync(e.to_string()));
+                    if let Ok(c) = &packed {
+                        wire.fetch_add(c.len, Ordering::Relaxed);
+                    }
+                    if tx.blocking_send(packed).is_err() {
+                        // The provider gave up on the sync; it says why.
+                        return Ok(());
+                    }
+                    if let Some(e) = failed {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        let all = futures_join(tasks);
+        tokio::pin!(all);
         let result = loop {
             tokio::select! {
-                r = &mut task => break r,
-                _ = cancel.cancelled() => {
+                r = &mut all => break r,
+                _ = cancel.cancelled(), if !stop.load(Ordering::Relaxed) => {
                     stop.store(true, Ordering::Relaxed);
-                    reporter.finish_progress();
-                    return Err(Error::Interrupted);
                 }
                 _ = tokio::time::sleep(TICK) => {
-                    reporter.progress("pack", done.load(Ordering::Relaxed), Some(total));
+                    reporter.progress("sync", done.load(Ordering::Relaxed), Some(total));
                 }
             }
         };
-        reporter.finish_progress();
-        result.map_err(|e| Error::Sync(format!("building the sync archive: {e}")))?
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
+        result
     }
+}
+
+/// Awaits every packer; the first error wins.
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<Result<()>>>) -> Result<()> {
+    let mut first = Ok(());
+    for t in tasks {
+        let r = t
+            .await
+            .map_err(|e| Error::Sync(format!("packing the sync archive: {e}")))
+            .and_then(|r| r);
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
+/// Writes one chunk to a spool file.
+fn pack_chunk(
+    root: &std::path::Path,
+    spool_dir: &std::path::Path,
+    spec: &ChunkSpec,
+    done: &AtomicU64,
+) -> Result<PackedChunk> {
+    let mut spool = tempfile::Builder::new()
+        .prefix("sync-")
+        .tempfile_in(spool_dir)
+        .map_err(Error::io("creating a sync archive in", spool_dir))?;
+    let mut last = 0;
+    {
+        let mut w = std::io::BufWriter::with_capacity(256 << 10, spool.as_file_mut());
+        write_archive_with(root, &spec.entries, spec.codec, &mut w, |b| {
+            done.fetch_add(b - last, Ordering::Relaxed);
+            last = b;
+        })?;
+        std::io::Write::flush(&mut w)
+            .map_err(|e| Error::Sync(format!("writing the sync archive: {e}")))?;
+    }
+    let len = spool
+        .as_file()
+        .metadata()
+        .map_err(Error::io("reading", spool.path()))?
+        .len();
+    Ok(PackedChunk {
+        file: spool.into_temp_path(),
+        codec: spec.codec,
+        len,
+    })
 }
 
 /// `sync: sending 3 of 120 files (41.0 KiB), deleting 1, replacing 1`.

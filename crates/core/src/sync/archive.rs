@@ -1,4 +1,5 @@
-//! The sync archive: tar + gzip written as a stream, and its safe extraction.
+//! The sync archive: a tar written as a stream through a [`Codec`] (gzip, zstd, or stored
+//! as is), and its safe extraction.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,13 +26,89 @@ pub fn write_archive<'a, W: Write>(
     root: &Path,
     entries: impl IntoIterator<Item = &'a SyncEntry>,
     out: W,
+    on_progress: impl FnMut(u64),
+) -> Result<ArchiveStats> {
+    write_archive_with(root, entries, Codec::Gzip, out, on_progress)
+}
+
+/// How a sync archive is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// gzip at its fastest level: every box can read it.
+    Gzip,
+    /// zstd at level 1: several times faster than gzip at a similar ratio, where the box has
+    /// `zstd`.
+    Zstd,
+    /// Not compressed: for files that are compressed already.
+    Stored,
+}
+
+impl Codec {
+    /// The name scripts on a box use (`gzip`, `zstd`, `none`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+            Codec::Stored => "none",
+        }
+    }
+}
+
+/// A writer through one of the codecs, finished explicitly.
+enum Encoder<W: Write> {
+    Gzip(GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Stored(W),
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Encoder::Gzip(w) => w.write(buf),
+            Encoder::Zstd(w) => w.write(buf),
+            Encoder::Stored(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Encoder::Gzip(w) => w.flush(),
+            Encoder::Zstd(w) => w.flush(),
+            Encoder::Stored(w) => w.flush(),
+        }
+    }
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(codec: Codec, out: W) -> std::io::Result<Self> {
+        Ok(match codec {
+            Codec::Gzip => Encoder::Gzip(GzEncoder::new(out, Compression::fast())),
+            Codec::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, 1)?),
+            Codec::Stored => Encoder::Stored(out),
+        })
+    }
+
+    fn finish(self) -> std::io::Result<W> {
+        match self {
+            Encoder::Gzip(w) => w.finish(),
+            Encoder::Zstd(w) => w.finish(),
+            Encoder::Stored(w) => Ok(w),
+        }
+    }
+}
+
+/// [`write_archive`] through `codec`.
+pub fn write_archive_with<'a, W: Write>(
+    root: &Path,
+    entries: impl IntoIterator<Item = &'a SyncEntry>,
+    codec: Codec,
+    out: W,
     mut on_progress: impl FnMut(u64),
 ) -> Result<ArchiveStats> {
-    let gz = GzEncoder::new(out, Compression::fast());
-    let mut tar = tar::Builder::new(gz);
+    let write_err = |e: std::io::Error| Error::Sync(format!("writing sync archive: {e}"));
+    let enc = Encoder::new(codec, out).map_err(write_err)?;
+    let mut tar = tar::Builder::new(enc);
     tar.mode(tar::HeaderMode::Deterministic);
     let mut stats = ArchiveStats::default();
-    let write_err = |e: std::io::Error| Error::Sync(format!("writing sync archive: {e}"));
     for entry in entries {
         let full = root.join(&entry.path);
         let mut header = tar::Header::new_gnu();
@@ -85,8 +162,11 @@ pub fn write_archive<'a, W: Write>(
         stats.files += 1;
         on_progress(stats.bytes);
     }
-    let gz = tar.into_inner().map_err(write_err)?;
-    gz.finish().map_err(write_err)?.flush().map_err(write_err)?;
+    let enc = tar.into_inner().map_err(write_err)?;
+    enc.finish()
+        .map_err(write_err)?
+        .flush()
+        .map_err(write_err)?;
     Ok(stats)
 }
 
@@ -118,12 +198,26 @@ impl<R: Read> Read for ExactLen<R> {
 /// anything but regular files, directories and symlinks. Existing files are replaced; files
 /// not in the archive are left alone. Returns the paths written.
 pub fn extract_archive<R: Read>(input: R, dest: &Path) -> Result<Vec<String>> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
+    extract_archive_with(input, Codec::Gzip, dest)
+}
+
+/// [`extract_archive`] of an archive written through `codec`.
+pub fn extract_archive_with<'a, R: Read + 'a>(
+    input: R,
+    codec: Codec,
+    dest: &Path,
+) -> Result<Vec<String>> {
+    let bad = |e: std::io::Error| Error::Sync(format!("reading sync archive: {e}"));
+    let input: Box<dyn Read + 'a> = match codec {
+        Codec::Gzip => Box::new(flate2::read::GzDecoder::new(input)),
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(input).map_err(bad)?),
+        Codec::Stored => Box::new(input),
+    };
+    let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     let mut written = Vec::new();
-    let bad = |e: std::io::Error| Error::Sync(format!("reading sync archive: {e}"));
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let path = entry.path().map_err(bad)?.into_owned();

@@ -14,8 +14,8 @@ use super::script::MemStream;
 use super::state::{Applied, Injected, MemBox, Node, Op, Proc, Process, State};
 use crate::error::{Error, Result};
 use crate::events::Reporter;
-use crate::provider::{ApplyArchive, BoxSession, ExecSpec, ExecStream, RunTarget, Signal};
-use crate::sync::{ancestors, is_safe_relative, RemoteTree, SyncOp};
+use crate::provider::{ApplySync, BoxSession, ChunkFeed, ExecSpec, ExecStream, RunTarget, Signal};
+use crate::sync::{ancestors, is_safe_relative, Codec, RemoteTree, SyncOp};
 
 pub(super) struct MemSession {
     shared: Arc<Shared>,
@@ -61,7 +61,12 @@ impl BoxSession for MemSession {
         })
     }
 
-    async fn apply_archive(&self, req: &ApplyArchive<'_>, _reporter: &dyn Reporter) -> Result<()> {
+    async fn apply_sync(
+        &self,
+        req: &ApplySync<'_>,
+        mut chunks: ChunkFeed,
+        _reporter: &dyn Reporter,
+    ) -> Result<()> {
         let injected = self.shared.lock().call(Op::Apply, &self.remote_id);
         self.shared.bump();
         match injected {
@@ -79,19 +84,30 @@ impl BoxSession for MemSession {
         if let Some(bad) = req.ops.iter().map(op_path).find(|p| !is_safe_relative(p)) {
             return Err(Error::Sync(format!("refusing to touch {bad:?} on the box")));
         }
-        let bytes =
-            std::fs::read(req.archive).map_err(Error::io("reading the archive", req.archive))?;
-        // Read whole before touching the box: a bad archive leaves the tree as it was.
-        let (entries, dirs) = read_archive(&bytes)?;
+        // Read every chunk before touching the box: a bad one leaves the tree as it was.
+        let (mut entries, mut dirs) = (BTreeMap::new(), BTreeSet::new());
+        loop {
+            let chunk = tokio::select! {
+                _ = req.cancel.cancelled() => return Err(Error::Interrupted),
+                c = chunks.recv() => c,
+            };
+            let Some(chunk) = chunk else { break };
+            let chunk = chunk?;
+            let bytes = std::fs::read(&chunk.file)
+                .map_err(Error::io("reading the archive", chunk.file.to_path_buf()))?;
+            let (e, d) = read_archive(&bytes, chunk.codec)?;
+            entries.extend(e);
+            dirs.extend(d);
+        }
         let workdir = req.workdir.trim_end_matches('/');
         self.on_box(|b| {
             let at = |rel: &str| format!("{workdir}/{rel}");
             let mut deleted = Vec::new();
             for op in req.ops {
                 match op {
-                    SyncOp::Clear(p) => b.remove_path(&at(p)),
+                    SyncOp::Clear(p) => b.remove_path(&at(p.as_str())),
                     SyncOp::EnsureDir(d) => {
-                        for dir in ancestors(d).chain([d.as_str()]) {
+                        for dir in ancestors(d.as_str()).chain([d.as_str()]) {
                             b.files.remove(&at(dir));
                         }
                     }
@@ -247,9 +263,14 @@ pub(super) fn signal_name(signal: Signal) -> &'static str {
 
 /// The files and directories of a gzipped tar, by path relative to where it is laid,
 /// refusing what a provider must refuse (absolute paths, `..`, devices and the like).
-fn read_archive(bytes: &[u8]) -> Result<(BTreeMap<String, Node>, BTreeSet<String>)> {
+fn read_archive(bytes: &[u8], codec: Codec) -> Result<(BTreeMap<String, Node>, BTreeSet<String>)> {
     let bad = |e: std::io::Error| Error::Sync(format!("reading the sync archive: {e}"));
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let input: Box<dyn Read + '_> = match codec {
+        Codec::Gzip => Box::new(flate2::read::GzDecoder::new(bytes)),
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(bytes).map_err(bad)?),
+        Codec::Stored => Box::new(bytes),
+    };
+    let mut archive = tar::Archive::new(input);
     let (mut files, mut dirs) = (BTreeMap::new(), BTreeSet::new());
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;

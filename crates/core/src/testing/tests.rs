@@ -6,7 +6,7 @@ use super::*;
 use crate::conformance;
 use crate::error::Error;
 use crate::events::SilentReporter;
-use crate::provider::{ApplyArchive, BoxRef, BoxSession, ExecSpec, NewBox, Provider};
+use crate::provider::{BoxRef, BoxSession, ExecSpec, NewBox, Provider};
 
 async fn made_box(p: &MemoryProvider, lease_id: &str) -> (BoxRef, Box<dyn BoxSession>) {
     let workdir = p.workdir(lease_id).unwrap();
@@ -76,17 +76,25 @@ async fn a_bad_archive_leaves_the_tree_as_it_was() {
     std::fs::write(spool.path(), b"not a gzipped tar").unwrap();
     let cancel = CancellationToken::new();
     let keep = [crate::sync::SyncOp::Delete("kept.txt".to_string())];
-    let req = ApplyArchive {
-        archive: spool.path(),
+    let req = crate::provider::ApplySync {
         ops: &keep,
         record: b"",
         workdir: "/crabbox/cbx_aaaaaaaaaaaa",
         timeout: Duration::from_secs(5),
         cancel: &cancel,
     };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(Ok(crate::provider::PackedChunk {
+        file: spool.into_temp_path(),
+        codec: crate::sync::Codec::Gzip,
+        len: 17,
+    }))
+    .await
+    .unwrap();
+    drop(tx);
     let before = fake.get_box(&target.remote_id).unwrap();
     let err = session
-        .apply_archive(&req, &SilentReporter)
+        .apply_sync(&req, rx, &SilentReporter)
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), 6, "{err}");

@@ -1,29 +1,20 @@
-# Applies one sync on the box. The upload ($CBX_ARCHIVE) is the plan's ops ($CBX_OPS_LEN bytes),
-# the new sync record ($CBX_RECORD_LEN bytes), then the gzipped tar of the files sent. The tar is
-# extracted into a staging directory first, so a broken upload or extraction never touches the
-# workdir. Then either the staging directory becomes the workdir (first sync), or the ops run and
-# the staged files are hard-linked over the workdir. The record goes beside the workdir last.
-# Ops, NUL-terminated, a letter then a workdir-relative path; nothing is done through a symlink:
+# Commits a sync whose chunks are unpacked in $CBX_STAGE: either the staging directory becomes
+# the workdir (first sync), or the plan's ops run and the staged files are hard-linked over the
+# workdir. The sync record goes beside the workdir last.
+# Ops ($CBX_STAGE.ops), NUL-terminated, a letter then a workdir-relative path; nothing is done
+# through a symlink:
 #   c  remove the path whatever it is      p  make every component of the dir a real dir or absent
 #   u  remove the path if it is a real dir x  delete a file crabbox synced before
-# Inputs (environment): CBX_ARCHIVE, CBX_OPS_LEN, CBX_RECORD_LEN, CBX_WORKDIR, CBX_STAGE,
-# CBX_RECORD. The upload, ops, record copy and staging directory are removed however it ends.
+# Inputs (environment): CBX_WORKDIR, CBX_STAGE, CBX_RECORD. The staging directory, ops and record
+# copy are removed however it ends.
 set -u
 fail() { printf 'crabbox sync: %s\n' "$*" >&2; exit 1; }
 ops=$CBX_STAGE.ops
 rec=$CBX_STAGE.rec
-cleanup() { rm -rf -- "$CBX_STAGE"; rm -f -- "$CBX_ARCHIVE" "$ops" "$rec"; }
-trap cleanup EXIT
+trap 'rm -rf -- "$CBX_STAGE"; rm -f -- "$ops" "$rec"' EXIT
 wd=$CBX_WORKDIR
+[ -d "$CBX_STAGE" ] || fail "the staging directory $CBX_STAGE is missing"
 mkdir -p -- "$(dirname -- "$wd")" || fail "cannot create the parent directory of $wd"
-rm -rf -- "$CBX_STAGE"
-mkdir -p -- "$CBX_STAGE" || fail "cannot create staging directory $CBX_STAGE"
-head -c "$CBX_OPS_LEN" -- "$CBX_ARCHIVE" > "$ops" || fail "reading the sync plan failed"
-tail -c +$((CBX_OPS_LEN + 1)) -- "$CBX_ARCHIVE" | head -c "$CBX_RECORD_LEN" > "$rec" \
-  || fail "reading the sync record failed"
-tail -c +$((CBX_OPS_LEN + CBX_RECORD_LEN + 1)) -- "$CBX_ARCHIVE" \
-  | tar -xzpf - -C "$CBX_STAGE" --no-same-owner \
-  || fail "extracting the sync archive failed; $wd was left as it was"
 if [ ! -e "$wd" ] && [ ! -L "$wd" ]; then
   mv -T -- "$CBX_STAGE" "$wd" || fail "moving $CBX_STAGE into place as $wd failed"
   mv -f -- "$rec" "$CBX_RECORD" || fail "storing the sync record $CBX_RECORD failed"
