@@ -98,7 +98,10 @@ impl RepoFixture {
     pub fn sync_source(&self) -> SyncSource {
         SyncSource {
             root: self.root().to_path_buf(),
-            manifest: SyncManifest::build(self.root(), &SyncOptions::default()).expect("manifest"),
+            manifest: Some(
+                SyncManifest::build(self.root(), &SyncOptions::default()).expect("manifest"),
+            ),
+            options: SyncOptions::default(),
             delete: true,
         }
     }

@@ -10,7 +10,7 @@ use crate::command::RemoteCommand;
 use crate::config::LoadedConfig;
 use crate::engine::{KeepPolicy, RunRequest, SyncSource};
 use crate::error::{Error, Result};
-use crate::sync::SyncManifest;
+use crate::sync::{SyncManifest, SyncOptions};
 
 /// A run as a front end describes it.
 #[derive(Debug, Clone, Default)]
@@ -50,15 +50,21 @@ pub async fn plan_run(
     let sync = if opts.no_sync {
         None
     } else {
-        let root = cfg.repo_root.clone();
-        let sync_opts = cfg.core.sync.options();
-        let manifest = tokio::task::spawn_blocking(move || SyncManifest::build(&root, &sync_opts))
-            .await
-            .map_err(|e| Error::Sync(format!("building the sync manifest: {e}")))??;
-        warnings.extend(manifest.warnings.iter().cloned());
+        let options = cfg.core.sync.options();
+        // For a new box the files are chosen here, before anything exists remotely; for a
+        // warm box the engine chooses them while it reaches the box.
+        let manifest = match opts.id {
+            Some(_) => None,
+            None => {
+                let manifest = build_manifest(&cfg.repo_root, &options).await?;
+                warnings.extend(manifest.warnings.iter().cloned());
+                Some(manifest)
+            }
+        };
         Some(SyncSource {
             root: cfg.repo_root.clone(),
             manifest,
+            options,
             delete: cfg.core.sync.delete,
         })
     };
@@ -90,4 +96,12 @@ fn forwarded(
     let env = crate::env_policy::forwarded_env(cfg, caller_env, extra);
     warnings.extend(env.refused.iter().map(ToString::to_string));
     env.vars
+}
+
+/// Chooses the files of `root` on a blocking thread.
+pub async fn build_manifest(root: &std::path::Path, options: &SyncOptions) -> Result<SyncManifest> {
+    let (root, options) = (root.to_path_buf(), options.clone());
+    tokio::task::spawn_blocking(move || SyncManifest::build(&root, &options))
+        .await
+        .map_err(|e| Error::Sync(format!("building the sync manifest: {e}")))?
 }

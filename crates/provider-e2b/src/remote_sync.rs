@@ -66,6 +66,7 @@ pub async fn apply(
     // Pids of the scripts started (0 before): killed if the sync is abandoned.
     let pids = std::sync::Mutex::new(Vec::<u32>::new());
 
+    let slots = tokio::sync::Semaphore::new(UNPACKERS);
     let work = async {
         let mut unpacking = futures::stream::FuturesUnordered::new();
         let (mut n, mut sent) = (0usize, 0u64);
@@ -87,10 +88,17 @@ pub async fn apply(
                 envs.insert("CBX_OPS_LEN".into(), ops.len().to_string());
                 envs.insert("CBX_RECORD_LEN".into(), req.record.len().to_string());
             }
-            if unpacking.len() >= UNPACKERS {
-                finished(unpacking.next().await)?;
+            // Unpacks wait for a slot without holding up the next upload.
+            let slots = &slots;
+            let pids = &pids;
+            unpacking.push(async move {
+                let _slot = slots.acquire().await.expect("semaphore open");
+                run_script(envd, UNPACK_SCRIPT, envs, pids).await
+            });
+            // Reap the unpacks that ended, so a failure stops the sync early.
+            while let Some(Some(done)) = futures::FutureExt::now_or_never(unpacking.next()) {
+                finished(Some(done))?;
             }
-            unpacking.push(run_script(envd, UNPACK_SCRIPT, envs, &pids));
             n += 1;
         }
         if sent >= REPORT_FROM {

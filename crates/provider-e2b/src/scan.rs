@@ -61,17 +61,8 @@ pub fn parse(out: &[u8]) -> Result<RemoteTree> {
         tree.record = Some(SyncRecord::decode(record));
         f = c.field();
     }
-    loop {
-        match f {
-            Some(b"E") => break,
-            Some(d) if d.first() == Some(&b'D') => {
-                if let Ok(d) = std::str::from_utf8(&d[1..]) {
-                    tree.scanned.insert(d.to_string());
-                }
-            }
-            _ => return Err(bad("the scan ended before its entries")),
-        }
-        f = c.field();
+    if f != Some(b"E") {
+        return Err(bad("the scan ended before its entries"));
     }
     let mut hashes = BTreeMap::new();
     while let Some(kind) = c.field() {
@@ -96,6 +87,10 @@ pub fn parse(out: &[u8]) -> Result<RemoteTree> {
             // Not valid UTF-8: no synced path has such a name; it stays unknown.
             continue;
         };
+        if path.is_empty() {
+            // The workdir itself.
+            continue;
+        }
         let kind = match kind {
             b"f" => RemoteKind::File,
             b"d" => RemoteKind::Dir,
@@ -124,6 +119,18 @@ pub fn parse(out: &[u8]) -> Result<RemoteTree> {
             },
         );
     }
+    // Every recorded directory that is a directory was listed (a symlink in its place not).
+    if let Some(record) = &tree.record {
+        for d in &record.dirs {
+            if tree
+                .entries
+                .get(d)
+                .is_some_and(|e| e.kind == RemoteKind::Dir)
+            {
+                tree.scanned.insert(d.clone());
+            }
+        }
+    }
     for (path, hash) in hashes {
         if let Some(e) = tree.entries.get_mut(&path) {
             e.sha256 = Some(hash);
@@ -141,9 +148,12 @@ fn parse_find_time(v: &str) -> Option<i128> {
     Some(secs * 1_000_000_000 + if secs < 0 { -nanos } else { nanos })
 }
 
-/// `./a/b` -> `a/b`.
+/// `./a/b` -> `a/b`, `.` -> ``.
 fn relative(path: &[u8]) -> Option<String> {
     let p = std::str::from_utf8(path).ok()?;
+    if p == "." {
+        return Some(String::new());
+    }
     Some(p.strip_prefix("./").unwrap_or(p).to_string())
 }
 

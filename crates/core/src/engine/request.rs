@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::RemoteCommand;
-use crate::sync::SyncManifest;
+use crate::sync::{SyncManifest, SyncOptions};
 
 /// When to keep a box that `run` created for itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,7 +36,11 @@ impl KeepPolicy {
 #[derive(Debug, Clone)]
 pub struct SyncSource {
     pub root: PathBuf,
-    pub manifest: SyncManifest,
+    /// The files, when already chosen; `None` lets the engine choose them with `options`
+    /// while it reaches a warm box (a new box is only made once they are chosen, so a tree
+    /// that cannot be synced costs nothing remote).
+    pub manifest: Option<SyncManifest>,
+    pub options: SyncOptions,
     /// `sync.delete`: remove from the box the files crabbox synced before that are gone
     /// locally. Files crabbox never synced are left alone either way.
     pub delete: bool,

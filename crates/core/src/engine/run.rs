@@ -39,8 +39,28 @@ impl Engine {
         self.provider.preflight()?;
         let mut timing = Timing::default();
 
+        // The files are chosen while the box is reached: before a new box is made (a tree
+        // that cannot be synced costs nothing remote), alongside reaching a warm one.
         let t = Instant::now();
-        let mut acquired = self.acquire(req, reporter).await?;
+        let choose = async {
+            match &req.sync {
+                Some(src) if src.manifest.is_none() => {
+                    let m = crate::plan::build_manifest(&src.root, &src.options).await?;
+                    for w in &m.warnings {
+                        reporter.status(&format!("warning: {w}"));
+                    }
+                    Ok(Some(m))
+                }
+                _ => Ok(None),
+            }
+        };
+        let (chosen, mut acquired) = if req.id.is_none() {
+            let chosen = cancellable(&req.cancel, choose).await?;
+            (chosen, self.acquire(req, reporter).await?)
+        } else {
+            let (chosen, acquired) = tokio::join!(choose, self.acquire(req, reporter));
+            (chosen?, acquired?)
+        };
         timing.acquire_ms = ms(t.elapsed());
 
         let t = Instant::now();
@@ -49,7 +69,8 @@ impl Engine {
         let synced = if req.cancel.is_cancelled() {
             Err(Error::Interrupted)
         } else {
-            self.sync_phase(&mut acquired, req, reporter).await
+            self.sync_phase(&mut acquired, req, chosen.as_ref(), reporter)
+                .await
         };
         timing.sync_ms = ms(t.elapsed());
         let sync = match synced {

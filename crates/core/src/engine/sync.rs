@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::events::Reporter;
 use crate::provider::{ApplySync, PackedChunk};
 use crate::sync::{
-    split, write_archive_with, ChunkSpec, Codec, PlanOptions, RemoteTree, SyncOp, SyncPlan,
+    split, write_archive_with, ChunkSpec, Codec, PlanOptions, RemoteTree, SyncManifest, SyncOp,
+    SyncPlan,
 };
 
 /// How often packing progress is reported, and a busy sync lock is tried again.
@@ -35,6 +36,7 @@ impl Engine {
         &self,
         acquired: &mut Acquired,
         req: &RunRequest,
+        chosen: Option<&SyncManifest>,
         reporter: &dyn Reporter,
     ) -> Result<Option<SyncReport>> {
         let session = acquired.session.as_ref();
@@ -43,6 +45,9 @@ impl Engine {
             cancellable(&req.cancel, session.make_dir(&workdir)).await?;
             self.touch_claim(acquired)?;
             return Ok(None);
+        };
+        let Some(manifest) = source.manifest.as_ref().or(chosen) else {
+            return Err(Error::Sync("the files to sync were never chosen".into()));
         };
         let t = Instant::now();
         let _lock = self
@@ -61,12 +66,12 @@ impl Engine {
 
         let t = Instant::now();
         let hashes = if req.checksum {
-            Some(hash_files(source, &req.cancel).await?)
+            Some(hash_files(&source.root, manifest, &req.cancel).await?)
         } else {
             None
         };
         let plan = SyncPlan::new(
-            &source.manifest,
+            manifest,
             &remote,
             PlanOptions {
                 delete: source.delete,
@@ -76,8 +81,8 @@ impl Engine {
         );
         let plan_ms = ms(t.elapsed());
         let mut report = SyncReport {
-            files: source.manifest.len() as u64,
-            bytes: source.manifest.total_bytes,
+            files: manifest.len() as u64,
+            bytes: manifest.total_bytes,
             sent_files: plan.send.len() as u64,
             deleted_files: plan.deleted() as u64,
             sent_bytes: plan.send.iter().map(|e| e.size).sum(),
@@ -350,12 +355,12 @@ pub fn human_bytes(b: u64) -> String {
 
 /// SHA-256 of every regular file of the manifest, by path (`--checksum`).
 async fn hash_files(
-    source: &SyncSource,
+    root: &std::path::Path,
+    manifest: &SyncManifest,
     cancel: &CancellationToken,
 ) -> Result<BTreeMap<String, String>> {
-    let root = source.root.clone();
-    let files: Vec<String> = source
-        .manifest
+    let root = root.to_path_buf();
+    let files: Vec<String> = manifest
         .entries
         .iter()
         .filter(|e| e.kind == crate::sync::EntryKind::File)

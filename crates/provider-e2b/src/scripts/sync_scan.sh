@@ -1,9 +1,10 @@
 # Reads the synced tree in one pass, never through a symlink. Output on stdout, NUL-separated:
 #   N                 the workdir is missing (nothing follows), else W, then
 #   R<len>            when there is a sync record: its length, then exactly <len> bytes of it;
-#   D<dir>            for each directory of the record that is a real directory (listed below);
-#   E                 then, for every child of the workdir and of those directories, six fields:
-#                     type (%y), mode (%m), size, mtime (%T@), ./path, link target;
+#   E                 then six fields for the workdir, each directory the record names, and every
+#                     child of those that are directories: type (%y), mode (%m), size, mtime
+#                     (%T@), ./path, link target. A listed directory shows as type d at its own
+#                     path (a symlink in its place shows as l and is not entered);
 #   H                 with CBX_CHECKSUM=1, then `<sha256>  ./path` for each regular file listed.
 # Inputs (environment): CBX_WORKDIR, CBX_RECORD, CBX_CHECKSUM.
 set -u
@@ -24,11 +25,8 @@ trap 'rm -f -- "$dirs"' EXIT
   printf '.\0'
   if [ -n "$have_rec" ]; then grep -z '^d' -- "$rec" | sed -z 's|^d|./|'; fi
 } > "$dirs"
-while IFS= read -r -d '' d; do
-  if [ "$d" != . ] && [ -d "$d" ] && [ ! -L "$d" ]; then printf 'D%s\0' "${d#./}"; fi
-done < "$dirs"
 printf 'E\0'
-list() { xargs -0 -r sh -c 'find "$@" -mindepth 1 -maxdepth 1 '"$1" find < "$dirs" 2>/dev/null; }
+list() { xargs -0 -r sh -c 'find "$@" -maxdepth 1 '"$1" find < "$dirs" 2>/dev/null; }
 list '-printf "%y\0%m\0%s\0%T@\0%p\0%l\0"'
 if [ "${CBX_CHECKSUM:-}" = 1 ]; then
   printf 'H\0'

@@ -20,5 +20,8 @@ case $CBX_CODEC in
   gzip) unpack() { gzip -dc; } ;;
   *) unpack() { cat; } ;;
 esac
-tail -c +$((skip + 1)) -- "$CBX_CHUNK" | unpack | tar -xpf - -C "$CBX_STAGE" --no-same-owner \
-  || fail "extracting the sync archive failed; $CBX_WORKDIR was left as it was"
+if [ "$skip" -gt 0 ]; then
+  tail -c +$((skip + 1)) -- "$CBX_CHUNK" | unpack | tar -xpf - -C "$CBX_STAGE" --no-same-owner
+else
+  unpack < "$CBX_CHUNK" | tar -xpf - -C "$CBX_STAGE" --no-same-owner
+fi || fail "extracting the sync archive failed; $CBX_WORKDIR was left as it was"

@@ -87,7 +87,8 @@ impl Bench {
     fn source(&self) -> SyncSource {
         SyncSource {
             root: self.repo.path().to_path_buf(),
-            manifest: SyncManifest::build(self.repo.path(), &SyncOptions::default()).unwrap(),
+            manifest: Some(SyncManifest::build(self.repo.path(), &SyncOptions::default()).unwrap()),
+            options: SyncOptions::default(),
             delete: true,
         }
     }
