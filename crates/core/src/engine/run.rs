@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exec::Ran;
 use super::leases::LeaseSpec;
+use super::sync::Choosing;
 use super::{ms, Engine, CANCEL_BUDGET};
 use crate::claims::Claim;
 use crate::engine::{KeepPolicy, RunOutcome, RunRequest, Timing};
@@ -39,28 +40,14 @@ impl Engine {
         self.provider.preflight()?;
         let mut timing = Timing::default();
 
-        // The files are chosen while the box is reached: before a new box is made (a tree
-        // that cannot be synced costs nothing remote), alongside reaching a warm one.
+        // The files are chosen while the box is reached and read: before a new box is made
+        // (a tree that cannot be synced costs nothing remote), alongside a warm one.
         let t = Instant::now();
-        let choose = async {
-            match &req.sync {
-                Some(src) if src.manifest.is_none() => {
-                    let m = crate::plan::build_manifest(&src.root, &src.options).await?;
-                    for w in &m.warnings {
-                        reporter.status(&format!("warning: {w}"));
-                    }
-                    Ok(Some(m))
-                }
-                _ => Ok(None),
-            }
-        };
-        let (chosen, mut acquired) = if req.id.is_none() {
-            let chosen = cancellable(&req.cancel, choose).await?;
-            (chosen, self.acquire(req, reporter).await?)
-        } else {
-            let (chosen, acquired) = tokio::join!(choose, self.acquire(req, reporter));
-            (chosen?, acquired?)
-        };
+        let mut chosen = Choosing::start(req);
+        if req.id.is_none() {
+            chosen.wait(&req.cancel, reporter).await?;
+        }
+        let mut acquired = self.acquire(req, reporter).await?;
         timing.acquire_ms = ms(t.elapsed());
 
         let t = Instant::now();
@@ -69,7 +56,7 @@ impl Engine {
         let synced = if req.cancel.is_cancelled() {
             Err(Error::Interrupted)
         } else {
-            self.sync_phase(&mut acquired, req, chosen.as_ref(), reporter)
+            self.sync_phase(&mut acquired, req, &mut chosen, reporter)
                 .await
         };
         timing.sync_ms = ms(t.elapsed());

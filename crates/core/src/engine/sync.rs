@@ -30,13 +30,56 @@ const PACKED_AHEAD: usize = 2;
 /// than gzip, but asking costs a round trip a small sync does not need).
 const PROBE_CODECS_FROM: u64 = 8 << 20;
 
+/// The files of a run's sync, chosen on a blocking thread while the engine reaches and
+/// reads the box.
+pub(super) struct Choosing {
+    task: Option<tokio::task::JoinHandle<Result<SyncManifest>>>,
+    done: Option<SyncManifest>,
+}
+
+impl Choosing {
+    /// Starts choosing the files of `req` unless they are given (or there is no sync).
+    pub(super) fn start(req: &RunRequest) -> Self {
+        let task = match &req.sync {
+            Some(src) if src.manifest.is_none() => {
+                let (root, options) = (src.root.clone(), src.options.clone());
+                Some(tokio::task::spawn_blocking(move || {
+                    SyncManifest::build(&root, &options)
+                }))
+            }
+            _ => None,
+        };
+        Choosing { task, done: None }
+    }
+
+    /// The chosen files, once chosen (`None` when the request gave them or has no sync);
+    /// soft-limit warnings are reported once.
+    pub(super) async fn wait(
+        &mut self,
+        cancel: &CancellationToken,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<&SyncManifest>> {
+        if let Some(task) = self.task.take() {
+            let built = tokio::select! {
+                _ = cancel.cancelled() => return Err(Error::Interrupted),
+                r = task => r.map_err(|e| Error::Sync(format!("building the sync manifest: {e}")))??,
+            };
+            for w in &built.warnings {
+                reporter.status(&format!("warning: {w}"));
+            }
+            self.done = Some(built);
+        }
+        Ok(self.done.as_ref())
+    }
+}
+
 impl Engine {
     /// Syncs (or creates the workdir with `--no-sync`), then records when the lease was used.
     pub(super) async fn sync_phase(
         &self,
         acquired: &mut Acquired,
         req: &RunRequest,
-        chosen: Option<&SyncManifest>,
+        chosen: &mut Choosing,
         reporter: &dyn Reporter,
     ) -> Result<Option<SyncReport>> {
         let session = acquired.session.as_ref();
@@ -45,9 +88,6 @@ impl Engine {
             cancellable(&req.cancel, session.make_dir(&workdir)).await?;
             self.touch_claim(acquired)?;
             return Ok(None);
-        };
-        let Some(manifest) = source.manifest.as_ref().or(chosen) else {
-            return Err(Error::Sync("the files to sync were never chosen".into()));
         };
         let t = Instant::now();
         let _lock = self
@@ -63,6 +103,10 @@ impl Engine {
             cancellable(&req.cancel, session.scan(&workdir, req.checksum)).await?
         };
         let scan_ms = ms(t.elapsed());
+        let chosen = chosen.wait(&req.cancel, reporter).await?;
+        let Some(manifest) = source.manifest.as_ref().or(chosen) else {
+            return Err(Error::Sync("the files to sync were never chosen".into()));
+        };
 
         let t = Instant::now();
         let hashes = if req.checksum {
