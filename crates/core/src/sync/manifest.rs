@@ -87,8 +87,8 @@ impl SyncManifest {
     /// and `.crabboxignore`. Then `.crabboxignore` and `sync.exclude` remove, `sync.include`
     /// narrows, and the size guardrails apply.
     pub fn build(root: &Path, opts: &SyncOptions) -> Result<Self> {
-        let candidates = match git_files(root)? {
-            Some(files) => files,
+        let Candidates { files: candidates, not_utf8 } = match git_files(root)? {
+            Some(found) => found,
             None => walk_files(root)?,
         };
         let exclude = matcher(root, &opts.exclude, Some(&root.join(CRABBOXIGNORE)))?;
@@ -97,6 +97,33 @@ impl SyncManifest {
         } else {
             Some(matcher(root, &opts.include, None)?)
         };
+        // A name that is not UTF-8 cannot be synced faithfully: refuse, naming it, unless the
+        // user left it out anyway. Never drop a file silently.
+        let refused: Vec<&String> = not_utf8
+            .iter()
+            .filter(|(lossy, _)| {
+                !exclude.matched_path_or_any_parents(lossy, false).is_ignore()
+                    && include
+                        .as_ref()
+                        .is_none_or(|inc| inc.matched_path_or_any_parents(lossy, false).is_ignore())
+            })
+            .map(|(_, shown)| shown)
+            .collect();
+        if !refused.is_empty() {
+            let shown: Vec<&str> = refused.iter().take(5).map(|s| s.as_str()).collect();
+            return Err(Error::Sync(format!(
+                "{} has {} file name{} that {} not valid UTF-8, which crabbox cannot sync: {}{}; \
+                 rename {}, or leave {} out with .crabboxignore or sync.exclude",
+                root.display(),
+                refused.len(),
+                if refused.len() == 1 { "" } else { "s" },
+                if refused.len() == 1 { "is" } else { "are" },
+                shown.join(", "),
+                if refused.len() > shown.len() { ", ..." } else { "" },
+                if refused.len() == 1 { "it" } else { "them" },
+                if refused.len() == 1 { "it" } else { "them" },
+            )));
+        }
         let mut entries = BTreeMap::new();
         let mut real_dirs = std::collections::HashSet::new();
         for rel in candidates {
@@ -217,7 +244,25 @@ pub fn git_root(start: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(s.trim_end_matches('\n')))
 }
 
-fn git_files(root: &Path) -> Result<Option<Vec<String>>> {
+/// The files a tree offers, and those whose names are not UTF-8 (as `(lossy, escaped)`).
+struct Candidates {
+    files: Vec<String>,
+    not_utf8: Vec<(String, String)>,
+}
+
+impl Candidates {
+    fn push(&mut self, raw: &[u8]) {
+        match std::str::from_utf8(raw) {
+            Ok(s) => self.files.push(s.to_string()),
+            Err(_) => self.not_utf8.push((
+                String::from_utf8_lossy(raw).into_owned(),
+                raw.escape_ascii().to_string(),
+            )),
+        }
+    }
+}
+
+fn git_files(root: &Path) -> Result<Option<Candidates>> {
     if git_root(root).is_none() {
         return Ok(None);
     }
@@ -240,18 +285,22 @@ fn git_files(root: &Path) -> Result<Option<Vec<String>>> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let mut files: Vec<String> = out
-        .stdout
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect();
-    files.dedup();
-    Ok(Some(files))
+    let mut found = Candidates {
+        files: Vec::new(),
+        not_utf8: Vec::new(),
+    };
+    for raw in out.stdout.split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        found.push(raw);
+    }
+    found.files.dedup();
+    Ok(Some(found))
 }
 
-fn walk_files(root: &Path) -> Result<Vec<String>> {
-    let mut files = Vec::new();
+fn walk_files(root: &Path) -> Result<Candidates> {
+    let mut files = Candidates {
+        files: Vec::new(),
+        not_utf8: Vec::new(),
+    };
     let walker = ignore::WalkBuilder::new(root)
         .hidden(false)
         .follow_links(false)
@@ -271,7 +320,8 @@ fn walk_files(root: &Path) -> Result<Vec<String>> {
             continue;
         }
         if let Ok(rel) = entry.path().strip_prefix(root) {
-            files.push(rel.to_string_lossy().into_owned());
+            use std::os::unix::ffi::OsStrExt;
+            files.push(rel.as_os_str().as_bytes());
         }
     }
     Ok(files)
@@ -345,6 +395,30 @@ mod tests {
         let run = m.entries.iter().find(|e| e.path == "run.sh").unwrap();
         assert_eq!(run.mode & 0o777, 0o755);
         assert_eq!(m.total_bytes, m.entries.iter().map(|e| e.size).sum::<u64>());
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_refused_by_name_unless_left_out() {
+        use std::os::unix::ffi::OsStrExt;
+        let repo = RepoFixture::new();
+        let name = std::ffi::OsStr::from_bytes(b"nonutf8-\xff.txt");
+        std::fs::write(repo.root().join(name), "x").unwrap();
+        for walk in [false, true] {
+            if walk {
+                std::fs::remove_dir_all(repo.root().join(".git")).unwrap();
+            }
+            let err = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap_err();
+            assert_eq!(err.exit_code(), 6, "{err}");
+            let text = err.to_string();
+            assert!(text.contains(r"nonutf8-\xff.txt"), "{text}");
+            assert!(text.contains("sync.exclude"), "{text}");
+            let opts = SyncOptions {
+                exclude: vec!["nonutf8-*".into()],
+                ..Default::default()
+            };
+            let m = SyncManifest::build(repo.root(), &opts).unwrap();
+            assert!(!paths(&m).iter().any(|p| p.starts_with("nonutf8")));
+        }
     }
 
     #[test]
