@@ -564,3 +564,95 @@ fn the_box_sees_exactly_the_allow_list_and_the_base_variables() {
     assert_eq!(got, want, "the box's environment names");
     assert_no_planted_value(&stdout(&o), &["CI", "FOO"], "the box's environment");
 }
+
+/// `cat` of the generated files, hashed, as a command sees them (in `dir`, or on the box).
+const TREE_DIGEST: &str = "LC_ALL=C; cat gen/f*.txt | sha256sum | cut -c1-16";
+
+fn local_digest(dir: &std::path::Path) -> String {
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", TREE_DIGEST])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn concurrent_runs_on_one_lease_never_mix_trees_and_all_succeed() {
+    let sb = Sandbox::new();
+    let gen = sb.root().join("gen");
+    std::fs::create_dir_all(&gen).unwrap();
+    for i in 0..300 {
+        std::fs::write(gen.join(format!("f{i}.txt")), format!("A{i}\n")).unwrap();
+    }
+    // A second checkout of the same repository with every file edited.
+    let other = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", sb.root().display()))
+        .arg(other.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for i in 0..300 {
+        std::fs::write(
+            other.path().join(format!("gen/f{i}.txt")),
+            format!("B{i}\n"),
+        )
+        .unwrap();
+    }
+    let (a, b) = (local_digest(sb.root()), local_digest(other.path()));
+    assert_ne!(a, b);
+
+    let lease = ok(sb.run(&["warmup"])).trim().to_string();
+    // Many first syncs at once: every one succeeds (no clashing hard links or state files).
+    let many: Vec<_> = (0..8)
+        .map(|_| {
+            sb.cmd(&["run", "--id", &lease, "--shell", "--", TREE_DIGEST])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in many {
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert_eq!(stdout(&o).trim(), a);
+    }
+    // Two checkouts with different edits at once: each command sees one whole tree.
+    let runs: Vec<_> = [sb.root(), other.path()]
+        .into_iter()
+        .map(|dir| {
+            sb.cmd(&["run", "--id", &lease, "--shell", "--", TREE_DIGEST])
+                .current_dir(dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in runs {
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let seen = stdout(&o).trim().to_string();
+        assert!(
+            seen == a || seen == b,
+            "a command saw a mix of trees: {seen}"
+        );
+    }
+    let after = ok(sb.run(&[
+        "run",
+        "--id",
+        &lease,
+        "--no-sync",
+        "--shell",
+        "--",
+        TREE_DIGEST,
+    ]));
+    assert!(
+        after.trim() == a || after.trim() == b,
+        "the box holds a mix of trees: {after}"
+    );
+    ok(sb.run(&["stop", &lease]));
+}

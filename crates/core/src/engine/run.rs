@@ -60,8 +60,9 @@ impl Engine {
                 .await
         };
         timing.sync_ms = ms(t.elapsed());
-        let sync = match synced {
-            Ok(report) => report,
+        // Held until the command ends: no other sync changes the tree under it.
+        let (sync, _tree) = match synced {
+            Ok(synced) => synced,
             Err(e) => {
                 self.release_within(CANCEL_BUDGET / 2, &acquired, req, reporter)
                     .await;

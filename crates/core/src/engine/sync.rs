@@ -30,6 +30,87 @@ const PACKED_AHEAD: usize = 2;
 /// than gzip, but asking costs a round trip a small sync does not need).
 const PROBE_CODECS_FROM: u64 = 8 << 20;
 
+/// How a run holds its lease's tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Reading it or running a command in it: many runs at once.
+    Shared,
+    /// Changing it: one run, and no other reading it.
+    Exclusive,
+}
+
+/// This machine's lock on a lease's tree (`<state>/locks/<lease>.tree`): syncs that change
+/// the tree hold it exclusively, runs that read it or run commands in it hold it shared.
+/// Released when dropped.
+pub(super) struct TreeLock {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    lease: String,
+    /// The last `hold` had to wait for another run.
+    waited: bool,
+}
+
+impl TreeLock {
+    fn open(state_dir: &std::path::Path, lease: &str) -> Result<Self> {
+        let dir = state_dir.join("locks");
+        std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+        let path = dir.join(format!("{lease}.tree"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("opening the tree lock", &path))?;
+        Ok(TreeLock {
+            file,
+            path,
+            lease: lease.to_string(),
+            waited: false,
+        })
+    }
+
+    /// Takes (or converts to) `how`, waiting while other runs hold the lease in a way that
+    /// excludes it, and saying so once.
+    async fn hold(
+        &mut self,
+        how: Hold,
+        reporter: &dyn Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        use fs4::fs_std::FileExt;
+        self.waited = false;
+        loop {
+            let taken = match how {
+                Hold::Shared => FileExt::try_lock_shared(&self.file),
+                Hold::Exclusive => FileExt::try_lock_exclusive(&self.file),
+            };
+            match taken {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(Error::io("locking", self.path.clone())(e)),
+            }
+            if !self.waited {
+                reporter.status(&match how {
+                    Hold::Shared => format!(
+                        "sync: waiting for another run to finish changing lease {}'s tree",
+                        self.lease
+                    ),
+                    Hold::Exclusive => format!(
+                        "sync: waiting for the other runs of lease {} (syncing or running a \
+                         command) before changing its tree",
+                        self.lease
+                    ),
+                });
+                self.waited = true;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Error::Interrupted),
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+}
+
 /// The files of a run's sync, chosen on a blocking thread while the engine reaches and
 /// reads the box.
 pub(super) struct Choosing {
@@ -81,19 +162,33 @@ impl Engine {
         req: &RunRequest,
         chosen: &mut Choosing,
         reporter: &dyn Reporter,
-    ) -> Result<Option<SyncReport>> {
+    ) -> Result<(Option<SyncReport>, TreeLock)> {
         let session = acquired.session.as_ref();
         let workdir = acquired.workdir.clone();
+        let lease = acquired.target.lease_id.clone();
+        let t = Instant::now();
+        let mut lock = TreeLock::open(&self.state_dir, &lease)?;
+        lock.hold(Hold::Shared, reporter, &req.cancel).await?;
         let Some(source) = &req.sync else {
             cancellable(&req.cancel, session.make_dir(&workdir)).await?;
             self.touch_claim(acquired)?;
-            return Ok(None);
+            return Ok((None, lock));
         };
-        let t = Instant::now();
-        let _lock = self
-            .lock_sync(&acquired.target.lease_id, reporter, &req.cancel)
-            .await?;
-        let wait_ms = ms(t.elapsed());
+        let mut wait_ms = ms(t.elapsed());
+        let chosen = chosen.wait(&req.cancel, reporter).await?;
+        let Some(manifest) = source.manifest.as_ref().or(chosen) else {
+            return Err(Error::Sync("the files to sync were never chosen".into()));
+        };
+        let hashes = if req.checksum {
+            Some(hash_files(&source.root, manifest, &req.cancel).await?)
+        } else {
+            None
+        };
+        let options = PlanOptions {
+            delete: source.delete,
+            resend_all: req.full_resync,
+            hashes: hashes.as_ref(),
+        };
 
         // A box this run just made holds nothing yet; any other is read, not remembered.
         let t = Instant::now();
@@ -102,27 +197,22 @@ impl Engine {
         } else {
             cancellable(&req.cancel, session.scan(&workdir, req.checksum)).await?
         };
-        let scan_ms = ms(t.elapsed());
-        let chosen = chosen.wait(&req.cancel, reporter).await?;
-        let Some(manifest) = source.manifest.as_ref().or(chosen) else {
-            return Err(Error::Sync("the files to sync were never chosen".into()));
-        };
-
+        let mut scan_ms = ms(t.elapsed());
         let t = Instant::now();
-        let hashes = if req.checksum {
-            Some(hash_files(&source.root, manifest, &req.cancel).await?)
-        } else {
-            None
-        };
-        let plan = SyncPlan::new(
-            manifest,
-            &remote,
-            PlanOptions {
-                delete: source.delete,
-                resend_all: req.full_resync,
-                hashes: hashes.as_ref(),
-            },
-        );
+        let mut plan = SyncPlan::new(manifest, &remote, options);
+        if !plan.is_noop() {
+            // Changing the tree: wait until no other run of this lease is syncing or running
+            // a command, then read the box again (it may have changed meanwhile).
+            let t = Instant::now();
+            lock.hold(Hold::Exclusive, reporter, &req.cancel).await?;
+            wait_ms += ms(t.elapsed());
+            if lock.waited && !acquired.created {
+                let t = Instant::now();
+                let remote = cancellable(&req.cancel, session.scan(&workdir, req.checksum)).await?;
+                scan_ms += ms(t.elapsed());
+                plan = SyncPlan::new(manifest, &remote, options);
+            }
+        }
         let plan_ms = ms(t.elapsed());
         let mut report = SyncReport {
             files: manifest.len() as u64,
@@ -181,7 +271,10 @@ impl Engine {
             claim.workdir = workdir;
         }
         self.touch_claim(acquired)?;
-        Ok(Some(report))
+        // The command runs while the tree is held shared: other runs' commands may run
+        // beside it, but no other sync changes the tree under it.
+        lock.hold(Hold::Shared, reporter, &req.cancel).await?;
+        Ok((Some(report), lock))
     }
 
     /// Records the lease's last use (and workdir) in its claim.
@@ -191,45 +284,6 @@ impl Engine {
         };
         claim.last_used_at = now_rfc3339();
         self.claims.write(claim)
-    }
-
-    /// Holds this machine's sync lock of `lease_id` until dropped, waiting (and saying so)
-    /// while another sync of the lease runs. Two runs of one lease never interleave their
-    /// syncs; their commands may then run side by side.
-    async fn lock_sync(
-        &self,
-        lease_id: &str,
-        reporter: &dyn Reporter,
-        cancel: &CancellationToken,
-    ) -> Result<std::fs::File> {
-        use fs4::fs_std::FileExt;
-        let dir = self.state_dir.join("locks");
-        std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
-        let path = dir.join(format!("{lease_id}.sync"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(Error::io("opening sync lock", &path))?;
-        let mut said = false;
-        loop {
-            match file.try_lock_exclusive() {
-                Ok(true) => return Ok(file),
-                Ok(false) => {}
-                Err(e) => return Err(Error::io("locking", &path)(e)),
-            }
-            if !said {
-                reporter.status(&format!(
-                    "sync: waiting for another sync of lease {lease_id} to finish"
-                ));
-                said = true;
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(Error::Interrupted),
-                _ = tokio::time::sleep(TICK) => {}
-            }
-        }
     }
 
     /// Packs `chunks` into spool files under the state directory (not a possibly small

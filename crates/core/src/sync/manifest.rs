@@ -87,7 +87,10 @@ impl SyncManifest {
     /// and `.crabboxignore`. Then `.crabboxignore` and `sync.exclude` remove, `sync.include`
     /// narrows, and the size guardrails apply.
     pub fn build(root: &Path, opts: &SyncOptions) -> Result<Self> {
-        let Candidates { files: candidates, not_utf8 } = match git_files(root)? {
+        let Candidates {
+            files: candidates,
+            not_utf8,
+        } = match git_files(root)? {
             Some(found) => found,
             None => walk_files(root)?,
         };
@@ -102,7 +105,9 @@ impl SyncManifest {
         let refused: Vec<&String> = not_utf8
             .iter()
             .filter(|(lossy, _)| {
-                !exclude.matched_path_or_any_parents(lossy, false).is_ignore()
+                !exclude
+                    .matched_path_or_any_parents(lossy, false)
+                    .is_ignore()
                     && include
                         .as_ref()
                         .is_none_or(|inc| inc.matched_path_or_any_parents(lossy, false).is_ignore())
@@ -119,7 +124,11 @@ impl SyncManifest {
                 if refused.len() == 1 { "" } else { "s" },
                 if refused.len() == 1 { "is" } else { "are" },
                 shown.join(", "),
-                if refused.len() > shown.len() { ", ..." } else { "" },
+                if refused.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                },
                 if refused.len() == 1 { "it" } else { "them" },
                 if refused.len() == 1 { "it" } else { "them" },
             )));
