@@ -123,7 +123,7 @@ impl Reporter for TermReporter {
             let b = ProgressBar::new(total.unwrap_or(0));
             b.set_style(
                 ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),

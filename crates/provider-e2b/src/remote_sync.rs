@@ -38,6 +38,9 @@ pub const COMMIT_SCRIPT: &str = include_str!("scripts/sync_commit.sh");
 
 /// Chunks unpacking on the box at once.
 const UNPACKERS: usize = 2;
+/// Leftovers of a sync killed outright (kill -9 of crabbox) older than this are removed by
+/// the next scan: no sync may take longer (`sync.timeout` is 10 minutes by default).
+const STALE_MINUTES: u32 = 60;
 /// Syncs sending at least this much say what they sent before the box applies it.
 const REPORT_FROM: u64 = 1 << 20;
 
@@ -200,6 +203,7 @@ pub async fn scan(envd: &Envd, workdir: &str, checksum: bool) -> Result<RemoteTr
             "CBX_CHECKSUM".to_string(),
             if checksum { "1" } else { "" }.to_string(),
         ),
+        ("CBX_STALE_MINUTES".to_string(), STALE_MINUTES.to_string()),
     ]);
     let (code, out, err) = run_tracked(
         envd,

@@ -242,6 +242,50 @@ mod tests {
     }
 
     #[test]
+    fn the_scan_removes_stale_staging_left_by_a_killed_sync_and_keeps_fresh_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let wd = dir.path().join("wd");
+        std::fs::create_dir_all(&wd).unwrap();
+        let stale = dir.path().join(".wd.crabbox-stage-0ld");
+        let fresh = dir.path().join(".wd.crabbox-stage-new");
+        let other = dir.path().join(".other.crabbox-stage-0ld");
+        for d in [&stale, &fresh, &other] {
+            std::fs::create_dir_all(d.join("x")).unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for d in [&stale, &other] {
+            std::fs::File::open(d)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        let out = Command::new("/bin/bash")
+            .args(["-c", SCAN_SCRIPT])
+            .env("CBX_WORKDIR", &wd)
+            .env("CBX_RECORD", dir.path().join("r"))
+            .env("CBX_STALE_MINUTES", "30")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !stale.exists(),
+            "a stale staging directory of this workdir is removed"
+        );
+        assert!(
+            fresh.exists(),
+            "a sync in progress keeps its staging directory"
+        );
+        assert!(
+            other.exists(),
+            "another workdir's staging is not this scan's to remove"
+        );
+    }
+
+    #[test]
     fn a_missing_workdir_or_record_is_said_so() {
         let dir = tempfile::tempdir().unwrap();
         let tree = scan_dir(&dir.path().join("nope"), &dir.path().join("r"), false);

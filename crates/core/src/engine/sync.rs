@@ -266,6 +266,13 @@ impl Engine {
             applied?;
             report.wire_bytes = wire.load(Ordering::Relaxed);
             report.apply_ms = ms(t.elapsed()).saturating_sub(report.pack_ms);
+            reporter.status(&format!(
+                "sync: done in {} ms (read the box {} ms, packed and sent {} as {}, applied)",
+                report.scan_ms + report.pack_ms + report.apply_ms,
+                report.scan_ms,
+                human_bytes(report.sent_bytes),
+                human_bytes(report.wire_bytes),
+            ));
         }
         if let Some(claim) = &mut acquired.claim {
             claim.workdir = workdir;
@@ -301,6 +308,7 @@ impl Engine {
     ) -> Result<()> {
         let spool_dir = self.state_dir.join("spool");
         std::fs::create_dir_all(&spool_dir).map_err(Error::io("creating", &spool_dir))?;
+        remove_stale_spools(&spool_dir);
         let total: u64 = chunks.iter().map(ChunkSpec::bytes).sum();
         let workers = PACKERS.min(chunks.len()).max(1);
         let queue = Arc::new(std::sync::Mutex::new(
@@ -361,6 +369,25 @@ impl Engine {
             return Err(Error::Interrupted);
         }
         result
+    }
+}
+
+/// Removes spool files a crabbox killed outright (kill -9) left behind: older than any sync.
+fn remove_stale_spools(dir: &std::path::Path) {
+    const STALE: Duration = Duration::from_secs(3600);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

@@ -6,10 +6,18 @@
 #                     (%T@), ./path, link target. A listed directory shows as type d at its own
 #                     path (a symlink in its place shows as l and is not entered);
 #   H                 with CBX_CHECKSUM=1, then `<sha256>  ./path` for each regular file listed.
-# Inputs (environment): CBX_WORKDIR, CBX_RECORD, CBX_CHECKSUM.
+# It also removes what syncs killed outright (kill -9) left behind: staging directories of this
+# workdir and uploads in /tmp older than CBX_STALE_MINUTES (longer than any sync may take).
+# Inputs (environment): CBX_WORKDIR, CBX_RECORD, CBX_CHECKSUM, CBX_STALE_MINUTES.
 set -u
 wd=$CBX_WORKDIR
 rec=$CBX_RECORD
+if [ -n "${CBX_STALE_MINUTES:-}" ]; then
+  find "$(dirname -- "$wd")" -mindepth 1 -maxdepth 1 -name ".${wd##*/}.crabbox-stage-*" \
+    -mmin +"$CBX_STALE_MINUTES" -exec rm -rf -- {} + 2>/dev/null
+  find /tmp -mindepth 1 -maxdepth 1 -name 'crabbox-*' -user "$(id -u)" \
+    -mmin +"$CBX_STALE_MINUTES" -exec rm -rf -- {} + 2>/dev/null
+fi
 if [ -L "$wd" ] || [ ! -d "$wd" ]; then printf 'N\0'; exit 0; fi
 cd -- "$wd" || { printf 'N\0'; exit 0; }
 printf 'W\0'
