@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::script::Script;
 use super::session::MemSession;
-use super::state::{Fault, Injected, MemBox, Op, Process, State};
+use super::state::{Fault, Injected, MemBox, Node, Op, Process, State};
 use crate::claims::ClaimStore;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -207,6 +207,20 @@ impl MemoryProvider {
     pub fn remove_path(&self, remote_id: &str, path: &str) {
         if let Some(b) = self.shared.lock().boxes.get_mut(remote_id) {
             b.remove_path(path);
+        }
+    }
+
+    /// Writes a file on a box behind the engine's back (a command rewrote it).
+    pub fn write_file(&self, remote_id: &str, path: &str, data: &[u8]) {
+        if let Some(b) = self.shared.lock().boxes.get_mut(remote_id) {
+            b.files.insert(
+                path.to_string(),
+                Node::File {
+                    data: data.to_vec(),
+                    mode: 0o644,
+                    mtime: 1,
+                },
+            );
         }
     }
 

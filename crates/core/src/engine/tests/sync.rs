@@ -137,3 +137,34 @@ async fn a_failed_warm_sync_is_sent_again_by_the_next_run() {
     assert_eq!(synced.applied.len(), 2, "the failed apply changed nothing");
     assert_eq!(synced.applied[1].paths(), ["a.txt"]);
 }
+
+#[tokio::test]
+async fn an_edit_on_the_box_is_undone_by_the_next_sync() {
+    let b = Bench::new();
+    let lease = warm_and_synced(&b).await;
+    let path = format!("{}/a.txt", b.workdir(&lease));
+    b.fake.write_file("sbx1", &path, b"clobbered\n");
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 1);
+    assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha\n"));
+}
+
+#[tokio::test]
+async fn a_lost_state_dir_costs_a_scan_not_a_resend() {
+    let b = Bench::new();
+    let lease = warm_and_synced(&b).await;
+    // Another state dir (a new machine, a cleared one) with the lease's claim.
+    let fresh = tempfile::tempdir().unwrap();
+    let engine = Engine::new(
+        Box::new(b.fake.clone()),
+        crate::claims::ClaimStore::new(b.state.path().join("claims")),
+        fresh.path().to_path_buf(),
+    );
+    let mut out = crate::events::CapturedOutput::default();
+    let outcome = engine
+        .run(&b.request_on(&lease, "true"), &mut out, &b.reporter)
+        .await
+        .unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 0);
+    assert_eq!(b.fake.count(Op::Apply), 0, "{:?}", b.fake.calls());
+}
