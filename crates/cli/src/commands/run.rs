@@ -46,7 +46,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
         let line = serde_json::to_string(&outcome.timing_report()).expect("serializable");
         eprintln!("{line}");
     }
-    Ok(outcome.exit_code)
+    Ok(outcome.exit_code())
 }
 
 /// First Ctrl-C / SIGTERM: cancel the run (the engine stops the remote command and cleans

@@ -91,6 +91,12 @@ pub struct RunOutcome {
     /// The box is still there after the run (warm box, `--keep`, kept on failure, or a
     /// release that failed).
     pub kept: bool,
+    /// The box this run made was deleted when it ended.
+    pub released: bool,
+    /// Why the box this run made, which should have been deleted, could not be: it is still
+    /// running (and costing). The front end must not report success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_error: Option<String>,
     /// The box was created by this run (not a `--id` reuse).
     pub created: bool,
     pub timing: Timing,
@@ -99,6 +105,17 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
+    /// The process exit code a front end reports: the command's, except that a command that
+    /// succeeded on a box that could not be released is a failure (1): a paid box is left
+    /// running.
+    pub fn exit_code(&self) -> i32 {
+        if self.exit_code == 0 && self.release_error.is_some() {
+            crate::error::exit::TRANSPORT
+        } else {
+            self.exit_code
+        }
+    }
+
     /// The outcome as one flat record of phase timings (`run --timing-json`).
     pub fn timing_report(&self) -> TimingReport {
         TimingReport {
@@ -108,6 +125,7 @@ impl RunOutcome {
             exit_code: self.exit_code,
             created: self.created,
             kept: self.kept,
+            released: self.released,
             acquire_ms: self.timing.acquire_ms,
             sync_ms: self.timing.sync_ms,
             command_ms: self.timing.command_ms,
@@ -128,6 +146,7 @@ pub struct TimingReport {
     pub exit_code: i32,
     pub created: bool,
     pub kept: bool,
+    pub released: bool,
     pub acquire_ms: u64,
     pub sync_ms: u64,
     pub command_ms: u64,

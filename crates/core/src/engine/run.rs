@@ -77,8 +77,8 @@ impl Engine {
         let t = Instant::now();
         let result = match ran {
             Ok(Ran::Exited(code)) => {
-                let kept = self.release(&acquired, code == 0, req, reporter).await;
-                Ok((code, kept))
+                let released = self.release(&acquired, code == 0, req, reporter).await;
+                Ok((code, released))
             }
             Ok(Ran::Interrupted) => {
                 self.release_within(CANCEL_BUDGET / 2, &acquired, req, reporter)
@@ -91,13 +91,18 @@ impl Engine {
             }
         };
         timing.release_ms = ms(t.elapsed());
-        let (exit_code, kept) = result?;
+        let (exit_code, released) = result?;
         Ok(RunOutcome {
             provider: self.name().to_string(),
             lease_id: acquired.target.lease_id.clone(),
             slug: acquired.target.slug.clone(),
             exit_code,
-            kept,
+            kept: !matches!(released, Release::Deleted),
+            released: matches!(released, Release::Deleted),
+            release_error: match released {
+                Release::Failed(why) => Some(why),
+                _ => None,
+            },
             created: acquired.created,
             timing,
             sync,
@@ -150,19 +155,18 @@ impl Engine {
         })
     }
 
-    /// Releases a box this run created unless the keep policy says otherwise. Returns
-    /// whether the box is still there. A release that fails is reported with the lease to
-    /// stop, never silently.
+    /// Releases a box this run created unless the keep policy says otherwise. A release
+    /// that fails is reported with the lease to stop, never silently.
     async fn release(
         &self,
         acquired: &Acquired,
         success: bool,
         req: &RunRequest,
         reporter: &dyn Reporter,
-    ) -> bool {
+    ) -> Release {
         let target = &acquired.target;
         if !acquired.created {
-            return true;
+            return Release::Kept;
         }
         if req.keep.keeps(success) {
             if let Some(claim) = &acquired.claim {
@@ -187,7 +191,7 @@ impl Engine {
                 });
                 reporter.hint(&self.stop_hint(&target.lease_id));
             }
-            return true;
+            return Release::Kept;
         }
         match self.provider.delete(target).await {
             Ok(_) => {
@@ -197,17 +201,18 @@ impl Engine {
                         target.remote_id
                     ));
                 }
-                false
+                Release::Deleted
             }
             Err(e) => {
-                reporter.status(&format!(
+                let why = format!(
                     "could not delete {} box {} (lease {}): {e}",
                     self.name(),
                     target.remote_id,
                     target.lease_id
-                ));
+                );
+                reporter.status(&why);
                 reporter.hint(&self.stop_hint(&target.lease_id));
-                true
+                Release::Failed(why)
             }
         }
     }
@@ -234,6 +239,15 @@ impl Engine {
             reporter.hint(&self.stop_hint(&target.lease_id));
         }
     }
+}
+
+/// What became of a run's box.
+enum Release {
+    /// Kept: a reused box, or the keep policy said so.
+    Kept,
+    Deleted,
+    /// It should have gone and could not: the box is still there, costing money.
+    Failed(String),
 }
 
 /// `fut`, or `Interrupted` as soon as `cancel` fires (`fut` is dropped).

@@ -114,6 +114,13 @@ async fn a_failed_delete_is_reported_and_keeps_the_box_and_claim() {
         outcome.kept,
         "a box that could not be deleted is still there"
     );
+    assert!(!outcome.released);
+    assert_eq!(
+        outcome.exit_code(),
+        1,
+        "a command that succeeded on a box left running is not a success"
+    );
+    assert!(outcome.release_error.as_deref().unwrap().contains("sbx1"));
     assert_eq!(
         b.reporter.statuses().last().unwrap(),
         &format!("could not delete memory box sbx1 (lease {lease}): 503")
