@@ -656,3 +656,27 @@ fn concurrent_runs_on_one_lease_never_mix_trees_and_all_succeed() {
     );
     ok(sb.run(&["stop", &lease]));
 }
+
+#[test]
+fn cleanup_is_a_dry_run_until_yes_and_drops_claims_whose_box_is_gone() {
+    let sb = Sandbox::new();
+    let o = sb.run(&["cleanup"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing to clean up"), "{}", stderr(&o));
+    let lease = ok(sb.run(&["warmup"])).trim().to_string();
+    std::fs::remove_dir_all(sb.state.join("crabbox/boxes").join(&lease)).unwrap();
+    let o = sb.run(&["cleanup"]);
+    assert!(
+        stderr(&o).contains("would drop the claim of"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
+    assert_eq!(sb.claims().len(), 1, "a dry run changes nothing");
+    let o = sb.run(&["cleanup", "--yes", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["applied"], true);
+    assert_eq!(report["actions"][0]["kind"], "dropClaim");
+    assert!(sb.claims().is_empty());
+}

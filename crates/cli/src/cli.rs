@@ -108,6 +108,9 @@ pub enum Command {
     Stop(StopArgs),
     /// List boxes
     List(ListArgs),
+    /// Drop claims whose box is gone, finish leases whose creation broke, remove stale files
+    /// (a dry run unless --yes)
+    Cleanup(CleanupArgs),
     /// Inspect configuration
     Config {
         #[command(subcommand)]
@@ -208,6 +211,16 @@ pub struct StopArgs {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Print as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Do it (without this, only say what would be done)
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the report as JSON on stdout
     #[arg(long)]
     pub json: bool,
 }

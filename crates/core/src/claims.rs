@@ -216,6 +216,36 @@ impl ClaimStore {
         Ok(())
     }
 
+    /// Files a crash or an ended lease left in the claims directory, older than `age`:
+    /// temporary claims a writer never renamed, and lock files of leases with no claim.
+    pub fn stale_files(&self, age: std::time::Duration) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut stale = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let old = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > age);
+            if !old {
+                continue;
+            }
+            let orphan_lock = name
+                .strip_suffix(".lock")
+                .is_some_and(|lease| lease::is_lease_id(lease) && !self.path_of(lease).exists());
+            let torn_tmp = name.starts_with('.') && name.ends_with(".tmp");
+            if orphan_lock || torn_tmp {
+                stale.push(entry.path());
+            }
+        }
+        stale.sort();
+        stale
+    }
+
     /// All readable claims, sorted by lease id, plus the files that could not be read.
     pub fn list(&self) -> Result<(Vec<Claim>, Vec<CorruptClaim>)> {
         let mut claims = Vec::new();

@@ -1,5 +1,6 @@
 //! One file per subcommand.
 
+mod cleanup;
 mod config;
 mod list;
 mod run;
@@ -20,6 +21,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Status(a) => status::run(&g, a).await,
         Command::Stop(a) => stop::run(&g, a).await,
         Command::List(a) => list::run(&g, a).await,
+        Command::Cleanup(a) => cleanup::run(&g, a).await,
         Command::Config { command } => config::run(&g, command),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -141,6 +141,12 @@ impl Engine {
             })?;
         let target = self.unclaimed_target(&remote);
         let existed = self.provider.delete(&target).await?;
+        // A placeholder claim of the lease (its creation never finished) goes with its box.
+        if let Some(claim) = self.claims.get(&target.lease_id).ok().flatten() {
+            if claim.remote_id.is_empty() && claim.provider == self.name() {
+                self.forget(&claim.lease_id)?;
+            }
+        }
         Ok(StopOutcome {
             lease_id: target.lease_id,
             slug: target.slug,

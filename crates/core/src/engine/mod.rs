@@ -12,6 +12,7 @@
 //! reported with the lease to stop.
 
 mod boxes;
+mod cleanup;
 mod exec;
 mod leases;
 pub mod request;
@@ -27,6 +28,7 @@ use crate::claims::{Claim, ClaimStore};
 use crate::error::Result;
 use crate::provider::Provider;
 
+pub use cleanup::{CleanupAction, CleanupReport, UnclaimedBox};
 pub use exec::new_run_id;
 pub use request::*;
 pub use sync::human_bytes;

@@ -6,6 +6,7 @@
 //! Tests synchronise on events (output, a primitive being reached), never on sleeps.
 
 mod cancel;
+mod cleanup;
 mod command;
 mod create;
 mod keep;
@@ -22,7 +23,7 @@ use crate::claims::Claim;
 use crate::command::RemoteCommand;
 use crate::conformance::CancelOnOutput;
 use crate::engine::{
-    BoxStatus, Engine, KeepPolicy, RunOutcome, RunRequest, SyncSource, WarmupRequest,
+    BoxStatus, CleanupAction, Engine, KeepPolicy, RunOutcome, RunRequest, SyncSource, WarmupRequest,
 };
 use crate::error::{Error, Result};
 use crate::events::CapturedOutput;
