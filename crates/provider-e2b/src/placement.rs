@@ -69,12 +69,25 @@ pub fn resolve_workdir(user: &str, workdir: &str) -> Result<String, String> {
             "invalid e2b.workdir {raw:?}: control characters are not allowed"
         ));
     }
+    // `~` and `~/x` mean the user's home, as a shell would read them.
+    let raw = match raw.strip_prefix('~') {
+        Some("") => ".",
+        Some(rest) if rest.starts_with('/') => rest.trim_start_matches('/'),
+        _ => raw,
+    };
     let joined = if raw.starts_with('/') {
         raw.to_string()
     } else {
         format!("{}/{raw}", home_of(user))
     };
     let cleaned = clean_path(&joined);
+    if cleaned == home_of(user) {
+        return Err(format!(
+            "refusing e2b.workdir {workdir:?}: it is {user}'s home directory, which holds the \
+             shell's own files and cannot be swapped in whole; use a directory inside it, such \
+             as `crabbox` ({cleaned}/crabbox)"
+        ));
+    }
     if FORBIDDEN_WORKDIRS.contains(&cleaned.as_str()) {
         return Err(format!(
             "refusing e2b.workdir {raw:?} (resolves to {cleaned}): syncing there could clobber \
@@ -135,6 +148,21 @@ mod tests {
             Placement::new("", "crabbox").unwrap().workdir,
             "/home/user/crabbox"
         );
+    }
+
+    #[test]
+    fn tilde_means_home_and_the_home_itself_is_refused_with_the_fix() {
+        assert_eq!(
+            resolve_workdir("user", "~/proj").unwrap(),
+            "/home/user/proj"
+        );
+        for whole_home in ["~", "/home/user", "/home/user/", "."] {
+            let err = resolve_workdir("user", whole_home).unwrap_err();
+            assert!(
+                err.contains("home directory") && err.contains("crabbox"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -132,9 +132,9 @@ pub fn write_archive_with<'a, W: Write>(
                     .read(true)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&full)
-                    .map_err(Error::io("reading", &full))?;
+                    .map_err(|e| unreadable(&full, e))?;
                 // Size from the open file, not the manifest: the tree may have changed since.
-                let len = file.metadata().map_err(Error::io("reading", &full))?.len();
+                let len = file.metadata().map_err(|e| unreadable(&full, e))?.len();
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(len);
                 tar.append_data(&mut header, &entry.path, ExactLen { inner: file.take(len), remaining: len })
@@ -168,6 +168,15 @@ pub fn write_archive_with<'a, W: Write>(
         .flush()
         .map_err(write_err)?;
     Ok(stats)
+}
+
+/// A file of the tree that cannot be read: the tree cannot be synced (exit 6).
+fn unreadable(path: &Path, e: std::io::Error) -> Error {
+    Error::Sync(format!(
+        "cannot read {}: {e}; make it readable, or leave it out with .crabboxignore or \
+         sync.exclude",
+        path.display()
+    ))
 }
 
 /// Yields exactly `remaining` bytes or fails: a file that shrinks while it is archived must
@@ -322,6 +331,18 @@ mod tests {
     use super::*;
     use crate::sync::{SyncManifest, SyncOptions};
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_file_that_cannot_be_read_fails_the_sync_with_exit_6_naming_it() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("a.txt"), "a").unwrap();
+        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
+        // Gone (or unreadable) between choosing the files and packing them.
+        std::fs::remove_file(src.path().join("a.txt")).unwrap();
+        let err = write_archive(src.path(), &m.entries, Vec::new(), |_| {}).unwrap_err();
+        assert_eq!(err.exit_code(), 6, "{err}");
+        assert!(err.to_string().contains("a.txt"), "{err}");
+    }
 
     #[test]
     fn round_trip_keeps_content_modes_and_links() {

@@ -177,6 +177,14 @@ impl SyncManifest {
             } else {
                 0
             };
+            // Found now, before any box exists, rather than half way through a sync.
+            if kind == EntryKind::File && !readable(&full) {
+                return Err(Error::Sync(format!(
+                    "cannot read {}: permission denied; make it readable, or leave it out with \
+                     .crabboxignore or sync.exclude",
+                    full.display()
+                )));
+            }
             let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
             entries.insert(
                 rel.clone(),
@@ -236,6 +244,16 @@ impl SyncManifest {
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.path.as_str())
     }
+}
+
+/// The calling user may read `path` (a cheap check, no file is opened).
+fn readable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::R_OK) == 0 }
 }
 
 /// Walks up from `start` to the enclosing git work tree's root, if any.
