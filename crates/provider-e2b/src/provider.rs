@@ -83,6 +83,13 @@ impl E2bProvider {
             .map_err(|e| Error::Transport(format!("building the HTTP client: {e}")))?;
         let template = match s.template.trim() {
             "" => crabbox_e2b_wire::control::DEFAULT_TEMPLATE.to_string(),
+            t if t.len() > 256 || t.chars().any(char::is_control) => {
+                return Err(Error::Usage(format!(
+                    "e2b.template {:?} is not a template name or id (they are short, printable \
+                     names such as `base`)",
+                    crabbox_core::config::shorten(t)
+                )))
+            }
             t => t.to_string(),
         };
         Ok(E2bProvider {

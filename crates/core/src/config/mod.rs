@@ -198,7 +198,7 @@ impl LoadedConfig {
         let mut origins = vec![("default".to_string(), Origin::Default)];
         let mut warnings = Vec::new();
         for (path, origin) in &files {
-            let text = std::fs::read_to_string(path).map_err(Error::io("reading config", path))?;
+            let text = read_config(path)?;
             let value = parse_yaml(&text, path)?;
             check_keys(&value, "", path, &text, &schema, &mut warnings)?;
             let name = origin.to_string();
@@ -372,6 +372,7 @@ impl LoadedConfig {
             .as_ref()
             .and_then(|m| self.origins.iter().find(|(n, _)| *n == m.name))
             .map(|(_, o)| o.clone());
+        // A value quoted back (a 50 MB template, say) is cut to a readable length.
         let message = format!(
             "{}{}",
             if key.is_empty() {
@@ -379,7 +380,7 @@ impl LoadedConfig {
             } else {
                 format!("key `{key}`: ")
             },
-            e.kind
+            shorten_message(&e.kind.to_string())
         );
         match origin {
             Some(Origin::UserFile { path }) | Some(Origin::RepoFile { path }) => {
@@ -404,6 +405,41 @@ pub struct ShownSetting {
     pub key: &'static str,
     pub value: serde_json::Value,
     pub origin: Option<Origin>,
+}
+
+/// Reads a config file: refused when too large or not UTF-8 (exit 2, naming it).
+fn read_config(path: &Path) -> Result<String> {
+    let config_error = |message: String| Error::Config {
+        path: path.to_path_buf(),
+        line: None,
+        message,
+    };
+    let len = std::fs::metadata(path)
+        .map_err(Error::io("reading config", path))?
+        .len();
+    if len > yaml::MAX_FILE {
+        return Err(config_error(format!(
+            "{len} bytes is too large for a config file (at most {} bytes)",
+            yaml::MAX_FILE
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(Error::io("reading config", path))?;
+    String::from_utf8(bytes).map_err(|e| {
+        config_error(format!(
+            "not valid UTF-8 (at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// A message with a long quoted value cut short.
+fn shorten_message(text: &str) -> String {
+    const MAX: usize = 300;
+    if text.chars().count() <= MAX {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(MAX).collect();
+    format!("{cut}... (cut; {} bytes in all)", text.len())
 }
 
 /// A flag's value for [`LoadOptions::flags`].

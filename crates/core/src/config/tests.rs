@@ -335,3 +335,48 @@ fn sections_bring_their_defaults_keys_and_env() {
         c.warnings
     );
 }
+
+#[test]
+fn hostile_config_files_are_refused_with_file_key_and_kind() {
+    // A bare value where a section goes.
+    let e = env(&[]);
+    e.repo(".crabbox.yaml", "acme: \"hello\"\n");
+    let err = e.load().unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    let text = err.to_string();
+    assert!(
+        text.contains(".crabbox.yaml:1") && text.contains("`acme` must be a mapping"),
+        "{text}"
+    );
+    // A type error names the key, the file, the line and what was expected.
+    let e = env(&[]);
+    e.repo(".crabbox.yaml", "provider: local\nttl: [1, 2]\n");
+    let text = e.load().unwrap_err().to_string();
+    assert!(text.contains(".crabbox.yaml:2"), "{text}");
+    assert!(
+        text.contains("ttl") && text.contains("expected a duration"),
+        "{text}"
+    );
+    assert!(!text.contains("untagged"), "{text}");
+    // Not UTF-8: exit 2 naming the file.
+    let e = env(&[]);
+    std::fs::write(e.opts.cwd.join(".crabbox.yaml"), b"provider: \xff\n").unwrap();
+    let err = e.load().unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+    // Too large, and too many patterns.
+    let e = env(&[]);
+    e.repo(".crabbox.yaml", &format!("# {}\n", "x".repeat(2 << 20)));
+    assert!(e.load().unwrap_err().to_string().contains("too large"));
+    let e = env(&[]);
+    let many: String = (0..10_001).map(|i| format!("  - p{i}\n")).collect();
+    e.repo(".crabbox.yaml", &format!("sync:\n  exclude:\n{many}"));
+    let err = e.load().unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("at most 10000"), "{err}");
+    // A huge value quoted back is cut.
+    let e = env(&[]);
+    e.repo(".crabbox.yaml", &format!("ttl: {}\n", "9".repeat(100_000)));
+    let text = e.load().unwrap_err().to_string();
+    assert!(text.len() < 1_000, "{} bytes", text.len());
+}

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use figment::value::Value;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::sync::SyncOptions;
@@ -70,17 +71,33 @@ pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")
 }
 
+/// What kind of value a config holds, for messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::String(..) | Value::Char(..) => "text",
+        Value::Bool(..) => "a boolean",
+        Value::Num(..) => "a number",
+        Value::Empty(..) => "nothing",
+        Value::Dict(..) => "a mapping",
+        Value::Array(..) => "a list",
+    }
+}
+
 /// Serde helper for duration settings: a number of seconds or text such as `90m`.
 pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    match <Value as Deserialize>::deserialize(d)? {
+        Value::Num(_, n) => n
+            .to_u128()
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                serde::de::Error::custom("expected a duration: a whole number of seconds >= 0")
+            }),
+        Value::String(_, t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a duration (seconds, or text such as 90m), found {}",
+            kind(&other)
+        ))),
     }
 }
 
@@ -92,40 +109,60 @@ pub(super) fn ser_duration<S: serde::Serializer>(
 }
 
 pub(super) fn de_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bool(bool),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bool(b) => Ok(b),
-        Raw::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" | "" => Ok(false),
-            other => Err(serde::de::Error::custom(format!(
-                "expected a boolean, found {other:?}"
-            ))),
-        },
+    let text = match <Value as Deserialize>::deserialize(d)? {
+        Value::Bool(_, b) => return Ok(b),
+        Value::String(_, t) => t,
+        Value::Num(_, n) => n.to_i128().map(|i| i.to_string()).unwrap_or_default(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "expected true or false, found {}",
+                kind(&other)
+            )))
+        }
+    };
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "expected true or false, found {:?}",
+            shorten(other)
+        ))),
     }
 }
 
 pub(super) fn de_list<'de, D: Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(match Raw::deserialize(d)? {
-        Raw::List(l) => l,
-        Raw::Text(t) => t
+    match <Value as Deserialize>::deserialize(d)? {
+        Value::Array(_, items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(_, s) => Ok(s),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a list of text entries, found {} in it",
+                    kind(&other)
+                ))),
+            })
+            .collect(),
+        Value::String(_, t) => Ok(t
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(String::from)
-            .collect(),
-    })
+            .collect()),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a list (or comma-separated text), found {}",
+            kind(&other)
+        ))),
+    }
+}
+
+/// A value as a message may quote it: cut to a readable length.
+pub fn shorten(text: &str) -> String {
+    const MAX: usize = 80;
+    if text.chars().count() <= MAX {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(MAX).collect();
+    format!("{cut}... ({} bytes in all)", text.len())
 }

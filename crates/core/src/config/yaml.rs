@@ -84,11 +84,48 @@ pub(super) fn check_keys(
             continue;
         }
         if schema.get(&key).is_none() {
+            // A section (`e2b:`, `sync:`) holds settings: a bare value there is a mistake,
+            // not an empty section.
+            if !matches!(v, serde_yaml::Value::Mapping(_) | serde_yaml::Value::Null) {
+                let inner: Vec<&str> = schema
+                    .settings
+                    .iter()
+                    .filter(|s| s.key.starts_with(&format!("{key}.")))
+                    .map(|s| s.key)
+                    .take(3)
+                    .collect();
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    line,
+                    message: format!(
+                        "`{key}` must be a mapping of its settings (such as {}), not a single \
+                         value",
+                        inner.join(", ")
+                    ),
+                });
+            }
             check_keys(v, &key, path, text, schema, warnings)?;
+        } else if let serde_yaml::Value::Sequence(items) = v {
+            if items.len() > MAX_LIST {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    line,
+                    message: format!(
+                        "`{key}` lists {} entries; at most {MAX_LIST} are accepted",
+                        items.len()
+                    ),
+                });
+            }
         }
     }
     Ok(())
 }
+
+/// Most entries a list setting (`sync.exclude`) may have.
+const MAX_LIST: usize = 10_000;
+
+/// Largest config file read: configs are a few lines; anything bigger is a mistake or hostile.
+pub(super) const MAX_FILE: u64 = 1 << 20;
 
 /// The 1-based line where the innermost segment of `path` is defined, following indentation.
 pub(super) fn line_of_key(text: &str, path: &[String]) -> Option<usize> {
