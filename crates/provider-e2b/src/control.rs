@@ -19,7 +19,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::retry::{is_retryable, RetryPolicy};
-use crabbox_core::secret::Secret;
+use crabbox_core::secret::{Scrubber, Secret};
 
 /// Timeout of one control-plane call.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,6 +33,8 @@ pub struct ControlPlane {
     http: reqwest::Client,
     base: String,
     key: Secret,
+    /// The key and every token the service handed out: scrubbed from what it says back.
+    secrets: Scrubber,
     retry: RetryPolicy,
     timeout: Duration,
 }
@@ -42,9 +44,22 @@ impl ControlPlane {
         Self {
             http,
             base,
+            secrets: Scrubber::new([key.clone()]),
             key,
             retry: RetryPolicy::default(),
             timeout: CONTROL_TIMEOUT,
+        }
+    }
+
+    /// Every secret this client holds (shared with the envd clients it hands tokens to).
+    pub fn secrets(&self) -> &Scrubber {
+        &self.secrets
+    }
+
+    /// Keeps the tokens of a sandbox answer among the secrets to scrub.
+    fn learn<'a>(&self, tokens: impl IntoIterator<Item = &'a Option<String>>) {
+        for token in tokens.into_iter().flatten() {
+            self.secrets.add(Secret::new(token.as_str()));
         }
     }
 
@@ -95,7 +110,7 @@ impl ControlPlane {
             error_chain(e)
         };
         Error::Transport(
-            self.key
+            self.secrets
                 .scrub(&format!("E2B API {}: {what}: {detail}", self.base)),
         )
     }
@@ -104,10 +119,11 @@ impl ControlPlane {
     async fn failure(&self, what: &str, resp: Response) -> Error {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
+        // Scrubbed whole, before any cut could split a secret.
         let message = serde_json::from_str::<ApiError>(&body)
-            .map(|e| e.message)
-            .unwrap_or_else(|_| body.chars().take(300).collect());
-        let message = self.key.scrub(message.trim());
+            .map(|e| self.secrets.scrub(&e.message))
+            .unwrap_or_else(|_| self.secrets.scrub(&body).chars().take(300).collect());
+        let message = message.trim();
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Usage(format!(
                 "E2B API {} rejected the API key while {what} (HTTP {}): {message}; check \
@@ -132,10 +148,11 @@ impl ControlPlane {
     async fn json<T: DeserializeOwned>(&self, what: &str, resp: Response) -> Result<T> {
         let body = resp.bytes().await.map_err(|e| self.transport(what, &e))?;
         serde_json::from_slice(&body).map_err(|e| {
-            Error::Transport(format!(
+            // The parser's complaint may quote the answer.
+            Error::Transport(self.secrets.scrub(&format!(
                 "E2B API {}: {what}: unreadable response: {e}",
                 self.base
-            ))
+            )))
         })
     }
 
@@ -168,11 +185,13 @@ impl ControlPlane {
                 error: self.failure(what, resp).await,
             });
         }
-        self.json(what, resp).await.map_err(|error| CreateFailure {
+        let sandbox: Sandbox = self.json(what, resp).await.map_err(|error| CreateFailure {
             maybe_created: true,
             in_flight: false,
             error,
-        })
+        })?;
+        self.learn([&sandbox.envd_access_token, &sandbox.traffic_access_token]);
+        Ok(sandbox)
     }
 
     /// `POST /v2/sandboxes/{id}/connect` with the TTL: refreshes a running sandbox's lifetime
@@ -187,7 +206,11 @@ impl ControlPlane {
             .send_retrying(&what, || self.request(Method::POST, &path).json(&body))
             .await?;
         match resp.status() {
-            StatusCode::OK | StatusCode::CREATED => self.json(&what, resp).await.map(Some),
+            StatusCode::OK | StatusCode::CREATED => {
+                let sandbox: Sandbox = self.json(&what, resp).await?;
+                self.learn([&sandbox.envd_access_token, &sandbox.traffic_access_token]);
+                Ok(Some(sandbox))
+            }
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(self.failure(&what, resp).await),
         }
@@ -201,7 +224,11 @@ impl ControlPlane {
             .send_retrying(&what, || self.request(Method::GET, &path))
             .await?;
         match resp.status() {
-            StatusCode::OK => self.json(&what, resp).await.map(Some),
+            StatusCode::OK => {
+                let detail: SandboxDetail = self.json(&what, resp).await?;
+                self.learn([&detail.envd_access_token]);
+                Ok(Some(detail))
+            }
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(self.failure(&what, resp).await),
         }

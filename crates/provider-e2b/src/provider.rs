@@ -133,6 +133,7 @@ impl E2bProvider {
             sandbox_id,
             token.cloned(),
             &self.user(),
+            self.control.secrets().clone(),
         )
     }
 
@@ -146,7 +147,8 @@ impl E2bProvider {
     fn check_owner(&self, target: &BoxRef, detail: &SandboxDetail) -> Result<()> {
         let meta = &detail.metadata;
         if target.claimed && !metadata::belongs_to(meta, &target.lease_id) {
-            return Err(Error::NotOurs(format!(
+            // The tags are the service's words: scrubbed like any other.
+            return Err(Error::NotOurs(self.control.secrets().scrub(&format!(
                 "sandbox {} does not carry lease {}'s crabbox metadata (crabbox={}, provider={}, \
                  lease={}); refusing to use or delete a sandbox crabbox cannot prove is this \
                  lease's",
@@ -155,7 +157,7 @@ impl E2bProvider {
                 meta.get("crabbox").map_or("-", String::as_str),
                 meta.get("provider").map_or("-", String::as_str),
                 meta.get("lease").map_or("-", String::as_str),
-            )));
+            ))));
         }
         if !target.claimed && !metadata::is_crabbox(meta) {
             return Err(not_crabbox(&detail.sandbox_id));

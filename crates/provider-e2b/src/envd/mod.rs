@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::control::error_chain;
-use crabbox_core::secret::Secret;
+use crabbox_core::secret::{Scrubber, Secret};
 
 mod process_stream;
 
@@ -46,27 +46,39 @@ pub struct Envd {
     sandbox_id: String,
     token: Option<Secret>,
     user: String,
+    /// Every secret the provider holds (API key, tokens): scrubbed from what envd says.
+    secrets: Scrubber,
 }
 
 impl Envd {
+    /// A client of `sandbox_id`'s envd; `token` joins `secrets`.
     pub fn new(
         http: reqwest::Client,
         route: &EnvdRoute,
         sandbox_id: &str,
         token: Option<Secret>,
         user: &str,
+        secrets: Scrubber,
     ) -> Self {
         let base = match route {
             EnvdRoute::Domain(domain) => format!("https://{ENVD_PORT}-{sandbox_id}.{domain}"),
             EnvdRoute::Fixed(base) => base.clone(),
         };
+        if let Some(token) = &token {
+            secrets.add(token.clone());
+        }
         Self {
             http,
             base,
             sandbox_id: sandbox_id.to_string(),
             token,
             user: user.to_string(),
+            secrets,
         }
+    }
+
+    pub fn sandbox_id(&self) -> &str {
+        &self.sandbox_id
     }
 
     pub fn base(&self) -> &str {
@@ -100,11 +112,9 @@ impl Envd {
             )
     }
 
-    fn scrub(&self, text: &str) -> String {
-        match &self.token {
-            Some(t) => t.scrub(text),
-            None => text.to_string(),
-        }
+    /// `text` (built from what the sandbox said) without any secret the provider holds.
+    pub fn scrub(&self, text: &str) -> String {
+        self.secrets.scrub(text)
     }
 
     fn transport(&self, what: &str, e: &reqwest::Error) -> Error {
@@ -196,9 +206,10 @@ impl Envd {
             });
         }
         let err = serde_json::from_slice::<ConnectError>(&body).unwrap_or_else(|_| {
+            // Scrubbed whole, before the cut could split a secret.
             ConnectError::new(
                 Code::from_http_status(status.as_u16()),
-                String::from_utf8_lossy(&body)
+                self.scrub(&String::from_utf8_lossy(&body))
                     .chars()
                     .take(300)
                     .collect::<String>(),
@@ -291,6 +302,7 @@ impl Envd {
         Ok(ProcessStream::new(
             resp.bytes_stream().boxed(),
             self.sandbox_id.clone(),
+            self.secrets.clone(),
         ))
     }
 }
@@ -324,6 +336,7 @@ mod tests {
             "sbx1",
             Some(Secret::new("tok-secret")),
             "user",
+            Scrubber::default(),
         );
         let req = e.request(Method::GET, "/health").build().unwrap();
         assert_eq!(req.headers()["e2b-sandbox-id"], "sbx1");
@@ -336,6 +349,7 @@ mod tests {
             "sbx1",
             None,
             "user",
+            Scrubber::default(),
         );
         assert_eq!(d.base(), "https://49983-sbx1.e2b.app");
         let req = d.request(Method::GET, "/health").build().unwrap();
@@ -357,6 +371,7 @@ mod tests {
             "s",
             None,
             "root",
+            Scrubber::default(),
         );
         let req = e.rpc("process.Process", "Start").build().unwrap();
         assert_eq!(req.headers()["authorization"], "Basic cm9vdDo=");
