@@ -104,6 +104,12 @@ impl E2bProvider {
         self
     }
 
+    /// Where waits before a retried call are reported ([`crate::retry`]).
+    pub fn with_reporter(mut self, reporter: std::sync::Arc<dyn Reporter>) -> Self {
+        self.control.set_reporter(reporter);
+        self
+    }
+
     fn placement(&self) -> Result<&Placement> {
         self.placement
             .as_ref()
@@ -310,7 +316,8 @@ impl Provider for E2bProvider {
             metadata: Some(tags),
             ..NewSandbox::default()
         };
-        let sandbox = self.control.create(&body).await?;
+        let what = format!("creating a sandbox for lease {}", new.lease_id);
+        let sandbox = self.control.create(&body, &what).await?;
         let session = self.session(
             &sandbox.sandbox_id,
             sandbox.domain.as_deref(),

@@ -3,7 +3,9 @@
 //! retried, list pagination, the cancel signal sequence, no redirects followed; a create
 //! that made its sandbox then failed, hung or was cancelled, a failed DELETE, a failed claim
 //! write, an apply script that outlives `sync.timeout`, and answers of both planes that quote
-//! every secret the client holds, in every encoding.
+//! every secret the client holds, in every encoding. Faults: connections reset mid-call, a
+//! `Retry-After` beyond the cap, create refused for load, envd refusing the sync's upload or
+//! saying the sandbox is gone, and a sandbox killed while its command runs.
 
 mod common;
 
@@ -25,6 +27,7 @@ use crabbox_core::engine::StatusRequest;
 use crabbox_core::events::SilentReporter;
 use crabbox_core::Error;
 use crabbox_e2b_wire::envelope;
+use crabbox_provider_e2b::RetryPolicy;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "tok-secret-123456";
@@ -1345,6 +1348,135 @@ async fn requests_match_the_official_sdk_wire_shapes() {
     assert_eq!(msg["process"]["cwd"], "/home/user/crabbox");
     // GET /health: no body, token and routing headers (checked above).
     assert!(!find("GET", "/health").is_empty());
+}
+
+fn warmup_req(repo: &RepoFixture) -> crabbox_core::engine::WarmupRequest {
+    crabbox_core::engine::WarmupRequest {
+        slug: None,
+        ttl: Duration::from_secs(600),
+        repo_root: Some(repo.root().to_path_buf()),
+    }
+}
+
+fn stop_req(lease_id: &str) -> crabbox_core::engine::StopRequest {
+    crabbox_core::engine::StopRequest {
+        id: lease_id.to_string(),
+        reclaim: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_connection_on_get_and_delete_is_retried_and_stop_drops_the_claim() {
+    let (mock, url) = serve(Mock::new(StreamMode::NoEnd)).await;
+    let world = World::new();
+    let rec = Arc::new(common::Recorder::default());
+    let fast = RetryPolicy {
+        base_delay: Duration::from_millis(20),
+        ..RetryPolicy::default()
+    };
+    let p = world
+        .provider_with(&url, &url, &[], fast, rec.clone())
+        .unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warmup_req(&repo), &SilentReporter).await.unwrap();
+    let gets = mock.count("GET /sandboxes/sbx1");
+    mock.reset_gets.store(1, Ordering::SeqCst);
+    mock.reset_deletes.store(1, Ordering::SeqCst);
+    let o = p.stop(&stop_req(&warm.lease_id)).await.unwrap();
+    assert!(!o.already_gone);
+    assert_eq!(
+        mock.count("GET /sandboxes/sbx1") - gets,
+        2,
+        "the ownership check was reset once, then answered: {:?}",
+        mock.entries()
+    );
+    assert_eq!(
+        mock.count("DELETE /sandboxes/sbx1"),
+        2,
+        "{:?}",
+        mock.entries()
+    );
+    assert!(world.claims().get(&warm.lease_id).unwrap().is_none());
+    assert_eq!(rec.text(), "", "waits this short are not worth a line");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_beyond_the_cap_is_capped_reported_and_giving_up_says_why() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.retry_after = "3600";
+    mock.get_failures.store(10, Ordering::SeqCst);
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let rec = Arc::new(common::Recorder::default());
+    let capped = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_secs(1),
+        report_after: Duration::from_millis(500),
+    };
+    let p = world
+        .provider_with(&url, &url, &[], capped, rec.clone())
+        .unwrap();
+    let t = Instant::now();
+    let err = p
+        .status(&StatusRequest {
+            id: Some("sbx9".into()),
+            wait: None,
+        })
+        .await
+        .unwrap_err();
+    // Two waits of the 1s cap, not two hours.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(mock.count("GET /sandboxes/sbx9"), 3);
+    let waits: Vec<String> = (2..=3)
+        .map(|n| {
+            format!(
+                "E2B answered 503 for looking up sandbox sbx9 and asked to wait 3600s; \
+                 retrying in 1s (attempt {n} of 3)"
+            )
+        })
+        .collect();
+    assert_eq!(*rec.lines.lock().unwrap(), waits);
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let text = err.to_string();
+    for says in [
+        "E2B is unavailable",
+        "sbx9",
+        "gave up after 3 attempts",
+        "E2B asked to wait 3600s, crabbox waits at most 1s",
+        "retry later",
+    ] {
+        assert!(text.contains(says), "{says:?} missing: {text}");
+    }
+    assert!(!text.contains('\n'), "one line: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_refused_for_load_says_retry_later() {
+    for (status, says) in [(429, "E2B is rate limiting"), (503, "E2B is unavailable")] {
+        let mut mock = Mock::new(StreamMode::NoEnd);
+        mock.create_status = status;
+        mock.retry_after = "0";
+        let (_mock, url) = serve(mock).await;
+        let world = World::new();
+        let p = world.provider_at(&url, &url, &[]).unwrap();
+        let repo = RepoFixture::new();
+        let err = p
+            .run(
+                &request(&repo, None, &["true"]),
+                &mut CapturedOutput::default(),
+                &SilentReporter,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 1, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(says) && text.contains("retry later"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
