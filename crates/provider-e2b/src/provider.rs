@@ -145,7 +145,11 @@ impl E2bProvider {
 
     fn session(&self, sandbox_id: &str, domain: Option<&str>, token: Option<&str>) -> E2bSession {
         let token = token.map(Secret::new);
-        E2bSession::new(sandbox_id, self.envd(sandbox_id, domain, token.as_ref()))
+        E2bSession::new(
+            sandbox_id,
+            self.envd(sandbox_id, domain, token.as_ref()),
+            self.control.clone(),
+        )
     }
 
     /// Checks that `detail` is the sandbox `target` names: this lease's for a claimed box,

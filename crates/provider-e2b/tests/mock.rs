@@ -1452,6 +1452,107 @@ async fn a_retry_after_beyond_the_cap_is_capped_reported_and_giving_up_says_why(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn envd_unavailable_during_the_sync_upload_is_a_transport_error() {
+    for status in [502, 503] {
+        let mut mock = Mock::new(StreamMode::NoEnd);
+        mock.upload_status = status;
+        let (mock, url) = serve(mock).await;
+        let world = World::new();
+        let p = world.provider_at(&url, &url, &[]).unwrap();
+        let repo = RepoFixture::new();
+        let err = p
+            .run(
+                &request(&repo, None, &["true"]),
+                &mut CapturedOutput::default(),
+                &SilentReporter,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err.root(), Error::Transport(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 1, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("sandbox sbx1") && text.contains(&format!("HTTP {status}")),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert_eq!(mock.count("DELETE /sandboxes/sbx1"), 1);
+        assert!(world.claims().list().unwrap().0.is_empty());
+    }
+}
+
+const GONE: &str = "sandbox sbx1 is no longer running: it was killed or its timeout passed";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_gone_during_the_command_is_not_found_with_the_lease_to_stop() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.kill_on_start = true;
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+
+    // A kept lease: its claim outlives the sandbox, so the error names the lease to stop.
+    let warm = p.warmup(&warmup_req(&repo), &SilentReporter).await.unwrap();
+    let mut req = request(&repo, Some(&warm.lease_id), &["sleep", "100"]);
+    req.sync = None;
+    let err = p
+        .run(&req, &mut CapturedOutput::default(), &SilentReporter)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains(GONE), "{err}");
+    assert_eq!(
+        err.hints(),
+        [&crabbox_core::hint::Hint::Stop {
+            provider: "e2b".into(),
+            lease_id: warm.lease_id.clone()
+        }]
+    );
+    assert!(world.claims().get(&warm.lease_id).unwrap().is_some());
+    assert!(
+        p.stop(&stop_req(&warm.lease_id))
+            .await
+            .unwrap()
+            .already_gone
+    );
+
+    // A one-shot run: released (the claim dropped), so there is nothing to stop.
+    mock.gone.store(false, Ordering::SeqCst);
+    let mut req = request(&repo, None, &["sleep", "100"]);
+    req.sync = None;
+    let err = p
+        .run(&req, &mut CapturedOutput::default(), &SilentReporter)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains(GONE), "{err}");
+    assert!(err.hints().is_empty(), "{:?}", err.hints());
+    assert!(world.claims().list().unwrap().0.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envd_saying_the_sandbox_was_not_found_is_not_found() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.start_refusal = Some((
+        502,
+        r#"{"code":502,"message":"The sandbox sbx1 was not found"}"#,
+    ));
+    let (_mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["true"]);
+    req.sync = None;
+    let err = p
+        .run(&req, &mut CapturedOutput::default(), &SilentReporter)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains(GONE), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn create_refused_for_load_says_retry_later() {
     for (status, says) in [(429, "E2B is rate limiting"), (503, "E2B is unavailable")] {
         let mut mock = Mock::new(StreamMode::NoEnd);

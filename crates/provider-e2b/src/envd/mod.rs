@@ -165,16 +165,37 @@ impl Envd {
         }
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
+        if is_gone(status, &body) {
+            return Err(self.gone());
+        }
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
             .unwrap_or(body);
-        Err(Error::Sync(self.scrub(&format!(
-            "sandbox {} envd: {what}: HTTP {}: {}",
-            self.sandbox_id,
-            status.as_u16(),
-            message.trim()
-        ))))
+        let (id, code) = (&self.sandbox_id, status.as_u16());
+        let said = match message.trim() {
+            "" => String::new(),
+            m => format!(" ({})", m.chars().take(300).collect::<String>()),
+        };
+        // Only a box without room for the files is the tree's problem; any other refusal is
+        // the service's, and the workdir is untouched (the sync was staged).
+        Err(if status == StatusCode::INSUFFICIENT_STORAGE {
+            Error::Sync(self.scrub(&format!(
+                "sandbox {id} has no room for the sync: it answered HTTP {code}{said} while \
+                 receiving the files; the workdir is unchanged, free space on the box or sync \
+                 less"
+            )))
+        } else {
+            Error::Transport(self.scrub(&format!(
+                "the sync to sandbox {id} failed: E2B answered HTTP {code}{said} while the box \
+                 was receiving the files; the workdir is unchanged, retry later"
+            )))
+        })
+    }
+
+    /// The error for a sandbox that is no longer there to answer.
+    pub fn gone(&self) -> Error {
+        gone(&self.sandbox_id)
     }
 
     /// One unary Connect call with the JSON codec.
@@ -197,6 +218,9 @@ impl Envd {
             .bytes()
             .await
             .map_err(|e| RpcFailure::Transport(self.transport(method, &e)))?;
+        if is_gone(status, &String::from_utf8_lossy(&body)) {
+            return Err(RpcFailure::Transport(self.gone()));
+        }
         if status == StatusCode::OK {
             return serde_json::from_slice(&body).map_err(|e| {
                 RpcFailure::Transport(Error::Transport(format!(
@@ -284,6 +308,9 @@ impl Envd {
         let status = resp.status();
         if status != StatusCode::OK {
             let body = resp.text().await.unwrap_or_default();
+            if is_gone(status, &body) {
+                return Err(self.gone());
+            }
             let message = serde_json::from_str::<ConnectError>(&body)
                 .map(|e| e.to_string())
                 .unwrap_or(body);
@@ -305,6 +332,19 @@ impl Envd {
             self.secrets.clone(),
         ))
     }
+}
+
+/// What a sandbox that is gone (killed, or its timeout passed) amounts to for the user.
+pub fn gone(sandbox_id: &str) -> Error {
+    Error::NotFound(format!(
+        "sandbox {sandbox_id} is no longer running: it was killed or its timeout passed; run \
+         on a new one (a longer ttl, up to e2b.maxTtl, keeps a sandbox up longer)"
+    ))
+}
+
+/// E2B's proxy answers 502 "The sandbox .. was not found" for a sandbox that is not running.
+fn is_gone(status: StatusCode, body: &str) -> bool {
+    status == StatusCode::BAD_GATEWAY && body.to_ascii_lowercase().contains("not found")
 }
 
 /// A failed unary call: the transport broke, or envd answered with a Connect error.
