@@ -36,8 +36,9 @@ impl Secret {
 
     /// Every way a server may quote this secret: as it is and without a short `word_` prefix
     /// (`e2b_`), each raw, JSON-escaped (as serde does, with `\/`, and with every other
-    /// character a `\uXXXX` escape) and percent-encoded (reserved characters, all but letters
-    /// and digits, or every byte; upper- or lower-case hex; `+` for a space).
+    /// character a `\uXXXX` escape; and each of those quoted once more, backslashes doubled)
+    /// and percent-encoded (reserved characters, all but letters and digits, or every byte;
+    /// upper- or lower-case hex; `+` for a space).
     fn forms(&self) -> Vec<String> {
         if self.0.len() < 4 {
             return Vec::new();
@@ -71,6 +72,14 @@ impl Secret {
                 forms.push(percent_encode(base, upper, |_| false));
             }
         }
+        // An escaped form quoted once more (a parser's complaint, a debug dump) doubles its
+        // backslashes.
+        let requoted: Vec<String> = forms
+            .iter()
+            .filter(|f| f.contains('\\'))
+            .map(|f| f.replace('\\', "\\\\"))
+            .collect();
+        forms.extend(requoted);
         forms
     }
 }
@@ -215,6 +224,7 @@ mod tests {
             "5ecre7/c0ffee+5ecre7",
             "e2b_5ecre7\\/c0ffee+5ecre7",
             "e2b\\u005f5ecre7\\u002fc0ffee\\u002b5ecre7",
+            "e2b\\\\u005f5ecre7\\\\u002fc0ffee\\\\u002b5ecre7",
             "5ecre7\\u002Fc0ffee\\u002B5ecre7",
             "e2b_5ecre7%2Fc0ffee%2B5ecre7",
             "e2b_5ecre7%2fc0ffee%2b5ecre7",

@@ -119,6 +119,8 @@ struct Mock {
     leak: bool,
     /// The command stream ends with an end-of-stream error that quotes the secrets.
     leak_in_stream_end: bool,
+    /// MakeDir answers 200 with a body of the wrong shape that quotes the secrets.
+    leak_in_make_dir: bool,
 }
 
 type S = State<Arc<Mock>>;
@@ -146,6 +148,7 @@ impl Mock {
             start_refusal: None,
             leak: false,
             leak_in_stream_end: false,
+            leak_in_make_dir: false,
         }
     }
 
@@ -210,10 +213,15 @@ fn quoted_secrets() -> String {
 }
 
 /// Fails unless `text` is free of every secret however it is quoted: checked after undoing
-/// JSON `\uXXXX` escapes and percent-encoding.
+/// doubled backslashes, JSON `\uXXXX` escapes and percent-encoding.
 fn assert_no_secret(text: &str) {
+    // Quoted more than once (a parser's complaint quotes the escapes it was given).
+    let mut unquoted = text.to_string();
+    while unquoted.contains("\\\\") {
+        unquoted = unquoted.replace("\\\\", "\\");
+    }
     let mut plain = String::new();
-    let mut rest = text;
+    let mut rest = unquoted.as_str();
     while let Some(i) = rest.find("\\u") {
         plain.push_str(&rest[..i]);
         let hex = rest.get(i + 2..i + 6).unwrap_or("");
@@ -525,6 +533,9 @@ async fn health(State(m): S, headers: HeaderMap) -> StatusCode {
 
 async fn make_dir(State(m): S) -> Response {
     m.note("MakeDir".into());
+    if m.leak_in_make_dir {
+        return axum::Json(json!(quoted_secrets())).into_response();
+    }
     axum::Json(json!({})).into_response()
 }
 
@@ -1617,17 +1628,20 @@ async fn secrets_quoted_by_either_plane_never_reach_an_error_or_a_status_line() 
         assert_no_secret(&err.to_string());
     }
 
-    // The command stream's own error.
-    let mut mock = Mock::new(StreamMode::NoEnd);
-    mock.leak_in_stream_end = true;
-    let (_mock, url) = serve(mock).await;
-    let p = world.provider_at(&url, &url, &[]).unwrap();
-    let mut req = request(&repo, None, &["true"]);
-    req.sync = None;
-    let err = p
-        .run(&req, &mut CapturedOutput::default(), &SilentReporter)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("sbx1"), "{err}");
-    assert_no_secret(&err.to_string());
+    // A unary call's answer of the wrong shape, and the command stream's own error.
+    for in_make_dir in [true, false] {
+        let mut mock = Mock::new(StreamMode::NoEnd);
+        mock.leak_in_make_dir = in_make_dir;
+        mock.leak_in_stream_end = !in_make_dir;
+        let (_mock, url) = serve(mock).await;
+        let p = world.provider_at(&url, &url, &[]).unwrap();
+        let mut req = request(&repo, None, &["true"]);
+        req.sync = None;
+        let err = p
+            .run(&req, &mut CapturedOutput::default(), &SilentReporter)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("sbx1"), "{err}");
+        assert_no_secret(&err.to_string());
+    }
 }

@@ -223,10 +223,11 @@ impl Envd {
         }
         if status == StatusCode::OK {
             return serde_json::from_slice(&body).map_err(|e| {
-                RpcFailure::Transport(Error::Transport(format!(
+                // The parser's complaint may quote the answer.
+                RpcFailure::Transport(Error::Transport(self.scrub(&format!(
                     "sandbox {} envd: {method}: unreadable response: {e}",
                     self.sandbox_id
-                )))
+                ))))
             });
         }
         let err = serde_json::from_slice::<ConnectError>(&body).unwrap_or_else(|_| {
