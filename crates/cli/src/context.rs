@@ -1,6 +1,6 @@
 //! What every command needs: the resolved config, the chosen provider, and a reporter.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crabbox_core::claims::ClaimStore;
@@ -57,6 +57,7 @@ pub fn engine(cfg: &LoadedConfig, g: &GlobalArgs) -> Result<Engine> {
     let ctx = ProviderContext {
         state_dir: state_dir.clone(),
         caller_env: std::env::vars().collect(),
+        reporter: reporter(),
     };
     let provider = crate::registry::registry().build(cfg, &ctx)?;
     let engine = Engine::new(provider, claim_store()?, state_dir).configured(cfg);
@@ -65,6 +66,15 @@ pub fn engine(cfg: &LoadedConfig, g: &GlobalArgs) -> Result<Engine> {
         ("--type", g.machine_type.as_deref()),
     ])?;
     Ok(engine)
+}
+
+/// The process's one reporter: commands and the provider (waits before a retry) share it, so
+/// a status line never tears a progress bar.
+pub fn reporter() -> Arc<TermReporter> {
+    static REPORTER: OnceLock<Arc<TermReporter>> = OnceLock::new();
+    REPORTER
+        .get_or_init(|| Arc::new(TermReporter::new(false)))
+        .clone()
 }
 
 /// Status lines on stderr; a progress bar on a TTY once a transfer has taken a moment.

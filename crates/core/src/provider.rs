@@ -306,10 +306,22 @@ pub trait Provider: Send + Sync {
 }
 
 /// What a provider needs from the process that builds it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProviderContext {
     /// crabbox's state directory (claims, sync state, local boxes).
     pub state_dir: PathBuf,
     /// The caller's environment (for what a login on a box inherits, like `PATH`).
     pub caller_env: BTreeMap<String, String>,
+    /// Where a provider reports what happens outside any call that takes a reporter (a
+    /// wait before retrying a call the service refused).
+    pub reporter: std::sync::Arc<dyn Reporter>,
+}
+
+impl std::fmt::Debug for ProviderContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderContext")
+            .field("state_dir", &self.state_dir)
+            .field("caller_env", &self.caller_env.len())
+            .finish_non_exhaustive()
+    }
 }

@@ -63,5 +63,9 @@ pub(crate) fn assert_valid_bash(script: &str) {
 pub const ENTRY: crabbox_core::registry::ProviderEntry = crabbox_core::registry::ProviderEntry {
     name: "e2b",
     section: settings::SECTION,
-    build: |cfg, _ctx| Ok(Box::new(E2bProvider::from_config(cfg)?)),
+    build: |cfg, ctx| {
+        Ok(Box::new(
+            E2bProvider::from_config(cfg)?.with_reporter(ctx.reporter.clone()),
+        ))
+    },
 };

@@ -69,12 +69,12 @@ pub async fn find_by_tags(p: &E2bProvider, id: &str) -> Result<Option<RemoteBox>
             })
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(Error::Usage(format!(
+        return Err(Error::Usage(p.control.secrets().scrub(&format!(
             "slug {id:?} names {} crabbox sandboxes on {} (slugs are only unique per machine): \
              {names}; name the one to reclaim by its sandbox id or lease id",
             by_slug.len(),
             p.endpoint
-        )));
+        ))));
     }
     if let Some(s) = by_slug.first() {
         return Ok(Some(listed_box(s)));

@@ -111,6 +111,12 @@ impl E2bProvider {
         self
     }
 
+    /// Where waits before a retried call are reported ([`crate::retry`]).
+    pub fn with_reporter(mut self, reporter: std::sync::Arc<dyn Reporter>) -> Self {
+        self.control.set_reporter(reporter);
+        self
+    }
+
     fn placement(&self) -> Result<&Placement> {
         self.placement
             .as_ref()
@@ -140,12 +146,17 @@ impl E2bProvider {
             sandbox_id,
             token.cloned(),
             &self.user(),
+            self.control.secrets().clone(),
         )
     }
 
     fn session(&self, sandbox_id: &str, domain: Option<&str>, token: Option<&str>) -> E2bSession {
         let token = token.map(Secret::new);
-        E2bSession::new(sandbox_id, self.envd(sandbox_id, domain, token.as_ref()))
+        E2bSession::new(
+            sandbox_id,
+            self.envd(sandbox_id, domain, token.as_ref()),
+            self.control.clone(),
+        )
     }
 
     /// Checks that `detail` is the sandbox `target` names: this lease's for a claimed box,
@@ -153,7 +164,8 @@ impl E2bProvider {
     fn check_owner(&self, target: &BoxRef, detail: &SandboxDetail) -> Result<()> {
         let meta = &detail.metadata;
         if target.claimed && !metadata::belongs_to(meta, &target.lease_id) {
-            return Err(Error::NotOurs(format!(
+            // The tags are the service's words: scrubbed like any other.
+            return Err(Error::NotOurs(self.control.secrets().scrub(&format!(
                 "sandbox {} does not carry lease {}'s crabbox metadata (crabbox={}, provider={}, \
                  lease={}); refusing to use or delete a sandbox crabbox cannot prove is this \
                  lease's",
@@ -162,7 +174,7 @@ impl E2bProvider {
                 meta.get("crabbox").map_or("-", String::as_str),
                 meta.get("provider").map_or("-", String::as_str),
                 meta.get("lease").map_or("-", String::as_str),
-            )));
+            ))));
         }
         if !target.claimed && !metadata::is_crabbox(meta) {
             return Err(not_crabbox(&detail.sandbox_id));
@@ -315,7 +327,8 @@ impl Provider for E2bProvider {
             metadata: Some(tags),
             ..NewSandbox::default()
         };
-        let sandbox = self.control.create(&body).await?;
+        let what = format!("creating a sandbox for lease {}", new.lease_id);
+        let sandbox = self.control.create(&body, &what).await?;
         let session = self.session(
             &sandbox.sandbox_id,
             sandbox.domain.as_deref(),

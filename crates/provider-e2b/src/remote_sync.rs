@@ -100,7 +100,7 @@ pub async fn apply(
             });
             // Reap the unpacks that ended, so a failure stops the sync early.
             while let Some(Some(done)) = futures::FutureExt::now_or_never(unpacking.next()) {
-                finished(Some(done))?;
+                finished(envd, Some(done))?;
             }
             n += 1;
         }
@@ -113,7 +113,7 @@ pub async fn apply(
             ));
         }
         while let Some(done) = unpacking.next().await {
-            finished(Some(done))?;
+            finished(envd, Some(done))?;
         }
         if n == 0 {
             return Err(Error::Sync("the sync had no chunk to send".into()));
@@ -123,7 +123,10 @@ pub async fn apply(
             ("CBX_STAGE".to_string(), stage.clone()),
             ("CBX_RECORD".to_string(), record_path(workdir)),
         ]);
-        finished(Some(run_script(envd, COMMIT_SCRIPT, envs, &pids).await))
+        finished(
+            envd,
+            Some(run_script(envd, COMMIT_SCRIPT, envs, &pids).await),
+        )
     };
     // One deadline for all of it; a cancel or the deadline drops `work` here, so the remote
     // leftovers are removed below rather than by the scripts' traps.
@@ -159,14 +162,14 @@ pub async fn probe_codecs(envd: &Envd) -> Vec<Codec> {
 }
 
 /// A sync script's end: an error unless it exited 0.
-fn finished(done: Option<Result<Ran>>) -> Result<()> {
+fn finished(envd: &Envd, done: Option<Result<Ran>>) -> Result<()> {
     let Some(done) = done else { return Ok(()) };
     let (code, _out, err) = done?;
     if code != 0 {
-        return Err(Error::Sync(format!(
+        return Err(Error::Sync(envd.scrub(&format!(
             "sync failed on the box (exit {code}): {}",
             String::from_utf8_lossy(&err).trim()
-        )));
+        ))));
     }
     Ok(())
 }
@@ -214,10 +217,10 @@ pub async fn scan(envd: &Envd, workdir: &str, checksum: bool) -> Result<RemoteTr
     )
     .await?;
     if code != 0 {
-        return Err(Error::Transport(format!(
+        return Err(Error::Transport(envd.scrub(&format!(
             "reading the box's tree under {workdir} failed (exit {code}): {}",
             String::from_utf8_lossy(&err).trim()
-        )));
+        ))));
     }
     if out.len() >= crate::scan::SCAN_LIMIT {
         return Err(Error::Sync(format!(

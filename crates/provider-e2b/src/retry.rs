@@ -1,5 +1,6 @@
-//! Retry policy for idempotent control-plane calls: 429/502/503/504 and connection failures,
-//! honouring `Retry-After` and an authoritative `Should-Retry`, as E2B's SDKs do.
+//! Retry policy for idempotent control-plane calls: 429/502/503/504 and broken exchanges (a
+//! connection refused, reset or closed before the whole answer arrived, a timeout),
+//! honouring `Retry-After` up to a cap and an authoritative `Should-Retry`, as E2B's SDKs do.
 
 use std::time::Duration;
 
@@ -13,8 +14,12 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Delay before the second attempt when the server gives no `Retry-After`; doubled after.
     pub base_delay: Duration,
-    /// Upper bound of any single delay, `Retry-After` included.
+    /// The cap of any single delay, `Retry-After` included: a server asking for longer is
+    /// retried after this (and, once attempts run out, the error says what it asked for).
     pub max_delay: Duration,
+    /// Waits at least this long are reported (what failed, how long, which attempt is next)
+    /// rather than spent in silence.
+    pub report_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -23,6 +28,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
+            report_after: Duration::from_secs(2),
         }
     }
 }
@@ -61,6 +67,14 @@ pub fn is_retryable(status: StatusCode, headers: &HeaderMap) -> bool {
     }
 }
 
+/// A broken exchange worth another try on an idempotent call: no connection (refused, TLS),
+/// a timeout, or a connection that broke while the request or the answer travelled (reset,
+/// closed before the answer was complete). Not a request crabbox failed to build, nor a
+/// redirect.
+pub fn is_retryable_error(e: &reqwest::Error) -> bool {
+    e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is rare for APIs and falls back to backoff).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
@@ -85,6 +99,7 @@ mod tests {
             max_attempts: 3,
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_secs(5),
+            ..RetryPolicy::default()
         };
         let mut h = HeaderMap::new();
         assert_eq!(p.backoff(1, Some(&h)), Duration::from_millis(10));

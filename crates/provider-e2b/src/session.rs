@@ -8,24 +8,33 @@ use crabbox_core::provider::{
     ApplySync, BoxSession, ChunkFeed, ExecEvent, ExecSpec, ExecStream, RunTarget, Signal,
 };
 use crabbox_core::sync::{Codec, RemoteTree};
-use crabbox_core::Result;
+use crabbox_core::{Error, Result};
+use crabbox_e2b_wire::control::SandboxState;
 use crabbox_e2b_wire::process::{DataEvent, ProcessConfig, ProcessEvent, StartRequest};
 
-use crate::envd::{exit_code_of, Envd, ProcessStream};
+use crate::control::ControlPlane;
+use crate::envd::{exit_code_of, gone, Envd, ProcessStream};
+
+/// How long the control plane gets to say whether a sandbox whose command stream broke is
+/// still running.
+const LIVENESS_BUDGET: Duration = Duration::from_secs(15);
 
 /// One sandbox's envd, as the engine uses it.
 pub struct E2bSession {
     sandbox_id: String,
     envd: Envd,
+    /// Asked whether the sandbox still runs when a command's stream breaks.
+    control: ControlPlane,
     /// What the box can unpack, once asked.
     codecs: tokio::sync::Mutex<Vec<Codec>>,
 }
 
 impl E2bSession {
-    pub fn new(sandbox_id: &str, envd: Envd) -> Self {
+    pub fn new(sandbox_id: &str, envd: Envd, control: ControlPlane) -> Self {
         Self {
             sandbox_id: sandbox_id.to_string(),
             envd,
+            control,
             codecs: tokio::sync::Mutex::default(),
         }
     }
@@ -82,6 +91,8 @@ impl BoxSession for E2bSession {
         Ok(Box::new(E2bExecStream {
             stream,
             ended: false,
+            sandbox_id: self.sandbox_id.clone(),
+            control: self.control.clone(),
         }))
     }
 
@@ -103,10 +114,27 @@ impl BoxSession for E2bSession {
     }
 }
 
-/// envd's process events as the engine's.
+/// envd's process events as the engine's. A stream that breaks (or ends without the
+/// command's end) because the sandbox died says so: the control plane is asked.
 struct E2bExecStream {
     stream: ProcessStream,
     ended: bool,
+    sandbox_id: String,
+    control: ControlPlane,
+}
+
+/// `Error::NotFound` when the control plane says the sandbox is gone or no longer running;
+/// otherwise `broken` (also when it cannot tell within [`LIVENESS_BUDGET`]).
+async fn why_broken<T: Send>(
+    control: &ControlPlane,
+    sandbox_id: &str,
+    broken: Result<T>,
+) -> Result<T> {
+    match tokio::time::timeout(LIVENESS_BUDGET, control.get(sandbox_id)).await {
+        Ok(Ok(None)) => Err(gone(sandbox_id)),
+        Ok(Ok(Some(d))) if d.state != SandboxState::Running => Err(gone(sandbox_id)),
+        _ => broken,
+    }
 }
 
 #[async_trait]
@@ -116,8 +144,13 @@ impl ExecStream for E2bExecStream {
             return Ok(None);
         }
         loop {
-            let Some(event) = self.stream.next_event().await? else {
-                return Ok(None);
+            let event = match self.stream.next_event().await {
+                Ok(Some(event)) => event,
+                Ok(None) => return why_broken(&self.control, &self.sandbox_id, Ok(None)).await,
+                Err(e @ Error::Transport(_)) => {
+                    return why_broken(&self.control, &self.sandbox_id, Err(e)).await
+                }
+                Err(e) => return Err(e),
             };
             return Ok(Some(match event {
                 ProcessEvent::Start(s) => ExecEvent::Started { pid: s.pid },

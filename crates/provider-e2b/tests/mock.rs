@@ -2,17 +2,20 @@
 //! streams that end without an end event, retries honouring `Retry-After`, create never
 //! retried, list pagination, the cancel signal sequence, no redirects followed; a create
 //! that made its sandbox then failed, hung or was cancelled, a failed DELETE, a failed claim
-//! write, and an apply script that outlives `sync.timeout`.
+//! write, an apply script that outlives `sync.timeout`, and answers of both planes that quote
+//! every secret the client holds, in every encoding. Faults: connections reset mid-call, a
+//! `Retry-After` beyond the cap, create refused for load, envd refusing the sync's upload or
+//! saying the sandbox is gone, and a sandbox killed while its command runs.
 
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,9 +27,12 @@ use crabbox_core::engine::StatusRequest;
 use crabbox_core::events::SilentReporter;
 use crabbox_core::Error;
 use crabbox_e2b_wire::envelope;
+use crabbox_provider_e2b::RetryPolicy;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "tok-secret-123456";
+/// The traffic access token every sandbox answer carries.
+const TRAFFIC: &str = "trf-secret-7890abcdef";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum StreamMode {
@@ -99,6 +105,22 @@ struct Mock {
     /// test cancels at to catch the provider mid-create.
     made_one: tokio::sync::Notify,
     stream: StreamMode,
+    /// Connections to reset (no answer, an RST) on `GET /sandboxes/{id}` and `DELETE`.
+    reset_gets: AtomicUsize,
+    reset_deletes: AtomicUsize,
+    /// The command's start kills the sandbox: from then on it is gone from the control plane.
+    kill_on_start: bool,
+    gone: AtomicBool,
+    /// Status of `POST /files` (200: taken).
+    upload_status: u16,
+    /// Status and body of `process.Process/Start` when it refuses (0: it starts).
+    start_refusal: Option<(u16, &'static str)>,
+    /// Error answers quote every secret in the forms of [`quoted_secrets`].
+    leak: bool,
+    /// The command stream ends with an end-of-stream error that quotes the secrets.
+    leak_in_stream_end: bool,
+    /// MakeDir answers 200 with a body of the wrong shape that quotes the secrets.
+    leak_in_make_dir: bool,
 }
 
 type S = State<Arc<Mock>>;
@@ -118,6 +140,15 @@ impl Mock {
             break_claim_in: None,
             made_one: tokio::sync::Notify::new(),
             stream,
+            reset_gets: AtomicUsize::new(0),
+            reset_deletes: AtomicUsize::new(0),
+            kill_on_start: false,
+            gone: AtomicBool::new(false),
+            upload_status: 200,
+            start_refusal: None,
+            leak: false,
+            leak_in_stream_end: false,
+            leak_in_make_dir: false,
         }
     }
 
@@ -137,18 +168,183 @@ impl Mock {
     }
 
     fn overloaded(&self) -> Response {
+        self.refusing(503)
+    }
+
+    fn refusing(&self, status: u16) -> Response {
         (
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::from_u16(status).unwrap(),
             [("retry-after", self.retry_after)],
-            axum::Json(json!({"code": 503, "message": "overloaded"})),
+            axum::Json(json!({"code": status, "message": "overloaded"})),
         )
             .into_response()
+    }
+
+    /// An error answer quoting the secrets (when `leak`), as plain text.
+    fn leaking(&self, status: u16) -> Response {
+        (StatusCode::from_u16(status).unwrap(), quoted_secrets()).into_response()
+    }
+
+    /// Takes one of `counter`'s pending resets: this request's connection is to be reset.
+    fn take_reset(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// Every secret the client holds, quoted the ways a server might: raw, the key without its
+/// `e2b_` prefix, JSON-escaped and URL-encoded. Short enough to survive a 300-character cut.
+fn quoted_secrets() -> String {
+    let json = |s: &str| s.replace('_', "\\u005f").replace('-', "\\u002d");
+    let url = |s: &str| s.replace('_', "%5F").replace('-', "%2d");
+    format!(
+        "k={} b={} j={} u={} t={} tj={} tu={} x={} xu={}",
+        common::KEY,
+        &common::KEY[4..],
+        json(common::KEY),
+        url(common::KEY),
+        TOKEN,
+        json(TOKEN),
+        url(TOKEN),
+        TRAFFIC,
+        url(TRAFFIC),
+    )
+}
+
+/// Fails unless `text` is free of every secret however it is quoted: checked after undoing
+/// doubled backslashes, JSON `\uXXXX` escapes and percent-encoding.
+fn assert_no_secret(text: &str) {
+    // Quoted more than once (a parser's complaint quotes the escapes it was given).
+    let mut unquoted = text.to_string();
+    while unquoted.contains("\\\\") {
+        unquoted = unquoted.replace("\\\\", "\\");
+    }
+    let mut plain = String::new();
+    let mut rest = unquoted.as_str();
+    while let Some(i) = rest.find("\\u") {
+        plain.push_str(&rest[..i]);
+        let hex = rest.get(i + 2..i + 6).unwrap_or("");
+        match u32::from_str_radix(hex, 16).ok().and_then(char::from_u32) {
+            Some(c) if hex.len() == 4 => {
+                plain.push(c);
+                rest = &rest[i + 6..];
+            }
+            _ => {
+                plain.push_str("\\u");
+                rest = &rest[i + 2..];
+            }
+        }
+    }
+    plain.push_str(rest);
+    let plain = crabbox_e2b_wire::control::percent_decode(&plain);
+    for secret in [&common::KEY[4..], TOKEN, TRAFFIC] {
+        assert!(!plain.contains(secret), "a secret leaked: {text}");
+    }
+}
+
+/// A connection the mock can reset: once `reset` is set, its next write fails and it is
+/// closed with `SO_LINGER` 0, so the client sees a reset instead of an answer.
+struct ResettableIo {
+    stream: tokio::net::TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+impl ResettableIo {
+    fn broken(&self) -> Option<std::io::Error> {
+        if !self.reset.load(Ordering::SeqCst) {
+            return None;
+        }
+        let _ = self.stream.set_zero_linger();
+        Some(std::io::ErrorKind::ConnectionReset.into())
+    }
+}
+
+impl tokio::io::AsyncRead for ResettableIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ResettableIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(e) = self.broken() {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(e) = self.broken() {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The handle a handler resets its request's connection with.
+#[derive(Clone, Debug)]
+struct Conn(Arc<AtomicBool>);
+
+impl Conn {
+    /// Resets the connection instead of answering: what the handler returns is never sent.
+    fn reset(&self) -> Response {
+        self.0.store(true, Ordering::SeqCst);
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    }
+}
+
+struct ResettableListener(tokio::net::TcpListener);
+
+impl axum::serve::Listener for ResettableListener {
+    type Io = ResettableIo;
+    type Addr = Conn;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            if let Ok((stream, _)) = self.0.accept().await {
+                let reset = Arc::new(AtomicBool::new(false));
+                let io = ResettableIo {
+                    stream,
+                    reset: reset.clone(),
+                };
+                return (io, Conn(reset));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Conn(Arc::default()))
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ResettableListener>>
+    for Conn
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ResettableListener>) -> Self {
+        stream.remote_addr().clone()
     }
 }
 
 fn sandbox(id: &str) -> Value {
     json!({"templateID": "base", "sandboxID": id, "clientID": "mock", "envdVersion": "0.6.13",
-           "envdAccessToken": TOKEN, "trafficAccessToken": null, "domain": null})
+           "envdAccessToken": TOKEN, "trafficAccessToken": TRAFFIC, "domain": null})
 }
 
 fn listed(id: &str, lease: &str) -> Value {
@@ -162,7 +358,7 @@ fn listed(id: &str, lease: &str) -> Value {
 async fn create(State(m): S, body: Bytes) -> Response {
     m.note("POST /v2/sandboxes".into());
     if m.create_status != 201 {
-        return m.overloaded();
+        return m.refusing(m.create_status);
     }
     let body: Value = serde_json::from_slice(&body).unwrap();
     let meta = body["metadata"].clone();
@@ -220,8 +416,25 @@ fn made_with_lease(m: &Mock, lease: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn detail(State(m): S, Path(id): Path<String>) -> Response {
+async fn detail(
+    State(m): S,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(id): Path<String>,
+) -> Response {
     m.note(format!("GET /sandboxes/{id}"));
+    if Mock::take_reset(&m.reset_gets) {
+        return conn.reset();
+    }
+    if m.leak && id == "leaky" {
+        return m.leaking(500);
+    }
+    if m.gone.load(Ordering::SeqCst) {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"code": 404, "message": format!("sandbox {id} not found")})),
+        )
+            .into_response();
+    }
     if id == "redirect" {
         return (
             StatusCode::TEMPORARY_REDIRECT,
@@ -246,11 +459,25 @@ async fn detail(State(m): S, Path(id): Path<String>) -> Response {
     }
     d["envdAccessToken"] = json!(TOKEN);
     d["domain"] = Value::Null;
+    if m.leak && id == "leakjson" {
+        // A well-formed answer of the wrong shape: the parser's complaint quotes the value.
+        d["cpuCount"] = json!(quoted_secrets());
+    }
     axum::Json(d).into_response()
 }
 
-async fn kill(State(m): S, Path(id): Path<String>) -> Response {
+async fn kill(
+    State(m): S,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(id): Path<String>,
+) -> Response {
     m.note(format!("DELETE /sandboxes/{id}"));
+    if Mock::take_reset(&m.reset_deletes) {
+        return conn.reset();
+    }
+    if m.leak {
+        return m.leaking(500);
+    }
     if m.delete_status != 204 {
         return (
             StatusCode::from_u16(m.delete_status).unwrap(),
@@ -306,12 +533,25 @@ async fn health(State(m): S, headers: HeaderMap) -> StatusCode {
 
 async fn make_dir(State(m): S) -> Response {
     m.note("MakeDir".into());
+    if m.leak_in_make_dir {
+        return axum::Json(json!(quoted_secrets())).into_response();
+    }
     axum::Json(json!({})).into_response()
 }
 
 async fn upload(State(m): S, Query(q): Query<HashMap<String, String>>, _body: Bytes) -> Response {
     let path = q.get("path").cloned().unwrap_or_default();
     m.note(format!("upload {path}"));
+    if m.leak {
+        return m.leaking(503);
+    }
+    if m.upload_status != 200 {
+        return (
+            StatusCode::from_u16(m.upload_status).unwrap(),
+            axum::Json(json!({"code": m.upload_status, "message": "service unavailable"})),
+        )
+            .into_response();
+    }
     axum::Json(json!([{"path": path, "name": "f", "type": "file"}])).into_response()
 }
 
@@ -353,6 +593,34 @@ async fn start(State(m): S, headers: HeaderMap, body: Bytes) -> Response {
         "Start body {}",
         String::from_utf8_lossy(&req[0].payload)
     ));
+    if m.leak {
+        return m.leaking(500);
+    }
+    if let Some((status, body)) = m.start_refusal {
+        return (
+            StatusCode::from_u16(status).unwrap(),
+            [("content-type", "application/json")],
+            body,
+        )
+            .into_response();
+    }
+    if m.leak_in_stream_end {
+        let err =
+            crabbox_e2b_wire::ConnectError::new(crabbox_e2b_wire::Code::Internal, quoted_secrets());
+        let done = [
+            envelope::encode(0, br#"{"event":{"start":{"pid":42}}}"#),
+            envelope::encode_end_stream(Some(&err)),
+        ];
+        return Response::builder()
+            .header("content-type", "application/connect+json")
+            .body(Body::from_stream(futures::stream::iter(
+                done.into_iter().map(Ok::<Bytes, std::io::Error>),
+            )))
+            .unwrap();
+    }
+    if m.kill_on_start {
+        m.gone.store(true, Ordering::SeqCst);
+    }
     if String::from_utf8_lossy(&req[0].payload).contains("for d in /proc/") {
         // The reaper after an abandoned sync: runs and ends at once.
         m.note("reaper ran".into());
@@ -448,8 +716,9 @@ async fn serve(mock: Mock) -> (Arc<Mock>, String) {
         .with_state(mock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let listener = ResettableListener(listener);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<Conn>()).await;
     });
     (mock, format!("http://{addr}"))
 }
@@ -1090,4 +1359,289 @@ async fn requests_match_the_official_sdk_wire_shapes() {
     assert_eq!(msg["process"]["cwd"], "/home/user/crabbox");
     // GET /health: no body, token and routing headers (checked above).
     assert!(!find("GET", "/health").is_empty());
+}
+
+fn warmup_req(repo: &RepoFixture) -> crabbox_core::engine::WarmupRequest {
+    crabbox_core::engine::WarmupRequest {
+        slug: None,
+        ttl: Duration::from_secs(600),
+        repo_root: Some(repo.root().to_path_buf()),
+    }
+}
+
+fn stop_req(lease_id: &str) -> crabbox_core::engine::StopRequest {
+    crabbox_core::engine::StopRequest {
+        id: lease_id.to_string(),
+        reclaim: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_connection_on_get_and_delete_is_retried_and_stop_drops_the_claim() {
+    let (mock, url) = serve(Mock::new(StreamMode::NoEnd)).await;
+    let world = World::new();
+    let rec = Arc::new(common::Recorder::default());
+    let fast = RetryPolicy {
+        base_delay: Duration::from_millis(20),
+        ..RetryPolicy::default()
+    };
+    let p = world
+        .provider_with(&url, &url, &[], fast, rec.clone())
+        .unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warmup_req(&repo), &SilentReporter).await.unwrap();
+    let gets = mock.count("GET /sandboxes/sbx1");
+    mock.reset_gets.store(1, Ordering::SeqCst);
+    mock.reset_deletes.store(1, Ordering::SeqCst);
+    let o = p.stop(&stop_req(&warm.lease_id)).await.unwrap();
+    assert!(!o.already_gone);
+    assert_eq!(
+        mock.count("GET /sandboxes/sbx1") - gets,
+        2,
+        "the ownership check was reset once, then answered: {:?}",
+        mock.entries()
+    );
+    assert_eq!(
+        mock.count("DELETE /sandboxes/sbx1"),
+        2,
+        "{:?}",
+        mock.entries()
+    );
+    assert!(world.claims().get(&warm.lease_id).unwrap().is_none());
+    assert_eq!(rec.text(), "", "waits this short are not worth a line");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_beyond_the_cap_is_capped_reported_and_giving_up_says_why() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.retry_after = "3600";
+    mock.get_failures.store(10, Ordering::SeqCst);
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let rec = Arc::new(common::Recorder::default());
+    let capped = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_secs(1),
+        report_after: Duration::from_millis(500),
+    };
+    let p = world
+        .provider_with(&url, &url, &[], capped, rec.clone())
+        .unwrap();
+    let t = Instant::now();
+    let err = p
+        .status(&StatusRequest {
+            id: Some("sbx9".into()),
+            wait: None,
+        })
+        .await
+        .unwrap_err();
+    // Two waits of the 1s cap, not two hours.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(mock.count("GET /sandboxes/sbx9"), 3);
+    let waits: Vec<String> = (2..=3)
+        .map(|n| {
+            format!(
+                "E2B answered 503 for looking up sandbox sbx9 and asked to wait 3600s; \
+                 retrying in 1s (attempt {n} of 3)"
+            )
+        })
+        .collect();
+    assert_eq!(*rec.lines.lock().unwrap(), waits);
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let text = err.to_string();
+    for says in [
+        "E2B is unavailable",
+        "sbx9",
+        "gave up after 3 attempts",
+        "E2B asked to wait 3600s, crabbox waits at most 1s",
+        "retry later",
+    ] {
+        assert!(text.contains(says), "{says:?} missing: {text}");
+    }
+    assert!(!text.contains('\n'), "one line: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envd_unavailable_during_the_sync_upload_is_a_transport_error() {
+    for status in [502, 503] {
+        let mut mock = Mock::new(StreamMode::NoEnd);
+        mock.upload_status = status;
+        let (mock, url) = serve(mock).await;
+        let world = World::new();
+        let p = world.provider_at(&url, &url, &[]).unwrap();
+        let repo = RepoFixture::new();
+        let err = p
+            .run(
+                &request(&repo, None, &["true"]),
+                &mut CapturedOutput::default(),
+                &SilentReporter,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err.root(), Error::Transport(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 1, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("sandbox sbx1") && text.contains(&format!("HTTP {status}")),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert_eq!(mock.count("DELETE /sandboxes/sbx1"), 1);
+        assert!(world.claims().list().unwrap().0.is_empty());
+    }
+}
+
+const GONE: &str = "sandbox sbx1 is no longer running: it was killed or its timeout passed";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_gone_during_the_command_is_not_found_with_the_lease_to_stop() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.kill_on_start = true;
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+
+    // A kept lease: its claim outlives the sandbox, so the error names the lease to stop.
+    let warm = p.warmup(&warmup_req(&repo), &SilentReporter).await.unwrap();
+    let mut req = request(&repo, Some(&warm.lease_id), &["sleep", "100"]);
+    req.sync = None;
+    let err = p
+        .run(&req, &mut CapturedOutput::default(), &SilentReporter)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains(GONE), "{err}");
+    assert_eq!(
+        err.hints(),
+        [&crabbox_core::hint::Hint::Stop {
+            provider: "e2b".into(),
+            lease_id: warm.lease_id.clone()
+        }]
+    );
+    assert!(world.claims().get(&warm.lease_id).unwrap().is_some());
+    assert!(
+        p.stop(&stop_req(&warm.lease_id))
+            .await
+            .unwrap()
+            .already_gone
+    );
+
+    // A one-shot run: released (the claim dropped), so there is nothing to stop.
+    mock.gone.store(false, Ordering::SeqCst);
+    let mut req = request(&repo, None, &["sleep", "100"]);
+    req.sync = None;
+    let err = p
+        .run(&req, &mut CapturedOutput::default(), &SilentReporter)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains(GONE), "{err}");
+    assert!(err.hints().is_empty(), "{:?}", err.hints());
+    assert!(world.claims().list().unwrap().0.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envd_saying_the_sandbox_was_not_found_is_not_found() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.start_refusal = Some((
+        502,
+        r#"{"code":502,"message":"The sandbox sbx1 was not found"}"#,
+    ));
+    let (_mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let mut req = request(&repo, None, &["true"]);
+    req.sync = None;
+    let err = p
+        .run(&req, &mut CapturedOutput::default(), &SilentReporter)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains(GONE), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_refused_for_load_says_retry_later() {
+    for (status, says) in [(429, "E2B is rate limiting"), (503, "E2B is unavailable")] {
+        let mut mock = Mock::new(StreamMode::NoEnd);
+        mock.create_status = status;
+        mock.retry_after = "0";
+        let (_mock, url) = serve(mock).await;
+        let world = World::new();
+        let p = world.provider_at(&url, &url, &[]).unwrap();
+        let repo = RepoFixture::new();
+        let err = p
+            .run(
+                &request(&repo, None, &["true"]),
+                &mut CapturedOutput::default(),
+                &SilentReporter,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 1, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(says) && text.contains("retry later"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "one line: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_quoted_by_either_plane_never_reach_an_error_or_a_status_line() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.leak = true;
+    let (_mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    // envd: the sync's upload, then the command's start, refused; each release's DELETE
+    // refused too (reported as a status line). The key is known from the start, the tokens
+    // from the create's answer.
+    let repo = RepoFixture::new();
+    let mut no_sync = request(&repo, None, &["true"]);
+    no_sync.sync = None;
+    for req in [request(&repo, None, &["true"]), no_sync] {
+        let rec = common::Recorder::default();
+        let err = p
+            .run(&req, &mut CapturedOutput::default(), &rec)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("sbx1"), "{err}");
+        assert_no_secret(&err.to_string());
+        assert!(rec.text().contains("could not delete"), "{}", rec.text());
+        assert_no_secret(&rec.text());
+    }
+    // The control plane (which has seen the sandbox's tokens by now): an error answer, and an answer whose parser quotes it.
+    for id in ["leaky", "leakjson"] {
+        let err = p
+            .status(&StatusRequest {
+                id: Some(id.into()),
+                wait: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(id), "{err}");
+        assert_no_secret(&err.to_string());
+    }
+
+    // A unary call's answer of the wrong shape, and the command stream's own error.
+    for in_make_dir in [true, false] {
+        let mut mock = Mock::new(StreamMode::NoEnd);
+        mock.leak_in_make_dir = in_make_dir;
+        mock.leak_in_stream_end = !in_make_dir;
+        let (_mock, url) = serve(mock).await;
+        let p = world.provider_at(&url, &url, &[]).unwrap();
+        let mut req = request(&repo, None, &["true"]);
+        req.sync = None;
+        let err = p
+            .run(&req, &mut CapturedOutput::default(), &SilentReporter)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("sbx1"), "{err}");
+        assert_no_secret(&err.to_string());
+    }
 }

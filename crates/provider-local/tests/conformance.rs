@@ -14,6 +14,7 @@ fn engine_with(caller_env: BTreeMap<String, String>) -> (tempfile::TempDir, Engi
     let provider = LocalProvider::new(&ProviderContext {
         state_dir: state.clone(),
         caller_env,
+        reporter: std::sync::Arc::new(crabbox_core::events::SilentReporter),
     });
     let p = Engine::new(
         Box::new(provider),

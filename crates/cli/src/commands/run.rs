@@ -7,7 +7,7 @@ use crabbox_core::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::context::{self, StdioSink, TermReporter};
+use crate::context::{self, StdioSink};
 
 pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
     let mut extra = Vec::new();
@@ -16,7 +16,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
     }
     let cfg = context::load_config(g, extra)?;
     let engine = context::engine(&cfg, g)?;
-    let reporter = TermReporter::new(false);
+    let reporter = context::reporter();
     let keep = if a.keep {
         KeepPolicy::Always
     } else if a.keep_on_failure {
@@ -41,7 +41,9 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
         eprintln!("crabbox: warning: {w}");
     }
     watch_signals(cancel);
-    let outcome = engine.run(&plan.request, &mut StdioSink, &reporter).await?;
+    let outcome = engine
+        .run(&plan.request, &mut StdioSink, reporter.as_ref())
+        .await?;
     if a.timing_json {
         let line = serde_json::to_string(&outcome.timing_report()).expect("serializable");
         eprintln!("{line}");

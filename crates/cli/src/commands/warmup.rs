@@ -4,12 +4,12 @@ use crabbox_core::engine::WarmupRequest;
 use crabbox_core::Result;
 
 use crate::cli::{GlobalArgs, WarmupArgs};
-use crate::context::{self, TermReporter};
+use crate::context;
 
 pub async fn run(g: &GlobalArgs, a: WarmupArgs) -> Result<i32> {
     let cfg = context::load_config(g, vec![])?;
     let engine = context::engine(&cfg, g)?;
-    let reporter = TermReporter::new(false);
+    let reporter = context::reporter();
     let b = engine
         .warmup(
             &WarmupRequest {
@@ -17,7 +17,7 @@ pub async fn run(g: &GlobalArgs, a: WarmupArgs) -> Result<i32> {
                 ttl: cfg.core.ttl,
                 repo_root: Some(cfg.repo_root.clone()),
             },
-            &reporter,
+            reporter.as_ref(),
         )
         .await?;
     if a.json {

@@ -66,7 +66,7 @@ impl Engine {
             Err(e) => {
                 self.release_within(CANCEL_BUDGET / 2, &acquired, req, reporter)
                     .await;
-                return Err(e);
+                return Err(self.gone_hint(&acquired, e));
             }
         };
 
@@ -87,7 +87,7 @@ impl Engine {
             }
             Err(e) => {
                 self.release(&acquired, false, req, reporter).await;
-                Err(e)
+                Err(self.gone_hint(&acquired, e))
             }
         };
         timing.release_ms = ms(t.elapsed());
@@ -214,6 +214,19 @@ impl Engine {
                 reporter.hint(&self.stop_hint(&target.lease_id));
                 Release::Failed(why)
             }
+        }
+    }
+
+    /// `e` with the lease to stop when it says the box is gone (it died during the run)
+    /// while this machine still claims it, as it does a kept or reused box: stopping drops
+    /// the claim. A box the run released has no claim left, and no hint.
+    fn gone_hint(&self, acquired: &Acquired, e: Error) -> Error {
+        let lease_id = &acquired.target.lease_id;
+        let claimed = matches!(self.claims.get(lease_id), Ok(Some(_)));
+        if claimed && matches!(e.root(), Error::NotFound(_)) && e.hints().is_empty() {
+            e.with_hint(self.stop_hint(lease_id))
+        } else {
+            e
         }
     }
 

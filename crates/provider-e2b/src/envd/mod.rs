@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::control::error_chain;
-use crabbox_core::secret::Secret;
+use crabbox_core::secret::{Scrubber, Secret};
 
 mod process_stream;
 
@@ -46,27 +46,39 @@ pub struct Envd {
     sandbox_id: String,
     token: Option<Secret>,
     user: String,
+    /// Every secret the provider holds (API key, tokens): scrubbed from what envd says.
+    secrets: Scrubber,
 }
 
 impl Envd {
+    /// A client of `sandbox_id`'s envd; `token` joins `secrets`.
     pub fn new(
         http: reqwest::Client,
         route: &EnvdRoute,
         sandbox_id: &str,
         token: Option<Secret>,
         user: &str,
+        secrets: Scrubber,
     ) -> Self {
         let base = match route {
             EnvdRoute::Domain(domain) => format!("https://{ENVD_PORT}-{sandbox_id}.{domain}"),
             EnvdRoute::Fixed(base) => base.clone(),
         };
+        if let Some(token) = &token {
+            secrets.add(token.clone());
+        }
         Self {
             http,
             base,
             sandbox_id: sandbox_id.to_string(),
             token,
             user: user.to_string(),
+            secrets,
         }
+    }
+
+    pub fn sandbox_id(&self) -> &str {
+        &self.sandbox_id
     }
 
     pub fn base(&self) -> &str {
@@ -100,11 +112,9 @@ impl Envd {
             )
     }
 
-    fn scrub(&self, text: &str) -> String {
-        match &self.token {
-            Some(t) => t.scrub(text),
-            None => text.to_string(),
-        }
+    /// `text` (built from what the sandbox said) without any secret the provider holds.
+    pub fn scrub(&self, text: &str) -> String {
+        self.secrets.scrub(text)
     }
 
     fn transport(&self, what: &str, e: &reqwest::Error) -> Error {
@@ -155,16 +165,37 @@ impl Envd {
         }
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
+        if is_gone(status, &body) {
+            return Err(self.gone());
+        }
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
             .unwrap_or(body);
-        Err(Error::Sync(self.scrub(&format!(
-            "sandbox {} envd: {what}: HTTP {}: {}",
-            self.sandbox_id,
-            status.as_u16(),
-            message.trim()
-        ))))
+        let (id, code) = (&self.sandbox_id, status.as_u16());
+        let said = match message.trim() {
+            "" => String::new(),
+            m => format!(" ({})", m.chars().take(300).collect::<String>()),
+        };
+        // Only a box without room for the files is the tree's problem; any other refusal is
+        // the service's, and the workdir is untouched (the sync was staged).
+        Err(if status == StatusCode::INSUFFICIENT_STORAGE {
+            Error::Sync(self.scrub(&format!(
+                "sandbox {id} has no room for the sync: it answered HTTP {code}{said} while \
+                 receiving the files; the workdir is unchanged, free space on the box or sync \
+                 less"
+            )))
+        } else {
+            Error::Transport(self.scrub(&format!(
+                "the sync to sandbox {id} failed: E2B answered HTTP {code}{said} while the box \
+                 was receiving the files; the workdir is unchanged, retry later"
+            )))
+        })
+    }
+
+    /// The error for a sandbox that is no longer there to answer.
+    pub fn gone(&self) -> Error {
+        gone(&self.sandbox_id)
     }
 
     /// One unary Connect call with the JSON codec.
@@ -187,18 +218,23 @@ impl Envd {
             .bytes()
             .await
             .map_err(|e| RpcFailure::Transport(self.transport(method, &e)))?;
+        if is_gone(status, &String::from_utf8_lossy(&body)) {
+            return Err(RpcFailure::Transport(self.gone()));
+        }
         if status == StatusCode::OK {
             return serde_json::from_slice(&body).map_err(|e| {
-                RpcFailure::Transport(Error::Transport(format!(
+                // The parser's complaint may quote the answer.
+                RpcFailure::Transport(Error::Transport(self.scrub(&format!(
                     "sandbox {} envd: {method}: unreadable response: {e}",
                     self.sandbox_id
-                )))
+                ))))
             });
         }
         let err = serde_json::from_slice::<ConnectError>(&body).unwrap_or_else(|_| {
+            // Scrubbed whole, before the cut could split a secret.
             ConnectError::new(
                 Code::from_http_status(status.as_u16()),
-                String::from_utf8_lossy(&body)
+                self.scrub(&String::from_utf8_lossy(&body))
                     .chars()
                     .take(300)
                     .collect::<String>(),
@@ -273,6 +309,9 @@ impl Envd {
         let status = resp.status();
         if status != StatusCode::OK {
             let body = resp.text().await.unwrap_or_default();
+            if is_gone(status, &body) {
+                return Err(self.gone());
+            }
             let message = serde_json::from_str::<ConnectError>(&body)
                 .map(|e| e.to_string())
                 .unwrap_or(body);
@@ -291,8 +330,22 @@ impl Envd {
         Ok(ProcessStream::new(
             resp.bytes_stream().boxed(),
             self.sandbox_id.clone(),
+            self.secrets.clone(),
         ))
     }
+}
+
+/// What a sandbox that is gone (killed, or its timeout passed) amounts to for the user.
+pub fn gone(sandbox_id: &str) -> Error {
+    Error::NotFound(format!(
+        "sandbox {sandbox_id} is no longer running: it was killed or its timeout passed; run \
+         on a new one (a longer ttl, up to e2b.maxTtl, keeps a sandbox up longer)"
+    ))
+}
+
+/// E2B's proxy answers 502 "The sandbox .. was not found" for a sandbox that is not running.
+fn is_gone(status: StatusCode, body: &str) -> bool {
+    status == StatusCode::BAD_GATEWAY && body.to_ascii_lowercase().contains("not found")
 }
 
 /// A failed unary call: the transport broke, or envd answered with a Connect error.
@@ -324,6 +377,7 @@ mod tests {
             "sbx1",
             Some(Secret::new("tok-secret")),
             "user",
+            Scrubber::default(),
         );
         let req = e.request(Method::GET, "/health").build().unwrap();
         assert_eq!(req.headers()["e2b-sandbox-id"], "sbx1");
@@ -336,6 +390,7 @@ mod tests {
             "sbx1",
             None,
             "user",
+            Scrubber::default(),
         );
         assert_eq!(d.base(), "https://49983-sbx1.e2b.app");
         let req = d.request(Method::GET, "/health").build().unwrap();
@@ -357,6 +412,7 @@ mod tests {
             "s",
             None,
             "root",
+            Scrubber::default(),
         );
         let req = e.rpc("process.Process", "Start").build().unwrap();
         assert_eq!(req.headers()["authorization"], "Basic cm9vdDo=");

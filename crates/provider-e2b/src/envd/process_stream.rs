@@ -4,6 +4,7 @@
 //! does), and the exit code of a finished process ([`exit_code_of`]).
 
 use bytes::Bytes;
+use crabbox_core::secret::Scrubber;
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::envelope::EnvelopeDecoder;
 use crabbox_e2b_wire::process::{self, ProcessEvent, StartResponse};
@@ -18,6 +19,8 @@ pub struct ProcessStream {
     decoder: EnvelopeDecoder,
     finished: bool,
     sandbox_id: String,
+    /// What envd says in its errors is scrubbed of these.
+    secrets: Scrubber,
 }
 
 impl ProcessStream {
@@ -25,12 +28,14 @@ impl ProcessStream {
     pub(super) fn new(
         body: BoxStream<'static, reqwest::Result<Bytes>>,
         sandbox_id: String,
+        secrets: Scrubber,
     ) -> Self {
         Self {
             body,
             decoder: EnvelopeDecoder::new(),
             finished: false,
             sandbox_id,
+            secrets,
         }
     }
 
@@ -39,6 +44,13 @@ impl ProcessStream {
     ///
     /// Cancel-safe: the only await point is the next network chunk.
     pub async fn next_event(&mut self) -> Result<Option<ProcessEvent>> {
+        self.next_unscrubbed().await.map_err(|e| match e {
+            Error::Transport(text) => Error::Transport(self.secrets.scrub(&text)),
+            other => other,
+        })
+    }
+
+    async fn next_unscrubbed(&mut self) -> Result<Option<ProcessEvent>> {
         loop {
             if self.finished {
                 return Ok(None);
@@ -197,6 +209,7 @@ mod tests {
         ProcessStream::new(
             futures::stream::iter(vec![Ok(Bytes::from(body))]).boxed(),
             "s".into(),
+            Scrubber::default(),
         )
     }
 

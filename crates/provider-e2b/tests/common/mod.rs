@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crabbox_core::claims::ClaimStore;
 use crabbox_core::config::{LoadOptions, LoadedConfig};
 use crabbox_core::engine::Engine;
-use crabbox_core::events::Reporter;
+use crabbox_core::events::{Reporter, SilentReporter};
 use crabbox_provider_e2b::{E2bProvider, RetryPolicy};
 use e2b_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use serde_json::Value;
@@ -71,6 +71,24 @@ impl World {
         sandbox_url: &str,
         extra: &[(&str, &str)],
     ) -> crabbox_core::Result<Engine> {
+        let fast = RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_secs(2),
+            ..RetryPolicy::default()
+        };
+        self.provider_with(api_url, sandbox_url, extra, fast, Arc::new(SilentReporter))
+    }
+
+    /// [`World::provider_at`] with a retry policy and a reporter for its waits.
+    pub fn provider_with(
+        &self,
+        api_url: &str,
+        sandbox_url: &str,
+        extra: &[(&str, &str)],
+        retry: RetryPolicy,
+        reporter: Arc<dyn Reporter>,
+    ) -> crabbox_core::Result<Engine> {
         let mut env: Vec<(&str, &str)> = vec![
             ("CRABBOX_E2B_API_KEY", KEY),
             ("CRABBOX_E2B_API_URL", api_url),
@@ -81,11 +99,9 @@ impl World {
             env.push((k, v));
         }
         let cfg = self.config(&env)?;
-        let provider = E2bProvider::from_config(&cfg)?.with_retry_policy(RetryPolicy {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(20),
-            max_delay: Duration::from_secs(2),
-        });
+        let provider = E2bProvider::from_config(&cfg)?
+            .with_retry_policy(retry)
+            .with_reporter(reporter);
         Ok(Engine::new(Box::new(provider), self.claims(), self.state_dir()).configured(&cfg))
     }
 

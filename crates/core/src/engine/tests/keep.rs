@@ -166,3 +166,26 @@ async fn a_delete_that_never_answers_after_a_cancel_is_reported() {
     assert_eq!(b.reporter.hints(), [stop_hint(&lease)]);
     assert!(b.claim(&lease).is_some());
 }
+
+#[tokio::test]
+async fn a_box_gone_under_a_run_names_the_lease_to_stop_while_it_is_still_claimed() {
+    let b = Bench::new();
+    let warm = b.warmup().await;
+    let gone = || Error::NotFound("box sbx1 is no longer running".into());
+    // A reused box dies during its sync, then during its command: the claim outlives it.
+    for op in [Op::Apply, Op::Start] {
+        b.fake.fail(op, gone());
+        let (result, _) = b.run(&b.request_on(&warm.lease_id, "make test")).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.exit_code(), 4, "{err}");
+        assert_eq!(err.hints(), [&stop_hint(&warm.lease_id)], "{op:?}");
+        assert!(b.claim(&warm.lease_id).is_some());
+    }
+    // A one-shot run released the box and its claim: nothing is left to stop.
+    b.fake.fail(Op::Start, gone());
+    let (result, _) = b.run(&b.request("make test")).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.hints().is_empty(), "{:?}", err.hints());
+    assert_eq!(b.claims().len(), 1, "only the warm lease's");
+}
