@@ -388,3 +388,70 @@ fn id_accepts_slug_sandbox_id_and_synthetic_id_and_reclaim_releases_unclaimed() 
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(e2b_list(&sb).is_empty());
 }
+
+/// The API key never appears anywhere crabbox writes: stdout, stderr, claims, state files,
+/// across every command, succeeding and failing, with the key's tail and encodings too.
+#[test]
+fn the_api_key_appears_in_no_output_and_no_state_file() {
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
+    let sb = emu.sandbox().with_env("CRABBOX_PROVIDER", "e2b");
+    let tail = emu.key.trim_start_matches("e2b_").to_string();
+    let mut outputs = Vec::new();
+    let lease = ok(sb.run(&["warmup"])).trim().to_string();
+    for args in [
+        vec!["run", "--", "true"],
+        vec![
+            "run",
+            "--id",
+            &lease,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        vec![
+            "run",
+            "--id",
+            &lease,
+            "--timing-json",
+            "--checksum",
+            "--",
+            "true",
+        ],
+        vec!["run", "--keep-on-failure", "--", "false"],
+        vec!["status", "--id", &lease, "--json"],
+        vec!["list", "--json"],
+        vec!["config", "show", "--json"],
+        vec!["run", "--id", "nope", "--", "true"],
+        vec!["stop", "--reclaim", "no-such-sandbox"],
+        vec!["cleanup", "--json"],
+        vec!["cleanup", "--yes"],
+    ] {
+        outputs.push(sb.run(&args));
+    }
+    for lease in sb
+        .claims()
+        .iter()
+        .map(|c| c["leaseId"].as_str().unwrap().to_string())
+    {
+        outputs.push(sb.run(&["stop", &lease]));
+    }
+    for o in &outputs {
+        for text in [stdout(o), stderr(o)] {
+            assert!(!text.contains(&tail), "the key leaked: {text}");
+        }
+    }
+    let mut files = vec![sb.state.clone()];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if p.is_file() {
+            let bytes = std::fs::read(&p).unwrap();
+            let leaked = bytes.windows(tail.len()).any(|w| w == tail.as_bytes());
+            assert!(!leaked, "the key is in {}", p.display());
+        }
+    }
+    assert!(e2b_list(&sb).is_empty(), "nothing left running");
+}
