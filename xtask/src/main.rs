@@ -46,7 +46,9 @@ fn workspace_root() -> PathBuf {
 
 /// Cargo's target directory, wherever `CARGO_TARGET_DIR` or a config file puts it.
 pub fn target_dir(root: &Path) -> Result<PathBuf> {
-    let out = Command::new("cargo")
+    let mut cmd = Command::new("cargo");
+    without_cargo_run_env(&mut cmd);
+    let out = cmd
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .current_dir(root)
         .stderr(Stdio::inherit())
@@ -72,7 +74,11 @@ pub fn step(
 ) -> Result {
     eprintln!("xtask: ==> {name}: {program} {}", args.join(" "));
     let t = Instant::now();
-    let status = Command::new(program)
+    let mut cmd = Command::new(program);
+    if program == "cargo" {
+        without_cargo_run_env(&mut cmd);
+    }
+    let status = cmd
         .args(args)
         .envs(envs.iter().copied())
         .current_dir(root)
@@ -86,6 +92,24 @@ pub fn step(
         Ok(())
     } else {
         Err(format!("{name} failed ({status})"))
+    }
+}
+
+/// Removes what `cargo run` put in xtask's environment about xtask itself. A cargo started from
+/// here would otherwise see `CARGO_MANIFEST_DIR=.../xtask`, and build scripts that track it (ring's)
+/// rerun, rebuilding everything above them, on every switch between `cargo xtask` and plain cargo.
+fn without_cargo_run_env(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(name);
+        }
     }
 }
 
