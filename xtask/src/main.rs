@@ -5,13 +5,13 @@
 //! checks, every Rust test, and the SDK fidelity script against the emulator.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 mod bench;
 
 /// The official SDK version the emulator is proven against.
-const E2B_SDK: &str = "e2b==2.63.0";
+const E2B_SDK_VERSION: &str = "2.63.0";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +44,27 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory, wherever `CARGO_TARGET_DIR` or a config file puts it.
+pub fn target_dir(root: &Path) -> Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    without_cargo_run_env(&mut cmd);
+    let out = cmd
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo metadata failed ({})", out.status));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("cargo metadata printed no JSON: {e}"))?;
+    v["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| "cargo metadata names no target_directory".into())
+}
+
 pub fn step(
     root: &Path,
     name: &str,
@@ -53,7 +74,11 @@ pub fn step(
 ) -> Result {
     eprintln!("xtask: ==> {name}: {program} {}", args.join(" "));
     let t = Instant::now();
-    let status = Command::new(program)
+    let mut cmd = Command::new(program);
+    if program == "cargo" {
+        without_cargo_run_env(&mut cmd);
+    }
+    let status = cmd
         .args(args)
         .envs(envs.iter().copied())
         .current_dir(root)
@@ -67,6 +92,24 @@ pub fn step(
         Ok(())
     } else {
         Err(format!("{name} failed ({status})"))
+    }
+}
+
+/// Removes what `cargo run` put in xtask's environment about xtask itself. A cargo started from
+/// here would otherwise see `CARGO_MANIFEST_DIR=.../xtask`, and build scripts that track it (ring's)
+/// rerun, rebuilding everything above them, on every switch between `cargo xtask` and plain cargo.
+fn without_cargo_run_env(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(name);
+        }
     }
 }
 
@@ -107,14 +150,7 @@ fn setup(root: &Path) -> Result {
             &[],
         )?;
     }
-    let has_sdk = Command::new(&python)
-        .args([
-            "-c",
-            "import importlib.metadata as m, sys; sys.exit(m.version('e2b') != '2.63.0')",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_sdk {
+    if !has_sdk(&python) {
         step(
             root,
             "install the E2B SDK",
@@ -125,12 +161,30 @@ fn setup(root: &Path) -> Result {
                 "install",
                 "-q",
                 "--disable-pip-version-check",
-                E2B_SDK,
+                &format!("e2b=={E2B_SDK_VERSION}"),
             ],
             &[],
         )?;
     }
     Ok(())
+}
+
+/// Whether the venv's Python has the pinned SDK. A quiet check: a missing package is an answer
+/// (false), not a traceback.
+fn has_sdk(python: &Path) -> bool {
+    let probe = format!(
+        "import importlib.metadata as m, sys\n\
+         try:\n    v = m.version('e2b')\n\
+         except m.PackageNotFoundError:\n    sys.exit(1)\n\
+         sys.exit(v != '{E2B_SDK_VERSION}')\n"
+    );
+    Command::new(python)
+        .args(["-c", &probe])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn ci(root: &Path) -> Result {
@@ -172,7 +226,7 @@ fn ci(root: &Path) -> Result {
         &["test", "--workspace"],
         &[("CRABBOX_REQUIRE_EMULATOR", "1")],
     )?;
-    let emulator = root.join("target/debug/e2b-emulator");
+    let emulator = target_dir(root)?.join("debug/e2b-emulator");
     let script = root.join("tests/sdk/conformance.py");
     step(
         root,
