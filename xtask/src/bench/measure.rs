@@ -63,6 +63,9 @@ pub struct Samples {
     /// Wall time of `run --id L -- true` and `run --id L --no-sync -- true`, no change.
     pub nochange_wall_ms: Vec<f64>,
     pub nosync_wall_ms: Vec<f64>,
+    /// Each pair's difference (the two runs of a pair are adjacent in time, so drift on a busy
+    /// machine cancels better than in a difference of medians).
+    pub nochange_overhead_ms: Vec<f64>,
     pub nochange_sync_ms: Vec<f64>,
 }
 
@@ -264,7 +267,8 @@ impl Provider<'_> {
         }
         // The first unchanged run may still settle something; it is not counted.
         self.crabbox.timed(&["--id", &lease, "--", "true"])?;
-        for round in 0..rounds.max(3) {
+        // Pairs are cheap and the difference is small against the noise: twice the rounds.
+        for round in 0..(2 * rounds + 1).max(5) {
             let with = || self.crabbox.timed(&["--id", &lease, "--", "true"]);
             let without = || {
                 self.crabbox
@@ -281,14 +285,17 @@ impl Provider<'_> {
             s.nochange_wall_ms.push(a.run.wall_ms);
             s.nochange_sync_ms.push(a.ms("syncMs"));
             s.nosync_wall_ms.push(b.run.wall_ms);
+            s.nochange_overhead_ms.push(a.run.wall_ms - b.run.wall_ms);
         }
         progress(
             self,
             repo,
             &format!(
-                "no change: {:.0} ms with sync, {:.0} ms with --no-sync (medians)",
+                "no change: {:.0} ms with sync, {:.0} ms with --no-sync, {:.0} ms apart (medians of {} pairs)",
                 median(&s.nochange_wall_ms),
-                median(&s.nosync_wall_ms)
+                median(&s.nosync_wall_ms),
+                median(&s.nochange_overhead_ms),
+                s.nochange_overhead_ms.len()
             ),
         );
         self.crabbox.stop(&lease)?;

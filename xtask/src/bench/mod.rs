@@ -12,7 +12,7 @@
 //!   baseline, it includes listing the files);
 //! - a warm sync after a one-file edit vs a full sync (`syncMs` against `syncMs`);
 //! - a warm run with no change: the wall time of `run --id L -- true` minus that of
-//!   `run --id L --no-sync -- true`;
+//!   `run --id L --no-sync -- true` (the median of 2N+1 adjacent pairs' differences);
 //! - the peak RSS of the crabbox process syncing a 1 GB tree (100,000 files, one round;
 //!   `--no-large` skips it).
 //!

@@ -58,6 +58,7 @@ pub fn figures(s: &Samples, targets: &Targets) -> Vec<Figure> {
     let (base, full_wall, full_sync) = (median(&base), median(&full_wall), median(&full_sync));
     let warm = median(&s.warm_edit_sync_ms);
     let (with, without) = (median(&s.nochange_wall_ms), median(&s.nosync_wall_ms));
+    let overhead = median(&s.nochange_overhead_ms);
     let ratio = full_wall / base;
     let pct = warm / full_sync * 100.0;
     vec![
@@ -80,9 +81,9 @@ pub fn figures(s: &Samples, targets: &Targets) -> Vec<Figure> {
         Figure {
             id: "nochange_overhead_ms",
             label: "warm run, no change: overhead over --no-sync",
-            value: with - without,
+            value: overhead,
             unit: "ms",
-            shown: format!("{:.0} ms ({with:.0} - {without:.0} ms)", with - without),
+            shown: format!("{overhead:.0} ms (runs {with:.0} / {without:.0} ms)"),
             target: targets.nochange_ms,
         },
     ]
@@ -127,8 +128,10 @@ pub struct Table {
 
 pub fn print_table(t: &Table) {
     println!("\n{}", t.title);
+    let label = t.figures.iter().map(|f| f.label.len()).max().unwrap_or(0);
+    let shown = t.figures.iter().map(|f| f.shown.len()).max().unwrap_or(0);
     println!(
-        "  {:<46} {:>30}  {:>10}  result",
+        "  {:<label$}  {:<shown$}  {:<10}  result",
         "figure", "measured", "target"
     );
     for f in &t.figures {
@@ -138,7 +141,7 @@ pub fn print_table(t: &Table) {
             None => "-",
         };
         println!(
-            "  {:<46} {:>30}  {:>10}  {result}",
+            "  {:<label$}  {:<shown$}  {:<10}  {result}",
             f.label,
             f.shown,
             f.target_shown()
@@ -182,6 +185,7 @@ pub fn medians(s: &Samples) -> serde_json::Value {
         "warmEditSentFiles": m(s.warm_edit_sent_files.clone()),
         "noChangeWallMs": m(s.nochange_wall_ms.clone()),
         "noSyncWallMs": m(s.nosync_wall_ms.clone()),
+        "noChangeOverheadMs": m(s.nochange_overhead_ms.clone()),
         "noChangeSyncMs": m(s.nochange_sync_ms.clone()),
         "rounds": s.full.len(),
     })
