@@ -247,7 +247,8 @@ impl Engine {
             } else {
                 Codec::Gzip
             };
-            let chunks = split(&source.root, &plan.send, codec);
+            // The plan's list moves into the chunks: one copy of a large tree's entries, not two.
+            let chunks = split(&source.root, std::mem::take(&mut plan.send), codec);
             let record = plan.record.encode();
             let apply = ApplySync {
                 ops: &plan.ops,
