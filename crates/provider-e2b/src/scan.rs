@@ -145,7 +145,9 @@ fn parse_find_time(v: &str) -> Option<i128> {
     let secs: i128 = secs.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
     let nanos: i128 = format!("{digits:0<9}").parse().ok()?;
-    Some(secs * 1_000_000_000 + if secs < 0 { -nanos } else { nanos })
+    // Out of range (no filesystem keeps such a time): none, rather than an overflow.
+    secs.checked_mul(1_000_000_000)?
+        .checked_add(if secs < 0 { -nanos } else { nanos })
 }
 
 /// `./a/b` -> `a/b`, `.` -> ``.
@@ -295,5 +297,16 @@ mod tests {
         assert!(tree.exists && tree.record.is_none());
         assert_eq!(tree.entries["f"].sha256, None);
         assert!(parse(b"garbage").is_err());
+    }
+
+    #[test]
+    fn an_mtime_out_of_range_is_unknown_not_an_overflow() {
+        // The multiplication overflowed, a panic in debug builds, on a box's say-so.
+        let huge = "9".repeat(35);
+        let out = format!("W\0E\0f\0644\01\0{huge}.5\0./a\0\0");
+        let tree = parse(out.as_bytes()).unwrap();
+        assert_eq!(tree.entries["a"].mtime_ns, 0);
+        assert_eq!(parse_find_time(&huge), None);
+        assert_eq!(parse_find_time("1700000000.25"), Some(1_700_000_000_250_000_000));
     }
 }
