@@ -307,6 +307,9 @@ mod tests {
         let tree = parse(out.as_bytes()).unwrap();
         assert_eq!(tree.entries["a"].mtime_ns, 0);
         assert_eq!(parse_find_time(&huge), None);
-        assert_eq!(parse_find_time("1700000000.25"), Some(1_700_000_000_250_000_000));
+        assert_eq!(
+            parse_find_time("1700000000.25"),
+            Some(1_700_000_000_250_000_000)
+        );
     }
 }

@@ -201,6 +201,30 @@ fn unknown_key_warns_naming_it() {
 }
 
 #[test]
+fn a_quoted_key_is_found_by_line_whatever_its_letters() {
+    // A quoted key starting with a letter of more than one byte panicked (the config_loader
+    // fuzz target, seed `quoted_non_ascii_key`); a quoted key was never found by line.
+    let e = env(&[]);
+    e.repo(
+        ".crabbox.yaml",
+        "provider: local\n\"\u{e9}t\u{e9}\": 1\n'x': 2\n",
+    );
+    let c = e.load().unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains(".crabbox.yaml:2"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings[1].contains(".crabbox.yaml:3"),
+        "{:?}",
+        c.warnings
+    );
+    assert_eq!(yaml::line_of_key("a: 1\n", &[]), None);
+}
+
+#[test]
 fn api_key_in_a_file_is_refused() {
     let e = env(&[]);
     e.user("acme:\n  apiKey: acme_secret\n");
