@@ -313,3 +313,65 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A field of a scan: numbers (huge ones too), paths, the letters the format uses.
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "W", "N", "E", "H", "f", "d", "l", "x", ".", "./a", "./a/b"
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            "[0-9]{1,45}(\\.[0-9]{0,12})?".prop_map(String::into_bytes),
+            "-[0-9]{1,40}\\.[0-9]{1,3}".prop_map(String::into_bytes),
+            "R[0-9]{1,3}".prop_map(String::into_bytes),
+            "[0-9a-f]{4}  \\./[a-z./]{0,6}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_output_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn output_shaped_like_a_scan_never_panics(
+            head in prop::sample::select(vec!["W", "N", "X"]),
+            record in proptest::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+            record_len_off in -2i64..3,
+            fields in prop::collection::vec(field(), 0..30),
+        ) {
+            let mut out = Vec::new();
+            out.extend_from_slice(head.as_bytes());
+            out.push(0);
+            if let Some(r) = &record {
+                let len = (r.len() as i64 + record_len_off).max(0);
+                out.extend_from_slice(format!("R{len}").as_bytes());
+                out.push(0);
+                out.extend_from_slice(r);
+            }
+            out.extend_from_slice(b"E\0");
+            for f in &fields {
+                out.extend_from_slice(f);
+                out.push(0);
+            }
+            if let Ok(tree) = parse(&out) {
+                for dir in &tree.scanned {
+                    prop_assert!(
+                        dir.is_empty()
+                            || tree.record.as_ref().is_some_and(|r| r.dirs.contains(dir)),
+                        "{:?} was scanned but not recorded", dir
+                    );
+                }
+            }
+        }
+    }
+}

@@ -321,3 +321,102 @@ mod tests {
         assert!(d.next_decoded().unwrap_err().contains("compressed"));
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use crabbox_e2b_wire::envelope;
+    use crabbox_e2b_wire::process::{DataEvent, EndEvent, KeepAlive, StartEvent};
+    use proptest::prelude::*;
+
+    /// Everything `d` yields until it needs more bytes, ends or fails (`None` for a failure).
+    fn drain(d: &mut EventDecoder, out: &mut Vec<Decoded>) -> Option<()> {
+        loop {
+            match d.next_decoded() {
+                Ok(Decoded::NeedMore) => return Some(()),
+                Ok(Decoded::End) => {
+                    out.push(Decoded::End);
+                    assert_eq!(d.next_decoded(), Ok(Decoded::End), "the end stays the end");
+                    return Some(());
+                }
+                Ok(e) => out.push(e),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn event() -> impl Strategy<Value = ProcessEvent> {
+        let bytes = prop::collection::vec(any::<u8>(), 0..30);
+        prop_oneof![
+            any::<u32>().prop_map(|pid| ProcessEvent::Start(StartEvent { pid })),
+            bytes
+                .clone()
+                .prop_map(|b| ProcessEvent::Data(DataEvent::Stdout(b))),
+            bytes.prop_map(|b| ProcessEvent::Data(DataEvent::Stderr(b))),
+            (any::<i32>(), any::<bool>(), "[ -~]{0,16}").prop_map(|(exit_code, exited, status)| {
+                ProcessEvent::End(EndEvent {
+                    exit_code,
+                    exited,
+                    status,
+                    error: None,
+                })
+            }),
+            Just(ProcessEvent::Keepalive(KeepAlive {})),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_split_of_a_stream_yields_its_events(
+            events in prop::collection::vec(event(), 0..8),
+            cuts in prop::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let mut body = Vec::new();
+            for e in &events {
+                let msg = serde_json::to_vec(&StartResponse::new(e.clone())).unwrap();
+                body.extend_from_slice(&envelope::encode(0, &msg));
+            }
+            body.extend_from_slice(&envelope::encode(envelope::FLAG_END_STREAM, b"{}"));
+            let mut at: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+            at.sort_unstable();
+            let mut d = EventDecoder::new();
+            let mut got = Vec::new();
+            let mut start = 0;
+            for a in at.into_iter().chain([body.len()]) {
+                d.push(&body[start..a]);
+                start = a;
+                prop_assert!(drain(&mut d, &mut got).is_some());
+                if got.last() == Some(&Decoded::End) {
+                    prop_assert_eq!(start, body.len(), "the end is the last message");
+                    break;
+                }
+            }
+            let mut want: Vec<Decoded> = events.into_iter().map(Decoded::Event).collect();
+            want.push(Decoded::End);
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+            chunk in 1usize..64,
+            flags in 0u8..4,
+        ) {
+            let mut d = EventDecoder::new();
+            let mut got = Vec::new();
+            for c in bytes.chunks(chunk) {
+                d.push(c);
+                if drain(&mut d, &mut got).is_none() {
+                    break;
+                }
+            }
+            // The same bytes as one message's payload.
+            let mut d = EventDecoder::new();
+            d.push(&envelope::encode(flags, &bytes));
+            let _ = drain(&mut d, &mut got);
+            let _ = is_unknown_event(&bytes);
+        }
+    }
+}
