@@ -359,3 +359,56 @@ fn sections_bring_their_defaults_keys_and_env() {
         c.warnings
     );
 }
+
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A config file's lines from the keys and values configs use, quoted, indented and
+    /// non-ASCII ones among them.
+    fn config_text() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "provider", "sync", "exclude", "include", "delete", "timeout", "env", "allow", "acme",
+            "template", "apiKey", "ttl", "\"é\"", "'x'", "\"sync\"", "- a", "é",
+        ]);
+        let value = prop::sample::select(vec![
+            "",
+            " 1",
+            " [a, b]",
+            " \"90m\"",
+            " yes",
+            " {a: 1}",
+            " é",
+            " -1",
+            " ~",
+            " &a x",
+            " *a",
+            " 1e400",
+            " !!binary aGk=",
+        ]);
+        // Mostly top-level lines, so that much of it is valid YAML.
+        let indent = prop_oneof![4 => Just(0usize), 1 => Just(1), 1 => Just(2)];
+        let line = (indent, key, value).prop_map(|(i, k, v)| format!("{}{k}:{v}", "  ".repeat(i)));
+        prop_oneof![
+            prop::collection::vec(line, 0..8).prop_map(|l| l.join("\n")),
+            ".{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_config_file_loads_or_is_refused_cleanly(
+            text in config_text(),
+            name in prop::sample::select(vec![".crabbox.yaml", "crabbox.yaml"]),
+        ) {
+            let e = env(&[]);
+            e.repo(name, &text);
+            if let Ok(c) = e.load() {
+                let _ = c.describe();
+                let _ = c.layer_lists("env.allow");
+            }
+        }
+    }
+}
