@@ -1,14 +1,16 @@
-//! Project chores: `cargo xtask ci | emulator | bench`.
+//! Project chores: `cargo xtask ci | setup | emulator | bench | fuzz`.
 //!
 //! `ci` is the one test command: it installs what the tests need (bubblewrap for the E2B
 //! emulator's sandboxes, a Python venv with E2B's official SDK), then runs formatting and lint
-//! checks, every Rust test, and the SDK fidelity script against the emulator.
+//! checks, every Rust test, and the SDK fidelity script against the emulator. `fuzz` runs the
+//! cargo-fuzz targets in `fuzz/` (nightly; not part of `ci`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 mod bench;
+mod fuzz;
 
 /// The official SDK version the emulator is proven against.
 const E2B_SDK_VERSION: &str = "2.63.0";
@@ -21,8 +23,11 @@ fn main() -> ExitCode {
         Some("emulator") => emulator(&root, &args[1..]),
         Some("bench") => bench::run(&root, &args[1..]),
         Some("setup") => setup(&root),
+        Some("fuzz") => fuzz::run(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|setup|emulator [ARGS]|bench>");
+            eprintln!(
+                "usage: cargo xtask <ci|setup|emulator [ARGS]|bench|fuzz [--seconds N] [TARGET...]>"
+            );
             return ExitCode::from(2);
         }
     };

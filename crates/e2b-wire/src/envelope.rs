@@ -236,3 +236,88 @@ mod tests {
         assert_eq!(envelope.end_stream_message().unwrap().error, Some(err));
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Cuts `bytes` at `cuts` (positions taken modulo its length, in any order).
+    fn pieces<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.sort_unstable();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for a in at.into_iter().chain([bytes.len()]) {
+            out.push(&bytes[start..a]);
+            start = a;
+        }
+        out
+    }
+
+    fn messages() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
+        prop::collection::vec((0u8..4, prop::collection::vec(any::<u8>(), 0..200)), 0..8)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_split_of_a_valid_stream_decodes_to_its_messages(
+            msgs in messages(),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let stream: Vec<u8> = msgs.iter().flat_map(|(f, p)| encode(*f, p).to_vec()).collect();
+            let mut decoder = EnvelopeDecoder::with_max_payload(200);
+            let mut got = Vec::new();
+            for piece in pieces(&stream, &cuts) {
+                got.extend(decoder.decode(piece).unwrap());
+            }
+            decoder.finish().unwrap();
+            let want: Vec<Envelope> = msgs
+                .into_iter()
+                .map(|(flags, p)| Envelope { flags, payload: Bytes::from(p) })
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_like_the_whole_and_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..400),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+            max in prop_oneof![Just(0usize), Just(16), Just(DEFAULT_MAX_PAYLOAD)],
+        ) {
+            let whole = EnvelopeDecoder::with_max_payload(max).decode(&bytes);
+            let mut decoder = EnvelopeDecoder::with_max_payload(max);
+            let mut got = Vec::new();
+            let mut err = None;
+            for piece in pieces(&bytes, &cuts) {
+                match decoder.decode(piece) {
+                    Ok(e) => got.extend(e),
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+                prop_assert!(decoder.buffered() < HEADER_LEN + max);
+            }
+            match whole {
+                Ok(all) => prop_assert_eq!((got, err), (all, None)),
+                Err(e) => prop_assert_eq!(err, Some(e)),
+            }
+        }
+
+        #[test]
+        fn a_huge_declared_length_is_refused_at_once(
+            len in (DEFAULT_MAX_PAYLOAD as u64 + 1)..=u64::from(u32::MAX),
+            flags in any::<u8>(),
+        ) {
+            let mut header = vec![flags];
+            header.extend_from_slice(&(len as u32).to_be_bytes());
+            let mut decoder = EnvelopeDecoder::new();
+            let err = decoder.decode(&header).unwrap_err();
+            prop_assert_eq!(err, EnvelopeError::TooLarge { len: len as usize, max: DEFAULT_MAX_PAYLOAD });
+            prop_assert_eq!(decoder.buffered(), HEADER_LEN, "nothing is reserved for it");
+        }
+    }
+}

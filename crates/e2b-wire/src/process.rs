@@ -442,3 +442,105 @@ mod tests {
         assert_eq!(unpadded.input, Some(ProcessInput::Pty(b"a".to_vec())));
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// JSON built from the names process events use, so parsing gets past the first key.
+    fn json() -> impl Strategy<Value = Value> {
+        let key = prop::sample::select(vec![
+            "event",
+            "start",
+            "data",
+            "end",
+            "keepalive",
+            "pid",
+            "stdout",
+            "stderr",
+            "pty",
+            "exitCode",
+            "exit_code",
+            "exited",
+            "status",
+            "error",
+            "other",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[ -~]{0,12}".prop_map(Value::from),
+            "[A-Za-z0-9+/=_-]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                prop::collection::btree_map(key.clone(), inner, 0..3).prop_map(|m| {
+                    Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    fn event() -> impl Strategy<Value = ProcessEvent> {
+        let bytes = prop::collection::vec(any::<u8>(), 0..40);
+        prop_oneof![
+            any::<u32>().prop_map(|pid| ProcessEvent::Start(StartEvent { pid })),
+            bytes
+                .clone()
+                .prop_map(|b| ProcessEvent::Data(DataEvent::Stdout(b))),
+            bytes
+                .clone()
+                .prop_map(|b| ProcessEvent::Data(DataEvent::Stderr(b))),
+            bytes.prop_map(|b| ProcessEvent::Data(DataEvent::Pty(b))),
+            (
+                any::<i32>(),
+                any::<bool>(),
+                ".{0,12}",
+                proptest::option::of(".{0,12}")
+            )
+                .prop_map(|(exit_code, exited, status, error)| ProcessEvent::End(
+                    EndEvent {
+                        exit_code,
+                        exited,
+                        status,
+                        error,
+                    }
+                )),
+            Just(ProcessEvent::Keepalive(KeepAlive {})),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = serde_json::from_slice::<StartResponse>(&bytes);
+            let _ = serde_json::from_slice::<StartRequest>(&bytes);
+            let _ = serde_json::from_slice::<SendSignalRequest>(&bytes);
+        }
+
+        #[test]
+        fn a_message_that_parses_writes_back_to_itself(value in json()) {
+            let text = value.to_string();
+            if let Ok(msg) = serde_json::from_str::<StartResponse>(&text) {
+                let again: StartResponse =
+                    serde_json::from_slice(&serde_json::to_vec(&msg).unwrap()).unwrap();
+                prop_assert_eq!(again, msg, "{}", text);
+            }
+        }
+
+        #[test]
+        fn every_event_round_trips(event in event()) {
+            let msg = StartResponse::new(event);
+            let json = serde_json::to_vec(&msg).unwrap();
+            prop_assert_eq!(serde_json::from_slice::<StartResponse>(&json).unwrap(), msg);
+        }
+    }
+}

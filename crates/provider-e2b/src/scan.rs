@@ -145,7 +145,9 @@ fn parse_find_time(v: &str) -> Option<i128> {
     let secs: i128 = secs.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
     let nanos: i128 = format!("{digits:0<9}").parse().ok()?;
-    Some(secs * 1_000_000_000 + if secs < 0 { -nanos } else { nanos })
+    // Out of range (no filesystem keeps such a time): none, rather than an overflow.
+    secs.checked_mul(1_000_000_000)?
+        .checked_add(if secs < 0 { -nanos } else { nanos })
 }
 
 /// `./a/b` -> `a/b`, `.` -> ``.
@@ -295,5 +297,81 @@ mod tests {
         assert!(tree.exists && tree.record.is_none());
         assert_eq!(tree.entries["f"].sha256, None);
         assert!(parse(b"garbage").is_err());
+    }
+
+    #[test]
+    fn an_mtime_out_of_range_is_unknown_not_an_overflow() {
+        // The multiplication overflowed, a panic in debug builds, on a box's say-so.
+        let huge = "9".repeat(35);
+        let out = format!("W\0E\0f\0644\01\0{huge}.5\0./a\0\0");
+        let tree = parse(out.as_bytes()).unwrap();
+        assert_eq!(tree.entries["a"].mtime_ns, 0);
+        assert_eq!(parse_find_time(&huge), None);
+        assert_eq!(
+            parse_find_time("1700000000.25"),
+            Some(1_700_000_000_250_000_000)
+        );
+    }
+}
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A field of a scan: numbers (huge ones too), paths, the letters the format uses.
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "W", "N", "E", "H", "f", "d", "l", "x", ".", "./a", "./a/b"
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            "[0-9]{1,45}(\\.[0-9]{0,12})?".prop_map(String::into_bytes),
+            "-[0-9]{1,40}\\.[0-9]{1,3}".prop_map(String::into_bytes),
+            "R[0-9]{1,3}".prop_map(String::into_bytes),
+            "[0-9a-f]{4}  \\./[a-z./]{0,6}".prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_output_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn output_shaped_like_a_scan_never_panics(
+            head in prop::sample::select(vec!["W", "N", "X"]),
+            record in proptest::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+            record_len_off in -2i64..3,
+            fields in prop::collection::vec(field(), 0..30),
+        ) {
+            let mut out = Vec::new();
+            out.extend_from_slice(head.as_bytes());
+            out.push(0);
+            if let Some(r) = &record {
+                let len = (r.len() as i64 + record_len_off).max(0);
+                out.extend_from_slice(format!("R{len}").as_bytes());
+                out.push(0);
+                out.extend_from_slice(r);
+            }
+            out.extend_from_slice(b"E\0");
+            for f in &fields {
+                out.extend_from_slice(f);
+                out.push(0);
+            }
+            if let Ok(tree) = parse(&out) {
+                for dir in &tree.scanned {
+                    prop_assert!(
+                        dir.is_empty()
+                            || tree.record.as_ref().is_some_and(|r| r.dirs.contains(dir)),
+                        "{:?} was scanned but not recorded", dir
+                    );
+                }
+            }
+        }
     }
 }

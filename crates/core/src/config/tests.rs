@@ -201,6 +201,30 @@ fn unknown_key_warns_naming_it() {
 }
 
 #[test]
+fn a_quoted_key_is_found_by_line_whatever_its_letters() {
+    // A quoted key starting with a letter of more than one byte panicked (the config_loader
+    // fuzz target, seed `quoted_non_ascii_key`); a quoted key was never found by line.
+    let e = env(&[]);
+    e.repo(
+        ".crabbox.yaml",
+        "provider: local\n\"\u{e9}t\u{e9}\": 1\n'x': 2\n",
+    );
+    let c = e.load().unwrap();
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains(".crabbox.yaml:2"),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings[1].contains(".crabbox.yaml:3"),
+        "{:?}",
+        c.warnings
+    );
+    assert_eq!(yaml::line_of_key("a: 1\n", &[]), None);
+}
+
+#[test]
 fn api_key_in_a_file_is_refused() {
     let e = env(&[]);
     e.user("acme:\n  apiKey: acme_secret\n");
@@ -379,4 +403,57 @@ fn hostile_config_files_are_refused_with_file_key_and_kind() {
     e.repo(".crabbox.yaml", &format!("ttl: {}\n", "9".repeat(100_000)));
     let text = e.load().unwrap_err().to_string();
     assert!(text.len() < 1_000, "{} bytes", text.len());
+}
+
+mod prop_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A config file's lines from the keys and values configs use, quoted, indented and
+    /// non-ASCII ones among them.
+    fn config_text() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "provider", "sync", "exclude", "include", "delete", "timeout", "env", "allow", "acme",
+            "template", "apiKey", "ttl", "\"é\"", "'x'", "\"sync\"", "- a", "é",
+        ]);
+        let value = prop::sample::select(vec![
+            "",
+            " 1",
+            " [a, b]",
+            " \"90m\"",
+            " yes",
+            " {a: 1}",
+            " é",
+            " -1",
+            " ~",
+            " &a x",
+            " *a",
+            " 1e400",
+            " !!binary aGk=",
+        ]);
+        // Mostly top-level lines, so that much of it is valid YAML.
+        let indent = prop_oneof![4 => Just(0usize), 1 => Just(1), 1 => Just(2)];
+        let line = (indent, key, value).prop_map(|(i, k, v)| format!("{}{k}:{v}", "  ".repeat(i)));
+        prop_oneof![
+            prop::collection::vec(line, 0..8).prop_map(|l| l.join("\n")),
+            ".{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_config_file_loads_or_is_refused_cleanly(
+            text in config_text(),
+            name in prop::sample::select(vec![".crabbox.yaml", "crabbox.yaml"]),
+        ) {
+            let e = env(&[]);
+            e.repo(name, &text);
+            if let Ok(c) = e.load() {
+                let _ = c.describe();
+                let _ = c.layer_lists("env.allow");
+            }
+        }
+    }
 }

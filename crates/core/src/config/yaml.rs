@@ -146,19 +146,13 @@ pub(super) fn line_of_key(text: &str, path: &[String]) -> Option<usize> {
         if indent < min_indent {
             continue;
         }
-        let want = &path[depth];
-        let key_part = trimmed
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .trim_matches('"')
-            .trim_matches('\'');
-        if key_part == want
-            && trimmed[key_part.len()..]
-                .trim_start_matches(['"', '\''])
-                .starts_with(':')
-        {
+        let want = path.get(depth)?;
+        // The text before the first `:`, if there is one: the key, perhaps quoted.
+        let Some((head, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let key_part = head.trim().trim_matches('"').trim_matches('\'');
+        if key_part == want {
             if depth + 1 == path.len() {
                 return Some(i + 1);
             }

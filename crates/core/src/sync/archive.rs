@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -203,9 +203,11 @@ impl<R: Read> Read for ExactLen<R> {
     }
 }
 
-/// Unpacks a tar+gzip stream under `dest`, refusing absolute paths, `..` components and
-/// anything but regular files, directories and symlinks. Existing files are replaced; files
-/// not in the archive are left alone. Returns the paths written.
+/// Unpacks a tar+gzip stream under `dest`, refusing absolute paths, `..` components,
+/// anything but regular files, directories and symlinks, an entry that names `dest` itself,
+/// and an entry with a symlink on its way (nothing is removed or written through a link).
+/// Existing files are replaced; files not in the archive are left alone. Returns the paths
+/// written.
 pub fn extract_archive<R: Read>(input: R, dest: &Path) -> Result<Vec<String>> {
     extract_archive_with(input, Codec::Gzip, dest)
 }
@@ -247,8 +249,28 @@ pub fn extract_archive_with<'a, R: Read + 'a>(
                 path.display()
             )));
         }
+        // Its place under `dest`: the normal components (`.` adds nothing).
+        let rel: PathBuf = path
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        if rel.as_os_str().is_empty() {
+            return Err(Error::Sync(format!(
+                "refusing sync archive entry '{}': it names the destination itself",
+                path.display()
+            )));
+        }
+        // Nothing is removed or written through a symlink, wherever it points: every
+        // directory on the way must be a real one (or not exist yet).
+        if let Some(link) = symlink_on_the_way(dest, &rel) {
+            return Err(Error::Sync(format!(
+                "refusing sync archive entry {}: {} on its way is a symlink",
+                path.display(),
+                link.display()
+            )));
+        }
         let mtime_ns = entry_mtime_ns(&mut entry);
-        let target = dest.join(&path);
+        let target = dest.join(&rel);
         // Replace whatever is there (a symlink must not redirect the write).
         if let Ok(meta) = std::fs::symlink_metadata(&target) {
             if !meta.is_dir() || !kind.is_dir() {
@@ -283,6 +305,21 @@ pub fn extract_archive_with<'a, R: Read + 'a>(
     Ok(written)
 }
 
+/// The first directory on the way to `dest/rel` (`rel` itself excluded) that is a symlink.
+fn symlink_on_the_way(dest: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut dir = dest.to_path_buf();
+    for c in rel.parent()?.components() {
+        dir.push(c);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => return Some(dir),
+            Ok(_) => {}
+            // Missing (so is everything below) or not a directory: nothing to go through.
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
 /// An entry's exact mtime: its pax `mtime` when it has one, else the header's whole seconds.
 pub fn entry_mtime_ns<R: Read>(entry: &mut tar::Entry<'_, R>) -> Option<i128> {
     if let Ok(Some(mut pax)) = entry.pax_extensions() {
@@ -311,7 +348,9 @@ fn parse_pax_time(v: &str) -> Option<i128> {
     } else {
         format!("{digits:0<9}").parse().ok()?
     };
-    Some(secs * 1_000_000_000 + if secs < 0 { -nanos } else { nanos })
+    // Out of range (no filesystem keeps such a time): none, rather than an overflow.
+    secs.checked_mul(1_000_000_000)?
+        .checked_add(if secs < 0 { -nanos } else { nanos })
 }
 
 /// Sets a file's mtime to the nanosecond (best effort: a failure only costs a resend).
@@ -452,6 +491,78 @@ mod tests {
         let err = extract_archive(&raw_tar_with_path(b"../escape.txt")[..], &inner).unwrap_err();
         assert_eq!(err.exit_code(), 6, "{err}");
         assert!(!dst.path().join("escape.txt").exists());
+    }
+
+    /// A tar (stored) of `entries`: `(path, Some(link target))` for a symlink, else a file.
+    fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            match link {
+                Some(target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, target).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(3);
+                    b.append_data(&mut h, path, &b"new"[..]).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn extraction_never_removes_or_writes_through_a_symlink() {
+        // The file in place of an entry was removed before tar's own outside-the-destination
+        // check, through the link (fuzz seed `through_a_link`: the canary check fails).
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, outside) = (tmp.path().join("inner"), tmp.path().join("outside"));
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("canary"), "old").unwrap();
+        let archive = tar_of(&[("l", Some("../outside")), ("l/canary", None)]);
+        let err = extract_archive_with(&archive[..], Codec::Stored, &dest).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("canary")).unwrap(),
+            "old"
+        );
+
+        // Nor through one that stays inside.
+        std::fs::create_dir(dest.join("d")).unwrap();
+        std::fs::write(dest.join("d/f"), "old").unwrap();
+        let archive = tar_of(&[("in", Some("d")), ("in/f", None)]);
+        assert!(extract_archive_with(&archive[..], Codec::Stored, &dest).is_err());
+        assert_eq!(std::fs::read_to_string(dest.join("d/f")).unwrap(), "old");
+    }
+
+    #[test]
+    fn an_entry_naming_the_destination_itself_is_refused() {
+        // An entry `.` of a file was "replaced": the destination's whole content removed
+        // (fuzz seed `the_destination_itself`).
+        for name in [&b"."[..], b"./", b"./."] {
+            let dst = tempfile::tempdir().unwrap();
+            std::fs::write(dst.path().join("keep"), "x").unwrap();
+            let err = extract_archive(&raw_tar_with_path(name)[..], dst.path()).unwrap_err();
+            assert!(err.to_string().contains("destination itself"), "{err}");
+            assert!(dst.path().join("keep").exists(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn a_pax_mtime_out_of_range_falls_back_to_the_header() {
+        assert_eq!(
+            parse_pax_time("1700000000.5"),
+            Some(1_700_000_000_500_000_000)
+        );
+        assert_eq!(parse_pax_time("-1.5"), Some(-1_500_000_000));
+        // The multiplication overflowed, a panic in debug builds (fuzz seed `huge_pax_mtime`).
+        assert_eq!(parse_pax_time(&"9".repeat(35)), None);
+        assert_eq!(parse_pax_time(&format!("-{}.5", "9".repeat(35))), None);
     }
 
     #[test]

@@ -12,6 +12,9 @@ mod pack;
 mod plan;
 mod record;
 
+#[cfg(test)]
+mod prop_tests;
+
 pub use archive::{
     entry_mtime_ns, extract_archive, extract_archive_with, write_archive, write_archive_with,
     ArchiveStats, Codec,

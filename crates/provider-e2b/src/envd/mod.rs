@@ -22,7 +22,7 @@ use crabbox_core::secret::{Scrubber, Secret};
 
 mod process_stream;
 
-pub use process_stream::{exit_code_of, ProcessStream};
+pub use process_stream::{exit_code_of, Decoded, EventDecoder, ProcessStream};
 
 /// envd's port inside every sandbox.
 pub const ENVD_PORT: u16 = 49983;

@@ -1,7 +1,8 @@
 //! The event stream of one `process.Process/Start` call: Connect envelopes decoded
 //! incrementally as the body's chunks arrive, the end-of-stream message told apart from a body
 //! that merely stops, events of kinds this client does not know skipped (as the official SDK
-//! does), and the exit code of a finished process ([`exit_code_of`]).
+//! does), and the exit code of a finished process ([`exit_code_of`]). The decoding itself is
+//! [`EventDecoder`], with no I/O, so it can be tested (and fuzzed) on bytes alone.
 
 use bytes::Bytes;
 use crabbox_core::secret::Scrubber;
@@ -13,11 +14,86 @@ use futures::StreamExt;
 
 use crate::control::error_chain;
 
+/// What the bytes of a `Start` stream buffered so far say next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// One event of the process.
+    Event(ProcessEvent),
+    /// The stream closed with a clean end-of-stream message; nothing follows.
+    End,
+    /// No whole message is buffered yet: push the next chunk.
+    NeedMore,
+}
+
+/// The pure half of [`ProcessStream`]: Connect envelopes of a `Start` stream in, events out,
+/// with no I/O (the network side only pushes chunks). Errors are said without the sandbox.
+#[derive(Debug, Default)]
+pub struct EventDecoder {
+    envelopes: EnvelopeDecoder,
+    finished: bool,
+}
+
+impl EventDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes received from the network.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.envelopes.push(chunk);
+    }
+
+    /// Bytes buffered that do not yet form a whole envelope.
+    pub fn buffered(&self) -> usize {
+        self.envelopes.buffered()
+    }
+
+    /// The next event of what is buffered. After [`Decoded::End`] always `End`.
+    pub fn next_decoded(&mut self) -> std::result::Result<Decoded, String> {
+        loop {
+            if self.finished {
+                return Ok(Decoded::End);
+            }
+            let Some(env) = self
+                .envelopes
+                .next_envelope()
+                .map_err(|e| format!("command stream: {e}"))?
+            else {
+                return Ok(Decoded::NeedMore);
+            };
+            if env.is_end_stream() {
+                self.finished = true;
+                let end = env
+                    .end_stream_message()
+                    .map_err(|e| format!("unreadable end of command stream: {e}"))?;
+                if let Some(err) = end.error {
+                    return Err(format!("command failed to run: {err}"));
+                }
+                return Ok(Decoded::End);
+            }
+            if env.is_compressed() {
+                return Err("compressed command stream messages are not supported".into());
+            }
+            if env.payload.is_empty() {
+                continue;
+            }
+            let msg: StartResponse = match serde_json::from_slice(&env.payload) {
+                Ok(msg) => msg,
+                // The SDK's codec ignores what it does not know; so do we.
+                Err(_) if is_unknown_event(&env.payload) => continue,
+                Err(e) => return Err(format!("unreadable command stream message: {e}")),
+            };
+            if let Some(event) = msg.event {
+                return Ok(Decoded::Event(event));
+            }
+        }
+    }
+}
+
 /// The events of one `Start` stream, decoded as bytes arrive.
 pub struct ProcessStream {
     body: BoxStream<'static, reqwest::Result<Bytes>>,
-    decoder: EnvelopeDecoder,
-    finished: bool,
+    decoder: EventDecoder,
     sandbox_id: String,
     /// What envd says in its errors is scrubbed of these.
     secrets: Scrubber,
@@ -32,8 +108,7 @@ impl ProcessStream {
     ) -> Self {
         Self {
             body,
-            decoder: EnvelopeDecoder::new(),
-            finished: false,
+            decoder: EventDecoder::new(),
             sandbox_id,
             secrets,
         }
@@ -52,52 +127,15 @@ impl ProcessStream {
 
     async fn next_unscrubbed(&mut self) -> Result<Option<ProcessEvent>> {
         loop {
-            if self.finished {
-                return Ok(None);
-            }
-            let envelope = self.decoder.next_envelope().map_err(|e| {
-                Error::Transport(format!("sandbox {}: command stream: {e}", self.sandbox_id))
-            })?;
-            if let Some(env) = envelope {
-                if env.is_end_stream() {
-                    self.finished = true;
-                    let end = env.end_stream_message().map_err(|e| {
-                        Error::Transport(format!(
-                            "sandbox {}: unreadable end of command stream: {e}",
-                            self.sandbox_id
-                        ))
-                    })?;
-                    if let Some(err) = end.error {
-                        return Err(Error::Transport(format!(
-                            "sandbox {}: command failed to run: {err}",
-                            self.sandbox_id
-                        )));
-                    }
-                    return Ok(None);
-                }
-                if env.is_compressed() {
+            match self.decoder.next_decoded() {
+                Ok(Decoded::Event(event)) => return Ok(Some(event)),
+                Ok(Decoded::End) => return Ok(None),
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
                     return Err(Error::Transport(format!(
-                        "sandbox {}: compressed command stream messages are not supported",
+                        "sandbox {}: {e}",
                         self.sandbox_id
-                    )));
-                }
-                if env.payload.is_empty() {
-                    continue;
-                }
-                let msg: StartResponse = match serde_json::from_slice(&env.payload) {
-                    Ok(msg) => msg,
-                    // The SDK's codec ignores what it does not know; so do we.
-                    Err(_) if is_unknown_event(&env.payload) => continue,
-                    Err(e) => {
-                        return Err(Error::Transport(format!(
-                            "sandbox {}: unreadable command stream message: {e}",
-                            self.sandbox_id
-                        )))
-                    }
-                };
-                match msg.event {
-                    Some(event) => return Ok(Some(event)),
-                    None => continue,
+                    )))
                 }
             }
             match self.body.next().await {
@@ -234,5 +272,164 @@ mod tests {
         // A known kind that does not parse is still an error.
         let mut bad = stream_of(&[br#"{"event":{"start":{"pid":"x"}}}"#]);
         assert!(bad.next_event().await.is_err());
+    }
+
+    #[test]
+    fn the_decoder_reads_a_stream_the_same_whole_or_byte_by_byte() {
+        let mut body = Vec::new();
+        for m in [
+            &br#"{"event":{"start":{"pid":7}}}"#[..],
+            b"",
+            br#"{"event":{"data":{"stdout":"aGkK"}}}"#,
+            br#"{"event":{"end":{"exited":true,"status":"exit status 0"}}}"#,
+        ] {
+            body.extend_from_slice(&envelope::encode(0, m));
+        }
+        body.extend_from_slice(&envelope::encode(2, b"{}"));
+        let drain = |d: &mut EventDecoder, out: &mut Vec<Decoded>| loop {
+            match d.next_decoded().unwrap() {
+                Decoded::NeedMore => break,
+                Decoded::End => {
+                    out.push(Decoded::End);
+                    break;
+                }
+                e => out.push(e),
+            }
+        };
+        let mut whole = Vec::new();
+        let mut d = EventDecoder::new();
+        d.push(&body);
+        drain(&mut d, &mut whole);
+        assert_eq!(whole.len(), 4, "{whole:?}");
+        assert_eq!(whole[3], Decoded::End);
+        assert_eq!(
+            d.next_decoded().unwrap(),
+            Decoded::End,
+            "the end stays the end"
+        );
+
+        let mut split = Vec::new();
+        let mut d = EventDecoder::new();
+        for b in &body {
+            d.push(std::slice::from_ref(b));
+            drain(&mut d, &mut split);
+        }
+        assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn the_decoder_reports_an_end_stream_error_and_compressed_messages() {
+        let mut d = EventDecoder::new();
+        d.push(&envelope::encode(
+            2,
+            br#"{"error":{"code":"invalid_argument","message":"no cwd"}}"#,
+        ));
+        let err = d.next_decoded().unwrap_err();
+        assert!(
+            err.contains("command failed to run") && err.contains("no cwd"),
+            "{err}"
+        );
+        let mut d = EventDecoder::new();
+        d.push(&envelope::encode(1, b"x"));
+        assert!(d.next_decoded().unwrap_err().contains("compressed"));
+    }
+}
+
+#[cfg(test)]
+mod prop_tests {
+    use super::*;
+    use crabbox_e2b_wire::envelope;
+    use crabbox_e2b_wire::process::{DataEvent, EndEvent, KeepAlive, StartEvent};
+    use proptest::prelude::*;
+
+    /// Everything `d` yields until it needs more bytes, ends or fails (`None` for a failure).
+    fn drain(d: &mut EventDecoder, out: &mut Vec<Decoded>) -> Option<()> {
+        loop {
+            match d.next_decoded() {
+                Ok(Decoded::NeedMore) => return Some(()),
+                Ok(Decoded::End) => {
+                    out.push(Decoded::End);
+                    assert_eq!(d.next_decoded(), Ok(Decoded::End), "the end stays the end");
+                    return Some(());
+                }
+                Ok(e) => out.push(e),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn event() -> impl Strategy<Value = ProcessEvent> {
+        let bytes = prop::collection::vec(any::<u8>(), 0..30);
+        prop_oneof![
+            any::<u32>().prop_map(|pid| ProcessEvent::Start(StartEvent { pid })),
+            bytes
+                .clone()
+                .prop_map(|b| ProcessEvent::Data(DataEvent::Stdout(b))),
+            bytes.prop_map(|b| ProcessEvent::Data(DataEvent::Stderr(b))),
+            (any::<i32>(), any::<bool>(), "[ -~]{0,16}").prop_map(|(exit_code, exited, status)| {
+                ProcessEvent::End(EndEvent {
+                    exit_code,
+                    exited,
+                    status,
+                    error: None,
+                })
+            }),
+            Just(ProcessEvent::Keepalive(KeepAlive {})),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_split_of_a_stream_yields_its_events(
+            events in prop::collection::vec(event(), 0..8),
+            cuts in prop::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let mut body = Vec::new();
+            for e in &events {
+                let msg = serde_json::to_vec(&StartResponse::new(e.clone())).unwrap();
+                body.extend_from_slice(&envelope::encode(0, &msg));
+            }
+            body.extend_from_slice(&envelope::encode(envelope::FLAG_END_STREAM, b"{}"));
+            let mut at: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+            at.sort_unstable();
+            let mut d = EventDecoder::new();
+            let mut got = Vec::new();
+            let mut start = 0;
+            for a in at.into_iter().chain([body.len()]) {
+                d.push(&body[start..a]);
+                start = a;
+                prop_assert!(drain(&mut d, &mut got).is_some());
+                if got.last() == Some(&Decoded::End) {
+                    prop_assert_eq!(start, body.len(), "the end is the last message");
+                    break;
+                }
+            }
+            let mut want: Vec<Decoded> = events.into_iter().map(Decoded::Event).collect();
+            want.push(Decoded::End);
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+            chunk in 1usize..64,
+            flags in 0u8..4,
+        ) {
+            let mut d = EventDecoder::new();
+            let mut got = Vec::new();
+            for c in bytes.chunks(chunk) {
+                d.push(c);
+                if drain(&mut d, &mut got).is_none() {
+                    break;
+                }
+            }
+            // The same bytes as one message's payload.
+            let mut d = EventDecoder::new();
+            d.push(&envelope::encode(flags, &bytes));
+            let _ = drain(&mut d, &mut got);
+            let _ = is_unknown_event(&bytes);
+        }
     }
 }
