@@ -124,8 +124,8 @@ impl Choosing {
         let task = match &req.sync {
             Some(src) if src.manifest.is_none() => {
                 let (root, options) = (src.root.clone(), src.options.clone());
-                Some(tokio::task::spawn_blocking(move || {
-                    SyncManifest::build(&root, &options)
+                Some(tokio::spawn(async move {
+                    crate::plan::build_manifest(&root, &options).await
                 }))
             }
             _ => None,
