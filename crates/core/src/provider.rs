@@ -190,6 +190,9 @@ pub struct ApplySync<'a> {
     /// once the files are in place (see [`record_path`]).
     pub record: &'a [u8],
     pub workdir: &'a str,
+    /// How many chunks the feed carries (a provider may apply a lone chunk and commit in one
+    /// step).
+    pub chunks: usize,
     /// Sending and applying together must finish within this.
     pub timeout: Duration,
     pub cancel: &'a CancellationToken,

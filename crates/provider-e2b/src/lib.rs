@@ -38,6 +38,7 @@ pub mod remote_sync;
 pub mod retry;
 pub mod run_tree;
 pub mod scan;
+pub mod scan_cache;
 pub mod session;
 pub mod settings;
 
@@ -65,7 +66,9 @@ pub const ENTRY: crabbox_core::registry::ProviderEntry = crabbox_core::registry:
     section: settings::SECTION,
     build: |cfg, ctx| {
         Ok(Box::new(
-            E2bProvider::from_config(cfg)?.with_reporter(ctx.reporter.clone()),
+            E2bProvider::from_config(cfg)?
+                .with_reporter(ctx.reporter.clone())
+                .with_scan_cache(ctx.state_dir.join("e2b-scans")),
         ))
     },
 };

@@ -18,6 +18,7 @@ use crate::envd::{Envd, EnvdRoute};
 use crate::metadata::{self, Tags};
 use crate::placement::{clamp_ttl, Placement, DEFAULT_USER};
 use crate::retry::RetryPolicy;
+use crate::scan_cache::ScanCache;
 use crate::session::E2bSession;
 use crate::settings::{self, E2bSettings, Secret};
 
@@ -30,6 +31,8 @@ const SETTLE_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct E2bProvider {
     pub(crate) control: ControlPlane,
+    /// What scans read of sandboxes' trees, when a state directory was given.
+    scans: Option<ScanCache>,
     http: reqwest::Client,
     /// The API URL: the claims' endpoint scope.
     pub(crate) endpoint: String,
@@ -94,6 +97,7 @@ impl E2bProvider {
         };
         Ok(E2bProvider {
             control: ControlPlane::new(http.clone(), endpoints.api_url.clone(), key),
+            scans: None,
             http,
             endpoint: endpoints.api_url,
             domain: endpoints.domain,
@@ -114,6 +118,12 @@ impl E2bProvider {
     /// Where waits before a retried call are reported ([`crate::retry`]).
     pub fn with_reporter(mut self, reporter: std::sync::Arc<dyn Reporter>) -> Self {
         self.control.set_reporter(reporter);
+        self
+    }
+
+    /// Keeps what scans read of sandboxes' trees under `dir` (see [`ScanCache`]).
+    pub fn with_scan_cache(mut self, dir: std::path::PathBuf) -> Self {
+        self.scans = Some(ScanCache::new(dir));
         self
     }
 
@@ -157,6 +167,7 @@ impl E2bProvider {
             self.envd(sandbox_id, domain, token.as_ref()),
             self.control.clone(),
         )
+        .with_scan_cache(self.scans.clone())
     }
 
     /// Checks that `detail` is the sandbox `target` names: this lease's for a claimed box,
@@ -350,6 +361,9 @@ impl Provider for E2bProvider {
             }
             for id in self.sandboxes_of_lease(lease_id).await? {
                 self.control.delete(&id).await?;
+                if let Some(c) = &self.scans {
+                    c.forget(&id);
+                }
                 deleted.push(id);
             }
             if !deleted.is_empty() {
@@ -404,7 +418,11 @@ impl Provider for E2bProvider {
         if !target.verified && self.owned_detail(target).await?.is_none() {
             return Ok(false);
         }
-        self.control.delete(&target.remote_id).await
+        let deleted = self.control.delete(&target.remote_id).await?;
+        if let Some(c) = &self.scans {
+            c.forget(&target.remote_id);
+        }
+        Ok(deleted)
     }
 
     async fn list(&self) -> Result<Vec<RemoteBox>> {

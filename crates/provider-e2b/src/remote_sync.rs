@@ -8,6 +8,7 @@
 //! record ride in front of the first chunk. An abandoned sync's processes are killed and its
 //! files removed before [`apply`] returns.
 
+use crate::scan_cache::ScanCache;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ const REPORT_FROM: u64 = 1 << 20;
 /// sync's random tag (this script's own command line does not contain it), then removes the
 /// sync's files.
 const REAP_SCRIPT: &str = include_str!("scripts/sync_reap.sh");
+/// Runs the unpack script, then the commit script (each given in the environment), in one
+/// process on the box.
+const UNPACK_THEN_COMMIT: &str = r#"bash -c "$CBX_UNPACK" && exec bash -c "$CBX_COMMIT""#;
 
 /// Sends and unpacks each chunk as it arrives, then commits, within `req.timeout` for all of
 /// it. On cancel (`Error::Interrupted`), the deadline, an `Err` in the feed or any failure,
@@ -72,7 +76,7 @@ pub async fn apply(
     let slots = tokio::sync::Semaphore::new(UNPACKERS);
     let work = async {
         let mut unpacking = futures::stream::FuturesUnordered::new();
-        let (mut n, mut sent) = (0usize, 0u64);
+        let (mut n, mut sent, mut committed) = (0usize, 0u64, false);
         let started = std::time::Instant::now();
         while let Some(chunk) = chunks.recv().await {
             let chunk = chunk?;
@@ -91,12 +95,22 @@ pub async fn apply(
                 envs.insert("CBX_OPS_LEN".into(), ops.len().to_string());
                 envs.insert("CBX_RECORD_LEN".into(), req.record.len().to_string());
             }
+            // A lone chunk is unpacked and committed by one process: one round trip less.
+            let script = if req.chunks == 1 {
+                committed = true;
+                envs.insert("CBX_RECORD".into(), record_path(workdir));
+                envs.insert("CBX_UNPACK".into(), UNPACK_SCRIPT.into());
+                envs.insert("CBX_COMMIT".into(), COMMIT_SCRIPT.into());
+                UNPACK_THEN_COMMIT
+            } else {
+                UNPACK_SCRIPT
+            };
             // Unpacks wait for a slot without holding up the next upload.
             let slots = &slots;
             let pids = &pids;
             unpacking.push(async move {
                 let _slot = slots.acquire().await.expect("semaphore open");
-                run_script(envd, UNPACK_SCRIPT, envs, pids).await
+                run_script(envd, script, envs, pids).await
             });
             // Reap the unpacks that ended, so a failure stops the sync early.
             while let Some(Some(done)) = futures::FutureExt::now_or_never(unpacking.next()) {
@@ -117,6 +131,15 @@ pub async fn apply(
         }
         if n == 0 {
             return Err(Error::Sync("the sync had no chunk to send".into()));
+        }
+        if committed {
+            return if n == 1 {
+                Ok(())
+            } else {
+                Err(Error::Sync(format!(
+                    "the sync was planned as one chunk but {n} were sent"
+                )))
+            };
         }
         let envs = BTreeMap::from([
             ("CBX_WORKDIR".to_string(), workdir.to_string()),
@@ -198,8 +221,20 @@ fn extension(codec: Codec) -> &'static str {
 }
 
 /// Reads the synced tree under `workdir` in one pass (see [`crate::scan`]).
-pub async fn scan(envd: &Envd, workdir: &str, checksum: bool) -> Result<RemoteTree> {
-    let envs = BTreeMap::from([
+/// Reads the box's tree under `workdir`. What `cache` holds of it is offered by hash, and
+/// what the box sends whole is kept there for the next scan.
+pub async fn scan(
+    envd: &Envd,
+    workdir: &str,
+    checksum: bool,
+    cache: Option<(&ScanCache, &str)>,
+) -> Result<RemoteTree> {
+    let known = cache
+        .map(|(c, sandbox)| c.load(sandbox, workdir))
+        .unwrap_or_default();
+    let sha =
+        |p: &Option<crate::scan::Part>| p.as_ref().map(|p| p.sha256.clone()).unwrap_or_default();
+    let mut envs = BTreeMap::from([
         ("CBX_WORKDIR".to_string(), workdir.to_string()),
         ("CBX_RECORD".to_string(), record_path(workdir)),
         (
@@ -208,6 +243,8 @@ pub async fn scan(envd: &Envd, workdir: &str, checksum: bool) -> Result<RemoteTr
         ),
         ("CBX_STALE_MINUTES".to_string(), STALE_MINUTES.to_string()),
     ]);
+    envs.insert("CBX_KNOWN_RECORD".into(), sha(&known.record));
+    envs.insert("CBX_KNOWN_LIST".into(), sha(&known.listing));
     let (code, out, err) = run_tracked(
         envd,
         crate::scan::SCAN_SCRIPT,
@@ -227,7 +264,11 @@ pub async fn scan(envd: &Envd, workdir: &str, checksum: bool) -> Result<RemoteTr
             "the box's tree under {workdir} is too large to read in one pass"
         )));
     }
-    crate::scan::parse(&out)
+    let (tree, fresh) = crate::scan::parse_with(&out, &known)?;
+    if let Some((c, sandbox)) = cache {
+        c.keep(sandbox, workdir, &fresh);
+    }
+    Ok(tree)
 }
 
 /// SIGKILLs the sync's scripts (they must not go on changing the box after we gave up on

@@ -40,9 +40,48 @@ fn bad(what: &str) -> Error {
 
 /// Parses [`SCAN_SCRIPT`]'s output.
 pub fn parse(out: &[u8]) -> Result<RemoteTree> {
+    parse_with(out, &Known::default()).map(|(tree, _)| tree)
+}
+
+/// What the caller already holds of a box's tree: the record and the listing it last read,
+/// each with its SHA-256 (the scan answers `r` / `e` when the box's are the same bytes).
+#[derive(Debug, Default, Clone)]
+pub struct Known {
+    pub record: Option<Part>,
+    pub listing: Option<Part>,
+}
+
+/// Bytes and their hex SHA-256.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub sha256: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Part {
+    pub fn of(bytes: Vec<u8>) -> Self {
+        use sha2::Digest;
+        Part {
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            bytes,
+        }
+    }
+}
+
+/// The parts of a scan the box sent whole (not confirmed by hash): worth keeping for the
+/// next scan.
+#[derive(Debug, Default)]
+pub struct Fresh<'a> {
+    pub record: Option<&'a [u8]>,
+    pub listing: Option<&'a [u8]>,
+}
+
+/// Parses [`SCAN_SCRIPT`]'s output, given what the caller told it it already holds.
+pub fn parse_with<'a>(out: &'a [u8], known: &'a Known) -> Result<(RemoteTree, Fresh<'a>)> {
     let mut c = Cursor { rest: out };
+    let mut fresh = Fresh::default();
     match c.field() {
-        Some(b"N") => return Ok(RemoteTree::default()),
+        Some(b"N") => return Ok((RemoteTree::default(), fresh)),
         Some(b"W") => {}
         _ => return Err(bad("the scan printed no header")),
     }
@@ -51,17 +90,36 @@ pub fn parse(out: &[u8]) -> Result<RemoteTree> {
         scanned: BTreeSet::from([String::new()]),
         ..RemoteTree::default()
     };
-    let mut f = c.field();
-    if let Some(len) = f.and_then(|f| f.strip_prefix(b"R")) {
+    let mut rest = c.rest;
+    if let Some(len) = c.field().and_then(|f| f.strip_prefix(b"R")) {
         let len: usize = std::str::from_utf8(len)
             .ok()
             .and_then(|n| n.trim().parse().ok())
             .ok_or_else(|| bad("a bad record length"))?;
         let record = c.take(len).ok_or_else(|| bad("a short record"))?;
         tree.record = Some(SyncRecord::decode(record));
-        f = c.field();
+        fresh.record = Some(record);
+        rest = c.rest;
+    } else if rest.starts_with(b"r\0") {
+        let record = known
+            .record
+            .as_ref()
+            .ok_or_else(|| bad("it confirmed a record it was never shown"))?;
+        tree.record = Some(SyncRecord::decode(&record.bytes));
+        rest = &rest[2..];
     }
-    if f != Some(b"E") {
+    let listing = if rest == b"e\0" {
+        &known
+            .listing
+            .as_ref()
+            .ok_or_else(|| bad("it confirmed a listing it was never shown"))?
+            .bytes[..]
+    } else {
+        fresh.listing = Some(rest);
+        rest
+    };
+    let mut c = Cursor { rest: listing };
+    if c.field() != Some(b"E") {
         return Err(bad("the scan ended before its entries"));
     }
     let mut hashes = BTreeMap::new();
@@ -136,7 +194,7 @@ pub fn parse(out: &[u8]) -> Result<RemoteTree> {
             e.sha256 = Some(hash);
         }
     }
-    Ok(tree)
+    Ok((tree, fresh))
 }
 
 /// find's `%T@`, `1700000000.1234567890`, in nanoseconds.
@@ -241,6 +299,71 @@ mod tests {
         assert_eq!(tree.entries["evil"].kind, RemoteKind::Symlink);
         assert!(tree.entries.contains_key("-dash"));
         assert!(!tree.entries.keys().any(|k| k.contains("secret")));
+    }
+
+    fn scan_known(wd: &std::path::Path, record: &std::path::Path, known: &Known) -> Vec<u8> {
+        let sha = |p: &Option<Part>| p.as_ref().map(|p| p.sha256.clone()).unwrap_or_default();
+        let out = Command::new("/bin/bash")
+            .args(["-c", SCAN_SCRIPT])
+            .env("CBX_WORKDIR", wd)
+            .env("CBX_RECORD", record)
+            .env("CBX_KNOWN_RECORD", sha(&known.record))
+            .env("CBX_KNOWN_LIST", sha(&known.listing))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    #[test]
+    fn what_the_caller_holds_is_confirmed_by_hash_and_any_change_is_sent_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let wd = dir.path().join("wd");
+        // Enough directories that the listing is made in two halves side by side.
+        for i in 0..300 {
+            std::fs::create_dir_all(wd.join(format!("d{i}"))).unwrap();
+            std::fs::write(wd.join(format!("d{i}/f")), "x").unwrap();
+        }
+        let record_file = dir.path().join("record");
+        let record = SyncRecord {
+            paths: (0..300).map(|i| format!("d{i}/f")).collect(),
+            dirs: (0..300).map(|i| format!("d{i}")).collect(),
+        };
+        std::fs::write(&record_file, record.encode()).unwrap();
+
+        let nothing = Known::default();
+        let first = scan_known(&wd, &record_file, &nothing);
+        let (tree, fresh) = parse_with(&first, &nothing).unwrap();
+        assert_eq!(tree.entries.len(), 600, "every dir and file is listed once");
+        let known = Known {
+            record: fresh.record.map(|r| Part::of(r.to_vec())),
+            listing: fresh.listing.map(|l| Part::of(l.to_vec())),
+        };
+        assert_eq!(known.record.as_ref().unwrap().bytes, record.encode());
+
+        let again = scan_known(&wd, &record_file, &known);
+        assert_eq!(
+            again, b"W\0r\0e\0",
+            "an unchanged tree is confirmed in a few bytes"
+        );
+        let (cached, fresh) = parse_with(&again, &known).unwrap();
+        assert_eq!(cached, tree, "the confirmed parts read as the tree itself");
+        assert!(fresh.record.is_none() && fresh.listing.is_none());
+
+        std::fs::write(wd.join("d150/f"), "changed").unwrap();
+        let changed = scan_known(&wd, &record_file, &known);
+        let (now, fresh) = parse_with(&changed, &known).unwrap();
+        assert!(fresh.listing.is_some() && fresh.record.is_none());
+        assert_eq!(
+            now.entries["d150/f"].size, 7,
+            "a change on the box is read, not assumed"
+        );
+        assert_eq!(now.record, tree.record);
+
+        assert!(
+            parse_with(b"W\0r\0e\0", &Known::default()).is_err(),
+            "a confirmation of something never shown is refused"
+        );
     }
 
     #[test]

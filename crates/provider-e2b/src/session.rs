@@ -14,6 +14,7 @@ use crabbox_e2b_wire::process::{DataEvent, ProcessConfig, ProcessEvent, StartReq
 
 use crate::control::ControlPlane;
 use crate::envd::{exit_code_of, gone, Envd, ProcessStream};
+use crate::scan_cache::ScanCache;
 
 /// How long the control plane gets to say whether a sandbox whose command stream broke is
 /// still running.
@@ -27,6 +28,8 @@ pub struct E2bSession {
     control: ControlPlane,
     /// What the box can unpack, once asked.
     codecs: tokio::sync::Mutex<Vec<Codec>>,
+    /// What this machine last read of the box's tree.
+    scans: Option<ScanCache>,
 }
 
 impl E2bSession {
@@ -36,7 +39,15 @@ impl E2bSession {
             envd,
             control,
             codecs: tokio::sync::Mutex::default(),
+            scans: None,
         }
+    }
+
+    /// Keeps what scans read of the box's tree in `cache`, so an unchanged tree is confirmed
+    /// by hash rather than sent again.
+    pub fn with_scan_cache(mut self, cache: Option<ScanCache>) -> Self {
+        self.scans = cache;
+        self
     }
 
     pub fn sandbox_id(&self) -> &str {
@@ -51,7 +62,8 @@ impl BoxSession for E2bSession {
     }
 
     async fn scan(&self, workdir: &str, checksum: bool) -> Result<RemoteTree> {
-        crate::remote_sync::scan(&self.envd, workdir, checksum).await
+        let cache = self.scans.as_ref().map(|c| (c, self.sandbox_id.as_str()));
+        crate::remote_sync::scan(&self.envd, workdir, checksum, cache).await
     }
 
     async fn make_dir(&self, path: &str) -> Result<()> {
@@ -72,7 +84,11 @@ impl BoxSession for E2bSession {
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
     ) -> Result<()> {
-        crate::remote_sync::apply(&self.envd, req, chunks, reporter).await
+        crate::remote_sync::apply(&self.envd, req, chunks, reporter).await?;
+        if let Some(c) = &self.scans {
+            c.keep_record(&self.sandbox_id, req.workdir, req.record);
+        }
+        Ok(())
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {

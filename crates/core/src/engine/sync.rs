@@ -175,29 +175,36 @@ impl Engine {
             return Ok((None, lock));
         };
         let mut wait_ms = ms(t.elapsed());
-        let chosen = chosen.wait(&req.cancel, reporter).await?;
-        let Some(manifest) = source.manifest.as_ref().or(chosen) else {
-            return Err(Error::Sync("the files to sync were never chosen".into()));
+        // The box is read while the local files are chosen (and hashed): neither waits for
+        // the other. A box this run just made holds nothing yet; any other is read, not
+        // remembered.
+        let local = async {
+            let chosen = chosen.wait(&req.cancel, reporter).await?;
+            let Some(manifest) = source.manifest.as_ref().or(chosen) else {
+                return Err(Error::Sync("the files to sync were never chosen".into()));
+            };
+            let hashes = if req.checksum {
+                Some(hash_files(&source.root, manifest, &req.cancel).await?)
+            } else {
+                None
+            };
+            Ok((manifest, hashes))
         };
-        let hashes = if req.checksum {
-            Some(hash_files(&source.root, manifest, &req.cancel).await?)
-        } else {
-            None
+        let t = Instant::now();
+        let reading = async {
+            let remote = if acquired.created {
+                RemoteTree::default()
+            } else {
+                cancellable(&req.cancel, session.scan(&workdir, req.checksum)).await?
+            };
+            Ok::<_, Error>((remote, ms(t.elapsed())))
         };
+        let ((manifest, hashes), (remote, mut scan_ms)) = tokio::try_join!(local, reading)?;
         let options = PlanOptions {
             delete: source.delete,
             resend_all: req.full_resync,
             hashes: hashes.as_ref(),
         };
-
-        // A box this run just made holds nothing yet; any other is read, not remembered.
-        let t = Instant::now();
-        let remote = if acquired.created {
-            RemoteTree::default()
-        } else {
-            cancellable(&req.cancel, session.scan(&workdir, req.checksum)).await?
-        };
-        let mut scan_ms = ms(t.elapsed());
         let t = Instant::now();
         let mut plan = SyncPlan::new(manifest, &remote, options);
         if !plan.is_noop() {
@@ -254,6 +261,7 @@ impl Engine {
                 ops: &plan.ops,
                 record: &record,
                 workdir: &workdir,
+                chunks: chunks.len(),
                 timeout: self.sync_timeout,
                 cancel: &req.cancel,
             };

@@ -80,6 +80,7 @@ async fn a_bad_archive_leaves_the_tree_as_it_was() {
         ops: &keep,
         record: b"",
         workdir: "/crabbox/cbx_aaaaaaaaaaaa",
+        chunks: 1,
         timeout: Duration::from_secs(5),
         cancel: &cancel,
     };

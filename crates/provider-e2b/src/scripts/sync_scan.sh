@@ -1,14 +1,18 @@
 # Reads the synced tree in one pass, never through a symlink. Output on stdout, NUL-separated:
 #   N                 the workdir is missing (nothing follows), else W, then
-#   R<len>            when there is a sync record: its length, then exactly <len> bytes of it;
+#   R<len>            when there is a sync record: its length, then exactly <len> bytes of it
+#                     (or r alone when its SHA-256 is CBX_KNOWN_RECORD: the caller has it);
 #   E                 then six fields for the workdir, each directory the record names, and every
 #                     child of those that are directories: type (%y), mode (%m), size, mtime
 #                     (%T@), ./path, link target. A listed directory shows as type d at its own
 #                     path (a symlink in its place shows as l and is not entered);
 #   H                 with CBX_CHECKSUM=1, then `<sha256>  ./path` for each regular file listed.
+#   e                 in place of all of E... when their SHA-256 is CBX_KNOWN_LIST (the caller
+#                     holds that listing: the tree is as it last read it).
 # It also removes what syncs killed outright (kill -9) left behind: staging directories of this
 # workdir and uploads in /tmp older than CBX_STALE_MINUTES (longer than any sync may take).
-# Inputs (environment): CBX_WORKDIR, CBX_RECORD, CBX_CHECKSUM, CBX_STALE_MINUTES.
+# Inputs (environment): CBX_WORKDIR, CBX_RECORD, CBX_CHECKSUM, CBX_STALE_MINUTES, CBX_KNOWN_RECORD,
+# CBX_KNOWN_LIST.
 set -u
 wd=$CBX_WORKDIR
 rec=$CBX_RECORD
@@ -21,23 +25,55 @@ fi
 if [ -L "$wd" ] || [ ! -d "$wd" ]; then printf 'N\0'; exit 0; fi
 cd -- "$wd" || { printf 'N\0'; exit 0; }
 printf 'W\0'
+sha() { sha256sum | cut -c1-64; }
+command -v sha256sum >/dev/null 2>&1 || CBX_KNOWN_RECORD='' CBX_KNOWN_LIST=''
+dirs=$(mktemp) || exit 1
+listing=
+second=
+trap 'rm -f -- "$dirs" ${listing:+"$listing"} ${second:+"$second"}' EXIT
 have_rec=
 if [ -f "$rec" ] && [ ! -L "$rec" ]; then
   have_rec=1
-  printf 'R%s\0' "$(wc -c < "$rec")"
-  cat -- "$rec"
+  if [ -n "${CBX_KNOWN_RECORD:-}" ] && [ "$(sha < "$rec")" = "$CBX_KNOWN_RECORD" ]; then
+    printf 'r\0'
+  else
+    printf 'R%s\0' "$(wc -c < "$rec")"
+    cat -- "$rec"
+  fi
 fi
-dirs=$(mktemp) || exit 1
-trap 'rm -f -- "$dirs"' EXIT
 {
   printf '.\0'
   if [ -n "$have_rec" ]; then grep -z '^d' -- "$rec" | sed -z 's|^d|./|'; fi
 } > "$dirs"
-printf 'E\0'
-list() { xargs -0 -r sh -c 'find "$@" -maxdepth 1 '"$1" find < "$dirs" 2>/dev/null; }
-list '-printf "%y\0%m\0%s\0%T@\0%p\0%l\0"'
-if [ "${CBX_CHECKSUM:-}" = 1 ]; then
-  printf 'H\0'
-  list '-type f -print0' | xargs -0 -r sha256sum -z -- 2>/dev/null
+list() { xargs -0 -r sh -c 'find "$@" -maxdepth 1 '"$1" find 2>/dev/null; }
+# Lists the directories in two halves side by side where the box has two cores (stat-bound
+# work), the second half printed after the first, so an unchanged tree lists the same bytes.
+entries_of() {
+  n=$(tr -cd '\0' < "$dirs" | wc -c)
+  if [ "$n" -lt 256 ] || [ "$(nproc 2>/dev/null || echo 1)" -lt 2 ]; then
+    list "$1" < "$dirs"
+    return
+  fi
+  second=$(mktemp) || exit 1
+  tail -z -n +$((n / 2 + 1)) -- "$dirs" | list "$1" > "$second" &
+  head -z -n $((n / 2)) -- "$dirs" | list "$1"
+  wait
+  cat -- "$second"
+  rm -f -- "$second"
+}
+entries() {
+  printf 'E\0'
+  entries_of '-printf "%y\0%m\0%s\0%T@\0%p\0%l\0"'
+  if [ "${CBX_CHECKSUM:-}" = 1 ]; then
+    printf 'H\0'
+    list '-type f -print0' < "$dirs" | xargs -0 -r sha256sum -z -- 2>/dev/null
+  fi
+}
+if [ -n "${CBX_KNOWN_LIST:-}" ]; then
+  listing=$(mktemp) || exit 1
+  entries > "$listing"
+  if [ "$(sha < "$listing")" = "$CBX_KNOWN_LIST" ]; then printf 'e\0'; else cat -- "$listing"; fi
+else
+  entries
 fi
 exit 0

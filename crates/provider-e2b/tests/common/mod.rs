@@ -101,7 +101,8 @@ impl World {
         let cfg = self.config(&env)?;
         let provider = E2bProvider::from_config(&cfg)?
             .with_retry_policy(retry)
-            .with_reporter(reporter);
+            .with_reporter(reporter)
+            .with_scan_cache(self.state_dir().join("e2b-scans"));
         Ok(Engine::new(Box::new(provider), self.claims(), self.state_dir()).configured(&cfg))
     }
 

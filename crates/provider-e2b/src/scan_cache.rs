@@ -1,0 +1,142 @@
+//! What this machine last read of a sandbox's synced tree (its sync record and the scan's
+//! listing), kept under the state directory so the next scan can confirm an unchanged part by
+//! its SHA-256 instead of sending it again. Never trusted alone: the box hashes what it holds
+//! now and sends it whole unless the hashes match, so a lost, stale or damaged cache costs a
+//! full read, never a wrong tree.
+
+use std::path::PathBuf;
+
+use sha2::Digest;
+
+use crate::scan::{Fresh, Known, Part};
+
+/// Parts larger than this are not kept (the scan limit is far above any real tree's listing,
+/// but a cache file should stay a cache).
+const KEEP_AT_MOST: usize = 64 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ScanCache {
+    dir: PathBuf,
+}
+
+#[derive(Clone, Copy)]
+enum What {
+    Record,
+    Listing,
+}
+
+impl ScanCache {
+    pub fn new(dir: PathBuf) -> Self {
+        ScanCache { dir }
+    }
+
+    fn path(&self, sandbox: &str, workdir: &str, what: What) -> PathBuf {
+        let key = hex::encode(&sha2::Sha256::digest(workdir.as_bytes())[..8]);
+        let ext = match what {
+            What::Record => "record",
+            What::Listing => "listing",
+        };
+        self.dir.join(format!("{}-{key}.{ext}", file_safe(sandbox)))
+    }
+
+    /// What is kept for `workdir` on `sandbox` (nothing when unreadable).
+    pub fn load(&self, sandbox: &str, workdir: &str) -> Known {
+        let read = |what| {
+            std::fs::read(self.path(sandbox, workdir, what))
+                .ok()
+                .map(Part::of)
+        };
+        Known {
+            record: read(What::Record),
+            listing: read(What::Listing),
+        }
+    }
+
+    /// Keeps what a scan sent whole.
+    pub fn keep(&self, sandbox: &str, workdir: &str, fresh: &Fresh<'_>) {
+        if let Some(record) = fresh.record {
+            self.write(sandbox, workdir, What::Record, record);
+        }
+        if let Some(listing) = fresh.listing {
+            self.write(sandbox, workdir, What::Listing, listing);
+        }
+    }
+
+    /// Keeps the record a completed sync wrote to the box.
+    pub fn keep_record(&self, sandbox: &str, workdir: &str, record: &[u8]) {
+        self.write(sandbox, workdir, What::Record, record);
+    }
+
+    /// Forgets everything kept of `sandbox` (it was deleted).
+    pub fn forget(&self, sandbox: &str) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let prefix = format!("{}-", file_safe(sandbox));
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Writes atomically; a failure only means the next scan reads everything.
+    fn write(&self, sandbox: &str, workdir: &str, what: What, bytes: &[u8]) {
+        let path = self.path(sandbox, workdir, what);
+        if bytes.len() > KEEP_AT_MOST {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
+        let written = std::fs::create_dir_all(&self.dir).and_then(|_| {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+            std::io::Write::write_all(&mut tmp, bytes)?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// A sandbox id as a file name (E2B's are alphanumeric; anything else is replaced).
+fn file_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_kept_per_sandbox_and_workdir_and_forgotten_with_the_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ScanCache::new(dir.path().join("scans"));
+        assert!(cache.load("sbx", "/w").record.is_none());
+        cache.keep(
+            "sbx",
+            "/w",
+            &Fresh {
+                record: Some(b"fa\0"),
+                listing: Some(b"E\0"),
+            },
+        );
+        cache.keep_record("sbx", "/other", b"fb\0");
+        let known = cache.load("sbx", "/w");
+        let record = known.record.unwrap();
+        assert_eq!(record.bytes, b"fa\0");
+        assert_eq!(
+            record.sha256,
+            hex::encode(sha2::Sha256::digest(b"fa\0")),
+            "the hash is of the bytes read back, not remembered"
+        );
+        assert_eq!(known.listing.unwrap().bytes, b"E\0");
+        assert_eq!(cache.load("sbx", "/other").record.unwrap().bytes, b"fb\0");
+        assert!(cache.load("other", "/w").record.is_none());
+        cache.forget("sbx");
+        assert!(cache.load("sbx", "/w").record.is_none());
+        assert!(cache.load("sbx", "/other").record.is_none());
+    }
+}
