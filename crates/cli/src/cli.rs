@@ -1,5 +1,7 @@
 //! The command-line grammar. Flags mirror the reference CLI so its users type the same things.
 
+use std::path::PathBuf;
+
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crabbox_core::config::{FlagValue, Setting};
 
@@ -101,7 +103,7 @@ pub enum Command {
     /// Lease a box to reuse; prints its lease id
     Warmup(WarmupArgs),
     /// Sync the working tree to a box and run a command there
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a lease's box
     Status(StatusArgs),
     /// Release a box and drop its claim
@@ -111,6 +113,16 @@ pub enum Command {
     /// Drop claims whose box is gone, finish leases whose creation broke, remove stale files
     /// (a dry run unless --yes)
     Cleanup(CleanupArgs),
+    /// Fetch files or directories from a lease's box
+    Download(DownloadArgs),
+    /// Show the output of a detached run (`run --detach`)
+    Logs(LogsArgs),
+    /// Wait for a detached run to end; exits with its exit code
+    Wait(RunRefArgs),
+    /// Stop a detached run's whole process tree
+    Kill(RunRefArgs),
+    /// List detached runs and their state
+    Runs(RunsArgs),
     /// Inspect configuration
     Config {
         #[command(subcommand)]
@@ -171,9 +183,103 @@ pub struct RunArgs {
     /// never crabbox's own API key
     #[arg(long = "allow-env", value_name = "NAME")]
     pub allow_env: Vec<String>,
-    /// The command to run
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// Sync, then stop: the box is left ready for later runs (a box this run makes is kept)
+    #[arg(long, conflicts_with_all = ["no_sync", "detach"])]
+    pub sync_only: bool,
+    /// When to release a box this run makes: success, failure, always (the default) or never
+    #[arg(long, value_name = "WHEN", conflicts_with_all = ["keep", "keep_on_failure"])]
+    pub stop_after: Option<String>,
+    /// Write the lease handle (lease id, slug, provider, sandbox id) as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub lease_output: Option<PathBuf>,
+    /// Upload this local script and run it on the box (its shebang, else bash); words after
+    /// `--` are its arguments
+    #[arg(long, value_name = "FILE", conflicts_with = "script_stdin")]
+    pub script: Option<PathBuf>,
+    /// Read the script to run from standard input
+    #[arg(long)]
+    pub script_stdin: bool,
+    /// Also write the command's stdout to FILE
+    #[arg(long, value_name = "FILE")]
+    pub capture_stdout: Option<PathBuf>,
+    /// Also write the command's stderr to FILE
+    #[arg(long, value_name = "FILE")]
+    pub capture_stderr: Option<PathBuf>,
+    /// Keep the capture files only when the command fails
+    #[arg(long)]
+    pub capture_on_fail: bool,
+    /// Do not stream the command's output (captured output is still written)
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// After the command, fetch REMOTE (relative to the workdir unless absolute; a file or a
+    /// directory) to LOCAL (repeatable)
+    #[arg(long, value_name = "REMOTE=LOCAL")]
+    pub download: Vec<String>,
+    /// After the command, fetch the workdir's files matching GLOB into --artifact-dir,
+    /// keeping their relative paths (repeatable; `**` crosses directories)
+    #[arg(long, value_name = "GLOB")]
+    pub artifact_glob: Vec<String>,
+    /// Where --artifact-glob and --junit files go [default: .crabbox/artifacts/<lease>/]
+    #[arg(long, value_name = "DIR")]
+    pub artifact_dir: Option<PathBuf>,
+    /// Fail (exit 6) when PATH is not on the box after the command (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub require_artifact: Vec<String>,
+    /// Fetch the JUnit XML reports matching GLOB and print a summary (repeatable)
+    #[arg(long, value_name = "GLOB")]
+    pub junit: Vec<String>,
+    /// Start the command in the background on the box, print its run id and return
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the run's outcome (exit code, timings, sync, artifacts, JUnit summary) as JSON
+    /// on stdout at the end
+    #[arg(long)]
+    pub json: bool,
+    /// The command to run (with --script: the script's arguments)
+    #[arg(
+        last = true,
+        required_unless_present_any = ["script", "script_stdin", "sync_only"],
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// The lease: id, slug, sandbox id
+    pub id: String,
+    /// Path on the box: relative to the workdir unless absolute; a file or a directory
+    pub remote: String,
+    /// Where to put it
+    pub local: PathBuf,
+    /// Print what was fetched as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The run id `run --detach` printed (or a unique prefix of 6+ characters)
+    pub run: String,
+    /// Keep printing until the run ends
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunRefArgs {
+    /// The run id `run --detach` printed (or a unique prefix of 6+ characters)
+    pub run: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only the runs on this lease's box
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Print the runs as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -127,6 +127,7 @@ pub fn request(repo: &RepoFixture, id: Option<&str>, argv: &[&str]) -> RunReques
         slug: None,
         repo_root: Some(repo.root().to_path_buf()),
         cancel: CancellationToken::new(),
+        extras: Default::default(),
     }
 }
 

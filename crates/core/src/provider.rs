@@ -234,6 +234,25 @@ pub trait BoxSession: Send + Sync {
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
     ) -> Result<()>;
+    /// Streams the regular file at the absolute `path` on the box into `into`, returning
+    /// its length; `Error::NotFound` naming the path when it does not exist.
+    async fn read_file(
+        &self,
+        path: &str,
+        into: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        let _ = into;
+        Err(Error::Usage(format!(
+            "this provider cannot read {path} from its boxes"
+        )))
+    }
+    /// Puts `body` at the absolute `path` on the box (parents made), replacing any file there.
+    async fn write_file(&self, path: &str, body: &[u8]) -> Result<()> {
+        let _ = body;
+        Err(Error::Usage(format!(
+            "this provider cannot write {path} on its boxes"
+        )))
+    }
     /// Starts a command; its events follow on the stream.
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>>;
     /// Sends `signal` to the command's own process (`target.pid`).

@@ -20,6 +20,9 @@ use crate::scan_cache::ScanCache;
 /// still running.
 const LIVENESS_BUDGET: Duration = Duration::from_secs(15);
 
+/// Bound of writing one small file (a script) to the box.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// One sandbox's envd, as the engine uses it.
 pub struct E2bSession {
     sandbox_id: String,
@@ -89,6 +92,21 @@ impl BoxSession for E2bSession {
             c.keep_record(&self.sandbox_id, req.workdir, req.record);
         }
         Ok(())
+    }
+
+    async fn read_file(
+        &self,
+        path: &str,
+        into: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        self.envd.download(path, into).await
+    }
+
+    async fn write_file(&self, path: &str, body: &[u8]) -> Result<()> {
+        let len = body.len() as u64;
+        self.envd
+            .upload(path, reqwest::Body::from(body.to_vec()), len, WRITE_TIMEOUT)
+            .await
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {

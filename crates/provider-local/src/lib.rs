@@ -166,6 +166,29 @@ impl LocalProvider {
     fn delete_dir(&self, lease_id: &str) -> Result<bool> {
         let dir = self.box_dir(lease_id);
         let _ = std::fs::remove_file(crabbox_core::provider::record_path(&dir.to_string_lossy()));
+        // Detached runs go with their box, as they would with a sandbox.
+        let runs = PathBuf::from(crabbox_core::engine::detach::runs_dir(
+            &dir.to_string_lossy(),
+        ));
+        if let Ok(entries) = std::fs::read_dir(&runs) {
+            for e in entries.flatten() {
+                let pid = std::fs::read_to_string(e.path().join("pid")).ok();
+                let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()) else {
+                    continue;
+                };
+                // Only the run's own session leader (a recycled pid is someone else's).
+                let mine = format!(
+                    "{}={}",
+                    crabbox_core::provider::RUN_ID_VAR,
+                    e.file_name().to_string_lossy()
+                );
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                if pid > 1 && environ.split(|b| *b == 0).any(|v| v == mine.as_bytes()) {
+                    exec::signal_group(pid, Signal::Kill);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&runs);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -263,6 +286,30 @@ impl BoxSession for LocalSession {
         tokio::task::spawn_blocking(move || tree::finish(&wd, &record))
             .await
             .map_err(|e| Error::Sync(format!("sync task failed: {e}")))?
+    }
+
+    async fn read_file(
+        &self,
+        path: &str,
+        into: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        let mut f = match tokio::fs::File::open(path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!("{path} is not on the local box")))
+            }
+            Err(e) => return Err(Error::io("opening", path)(e)),
+        };
+        tokio::io::copy(&mut f, into)
+            .await
+            .map_err(Error::io("copying", path))
+    }
+
+    async fn write_file(&self, path: &str, body: &[u8]) -> Result<()> {
+        if let Some(parent) = Path::new(path).parent() {
+            std::fs::create_dir_all(parent).map_err(Error::io("creating", parent))?;
+        }
+        std::fs::write(path, body).map_err(Error::io("writing", path))
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {

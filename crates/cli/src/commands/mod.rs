@@ -2,6 +2,8 @@
 
 mod cleanup;
 mod config;
+mod detached;
+mod download;
 mod list;
 mod run;
 mod status;
@@ -17,11 +19,16 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
     let g = cli.global;
     match cli.command {
         Command::Warmup(a) => warmup::run(&g, a).await,
-        Command::Run(a) => run::run(&g, a).await,
+        Command::Run(a) => run::run(&g, *a).await,
         Command::Status(a) => status::run(&g, a).await,
         Command::Stop(a) => stop::run(&g, a).await,
         Command::List(a) => list::run(&g, a).await,
         Command::Cleanup(a) => cleanup::run(&g, a).await,
+        Command::Download(a) => download::run(&g, a).await,
+        Command::Logs(a) => detached::logs(&g, a).await,
+        Command::Wait(a) => detached::wait(&g, a).await,
+        Command::Kill(a) => detached::kill(&g, a).await,
+        Command::Runs(a) => detached::runs(&g, a).await,
         Command::Config { command } => config::run(&g, command),
         Command::Completions { shell } => {
             clap_complete::generate(

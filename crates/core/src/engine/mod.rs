@@ -11,10 +11,15 @@
 //! whatever happened, unless the keep policy says otherwise; a release that fails is
 //! reported with the lease to stop.
 
+mod boxcmd;
 mod boxes;
 mod cleanup;
+pub mod detach;
 mod exec;
+mod extras;
+pub mod junit;
 mod leases;
+pub mod outputs;
 pub mod request;
 mod run;
 mod sync;
@@ -29,7 +34,10 @@ use crate::error::Result;
 use crate::provider::Provider;
 
 pub use cleanup::{CleanupAction, CleanupReport, UnclaimedBox};
+pub use detach::{DetachedRun, RunState};
 pub use exec::new_run_id;
+pub use junit::JunitSummary;
+pub use outputs::ArtifactReport;
 pub use request::*;
 pub use sync::human_bytes;
 
@@ -43,6 +51,8 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 const WAIT_POLL: Duration = Duration::from_millis(500);
 /// Bound of the lookup and delete of a box whose create did not complete.
 const ORPHAN_BUDGET: Duration = Duration::from_secs(20);
+/// Lifetime of a box opened outside a run when no `ttl` is configured.
+const DEFAULT_TTL: Duration = Duration::from_secs(90 * 60);
 /// Default bound of one sync's upload and apply.
 const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -53,6 +63,8 @@ pub struct Engine {
     state_dir: PathBuf,
     sync_timeout: Duration,
     cancel_grace: Duration,
+    /// The lifetime a box gets when a command outside a run opens it (`ttl`).
+    ttl: Duration,
 }
 
 impl std::fmt::Debug for Engine {
@@ -74,6 +86,7 @@ impl Engine {
             state_dir,
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            ttl: DEFAULT_TTL,
         }
     }
 
@@ -86,7 +99,10 @@ impl Engine {
     }
 
     /// The engine settings of `cfg` (`sync.timeout`).
-    pub fn configured(self, cfg: &crate::config::LoadedConfig) -> Self {
+    pub fn configured(mut self, cfg: &crate::config::LoadedConfig) -> Self {
+        if !cfg.core.ttl.is_zero() {
+            self.ttl = cfg.core.ttl;
+        }
         self.with_sync_timeout(cfg.core.sync.timeout)
     }
 

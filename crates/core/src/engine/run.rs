@@ -9,7 +9,7 @@ use super::leases::LeaseSpec;
 use super::sync::Choosing;
 use super::{ms, Engine, CANCEL_BUDGET};
 use crate::claims::Claim;
-use crate::engine::{KeepPolicy, RunOutcome, RunRequest, Timing};
+use crate::engine::{KeepPolicy, RunMode, RunOutcome, RunRequest, Timing};
 use crate::error::{Error, Result};
 use crate::events::{OutputSink, Reporter};
 use crate::hint::Hint;
@@ -49,6 +49,11 @@ impl Engine {
         }
         let mut acquired = self.acquire(req, reporter).await?;
         timing.acquire_ms = ms(t.elapsed());
+        if let Err(e) = self.write_lease_output(&acquired, req) {
+            self.release_within(CANCEL_BUDGET / 2, &acquired, req, reporter)
+                .await;
+            return Err(e);
+        }
 
         let t = Instant::now();
         // The sync watches the token itself, so that an interrupted sync still removes its
@@ -71,13 +76,44 @@ impl Engine {
         };
 
         let t = Instant::now();
-        let ran = self.exec_phase(&acquired, req, out).await;
+        let mut artifacts = None;
+        let mut junit = None;
+        let mut run_id = None;
+        let ran = match req.extras.mode {
+            RunMode::SyncOnly => Ok(Ran::Exited(0)),
+            RunMode::Detached => match self.detach(&acquired, req, reporter).await {
+                Ok(id) => {
+                    run_id = Some(id);
+                    Ok(Ran::Exited(0))
+                }
+                Err(e) => Err(e),
+            },
+            RunMode::Attached => {
+                let ran = self.exec_attached(&acquired, req, out, reporter).await;
+                if let Ok(Ran::Exited(_)) = &ran {
+                    if req.extras.fetches() {
+                        let (a, j) = self.fetch_outputs(&acquired, req, reporter).await;
+                        artifacts = Some(a);
+                        junit = j;
+                    }
+                }
+                ran
+            }
+        };
         timing.command_ms = ms(t.elapsed());
 
         let t = Instant::now();
+        // A box made for a sync-only or detached run stays: that is what it was made for.
+        let stays = req.extras.mode != RunMode::Attached;
         let result = match ran {
+            Ok(Ran::Exited(code)) if stays => {
+                let released = self.release(&acquired, true, req, reporter, true).await;
+                Ok((code, released))
+            }
             Ok(Ran::Exited(code)) => {
-                let released = self.release(&acquired, code == 0, req, reporter).await;
+                let released = self
+                    .release(&acquired, code == 0, req, reporter, false)
+                    .await;
                 Ok((code, released))
             }
             Ok(Ran::Interrupted) => {
@@ -86,7 +122,7 @@ impl Engine {
                 Err(Error::Interrupted)
             }
             Err(e) => {
-                self.release(&acquired, false, req, reporter).await;
+                self.release(&acquired, false, req, reporter, false).await;
                 Err(self.gone_hint(&acquired, e))
             }
         };
@@ -106,6 +142,10 @@ impl Engine {
             created: acquired.created,
             timing,
             sync,
+            artifacts,
+            junit,
+            run_id,
+            sync_only: req.extras.mode == RunMode::SyncOnly,
         })
     }
 
@@ -163,12 +203,13 @@ impl Engine {
         success: bool,
         req: &RunRequest,
         reporter: &dyn Reporter,
+        keep_anyway: bool,
     ) -> Release {
         let target = &acquired.target;
         if !acquired.created {
             return Release::Kept;
         }
-        if req.keep.keeps(success) {
+        if keep_anyway || req.keep.keeps(success) {
             if let Some(claim) = &acquired.claim {
                 if !claim.keep {
                     let mut kept = claim.clone();
@@ -239,7 +280,7 @@ impl Engine {
         req: &RunRequest,
         reporter: &dyn Reporter,
     ) {
-        let released = self.release(acquired, false, req, reporter);
+        let released = self.release(acquired, false, req, reporter, false);
         if tokio::time::timeout(budget, released).await.is_err() {
             let target = &acquired.target;
             reporter.status(&format!(

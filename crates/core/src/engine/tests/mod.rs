@@ -109,6 +109,7 @@ impl Bench {
             slug: None,
             repo_root: Some(self.repo.path().to_path_buf()),
             cancel: CancellationToken::new(),
+            extras: Default::default(),
         }
     }
 
