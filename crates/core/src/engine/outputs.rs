@@ -55,6 +55,8 @@ pub struct FetchedFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Listed {
     kind: u8,
+    /// Permission bits on the box.
+    mode: u32,
     path: String,
 }
 
@@ -101,13 +103,13 @@ async fn list(
     if !roots.is_empty() {
         script.push_str(&format!(
             "for r in {}; do\n  if [ -e \"$r\" ] || [ -L \"$r\" ]; then \
-             find \"$r\" -printf '%y\\0%p\\0' 2>/dev/null; fi\ndone\n",
+             find \"$r\" -printf '%y\\0%m\\0%p\\0' 2>/dev/null; fi\ndone\n",
             quote(&mut roots.iter())
         ));
     }
     if !required.is_empty() {
         script.push_str(&format!(
-            "for r in {}; do\n  [ -e \"$r\" ] || [ -L \"$r\" ] || printf 'm\\0%s\\0' \"$r\"\ndone\n",
+            "for r in {}; do\n  [ -e \"$r\" ] || [ -L \"$r\" ] || printf 'm\\0\\0%s\\0' \"$r\"\ndone\n",
             quote(&mut required.iter())
         ));
     }
@@ -129,11 +131,19 @@ async fn list(
     let mut listed = Vec::new();
     let mut missing = Vec::new();
     let mut it = fields(&out.stdout);
-    while let (Some(kind), Some(path)) = (it.next(), it.next()) {
+    while let (Some(kind), Some(mode), Some(path)) = (it.next(), it.next(), it.next()) {
         let path = String::from_utf8_lossy(path).into_owned();
+        let mode = std::str::from_utf8(mode)
+            .ok()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .unwrap_or(0o644);
         match kind {
             b"m" => missing.push(path),
-            [k] => listed.push(Listed { kind: *k, path }),
+            [k] => listed.push(Listed {
+                kind: *k,
+                mode,
+                path,
+            }),
             _ => {}
         }
     }
@@ -145,6 +155,7 @@ struct Fetch {
     remote: String,
     base: PathBuf,
     rel: String,
+    mode: u32,
 }
 
 /// Fetches what `extras` names from the box after the command.
@@ -213,6 +224,7 @@ pub(super) async fn collect(
                     remote: rel.to_string(),
                     base: dir.clone(),
                     rel: rel.to_string(),
+                    mode: e.mode,
                 }),
                 b'f' => report
                     .refused
@@ -241,7 +253,7 @@ pub(super) async fn collect(
             None,
         );
         let local = target_path(&f.base, &f.rel)?;
-        let bytes = fetch_one(session, &remote, &local, cancel).await?;
+        let bytes = fetch_one(session, &remote, &local, f.mode, cancel).await?;
         done_bytes += bytes;
         report.files.push(FetchedFile {
             remote: f.remote.clone(),
@@ -292,6 +304,7 @@ fn downloads_of(
                 remote: root.to_string(),
                 base,
                 rel,
+                mode: top.mode,
             });
         }
         b'd' => {
@@ -302,6 +315,7 @@ fn downloads_of(
                         remote: e.path.clone(),
                         base: d.local.clone(),
                         rel: rel.to_string(),
+                        mode: e.mode,
                     }),
                     b'f' => report
                         .refused
@@ -358,6 +372,7 @@ async fn fetch_one(
     session: &dyn BoxSession,
     remote: &str,
     local: &Path,
+    mode: u32,
     cancel: &CancellationToken,
 ) -> Result<u64> {
     let parent = local
@@ -375,6 +390,13 @@ async fn fetch_one(
         .await
         .map_err(Error::io("writing", local))?;
     drop(file);
+    // The box's permission bits, without set-id bits or write for others.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        &tmp_path,
+        std::fs::Permissions::from_mode((mode & 0o755) | 0o600),
+    )
+    .map_err(Error::io("setting the mode of", local))?;
     tmp_path
         .persist(local)
         .map_err(|e| Error::io("writing", local)(e.error))?;
@@ -466,6 +488,7 @@ mod tests {
         ]
         .map(|(k, p)| Listed {
             kind: k.as_bytes()[0],
+            mode: 0o644,
             path: p.into(),
         });
         let d = Download {

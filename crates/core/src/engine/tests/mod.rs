@@ -11,6 +11,7 @@ mod command;
 mod create;
 mod keep;
 mod leases;
+mod outputs;
 mod release;
 mod sync;
 
