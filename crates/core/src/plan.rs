@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub slug: Option<String>,
     /// Extra variables to forward, named by the user (`--allow-env`).
     pub allow_env: Vec<String>,
+    /// A new box starts from this snapshot (`--from-snapshot`).
+    pub from_snapshot: Option<String>,
 }
 
 /// The engine's request, and what the user should hear before it runs.
@@ -81,6 +83,7 @@ pub async fn plan_run(
             ttl: cfg.core.ttl,
             slug: opts.slug,
             repo_root: Some(cfg.repo_root.clone()),
+            from_snapshot: opts.from_snapshot,
             cancel,
         },
         warnings,

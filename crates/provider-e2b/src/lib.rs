@@ -30,6 +30,7 @@
 
 pub mod control;
 pub mod envd;
+mod lifecycle;
 mod lookup;
 pub mod metadata;
 pub mod placement;

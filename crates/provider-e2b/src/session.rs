@@ -27,6 +27,8 @@ pub struct E2bSession {
     control: ControlPlane,
     /// What the box can unpack, once asked.
     codecs: tokio::sync::Mutex<Vec<Codec>>,
+    /// Opening it woke the sandbox from a pause.
+    resumed: bool,
 }
 
 impl E2bSession {
@@ -36,7 +38,14 @@ impl E2bSession {
             envd,
             control,
             codecs: tokio::sync::Mutex::default(),
+            resumed: false,
         }
+    }
+
+    /// Marks the session as the one whose opening woke the sandbox.
+    pub fn resumed_now(mut self, resumed: bool) -> Self {
+        self.resumed = resumed;
+        self
     }
 
     pub fn sandbox_id(&self) -> &str {
@@ -46,6 +55,10 @@ impl E2bSession {
 
 #[async_trait]
 impl BoxSession for E2bSession {
+    fn resumed(&self) -> bool {
+        self.resumed
+    }
+
     async fn exists(&self, path: &str) -> Result<bool> {
         self.envd.exists(path).await
     }

@@ -2,10 +2,15 @@
 
 mod cleanup;
 mod config;
+mod fork;
+mod lifecycle;
 mod list;
 mod run;
+mod snapshot;
 mod status;
 mod stop;
+mod url;
+mod usage;
 mod warmup;
 
 use crabbox_core::Result;
@@ -22,6 +27,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Stop(a) => stop::run(&g, a).await,
         Command::List(a) => list::run(&g, a).await,
         Command::Cleanup(a) => cleanup::run(&g, a).await,
+        Command::Pause(a) => lifecycle::pause(&g, a).await,
+        Command::Resume(a) => lifecycle::resume(&g, a).await,
+        Command::Snapshot(a) => snapshot::run(&g, a).await,
+        Command::Fork(a) => fork::run(&g, a).await,
+        Command::Url(a) => url::run(&g, a).await,
+        Command::Usage(a) => usage::run(&g, a),
         Command::Config { command } => config::run(&g, command),
         Command::Completions { shell } => {
             clap_complete::generate(
