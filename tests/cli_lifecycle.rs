@@ -455,3 +455,180 @@ fn local_refuses_pause_urls_and_idle_timeouts_naming_what_to_use_instead() {
     assert_eq!(sb.claims().len(), 1, "a refusal makes nothing");
     ok(sb.run(&["stop", &lease]));
 }
+
+// --- crabbox shell, through a real pseudo-terminal ---
+
+/// `crabbox` running with a pseudo-terminal as its stdin, stdout and stderr (its
+/// controlling terminal), as under a terminal emulator; what it prints is collected.
+struct Terminal {
+    master: std::fs::File,
+    child: std::process::Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Terminal {
+    fn spawn(mut cmd: std::process::Command, cols: u16, rows: u16) -> Terminal {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (0, 0);
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two new descriptors, which we own from here.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+        let master = unsafe { std::fs::File::from_raw_fd(master) };
+        cmd.stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave.try_clone().unwrap());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("crabbox starts");
+        drop(slave);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once crabbox and every holder of the terminal are gone.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal {
+            master,
+            child,
+            seen,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    fn type_keys(&mut self, keys: &str) {
+        self.master.write_all(keys.as_bytes()).unwrap();
+    }
+
+    /// Waits until the terminal has shown `needle`.
+    fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the terminal never showed {needle:?}; it shows:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resizes the terminal as a window resize does (the kernel signals SIGWINCH).
+    fn resize(&self, cols: u16, rows: u16) {
+        use std::os::fd::AsRawFd;
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        assert_eq!(rc, 0);
+    }
+
+    fn exit_code(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "crabbox shell did not exit:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn shell_is_a_raw_terminal_on_the_box_with_resizes_ctrl_c_and_the_exit_code() {
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
+    let sb = emu.sandbox();
+    let lease = warmup(&sb, &[]);
+    ok(sb.run(&["run", "--provider", "e2b", "--id", &lease, "--", "true"]));
+    let mut term = Terminal::spawn(sb.cmd(&["shell", "--provider", "e2b", &lease]), 80, 24);
+    term.type_keys("echo mark-$((6*7)); pwd; tty\n");
+    term.wait_for("mark-42");
+    term.wait_for("/home/user/crabbox");
+    term.wait_for("/dev/pts/");
+    term.type_keys("stty size\n");
+    term.wait_for("24 80");
+
+    // A window resize reaches the box; the forwarding is asynchronous, so ask until it shows.
+    term.resize(120, 40);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !term.text().contains("40 120") {
+        assert!(
+            Instant::now() < deadline,
+            "resize never reached the box:\n{}",
+            term.text()
+        );
+        term.type_keys("stty size\n");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Ctrl-C goes to the remote shell: it interrupts the remote sleep, not crabbox.
+    term.type_keys("echo sleeping-$((2+2)); sleep 1000\n");
+    term.wait_for("sleeping-4");
+    term.type_keys("\u{3}");
+    term.type_keys("echo after-$((1+1))\n");
+    term.wait_for("after-2");
+
+    term.type_keys("exit 7\n");
+    assert_eq!(term.exit_code(), 7);
+
+    let mut one = Terminal::spawn(
+        sb.cmd(&[
+            "shell",
+            "--provider",
+            "e2b",
+            &lease,
+            "--",
+            "sh",
+            "-c",
+            "stty size; exit 3",
+        ]),
+        100,
+        30,
+    );
+    let code = one.exit_code();
+    assert!(one.text().contains("30 100"), "{}", one.text());
+    assert_eq!(code, 3, "{}", one.text());
+    ok(sb.run(&["stop", "--provider", "e2b", &lease]));
+}

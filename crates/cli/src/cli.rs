@@ -120,6 +120,8 @@ pub enum Command {
     Url(UrlArgs),
     /// Box-seconds running and paused, per lease and repository, as recorded here
     Usage(JsonArgs),
+    /// An interactive login shell on a box (or one program: shell ID -- htop), over a PTY
+    Shell(ShellArgs),
     /// Drop claims whose box is gone, finish leases whose creation broke, remove stale files
     /// (a dry run unless --yes)
     Cleanup(CleanupArgs),
@@ -289,6 +291,16 @@ pub struct UrlArgs {
     /// Print the URL and headers as JSON on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Lease id, slug or sandbox id
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// A program to run instead of the login shell
+    #[arg(last = true, value_name = "PROGRAM")]
+    pub program: Vec<String>,
 }
 
 #[derive(Debug, Args)]

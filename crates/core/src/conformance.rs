@@ -544,5 +544,6 @@ pub async fn run_all(p: &Engine) {
         lifecycle::a_box_from_a_snapshot_has_its_files(p).await;
         lifecycle::fork_makes_leases_that_copy_the_box(p).await;
         lifecycle::port_urls_name_the_port(p).await;
+        lifecycle::a_terminal_runs_a_program_to_its_exit_code(p).await;
     }
 }

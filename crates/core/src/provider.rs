@@ -246,6 +246,49 @@ pub trait ExecStream: Send {
     async fn next_event(&mut self) -> Result<Option<ExecEvent>>;
 }
 
+/// An interactive program to start on a box under a pseudo-terminal.
+#[derive(Debug, Clone)]
+pub struct PtySpec {
+    /// The program and its arguments; empty: an interactive login shell.
+    pub argv: Vec<String>,
+    /// Where it starts; empty: the user's home.
+    pub cwd: String,
+    /// On top of the box's login environment (`TERM`).
+    pub env: BTreeMap<String, String>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// What a program under a pseudo-terminal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PtyEvent {
+    /// Bytes the terminal showed.
+    Output(Vec<u8>),
+    /// The program ended with this exit code (128 + n for signal n).
+    Exited(i32),
+}
+
+/// The output of a program under a pseudo-terminal, in order.
+#[async_trait]
+pub trait PtyStream: Send {
+    /// The next event; `Ok(None)` when the stream ended.
+    async fn next_event(&mut self) -> Result<Option<PtyEvent>>;
+}
+
+/// Typing into and resizing a pseudo-terminal.
+#[async_trait]
+pub trait PtyControl: Send + Sync {
+    /// Sends keystrokes (bytes as the terminal would: Ctrl-C is 0x03).
+    async fn input(&self, bytes: &[u8]) -> Result<()>;
+    async fn resize(&self, cols: u16, rows: u16) -> Result<()>;
+}
+
+/// A program running under a pseudo-terminal on a box.
+pub struct PtyHandle {
+    pub stream: Box<dyn PtyStream>,
+    pub control: std::sync::Arc<dyn PtyControl>,
+}
+
 /// Which run to stop.
 #[derive(Debug, Clone)]
 pub struct RunTarget {
@@ -322,6 +365,13 @@ pub trait BoxSession: Send + Sync {
     /// Opening this session woke the box from a pause.
     fn resumed(&self) -> bool {
         false
+    }
+    /// Starts `spec` under a pseudo-terminal (providers declaring `pty`; the engine checks
+    /// the capability first).
+    async fn start_pty(&self, _spec: &PtySpec) -> Result<PtyHandle> {
+        Err(Error::Usage(
+            "this box cannot open a terminal; run commands with `crabbox run --id`".into(),
+        ))
     }
     /// Sends `signal` to the command's own process (`target.pid`).
     async fn signal(&self, target: &RunTarget, signal: Signal) -> Result<()>;

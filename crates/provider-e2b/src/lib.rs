@@ -35,6 +35,7 @@ mod lookup;
 pub mod metadata;
 pub mod placement;
 mod provider;
+mod pty;
 pub mod remote_sync;
 pub mod retry;
 pub mod run_tree;

@@ -293,6 +293,7 @@ impl Provider for E2bProvider {
             snapshot: true,
             fork: true,
             port_url: true,
+            pty: true,
             ..Capabilities::default()
         }
     }

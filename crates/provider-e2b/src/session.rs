@@ -59,6 +59,13 @@ impl BoxSession for E2bSession {
         self.resumed
     }
 
+    async fn start_pty(
+        &self,
+        spec: &crabbox_core::provider::PtySpec,
+    ) -> Result<crabbox_core::provider::PtyHandle> {
+        crate::pty::start(&self.envd, spec).await
+    }
+
     async fn exists(&self, path: &str) -> Result<bool> {
         self.envd.exists(path).await
     }

@@ -6,6 +6,7 @@ mod fork;
 mod lifecycle;
 mod list;
 mod run;
+mod shell;
 mod snapshot;
 mod status;
 mod stop;
@@ -33,6 +34,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Fork(a) => fork::run(&g, a).await,
         Command::Url(a) => url::run(&g, a).await,
         Command::Usage(a) => usage::run(&g, a),
+        Command::Shell(a) => shell::run(&g, a).await,
         Command::Config { command } => config::run(&g, command),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -160,3 +160,45 @@ pub async fn port_urls_name_the_port(p: &Engine) {
     }
     stop(p, &b.lease_id).await;
 }
+
+/// A program under a pseudo-terminal prints to it, sees a terminal, and its exit code
+/// comes back.
+pub async fn a_terminal_runs_a_program_to_its_exit_code(p: &Engine) {
+    use crate::provider::PtyEvent;
+    let repo = RepoFixture::new();
+    let b = warm_box(p, &repo).await;
+    let req = crate::engine::ShellRequest {
+        id: b.lease_id.clone(),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "test -t 0 && echo pty-ok; exit 4".into(),
+        ],
+        cols: 80,
+        rows: 24,
+        term: "xterm".into(),
+        ttl: std::time::Duration::from_secs(600),
+    };
+    let shell = p.shell(&req, &SilentReporter).await;
+    if !p.provider().capabilities().has(Feature::Pty) {
+        assert_refused(p, shell.map(|s| s.lease_id), "shell");
+        stop(p, &b.lease_id).await;
+        return;
+    }
+    let mut stream = shell.expect("shell").pty.stream;
+    let mut seen = Vec::new();
+    let code = loop {
+        match stream.next_event().await.expect("terminal stream") {
+            Some(PtyEvent::Output(bytes)) => seen.extend(bytes),
+            Some(PtyEvent::Exited(code)) => break code,
+            None => panic!("the terminal closed without its program's end"),
+        }
+    };
+    assert_eq!(code, 4);
+    assert!(
+        String::from_utf8_lossy(&seen).contains("pty-ok"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    stop(p, &b.lease_id).await;
+}

@@ -69,6 +69,27 @@ pub struct PortOutcome {
     pub headers: BTreeMap<String, String>,
 }
 
+/// `shell` options.
+#[derive(Debug, Clone)]
+pub struct ShellRequest {
+    pub id: String,
+    /// Empty: an interactive login shell.
+    pub argv: Vec<String>,
+    pub cols: u16,
+    pub rows: u16,
+    /// `TERM` on the box.
+    pub term: String,
+    pub ttl: Duration,
+}
+
+/// A program under a pseudo-terminal on a lease's box; the front end pumps it.
+pub struct Shell {
+    pub lease_id: String,
+    pub slug: String,
+    pub remote_id: String,
+    pub pty: crate::provider::PtyHandle,
+}
+
 /// Largest number of forks of one call.
 pub const MAX_FORKS: u32 = 20;
 
@@ -334,6 +355,56 @@ impl Engine {
             port,
             url: url.url,
             headers: url.headers,
+        })
+    }
+
+    /// Starts `req.argv` (or a login shell) under a pseudo-terminal on a lease's box, in its
+    /// workdir once something was synced there; a paused box is woken first.
+    pub async fn shell(&self, req: &ShellRequest, reporter: &dyn Reporter) -> Result<Shell> {
+        self.require(Feature::Pty)?;
+        let (claim, target) = self.target_of(&req.id).await?;
+        let ttl = claim
+            .as_ref()
+            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
+            .and_then(|secs| secs.parse().ok())
+            .map_or_else(|| self.provider.ttl(req.ttl), Duration::from_secs);
+        let session = self.provider.open(&target, ttl).await?;
+        if session.resumed() {
+            reporter.status(&format!(
+                "resumed paused {} box {} (lease {}, {})",
+                self.name(),
+                target.remote_id,
+                target.lease_id,
+                target.slug
+            ));
+            self.record(
+                UsageEventKind::Resumed,
+                None,
+                &target.lease_id,
+                &target.slug,
+                Self::repo_of(&claim),
+            );
+        }
+        let workdir = self.provider.workdir(&target.lease_id)?;
+        let cwd = if session.exists(&workdir).await? {
+            workdir
+        } else {
+            String::new()
+        };
+        let pty = session
+            .start_pty(&crate::provider::PtySpec {
+                argv: req.argv.clone(),
+                cwd,
+                env: BTreeMap::from([("TERM".to_string(), req.term.clone())]),
+                cols: req.cols,
+                rows: req.rows,
+            })
+            .await?;
+        Ok(Shell {
+            lease_id: target.lease_id,
+            slug: target.slug,
+            remote_id: target.remote_id,
+            pty,
         })
     }
 

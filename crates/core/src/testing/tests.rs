@@ -149,6 +149,20 @@ async fn lifecycle_requests_to_a_provider_without_them_are_refused_before_any_ca
             .await
             .err(),
         engine.port_url(&b.lease_id, 80).await.err(),
+        engine
+            .shell(
+                &crate::engine::ShellRequest {
+                    id: b.lease_id.clone(),
+                    argv: Vec::new(),
+                    cols: 80,
+                    rows: 24,
+                    term: "xterm".into(),
+                    ttl: Duration::from_secs(60),
+                },
+                &SilentReporter,
+            )
+            .await
+            .err(),
     ];
     for e in refusals {
         let e = e.expect("refused");
