@@ -110,6 +110,20 @@ pub enum Command {
     Stop(StopArgs),
     /// List boxes
     List(ListArgs),
+    /// Pause a box: files (and on E2B, running processes) kept, no compute billed
+    Pause(LeaseArgs),
+    /// Wake a paused box (run --id also does, saying so)
+    Resume(LeaseArgs),
+    /// Snapshot a box (prints the snapshot id); `snapshot list`, `snapshot delete ID`
+    Snapshot(SnapshotArgs),
+    /// Make new leases whose boxes start as copies of one box
+    Fork(ForkArgs),
+    /// The URL of a port on a box, with the headers a request needs
+    Url(UrlArgs),
+    /// Box-seconds running and paused, per lease and repository, as recorded here
+    Usage(JsonArgs),
+    /// An interactive login shell on a box (or one program: shell ID -- htop), over a PTY
+    Shell(ShellArgs),
     /// Drop claims whose box is gone, finish leases whose creation broke, remove stale files
     /// (a dry run unless --yes)
     Cleanup(CleanupArgs),
@@ -140,6 +154,9 @@ pub struct WarmupArgs {
     /// Slug for the new lease (default: derived from the lease id)
     #[arg(long)]
     pub slug: Option<String>,
+    /// Start the box from this snapshot (id or name) instead of an empty one
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub from_snapshot: Option<String>,
     /// Print the box as JSON on stdout
     #[arg(long)]
     pub json: bool,
@@ -153,6 +170,9 @@ pub struct RunArgs {
     /// Slug for a new lease
     #[arg(long)]
     pub slug: Option<String>,
+    /// Start the new box from this snapshot (id or name); only what differs is synced
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "id")]
+    pub from_snapshot: Option<String>,
     /// Keep the box after the run
     #[arg(long)]
     pub keep: bool,
@@ -310,6 +330,88 @@ pub struct StopArgs {
     #[arg(long)]
     pub reclaim: bool,
     /// Print the outcome as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A command on one lease's box.
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    /// Lease id, slug or sandbox id
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Print the outcome as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub command: Option<SnapshotCommand>,
+    /// The box to snapshot: lease id, slug or sandbox id
+    #[arg(value_name = "ID", required = true)]
+    pub id: Option<String>,
+    /// A name for the snapshot (usable wherever its id is)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print the snapshot as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List the provider's snapshots
+    List(JsonArgs),
+    /// Delete a snapshot
+    Delete {
+        /// Snapshot id
+        #[arg(value_name = "SNAPSHOT")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// The box to copy: lease id, slug or sandbox id
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// How many new boxes (1..20)
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Print the new leases as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UrlArgs {
+    /// Lease id, slug or sandbox id
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// The port on the box
+    #[arg(value_name = "PORT")]
+    pub port: u16,
+    /// Print the URL and headers as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Lease id, slug or sandbox id
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// A program to run instead of the login shell
+    #[arg(last = true, value_name = "PROGRAM")]
+    pub program: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print as JSON on stdout
     #[arg(long)]
     pub json: bool,
 }

@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub allow_env: Vec<String>,
     /// Scripts, sync-only and detached runs, captured output, artifacts.
     pub extras: RunExtras,
+    /// A new box starts from this snapshot (`--from-snapshot`).
+    pub from_snapshot: Option<String>,
 }
 
 /// The engine's request, and what the user should hear before it runs.
@@ -83,6 +85,7 @@ pub async fn plan_run(
             ttl: cfg.core.ttl,
             slug: opts.slug,
             repo_root: Some(cfg.repo_root.clone()),
+            from_snapshot: opts.from_snapshot,
             cancel,
             extras: opts.extras,
         },

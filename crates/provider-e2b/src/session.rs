@@ -33,6 +33,8 @@ pub struct E2bSession {
     codecs: tokio::sync::Mutex<Vec<Codec>>,
     /// What this machine last read of the box's tree.
     scans: Option<ScanCache>,
+    /// Opening it woke the sandbox from a pause.
+    resumed: bool,
 }
 
 impl E2bSession {
@@ -43,6 +45,7 @@ impl E2bSession {
             control,
             codecs: tokio::sync::Mutex::default(),
             scans: None,
+            resumed: false,
         }
     }
 
@@ -53,6 +56,12 @@ impl E2bSession {
         self
     }
 
+    /// Marks the session as the one whose opening woke the sandbox.
+    pub fn resumed_now(mut self, resumed: bool) -> Self {
+        self.resumed = resumed;
+        self
+    }
+
     pub fn sandbox_id(&self) -> &str {
         &self.sandbox_id
     }
@@ -60,6 +69,17 @@ impl E2bSession {
 
 #[async_trait]
 impl BoxSession for E2bSession {
+    fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    async fn start_pty(
+        &self,
+        spec: &crabbox_core::provider::PtySpec,
+    ) -> Result<crabbox_core::provider::PtyHandle> {
+        crate::pty::start(&self.envd, spec).await
+    }
+
     async fn exists(&self, path: &str) -> Result<bool> {
         self.envd.exists(path).await
     }

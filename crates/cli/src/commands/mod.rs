@@ -4,10 +4,16 @@ mod cleanup;
 mod config;
 mod detached;
 mod download;
+mod fork;
+mod lifecycle;
 mod list;
 mod run;
+mod shell;
+mod snapshot;
 mod status;
 mod stop;
+mod url;
+mod usage;
 mod warmup;
 
 use crabbox_core::Result;
@@ -29,6 +35,13 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Wait(a) => detached::wait(&g, a).await,
         Command::Kill(a) => detached::kill(&g, a).await,
         Command::Runs(a) => detached::runs(&g, a).await,
+        Command::Pause(a) => lifecycle::pause(&g, a).await,
+        Command::Resume(a) => lifecycle::resume(&g, a).await,
+        Command::Snapshot(a) => snapshot::run(&g, a).await,
+        Command::Fork(a) => fork::run(&g, a).await,
+        Command::Url(a) => url::run(&g, a).await,
+        Command::Usage(a) => usage::run(&g, a),
+        Command::Shell(a) => shell::run(&g, a).await,
         Command::Config { command } => config::run(&g, command),
         Command::Completions { shell } => {
             clap_complete::generate(

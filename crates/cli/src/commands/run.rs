@@ -40,6 +40,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
     };
     let opts = RunOptions {
         id: a.id,
+        from_snapshot: a.from_snapshot,
         command,
         shell: a.shell,
         no_sync: a.no_sync,

@@ -20,6 +20,7 @@ mod extras;
 pub mod junit;
 mod leases;
 pub mod outputs;
+mod lifecycle;
 pub mod request;
 mod run;
 mod sync;
@@ -32,12 +33,14 @@ use std::time::Duration;
 use crate::claims::{Claim, ClaimStore};
 use crate::error::Result;
 use crate::provider::Provider;
+use crate::usage::{UsageEventKind, UsageLog};
 
 pub use cleanup::{CleanupAction, CleanupReport, UnclaimedBox};
 pub use detach::{DetachedRun, RunState};
 pub use exec::new_run_id;
 pub use junit::JunitSummary;
 pub use outputs::ArtifactReport;
+pub use lifecycle::*;
 pub use request::*;
 pub use sync::human_bytes;
 
@@ -65,6 +68,7 @@ pub struct Engine {
     cancel_grace: Duration,
     /// The lifetime a box gets when a command outside a run opens it (`ttl`).
     ttl: Duration,
+    usage: UsageLog,
 }
 
 impl std::fmt::Debug for Engine {
@@ -83,6 +87,7 @@ impl Engine {
         Self {
             provider,
             claims,
+            usage: UsageLog::new(state_dir.join("usage")),
             state_dir,
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
             cancel_grace: DEFAULT_CANCEL_GRACE,
@@ -141,6 +146,21 @@ impl Engine {
 
     pub fn claims(&self) -> &ClaimStore {
         &self.claims
+    }
+
+    /// Records what happened to a lease's box in its usage file. Best effort: a failure to
+    /// record never fails the lease's operation (the box matters more than its accounting).
+    fn record(
+        &self,
+        kind: UsageEventKind,
+        at: Option<time::OffsetDateTime>,
+        lease_id: &str,
+        slug: &str,
+        repo: Option<&std::path::Path>,
+    ) {
+        let _ = self
+            .usage
+            .record(kind, at, lease_id, slug, self.name(), repo);
     }
 
     /// Drops a lease's claim (what was synced is recorded on its box, which is gone).

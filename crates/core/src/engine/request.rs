@@ -134,6 +134,11 @@ pub struct WarmupRequest {
     pub ttl: Duration,
     /// Repository the lease is for (recorded in the claim and the box's tags).
     pub repo_root: Option<PathBuf>,
+    /// Start the box from this snapshot (id or name).
+    pub from_snapshot: Option<String>,
+    /// Pause the box after this long without a run instead of letting it die; a run wakes
+    /// it and renews the timeout (`idleTimeout`; providers with `pause` only).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Run one command, on a new box or on the warm box named by `id`.
@@ -154,6 +159,8 @@ pub struct RunRequest {
     pub ttl: Duration,
     pub slug: Option<String>,
     pub repo_root: Option<PathBuf>,
+    /// A new box starts from this snapshot (id or name).
+    pub from_snapshot: Option<String>,
     /// Fired on Ctrl-C / SIGTERM: the engine stops the remote command, cleans up, and
     /// returns `Error::Interrupted`.
     pub cancel: CancellationToken,
@@ -349,4 +356,7 @@ pub struct StopOutcome {
     pub slug: String,
     /// The box was already gone; only the claim was dropped.
     pub already_gone: bool,
+    /// The lease's box-seconds, as crabbox recorded them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::LeaseUsage>,
 }

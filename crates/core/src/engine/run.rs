@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exec::Ran;
 use super::leases::LeaseSpec;
+use super::leases::IDLE_TIMEOUT_LABEL;
 use super::sync::Choosing;
 use super::{ms, Engine, CANCEL_BUDGET};
 use crate::claims::Claim;
@@ -13,7 +14,8 @@ use crate::engine::{KeepPolicy, RunMode, RunOutcome, RunRequest, Timing};
 use crate::error::{Error, Result};
 use crate::events::{OutputSink, Reporter};
 use crate::hint::Hint;
-use crate::provider::{BoxRef, BoxSession};
+use crate::provider::{unsupported, BoxRef, BoxSession, Feature};
+use crate::usage::UsageEventKind;
 
 /// The box one run works on.
 pub(super) struct Acquired {
@@ -153,11 +155,16 @@ impl Engine {
     async fn acquire(&self, req: &RunRequest, reporter: &dyn Reporter) -> Result<Acquired> {
         let ttl = self.provider.ttl(req.ttl);
         let Some(id) = req.id.as_deref() else {
+            if req.from_snapshot.is_some() && !self.provider.capabilities().snapshot {
+                return Err(unsupported(self.name(), Feature::Snapshot));
+            }
             let spec = LeaseSpec {
                 slug: req.slug.as_deref(),
                 ttl,
                 keep: req.keep == KeepPolicy::Always,
                 repo_root: req.repo_root.as_deref(),
+                from_snapshot: req.from_snapshot.as_deref(),
+                idle_timeout: None,
             };
             let (claim, target, session) = self
                 .create_lease(&spec, Some(&req.cancel), reporter)
@@ -170,15 +177,43 @@ impl Engine {
                 session,
             });
         };
+        if let Some(snapshot) = &req.from_snapshot {
+            return Err(Error::Usage(format!(
+                "--from-snapshot {snapshot} starts a new box; it cannot reuse box {id} (drop \
+                 --id, or drop --from-snapshot)"
+            )));
+        }
         // Nothing is made here, so a cancel has nothing to undo.
         let located = cancellable(&req.cancel, self.locate(id)).await?;
         let (claim, target) = (located.claim, located.target);
+        // A box made to pause when idle is renewed by its idle timeout, not the TTL.
+        let ttl = claim
+            .as_ref()
+            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
+            .and_then(|secs| secs.parse().ok())
+            .map_or(ttl, Duration::from_secs);
         let session = cancellable(&req.cancel, self.provider.open(&target, ttl))
             .await
             .map_err(|e| match (&e, &claim) {
                 (Error::NotFound(_), Some(_)) => e.with_hint(self.stop_hint(&target.lease_id)),
                 _ => e,
             })?;
+        if session.resumed() {
+            reporter.status(&format!(
+                "resumed paused {} box {} (lease {}, {})",
+                self.name(),
+                target.remote_id,
+                target.lease_id,
+                target.slug
+            ));
+            self.record(
+                UsageEventKind::Resumed,
+                None,
+                &target.lease_id,
+                &target.slug,
+                claim.as_ref().and_then(|c| c.repo_root.as_deref()),
+            );
+        }
         reporter.status(&format!(
             "reusing {} box {} (lease {}, {})",
             self.name(),
@@ -236,6 +271,13 @@ impl Engine {
         }
         match self.provider.delete(target).await {
             Ok(_) => {
+                self.record(
+                    UsageEventKind::Stopped,
+                    None,
+                    &target.lease_id,
+                    &target.slug,
+                    None,
+                );
                 if let Err(e) = self.forget(&target.lease_id) {
                     reporter.status(&format!(
                         "box {} deleted, but its claim could not be removed: {e}",

@@ -109,6 +109,7 @@ impl Bench {
             ttl: Duration::from_secs(600),
             slug: None,
             repo_root: Some(self.repo.path().to_path_buf()),
+            from_snapshot: None,
             cancel: CancellationToken::new(),
             extras: Default::default(),
         }
@@ -154,6 +155,8 @@ impl Bench {
             slug: None,
             ttl: Duration::from_secs(600),
             repo_root: Some(self.repo.path().to_path_buf()),
+            from_snapshot: None,
+            idle_timeout: None,
         };
         self.engine.warmup(&req, &self.reporter).await.unwrap()
     }
