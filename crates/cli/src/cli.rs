@@ -137,6 +137,8 @@ pub enum Command {
     Kill(RunRefArgs),
     /// List detached runs and their state
     Runs(RunsArgs),
+    /// Run one suite across many boxes at once: sync once, fork, one verdict
+    Shard(Box<ShardArgs>),
     /// Inspect configuration
     Config {
         #[command(subcommand)]
@@ -443,4 +445,46 @@ pub enum ConfigCommand {
     },
     /// Print the path of every config file that was read
     Files,
+}
+
+#[derive(Debug, Args)]
+pub struct ShardArgs {
+    /// How many shards (each on its own box); capped by shard.maxCount (default 20)
+    #[arg(long)]
+    pub count: u32,
+    /// Sync to this warm lease and fork it (default: a new box)
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Start the source box from this snapshot
+    #[arg(long, conflicts_with = "id")]
+    pub from_snapshot: Option<String>,
+    /// Stop the other shards at the first failure
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Only lifecycle lines: not the shards' output
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Fetch each shard's JUnit XML reports matching GLOB and merge them into one verdict
+    /// (repeatable)
+    #[arg(long, value_name = "GLOB")]
+    pub junit: Vec<String>,
+    /// Where each shard's reports go (<DIR>/<index>/...) [default: .crabbox/artifacts/shards/]
+    #[arg(long, value_name = "DIR")]
+    pub artifact_dir: Option<std::path::PathBuf>,
+    /// Keep every shard's box
+    #[arg(long)]
+    pub keep: bool,
+    /// Join the command words raw, as shell source
+    #[arg(long)]
+    pub shell: bool,
+    /// Also hand this local environment variable to each shard's command (repeatable)
+    #[arg(long = "allow-env", value_name = "NAME")]
+    pub allow_env: Vec<String>,
+    /// Print the verdict as JSON on stdout at the end
+    #[arg(long)]
+    pub json: bool,
+    /// The command template: {{index}} (1-based), {{total}}, {{lease}}, {{slug}} are
+    /// substituted per shard
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }

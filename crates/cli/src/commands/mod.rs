@@ -8,6 +8,7 @@ mod fork;
 mod lifecycle;
 mod list;
 mod run;
+mod shard;
 mod shell;
 mod snapshot;
 mod status;
@@ -35,6 +36,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Wait(a) => detached::wait(&g, a).await,
         Command::Kill(a) => detached::kill(&g, a).await,
         Command::Runs(a) => detached::runs(&g, a).await,
+        Command::Shard(a) => shard::run(&g, *a).await,
         Command::Pause(a) => lifecycle::pause(&g, a).await,
         Command::Resume(a) => lifecycle::resume(&g, a).await,
         Command::Snapshot(a) => snapshot::run(&g, a).await,

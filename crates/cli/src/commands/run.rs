@@ -172,7 +172,7 @@ pub fn parse_download(v: &str) -> Result<Download> {
 
 /// First Ctrl-C / SIGTERM: cancel the run (the engine stops the remote command and cleans
 /// up). Second: exit at once.
-fn watch_signals(cancel: CancellationToken) {
+pub fn watch_signals(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
         let (Ok(mut int), Ok(mut term)) = (

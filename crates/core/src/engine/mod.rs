@@ -19,10 +19,11 @@ mod exec;
 mod extras;
 pub mod junit;
 mod leases;
-pub mod outputs;
 mod lifecycle;
+pub mod outputs;
 pub mod request;
 mod run;
+pub mod shard;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -39,9 +40,10 @@ pub use cleanup::{CleanupAction, CleanupReport, UnclaimedBox};
 pub use detach::{DetachedRun, RunState};
 pub use exec::new_run_id;
 pub use junit::JunitSummary;
-pub use outputs::ArtifactReport;
 pub use lifecycle::*;
+pub use outputs::ArtifactReport;
 pub use request::*;
+pub use shard::{ShardOutcome, ShardPlan, ShardRequest, ShardResult};
 pub use sync::human_bytes;
 
 /// How long a SIGTERMed command gets before SIGKILL, by default.

@@ -13,6 +13,7 @@ mod keep;
 mod leases;
 mod outputs;
 mod release;
+mod shard;
 mod sync;
 
 use std::collections::BTreeMap;
