@@ -253,6 +253,10 @@ pub struct RunArgs {
     /// Start the command in the background on the box, print its run id and return
     #[arg(long)]
     pub detach: bool,
+    /// Stop the command's whole process tree after this long (e.g. 10m) and exit 124
+    /// [config: timeout]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
     /// Print the run's outcome (exit code, timings, sync, artifacts, JUnit summary) as JSON
     /// on stdout at the end
     #[arg(long)]

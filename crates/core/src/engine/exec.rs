@@ -15,7 +15,12 @@ use crate::provider::{BoxSession, ExecEvent, ExecSpec, ExecStream, RunTarget, Si
 pub(super) enum Ran {
     Exited(i32),
     Interrupted,
+    /// `--timeout` passed: the command's whole process tree was stopped.
+    TimedOut,
 }
+
+/// The exit code of a run whose `--timeout` passed (as coreutils' `timeout`).
+pub const TIMEOUT_EXIT: i32 = 124;
 
 /// A fresh run id: 128 random bits in hex.
 pub fn new_run_id() -> String {
@@ -55,6 +60,14 @@ impl Engine {
             }
             s = session.start(&spec) => s?,
         };
+        let deadline = req.extras.timeout.map(|t| tokio::time::Instant::now() + t);
+        let timed_out = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timed_out);
         loop {
             let event = tokio::select! {
                 biased;
@@ -65,6 +78,14 @@ impl Engine {
                     )
                     .await;
                     return Ok(Ran::Interrupted);
+                }
+                _ = &mut timed_out => {
+                    let _ = tokio::time::timeout(
+                        CANCEL_BUDGET / 2,
+                        self.stop_command(session, stream.as_mut(), &mut target, out),
+                    )
+                    .await;
+                    return Ok(Ran::TimedOut);
                 }
                 e = stream.next_event() => e?,
             };
