@@ -101,6 +101,8 @@ struct Run {
     keepalives: usize,
     started: bool,
     error: Option<String>,
+    /// The connection broke before the end-of-stream envelope.
+    broken: bool,
 }
 
 async fn collect(res: reqwest::Response) -> Run {
@@ -108,7 +110,11 @@ async fn collect(res: reqwest::Response) -> Run {
     let mut decoder = EnvelopeDecoder::new();
     let mut body = res.bytes_stream();
     while let Some(chunk) = body.next().await {
-        for env in decoder.decode(&chunk.unwrap()).unwrap() {
+        let Ok(chunk) = chunk else {
+            run.broken = true;
+            return run;
+        };
+        for env in decoder.decode(&chunk).unwrap() {
             if env.is_end_stream() {
                 run.error = env
                     .end_stream_message()
@@ -548,7 +554,9 @@ async fn timeout_kills_the_sandbox_and_envd_answers_502() {
     let run = tokio::time::timeout(Duration::from_secs(10), collect(res))
         .await
         .expect("the stream ends when the sandbox times out");
-    assert_eq!(run.end.unwrap().status, "signal: killed");
+    // As through E2B's proxy, the stream of a sandbox that went away is dropped: no end event.
+    assert!(run.broken, "{run:?}");
+    assert!(run.end.is_none(), "{run:?}");
     let detail = c
         .http
         .get(format!("{}/sandboxes/{}", c.base, sbx.sandbox_id))

@@ -87,6 +87,11 @@ impl ControlPlane {
         }
     }
 
+    /// Timeout of each call (default [`CONTROL_TIMEOUT`]).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     pub fn set_retry(&mut self, retry: RetryPolicy) {
         self.retry = retry;
     }
@@ -143,14 +148,17 @@ impl ControlPlane {
 
     fn transport(&self, what: &str, e: &reqwest::Error, attempts: u32) -> Error {
         let detail = if e.is_timeout() {
-            format!("timed out after {}s", self.timeout.as_secs())
+            format!(
+                "timed out after {} (e2b.controlTimeout)",
+                secs(self.timeout)
+            )
         } else {
             error_chain(e)
         };
         let gave_up = if attempts > 1 {
             format!("; gave up after {attempts} attempts, retry later")
         } else {
-            String::new()
+            "; retry later".to_string()
         };
         Error::Transport(
             self.secrets
@@ -389,6 +397,9 @@ impl Reply {
 
 /// A wait as the user reads it: whole seconds, rounded up.
 fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) && !d.is_zero() {
+        return format!("{}ms", d.as_millis().max(1));
+    }
     format!("{}s", d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 

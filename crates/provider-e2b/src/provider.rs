@@ -56,6 +56,12 @@ impl E2bProvider {
         let key = settings::api_key(&s)?;
         settings::refuse_repo_redirect(cfg, &s)?;
         let endpoints = settings::endpoints(cfg, &s)?;
+        if s.control_timeout.is_zero() || s.retry_attempts == 0 {
+            return Err(Error::Usage(
+                "e2b.controlTimeout and e2b.retryAttempts must be positive (defaults: 60s, 3)"
+                    .into(),
+            ));
+        }
         if s.max_ttl.is_zero() {
             return Err(Error::Usage(
                 "e2b.maxTtl must be positive (e.g. 1h, or 24h on E2B's pro tier)".into(),
@@ -92,8 +98,17 @@ impl E2bProvider {
             }
             t => t.to_string(),
         };
+        let mut control = ControlPlane::new(http.clone(), endpoints.api_url.clone(), key);
+        let defaults = RetryPolicy::default();
+        control.set_retry(RetryPolicy {
+            max_attempts: s.retry_attempts,
+            base_delay: defaults.base_delay.min(s.retry_max_wait),
+            max_delay: s.retry_max_wait,
+            report_after: defaults.report_after,
+        });
+        control.set_timeout(s.control_timeout);
         Ok(E2bProvider {
-            control: ControlPlane::new(http.clone(), endpoints.api_url.clone(), key),
+            control,
             http,
             endpoint: endpoints.api_url,
             domain: endpoints.domain,

@@ -51,7 +51,17 @@ impl BoxSession for E2bSession {
     }
 
     async fn scan(&self, workdir: &str, checksum: bool) -> Result<RemoteTree> {
-        crate::remote_sync::scan(&self.envd, workdir, checksum).await
+        match crate::remote_sync::scan(&self.envd, workdir, checksum).await {
+            Err(Error::Transport(e)) => {
+                let broken = Error::Transport(format!(
+                    "reading the synced tree on sandbox {} failed: {e}; nothing on the box \
+                     was changed, retry later",
+                    self.sandbox_id
+                ));
+                why_broken(&self.control, &self.sandbox_id, Err(broken)).await
+            }
+            other => other,
+        }
     }
 
     async fn make_dir(&self, path: &str) -> Result<()> {
@@ -72,7 +82,21 @@ impl BoxSession for E2bSession {
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
     ) -> Result<()> {
-        crate::remote_sync::apply(&self.envd, req, chunks, reporter).await
+        match crate::remote_sync::apply(&self.envd, req, chunks, reporter).await {
+            Err(Error::Transport(e)) => {
+                let broken = if e.contains("retry later") {
+                    Error::Transport(e)
+                } else {
+                    Error::Transport(format!(
+                        "the sync to sandbox {} failed: {e}; the workdir is unchanged, retry \
+                         later",
+                        self.sandbox_id
+                    ))
+                };
+                why_broken(&self.control, &self.sandbox_id, Err(broken)).await
+            }
+            other => other,
+        }
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {
