@@ -453,3 +453,47 @@ fn every_fault_over_every_command_keeps_the_promises() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// A sandbox deleted while its command runs: E2B's proxy drops the command's stream (the
+/// emulator does too), and crabbox asks the control plane and says the sandbox is gone,
+/// exit 4, naming the lease to stop.
+#[test]
+fn a_sandbox_deleted_mid_command_is_reported_gone_with_exit_4() {
+    use std::io::{BufRead, BufReader};
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
+    let sb = fast(emu.sandbox());
+    let (lease, sandbox) = warmup(&sb);
+    let mut child = sb
+        .cmd(&[
+            "run",
+            "--id",
+            &lease,
+            "--no-sync",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "up");
+    emu.kill_sandbox(&sandbox);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!("sandbox {sandbox} is no longer running")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("crabbox stop --provider e2b {lease}")),
+        "{err}"
+    );
+    ok(sb.run(&["stop", &lease]));
+    assert!(sb.claims().is_empty());
+}

@@ -112,7 +112,7 @@ pub fn write_archive_with<'a, W: Write>(
     for entry in entries {
         let full = root.join(&entry.path);
         let mut header = tar::Header::new_gnu();
-        header.set_mode(entry.mode);
+        header.set_mode(entry.mode & super::SYNCED_MODE_BITS);
         header.set_mtime(u64::try_from(entry.mtime_ns / 1_000_000_000).unwrap_or(0));
         header.set_uid(0);
         header.set_gid(0);
@@ -121,9 +121,7 @@ pub fn write_archive_with<'a, W: Write>(
                 // The exact mtime travels as a pax extension (GNU tar and `extract_archive`
                 // apply it), so a warm sync can compare it to the nanosecond: the header only
                 // holds whole seconds, and an edit within the same second would hide.
-                let secs = entry.mtime_ns.div_euclid(1_000_000_000);
-                let nanos = entry.mtime_ns.rem_euclid(1_000_000_000);
-                let mtime = format!("{secs}.{nanos:09}");
+                let mtime = format_pax_time(entry.mtime_ns);
                 tar.append_pax_extensions([("mtime", mtime.as_bytes())])
                     .map_err(write_err)?;
                 // O_NOFOLLOW: a file swapped for a symlink since the manifest was built must not
@@ -295,6 +293,9 @@ pub fn extract_archive_with<'a, R: Read + 'a>(
                 dest.display()
             )));
         }
+        if kind.is_file() || kind.is_dir() {
+            strip_privilege_bits(&target);
+        }
         if kind.is_file() {
             if let Some(ns) = mtime_ns {
                 set_mtime(&target, ns);
@@ -303,6 +304,23 @@ pub fn extract_archive_with<'a, R: Read + 'a>(
         written.push(path.to_string_lossy().into_owned());
     }
     Ok(written)
+}
+
+/// Clears setuid and setgid on what an archive just put at `path` (never through a
+/// symlink): a synced tree carries no privilege, whatever the archive's headers say.
+fn strip_privilege_bits(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode();
+    if meta.file_type().is_symlink() || mode & 0o6000 == 0 {
+        return;
+    }
+    let _ = std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(mode & super::SYNCED_MODE_BITS),
+    );
 }
 
 /// The first directory on the way to `dest/rel` (`rel` itself excluded) that is a symlink.
@@ -338,28 +356,48 @@ pub fn entry_mtime_ns<R: Read>(entry: &mut tar::Entry<'_, R>) -> Option<i128> {
         .map(|s| i128::from(s) * 1_000_000_000)
 }
 
-/// `1700000000.123456789` (or fewer digits) -> nanoseconds.
-fn parse_pax_time(v: &str) -> Option<i128> {
-    let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
+/// Nanoseconds -> a pax time: a decimal number of seconds whose sign applies to the whole
+/// of it, as pax and GNU tar write it (`-1.5` is a second and a half before the epoch).
+pub fn format_pax_time(ns: i128) -> String {
+    let sign = if ns < 0 { "-" } else { "" };
+    let abs = ns.unsigned_abs();
+    format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)
+}
+
+/// A pax time (`1700000000.123456789`, `-1.5`, fewer or more fraction digits) ->
+/// nanoseconds; `None` for anything else (a sign inside, no digits, out of range).
+pub fn parse_pax_time(v: &str) -> Option<i128> {
+    let (negative, body) = match v.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let (secs, frac) = body.split_once('.').unwrap_or((body, ""));
+    let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if secs.is_empty() || !all_digits(secs) || !all_digits(frac) {
+        return None;
+    }
     let secs: i128 = secs.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
-    let nanos: i128 = if digits.is_empty() {
-        0
-    } else {
-        format!("{digits:0<9}").parse().ok()?
-    };
+    let nanos: i128 = format!("{digits:0<9}").parse().ok()?;
     // Out of range (no filesystem keeps such a time): none, rather than an overflow.
-    secs.checked_mul(1_000_000_000)?
-        .checked_add(if secs < 0 { -nanos } else { nanos })
+    let magnitude = secs.checked_mul(1_000_000_000)?.checked_add(nanos)?;
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 /// Sets a file's mtime to the nanosecond (best effort: a failure only costs a resend).
 fn set_mtime(path: &Path, ns: i128) {
-    let Ok(secs) = u64::try_from(ns.div_euclid(1_000_000_000)) else {
+    let Ok(abs) = u64::try_from(ns.unsigned_abs() / 1_000_000_000) else {
         return;
     };
-    let nanos = ns.rem_euclid(1_000_000_000) as u32;
-    let when = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+    let offset = std::time::Duration::new(abs, (ns.unsigned_abs() % 1_000_000_000) as u32);
+    let when = if ns < 0 {
+        std::time::UNIX_EPOCH.checked_sub(offset)
+    } else {
+        std::time::UNIX_EPOCH.checked_add(offset)
+    };
+    let Some(when) = when else {
+        return;
+    };
     if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
         let _ = f.set_modified(when);
     }
@@ -551,6 +589,106 @@ mod tests {
             assert!(err.to_string().contains("destination itself"), "{err}");
             assert!(dst.path().join("keep").exists(), "{name:?}");
         }
+    }
+
+    /// A pax time's sign is the whole number's: what the writer puts in an archive reads
+    /// back to the same nanosecond, before the epoch too, and extraction sets it.
+    #[test]
+    fn pax_mtimes_before_the_epoch_round_trip() {
+        for ns in [
+            -1_500_000_000i128,
+            -500_000_000,
+            -1,
+            -2_000_000_000,
+            0,
+            1,
+            1_700_000_000_123_456_789,
+        ] {
+            assert_eq!(parse_pax_time(&format_pax_time(ns)), Some(ns), "{ns}");
+        }
+        assert_eq!(format_pax_time(-1_500_000_000), "-1.500000000");
+        assert_eq!(parse_pax_time("-0.5"), Some(-500_000_000));
+        for bad in ["", "-", "+1", "1.-5", "--1", "1.5.5", "1e3", ".5"] {
+            assert_eq!(parse_pax_time(bad), None, "{bad:?}");
+        }
+
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("old"), "x").unwrap();
+        let mut archive = Vec::new();
+        let entry = crate::sync::SyncEntry {
+            path: "old".into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: 1,
+            mtime_ns: -1_500_000_000,
+            link_target: None,
+        };
+        write_archive(src.path(), [&entry], &mut archive, |_| {}).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        extract_archive(&archive[..], dst.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dst.path().join("old")).unwrap();
+        assert_eq!(
+            i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            -1_500_000_000
+        );
+    }
+
+    /// An archive's setuid and setgid bits never reach the extracted tree, on files or
+    /// directories; the rest of the mode does.
+    #[test]
+    fn extraction_strips_setuid_and_setgid() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut raw = Vec::new();
+        {
+            let mut tar = tar::Builder::new(&mut raw);
+            let mut dir = tar::Header::new_gnu();
+            dir.set_entry_type(tar::EntryType::Directory);
+            dir.set_mode(0o2775);
+            dir.set_size(0);
+            tar.append_data(&mut dir, "d", &[][..]).unwrap();
+            let mut file = tar::Header::new_gnu();
+            file.set_mode(0o6755);
+            file.set_size(2);
+            tar.append_data(&mut file, "d/tool", &b"#!"[..]).unwrap();
+            let mut sticky = tar::Header::new_gnu();
+            sticky.set_mode(0o1777);
+            sticky.set_entry_type(tar::EntryType::Directory);
+            sticky.set_size(0);
+            tar.append_data(&mut sticky, "shared", &[][..]).unwrap();
+            tar.finish().unwrap();
+        }
+        let dst = tempfile::tempdir().unwrap();
+        extract_archive_with(&raw[..], Codec::Stored, dst.path()).unwrap();
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(dst.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("d/tool"), 0o755);
+        assert_eq!(mode("d"), 0o775);
+        assert_eq!(mode("shared"), 0o1777, "the sticky bit is no privilege");
+    }
+
+    /// A local setuid file is synced without the bit, so a box never gets it and a warm sync
+    /// does not see a difference to resend every time.
+    #[test]
+    fn the_manifest_leaves_setuid_and_setgid_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("tool"), "x").unwrap();
+        std::fs::set_permissions(
+            root.path().join("tool"),
+            std::fs::Permissions::from_mode(0o6755),
+        )
+        .unwrap();
+        let manifest =
+            crate::sync::SyncManifest::build(root.path(), &crate::sync::SyncOptions::default())
+                .unwrap();
+        let tool = manifest.entries.iter().find(|e| e.path == "tool").unwrap();
+        assert_eq!(tool.mode, 0o755);
     }
 
     #[test]

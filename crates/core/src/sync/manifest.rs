@@ -191,7 +191,7 @@ impl SyncManifest {
                 SyncEntry {
                     path: rel,
                     kind,
-                    mode: meta.permissions().mode() & 0o7777,
+                    mode: meta.permissions().mode() & super::SYNCED_MODE_BITS,
                     size,
                     mtime_ns,
                     link_target,
