@@ -111,6 +111,9 @@ pub enum Command {
     /// Drop claims whose box is gone, finish leases whose creation broke, remove stale files
     /// (a dry run unless --yes)
     Cleanup(CleanupArgs),
+    /// Check that runs can work here: config layers, API key, endpoints, template, git,
+    /// workdir rules; each failure names its fix (exit 1 when a check fails)
+    Doctor(DoctorArgs),
     /// Inspect configuration
     Config {
         #[command(subcommand)]
@@ -221,6 +224,13 @@ pub struct CleanupArgs {
     #[arg(long)]
     pub yes: bool,
     /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the checks as JSON on stdout
     #[arg(long)]
     pub json: bool,
 }

@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/templates/aliases/{alias}", get(template_alias))
         .fallback(|| async { HttpError::not_found("no such control-plane route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -220,6 +221,19 @@ async fn connect(
         StatusCode::OK
     };
     Ok((status, Json(sandbox.body())).into_response())
+}
+
+/// Whether a template exists, as the SDKs ask (`Template.exists`): 200 with its id, or 404.
+async fn template_alias(
+    State(state): State<AppState>,
+    Path(alias): Path<String>,
+) -> Result<Response, HttpError> {
+    if !state.config.templates.contains(&alias) {
+        return Err(HttpError::not_found(format!(
+            "template '{alias}' not found"
+        )));
+    }
+    Ok(Json(serde_json::json!({"templateID": alias, "public": true})).into_response())
 }
 
 /// Legacy v1 resume: only for paused sandboxes.

@@ -30,16 +30,18 @@ const SETTLE_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct E2bProvider {
     pub(crate) control: ControlPlane,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// The API URL: the claims' endpoint scope.
     pub(crate) endpoint: String,
     /// Configured envd domain, or the fixed sandbox URL.
-    domain: String,
-    sandbox_url: Option<String>,
+    pub(crate) domain: String,
+    pub(crate) sandbox_url: Option<String>,
     /// The checked user and workdir, or why they were refused (reported by run/warmup).
     placement: std::result::Result<Placement, String>,
-    template: String,
+    pub(crate) template: String,
     max_ttl: Duration,
+    /// Where the API key came from ("environment E2B_API_KEY"), for `doctor`.
+    pub(crate) key_origin: String,
     /// How to reach the envd of each sandbox inspected in this process (for readiness).
     seen: Mutex<BTreeMap<String, EnvdAccess>>,
 }
@@ -116,6 +118,10 @@ impl E2bProvider {
             placement: Placement::new(&s.user, &s.workdir),
             template,
             max_ttl: s.max_ttl,
+            key_origin: cfg
+                .origin("e2b.apiKey")
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "an unknown layer".into()),
             seen: Mutex::default(),
         })
     }
@@ -429,6 +435,10 @@ impl Provider for E2bProvider {
             .iter()
             .map(listed_box)
             .collect())
+    }
+
+    async fn doctor(&self) -> Vec<crabbox_core::doctor::Check> {
+        crate::doctor::checks(self).await
     }
 
     async fn ready(&self, b: &RemoteBox) -> bool {

@@ -2,6 +2,7 @@
 
 mod cleanup;
 mod config;
+mod doctor;
 mod list;
 mod run;
 mod status;
@@ -22,6 +23,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Stop(a) => stop::run(&g, a).await,
         Command::List(a) => list::run(&g, a).await,
         Command::Cleanup(a) => cleanup::run(&g, a).await,
+        Command::Doctor(a) => doctor::run(&g, a).await,
         Command::Config { command } => config::run(&g, command),
         Command::Completions { shell } => {
             clap_complete::generate(
