@@ -735,3 +735,23 @@ fn doctor_warns_outside_a_git_repository() {
     assert_eq!(repo["status"], "warn", "{repo}");
     assert!(repo["fix"].as_str().unwrap().contains("git init"), "{repo}");
 }
+
+/// A sparse file is not turned into a box full of zeros silently: the run names it.
+#[test]
+fn a_sparse_file_is_named_before_it_is_synced_whole() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new();
+    let f = std::fs::File::create(sb.root().join("holes.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    assert!(
+        f.metadata().unwrap().blocks() * 512 < 32 << 20,
+        "the test's filesystem keeps no holes: this test needs one that does"
+    );
+    let o = sb.run(&["run", "--", "stat", "-c", "%s", "holes.img"]);
+    assert_eq!(stdout(&o), format!("{}\n", 64 << 20), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: holes.img is a sparse file: 64.0 MiB long"),
+        "{err}"
+    );
+}

@@ -135,6 +135,7 @@ impl SyncManifest {
         }
         let mut entries = BTreeMap::new();
         let mut real_dirs = std::collections::HashSet::new();
+        let mut sparse = Vec::new();
         for rel in candidates {
             if !is_clean_relative(&rel) || rel.split('/').any(|c| BUILTIN_EXCLUDES.contains(&c)) {
                 continue;
@@ -185,6 +186,9 @@ impl SyncManifest {
                     full.display()
                 )));
             }
+            if kind == EntryKind::File && is_sparse(size, meta.blocks()) {
+                sparse.push((rel.clone(), size, meta.blocks().saturating_mul(512)));
+            }
             let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
             entries.insert(
                 rel.clone(),
@@ -206,7 +210,30 @@ impl SyncManifest {
             warnings: Vec::new(),
         };
         manifest.check_limits(root, opts)?;
+        manifest.warn_sparse(&sparse);
         Ok(manifest)
+    }
+
+    /// A sparse file is synced whole: its holes become zeros on the wire (compressed) and on
+    /// the box (not compressed). Said, naming the file, rather than done silently.
+    fn warn_sparse(&mut self, sparse: &[(String, u64, u64)]) {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        for (path, size, allocated) in sparse.iter().take(5) {
+            self.warnings.push(format!(
+                "{path} is a sparse file: {:.1} MiB long but {:.1} MiB on disk; the sync sends \
+                 its holes as zeros and the box stores all {:.1} MiB; leave it out with \
+                 .crabboxignore or sync.exclude if the box does not need it",
+                mib(*size),
+                mib(*allocated),
+                mib(*size)
+            ));
+        }
+        if sparse.len() > 5 {
+            self.warnings.push(format!(
+                "{} more sparse files are synced whole",
+                sparse.len() - 5
+            ));
+        }
     }
 
     fn check_limits(&mut self, root: &Path, opts: &SyncOptions) -> Result<()> {
@@ -244,6 +271,14 @@ impl SyncManifest {
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.path.as_str())
     }
+}
+
+/// Files at least this long are checked for holes.
+const SPARSE_MIN_BYTES: u64 = 16 << 20;
+
+/// A file whose disk blocks hold less than half its length (and that is worth mentioning).
+fn is_sparse(size: u64, blocks: u64) -> bool {
+    size >= SPARSE_MIN_BYTES && blocks.saturating_mul(512) < size / 2
 }
 
 /// The calling user may read `path` (a cheap check, no file is opened).
@@ -422,6 +457,37 @@ mod tests {
         let run = m.entries.iter().find(|e| e.path == "run.sh").unwrap();
         assert_eq!(run.mode & 0o777, 0o755);
         assert_eq!(m.total_bytes, m.entries.iter().map(|e| e.size).sum::<u64>());
+    }
+
+    /// A 1 GiB file of holes is synced whole, and the manifest says so naming it; a dense
+    /// file of the same kind is not mentioned.
+    #[test]
+    fn a_sparse_file_is_named_in_a_warning() {
+        let repo = RepoFixture::new();
+        let f = std::fs::File::create(repo.root().join("disk.img")).unwrap();
+        f.set_len(1 << 30).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            f.metadata().unwrap().blocks() * 512 < 1 << 29,
+            "the test's filesystem keeps no holes: this test needs one that does"
+        );
+        std::fs::write(repo.root().join("dense.bin"), vec![7u8; 17 << 20]).unwrap();
+        let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
+        assert!(m.paths().any(|p| p == "disk.img"), "still synced");
+        let sparse: Vec<_> = m.warnings.iter().filter(|w| w.contains("sparse")).collect();
+        assert_eq!(sparse.len(), 1, "{:?}", m.warnings);
+        assert!(
+            sparse[0].starts_with("disk.img is a sparse file: 1024.0 MiB long"),
+            "{}",
+            sparse[0]
+        );
+        assert!(sparse[0].contains(".crabboxignore"), "{}", sparse[0]);
+        assert!(is_sparse(1 << 30, 0));
+        assert!(!is_sparse(1 << 30, (1 << 30) / 512));
+        assert!(
+            !is_sparse(1 << 20, 0),
+            "small files are not worth a warning"
+        );
     }
 
     #[test]
