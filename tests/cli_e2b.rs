@@ -548,6 +548,13 @@ fn doctor_fails_naming_the_fix() {
     let o = dead.run(&["doctor", "--json"]);
     assert_eq!(check(&doctor_checks(&o), "e2b.template")["status"], "skip");
 
+    // Plain http to anything but loopback is refused before any request: the key would
+    // travel in clear.
+    let mut clear = Sandbox::new();
+    clear.env = sb.env.clone();
+    let clear = clear.with_env("E2B_API_URL", "http://api.e2b.example");
+    fails(&["doctor", "--json"], &clear, "provider", "https");
+
     let no_key = Sandbox::new()
         .with_env("CRABBOX_PROVIDER", "e2b")
         .with_env("E2B_API_URL", &emu.api_url);

@@ -497,3 +497,41 @@ fn a_sandbox_deleted_mid_command_is_reported_gone_with_exit_4() {
     ok(sb.run(&["stop", &lease]));
     assert!(sb.claims().is_empty());
 }
+
+/// When the command's stream breaks while its sandbox still runs, nobody would see the
+/// command any more: crabbox stops it (and everything it started) on the kept box, and says
+/// how to run it again.
+#[test]
+fn a_dropped_command_stream_stops_the_command_on_a_kept_box() {
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
+    let sb = fast(emu.sandbox());
+    let (lease, _) = warmup(&sb);
+    let token = format!("crabbox-dropped-{}", std::process::id());
+    let script = format!("echo first; sleep 300 & wait # {token}");
+    emu.arm(on(START, 1, json!({"dropStreamAfter": {"chunks": 2}})));
+    let o = sb.run(&[
+        "run",
+        "--id",
+        &lease,
+        "--no-sync",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "first\n");
+    let err = stderr(&o);
+    assert!(err.contains("the command was stopped"), "{err}");
+    assert!(
+        err.contains(&format!("crabbox run --provider e2b --id {lease}")),
+        "{err}"
+    );
+    assert!(
+        survivors_after_grace(&token).is_empty(),
+        "the command outlived its lost stream"
+    );
+    ok(sb.run(&["stop", &lease]));
+}
