@@ -790,3 +790,35 @@ async fn rpc_requests_with_the_wrong_framing_are_refused() {
     assert_eq!(res.status(), 415);
     emu.shutdown().await;
 }
+
+/// `GET /templates/aliases/{alias}`, as the SDKs' `Template.exists` asks: 200 with the id for
+/// a template the emulator knows (`base`, and any configured), 404 otherwise, 401 without
+/// the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn template_lookup_knows_base_and_configured_templates() {
+    if !e2b_emulator::available_or_skip() {
+        return;
+    }
+    let mut config = EmulatorConfig::new(KEY);
+    config.templates.push("custom-node".into());
+    let emu = Emulator::start(config).await.expect("emulator starts");
+    let http = reqwest::Client::new();
+    let get = |alias: &str, key: Option<&str>| {
+        let mut req = http.get(format!("{}/templates/aliases/{alias}", emu.api_url()));
+        if let Some(key) = key {
+            req = req.header("X-API-Key", key);
+        }
+        req.send()
+    };
+    let base = get("base", Some(KEY)).await.unwrap();
+    assert_eq!(base.status(), 200);
+    let body: Value = base.json().await.unwrap();
+    assert_eq!(body["templateID"], "base");
+    assert_eq!(get("custom-node", Some(KEY)).await.unwrap().status(), 200);
+    let missing = get("no-such", Some(KEY)).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["code"], 404);
+    assert_eq!(get("base", None).await.unwrap().status(), 401);
+    emu.shutdown().await;
+}
