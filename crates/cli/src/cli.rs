@@ -139,6 +139,9 @@ pub enum Command {
     Runs(RunsArgs),
     /// Run one suite across many boxes at once: sync once, fork, one verdict
     Shard(Box<ShardArgs>),
+    /// Check that runs can work here: config layers, API key, endpoints, template, git,
+    /// workdir rules; each failure names its fix (exit 1 when a check fails)
+    Doctor(DoctorArgs),
     /// Inspect configuration
     Config {
         #[command(subcommand)]
@@ -435,6 +438,13 @@ pub struct CleanupArgs {
     #[arg(long)]
     pub yes: bool,
     /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the checks as JSON on stdout
     #[arg(long)]
     pub json: bool,
 }

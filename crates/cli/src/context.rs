@@ -50,6 +50,16 @@ pub fn claim_store() -> Result<ClaimStore> {
     Ok(store)
 }
 
+/// The configured provider alone (no claims, no engine), as `doctor` checks it.
+pub fn provider(cfg: &LoadedConfig) -> Result<Box<dyn crabbox_core::provider::Provider>> {
+    let ctx = ProviderContext {
+        state_dir: crabbox_core::paths::state_dir()?,
+        caller_env: std::env::vars().collect(),
+        reporter: reporter(),
+    };
+    crate::registry::registry().build(cfg, &ctx)
+}
+
 /// The engine over the configured provider; refuses flags the provider cannot honour,
 /// before any work.
 pub fn engine(cfg: &LoadedConfig, g: &GlobalArgs) -> Result<Engine> {

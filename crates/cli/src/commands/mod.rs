@@ -6,6 +6,7 @@ mod detached;
 mod download;
 mod fork;
 mod lifecycle;
+mod doctor;
 mod list;
 mod run;
 mod shard;
@@ -44,6 +45,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Url(a) => url::run(&g, a).await,
         Command::Usage(a) => usage::run(&g, a),
         Command::Shell(a) => shell::run(&g, a).await,
+        Command::Doctor(a) => doctor::run(&g, a).await,
         Command::Config { command } => config::run(&g, command),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -264,6 +264,7 @@ impl Engine {
                 if !claim.keep {
                     let mut kept = claim.clone();
                     kept.keep = true;
+                    kept.labels.remove(crate::claims::OWNER_LABEL);
                     let _ = self.claims.write(&kept);
                 }
             }
