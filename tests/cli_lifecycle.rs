@@ -143,7 +143,22 @@ fn an_idle_timeout_pauses_the_warm_box_instead_of_killing_it_and_a_run_wakes_it(
     ]);
     assert_eq!(stdout(&run), "warm\n", "{}", stderr(&run));
     assert!(stderr(&run).contains("resumed paused"), "{}", stderr(&run));
-    // The run renewed the idle timeout: it pauses again rather than dying.
+    // A run outlasting the idle timeout is not paused under it: the box lives for the TTL
+    // while a run uses it, and the idle timeout starts again when the run ends.
+    let long = sb.run(&[
+        "run",
+        "--provider",
+        "e2b",
+        "--id",
+        &lease,
+        "--",
+        "sh",
+        "-c",
+        "sleep 3; echo survived",
+    ]);
+    assert_eq!(stdout(&long), "survived\n", "{}", stderr(&long));
+    assert_eq!(state_of(&sb, &lease), "running");
+    // Then it pauses again rather than dying.
     wait_for_state(&sb, &lease, "paused");
     let usage = json(sb.run(&["usage", "--json"]));
     let mine = &usage["leases"][0];

@@ -443,6 +443,11 @@ pub trait Provider: Send + Sync {
     async fn ready(&self, b: &RemoteBox) -> bool {
         b.running
     }
+    /// Sets the box's remaining life to `ttl` from now (shorter or longer). Providers whose
+    /// boxes have no lifetime do nothing.
+    async fn set_ttl(&self, _target: &BoxRef, _ttl: Duration) -> Result<()> {
+        Ok(())
+    }
     /// Pauses the box, its files and processes kept; `Ok(false)` when it was already
     /// paused.
     async fn pause(&self, _target: &BoxRef) -> Result<bool> {

@@ -34,6 +34,23 @@ impl ControlPlane {
         }
     }
 
+    /// `POST /sandboxes/{id}/timeout`: the sandbox ends (or pauses) `timeout` from now.
+    pub async fn set_timeout(&self, id: &str, timeout: Duration) -> Result<()> {
+        let what = format!("setting the timeout of sandbox {id}");
+        let path = format!("/sandboxes/{}/timeout", percent_encode(id));
+        let body = crabbox_e2b_wire::control::TimeoutRequest {
+            timeout: timeout.as_secs().max(1),
+        };
+        let reply = self
+            .send_retrying(&what, || self.request(Method::POST, &path).json(&body))
+            .await?;
+        match reply.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(Self::gone(id)),
+            _ => Err(self.failure(&what, &reply)),
+        }
+    }
+
     /// `POST /sandboxes/{id}/snapshots`.
     pub async fn snapshot(&self, id: &str, name: Option<&str>) -> Result<SnapshotInfo> {
         let what = format!("taking a snapshot of sandbox {id}");
@@ -143,6 +160,11 @@ impl E2bProvider {
             return Err(ControlPlane::gone(&target.remote_id));
         }
         Ok(())
+    }
+
+    pub(crate) async fn set_ttl_of(&self, target: &BoxRef, ttl: Duration) -> Result<()> {
+        self.owned(target).await?;
+        self.control.set_timeout(&target.remote_id, ttl).await
     }
 
     pub(crate) async fn pause_box(&self, target: &BoxRef) -> Result<bool> {

@@ -449,6 +449,10 @@ impl Provider for E2bProvider {
             .collect())
     }
 
+    async fn set_ttl(&self, target: &BoxRef, ttl: Duration) -> Result<()> {
+        self.set_ttl_of(target, ttl).await
+    }
+
     async fn pause(&self, target: &BoxRef) -> Result<bool> {
         self.pause_box(target).await
     }

@@ -169,7 +169,7 @@ impl Engine {
 
     /// Records a change of state the service made on its own (an idle box paused at its
     /// timeout, a paused one woken by traffic) once crabbox sees it.
-    fn observe(&self, claim: &Claim, remote: &RemoteBox) {
+    pub(super) fn observe(&self, claim: &Claim, remote: &RemoteBox) {
         let Some(last) = self.usage.last(&claim.lease_id) else {
             return;
         };

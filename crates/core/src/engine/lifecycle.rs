@@ -88,6 +88,15 @@ pub struct Shell {
     pub slug: String,
     pub remote_id: String,
     pub pty: crate::provider::PtyHandle,
+    /// Hand it to [`Engine::end_shell`] when the program ended.
+    pub end: ShellEnd,
+}
+
+/// What is left to do when a shell ends.
+pub struct ShellEnd {
+    target: BoxRef,
+    /// The box pauses when idle: its idle timeout restarts when the shell ends.
+    idle: Option<Duration>,
 }
 
 /// Largest number of forks of one call.
@@ -363,12 +372,16 @@ impl Engine {
     pub async fn shell(&self, req: &ShellRequest, reporter: &dyn Reporter) -> Result<Shell> {
         self.require(Feature::Pty)?;
         let (claim, target) = self.target_of(&req.id).await?;
-        let ttl = claim
+        let idle = claim
             .as_ref()
             .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
             .and_then(|secs| secs.parse().ok())
-            .map_or_else(|| self.provider.ttl(req.ttl), Duration::from_secs);
-        let session = self.provider.open(&target, ttl).await?;
+            .map(Duration::from_secs);
+        // It lives for the TTL while the shell is open; see `end_shell`.
+        let session = self
+            .provider
+            .open(&target, self.provider.ttl(req.ttl))
+            .await?;
         if session.resumed() {
             reporter.status(&format!(
                 "resumed paused {} box {} (lease {}, {})",
@@ -401,11 +414,20 @@ impl Engine {
             })
             .await?;
         Ok(Shell {
-            lease_id: target.lease_id,
-            slug: target.slug,
-            remote_id: target.remote_id,
+            lease_id: target.lease_id.clone(),
+            slug: target.slug.clone(),
+            remote_id: target.remote_id.clone(),
             pty,
+            end: ShellEnd { target, idle },
         })
+    }
+
+    /// After a shell: a box that pauses when idle gets its idle timeout again from now.
+    pub async fn end_shell(&self, end: &ShellEnd) -> Result<()> {
+        match end.idle {
+            Some(idle) => self.provider.set_ttl(&end.target, idle).await,
+            None => Ok(()),
+        }
     }
 
     /// Box-seconds per lease and repository, from what this machine recorded.
