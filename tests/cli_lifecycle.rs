@@ -381,6 +381,14 @@ fn url_names_the_port_host_and_it_reaches_a_server_on_the_box() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // On a paused box, `url` wakes it for its TTL; the server kept running through the pause.
+    ok(sb.run(&["pause", "--provider", "e2b", &lease]));
+    let again = json(sb.run(&["url", "--provider", "e2b", &lease, "8123", "--json"]));
+    assert_eq!(again["url"], url["url"]);
+    assert_eq!(state_of(&sb, &lease), "running");
+    let (status, body) = get_via_host(&emu.api_url, &host).expect("an answer");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("served-by-crabbox"), "{body}");
     ok(sb.run(&["stop", "--provider", "e2b", &lease]));
 }
 

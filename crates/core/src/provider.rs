@@ -479,8 +479,9 @@ pub trait Provider: Send + Sync {
     ) -> Result<Vec<std::result::Result<Created, Error>>> {
         Err(unsupported(self.name(), Feature::Fork))
     }
-    /// How to reach `port` of the box from this machine.
-    async fn port_url(&self, _target: &BoxRef, _port: u16) -> Result<PortUrl> {
+    /// How to reach `port` of the box from this machine. Where learning it means reaching
+    /// the box, a paused one is woken with `ttl` to live.
+    async fn port_url(&self, _target: &BoxRef, _port: u16, _ttl: Duration) -> Result<PortUrl> {
         Err(unsupported(self.name(), Feature::PortUrl))
     }
 }

@@ -247,13 +247,19 @@ impl E2bProvider {
     }
 
     /// `https://<port>-<sandboxID>.<domain>`, with the traffic token header where the
-    /// sandbox takes no public traffic. Learning the token takes a connect, which only ever
-    /// extends a running sandbox's life (and wakes a paused one, as traffic would).
-    pub(crate) async fn port_url_of(&self, target: &BoxRef, port: u16) -> Result<PortUrl> {
+    /// sandbox takes no public traffic. Learning the token takes a connect with `ttl`, which
+    /// only ever extends a running sandbox's life (and wakes a paused one, as traffic
+    /// would).
+    pub(crate) async fn port_url_of(
+        &self,
+        target: &BoxRef,
+        port: u16,
+        ttl: Duration,
+    ) -> Result<PortUrl> {
         self.owned(target).await?;
         let (sandbox, _) = self
             .control
-            .connect(&target.remote_id, Duration::from_secs(1))
+            .connect(&target.remote_id, ttl)
             .await?
             .ok_or_else(|| ControlPlane::gone(&target.remote_id))?;
         let domain = sandbox

@@ -481,8 +481,8 @@ impl Provider for E2bProvider {
         self.fork_box(source, forks).await
     }
 
-    async fn port_url(&self, target: &BoxRef, port: u16) -> Result<PortUrl> {
-        self.port_url_of(target, port).await
+    async fn port_url(&self, target: &BoxRef, port: u16, ttl: Duration) -> Result<PortUrl> {
+        self.port_url_of(target, port, ttl).await
     }
 
     async fn ready(&self, b: &RemoteBox) -> bool {

@@ -151,7 +151,9 @@ pub async fn fork_makes_leases_that_copy_the_box(p: &Engine) {
 pub async fn port_urls_name_the_port(p: &Engine) {
     let repo = RepoFixture::new();
     let b = warm_box(p, &repo).await;
-    let url = p.port_url(&b.lease_id, 8080).await;
+    let url = p
+        .port_url(&b.lease_id, 8080, std::time::Duration::from_secs(600))
+        .await;
     if p.provider().capabilities().has(Feature::PortUrl) {
         let url = url.expect("port url");
         assert!(url.url.contains("8080"), "{}", url.url);

@@ -353,11 +353,17 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// How to reach `port` of a lease's box.
-    pub async fn port_url(&self, id: &str, port: u16) -> Result<PortOutcome> {
+    /// How to reach `port` of a lease's box (a paused box is woken: traffic would wake it
+    /// anyway), with `ttl` (or its idle timeout) to live.
+    pub async fn port_url(&self, id: &str, port: u16, ttl: Duration) -> Result<PortOutcome> {
         self.require(Feature::PortUrl)?;
-        let (_claim, target) = self.target_of(id).await?;
-        let url = self.provider.port_url(&target, port).await?;
+        let (claim, target) = self.target_of(id).await?;
+        let ttl = claim
+            .as_ref()
+            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
+            .and_then(|secs| secs.parse().ok())
+            .map_or_else(|| self.provider.ttl(ttl), Duration::from_secs);
+        let url = self.provider.port_url(&target, port, ttl).await?;
         Ok(PortOutcome {
             lease_id: target.lease_id,
             slug: target.slug,

@@ -148,7 +148,10 @@ async fn lifecycle_requests_to_a_provider_without_them_are_refused_before_any_ca
             )
             .await
             .err(),
-        engine.port_url(&b.lease_id, 80).await.err(),
+        engine
+            .port_url(&b.lease_id, 80, Duration::from_secs(60))
+            .await
+            .err(),
         engine
             .shell(
                 &crate::engine::ShellRequest {
