@@ -655,3 +655,29 @@ fn shell_is_a_raw_terminal_on_the_box_with_resizes_ctrl_c_and_the_exit_code() {
     assert_eq!(code, 3, "{}", one.text());
     ok(sb.run(&["stop", "--provider", "e2b", &lease]));
 }
+
+#[test]
+fn local_shell_is_a_terminal_in_the_box_directory() {
+    let sb = Sandbox::new();
+    let lease = ok(sb.run(&["warmup"])).trim().to_string();
+    ok(sb.run(&["run", "--id", &lease, "--", "true"]));
+    let mut term = Terminal::spawn(sb.cmd(&["shell", &lease]), 80, 24);
+    term.type_keys("echo local-$((6*7)); basename \"$PWD\"; stty size\n");
+    term.wait_for("local-42");
+    term.wait_for(&lease);
+    term.wait_for("24 80");
+    term.resize(90, 33);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !term.text().contains("33 90") {
+        assert!(
+            Instant::now() < deadline,
+            "resize never arrived:\n{}",
+            term.text()
+        );
+        term.type_keys("stty size\n");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    term.type_keys("exit 9\n");
+    assert_eq!(term.exit_code(), 9, "{}", term.text());
+    ok(sb.run(&["stop", &lease]));
+}
