@@ -12,6 +12,11 @@
 //! - `BoxSession::apply_archive` leaves the previous tree intact on failure, and removes what
 //!   it put on the box (archive, staging) before returning, also when cancelled.
 //! - `BoxSession::stop_run` leaves no process of the run alive, descendants included.
+//! - Optional primitives (pause/resume, snapshots, fork, port URLs, `BoxSession::start_pty`)
+//!   are implemented exactly when [`Capabilities`] declares them; the defaults refuse with
+//!   [`unsupported`], and the engine refuses an undeclared one before touching any box.
+//!   `open` wakes a paused box (and says so through `BoxSession::resumed`); a box made with
+//!   `NewBox::idle_timeout` pauses instead of dying when that much time passes unused.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
