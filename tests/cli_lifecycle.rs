@@ -461,8 +461,14 @@ fn local_refuses_pause_urls_and_idle_timeouts_naming_what_to_use_instead() {
     let sb = Sandbox::new();
     let lease = ok(sb.run(&["warmup"])).trim().to_string();
     for (args, instead) in [
-        (vec!["pause", lease.as_str()], "crabbox run --id"),
-        (vec!["resume", lease.as_str()], "crabbox run --id"),
+        (
+            vec!["pause", lease.as_str()],
+            "crabbox run --provider local --id",
+        ),
+        (
+            vec!["resume", lease.as_str()],
+            "crabbox run --provider local --id",
+        ),
         (
             vec!["url", lease.as_str(), "8080"],
             "http://localhost:<port>",

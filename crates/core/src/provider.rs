@@ -172,24 +172,23 @@ pub fn unsupported(provider: &str, feature: Feature) -> Error {
     let (what, instead) = match feature {
         Feature::Pause => (
             "pause or resume boxes",
-            "its idle boxes cost nothing; reuse one with `crabbox run --id`, release it with \
-             `crabbox stop`",
+            "an idle box of it costs nothing: keep it and run on it, or release it",
         ),
         Feature::Snapshot => (
             "snapshot boxes",
-            "keep a box warm (`crabbox warmup`) and reuse it with `crabbox run --id`",
+            "keep a box warm and reuse it instead: what commands built there stays",
         ),
         Feature::Fork => (
             "fork boxes",
-            "warm up new boxes (`crabbox warmup`) and sync the tree to each",
+            "warm up new boxes instead and sync the tree to each",
         ),
         Feature::PortUrl => (
             "give port URLs",
-            "its boxes run on this machine: use http://localhost:<port>",
+            "its boxes run on this machine: reach the port at http://localhost:<port>",
         ),
         Feature::Pty => (
             "open a terminal on a box",
-            "run commands with `crabbox run --id`",
+            "run commands on the box instead",
         ),
     };
     Error::Usage(format!("provider {provider} cannot {what}; {instead}"))
@@ -375,7 +374,7 @@ pub trait BoxSession: Send + Sync {
     /// the capability first).
     async fn start_pty(&self, _spec: &PtySpec) -> Result<PtyHandle> {
         Err(Error::Usage(
-            "this box cannot open a terminal; run commands with `crabbox run --id`".into(),
+            "this box cannot open a terminal; run commands on it instead".into(),
         ))
     }
     /// Sends `signal` to the command's own process (`target.pid`).

@@ -9,9 +9,10 @@ use crate::provider::Feature;
 
 fn assert_refused<T: std::fmt::Debug>(p: &Engine, r: crate::Result<T>, what: &str) {
     match r {
-        Err(Error::Usage(m)) => assert!(
-            m.contains(&format!("provider {} cannot", p.name())),
-            "{what}: the refusal must name the provider: {m}"
+        Err(e) if matches!(e.root(), Error::Usage(_)) => assert!(
+            e.to_string()
+                .contains(&format!("provider {} cannot", p.name())),
+            "{what}: the refusal must name the provider: {e}"
         ),
         other => panic!("{what}: a provider without it must refuse it: {other:?}"),
     }

@@ -30,7 +30,7 @@ impl Engine {
         if req.idle_timeout.is_some() && !self.provider.capabilities().pause {
             return Err(Error::Usage(format!(
                 "idleTimeout asks for a box that pauses when idle, and {}; set idleTimeout to 0 \
-                 (or leave --idle-timeout out) for this provider",
+                 for this provider",
                 unsupported(self.name(), Feature::Pause)
             )));
         }

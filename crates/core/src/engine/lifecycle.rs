@@ -15,6 +15,7 @@ use crate::claims::{now_rfc3339, Claim};
 use crate::engine::BoxStatus;
 use crate::error::{Error, Result};
 use crate::events::Reporter;
+use crate::hint::Hint;
 use crate::provider::{unsupported, BoxRef, Feature, NewBox, SnapshotInfo};
 use crate::usage::{UsageEventKind, UsageReport};
 
@@ -103,12 +104,22 @@ pub struct ShellEnd {
 pub const MAX_FORKS: u32 = 20;
 
 impl Engine {
-    fn require(&self, feature: Feature) -> Result<()> {
+    /// Refuses `feature` up front when the provider lacks it, with what to do instead
+    /// about box `id` (when the request names one).
+    fn require(&self, feature: Feature, id: Option<&str>) -> Result<()> {
         if self.provider.capabilities().has(feature) {
-            Ok(())
-        } else {
-            Err(unsupported(self.name(), feature))
+            return Ok(());
         }
+        let provider = self.name().to_string();
+        let refusal = unsupported(&provider, feature);
+        Err(match (feature, id) {
+            (Feature::Pause | Feature::Pty, Some(id)) => refusal.with_hint(Hint::RunOn {
+                provider,
+                id: id.to_string(),
+            }),
+            (Feature::Snapshot | Feature::Fork, _) => refusal.with_hint(Hint::Warmup { provider }),
+            _ => refusal,
+        })
     }
 
     /// The box `id` names, with this machine's claim on it.
@@ -124,7 +135,7 @@ impl Engine {
     /// Pauses a lease's box: its files (and, where the service keeps them, its processes)
     /// stay; it costs no compute until resumed.
     pub async fn pause(&self, id: &str) -> Result<LifecycleOutcome> {
-        self.require(Feature::Pause)?;
+        self.require(Feature::Pause, Some(id))?;
         let (claim, target) = self.target_of(id).await?;
         let paused = self
             .provider
@@ -154,7 +165,7 @@ impl Engine {
 
     /// Wakes a lease's paused box, with `ttl` (or the idle timeout it was made with) to live.
     pub async fn resume(&self, id: &str, ttl: Duration) -> Result<LifecycleOutcome> {
-        self.require(Feature::Pause)?;
+        self.require(Feature::Pause, Some(id))?;
         let (claim, target) = self.target_of(id).await?;
         let ttl = claim
             .as_ref()
@@ -190,7 +201,7 @@ impl Engine {
     /// Takes a snapshot of a lease's box; new boxes can start from it
     /// (`WarmupRequest::from_snapshot`, `RunRequest::from_snapshot`).
     pub async fn snapshot(&self, id: &str, name: Option<&str>) -> Result<SnapshotOutcome> {
-        self.require(Feature::Snapshot)?;
+        self.require(Feature::Snapshot, Some(id))?;
         let (_claim, target) = self.target_of(id).await?;
         let snapshot = self.provider.snapshot(&target, name).await?;
         Ok(SnapshotOutcome {
@@ -202,13 +213,13 @@ impl Engine {
 
     /// Every snapshot of this provider.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
-        self.require(Feature::Snapshot)?;
+        self.require(Feature::Snapshot, None)?;
         self.provider.list_snapshots().await
     }
 
     /// Deletes a snapshot; `Error::NotFound` when there is none of that id.
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.require(Feature::Snapshot)?;
+        self.require(Feature::Snapshot, None)?;
         if self.provider.delete_snapshot(id).await? {
             Ok(())
         } else {
@@ -224,7 +235,7 @@ impl Engine {
     /// one call; each gets its own claim and slug. Claims are reserved before the call, as
     /// for any new lease; those whose fork failed are dropped again.
     pub async fn fork(&self, req: &ForkRequest, reporter: &dyn Reporter) -> Result<ForkOutcome> {
-        self.require(Feature::Fork)?;
+        self.require(Feature::Fork, Some(&req.id))?;
         if !(1..=MAX_FORKS).contains(&req.count) {
             return Err(Error::Usage(format!(
                 "--count must be between 1 and {MAX_FORKS}, got {}",
@@ -356,7 +367,7 @@ impl Engine {
     /// How to reach `port` of a lease's box (a paused box is woken: traffic would wake it
     /// anyway), with `ttl` (or its idle timeout) to live.
     pub async fn port_url(&self, id: &str, port: u16, ttl: Duration) -> Result<PortOutcome> {
-        self.require(Feature::PortUrl)?;
+        self.require(Feature::PortUrl, Some(id))?;
         let (claim, target) = self.target_of(id).await?;
         let ttl = claim
             .as_ref()
@@ -376,7 +387,7 @@ impl Engine {
     /// Starts `req.argv` (or a login shell) under a pseudo-terminal on a lease's box, in its
     /// workdir once something was synced there; a paused box is woken first.
     pub async fn shell(&self, req: &ShellRequest, reporter: &dyn Reporter) -> Result<Shell> {
-        self.require(Feature::Pty)?;
+        self.require(Feature::Pty, Some(&req.id))?;
         let (claim, target) = self.target_of(&req.id).await?;
         let idle = claim
             .as_ref()

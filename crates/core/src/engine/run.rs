@@ -139,8 +139,8 @@ impl Engine {
         };
         if let Some(snapshot) = &req.from_snapshot {
             return Err(Error::Usage(format!(
-                "--from-snapshot {snapshot} starts a new box; it cannot reuse box {id} (drop \
-                 --id, or drop --from-snapshot)"
+                "a box from snapshot {snapshot} is a new box; it cannot be the existing box {id}: \
+                 ask for one or the other"
             )));
         }
         // Nothing is made here, so a cancel has nothing to undo.
