@@ -1,14 +1,20 @@
 //! The control plane's lifecycle calls: pause, snapshots, forks. Pause, snapshot and fork
 //! are not idempotent and are never retried; listing and deleting snapshots are.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crabbox_core::provider::{BoxRef, Created, NewBox, PortUrl};
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::control::{
-    percent_encode, ForkRequest, ForkResult, PauseRequest, SnapshotInfo, SnapshotRequest,
+    percent_encode, port_host, ForkRequest, ForkResult, PauseRequest, SnapshotInfo,
+    SnapshotRequest, TRAFFIC_ACCESS_TOKEN_HEADER,
 };
 use crabbox_e2b_wire::headers;
 use reqwest::{Method, StatusCode};
 
 use crate::control::ControlPlane;
+use crate::provider::E2bProvider;
 
 /// Most pages of a snapshot list read.
 const MAX_SNAPSHOT_PAGES: usize = 100;
@@ -144,14 +150,6 @@ impl ControlPlane {
         }
     }
 }
-
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use crabbox_core::provider::{BoxRef, Created, NewBox, PortUrl};
-use crabbox_e2b_wire::control::{port_host, TRAFFIC_ACCESS_TOKEN_HEADER};
-
-use crate::provider::E2bProvider;
 
 impl E2bProvider {
     /// Checks the sandbox is `target`'s (unless already checked in this process).
