@@ -258,6 +258,13 @@ fn a_box_started_from_a_snapshot_has_its_files_and_syncs_nothing_unchanged() {
     assert!(listed.as_array().unwrap().is_empty(), "{listed}");
     let again = sb.run(&["snapshot", "delete", "--provider", "e2b", &snap]);
     assert_eq!(code(&again), 4, "{}", stderr(&again));
+    let template = sb.run(&["snapshot", "delete", "--provider", "e2b", "base"]);
+    assert_eq!(
+        code(&template),
+        4,
+        "only snapshots are deleted: {}",
+        stderr(&template)
+    );
     ok(sb.run(&["stop", "--provider", "e2b", &child]));
     ok(sb.run(&["stop", "--provider", "e2b", &lease]));
 }

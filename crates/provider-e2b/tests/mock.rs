@@ -1715,6 +1715,9 @@ async fn lifecycle_requests_match_the_official_sdk_wire_shapes() {
     assert_eq!(snap.snapshot.id, "snap1");
     assert_eq!(p.snapshots().await.unwrap()[0].names, ["deps"]);
     p.delete_snapshot("snap1").await.unwrap();
+    // A template that is not a listed snapshot never reaches the delete.
+    let refused = p.delete_snapshot("base").await.unwrap_err();
+    assert!(matches!(refused.root(), Error::NotFound(_)), "{refused}");
     let forked = p
         .fork(
             &crabbox_core::engine::ForkRequest {
@@ -1758,8 +1761,17 @@ async fn lifecycle_requests_match_the_official_sdk_wire_shapes() {
         one("POST", "/sandboxes/sbx1/snapshots").json(),
         json!({"name": "deps"})
     );
-    assert_eq!(one("GET", "/snapshots").query_keys(), ["limit"]);
+    for list in wire.iter().filter(|w| w.path == "/snapshots") {
+        assert_eq!(
+            (list.method.as_str(), list.query_keys()),
+            ("GET", vec!["limit"])
+        );
+    }
     one("DELETE", "/templates/snap1");
+    assert!(
+        !wire.iter().any(|w| w.path == "/templates/base"),
+        "a template was sent to the delete"
+    );
     assert_eq!(
         one("POST", "/sandboxes/sbx1/fork").json(),
         json!({"timeout": 600, "count": 3})

@@ -217,17 +217,29 @@ impl Engine {
         self.provider.list_snapshots().await
     }
 
-    /// Deletes a snapshot; `Error::NotFound` when there is none of that id.
-    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+    /// Deletes a snapshot named by id or name; `Error::NotFound` when the provider lists
+    /// none such. Only what the snapshot list holds is ever deleted: on E2B a snapshot is a
+    /// template, and a template id that is not a snapshot must never reach the delete.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<SnapshotInfo> {
         self.require(Feature::Snapshot, None)?;
-        if self.provider.delete_snapshot(id).await? {
-            Ok(())
-        } else {
-            Err(Error::NotFound(format!(
+        let not_found = || {
+            Error::NotFound(format!(
                 "no {} snapshot {id:?} on {}",
                 self.name(),
                 self.provider.endpoint()
-            )))
+            ))
+        };
+        let snapshot = self
+            .provider
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .find(|s| s.id == id || s.names.iter().any(|n| n == id))
+            .ok_or_else(not_found)?;
+        if self.provider.delete_snapshot(&snapshot.id).await? {
+            Ok(snapshot)
+        } else {
+            Err(not_found())
         }
     }
 
