@@ -443,6 +443,16 @@ pub trait Provider: Send + Sync {
     async fn delete(&self, target: &BoxRef) -> Result<bool>;
     /// Every crabbox box of this provider on its endpoint.
     async fn list(&self) -> Result<Vec<RemoteBox>>;
+    /// The crabbox boxes whose tags name `lease_id` (its own box, and the forks of it,
+    /// which carry its tags).
+    async fn boxes_of_lease(&self, lease_id: &str) -> Result<Vec<RemoteBox>> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|b| b.lease_id.as_deref() == Some(lease_id))
+            .collect())
+    }
     /// The box answers commands now (`status --wait` polls this).
     async fn ready(&self, b: &RemoteBox) -> bool {
         b.running

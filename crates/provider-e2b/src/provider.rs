@@ -227,6 +227,15 @@ impl E2bProvider {
 
     /// Crabbox sandboxes tagged with `lease_id`, by a list filtered on the lease tag.
     async fn sandboxes_of_lease(&self, lease_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .listed_of_lease(lease_id)
+            .await?
+            .into_iter()
+            .map(|s| s.sandbox_id)
+            .collect())
+    }
+
+    pub(crate) async fn listed_of_lease(&self, lease_id: &str) -> Result<Vec<ListedSandbox>> {
         let mut filter = metadata::crabbox_filter();
         filter.insert("lease".to_string(), metadata::sanitize(lease_id));
         Ok(self
@@ -235,7 +244,6 @@ impl E2bProvider {
             .await?
             .into_iter()
             .filter(|s| metadata::belongs_to(&s.metadata, lease_id))
-            .map(|s| s.sandbox_id)
             .collect())
     }
 }
@@ -443,6 +451,15 @@ impl Provider for E2bProvider {
     async fn list(&self) -> Result<Vec<RemoteBox>> {
         Ok(self
             .crabbox_sandboxes()
+            .await?
+            .iter()
+            .map(listed_box)
+            .collect())
+    }
+
+    async fn boxes_of_lease(&self, lease_id: &str) -> Result<Vec<RemoteBox>> {
+        Ok(self
+            .listed_of_lease(lease_id)
             .await?
             .iter()
             .map(listed_box)

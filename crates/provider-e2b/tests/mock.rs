@@ -121,6 +121,8 @@ struct Mock {
     leak_in_stream_end: bool,
     /// MakeDir answers 200 with a body of the wrong shape that quotes the secrets.
     leak_in_make_dir: bool,
+    /// A fork makes its sandboxes (with the source's tags), then the connection drops.
+    fork_then_drop: bool,
 }
 
 type S = State<Arc<Mock>>;
@@ -149,6 +151,7 @@ impl Mock {
             leak: false,
             leak_in_stream_end: false,
             leak_in_make_dir: false,
+            fork_then_drop: false,
         }
     }
 
@@ -411,6 +414,12 @@ fn made_with_lease(m: &Mock, lease: &str) -> Vec<Value> {
         .map(|(id, meta)| {
             let mut l = listed(id, lease);
             l["metadata"] = meta.clone();
+            if id.starts_with("lost") {
+                // Made by the fork call, after its leases were reserved.
+                l["startedAt"] = json!(time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap());
+            }
             l
         })
         .collect()
@@ -689,10 +698,34 @@ async fn list_snapshots() -> Response {
     axum::Json(json!([{"snapshotID": "snap1", "names": ["deps"]}])).into_response()
 }
 
-/// One sandbox per fork asked for, the last one failing on its own.
-async fn fork(body: Bytes) -> Response {
+/// One sandbox per fork asked for, the last one failing on its own; or, with
+/// `fork_then_drop`, the forks made (tagged as their source) and no answer.
+async fn fork(State(m): S, Path(id): Path<String>, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap();
     let count = body["count"].as_u64().unwrap_or(1);
+    if m.fork_then_drop {
+        let meta = m
+            .made
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, meta)| meta.clone())
+            .unwrap();
+        for i in 1..=count {
+            m.made
+                .lock()
+                .unwrap()
+                .push((format!("lost{i}"), meta.clone()));
+        }
+        let broken = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection dropped"))
+        });
+        return Response::builder()
+            .status(StatusCode::CREATED)
+            .body(Body::from_stream(broken))
+            .unwrap();
+    }
     let mut results: Vec<Value> = (1..count)
         .map(|i| json!({"sandbox": sandbox(&format!("fork{i}"))}))
         .collect();
@@ -1785,4 +1818,76 @@ async fn lifecycle_requests_match_the_official_sdk_wire_shapes() {
             w.path
         );
     }
+}
+
+/// A fork whose answer is lost keeps its reserved leases: stopping one deletes the forks
+/// the call made (they carry the source's tags), never the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn forks_whose_answer_was_lost_are_found_and_deleted_by_stopping_their_lease() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.fork_then_drop = true;
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let source = p.warmup(&warmup_req(&repo), &SilentReporter).await.unwrap();
+    let err = p
+        .fork(
+            &crabbox_core::engine::ForkRequest {
+                id: source.lease_id.clone(),
+                count: 2,
+                ttl: Duration::from_secs(600),
+            },
+            &SilentReporter,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err.root(), Error::Transport(_)), "{err}");
+    let placeholders: Vec<String> = world
+        .claims()
+        .list()
+        .unwrap()
+        .0
+        .into_iter()
+        .filter(|c| c.remote_id.is_empty())
+        .map(|c| c.lease_id)
+        .collect();
+    assert_eq!(placeholders.len(), 2, "the reserved leases stay");
+    assert_eq!(err.hints().len(), 2, "each names its stop: {err}");
+    let stopped = p
+        .stop(&crabbox_core::engine::StopRequest {
+            id: placeholders[0].clone(),
+            reclaim: false,
+        })
+        .await
+        .unwrap();
+    assert!(!stopped.already_gone);
+    let deleted: Vec<String> = mock
+        .wire
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|w| w.method == "DELETE")
+        .map(|w| w.path.clone())
+        .collect();
+    assert_eq!(
+        deleted,
+        ["/sandboxes/lost1", "/sandboxes/lost2"],
+        "never the source"
+    );
+    p.stop(&crabbox_core::engine::StopRequest {
+        id: placeholders[1].clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    let left: Vec<String> = world
+        .claims()
+        .list()
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|c| c.lease_id)
+        .collect();
+    assert_eq!(left, [source.lease_id]);
 }

@@ -90,11 +90,12 @@ impl Engine {
         if let Some(claim) = self.resolve_claim(&req.id)? {
             if claim.remote_id.is_empty() {
                 // Creation broke between reserving the lease and recording the box: what the
-                // service made for it carries its lease tag.
-                let deleted = self
+                // service made for it carries its lease tag, or, for a fork, its source's.
+                let mut deleted = self
                     .provider
                     .delete_lease_boxes(&claim.lease_id, false)
                     .await?;
+                deleted.extend(self.delete_lost_forks(&claim).await?);
                 self.forget(&claim.lease_id)?;
                 return Ok(self.stopped(claim.lease_id, claim.slug, deleted.is_empty()));
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::leases::{LeaseSpec, IDLE_TIMEOUT_LABEL, TAG_LEASE_LABEL};
+use super::leases::{LeaseSpec, FORK_OF_LABEL, IDLE_TIMEOUT_LABEL, TAG_LEASE_LABEL};
 use super::Engine;
 use crate::claims::{now_rfc3339, Claim};
 use crate::engine::BoxStatus;
@@ -298,9 +298,24 @@ impl Engine {
         ));
         let results = match self.provider.fork(&source, &forks).await {
             Ok(r) => r,
+            Err(e) if matches!(e.root(), Error::Transport(_)) => {
+                // The call may have made forks whose answer was lost. They carry the
+                // source's tags, so the placeholder claims stay, marked with them: stopping
+                // one deletes the forks of the source no claim names, made since.
+                let mut e = e;
+                for mut c in claims {
+                    c.labels.insert("state".into(), "forking".into());
+                    c.labels
+                        .insert(FORK_OF_LABEL.into(), source.lease_id.clone());
+                    c.labels
+                        .insert(TAG_LEASE_LABEL.into(), source.tagged_lease().to_string());
+                    if self.claims.write(&c).is_ok() {
+                        e = e.with_hint(self.stop_hint(&c.lease_id));
+                    }
+                }
+                return Err(e);
+            }
             Err(e) => {
-                // Nothing is known to have been made: the forks carry the source's tags, so
-                // a lookup by lease could not tell them apart from it.
                 for c in &claims {
                     let _ = self.forget(&c.lease_id);
                 }
@@ -321,7 +336,7 @@ impl Engine {
                     claim.labels.extend(created.labels);
                     claim
                         .labels
-                        .insert("forkOf".into(), source.lease_id.clone());
+                        .insert(FORK_OF_LABEL.into(), source.lease_id.clone());
                     claim
                         .labels
                         .insert(TAG_LEASE_LABEL.into(), source.tagged_lease().to_string());
@@ -374,6 +389,42 @@ impl Engine {
             }
         }
         Ok(outcome)
+    }
+
+    /// Deletes the forks a fork call whose answer was lost may have made, for its
+    /// placeholder claim `claim`: boxes tagged with the source's lease that no claim of this
+    /// machine names and that started after the claim was reserved. Returns their ids.
+    pub(super) async fn delete_lost_forks(&self, claim: &Claim) -> Result<Vec<String>> {
+        let Some(tag_lease) = claim.labels.get(TAG_LEASE_LABEL) else {
+            return Ok(Vec::new());
+        };
+        let parse = |t: &str| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        };
+        let Some(reserved) = parse(&claim.claimed_at) else {
+            return Ok(Vec::new());
+        };
+        let claimed: Vec<String> = self
+            .my_claims()?
+            .into_iter()
+            .map(|c| c.remote_id)
+            .filter(|r| !r.is_empty())
+            .collect();
+        let mut deleted = Vec::new();
+        for b in self.provider.boxes_of_lease(tag_lease).await? {
+            let made_since = b
+                .created_at
+                .as_deref()
+                .and_then(parse)
+                .is_some_and(|t| t >= reserved);
+            if made_since && !claimed.contains(&b.remote_id) {
+                let target = self.unclaimed_target(&b);
+                if self.provider.delete(&target).await? {
+                    deleted.push(b.remote_id.clone());
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// How to reach `port` of a lease's box (a paused box is woken: traffic would wake it
