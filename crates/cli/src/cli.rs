@@ -47,11 +47,18 @@ pub fn command() -> clap::Command {
     let mut cmd = Cli::command();
     for setting in provider_settings() {
         if let Some(f) = setting.flag {
+            // A list setting's flag is repeatable; each use adds one entry.
+            let action = if setting.list {
+                clap::ArgAction::Append
+            } else {
+                clap::ArgAction::Set
+            };
             cmd = cmd.arg(
                 clap::Arg::new(f.long)
                     .long(f.long)
                     .global(true)
                     .value_name(f.value_name)
+                    .action(action)
                     .help(f.help),
             );
         }
@@ -72,20 +79,23 @@ pub fn parse() -> Cli {
         deepest = sub;
     }
     for setting in provider_settings() {
-        if let Some(f) = setting.flag {
-            let value = deepest
-                .try_get_one::<String>(f.long)
-                .ok()
-                .flatten()
-                .or_else(|| matches.get_one::<String>(f.long));
-            if let Some(v) = value {
-                cli.global.provider_flags.push(FlagValue::new(
-                    setting.key,
-                    format!("--{}", f.long),
-                    v.clone(),
-                ));
-            }
+        let Some(f) = setting.flag else { continue };
+        let values: Vec<String> = deepest
+            .try_get_many::<String>(f.long)
+            .ok()
+            .flatten()
+            .or_else(|| matches.get_many::<String>(f.long))
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default();
+        if values.is_empty() {
+            continue;
         }
+        let name = format!("--{}", f.long);
+        cli.global.provider_flags.push(if setting.list {
+            FlagValue::new(setting.key, name, values)
+        } else {
+            FlagValue::new(setting.key, name, values[0].clone())
+        });
     }
     cli
 }

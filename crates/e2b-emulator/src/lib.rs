@@ -19,6 +19,9 @@
 //! connections reset before or after a request reached its handler, streams cut short and
 //! sandboxes killed under a request, matched by plane, method and path.
 //!
+//! Egress rules ([`network`]) are recorded and reported; a sandbox's network namespace has
+//! only a loopback, so no sandbox reaches the internet whatever its rules say.
+//!
 //! Invariant: the emulator only ever listens on loopback.
 
 pub mod config;
@@ -27,6 +30,7 @@ pub mod envd;
 pub mod error;
 pub mod faults;
 pub mod isolation;
+pub mod network;
 pub mod ports;
 pub mod preflight;
 pub mod process;

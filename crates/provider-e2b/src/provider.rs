@@ -42,6 +42,8 @@ pub struct E2bProvider {
     pub(crate) sandbox_url: Option<String>,
     /// The checked user and workdir, or why they were refused (reported by run/warmup).
     placement: std::result::Result<Placement, String>,
+    /// Egress rules of new sandboxes, or why they were refused (reported by run/warmup).
+    network: std::result::Result<crate::network::NetworkSettings, String>,
     pub(crate) template: String,
     max_ttl: Duration,
     /// Where the API key came from ("environment E2B_API_KEY"), for `doctor`.
@@ -121,6 +123,7 @@ impl E2bProvider {
             domain: endpoints.domain,
             sandbox_url: endpoints.sandbox_url,
             placement: Placement::new(&s.user, &s.workdir),
+            network: crate::network::rules(cfg, &s.network),
             template,
             max_ttl: s.max_ttl,
             key_origin: cfg
@@ -152,6 +155,12 @@ impl E2bProvider {
     /// The configured envd domain.
     pub(crate) fn domain(&self) -> &str {
         &self.domain
+    }
+
+    fn network(&self) -> Result<&crate::network::NetworkSettings> {
+        self.network
+            .as_ref()
+            .map_err(|reason| Error::Usage(reason.clone()))
     }
 
     fn placement(&self) -> Result<&Placement> {
@@ -307,6 +316,7 @@ pub(crate) fn remote_box(
         workdir: meta.get("workdir").cloned(),
         created_at: Some(started_at.to_string()),
         expires_at: Some(end_at.to_string()),
+        details: Default::default(),
     }
 }
 
@@ -339,7 +349,8 @@ impl Provider for E2bProvider {
     }
 
     fn preflight(&self) -> Result<()> {
-        self.placement().map(|_| ())
+        self.placement()?;
+        self.network().map(|_| ())
     }
 
     fn workdir(&self, _lease_id: &str) -> Result<String> {
@@ -379,7 +390,10 @@ impl Provider for E2bProvider {
             template,
         }
         .build();
+        let (allow_internet_access, network) = self.network()?.create_fields();
         let body = NewSandbox {
+            allow_internet_access,
+            network,
             template_id: template.to_string(),
             timeout: Some(new.idle_timeout.unwrap_or(new.ttl).as_secs().max(1)),
             metadata: Some(tags),
@@ -426,13 +440,17 @@ impl Provider for E2bProvider {
 
     async fn inspect(&self, target: &BoxRef) -> Result<Option<RemoteBox>> {
         Ok(self.owned_detail(target).await?.map(|d| {
-            remote_box(
+            let mut remote = remote_box(
                 &d.sandbox_id,
                 d.state,
                 &d.metadata,
                 &d.started_at,
                 &d.end_at,
-            )
+            );
+            if let Some(network) = crate::network::status_details(&d) {
+                remote.details.insert("network".into(), network);
+            }
+            remote
         }))
     }
 

@@ -69,6 +69,7 @@ impl LocalProvider {
             workdir: Some(dir.to_string_lossy().into_owned()),
             created_at,
             expires_at: None,
+            details: Default::default(),
         })
     }
 }

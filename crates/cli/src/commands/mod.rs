@@ -3,10 +3,10 @@
 mod cleanup;
 mod config;
 mod detached;
+mod doctor;
 mod download;
 mod fork;
 mod lifecycle;
-mod doctor;
 mod list;
 mod run;
 mod shard;

@@ -334,6 +334,12 @@ pub struct BoxStatus {
     pub expires_at: Option<String>,
     /// A claim for it exists on this machine.
     pub claimed: bool,
+    /// The provider's own settings of the box as it reports them ([`RemoteBox::details`]),
+    /// one JSON key each (E2B: `network`).
+    ///
+    /// [`RemoteBox::details`]: crate::provider::RemoteBox::details
+    #[serde(flatten)]
+    pub details: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// `status` options.
