@@ -147,6 +147,8 @@ pub enum Command {
     Kill(RunRefArgs),
     /// List detached runs and their state
     Runs(RunsArgs),
+    /// List a lease's workspaces with their last sync; `workspaces rm ID NAME` removes one
+    Workspaces(WorkspacesArgs),
     /// Run one suite across many boxes at once: sync once, fork, one verdict
     Shard(Box<ShardArgs>),
     /// Check that runs can work here: config layers, API key, endpoints, template, git,
@@ -161,6 +163,29 @@ pub enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkspacesArgs {
+    #[command(subcommand)]
+    pub command: Option<WorkspacesCommand>,
+    /// Lease id, slug or provider id
+    pub id: Option<String>,
+    /// Print them as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspacesCommand {
+    /// Remove a workspace's tree from the box (not main)
+    Rm {
+        /// Lease id, slug or provider id
+        id: String,
+        /// The workspace to remove
+        name: String,
     },
 }
 
@@ -270,6 +295,10 @@ pub struct RunArgs {
     /// [config: timeout]
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// Sync and run in this workspace of the box, a tree of its own beside the others
+    /// (default main, the workdir) [config: workspace, env: CRABBOX_WORKSPACE]
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
     /// Print the run's outcome (exit code, timings, sync, artifacts, JUnit summary) as JSON
     /// on stdout at the end
     #[arg(long)]

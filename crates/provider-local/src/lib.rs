@@ -260,6 +260,10 @@ impl LocalProvider {
             }
         }
         let _ = std::fs::remove_dir_all(&runs);
+        // Its named workspaces (and their records and detached runs' files) go with it.
+        let _ = std::fs::remove_dir_all(crabbox_core::workspace::workspaces_dir(
+            &dir.to_string_lossy(),
+        ));
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

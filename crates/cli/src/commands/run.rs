@@ -163,6 +163,7 @@ fn extras(a: &RunArgs) -> Result<RunExtras> {
             })
             .transpose()?
             .filter(|t| !t.is_zero()),
+        workspace: a.workspace.clone(),
     })
 }
 

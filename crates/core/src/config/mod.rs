@@ -268,6 +268,7 @@ impl LoadedConfig {
                 ttl: Duration::ZERO,
                 idle_timeout: Duration::ZERO,
                 timeout: Duration::ZERO,
+                workspace: String::new(),
                 sync: SyncConfig {
                     exclude: vec![],
                     include: vec![],

@@ -21,6 +21,9 @@ pub struct CoreConfig {
     /// A run's command is stopped after this long (exit 124); zero: no limit.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub timeout: Duration,
+    /// The workspace (synced tree on the box) a run uses; `main` is the workdir itself.
+    #[serde(default)]
+    pub workspace: String,
     pub sync: SyncConfig,
     pub env: EnvConfig,
     pub shard: ShardConfig,

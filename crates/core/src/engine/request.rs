@@ -103,6 +103,9 @@ pub struct RunExtras {
     /// `--timeout`: at the deadline the command's whole process tree is stopped and the run
     /// exits 124.
     pub timeout: Option<Duration>,
+    /// `--workspace NAME`: the synced tree on the box to use (`None`: `main`, the workdir);
+    /// see [`crate::workspace`].
+    pub workspace: Option<String>,
 }
 
 impl RunExtras {
