@@ -166,27 +166,15 @@ pub enum Command {
     },
 }
 
+/// `workspaces ID [--json]` or `workspaces rm ID NAME` (a lease is never called `rm`).
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct WorkspacesArgs {
-    #[command(subcommand)]
-    pub command: Option<WorkspacesCommand>,
-    /// Lease id, slug or provider id
-    pub id: Option<String>,
+    /// ID (lease id, slug or provider id), or: rm ID NAME
+    #[arg(value_name = "ID | rm ID NAME", num_args = 1..=3, required = true)]
+    pub words: Vec<String>,
     /// Print them as JSON on stdout
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum WorkspacesCommand {
-    /// Remove a workspace's tree from the box (not main)
-    Rm {
-        /// Lease id, slug or provider id
-        id: String,
-        /// The workspace to remove
-        name: String,
-    },
 }
 
 #[derive(Debug, Args)]
