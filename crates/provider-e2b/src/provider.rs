@@ -12,11 +12,11 @@ use crabbox_core::provider::{
     SnapshotInfo,
 };
 use crabbox_core::{Error, Result};
-use crabbox_e2b_wire::control::{ListedSandbox, NewSandbox, SandboxDetail, SandboxState};
+use crabbox_e2b_wire::control::{ListedSandbox, NewSandbox, SandboxDetail};
 
 use crate::control::ControlPlane;
 use crate::envd::{Envd, EnvdRoute};
-use crate::metadata::{self, Tags};
+use crate::metadata::{self, detail_box, listed_box, not_crabbox, Tags};
 use crate::placement::{clamp_ttl, Placement, DEFAULT_USER};
 use crate::retry::RetryPolicy;
 use crate::scan_cache::ScanCache;
@@ -281,45 +281,6 @@ impl E2bProvider {
     }
 }
 
-/// A listed sandbox as the engine sees it.
-pub(crate) fn listed_box(s: &ListedSandbox) -> RemoteBox {
-    remote_box(
-        &s.sandbox_id,
-        s.state,
-        &s.metadata,
-        &s.started_at,
-        &s.end_at,
-    )
-}
-
-pub(crate) fn not_crabbox(sandbox_id: &str) -> Error {
-    Error::NotOurs(format!(
-        "sandbox {sandbox_id} was not created by crabbox for provider e2b (its metadata lacks \
-         crabbox=true, provider=e2b); refusing to use it"
-    ))
-}
-
-/// A sandbox as the engine sees it.
-pub(crate) fn remote_box(
-    sandbox_id: &str,
-    state: SandboxState,
-    meta: &BTreeMap<String, String>,
-    started_at: &str,
-    end_at: &str,
-) -> RemoteBox {
-    RemoteBox {
-        remote_id: sandbox_id.to_string(),
-        lease_id: meta.get("lease").cloned(),
-        slug: meta.get("slug").cloned(),
-        state: state.as_str().to_string(),
-        running: state == SandboxState::Running,
-        workdir: meta.get("workdir").cloned(),
-        created_at: Some(started_at.to_string()),
-        expires_at: Some(end_at.to_string()),
-        details: Default::default(),
-    }
-}
-
 #[async_trait]
 impl Provider for E2bProvider {
     fn name(&self) -> &'static str {
@@ -439,19 +400,7 @@ impl Provider for E2bProvider {
     }
 
     async fn inspect(&self, target: &BoxRef) -> Result<Option<RemoteBox>> {
-        Ok(self.owned_detail(target).await?.map(|d| {
-            let mut remote = remote_box(
-                &d.sandbox_id,
-                d.state,
-                &d.metadata,
-                &d.started_at,
-                &d.end_at,
-            );
-            if let Some(network) = crate::network::status_details(&d) {
-                remote.details.insert("network".into(), network);
-            }
-            remote
-        }))
+        Ok(self.owned_detail(target).await?.map(|d| detail_box(&d)))
     }
 
     async fn find_unclaimed(&self, id: &str, by_tags: bool) -> Result<Option<RemoteBox>> {
