@@ -120,6 +120,30 @@ fn a_repository_may_tighten_egress_but_not_loosen_it() {
     assert!(err.contains("e2b.network.allowInternet"), "{err}");
     assert!(emu.sandbox_ids().is_empty(), "nothing was created");
     assert!(sb.claims().is_empty());
+    // doctor says so too, as its own check.
+    let o = sb.run(&["doctor", "--provider", "e2b", "--json"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "e2b.network")
+        .cloned()
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["detail"].to_string().contains(".crabbox.yaml"),
+        "{check}"
+    );
+    let workdir = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "workdir")
+        .cloned()
+        .unwrap();
+    assert_eq!(workdir["status"], "pass", "{workdir}");
     // Adding a destination the user's rules do not allow is refused too ...
     std::fs::write(
         sb.root().join(".crabbox.yaml"),

@@ -157,7 +157,8 @@ impl E2bProvider {
         &self.domain
     }
 
-    fn network(&self) -> Result<&crate::network::NetworkSettings> {
+    /// The egress rules of new sandboxes, or why they are refused (a usage error).
+    pub(crate) fn network_rules(&self) -> Result<&crate::network::NetworkSettings> {
         self.network
             .as_ref()
             .map_err(|reason| Error::Usage(reason.clone()))
@@ -311,7 +312,7 @@ impl Provider for E2bProvider {
 
     fn preflight(&self) -> Result<()> {
         self.placement()?;
-        self.network().map(|_| ())
+        self.network_rules().map(|_| ())
     }
 
     fn workdir(&self, _lease_id: &str) -> Result<String> {
@@ -351,7 +352,7 @@ impl Provider for E2bProvider {
             template,
         }
         .build();
-        let (allow_internet_access, network) = self.network()?.create_fields();
+        let (allow_internet_access, network) = self.network_rules()?.create_fields();
         let body = NewSandbox {
             allow_internet_access,
             network,
