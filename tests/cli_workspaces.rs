@@ -158,3 +158,67 @@ fn workspaces_work_with_e2b() {
     let sb = emu.sandbox();
     workspaces_work(&sb, "e2b");
 }
+
+#[test]
+fn a_workspaces_detached_runs_and_files_are_reached_and_go_with_the_box() {
+    let sb = Sandbox::new();
+    let lease = ok(sb.run(&["warmup", "--provider", "local"]))
+        .trim()
+        .to_string();
+    let run_id = ok(sb.run(&[
+        "run",
+        "--provider",
+        "local",
+        "--id",
+        &lease,
+        "--workspace",
+        "feature",
+        "--detach",
+        "--shell",
+        "--",
+        "echo made > out.txt; echo ready; sleep 3605",
+    ]))
+    .trim()
+    .to_string();
+    let runs: serde_json::Value = serde_json::from_str(&ok(sb.run(&[
+        "runs",
+        "--provider",
+        "local",
+        "--id",
+        &lease,
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        runs[0]["runId"],
+        run_id.as_str(),
+        "a workspace's run is listed"
+    );
+    // The file is there once the run said so in its log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ok(sb.run(&["logs", "--provider", "local", &run_id])).contains("ready") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got going"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = tempfile::tempdir().unwrap();
+    let target = got.path().join("out.txt");
+    ok(sb.run(&[
+        "download",
+        "--provider",
+        "local",
+        "--workspace",
+        "feature",
+        &lease,
+        "out.txt",
+        target.to_str().unwrap(),
+    ]));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "made\n");
+    ok(sb.run(&["stop", "--provider", "local", &lease]));
+    assert!(
+        survivors_after_grace("sleep 3605").is_empty(),
+        "stopping the box ends its workspaces' detached runs"
+    );
+}

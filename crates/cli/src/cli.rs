@@ -308,6 +308,9 @@ pub struct DownloadArgs {
     pub remote: String,
     /// Where to put it
     pub local: PathBuf,
+    /// Fetch from this workspace of the box (default: main)
+    #[arg(long)]
+    pub workspace: Option<String>,
     /// Print what was fetched as JSON on stdout
     #[arg(long)]
     pub json: bool,

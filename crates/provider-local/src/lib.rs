@@ -239,29 +239,25 @@ impl LocalProvider {
     fn delete_dir(&self, lease_id: &str) -> Result<bool> {
         let dir = self.box_dir(lease_id);
         let _ = std::fs::remove_file(crabbox_core::provider::record_path(&dir.to_string_lossy()));
-        // Detached runs go with their box, as they would with a sandbox.
-        let runs = PathBuf::from(crabbox_core::engine::detach::runs_dir(
-            &dir.to_string_lossy(),
-        ));
-        if let Ok(entries) = std::fs::read_dir(&runs) {
-            for e in entries.flatten() {
-                let pid = std::fs::read_to_string(e.path().join("pid")).ok();
-                let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()) else {
-                    continue;
-                };
-                // Only the run's own session leader (a recycled pid is someone else's).
-                let mine = format!(
-                    "{}={}",
-                    crabbox_core::provider::RUN_ID_VAR,
-                    e.file_name().to_string_lossy()
-                );
-                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-                if pid > 1 && environ.split(|b| *b == 0).any(|v| v == mine.as_bytes()) {
-                    exec::signal_group(pid, Signal::Kill);
-                }
-            }
+        // Detached runs go with their box, as they would with a sandbox: main's and each
+        // named workspace's.
+        let main = dir.to_string_lossy().into_owned();
+        let mut workdirs = vec![main.clone()];
+        if let Ok(entries) = std::fs::read_dir(crabbox_core::workspace::workspaces_dir(&main)) {
+            workdirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.')
+                    })
+                    .map(|e| e.path().to_string_lossy().into_owned()),
+            );
         }
-        let _ = std::fs::remove_dir_all(&runs);
+        for workdir in &workdirs {
+            let runs = PathBuf::from(crabbox_core::engine::detach::runs_dir(workdir));
+            stop_detached_runs(&runs);
+            let _ = std::fs::remove_dir_all(&runs);
+        }
         // Its named workspaces (and their records and detached runs' files) go with it.
         let _ = std::fs::remove_dir_all(crabbox_core::workspace::workspaces_dir(
             &dir.to_string_lossy(),
@@ -270,6 +266,29 @@ impl LocalProvider {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io("removing box directory", dir)(e)),
+        }
+    }
+}
+
+/// Kills the detached runs recorded under `runs` that still run (their session leader, found
+/// by its run id in its environment: a recycled pid is someone else's).
+fn stop_detached_runs(runs: &Path) {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let pid = std::fs::read_to_string(e.path().join("pid")).ok();
+        let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()) else {
+            continue;
+        };
+        let mine = format!(
+            "{}={}",
+            crabbox_core::provider::RUN_ID_VAR,
+            e.file_name().to_string_lossy()
+        );
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if pid > 1 && environ.split(|b| *b == 0).any(|v| v == mine.as_bytes()) {
+            exec::signal_group(pid, Signal::Kill);
         }
     }
 }

@@ -11,8 +11,9 @@ pub async fn run(g: &GlobalArgs, a: DownloadArgs) -> Result<i32> {
     let engine = context::engine(&cfg, g)?;
     let reporter = context::reporter();
     let report = engine
-        .download(
+        .download_from(
             &a.id,
+            a.workspace.as_deref(),
             Download {
                 remote: a.remote,
                 local: a.local,

@@ -95,13 +95,12 @@ kill -KILL -- "-$pg" 2>/dev/null
 exit 0
 "#;
 
-const LIST: &str = r#"cd -- "$CBX_RUNS" 2>/dev/null || exit 0
-for d in *; do
+const LIST: &str = r#"for d in "$CBX_RUNS"/* "$CBX_WS"/.*.crabbox-runs/*; do
   [ -f "$d/pid" ] || continue
   pid=$(cat -- "$d/pid"); code=; state=lost
   if [ -f "$d/exit" ]; then state=exited; code=$(cat -- "$d/exit")
   elif kill -0 "$pid" 2>/dev/null; then state=running; fi
-  printf '%s\0%s\0%s\0%s\0%s\0' "$d" "$state" "$code" "$(cat -- "$d/started" 2>/dev/null)" \
+  printf '%s\0%s\0%s\0%s\0%s\0' "${d##*/}" "$state" "$code" "$(cat -- "$d/started" 2>/dev/null)" \
     "$(head -c 300 -- "$d/command" 2>/dev/null)"
 done
 "#;
@@ -394,7 +393,14 @@ impl Engine {
                 Err(e) => return Err(e),
             };
             let workdir = self.provider.workdir(&lease)?;
-            let env = BTreeMap::from([("CBX_RUNS".to_string(), runs_dir(&workdir))]);
+            // Main's runs, and each named workspace's.
+            let env = BTreeMap::from([
+                ("CBX_RUNS".to_string(), runs_dir(&workdir)),
+                (
+                    "CBX_WS".to_string(),
+                    crate::workspace::workspaces_dir(&workdir),
+                ),
+            ]);
             let out = capture(session.as_ref(), "/", LIST, env, 16 << 20, &cancel).await?;
             let f: Vec<String> = fields(&out.stdout)
                 .map(|b| String::from_utf8_lossy(b).into_owned())

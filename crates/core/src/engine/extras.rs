@@ -265,12 +265,25 @@ impl Engine {
         d: crate::engine::Download,
         reporter: &dyn Reporter,
     ) -> Result<ArtifactReport> {
+        self.download_from(id, None, d, reporter).await
+    }
+
+    /// [`Engine::download`] from the named workspace of the box (`None`: main).
+    pub async fn download_from(
+        &self,
+        id: &str,
+        workspace: Option<&str>,
+        d: crate::engine::Download,
+        reporter: &dyn Reporter,
+    ) -> Result<ArtifactReport> {
+        let name = crate::workspace::resolve(workspace)?;
         let located = self.locate(id).await?;
         let session = self
             .provider
             .open(&located.target, self.provider.ttl(self.ttl))
             .await?;
-        let workdir = self.provider.workdir(&located.target.lease_id)?;
+        let main = self.provider.workdir(&located.target.lease_id)?;
+        let workdir = crate::workspace::workdir_of(&main, &name);
         let remote = d.remote.clone();
         let extras = crate::engine::RunExtras {
             downloads: vec![d],
