@@ -104,6 +104,7 @@ fn outputs_work(sb: &Sandbox, provider: &str, boxes: &dyn Fn() -> usize) {
     } else {
         "sleep 304"
     };
+    let started = std::time::Instant::now();
     let o = sb.run(&args(
         provider,
         &[
@@ -116,6 +117,11 @@ fn outputs_work(sb: &Sandbox, provider: &str, boxes: &dyn Fn() -> usize) {
         ],
     ));
     assert_eq!(code(&o), 124, "{}", stderr(&o));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "a 3 s timeout ended the run within seconds, not {:?}",
+        started.elapsed()
+    );
     assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
     assert!(
         survivors_after_grace(stubborn).is_empty(),
