@@ -3,6 +3,7 @@
 mod cleanup;
 mod config;
 mod list;
+mod mcp;
 mod run;
 mod status;
 mod stop;
@@ -23,6 +24,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::List(a) => list::run(&g, a).await,
         Command::Cleanup(a) => cleanup::run(&g, a).await,
         Command::Config { command } => config::run(&g, command),
+        Command::Mcp(a) => mcp::run(&g, a).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

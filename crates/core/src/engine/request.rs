@@ -80,6 +80,7 @@ pub struct RunRequest {
 }
 
 /// How a run went.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunOutcome {
@@ -156,6 +157,7 @@ pub struct TimingReport {
 }
 
 /// Wall-clock phases of a run, for `--timing-json`.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Timing {
@@ -172,6 +174,7 @@ impl Timing {
 }
 
 /// What a sync sent.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncReport {
@@ -199,6 +202,7 @@ pub struct SyncReport {
 }
 
 /// A box as `status` and `list` show it.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BoxStatus {
@@ -238,6 +242,7 @@ pub struct StopRequest {
 }
 
 /// What `stop` did.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct StopOutcome {
