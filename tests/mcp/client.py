@@ -163,7 +163,10 @@ async def checks_for(machine, binary, report, secret=None):
                 assert t.output_schema and t.output_schema.get("type") == "object", (
                     f"{t.name} has no object output schema"
                 )
-            run = next(t for t in tools if t.name == "run")
+            by_name = {t.name: t for t in tools}
+            assert by_name["list"].annotations.read_only_hint, by_name["list"].annotations
+            assert by_name["stop"].annotations.destructive_hint, by_name["stop"].annotations
+            run = by_name["run"]
             for arg in ("command", "id", "sync", "keep", "env", "timeoutSecs", "root"):
                 assert arg in run.input_schema["properties"], f"run lacks {arg}"
 
@@ -202,6 +205,7 @@ async def checks_for(machine, binary, report, secret=None):
             assert whole.startswith("line-0\nline-1\n") and Path(so["file"]).is_relative_to(
                 Path(machine.env["XDG_STATE_HOME"])
             ), so["file"]
+            assert any(so["file"] in w for w in out["warnings"]), out["warnings"]
 
         await check("long output is cut to a tail, the whole kept in a file under the state dir", long_output)
 

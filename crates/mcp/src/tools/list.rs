@@ -32,7 +32,11 @@ pub(crate) struct ListResult {
 impl CrabboxServer {
     /// Every box of the provider: leases this machine holds (a box that is gone shows as
     /// `gone`) and crabbox boxes no claim here names (`claimed: false`).
-    #[tool(name = "list", output_schema = schema::<ListResult>())]
+    #[tool(
+        name = "list",
+        output_schema = schema::<ListResult>(),
+        annotations(read_only_hint = true)
+    )]
     async fn list(
         &self,
         Parameters(a): Parameters<ListArgs>,

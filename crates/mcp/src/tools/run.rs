@@ -149,7 +149,8 @@ pub(crate) struct RunResult {
     total_ms: u64,
     stdout: StreamTail,
     stderr: StreamTail,
-    /// What the user should know: files left out of the sync, variables not forwarded.
+    /// What the user should know: files left out of the sync, variables not forwarded, output
+    /// that was cut and where the whole of it is.
     warnings: Vec<String>,
 }
 
@@ -159,7 +160,11 @@ impl CrabboxServer {
     /// released unless `id` names a leased one (from `warmup`). The command's exit code is
     /// in the result; a failing command is a result, not an error. Progress notifications
     /// carry sync phases and output lines; cancelling the call stops the command.
-    #[tool(name = "run", output_schema = schema::<RunResult>())]
+    #[tool(
+        name = "run",
+        output_schema = schema::<RunResult>(),
+        annotations(open_world_hint = true)
+    )]
     async fn run(
         &self,
         Parameters(a): Parameters<RunArgs>,
@@ -266,12 +271,22 @@ impl CrabboxServer {
         let (stdout, stderr) = output.finish(&call.secrets);
         match result {
             Ok(outcome) => {
+                let mut warnings = plan.warnings;
+                for (name, s) in [("stdout", &stdout), ("stderr", &stderr)] {
+                    if let (true, Some(file)) = (s.truncated, &s.file) {
+                        warnings.push(format!(
+                            "{name} was {} bytes; the result holds its last {}, the whole is in {file}",
+                            s.bytes,
+                            s.tail.len()
+                        ));
+                    }
+                }
                 call.finish(Ok(RunResult {
                     outcome,
                     total_ms,
                     stdout,
                     stderr,
-                    warnings: plan.warnings,
+                    warnings,
                 }))
                 .await
             }

@@ -34,7 +34,11 @@ pub(crate) struct StatusArgs {
 #[tool_router(router = status_router, vis = "pub(crate)")]
 impl CrabboxServer {
     /// A lease's box: its state, whether it is ready, its workdir and expiry.
-    #[tool(name = "status", output_schema = schema::<BoxStatus>())]
+    #[tool(
+        name = "status",
+        output_schema = schema::<BoxStatus>(),
+        annotations(read_only_hint = true)
+    )]
     async fn status(
         &self,
         Parameters(a): Parameters<StatusArgs>,

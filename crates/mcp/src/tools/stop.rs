@@ -32,7 +32,11 @@ pub(crate) struct StopArgs {
 impl CrabboxServer {
     /// Release a lease: delete its box, then drop its claim. An `id` this machine holds no
     /// lease for is refused.
-    #[tool(name = "stop", output_schema = schema::<StopOutcome>())]
+    #[tool(
+        name = "stop",
+        output_schema = schema::<StopOutcome>(),
+        annotations(destructive_hint = true, idempotent_hint = false)
+    )]
     async fn stop(
         &self,
         Parameters(a): Parameters<StopArgs>,
