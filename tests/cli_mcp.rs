@@ -181,3 +181,37 @@ fn a_client_that_goes_mid_run_leaves_no_command_and_no_box() {
         .unwrap_or(0);
     assert_eq!(boxes, 0, "the one-shot box is left");
 }
+
+#[test]
+fn a_calls_root_brings_that_repository_and_its_config() {
+    let sb = Sandbox::new().with_env("CRABBOX_PROVIDER", "local");
+    let other = RepoFixture::new();
+    std::fs::write(other.root().join("only-here.txt"), "x\n").unwrap();
+    std::fs::write(
+        other.root().join(".crabbox.yaml"),
+        "sync:\n  exclude: [\"untracked.txt\"]\n",
+    )
+    .unwrap();
+    let mut s = Server::start(&sb);
+    let list = "find . -type f | sed 's|^./||' | sort";
+    let here = s.call(1, "run", json!({"command": list}));
+    let there = s.call(
+        2,
+        "run",
+        json!({"command": list, "root": other.root().to_str().unwrap()}),
+    );
+    let files = |r: &Value| {
+        r["result"]["structuredContent"]["stdout"]["tail"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_string()
+    };
+    assert!(files(&here).contains("untracked.txt"), "{here}");
+    assert!(!files(&here).contains("only-here.txt"), "{here}");
+    assert!(files(&there).contains("only-here.txt"), "{there}");
+    assert!(
+        !files(&there).contains("untracked.txt"),
+        "the root's .crabbox.yaml excludes it: {there}"
+    );
+    assert!(s.close().success());
+}
