@@ -291,6 +291,164 @@ def _(ctx):
     ctx["sandbox"] = resumed
 
 
+def wait_for(what, fn, seconds=15):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def port_get(ctx, host, headers=None):
+    """GET / of a sandbox port through the emulator, addressed by Host as E2B's proxy is."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        os.environ["E2B_API_URL"] + "/", headers={"Host": host, **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@check("pause keeps running processes; connect resumes them")
+def _(ctx):
+    sbx = ctx["sandbox"]
+    handle = sbx.commands.run("sleep 600", background=True)
+    assert sbx.pause() is True, "pause returned False"
+    assert sbx.pause() is False, "a second pause did not report already paused"
+    resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+    pids = [p.pid for p in resumed.commands.list()]
+    assert handle.pid in pids, f"process {handle.pid} gone after pause/resume: {pids}"
+    resumed.commands.kill(handle.pid)
+    ctx["sandbox"] = resumed
+
+
+@check("lifecycle on_timeout=pause pauses at timeout; auto_resume wakes it on traffic")
+def _(ctx):
+    sbx = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        info = sbx.get_info()
+        assert info.lifecycle == {"on_timeout": "pause", "auto_resume": True}, info.lifecycle
+        sbx.files.write("/home/user/idle.txt", "kept while paused")
+        wait_for(
+            "the sandbox to pause at its timeout",
+            lambda: str(Sandbox.get_info(sbx.sandbox_id).state.value) == "paused",
+        )
+        out = sbx.commands.run("cat /home/user/idle.txt").stdout
+        assert out == "kept while paused", f"after auto-resume read {out!r}"
+        state = str(Sandbox.get_info(sbx.sandbox_id).state.value)
+        assert state == "running", f"traffic did not resume it: {state}"
+    finally:
+        sbx.kill()
+
+
+@check("create_snapshot / list_snapshots / Sandbox.create(snapshot) / delete_snapshot")
+def _(ctx):
+    sbx = ctx["sandbox"]
+    sbx.files.write("/home/user/deps/installed.txt", "node_modules stand-in")
+    snap = sbx.create_snapshot()
+    assert snap.snapshot_id, "empty snapshot id"
+    assert sbx.is_running(), "the source does not run on after its snapshot"
+    paginator = sbx.list_snapshots()
+    listed = []
+    while paginator.has_next:
+        listed.extend(s.snapshot_id for s in paginator.next_items())
+    assert snap.snapshot_id in listed, f"{snap.snapshot_id} not in {listed}"
+    child = Sandbox.create(snap.snapshot_id, timeout=60)
+    try:
+        assert child.sandbox_id != sbx.sandbox_id
+        out = child.files.read("/home/user/deps/installed.txt")
+        assert out == "node_modules stand-in", f"snapshot child read {out!r}"
+        child.files.write("/home/user/deps/installed.txt", "changed in the child")
+        assert sbx.files.read("/home/user/deps/installed.txt") == "node_modules stand-in"
+    finally:
+        child.kill()
+    assert Sandbox.delete_snapshot(snap.snapshot_id) is True, "delete returned False"
+    assert Sandbox.delete_snapshot(snap.snapshot_id) is False, "second delete found it"
+
+
+@check("fork(count=3) starts three sandboxes with the source's files; the source runs on")
+def _(ctx):
+    sbx = ctx["sandbox"]
+    sbx.files.write("/home/user/fork-me.txt", "from the source")
+    before = sbx.get_info().end_at
+    forks = sbx.fork(count=3, timeout=60)
+    try:
+        assert len(forks) == 3, f"{len(forks)} results"
+        for f in forks:
+            assert isinstance(f, Sandbox), f"a fork failed: {f!r}"
+        ids = {f.sandbox_id for f in forks}
+        assert len(ids) == 3 and sbx.sandbox_id not in ids, f"fork ids {ids}"
+        for f in forks:
+            assert f.files.read("/home/user/fork-me.txt") == "from the source"
+        assert sbx.is_running(), "source stopped running"
+        assert sbx.get_info().end_at == before, "the fork moved the source's end time"
+    finally:
+        for f in forks:
+            if isinstance(f, Sandbox):
+                f.kill()
+    try:
+        sbx.fork(count=21)
+        raise AssertionError("fork(count=21) was accepted")
+    except Exception as exc:  # noqa: BLE001 - the SDK or the service refuses it
+        assert "21" in str(exc) or "count" in str(exc).lower(), repr(exc)
+
+
+@check("get_host reaches a server in the sandbox; two sandboxes share a port; private traffic needs the token")
+def _(ctx):
+    sbx = ctx["sandbox"]
+    other = Sandbox.create(timeout=120, network={"allow_public_traffic": False})
+    try:
+        assert other.traffic_access_token, "a private sandbox has no traffic access token"
+        for box, text in ((sbx, "first"), (other, "second")):
+            box.files.write("/home/user/www/index.html", text)
+            box.commands.run(
+                "cd /home/user/www && exec python3 -m http.server 8765 --bind 127.0.0.1",
+                background=True,
+            )
+        host = sbx.get_host(8765)
+        assert host == f"8765-{sbx.sandbox_id}.e2b.app", f"host {host}"
+        status, body = wait_for("the first server", lambda: (r := port_get(ctx, host))[0] == 200 and r)
+        assert body == "first", f"first sandbox served {body!r}"
+        other_host = other.get_host(8765)
+        token = {"e2b-traffic-access-token": other.traffic_access_token}
+        status, body = wait_for(
+            "the second server", lambda: (r := port_get(ctx, other_host, token))[0] == 200 and r
+        )
+        assert body == "second", f"second sandbox served {body!r}"
+        status, _ = port_get(ctx, other_host)
+        assert status == 403, f"private port without the token: {status}"
+        status, _ = port_get(ctx, sbx.get_host(8766))
+        assert status == 502, f"a closed port answered {status}"
+    finally:
+        other.kill()
+
+
+@check("pty: create, send input, resize, read output, exit code")
+def _(ctx):
+    from e2b import PtySize
+
+    sbx = ctx["sandbox"]
+    handle = sbx.pty.create(PtySize(rows=24, cols=80), timeout=30)
+    sbx.pty.resize(handle.pid, PtySize(rows=33, cols=101))
+    sbx.pty.send_stdin(handle.pid, b"stty size; echo tty=$(tty); exit 3\n")
+    seen = bytearray()
+    try:
+        handle.wait(on_pty=lambda data: seen.extend(data))
+        raise AssertionError("exit 3 did not raise")
+    except CommandExitException as exc:
+        assert exc.exit_code == 3, f"exit code {exc.exit_code}"
+    text = seen.decode(errors="replace")
+    assert "33 101" in text, f"size not seen: {text!r}"
+    assert "tty=/dev/pts/" in text, f"not a terminal: {text!r}"
+
+
 @check("kill removes the sandbox from the list")
 def _(ctx):
     sbx = ctx.pop("sandbox")

@@ -1,5 +1,7 @@
 //! The command-line grammar. Flags mirror the reference CLI so its users type the same things.
 
+use std::path::PathBuf;
+
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crabbox_core::config::{FlagValue, Setting};
 
@@ -101,16 +103,42 @@ pub enum Command {
     /// Lease a box to reuse; prints its lease id
     Warmup(WarmupArgs),
     /// Sync the working tree to a box and run a command there
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a lease's box
     Status(StatusArgs),
     /// Release a box and drop its claim
     Stop(StopArgs),
     /// List boxes
     List(ListArgs),
+    /// Pause a box: files (and on E2B, running processes) kept, no compute billed
+    Pause(LeaseArgs),
+    /// Wake a paused box (run --id also does, saying so)
+    Resume(LeaseArgs),
+    /// Snapshot a box (prints the snapshot id); `snapshot list`, `snapshot delete ID`
+    Snapshot(SnapshotArgs),
+    /// Make new leases whose boxes start as copies of one box
+    Fork(ForkArgs),
+    /// The URL of a port on a box, with the headers a request needs
+    Url(UrlArgs),
+    /// Box-seconds running and paused, per lease and repository, as recorded here
+    Usage(JsonArgs),
+    /// An interactive login shell on a box (or one program: shell ID -- htop), over a PTY
+    Shell(ShellArgs),
     /// Drop claims whose box is gone, finish leases whose creation broke, remove stale files
     /// (a dry run unless --yes)
     Cleanup(CleanupArgs),
+    /// Fetch files or directories from a lease's box
+    Download(DownloadArgs),
+    /// Show the output of a detached run (`run --detach`)
+    Logs(LogsArgs),
+    /// Wait for a detached run to end; exits with its exit code
+    Wait(RunRefArgs),
+    /// Stop a detached run's whole process tree
+    Kill(RunRefArgs),
+    /// List detached runs and their state
+    Runs(RunsArgs),
+    /// Run one suite across many boxes at once: sync once, fork, one verdict
+    Shard(Box<ShardArgs>),
     /// Inspect configuration
     Config {
         #[command(subcommand)]
@@ -142,6 +170,9 @@ pub struct WarmupArgs {
     /// Slug for the new lease (default: derived from the lease id)
     #[arg(long)]
     pub slug: Option<String>,
+    /// Start the box from this snapshot (id or name) instead of an empty one
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub from_snapshot: Option<String>,
     /// Print the box as JSON on stdout
     #[arg(long)]
     pub json: bool,
@@ -155,6 +186,9 @@ pub struct RunArgs {
     /// Slug for a new lease
     #[arg(long)]
     pub slug: Option<String>,
+    /// Start the new box from this snapshot (id or name); only what differs is synced
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "id")]
+    pub from_snapshot: Option<String>,
     /// Keep the box after the run
     #[arg(long)]
     pub keep: bool,
@@ -185,9 +219,103 @@ pub struct RunArgs {
     /// never crabbox's own API key
     #[arg(long = "allow-env", value_name = "NAME")]
     pub allow_env: Vec<String>,
-    /// The command to run
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// Sync, then stop: the box is left ready for later runs (a box this run makes is kept)
+    #[arg(long, conflicts_with_all = ["no_sync", "detach"])]
+    pub sync_only: bool,
+    /// When to release a box this run makes: success, failure, always (the default) or never
+    #[arg(long, value_name = "WHEN", conflicts_with_all = ["keep", "keep_on_failure"])]
+    pub stop_after: Option<String>,
+    /// Write the lease handle (lease id, slug, provider, sandbox id) as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub lease_output: Option<PathBuf>,
+    /// Upload this local script and run it on the box (its shebang, else bash); words after
+    /// `--` are its arguments
+    #[arg(long, value_name = "FILE", conflicts_with = "script_stdin")]
+    pub script: Option<PathBuf>,
+    /// Read the script to run from standard input
+    #[arg(long)]
+    pub script_stdin: bool,
+    /// Also write the command's stdout to FILE
+    #[arg(long, value_name = "FILE")]
+    pub capture_stdout: Option<PathBuf>,
+    /// Also write the command's stderr to FILE
+    #[arg(long, value_name = "FILE")]
+    pub capture_stderr: Option<PathBuf>,
+    /// Keep the capture files only when the command fails
+    #[arg(long)]
+    pub capture_on_fail: bool,
+    /// Do not stream the command's output (captured output is still written)
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// After the command, fetch REMOTE (relative to the workdir unless absolute; a file or a
+    /// directory) to LOCAL (repeatable)
+    #[arg(long, value_name = "REMOTE=LOCAL")]
+    pub download: Vec<String>,
+    /// After the command, fetch the workdir's files matching GLOB into --artifact-dir,
+    /// keeping their relative paths (repeatable; `**` crosses directories)
+    #[arg(long, value_name = "GLOB")]
+    pub artifact_glob: Vec<String>,
+    /// Where --artifact-glob and --junit files go [default: .crabbox/artifacts/<lease>/]
+    #[arg(long, value_name = "DIR")]
+    pub artifact_dir: Option<PathBuf>,
+    /// Fail (exit 6) when PATH is not on the box after the command (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub require_artifact: Vec<String>,
+    /// Fetch the JUnit XML reports matching GLOB and print a summary (repeatable)
+    #[arg(long, value_name = "GLOB")]
+    pub junit: Vec<String>,
+    /// Start the command in the background on the box, print its run id and return
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the run's outcome (exit code, timings, sync, artifacts, JUnit summary) as JSON
+    /// on stdout at the end
+    #[arg(long)]
+    pub json: bool,
+    /// The command to run (with --script: the script's arguments)
+    #[arg(
+        last = true,
+        required_unless_present_any = ["script", "script_stdin", "sync_only"],
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// The lease: id, slug, sandbox id
+    pub id: String,
+    /// Path on the box: relative to the workdir unless absolute; a file or a directory
+    pub remote: String,
+    /// Where to put it
+    pub local: PathBuf,
+    /// Print what was fetched as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The run id `run --detach` printed (or a unique prefix of 6+ characters)
+    pub run: String,
+    /// Keep printing until the run ends
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunRefArgs {
+    /// The run id `run --detach` printed (or a unique prefix of 6+ characters)
+    pub run: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only the runs on this lease's box
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Print the runs as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +350,88 @@ pub struct StopArgs {
     pub json: bool,
 }
 
+/// A command on one lease's box.
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    /// Lease id, slug or sandbox id
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Print the outcome as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub command: Option<SnapshotCommand>,
+    /// The box to snapshot: lease id, slug or sandbox id
+    #[arg(value_name = "ID", required = true)]
+    pub id: Option<String>,
+    /// A name for the snapshot (usable wherever its id is)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print the snapshot as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List the provider's snapshots
+    List(JsonArgs),
+    /// Delete a snapshot
+    Delete {
+        /// Snapshot id
+        #[arg(value_name = "SNAPSHOT")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// The box to copy: lease id, slug or sandbox id
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// How many new boxes (1..20)
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Print the new leases as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UrlArgs {
+    /// Lease id, slug or sandbox id
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// The port on the box
+    #[arg(value_name = "PORT")]
+    pub port: u16,
+    /// Print the URL and headers as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Lease id, slug or sandbox id
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// A program to run instead of the login shell
+    #[arg(last = true, value_name = "PROGRAM")]
+    pub program: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Print as JSON on stdout
@@ -249,4 +459,46 @@ pub enum ConfigCommand {
     },
     /// Print the path of every config file that was read
     Files,
+}
+
+#[derive(Debug, Args)]
+pub struct ShardArgs {
+    /// How many shards (each on its own box); capped by shard.maxCount (default 20)
+    #[arg(long)]
+    pub count: u32,
+    /// Sync to this warm lease and fork it (default: a new box)
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Start the source box from this snapshot
+    #[arg(long, conflicts_with = "id")]
+    pub from_snapshot: Option<String>,
+    /// Stop the other shards at the first failure
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Only lifecycle lines: not the shards' output
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Fetch each shard's JUnit XML reports matching GLOB and merge them into one verdict
+    /// (repeatable)
+    #[arg(long, value_name = "GLOB")]
+    pub junit: Vec<String>,
+    /// Where each shard's reports go (<DIR>/<index>/...) [default: .crabbox/artifacts/shards/]
+    #[arg(long, value_name = "DIR")]
+    pub artifact_dir: Option<std::path::PathBuf>,
+    /// Keep every shard's box
+    #[arg(long)]
+    pub keep: bool,
+    /// Join the command words raw, as shell source
+    #[arg(long)]
+    pub shell: bool,
+    /// Also hand this local environment variable to each shard's command (repeatable)
+    #[arg(long = "allow-env", value_name = "NAME")]
+    pub allow_env: Vec<String>,
+    /// Print the verdict as JSON on stdout at the end
+    #[arg(long)]
+    pub json: bool,
+    /// The command template: {{index}} (1-based), {{total}}, {{lease}}, {{slug}} are
+    /// substituted per shard
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }

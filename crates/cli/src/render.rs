@@ -48,6 +48,11 @@ pub fn hint(hint: &Hint) -> String {
         Hint::StaleClaim { path } => {
             format!("if the claim is stale, remove {}", path.display())
         }
+        Hint::DetachedRun { provider, run_id } => format!(
+            "follow it with `crabbox logs --provider {provider} {run_id} --follow`, wait for it \
+             with `crabbox wait --provider {provider} {run_id}`, stop it with `crabbox kill \
+             --provider {provider} {run_id}`"
+        ),
     }
 }
 

@@ -5,6 +5,8 @@
 //!
 //! Each check panics with a message naming the behaviour that broke.
 
+mod lifecycle;
+pub use lifecycle::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -126,7 +128,9 @@ pub fn request(repo: &RepoFixture, id: Option<&str>, argv: &[&str]) -> RunReques
         ttl: Duration::from_secs(600),
         slug: None,
         repo_root: Some(repo.root().to_path_buf()),
+        from_snapshot: None,
         cancel: CancellationToken::new(),
+        extras: Default::default(),
     }
 }
 
@@ -137,6 +141,8 @@ pub async fn warm_box(p: &Engine, repo: &RepoFixture) -> crate::engine::BoxStatu
             slug: None,
             ttl: Duration::from_secs(600),
             repo_root: Some(repo.root().into()),
+            from_snapshot: None,
+            idle_timeout: None,
         },
         &SilentReporter,
     )
@@ -532,5 +538,13 @@ pub async fn run_all(p: &Engine) {
     keep_on_failure_keeps_failed_box(p).await;
     if caps.remote_kill {
         cancel_stops_the_command(p).await;
+    }
+    // Each runs its capability, or checks the refusal of a provider without it.
+    if caps.warm_reuse {
+        lifecycle::pause_keeps_the_box_and_a_run_wakes_it(p).await;
+        lifecycle::a_box_from_a_snapshot_has_its_files(p).await;
+        lifecycle::fork_makes_leases_that_copy_the_box(p).await;
+        lifecycle::port_urls_name_the_port(p).await;
+        lifecycle::a_terminal_runs_a_program_to_its_exit_code(p).await;
     }
 }

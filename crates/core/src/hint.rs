@@ -37,4 +37,7 @@ pub enum Hint {
     },
     /// A claim file that no longer matches its box; inspect or remove it by hand.
     StaleClaim { path: std::path::PathBuf },
+    /// Follow, wait for or stop a detached run.
+    #[serde(rename_all = "camelCase")]
+    DetachedRun { provider: String, run_id: String },
 }

@@ -32,6 +32,7 @@ pub mod registry;
 pub mod secret;
 pub mod sync;
 pub mod testing;
+pub mod usage;
 
 pub use error::{Error, Result};
 pub use sync::manifest_git_root as git_root;

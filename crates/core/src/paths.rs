@@ -24,3 +24,23 @@ pub fn user_config_file() -> Option<PathBuf> {
     }
     dirs::config_dir().map(|d| d.join("crabbox/config.yaml"))
 }
+
+/// Writes `body` to `path` through a temporary file beside it, renamed into place: a reader
+/// sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &std::path::Path, body: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".crabbox-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(Error::io("creating a file in", dir))?;
+    tmp.write_all(body).map_err(Error::io("writing", path))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("writing", path)(e.error))?;
+    Ok(())
+}

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command::RemoteCommand;
 use crate::config::LoadedConfig;
-use crate::engine::{KeepPolicy, RunRequest, SyncSource};
+use crate::engine::{KeepPolicy, RunExtras, RunRequest, SyncSource};
 use crate::error::{Error, Result};
 use crate::sync::{SyncManifest, SyncOptions};
 
@@ -28,6 +28,10 @@ pub struct RunOptions {
     pub slug: Option<String>,
     /// Extra variables to forward, named by the user (`--allow-env`).
     pub allow_env: Vec<String>,
+    /// Scripts, sync-only and detached runs, captured output, artifacts.
+    pub extras: RunExtras,
+    /// A new box starts from this snapshot (`--from-snapshot`).
+    pub from_snapshot: Option<String>,
 }
 
 /// The engine's request, and what the user should hear before it runs.
@@ -81,7 +85,9 @@ pub async fn plan_run(
             ttl: cfg.core.ttl,
             slug: opts.slug,
             repo_root: Some(cfg.repo_root.clone()),
+            from_snapshot: opts.from_snapshot,
             cancel,
+            extras: opts.extras,
         },
         warnings,
     })

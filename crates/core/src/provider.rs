@@ -41,6 +41,8 @@ pub struct Capabilities {
     pub pause: bool,
     /// Snapshot a box and start new ones from the snapshot.
     pub snapshot: bool,
+    /// Make new boxes that start as copies of one box, in one call.
+    pub fork: bool,
     /// Public URLs of ports on the box.
     pub port_url: bool,
     /// An interactive terminal on the box.
@@ -59,6 +61,11 @@ pub struct NewBox<'a> {
     pub repo_root: Option<&'a Path>,
     /// The workdir [`Provider::workdir`] chose.
     pub workdir: &'a str,
+    /// Start from this snapshot (id or name) instead of an empty box.
+    pub from_snapshot: Option<&'a str>,
+    /// Pause instead of dying when `ttl` passes with no use, and wake on use (the box's
+    /// lifetime is then this idle timeout, renewed by each run).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A box that was made, and a session on it.
@@ -102,6 +109,85 @@ pub struct BoxRef {
     /// Its tags were already checked in this process (it was just made, or found by them),
     /// so `open` and `delete` need not ask again.
     pub verified: bool,
+    /// The lease its tags name when that is not its own: a fork carries its source's tags
+    /// (the service copies them and cannot change them after).
+    pub tag_lease: Option<String>,
+}
+
+impl BoxRef {
+    /// The lease the box's tags must name.
+    pub fn tagged_lease(&self) -> &str {
+        self.tag_lease.as_deref().unwrap_or(&self.lease_id)
+    }
+}
+
+/// A snapshot of a box: new boxes can start from it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub names: Vec<String>,
+}
+
+/// How to reach a port of a box from this machine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortUrl {
+    pub url: String,
+    /// Headers every request must carry (a traffic token where the box is not public).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// An optional capability, for refusing a request a provider cannot honour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    Pause,
+    Snapshot,
+    Fork,
+    PortUrl,
+    Pty,
+}
+
+impl Capabilities {
+    pub fn has(&self, feature: Feature) -> bool {
+        match feature {
+            Feature::Pause => self.pause,
+            Feature::Snapshot => self.snapshot,
+            Feature::Fork => self.fork,
+            Feature::PortUrl => self.port_url,
+            Feature::Pty => self.pty,
+        }
+    }
+}
+
+/// The error for a feature `provider` does not have: what it cannot do and what to use
+/// instead. The one text for it, whether the engine refuses up front or a primitive's
+/// default answers.
+pub fn unsupported(provider: &str, feature: Feature) -> Error {
+    let (what, instead) = match feature {
+        Feature::Pause => (
+            "pause or resume boxes",
+            "its idle boxes cost nothing; reuse one with `crabbox run --id`, release it with \
+             `crabbox stop`",
+        ),
+        Feature::Snapshot => (
+            "snapshot boxes",
+            "keep a box warm (`crabbox warmup`) and reuse it with `crabbox run --id`",
+        ),
+        Feature::Fork => (
+            "fork boxes",
+            "warm up new boxes (`crabbox warmup`) and sync the tree to each",
+        ),
+        Feature::PortUrl => (
+            "give port URLs",
+            "its boxes run on this machine: use http://localhost:<port>",
+        ),
+        Feature::Pty => (
+            "open a terminal on a box",
+            "run commands with `crabbox run --id`",
+        ),
+    };
+    Error::Usage(format!("provider {provider} cannot {what}; {instead}"))
 }
 
 /// A box as its provider sees it.
@@ -158,6 +244,49 @@ pub enum ExecEvent {
 pub trait ExecStream: Send {
     /// The next event; `Ok(None)` when the stream ended (after `Exited`, or broken before it).
     async fn next_event(&mut self) -> Result<Option<ExecEvent>>;
+}
+
+/// An interactive program to start on a box under a pseudo-terminal.
+#[derive(Debug, Clone)]
+pub struct PtySpec {
+    /// The program and its arguments; empty: an interactive login shell.
+    pub argv: Vec<String>,
+    /// Where it starts; empty: the user's home.
+    pub cwd: String,
+    /// On top of the box's login environment (`TERM`).
+    pub env: BTreeMap<String, String>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// What a program under a pseudo-terminal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PtyEvent {
+    /// Bytes the terminal showed.
+    Output(Vec<u8>),
+    /// The program ended with this exit code (128 + n for signal n).
+    Exited(i32),
+}
+
+/// The output of a program under a pseudo-terminal, in order.
+#[async_trait]
+pub trait PtyStream: Send {
+    /// The next event; `Ok(None)` when the stream ended.
+    async fn next_event(&mut self) -> Result<Option<PtyEvent>>;
+}
+
+/// Typing into and resizing a pseudo-terminal.
+#[async_trait]
+pub trait PtyControl: Send + Sync {
+    /// Sends keystrokes (bytes as the terminal would: Ctrl-C is 0x03).
+    async fn input(&self, bytes: &[u8]) -> Result<()>;
+    async fn resize(&self, cols: u16, rows: u16) -> Result<()>;
+}
+
+/// A program running under a pseudo-terminal on a box.
+pub struct PtyHandle {
+    pub stream: Box<dyn PtyStream>,
+    pub control: std::sync::Arc<dyn PtyControl>,
 }
 
 /// Which run to stop.
@@ -234,8 +363,38 @@ pub trait BoxSession: Send + Sync {
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
     ) -> Result<()>;
+    /// Streams the regular file at the absolute `path` on the box into `into`, returning
+    /// its length; `Error::NotFound` naming the path when it does not exist.
+    async fn read_file(
+        &self,
+        path: &str,
+        into: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        let _ = into;
+        Err(Error::Usage(format!(
+            "this provider cannot read {path} from its boxes"
+        )))
+    }
+    /// Puts `body` at the absolute `path` on the box (parents made), replacing any file there.
+    async fn write_file(&self, path: &str, body: &[u8]) -> Result<()> {
+        let _ = body;
+        Err(Error::Usage(format!(
+            "this provider cannot write {path} on its boxes"
+        )))
+    }
     /// Starts a command; its events follow on the stream.
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>>;
+    /// Opening this session woke the box from a pause.
+    fn resumed(&self) -> bool {
+        false
+    }
+    /// Starts `spec` under a pseudo-terminal (providers declaring `pty`; the engine checks
+    /// the capability first).
+    async fn start_pty(&self, _spec: &PtySpec) -> Result<PtyHandle> {
+        Err(Error::Usage(
+            "this box cannot open a terminal; run commands with `crabbox run --id`".into(),
+        ))
+    }
     /// Sends `signal` to the command's own process (`target.pid`).
     async fn signal(&self, target: &RunTarget, signal: Signal) -> Result<()>;
     /// Makes sure no process of the run survives, descendants included: SIGTERM, up to
@@ -305,6 +464,41 @@ pub trait Provider: Send + Sync {
     /// The box answers commands now (`status --wait` polls this).
     async fn ready(&self, b: &RemoteBox) -> bool {
         b.running
+    }
+    /// Pauses the box, its files and processes kept; `Ok(false)` when it was already
+    /// paused.
+    async fn pause(&self, _target: &BoxRef) -> Result<bool> {
+        Err(unsupported(self.name(), Feature::Pause))
+    }
+    /// Wakes a paused box with lifetime `ttl`; `Ok(false)` when it was running already (its
+    /// lifetime refreshed).
+    async fn resume(&self, _target: &BoxRef, _ttl: Duration) -> Result<bool> {
+        Err(unsupported(self.name(), Feature::Pause))
+    }
+    /// Takes a snapshot of the box's files (and memory, where the service keeps it).
+    async fn snapshot(&self, _target: &BoxRef, _name: Option<&str>) -> Result<SnapshotInfo> {
+        Err(unsupported(self.name(), Feature::Snapshot))
+    }
+    /// Every snapshot of this provider on its endpoint.
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        Err(unsupported(self.name(), Feature::Snapshot))
+    }
+    /// Deletes a snapshot; `Ok(false)` when there is none of that id.
+    async fn delete_snapshot(&self, _id: &str) -> Result<bool> {
+        Err(unsupported(self.name(), Feature::Snapshot))
+    }
+    /// Makes one new box per element of `forks`, each a copy of the box `source`, in one
+    /// call where the service allows; each succeeds or fails on its own.
+    async fn fork(
+        &self,
+        _source: &BoxRef,
+        _forks: &[NewBox<'_>],
+    ) -> Result<Vec<std::result::Result<Created, Error>>> {
+        Err(unsupported(self.name(), Feature::Fork))
+    }
+    /// How to reach `port` of the box from this machine.
+    async fn port_url(&self, _target: &BoxRef, _port: u16) -> Result<PortUrl> {
+        Err(unsupported(self.name(), Feature::PortUrl))
     }
 }
 

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crabbox_e2b_wire::control::{
-    decode_metadata_filter, ConnectSandboxRequest, NewSandbox, SandboxState, TimeoutRequest,
+    decode_metadata_filter, ConnectSandboxRequest, ForkRequest, NewSandbox, SandboxState,
+    SnapshotRequest, TimeoutRequest,
 };
 use crabbox_e2b_wire::headers;
 use serde::de::DeserializeOwned;
@@ -27,6 +28,10 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/snapshots", post(snapshot))
+        .route("/sandboxes/{id}/fork", post(fork))
+        .route("/snapshots", get(list_snapshots))
+        .route("/templates/{id}", axum::routing::delete(delete_snapshot))
         .fallback(|| async { HttpError::not_found("no such control-plane route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -244,4 +249,77 @@ async fn resume(
     }
     let (sandbox, _) = state.registry.connect(&id, request.timeout)?;
     Ok((StatusCode::CREATED, Json(sandbox.body())).into_response())
+}
+
+async fn snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let request: SnapshotRequest = parse_body(&body)?;
+    let info = state
+        .registry
+        .snapshot(&id, request.name.filter(|n| !n.is_empty()))
+        .await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn fork(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let request: ForkRequest = parse_body(&body)?;
+    let results = state
+        .registry
+        .fork(&id, request.timeout, request.count)
+        .await?;
+    Ok((StatusCode::CREATED, Json(results)).into_response())
+}
+
+/// `GET /snapshots?sandboxID=&name=&limit=&nextToken=`: pages of snapshots, the next
+/// page's token in `X-Next-Token`.
+async fn list_snapshots(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, HttpError> {
+    let all = state.registry.snapshots.list(
+        query.get("sandboxID").map(String::as_str),
+        query.get("name").map(String::as_str),
+    );
+    let limit = match query.get("limit") {
+        None => 100,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=100).contains(&n))
+            .ok_or_else(|| HttpError::bad_request(format!("invalid limit '{text}' (1-100)")))?,
+    };
+    let start = match query.get("nextToken").filter(|t| !t.is_empty()) {
+        None => 0,
+        Some(token) => all
+            .iter()
+            .position(|s| &s.snapshot_id == token)
+            .ok_or_else(|| HttpError::bad_request("invalid nextToken"))?,
+    };
+    let page: Vec<_> = all.iter().skip(start).take(limit).cloned().collect();
+    let mut response = Json(page).into_response();
+    if let Some(next) = all.get(start + limit) {
+        if let Ok(value) = HeaderValue::from_str(&next.snapshot_id) {
+            response.headers_mut().insert(headers::NEXT_TOKEN, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Snapshots are templates: `DELETE /templates/{id}` deletes one.
+async fn delete_snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    if state.registry.snapshots.delete(&id).await {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(HttpError::not_found(format!("template {id} not found")))
+    }
 }

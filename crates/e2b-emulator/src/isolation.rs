@@ -162,6 +162,7 @@ impl HostTools {
                 "--unshare-pid",
                 "--unshare-uts",
                 "--unshare-ipc",
+                "--unshare-net",
                 "--ro-bind",
                 "/",
                 "/",
@@ -269,6 +270,9 @@ impl SandboxNamespace {
             "--unshare-pid",
             "--unshare-uts",
             "--unshare-ipc",
+            // Its own network, so two sandboxes can listen on one port; the emulator
+            // reaches a port through `connect_port`.
+            "--unshare-net",
         ])
         .args(["--hostname", hostname])
         .args(["--ro-bind", "/", "/"])
@@ -357,7 +361,7 @@ impl SandboxNamespace {
     ) -> std::process::Command {
         let mut cmd = std::process::Command::new(&tools.nsenter);
         cmd.arg(format!("--target={}", self.init_pid))
-            .args(["--mount", "--pid", "--uts", "--ipc"])
+            .args(["--mount", "--pid", "--uts", "--ipc", "--net"])
             .arg(format!("--wdns={cwd}"))
             .arg("--")
             .arg(&tools.setpriv)
@@ -372,6 +376,11 @@ impl SandboxNamespace {
             cmd.env(key, value);
         }
         cmd
+    }
+
+    /// The sandbox's network namespace, for [`connect_in_netns`].
+    pub fn netns(&self) -> io::Result<fs::File> {
+        fs::File::open(format!("/proc/{}/ns/net", self.init_pid))
     }
 
     /// Host pids of every process inside the sandbox's pid namespace.
@@ -406,6 +415,24 @@ impl SandboxNamespace {
         let _ = self.outer.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.outer.wait()).await;
     }
+}
+
+/// A TCP connection to `port` on the loopback of network namespace `netns`, made on a
+/// thread of its own that exits after, so no other thread of the emulator changes
+/// namespace (the socket stays in the namespace it was made in). Blocks for up to five
+/// seconds.
+pub fn connect_in_netns(netns: fs::File, port: u16) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::AsRawFd;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a descriptor we own; it changes only this thread.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    })
+    .join()
+    .map_err(|_| io::Error::other("the connecting thread panicked"))?
 }
 
 /// Fields of `/proc/<pid>/stat` the emulator needs.

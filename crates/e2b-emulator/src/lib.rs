@@ -22,11 +22,13 @@ pub mod control;
 pub mod envd;
 pub mod error;
 pub mod isolation;
+pub mod ports;
 pub mod preflight;
 pub mod process;
 pub mod sandbox;
 pub mod sandbox_fs;
 pub mod server;
+pub mod snapshots;
 pub mod state;
 
 pub use config::EmulatorConfig;

@@ -5,8 +5,8 @@ use crate::isolation::{HostTools, SandboxLayout, SandboxNamespace};
 use crate::process::ProcessTable;
 use crate::sandbox_fs::SandboxFs;
 use crabbox_e2b_wire::control::{
-    Lifecycle, ListedSandbox, NewSandbox, OnTimeout, Sandbox as SandboxBody, SandboxDetail,
-    SandboxState, EMULATED_ENVD_VERSION,
+    Lifecycle, ListedSandbox, NetworkConfig, NewSandbox, OnTimeout, Sandbox as SandboxBody,
+    SandboxDetail, SandboxState, EMULATED_ENVD_VERSION,
 };
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +36,10 @@ pub struct Sandbox {
     pub started_at: OffsetDateTime,
     pub auto_pause: bool,
     pub auto_resume: bool,
+    /// The timeout it was created with: what an automatic resume gives it again.
+    pub timeout: Duration,
+    /// Set when it takes no public traffic: requests to its ports must carry it.
+    pub traffic_access_token: Option<String>,
     pub allow_internet_access: Option<bool>,
     pub layout: SandboxLayout,
     pub fs: SandboxFs,
@@ -81,7 +85,7 @@ impl Sandbox {
             envd_version: EMULATED_ENVD_VERSION.into(),
             alias: Some(self.template_id.clone()),
             envd_access_token: Some(self.access_token.clone()),
-            traffic_access_token: None,
+            traffic_access_token: self.traffic_access_token.clone(),
             domain: None,
         }
     }
@@ -131,7 +135,7 @@ impl Sandbox {
         format!("{:024}-{}", self.started_at.unix_timestamp_nanos(), self.id)
     }
 
-    fn signal_namespace(&self, signal: i32) {
+    pub(crate) fn signal_namespace(&self, signal: i32) {
         if let Some(ns) = self.namespace.lock().expect("namespace lock").as_ref() {
             ns.signal_all(signal);
         }
@@ -142,11 +146,12 @@ impl Sandbox {
 pub struct Registry {
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     sandboxes_dir: PathBuf,
+    pub(crate) snapshots: crate::snapshots::SnapshotStore,
     pub tools: HostTools,
     pub max_timeout: Duration,
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     let tail: String = (0..20)
@@ -164,6 +169,12 @@ impl Registry {
     pub fn new(sandboxes_dir: PathBuf, tools: HostTools, max_timeout: Duration) -> Self {
         Self {
             sandboxes: Mutex::new(HashMap::new()),
+            snapshots: crate::snapshots::SnapshotStore::new(
+                sandboxes_dir
+                    .parent()
+                    .unwrap_or(&sandboxes_dir)
+                    .join("snapshots"),
+            ),
             sandboxes_dir,
             tools,
             max_timeout,
@@ -190,7 +201,7 @@ impl Registry {
         all
     }
 
-    fn check_timeout(&self, secs: u64) -> Result<Duration, HttpError> {
+    pub(crate) fn check_timeout(&self, secs: u64) -> Result<Duration, HttpError> {
         if secs > self.max_timeout.as_secs() {
             return Err(HttpError::bad_request(format!(
                 "Timeout cannot be greater than {} seconds (the emulator's --max-timeout)",
@@ -200,8 +211,24 @@ impl Registry {
         Ok(Duration::from_secs(secs))
     }
 
-    /// Creates and starts a sandbox.
+    /// Creates and starts a sandbox; a `templateID` naming a snapshot (by id or name)
+    /// starts it with the snapshot's files.
     pub async fn create(&self, request: NewSandbox) -> Result<Arc<Sandbox>, HttpError> {
+        let seed = self.snapshots.files_of(&request.template_id);
+        let mut request = request;
+        if let Some((snapshot_id, _)) = &seed {
+            request.template_id = snapshot_id.clone();
+        }
+        self.create_seeded(request, seed.map(|(_, dir)| dir)).await
+    }
+
+    /// Creates and starts a sandbox whose `/home`, `/root` and `/tmp` start as copies of
+    /// those under `seed` (a snapshot's or a fork's files).
+    pub(crate) async fn create_seeded(
+        &self,
+        request: NewSandbox,
+        seed: Option<PathBuf>,
+    ) -> Result<Arc<Sandbox>, HttpError> {
         let timeout = self.check_timeout(
             request
                 .timeout
@@ -211,6 +238,11 @@ impl Registry {
         let layout = SandboxLayout::new(self.sandboxes_dir.join(&id));
         let started = async {
             layout.create()?;
+            if let Some(seed) = &seed {
+                crate::snapshots::restore_files(seed, &layout)
+                    .await
+                    .map_err(|e| crate::isolation::IsolationError::Start(e.to_string()))?;
+            }
             SandboxNamespace::start(&self.tools, &layout, "e2b").await
         }
         .await;
@@ -233,6 +265,13 @@ impl Registry {
             started_at: now,
             auto_pause: request.auto_pause.unwrap_or(false),
             auto_resume: request.auto_resume.is_some_and(|a| a.enabled),
+            timeout,
+            traffic_access_token: request
+                .network
+                .as_ref()
+                .and_then(|n| serde_json::from_value::<NetworkConfig>(n.clone()).ok())
+                .is_some_and(|n| n.allow_public_traffic == Some(false))
+                .then(random_token),
             allow_internet_access: request.allow_internet_access,
             fs: SandboxFs::new(layout.clone()),
             layout,
@@ -319,6 +358,22 @@ impl Registry {
             sandbox.signal_namespace(libc::SIGCONT);
         }
         Ok((sandbox, resumed))
+    }
+
+    /// The sandbox `id` for traffic: a paused one created with `autoResume` is resumed
+    /// (with the timeout it was created with), as E2B's proxy does; `None` when it is gone
+    /// or paused without auto-resume.
+    pub fn for_traffic(&self, id: &str) -> Option<Arc<Sandbox>> {
+        let sandbox = self.get(id)?;
+        if sandbox.is_running() {
+            return Some(sandbox);
+        }
+        if !sandbox.auto_resume {
+            return None;
+        }
+        self.connect(id, Some(sandbox.timeout.as_secs()))
+            .ok()
+            .map(|(s, _)| s)
     }
 
     /// Applies timeouts: kills expired sandboxes, or pauses those created with

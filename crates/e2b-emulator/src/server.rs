@@ -4,7 +4,7 @@ use crate::config::EmulatorConfig;
 use crate::isolation::HostTools;
 use crate::sandbox::Registry;
 use crate::state::AppState;
-use crate::{control, envd};
+use crate::{control, envd, ports};
 use axum::extract::Request;
 use axum::Router;
 use crabbox_e2b_wire::headers;
@@ -17,16 +17,26 @@ use tower::ServiceExt;
 /// envd and everything else to the control plane, as E2B's proxy does.
 pub fn app(state: AppState) -> Router {
     let envd = envd::router(state.clone());
-    let control = control::router(state);
-    Router::new().fallback_service(tower::service_fn(move |request: Request| {
-        let is_envd = request.headers().contains_key(headers::SANDBOX_ID)
-            || envd::is_envd_path(request.uri().path());
-        let router = if is_envd {
-            envd.clone()
-        } else {
-            control.clone()
-        };
-        router.oneshot(request)
+    let control = control::router(state.clone());
+    Router::new().fallback_service(tower::service_fn(move |mut request: Request| {
+        let envd = envd.clone();
+        let control = control.clone();
+        let state = state.clone();
+        async move {
+            match ports::target(&request) {
+                ports::Target::Port { sandbox_id, port } => {
+                    return Ok(ports::forward(state, sandbox_id, port, request).await)
+                }
+                ports::Target::EnvdByHost { sandbox_id } => {
+                    ports::tag_envd(&mut request, &sandbox_id)
+                }
+                ports::Target::Other => {}
+            }
+            let is_envd = request.headers().contains_key(headers::SANDBOX_ID)
+                || envd::is_envd_path(request.uri().path());
+            let router = if is_envd { envd } else { control };
+            router.oneshot(request).await
+        }
     }))
 }
 

@@ -227,11 +227,87 @@ pub struct ConnectSandboxRequest {
     pub timeout: Option<u64>,
 }
 
+/// `network` of a create request, as far as the emulator and crabbox read it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    /// `false`: a port's URL needs the `e2b-traffic-access-token` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_public_traffic: Option<bool>,
+}
+
 /// `POST /sandboxes/{id}/pause` body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PauseRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<bool>,
+}
+
+/// `POST /sandboxes/{id}/snapshots` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Keep memory (the default) or the filesystem only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+}
+
+/// A snapshot: `POST /sandboxes/{id}/snapshots`' 201 answer and each element of
+/// `GET /snapshots`. Its id is a template id: `templateID` of a create starts a sandbox
+/// from it; `DELETE /templates/{id}` deletes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// `POST /sandboxes/{id}/fork` body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkRequest {
+    /// Seconds the forks live (the service's default is 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// 1..=20 (the service's default is 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+/// Largest `count` of one fork request.
+pub const MAX_FORK_COUNT: u32 = 20;
+/// `timeout` of a fork request that names none.
+pub const DEFAULT_FORK_TIMEOUT_SECS: u64 = 15;
+
+/// One element of the fork answer: each fork succeeds or fails on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+/// The header a request to a sandbox port carries when the sandbox does not take public
+/// traffic (`network.allowPublicTraffic: false`): the create answer's `trafficAccessToken`.
+pub const TRAFFIC_ACCESS_TOKEN_HEADER: &str = "e2b-traffic-access-token";
+
+/// The host a sandbox's port is reached at: `<port>-<sandboxID>.<domain>`.
+pub fn port_host(port: u16, sandbox_id: &str, domain: &str) -> String {
+    format!("{port}-{sandbox_id}.{domain}")
+}
+
+/// The port and sandbox id of a `<port>-<sandboxID>.<domain>` host (a `:port` suffix
+/// ignored), or `None` when the host is not one.
+pub fn parse_port_host(host: &str) -> Option<(u16, &str)> {
+    let host = host.split(':').next()?;
+    let (label, _domain) = host.split_once('.')?;
+    let (port, id) = label.split_once('-')?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    Some((port.parse().ok()?, id))
 }
 
 /// Every control-plane error body: `{"code": <http status>, "message": "..."}`.

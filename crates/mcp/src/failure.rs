@@ -173,6 +173,10 @@ pub(crate) fn hint(hint: &Hint) -> String {
         Hint::StaleClaim { path } => {
             format!("if the claim is stale, remove {}", path.display())
         }
+        Hint::DetachedRun { provider, run_id } => format!(
+            "follow it with `crabbox logs --provider {provider} {run_id} --follow` (no MCP \
+             tool for detached runs yet)"
+        ),
     }
 }
 

@@ -81,7 +81,7 @@ impl ControlPlane {
     }
 
     /// Keeps the tokens of a sandbox answer among the secrets to scrub.
-    fn learn<'a>(&self, tokens: impl IntoIterator<Item = &'a Option<String>>) {
+    pub(crate) fn learn<'a>(&self, tokens: impl IntoIterator<Item = &'a Option<String>>) {
         for token in tokens.into_iter().flatten() {
             self.secrets.add(Secret::new(token.as_str()));
         }
@@ -95,7 +95,7 @@ impl ControlPlane {
         &self.base
     }
 
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
             .header(headers::API_KEY, self.key.expose())
@@ -106,7 +106,11 @@ impl ControlPlane {
     /// Sends and reads the whole answer, retrying overload statuses and broken exchanges per
     /// the policy; a wait of at least `report_after` is reported first. The last answer comes
     /// back whatever its status, with how many attempts it took.
-    async fn send_retrying(&self, what: &str, make: impl Fn() -> RequestBuilder) -> Result<Reply> {
+    pub(crate) async fn send_retrying(
+        &self,
+        what: &str,
+        make: impl Fn() -> RequestBuilder,
+    ) -> Result<Reply> {
         let max = self.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
@@ -141,6 +145,13 @@ impl ControlPlane {
         }
     }
 
+    /// Sends once (a call that must not be repeated), reading the whole answer.
+    pub(crate) async fn send_once(&self, what: &str, req: RequestBuilder) -> Result<Reply> {
+        Reply::read(req, 1)
+            .await
+            .map_err(|e| self.transport(what, &e, 1))
+    }
+
     fn transport(&self, what: &str, e: &reqwest::Error, attempts: u32) -> Error {
         let detail = if e.is_timeout() {
             format!("timed out after {}s", self.timeout.as_secs())
@@ -159,7 +170,7 @@ impl ControlPlane {
     }
 
     /// Turns an unexpected answer into an error that names the call and what to do.
-    fn failure(&self, what: &str, reply: &Reply) -> Error {
+    pub(crate) fn failure(&self, what: &str, reply: &Reply) -> Error {
         let status = reply.status;
         let body = String::from_utf8_lossy(&reply.body);
         // Scrubbed whole, before any cut could split a secret.
@@ -173,6 +184,13 @@ impl ControlPlane {
         };
         let code = status.as_u16();
         let base = &self.base;
+        if status == StatusCode::BAD_REQUEST && message.to_ascii_lowercase().contains("timeout") {
+            return Error::Usage(format!(
+                "E2B API {base} refused the sandbox lifetime while {what} (HTTP {code}){said}; \
+                 e2b.maxTtl (CRABBOX_E2B_MAX_TTL) or --ttl is above what the account allows: \
+                 lower it (1h on E2B's base tier, 24h on pro)"
+            ));
+        }
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Usage(format!(
                 "E2B API {base} rejected the API key while {what} (HTTP {code}){said}; check \
@@ -219,7 +237,7 @@ impl ControlPlane {
         out
     }
 
-    fn json<T: DeserializeOwned>(&self, what: &str, reply: &Reply) -> Result<T> {
+    pub(crate) fn json<T: DeserializeOwned>(&self, what: &str, reply: &Reply) -> Result<T> {
         serde_json::from_slice(&reply.body).map_err(|e| {
             // The parser's complaint may quote the answer.
             Error::Transport(self.secrets.scrub(&format!(
@@ -268,8 +286,8 @@ impl ControlPlane {
     }
 
     /// `POST /v2/sandboxes/{id}/connect` with the TTL: refreshes a running sandbox's lifetime
-    /// (resumes a paused one). `None` when it is gone.
-    pub async fn connect(&self, id: &str, timeout: Duration) -> Result<Option<Sandbox>> {
+    /// (resumes a paused one: then the flag is `true`). `None` when it is gone.
+    pub async fn connect(&self, id: &str, timeout: Duration) -> Result<Option<(Sandbox, bool)>> {
         let what = format!("connecting to sandbox {id}");
         let path = format!("/v2/sandboxes/{}/connect", percent_encode(id));
         let body = ConnectSandboxRequest {
@@ -282,7 +300,7 @@ impl ControlPlane {
             StatusCode::OK | StatusCode::CREATED => {
                 let sandbox: Sandbox = self.json(&what, &reply)?;
                 self.learn([&sandbox.envd_access_token, &sandbox.traffic_access_token]);
-                Ok(Some(sandbox))
+                Ok(Some((sandbox, reply.status == StatusCode::CREATED)))
             }
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(self.failure(&what, &reply)),
@@ -364,10 +382,10 @@ impl ControlPlane {
 
 /// One answer of the control plane, read whole (a connection that breaks while the body
 /// travels fails the exchange, to be retried like one that broke before it).
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
     /// The attempt that got this answer (1 for the first).
     attempts: u32,
 }

@@ -30,10 +30,12 @@
 
 pub mod control;
 pub mod envd;
+mod lifecycle;
 mod lookup;
 pub mod metadata;
 pub mod placement;
 mod provider;
+mod pty;
 pub mod remote_sync;
 pub mod retry;
 pub mod run_tree;

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use crabbox_core::config::LoadedConfig;
 use crabbox_core::events::Reporter;
 use crabbox_core::provider::{
-    BoxRef, BoxSession, Capabilities, CreateFailure, Created, NewBox, Provider, RemoteBox,
+    BoxRef, BoxSession, Capabilities, CreateFailure, Created, NewBox, PortUrl, Provider, RemoteBox,
+    SnapshotInfo,
 };
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::control::{ListedSandbox, NewSandbox, SandboxDetail, SandboxState};
@@ -127,6 +128,11 @@ impl E2bProvider {
         self
     }
 
+    /// The configured envd domain.
+    pub(crate) fn domain(&self) -> &str {
+        &self.domain
+    }
+
     fn placement(&self) -> Result<&Placement> {
         self.placement
             .as_ref()
@@ -160,7 +166,12 @@ impl E2bProvider {
         )
     }
 
-    fn session(&self, sandbox_id: &str, domain: Option<&str>, token: Option<&str>) -> E2bSession {
+    pub(crate) fn session(
+        &self,
+        sandbox_id: &str,
+        domain: Option<&str>,
+        token: Option<&str>,
+    ) -> E2bSession {
         let token = token.map(Secret::new);
         E2bSession::new(
             sandbox_id,
@@ -174,14 +185,14 @@ impl E2bProvider {
     /// crabbox's for an unclaimed one.
     fn check_owner(&self, target: &BoxRef, detail: &SandboxDetail) -> Result<()> {
         let meta = &detail.metadata;
-        if target.claimed && !metadata::belongs_to(meta, &target.lease_id) {
+        if target.claimed && !metadata::belongs_to(meta, target.tagged_lease()) {
             // The tags are the service's words: scrubbed like any other.
             return Err(Error::NotOurs(self.control.secrets().scrub(&format!(
                 "sandbox {} does not carry lease {}'s crabbox metadata (crabbox={}, provider={}, \
                  lease={}); refusing to use or delete a sandbox crabbox cannot prove is this \
                  lease's",
                 detail.sandbox_id,
-                target.lease_id,
+                target.tagged_lease(),
                 meta.get("crabbox").map_or("-", String::as_str),
                 meta.get("provider").map_or("-", String::as_str),
                 meta.get("lease").map_or("-", String::as_str),
@@ -194,7 +205,7 @@ impl E2bProvider {
     }
 
     /// A sandbox's detail after checking it is `target`'s; `None` when it is gone.
-    async fn owned_detail(&self, target: &BoxRef) -> Result<Option<SandboxDetail>> {
+    pub(crate) async fn owned_detail(&self, target: &BoxRef) -> Result<Option<SandboxDetail>> {
         let Some(detail) = self.control.get(&target.remote_id).await? else {
             return Ok(None);
         };
@@ -289,6 +300,11 @@ impl Provider for E2bProvider {
             remote_kill: true,
             warm_reuse: true,
             reclaim: true,
+            pause: true,
+            snapshot: true,
+            fork: true,
+            port_url: true,
+            pty: true,
             ..Capabilities::default()
         }
     }
@@ -318,9 +334,19 @@ impl Provider for E2bProvider {
         new: &NewBox<'_>,
         reporter: &dyn Reporter,
     ) -> std::result::Result<Created, CreateFailure> {
+        let template = new.from_snapshot.unwrap_or(&self.template);
         reporter.status(&format!(
-            "creating E2B sandbox from template {} for lease {} ({})",
-            self.template, new.lease_id, new.slug
+            "creating E2B sandbox from {} {template} for lease {} ({}){}",
+            if new.from_snapshot.is_some() {
+                "snapshot"
+            } else {
+                "template"
+            },
+            new.lease_id,
+            new.slug,
+            new.idle_timeout
+                .map(|i| format!(", pausing after {}s idle", i.as_secs()))
+                .unwrap_or_default()
         ));
         let tags = Tags {
             lease_id: new.lease_id,
@@ -329,13 +355,17 @@ impl Provider for E2bProvider {
             ttl: new.ttl,
             repo: new.repo_root,
             workdir: new.workdir,
-            template: &self.template,
+            template,
         }
         .build();
         let body = NewSandbox {
-            template_id: self.template.clone(),
-            timeout: Some(new.ttl.as_secs().max(1)),
+            template_id: template.to_string(),
+            timeout: Some(new.idle_timeout.unwrap_or(new.ttl).as_secs().max(1)),
             metadata: Some(tags),
+            auto_pause: new.idle_timeout.map(|_| true),
+            auto_resume: new
+                .idle_timeout
+                .map(|_| crabbox_e2b_wire::control::AutoResume { enabled: true }),
             ..NewSandbox::default()
         };
         let what = format!("creating a sandbox for lease {}", new.lease_id);
@@ -347,7 +377,7 @@ impl Provider for E2bProvider {
         );
         Ok(Created {
             remote_id: sandbox.sandbox_id.clone(),
-            labels: BTreeMap::from([("template".to_string(), self.template.clone())]),
+            labels: BTreeMap::from([("template".to_string(), template.to_string())]),
             session: Box::new(session),
         })
     }
@@ -402,16 +432,19 @@ impl Provider for E2bProvider {
         if !target.verified && self.owned_detail(target).await?.is_none() {
             return Err(gone());
         }
-        let sandbox = self
+        let (sandbox, resumed) = self
             .control
             .connect(&target.remote_id, ttl)
             .await?
             .ok_or_else(gone)?;
-        Ok(Box::new(self.session(
-            &sandbox.sandbox_id,
-            sandbox.domain.as_deref(),
-            sandbox.envd_access_token.as_deref(),
-        )))
+        Ok(Box::new(
+            self.session(
+                &sandbox.sandbox_id,
+                sandbox.domain.as_deref(),
+                sandbox.envd_access_token.as_deref(),
+            )
+            .resumed_now(resumed),
+        ))
     }
 
     async fn delete(&self, target: &BoxRef) -> Result<bool> {
@@ -432,6 +465,38 @@ impl Provider for E2bProvider {
             .iter()
             .map(listed_box)
             .collect())
+    }
+
+    async fn pause(&self, target: &BoxRef) -> Result<bool> {
+        self.pause_box(target).await
+    }
+
+    async fn resume(&self, target: &BoxRef, ttl: Duration) -> Result<bool> {
+        self.resume_box(target, ttl).await
+    }
+
+    async fn snapshot(&self, target: &BoxRef, name: Option<&str>) -> Result<SnapshotInfo> {
+        self.snapshot_box(target, name).await
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        self.snapshots().await
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<bool> {
+        self.control.delete_snapshot(id).await
+    }
+
+    async fn fork(
+        &self,
+        source: &BoxRef,
+        forks: &[NewBox<'_>],
+    ) -> Result<Vec<std::result::Result<Created, Error>>> {
+        self.fork_box(source, forks).await
+    }
+
+    async fn port_url(&self, target: &BoxRef, port: u16) -> Result<PortUrl> {
+        self.port_url_of(target, port).await
     }
 
     async fn ready(&self, b: &RemoteBox) -> bool {

@@ -20,6 +20,9 @@ use crate::scan_cache::ScanCache;
 /// still running.
 const LIVENESS_BUDGET: Duration = Duration::from_secs(15);
 
+/// Bound of writing one small file (a script) to the box.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// One sandbox's envd, as the engine uses it.
 pub struct E2bSession {
     sandbox_id: String,
@@ -30,6 +33,8 @@ pub struct E2bSession {
     codecs: tokio::sync::Mutex<Vec<Codec>>,
     /// What this machine last read of the box's tree.
     scans: Option<ScanCache>,
+    /// Opening it woke the sandbox from a pause.
+    resumed: bool,
 }
 
 impl E2bSession {
@@ -40,6 +45,7 @@ impl E2bSession {
             control,
             codecs: tokio::sync::Mutex::default(),
             scans: None,
+            resumed: false,
         }
     }
 
@@ -50,6 +56,12 @@ impl E2bSession {
         self
     }
 
+    /// Marks the session as the one whose opening woke the sandbox.
+    pub fn resumed_now(mut self, resumed: bool) -> Self {
+        self.resumed = resumed;
+        self
+    }
+
     pub fn sandbox_id(&self) -> &str {
         &self.sandbox_id
     }
@@ -57,6 +69,17 @@ impl E2bSession {
 
 #[async_trait]
 impl BoxSession for E2bSession {
+    fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    async fn start_pty(
+        &self,
+        spec: &crabbox_core::provider::PtySpec,
+    ) -> Result<crabbox_core::provider::PtyHandle> {
+        crate::pty::start(&self.envd, spec).await
+    }
+
     async fn exists(&self, path: &str) -> Result<bool> {
         self.envd.exists(path).await
     }
@@ -89,6 +112,21 @@ impl BoxSession for E2bSession {
             c.keep_record(&self.sandbox_id, req.workdir, req.record);
         }
         Ok(())
+    }
+
+    async fn read_file(
+        &self,
+        path: &str,
+        into: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        self.envd.download(path, into).await
+    }
+
+    async fn write_file(&self, path: &str, body: &[u8]) -> Result<()> {
+        let len = body.len() as u64;
+        self.envd
+            .upload(path, reqwest::Body::from(body.to_vec()), len, WRITE_TIMEOUT)
+            .await
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {

@@ -19,6 +19,8 @@ fn warm_req(repo: &RepoFixture) -> WarmupRequest {
         slug: None,
         ttl: Duration::from_secs(600),
         repo_root: Some(repo.root().to_path_buf()),
+        from_snapshot: None,
+        idle_timeout: None,
     }
 }
 

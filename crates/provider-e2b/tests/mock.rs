@@ -1046,6 +1046,8 @@ async fn failed_delete_keeps_the_claim_and_names_the_sandbox() {
                 slug: None,
                 ttl: Duration::from_secs(600),
                 repo_root: Some(repo.root().to_path_buf()),
+                from_snapshot: None,
+                idle_timeout: None,
             },
             &SilentReporter,
         )
@@ -1366,6 +1368,8 @@ fn warmup_req(repo: &RepoFixture) -> crabbox_core::engine::WarmupRequest {
         slug: None,
         ttl: Duration::from_secs(600),
         repo_root: Some(repo.root().to_path_buf()),
+        from_snapshot: None,
+        idle_timeout: None,
     }
 }
 

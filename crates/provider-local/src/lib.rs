@@ -7,6 +7,7 @@
 //! everything it started.
 
 mod exec;
+mod snapshots;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use async_trait::async_trait;
 use crabbox_core::events::Reporter;
 use crabbox_core::provider::{
     ApplySync, BoxRef, BoxSession, Capabilities, ChunkFeed, CreateFailure, Created, ExecSpec,
-    ExecStream, NewBox, Provider, ProviderContext, RemoteBox, RunTarget, Signal,
+    ExecStream, NewBox, Provider, ProviderContext, RemoteBox, RunTarget, Signal, SnapshotInfo,
 };
 use crabbox_core::sync::{Codec, RemoteTree};
 use crabbox_core::{Error, Result};
@@ -27,6 +28,7 @@ const PROVIDER: &str = "local";
 /// Boxes as directories under `<state dir>/boxes`.
 pub struct LocalProvider {
     boxes: PathBuf,
+    snapshots: snapshots::Snapshots,
     caller_env: Arc<BTreeMap<String, String>>,
 }
 
@@ -34,6 +36,7 @@ impl LocalProvider {
     pub fn new(ctx: &ProviderContext) -> Self {
         Self {
             boxes: ctx.state_dir.join("boxes"),
+            snapshots: snapshots::Snapshots::new(ctx.state_dir.join("snapshots")),
             caller_env: Arc::new(ctx.caller_env.clone()),
         }
     }
@@ -80,6 +83,8 @@ impl Provider for LocalProvider {
         Capabilities {
             remote_kill: true,
             warm_reuse: true,
+            snapshot: true,
+            fork: true,
             ..Capabilities::default()
         }
     }
@@ -98,7 +103,17 @@ impl Provider for LocalProvider {
         _reporter: &dyn Reporter,
     ) -> std::result::Result<Created, CreateFailure> {
         let dir = self.box_dir(new.lease_id);
-        std::fs::create_dir_all(&dir).map_err(Error::io("creating box directory", &dir))?;
+        match new.from_snapshot {
+            Some(snapshot) => {
+                std::fs::create_dir_all(&self.boxes)
+                    .map_err(Error::io("creating boxes directory", &self.boxes))?;
+                let from = self.snapshots.find(snapshot)?;
+                snapshots::Snapshots::restore(&from, &dir)?;
+            }
+            None => {
+                std::fs::create_dir_all(&dir).map_err(Error::io("creating box directory", &dir))?
+            }
+        }
         Ok(Created {
             remote_id: new.lease_id.to_string(),
             labels: BTreeMap::new(),
@@ -144,6 +159,46 @@ impl Provider for LocalProvider {
         self.delete_dir(&target.remote_id)
     }
 
+    async fn snapshot(&self, target: &BoxRef, name: Option<&str>) -> Result<SnapshotInfo> {
+        let dir = self.existing_dir(target)?;
+        self.snapshots.take(&dir, name)
+    }
+
+    async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        self.snapshots.list()
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<bool> {
+        self.snapshots.delete(id)
+    }
+
+    async fn fork(
+        &self,
+        source: &BoxRef,
+        forks: &[NewBox<'_>],
+    ) -> Result<Vec<std::result::Result<Created, Error>>> {
+        let dir = self.existing_dir(source)?;
+        let record = PathBuf::from(crabbox_core::provider::record_path(&dir.to_string_lossy()));
+        Ok(forks
+            .iter()
+            .map(|f| {
+                let to = self.box_dir(f.lease_id);
+                snapshots::copy(&dir, &to)?;
+                if record.exists() {
+                    snapshots::copy(
+                        &record,
+                        Path::new(&crabbox_core::provider::record_path(&to.to_string_lossy())),
+                    )?;
+                }
+                Ok(Created {
+                    remote_id: f.lease_id.to_string(),
+                    labels: BTreeMap::new(),
+                    session: Box::new(self.session()) as Box<dyn BoxSession>,
+                })
+            })
+            .collect())
+    }
+
     async fn list(&self) -> Result<Vec<RemoteBox>> {
         let entries = match std::fs::read_dir(&self.boxes) {
             Ok(e) => e,
@@ -162,10 +217,48 @@ impl Provider for LocalProvider {
 }
 
 impl LocalProvider {
+    /// The directory of `target`'s box, which must exist.
+    fn existing_dir(&self, target: &BoxRef) -> Result<PathBuf> {
+        let dir = self.box_dir(&target.remote_id);
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(Error::NotFound(format!(
+                "local box {} ({}) has no directory {} any more",
+                target.lease_id,
+                target.slug,
+                dir.display()
+            )))
+        }
+    }
+
     /// Removes a box directory; `false` when there was none.
     fn delete_dir(&self, lease_id: &str) -> Result<bool> {
         let dir = self.box_dir(lease_id);
         let _ = std::fs::remove_file(crabbox_core::provider::record_path(&dir.to_string_lossy()));
+        // Detached runs go with their box, as they would with a sandbox.
+        let runs = PathBuf::from(crabbox_core::engine::detach::runs_dir(
+            &dir.to_string_lossy(),
+        ));
+        if let Ok(entries) = std::fs::read_dir(&runs) {
+            for e in entries.flatten() {
+                let pid = std::fs::read_to_string(e.path().join("pid")).ok();
+                let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()) else {
+                    continue;
+                };
+                // Only the run's own session leader (a recycled pid is someone else's).
+                let mine = format!(
+                    "{}={}",
+                    crabbox_core::provider::RUN_ID_VAR,
+                    e.file_name().to_string_lossy()
+                );
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                if pid > 1 && environ.split(|b| *b == 0).any(|v| v == mine.as_bytes()) {
+                    exec::signal_group(pid, Signal::Kill);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&runs);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -263,6 +356,30 @@ impl BoxSession for LocalSession {
         tokio::task::spawn_blocking(move || tree::finish(&wd, &record))
             .await
             .map_err(|e| Error::Sync(format!("sync task failed: {e}")))?
+    }
+
+    async fn read_file(
+        &self,
+        path: &str,
+        into: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        let mut f = match tokio::fs::File::open(path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!("{path} is not on the local box")))
+            }
+            Err(e) => return Err(Error::io("opening", path)(e)),
+        };
+        tokio::io::copy(&mut f, into)
+            .await
+            .map_err(Error::io("copying", path))
+    }
+
+    async fn write_file(&self, path: &str, body: &[u8]) -> Result<()> {
+        if let Some(parent) = Path::new(path).parent() {
+            std::fs::create_dir_all(parent).map_err(Error::io("creating", parent))?;
+        }
+        std::fs::write(path, body).map_err(Error::io("writing", path))
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {

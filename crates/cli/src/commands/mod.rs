@@ -2,11 +2,20 @@
 
 mod cleanup;
 mod config;
+mod detached;
+mod download;
+mod fork;
+mod lifecycle;
 mod list;
 mod mcp;
 mod run;
+mod shard;
+mod shell;
+mod snapshot;
 mod status;
 mod stop;
+mod url;
+mod usage;
 mod warmup;
 
 use crabbox_core::Result;
@@ -18,11 +27,24 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
     let g = cli.global;
     match cli.command {
         Command::Warmup(a) => warmup::run(&g, a).await,
-        Command::Run(a) => run::run(&g, a).await,
+        Command::Run(a) => run::run(&g, *a).await,
         Command::Status(a) => status::run(&g, a).await,
         Command::Stop(a) => stop::run(&g, a).await,
         Command::List(a) => list::run(&g, a).await,
         Command::Cleanup(a) => cleanup::run(&g, a).await,
+        Command::Download(a) => download::run(&g, a).await,
+        Command::Logs(a) => detached::logs(&g, a).await,
+        Command::Wait(a) => detached::wait(&g, a).await,
+        Command::Kill(a) => detached::kill(&g, a).await,
+        Command::Runs(a) => detached::runs(&g, a).await,
+        Command::Shard(a) => shard::run(&g, *a).await,
+        Command::Pause(a) => lifecycle::pause(&g, a).await,
+        Command::Resume(a) => lifecycle::resume(&g, a).await,
+        Command::Snapshot(a) => snapshot::run(&g, a).await,
+        Command::Fork(a) => fork::run(&g, a).await,
+        Command::Url(a) => url::run(&g, a).await,
+        Command::Usage(a) => usage::run(&g, a),
+        Command::Shell(a) => shell::run(&g, a).await,
         Command::Config { command } => config::run(&g, command),
         Command::Mcp(a) => mcp::run(&g, a).await,
         Command::Completions { shell } => {

@@ -26,5 +26,13 @@ pub async fn run(g: &GlobalArgs, a: StopArgs) -> Result<i32> {
     } else {
         eprintln!("crabbox: stopped {} ({})", out.lease_id, out.slug);
     }
+    if let (false, Some(u)) = (a.json, &out.usage) {
+        eprintln!(
+            "crabbox: lease {} used {} running, {} paused",
+            out.lease_id,
+            super::usage::human_secs(u.running_secs),
+            super::usage::human_secs(u.paused_secs)
+        );
+    }
     Ok(0)
 }

@@ -16,6 +16,8 @@ pub async fn run(g: &GlobalArgs, a: WarmupArgs) -> Result<i32> {
                 slug: a.slug,
                 ttl: cfg.core.ttl,
                 repo_root: Some(cfg.repo_root.clone()),
+                from_snapshot: a.from_snapshot,
+                idle_timeout: Some(cfg.core.idle_timeout).filter(|d| !d.is_zero()),
             },
             reporter.as_ref(),
         )

@@ -276,6 +276,7 @@ impl LoadedConfig {
                     allow_large: false,
                 },
                 env: EnvConfig { allow: vec![] },
+                shard: ShardConfig { max_count: 0 },
             },
         };
         loaded.core = loaded.extract_root()?;

@@ -89,10 +89,11 @@ pub const CORE_SETTINGS: &[Setting] = &[
     Setting::new("sync.timeout", &["CRABBOX_SYNC_TIMEOUT"]),
     Setting::new("sync.allowLarge", &["CRABBOX_SYNC_ALLOW_LARGE"]),
     Setting::new("env.allow", &["CRABBOX_ENV_ALLOW"]).list(),
+    Setting::new("shard.maxCount", &["CRABBOX_SHARD_MAX_COUNT"]),
 ];
 
 /// Top-level sections core owns.
-pub const CORE_SECTIONS: &[&str] = &["sync", "env"];
+pub const CORE_SECTIONS: &[&str] = &["sync", "env", "shard"];
 
 /// Every setting of one load: core's, then each section's.
 #[derive(Debug, Clone, Default)]

@@ -20,6 +20,16 @@ pub struct CoreConfig {
     pub idle_timeout: Duration,
     pub sync: SyncConfig,
     pub env: EnvConfig,
+    pub shard: ShardConfig,
+}
+
+/// `shard`: what `crabbox shard` may ask for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardConfig {
+    /// The most shards one `crabbox shard` may run (a repository may lower it).
+    #[serde(deserialize_with = "de_count")]
+    pub max_count: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -106,6 +116,29 @@ pub(super) fn ser_duration<S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
+}
+
+pub(super) fn de_count<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    let text = match <Value as Deserialize>::deserialize(d)? {
+        Value::Num(_, n) => n
+            .to_u128()
+            .map(|i| i.to_string())
+            .or_else(|| n.to_i128().map(|i| i.to_string()))
+            .unwrap_or_else(|| "a fraction".into()),
+        Value::String(_, t) => t,
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "expected a whole number, found {}",
+                kind(&other)
+            )))
+        }
+    };
+    text.trim().parse::<u32>().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected a whole number, found {:?}",
+            shorten(&text)
+        ))
+    })
 }
 
 pub(super) fn de_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {

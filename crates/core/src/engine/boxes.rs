@@ -9,7 +9,8 @@ use crate::engine::{BoxStatus, StatusRequest, StopOutcome, StopRequest, WarmupRe
 use crate::error::{Error, Result};
 use crate::events::Reporter;
 use crate::hint::Hint;
-use crate::provider::{BoxRef, RemoteBox};
+use crate::provider::{unsupported, BoxRef, Feature, RemoteBox};
+use crate::usage::UsageEventKind;
 
 impl Engine {
     /// Makes a box to reuse, records its claim, and returns it.
@@ -20,7 +21,19 @@ impl Engine {
             ttl: self.provider.ttl(req.ttl),
             keep: true,
             repo_root: req.repo_root.as_deref(),
+            from_snapshot: req.from_snapshot.as_deref(),
+            idle_timeout: req.idle_timeout.map(|idle| self.provider.ttl(idle)),
         };
+        if req.from_snapshot.is_some() && !self.provider.capabilities().snapshot {
+            return Err(unsupported(self.name(), Feature::Snapshot));
+        }
+        if req.idle_timeout.is_some() && !self.provider.capabilities().pause {
+            return Err(Error::Usage(format!(
+                "idleTimeout asks for a box that pauses when idle, and {}; set idleTimeout to 0 \
+                 (or leave --idle-timeout out) for this provider",
+                unsupported(self.name(), Feature::Pause)
+            )));
+        }
         let (claim, target, _session) = self.create_lease(&spec, None, reporter).await?;
         let remote = self.provider.inspect(&target).await.ok().flatten();
         Ok(self.box_status(Some(&claim), &target, remote.as_ref(), true))
@@ -83,11 +96,7 @@ impl Engine {
                     .delete_lease_boxes(&claim.lease_id, false)
                     .await?;
                 self.forget(&claim.lease_id)?;
-                return Ok(StopOutcome {
-                    lease_id: claim.lease_id,
-                    slug: claim.slug,
-                    already_gone: deleted.is_empty(),
-                });
+                return Ok(self.stopped(claim.lease_id, claim.slug, deleted.is_empty()));
             }
             let target = self.claimed_target(&claim)?;
             let existed = self.provider.delete(&target).await.map_err(|e| {
@@ -100,11 +109,7 @@ impl Engine {
                 }
             })?;
             self.forget(&claim.lease_id)?;
-            return Ok(StopOutcome {
-                lease_id: claim.lease_id,
-                slug: claim.slug,
-                already_gone: !existed,
-            });
+            return Ok(self.stopped(claim.lease_id, claim.slug, !existed));
         }
         let can_reclaim = self.provider.capabilities().reclaim;
         if !req.reclaim || !can_reclaim {
@@ -147,11 +152,58 @@ impl Engine {
                 self.forget(&claim.lease_id)?;
             }
         }
-        Ok(StopOutcome {
-            lease_id: target.lease_id,
-            slug: target.slug,
-            already_gone: !existed,
-        })
+        Ok(self.stopped(target.lease_id, target.slug, !existed))
+    }
+
+    /// A stop's outcome, with the lease's box-seconds once its stop is recorded.
+    fn stopped(&self, lease_id: String, slug: String, already_gone: bool) -> StopOutcome {
+        self.record(UsageEventKind::Stopped, None, &lease_id, &slug, None);
+        let usage = self.usage.lease(&lease_id, time::OffsetDateTime::now_utc());
+        StopOutcome {
+            lease_id,
+            slug,
+            already_gone,
+            usage,
+        }
+    }
+
+    /// Records a change of state the service made on its own (an idle box paused at its
+    /// timeout, a paused one woken by traffic) once crabbox sees it.
+    fn observe(&self, claim: &Claim, remote: &RemoteBox) {
+        let Some(last) = self.usage.last(&claim.lease_id) else {
+            return;
+        };
+        let was_running = matches!(
+            last.event,
+            UsageEventKind::Created | UsageEventKind::Resumed
+        );
+        let now = time::OffsetDateTime::now_utc();
+        if was_running && remote.state == "paused" {
+            // The service paused it when its time ran out.
+            let at = remote
+                .expires_at
+                .as_deref()
+                .and_then(|e| {
+                    time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map_or(now, |e| e.min(now));
+            self.record(
+                UsageEventKind::Paused,
+                Some(at),
+                &claim.lease_id,
+                &claim.slug,
+                claim.repo_root.as_deref(),
+            );
+        } else if last.event == UsageEventKind::Paused && remote.running {
+            self.record(
+                UsageEventKind::Resumed,
+                None,
+                &claim.lease_id,
+                &claim.slug,
+                claim.repo_root.as_deref(),
+            );
+        }
     }
 
     /// Every box of this provider, with the claims of this machine: a box no claim names is
@@ -170,6 +222,7 @@ impl Engine {
                         remote_id: c.remote_id.clone(),
                         claimed: true,
                         verified: false,
+                        tag_lease: None,
                     },
                     None => self.unclaimed_target(b),
                 };
@@ -184,6 +237,7 @@ impl Engine {
                     remote_id: c.remote_id.clone(),
                     claimed: true,
                     verified: false,
+                    tag_lease: None,
                 };
                 out.push(self.box_status(Some(c), &target, None, false));
             }
@@ -215,6 +269,9 @@ impl Engine {
         remote: Option<&RemoteBox>,
         ready: bool,
     ) -> BoxStatus {
+        if let (Some(claim), Some(remote)) = (claim, remote) {
+            self.observe(claim, remote);
+        }
         BoxStatus {
             lease_id: target.lease_id.clone(),
             slug: target.slug.clone(),

@@ -28,6 +28,7 @@ impl Engine {
         &self,
         acquired: &Acquired,
         req: &RunRequest,
+        script: String,
         out: &mut dyn OutputSink,
     ) -> Result<Ran> {
         let session = acquired.session.as_ref();
@@ -35,7 +36,7 @@ impl Engine {
         let mut env = req.env.clone();
         env.insert(RUN_ID_VAR.to_string(), run_id.clone());
         let spec = ExecSpec {
-            script: req.command.script(),
+            script,
             env,
             cwd: acquired.workdir.clone(),
             run_id: run_id.clone(),

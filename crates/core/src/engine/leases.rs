@@ -16,6 +16,7 @@ use crate::events::Reporter;
 use crate::hint::Hint;
 use crate::lease;
 use crate::provider::{BoxRef, BoxSession, CreateFailure, NewBox, RemoteBox};
+use crate::usage::UsageEventKind;
 
 /// What a new lease is for.
 pub(super) struct LeaseSpec<'a> {
@@ -23,7 +24,16 @@ pub(super) struct LeaseSpec<'a> {
     pub ttl: Duration,
     pub keep: bool,
     pub repo_root: Option<&'a Path>,
+    pub from_snapshot: Option<&'a str>,
+    pub idle_timeout: Option<Duration>,
 }
+
+/// Claim label: the idle timeout a box was made with (seconds); a run renews it by that much.
+pub(super) const IDLE_TIMEOUT_LABEL: &str = "idleTimeoutSecs";
+/// Claim label: the lease a box's tags name when not its own (a fork's source).
+pub(super) const TAG_LEASE_LABEL: &str = "tagLease";
+/// Claim label: the snapshot a box started from.
+pub(super) const SNAPSHOT_LABEL: &str = "fromSnapshot";
 
 /// The box an id names.
 pub(super) struct Located {
@@ -49,28 +59,8 @@ impl Engine {
             return Err(Error::Interrupted);
         }
         let provider = self.provider.as_ref();
-        let now = now_rfc3339();
-        let mut claim = self.claims.create(spec.slug, |lease_id, slug| Claim {
-            lease_id: lease_id.to_string(),
-            slug: slug.to_string(),
-            provider: provider.name().to_string(),
-            remote_id: String::new(),
-            endpoint: provider.endpoint(),
-            repo_root: spec.repo_root.map(Path::to_path_buf),
-            workdir: String::new(),
-            claimed_at: now.clone(),
-            last_used_at: now.clone(),
-            keep: spec.keep,
-            labels: BTreeMap::from([("state".to_string(), "creating".to_string())]),
-        })?;
-        let workdir = match provider.workdir(&claim.lease_id) {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = self.claims.remove(&claim.lease_id);
-                return Err(e);
-            }
-        };
-        claim.workdir = workdir.clone();
+        let mut claim = self.reserve_lease(spec)?;
+        let workdir = claim.workdir.clone();
         let new = NewBox {
             lease_id: &claim.lease_id,
             slug: &claim.slug,
@@ -78,6 +68,8 @@ impl Engine {
             keep: spec.keep,
             repo_root: spec.repo_root,
             workdir: &workdir,
+            from_snapshot: spec.from_snapshot,
+            idle_timeout: spec.idle_timeout,
         };
         let created = match cancel {
             Some(cancel) => tokio::select! {
@@ -104,6 +96,7 @@ impl Engine {
             remote_id: created.remote_id,
             claimed: true,
             verified: true,
+            tag_lease: None,
         };
         if let Err(e) = self.claims.write(&claim) {
             // Without its claim the box would be invisible to this machine: delete it.
@@ -129,14 +122,60 @@ impl Engine {
                 id: target.remote_id,
             }));
         }
+        self.record(
+            UsageEventKind::Created,
+            None,
+            &claim.lease_id,
+            &claim.slug,
+            claim.repo_root.as_deref(),
+        );
         reporter.status(&format!(
-            "created {} box {} (lease {}, {})",
+            "created {} box {} (lease {}, {}){}",
             provider.name(),
             target.remote_id,
             claim.lease_id,
-            claim.slug
+            claim.slug,
+            spec.from_snapshot
+                .map(|s| format!(" from snapshot {s}"))
+                .unwrap_or_default()
         ));
         Ok((claim, target, created.session))
+    }
+
+    /// Reserves a lease: a claim with its slug and workdir, and no box yet.
+    pub(super) fn reserve_lease(&self, spec: &LeaseSpec<'_>) -> Result<Claim> {
+        let provider = self.provider.as_ref();
+        let now = now_rfc3339();
+        let mut claim = self.claims.create(spec.slug, |lease_id, slug| Claim {
+            lease_id: lease_id.to_string(),
+            slug: slug.to_string(),
+            provider: provider.name().to_string(),
+            remote_id: String::new(),
+            endpoint: provider.endpoint(),
+            repo_root: spec.repo_root.map(Path::to_path_buf),
+            workdir: String::new(),
+            claimed_at: now.clone(),
+            last_used_at: now.clone(),
+            keep: spec.keep,
+            labels: BTreeMap::from([("state".to_string(), "creating".to_string())]),
+        })?;
+        if let Some(idle) = spec.idle_timeout {
+            claim
+                .labels
+                .insert(IDLE_TIMEOUT_LABEL.into(), idle.as_secs().to_string());
+        }
+        if let Some(snapshot) = spec.from_snapshot {
+            claim.labels.insert(SNAPSHOT_LABEL.into(), snapshot.into());
+        }
+        let workdir = match provider.workdir(&claim.lease_id) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = self.claims.remove(&claim.lease_id);
+                return Err(e);
+            }
+        };
+        claim.workdir = workdir.clone();
+        Ok(claim)
     }
 
     /// After a failed or cancelled create: releases the reserved lease, first deleting any
@@ -225,6 +264,7 @@ impl Engine {
             remote_id: claim.remote_id.clone(),
             claimed: true,
             verified: false,
+            tag_lease: claim.labels.get(TAG_LEASE_LABEL).cloned(),
         })
     }
 
@@ -273,6 +313,7 @@ impl Engine {
             remote_id: b.remote_id.clone(),
             claimed: false,
             verified: true,
+            tag_lease: None,
         }
     }
 

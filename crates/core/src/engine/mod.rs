@@ -11,12 +11,19 @@
 //! whatever happened, unless the keep policy says otherwise; a release that fails is
 //! reported with the lease to stop.
 
+mod boxcmd;
 mod boxes;
 mod cleanup;
+pub mod detach;
 mod exec;
+mod extras;
+pub mod junit;
 mod leases;
+mod lifecycle;
+pub mod outputs;
 pub mod request;
 mod run;
+pub mod shard;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -27,10 +34,16 @@ use std::time::Duration;
 use crate::claims::{Claim, ClaimStore};
 use crate::error::Result;
 use crate::provider::Provider;
+use crate::usage::{UsageEventKind, UsageLog};
 
 pub use cleanup::{CleanupAction, CleanupReport, UnclaimedBox};
+pub use detach::{DetachedRun, RunState};
 pub use exec::new_run_id;
+pub use junit::JunitSummary;
+pub use lifecycle::*;
+pub use outputs::ArtifactReport;
 pub use request::*;
+pub use shard::{ShardOutcome, ShardPlan, ShardRequest, ShardResult};
 pub use sync::human_bytes;
 
 /// How long a SIGTERMed command gets before SIGKILL, by default.
@@ -43,6 +56,8 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 const WAIT_POLL: Duration = Duration::from_millis(500);
 /// Bound of the lookup and delete of a box whose create did not complete.
 const ORPHAN_BUDGET: Duration = Duration::from_secs(20);
+/// Lifetime of a box opened outside a run when no `ttl` is configured.
+const DEFAULT_TTL: Duration = Duration::from_secs(90 * 60);
 /// Default bound of one sync's upload and apply.
 const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -53,6 +68,9 @@ pub struct Engine {
     state_dir: PathBuf,
     sync_timeout: Duration,
     cancel_grace: Duration,
+    /// The lifetime a box gets when a command outside a run opens it (`ttl`).
+    ttl: Duration,
+    usage: UsageLog,
 }
 
 impl std::fmt::Debug for Engine {
@@ -71,9 +89,11 @@ impl Engine {
         Self {
             provider,
             claims,
+            usage: UsageLog::new(state_dir.join("usage")),
             state_dir,
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            ttl: DEFAULT_TTL,
         }
     }
 
@@ -86,7 +106,10 @@ impl Engine {
     }
 
     /// The engine settings of `cfg` (`sync.timeout`).
-    pub fn configured(self, cfg: &crate::config::LoadedConfig) -> Self {
+    pub fn configured(mut self, cfg: &crate::config::LoadedConfig) -> Self {
+        if !cfg.core.ttl.is_zero() {
+            self.ttl = cfg.core.ttl;
+        }
         self.with_sync_timeout(cfg.core.sync.timeout)
     }
 
@@ -125,6 +148,21 @@ impl Engine {
 
     pub fn claims(&self) -> &ClaimStore {
         &self.claims
+    }
+
+    /// Records what happened to a lease's box in its usage file. Best effort: a failure to
+    /// record never fails the lease's operation (the box matters more than its accounting).
+    fn record(
+        &self,
+        kind: UsageEventKind,
+        at: Option<time::OffsetDateTime>,
+        lease_id: &str,
+        slug: &str,
+        repo: Option<&std::path::Path>,
+    ) {
+        let _ = self
+            .usage
+            .record(kind, at, lease_id, slug, self.name(), repo);
     }
 
     /// Drops a lease's claim (what was synced is recorded on its box, which is gone).

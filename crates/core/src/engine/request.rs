@@ -18,8 +18,11 @@ pub enum KeepPolicy {
     Never,
     /// Keep it (`--keep`).
     Always,
-    /// Keep it only if the command failed or the run broke (`--keep-on-failure`).
+    /// Keep it only if the command failed or the run broke (`--keep-on-failure`,
+    /// `--stop-after success`).
     OnFailure,
+    /// Keep it only if the command succeeded (`--stop-after failure`).
+    OnSuccess,
 }
 
 impl KeepPolicy {
@@ -28,7 +31,84 @@ impl KeepPolicy {
             KeepPolicy::Never => false,
             KeepPolicy::Always => true,
             KeepPolicy::OnFailure => !success,
+            KeepPolicy::OnSuccess => success,
         }
+    }
+
+    /// `--stop-after success|failure|always|never`: when a box `run` made is released.
+    pub fn from_stop_after(v: &str) -> Option<Self> {
+        Some(match v {
+            "always" => KeepPolicy::Never,
+            "never" => KeepPolicy::Always,
+            "success" => KeepPolicy::OnFailure,
+            "failure" => KeepPolicy::OnSuccess,
+            _ => return None,
+        })
+    }
+}
+
+/// What a run does once the tree is synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunMode {
+    /// Run the command and stream its output (the default).
+    #[default]
+    Attached,
+    /// Sync and stop there (`--sync-only`): the box is ready for later runs.
+    SyncOnly,
+    /// Start the command in the background on the box and return its run id (`--detach`);
+    /// its output goes to a log on the box.
+    Detached,
+}
+
+/// A local script to run on the box instead of a command (`--script`, `--script-stdin`).
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// Its name, for messages and the file on the box.
+    pub name: String,
+    pub body: Vec<u8>,
+    /// Arguments after `--`.
+    pub args: Vec<String>,
+}
+
+/// `--download remote=local`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Download {
+    /// Relative to the workdir unless absolute.
+    pub remote: String,
+    pub local: PathBuf,
+}
+
+/// Where a run's outputs go.
+#[derive(Debug, Clone, Default)]
+pub struct RunExtras {
+    pub mode: RunMode,
+    pub script: Option<Script>,
+    /// `--capture-stdout FILE`.
+    pub capture_stdout: Option<PathBuf>,
+    /// `--capture-stderr FILE`.
+    pub capture_stderr: Option<PathBuf>,
+    /// `--capture-on-fail`: keep the capture files only when the command failed.
+    pub capture_on_fail: bool,
+    pub downloads: Vec<Download>,
+    /// `--artifact-glob`: workdir-relative globs (`**` crosses directories).
+    pub artifact_globs: Vec<String>,
+    /// `--artifact-dir`; `None`: `<repo>/.crabbox/artifacts/<lease>/`.
+    pub artifact_dir: Option<PathBuf>,
+    /// `--require-artifact`: workdir-relative paths that must exist after the command.
+    pub require: Vec<String>,
+    /// `--junit`: globs of JUnit XML reports, fetched with the artifacts and summarised.
+    pub junit: Vec<String>,
+    /// `--lease-output FILE`: the lease handle as JSON, written once the box is acquired.
+    pub lease_output: Option<PathBuf>,
+}
+
+impl RunExtras {
+    /// Anything to fetch from the box after the command.
+    pub fn fetches(&self) -> bool {
+        !self.downloads.is_empty()
+            || !self.artifact_globs.is_empty()
+            || !self.require.is_empty()
+            || !self.junit.is_empty()
     }
 }
 
@@ -54,6 +134,11 @@ pub struct WarmupRequest {
     pub ttl: Duration,
     /// Repository the lease is for (recorded in the claim and the box's tags).
     pub repo_root: Option<PathBuf>,
+    /// Start the box from this snapshot (id or name).
+    pub from_snapshot: Option<String>,
+    /// Pause the box after this long without a run instead of letting it die; a run wakes
+    /// it and renews the timeout (`idleTimeout`; providers with `pause` only).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Run one command, on a new box or on the warm box named by `id`.
@@ -74,9 +159,13 @@ pub struct RunRequest {
     pub ttl: Duration,
     pub slug: Option<String>,
     pub repo_root: Option<PathBuf>,
+    /// A new box starts from this snapshot (id or name).
+    pub from_snapshot: Option<String>,
     /// Fired on Ctrl-C / SIGTERM: the engine stops the remote command, cleans up, and
     /// returns `Error::Interrupted`.
     pub cancel: CancellationToken,
+    /// Scripts, sync-only and detached runs, captured output, artifacts.
+    pub extras: RunExtras,
 }
 
 /// How a run went.
@@ -103,6 +192,18 @@ pub struct RunOutcome {
     pub timing: Timing,
     /// What sync did.
     pub sync: Option<SyncReport>,
+    /// What came home from the box after the command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<crate::engine::outputs::ArtifactReport>,
+    /// The JUnit reports' summary (`--junit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub junit: Option<crate::engine::junit::JunitSummary>,
+    /// A detached run's id (`--detach`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The run stopped after the sync (`--sync-only`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sync_only: bool,
 }
 
 impl RunOutcome {
@@ -110,10 +211,20 @@ impl RunOutcome {
     /// succeeded on a box that could not be released is a failure (1): a paid box is left
     /// running.
     pub fn exit_code(&self) -> i32 {
-        if self.exit_code == 0 && self.release_error.is_some() {
-            crate::error::exit::TRANSPORT
-        } else {
+        if self.exit_code != 0 {
             self.exit_code
+        } else if self.release_error.is_some() {
+            crate::error::exit::TRANSPORT
+        } else if let Some(a) = &self.artifacts {
+            if !a.missing_required.is_empty() {
+                crate::error::exit::SYNC
+            } else if a.error.is_some() {
+                crate::error::exit::TRANSPORT
+            } else {
+                0
+            }
+        } else {
+            0
         }
     }
 
@@ -250,4 +361,7 @@ pub struct StopOutcome {
     pub slug: String,
     /// The box was already gone; only the claim was dropped.
     pub already_gone: bool,
+    /// The lease's box-seconds, as crabbox recorded them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::LeaseUsage>,
 }

@@ -6,14 +6,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::exec::Ran;
 use super::leases::LeaseSpec;
+use super::leases::IDLE_TIMEOUT_LABEL;
 use super::sync::Choosing;
 use super::{ms, Engine, CANCEL_BUDGET};
 use crate::claims::Claim;
-use crate::engine::{KeepPolicy, RunOutcome, RunRequest, Timing};
+use crate::engine::{KeepPolicy, RunMode, RunOutcome, RunRequest, Timing};
 use crate::error::{Error, Result};
 use crate::events::{OutputSink, Reporter};
 use crate::hint::Hint;
-use crate::provider::{BoxRef, BoxSession};
+use crate::provider::{unsupported, BoxRef, BoxSession, Feature};
+use crate::usage::UsageEventKind;
 
 /// The box one run works on.
 pub(super) struct Acquired {
@@ -49,6 +51,11 @@ impl Engine {
         }
         let mut acquired = self.acquire(req, reporter).await?;
         timing.acquire_ms = ms(t.elapsed());
+        if let Err(e) = self.write_lease_output(&acquired, req) {
+            self.release_within(CANCEL_BUDGET / 2, &acquired, req, reporter)
+                .await;
+            return Err(e);
+        }
 
         let t = Instant::now();
         // The sync watches the token itself, so that an interrupted sync still removes its
@@ -71,13 +78,44 @@ impl Engine {
         };
 
         let t = Instant::now();
-        let ran = self.exec_phase(&acquired, req, out).await;
+        let mut artifacts = None;
+        let mut junit = None;
+        let mut run_id = None;
+        let ran = match req.extras.mode {
+            RunMode::SyncOnly => Ok(Ran::Exited(0)),
+            RunMode::Detached => match self.detach(&acquired, req, reporter).await {
+                Ok(id) => {
+                    run_id = Some(id);
+                    Ok(Ran::Exited(0))
+                }
+                Err(e) => Err(e),
+            },
+            RunMode::Attached => {
+                let ran = self.exec_attached(&acquired, req, out, reporter).await;
+                if let Ok(Ran::Exited(_)) = &ran {
+                    if req.extras.fetches() {
+                        let (a, j) = self.fetch_outputs(&acquired, req, reporter).await;
+                        artifacts = Some(a);
+                        junit = j;
+                    }
+                }
+                ran
+            }
+        };
         timing.command_ms = ms(t.elapsed());
 
         let t = Instant::now();
+        // A box made for a sync-only or detached run stays: that is what it was made for.
+        let stays = req.extras.mode != RunMode::Attached;
         let result = match ran {
+            Ok(Ran::Exited(code)) if stays => {
+                let released = self.release(&acquired, true, req, reporter, true).await;
+                Ok((code, released))
+            }
             Ok(Ran::Exited(code)) => {
-                let released = self.release(&acquired, code == 0, req, reporter).await;
+                let released = self
+                    .release(&acquired, code == 0, req, reporter, false)
+                    .await;
                 Ok((code, released))
             }
             Ok(Ran::Interrupted) => {
@@ -86,7 +124,7 @@ impl Engine {
                 Err(Error::Interrupted)
             }
             Err(e) => {
-                self.release(&acquired, false, req, reporter).await;
+                self.release(&acquired, false, req, reporter, false).await;
                 Err(self.gone_hint(&acquired, e))
             }
         };
@@ -106,6 +144,10 @@ impl Engine {
             created: acquired.created,
             timing,
             sync,
+            artifacts,
+            junit,
+            run_id,
+            sync_only: req.extras.mode == RunMode::SyncOnly,
         })
     }
 
@@ -113,11 +155,16 @@ impl Engine {
     async fn acquire(&self, req: &RunRequest, reporter: &dyn Reporter) -> Result<Acquired> {
         let ttl = self.provider.ttl(req.ttl);
         let Some(id) = req.id.as_deref() else {
+            if req.from_snapshot.is_some() && !self.provider.capabilities().snapshot {
+                return Err(unsupported(self.name(), Feature::Snapshot));
+            }
             let spec = LeaseSpec {
                 slug: req.slug.as_deref(),
                 ttl,
                 keep: req.keep == KeepPolicy::Always,
                 repo_root: req.repo_root.as_deref(),
+                from_snapshot: req.from_snapshot.as_deref(),
+                idle_timeout: None,
             };
             let (claim, target, session) = self
                 .create_lease(&spec, Some(&req.cancel), reporter)
@@ -130,15 +177,43 @@ impl Engine {
                 session,
             });
         };
+        if let Some(snapshot) = &req.from_snapshot {
+            return Err(Error::Usage(format!(
+                "--from-snapshot {snapshot} starts a new box; it cannot reuse box {id} (drop \
+                 --id, or drop --from-snapshot)"
+            )));
+        }
         // Nothing is made here, so a cancel has nothing to undo.
         let located = cancellable(&req.cancel, self.locate(id)).await?;
         let (claim, target) = (located.claim, located.target);
+        // A box made to pause when idle is renewed by its idle timeout, not the TTL.
+        let ttl = claim
+            .as_ref()
+            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
+            .and_then(|secs| secs.parse().ok())
+            .map_or(ttl, Duration::from_secs);
         let session = cancellable(&req.cancel, self.provider.open(&target, ttl))
             .await
             .map_err(|e| match (&e, &claim) {
                 (Error::NotFound(_), Some(_)) => e.with_hint(self.stop_hint(&target.lease_id)),
                 _ => e,
             })?;
+        if session.resumed() {
+            reporter.status(&format!(
+                "resumed paused {} box {} (lease {}, {})",
+                self.name(),
+                target.remote_id,
+                target.lease_id,
+                target.slug
+            ));
+            self.record(
+                UsageEventKind::Resumed,
+                None,
+                &target.lease_id,
+                &target.slug,
+                claim.as_ref().and_then(|c| c.repo_root.as_deref()),
+            );
+        }
         reporter.status(&format!(
             "reusing {} box {} (lease {}, {})",
             self.name(),
@@ -163,12 +238,13 @@ impl Engine {
         success: bool,
         req: &RunRequest,
         reporter: &dyn Reporter,
+        keep_anyway: bool,
     ) -> Release {
         let target = &acquired.target;
         if !acquired.created {
             return Release::Kept;
         }
-        if req.keep.keeps(success) {
+        if keep_anyway || req.keep.keeps(success) {
             if let Some(claim) = &acquired.claim {
                 if !claim.keep {
                     let mut kept = claim.clone();
@@ -195,6 +271,13 @@ impl Engine {
         }
         match self.provider.delete(target).await {
             Ok(_) => {
+                self.record(
+                    UsageEventKind::Stopped,
+                    None,
+                    &target.lease_id,
+                    &target.slug,
+                    None,
+                );
                 if let Err(e) = self.forget(&target.lease_id) {
                     reporter.status(&format!(
                         "box {} deleted, but its claim could not be removed: {e}",
@@ -239,7 +322,7 @@ impl Engine {
         req: &RunRequest,
         reporter: &dyn Reporter,
     ) {
-        let released = self.release(acquired, false, req, reporter);
+        let released = self.release(acquired, false, req, reporter, false);
         if tokio::time::timeout(budget, released).await.is_err() {
             let target = &acquired.target;
             reporter.status(&format!(

@@ -79,6 +79,8 @@ pub struct SyncManifest {
 
 /// Always left out, whatever the config says.
 const BUILTIN_EXCLUDES: &[&str] = &[".git"];
+/// crabbox's own files in a repository (fetched artifacts): never sent back to the box.
+const OWN_DIR: &str = ".crabbox/";
 const CRABBOXIGNORE: &str = ".crabboxignore";
 
 impl SyncManifest {
@@ -136,7 +138,10 @@ impl SyncManifest {
         let mut entries = BTreeMap::new();
         let mut real_dirs = std::collections::HashSet::new();
         for rel in candidates {
-            if !is_clean_relative(&rel) || rel.split('/').any(|c| BUILTIN_EXCLUDES.contains(&c)) {
+            if !is_clean_relative(&rel)
+                || rel.split('/').any(|c| BUILTIN_EXCLUDES.contains(&c))
+                || rel.starts_with(OWN_DIR)
+            {
                 continue;
             }
             if exclude.matched_path_or_any_parents(&rel, false).is_ignore() {

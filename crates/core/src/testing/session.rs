@@ -148,6 +148,39 @@ impl BoxSession for MemSession {
         self.on_box(|b| Ok(b.scan(workdir.trim_end_matches('/'), checksum)))
     }
 
+    async fn read_file(
+        &self,
+        path: &str,
+        into: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        let detail = format!("{} {path}", self.remote_id);
+        self.shared.enter(Op::ReadFile, &detail).await?;
+        let data = self.on_box(|b| match b.files.get(path) {
+            Some(Node::File { data, .. }) => Ok(data.clone()),
+            _ => Err(Error::NotFound(format!("{path} is not on memory box"))),
+        })?;
+        tokio::io::AsyncWriteExt::write_all(into, &data)
+            .await
+            .map_err(Error::io("writing", path))?;
+        Ok(data.len() as u64)
+    }
+
+    async fn write_file(&self, path: &str, body: &[u8]) -> Result<()> {
+        let detail = format!("{} {path}", self.remote_id);
+        self.shared.enter(Op::WriteFile, &detail).await?;
+        self.on_box(|b| {
+            b.files.insert(
+                path.to_string(),
+                Node::File {
+                    data: body.to_vec(),
+                    mode: 0o644,
+                    mtime: 0,
+                },
+            );
+            Ok(())
+        })
+    }
+
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {
         self.shared.enter(Op::Start, &self.remote_id).await?;
         let (pid, script, ended) = {

@@ -29,6 +29,8 @@ pub enum Op {
     Start,
     Signal,
     StopRun,
+    ReadFile,
+    WriteFile,
 }
 
 impl Op {
@@ -49,6 +51,8 @@ impl Op {
             Op::Start => "start",
             Op::Signal => "signal",
             Op::StopRun => "stop_run",
+            Op::ReadFile => "read_file",
+            Op::WriteFile => "write_file",
         }
     }
 }

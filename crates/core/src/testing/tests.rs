@@ -17,6 +17,8 @@ async fn made_box(p: &MemoryProvider, lease_id: &str) -> (BoxRef, Box<dyn BoxSes
         keep: false,
         repo_root: None,
         workdir: &workdir,
+        from_snapshot: None,
+        idle_timeout: None,
     };
     let created = p
         .create(&new, &SilentReporter)
@@ -28,6 +30,7 @@ async fn made_box(p: &MemoryProvider, lease_id: &str) -> (BoxRef, Box<dyn BoxSes
         remote_id: created.remote_id,
         claimed: true,
         verified: true,
+        tag_lease: None,
     };
     (target, created.session)
 }
@@ -115,4 +118,59 @@ async fn a_command_without_a_script_does_not_start() {
     let err = session.start(&spec).await.err().unwrap();
     assert!(err.to_string().contains("no script"), "{err}");
     assert!(fake.processes().is_empty());
+}
+
+/// A provider that declares none of the lifecycle capabilities is refused up front: the
+/// engine names the provider and the alternative, and calls no primitive.
+#[tokio::test]
+async fn lifecycle_requests_to_a_provider_without_them_are_refused_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = MemoryProvider::new();
+    let engine = fake.engine(dir.path());
+    let repo = conformance::RepoFixture::new();
+    let b = conformance::warm_box(&engine, &repo).await;
+    fake.clear_calls();
+    let refusals = [
+        engine.pause(&b.lease_id).await.err(),
+        engine
+            .resume(&b.lease_id, Duration::from_secs(60))
+            .await
+            .err(),
+        engine.snapshot(&b.lease_id, None).await.err(),
+        engine.snapshots().await.err(),
+        engine
+            .fork(
+                &crate::engine::ForkRequest {
+                    id: b.lease_id.clone(),
+                    count: 2,
+                    ttl: Duration::from_secs(60),
+                },
+                &SilentReporter,
+            )
+            .await
+            .err(),
+        engine.port_url(&b.lease_id, 80).await.err(),
+        engine
+            .shell(
+                &crate::engine::ShellRequest {
+                    id: b.lease_id.clone(),
+                    argv: Vec::new(),
+                    cols: 80,
+                    rows: 24,
+                    term: "xterm".into(),
+                    ttl: Duration::from_secs(60),
+                },
+                &SilentReporter,
+            )
+            .await
+            .err(),
+    ];
+    for e in refusals {
+        let e = e.expect("refused");
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("provider memory cannot"), "{text}");
+        assert!(text.contains("; "), "names what to use instead: {text}");
+    }
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
 }

@@ -55,6 +55,21 @@ pub async fn download(
             "path '{absolute}' is a directory"
         )));
     }
+    let wants_range = headers.contains_key(header::RANGE);
+    if !wants_range {
+        // Streamed as E2B does: a large file is never held whole.
+        let file = tokio::fs::File::open(&resolved.host)
+            .await
+            .map_err(|e| HttpError::from_rpc(&fs_error(&e, &absolute)))?;
+        let mut response =
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10))
+                .into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/octet-stream"),
+        );
+        return Ok(response);
+    }
     let bytes = tokio::fs::read(&resolved.host)
         .await
         .map_err(|e| HttpError::from_rpc(&fs_error(&e, &absolute)))?;

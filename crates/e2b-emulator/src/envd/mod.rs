@@ -58,9 +58,8 @@ async fn route_to_sandbox(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let sandbox = match state.registry.get(&id) {
-        Some(sandbox) if sandbox.is_running() => sandbox,
-        _ => return HttpError::sandbox_not_running(&id).into_response(),
+    let Some(sandbox) = state.registry.for_traffic(&id) else {
+        return HttpError::sandbox_not_running(&id).into_response();
     };
     if request.uri().path() != "/health" && !authorized(&sandbox, &request) {
         return HttpError::unauthorized(

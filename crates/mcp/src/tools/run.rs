@@ -69,6 +69,9 @@ pub(crate) struct RunArgs {
     /// A name for a fresh box's lease.
     #[serde(default)]
     slug: Option<String>,
+    /// A fresh box starts with this snapshot's files (id or name; providers with snapshots).
+    #[serde(default)]
+    from_snapshot: Option<String>,
     /// Sync a tree past the size limits (as `--force-sync-large`).
     #[serde(default)]
     force_sync_large: bool,
@@ -225,6 +228,8 @@ impl CrabboxServer {
             },
             slug: a.slug,
             allow_env: a.allow_env,
+            extras: Default::default(),
+            from_snapshot: a.from_snapshot,
         };
         let plan = match plan_run(&call.cfg, &call.env, opts, cancel.clone()).await {
             Ok(plan) => plan,

@@ -23,6 +23,9 @@ pub(crate) struct WarmupArgs {
     /// A name for the lease (otherwise one is derived from its id).
     #[serde(default)]
     slug: Option<String>,
+    /// Start the box with this snapshot's files (id or name; providers with snapshots).
+    #[serde(default)]
+    from_snapshot: Option<String>,
 }
 
 #[tool_router(router = warmup_router, vis = "pub(crate)")]
@@ -40,6 +43,8 @@ impl CrabboxServer {
             slug: a.slug,
             ttl: call.cfg.core.ttl,
             repo_root: Some(call.cfg.repo_root.clone()),
+            from_snapshot: a.from_snapshot,
+            idle_timeout: Some(call.cfg.core.idle_timeout).filter(|d| !d.is_zero()),
         };
         let result = call.engine.warmup(&req, call.reporter.as_ref()).await;
         call.finish(result).await

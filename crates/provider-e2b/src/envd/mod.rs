@@ -193,6 +193,53 @@ impl Envd {
         })
     }
 
+    /// `GET /files?path=..&username=..`, streamed into `into` chunk by chunk (never held
+    /// whole); the bytes written. `Error::NotFound` naming the path when it is not there.
+    pub async fn download(
+        &self,
+        path: &str,
+        into: &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+    ) -> Result<u64> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let what = format!("downloading {path}");
+        let resp = self
+            .request(Method::GET, "/files")
+            .query(&[("path", path), ("username", self.user.as_str())])
+            .send()
+            .await
+            .map_err(|e| self.transport(&what, &e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            if is_gone(status, &body) {
+                return Err(self.gone());
+            }
+            let said: String = body.trim().chars().take(300).collect();
+            return Err(if status == StatusCode::NOT_FOUND {
+                Error::NotFound(
+                    self.scrub(&format!("{path} is not on sandbox {}", self.sandbox_id)),
+                )
+            } else {
+                Error::Transport(self.scrub(&format!(
+                    "sandbox {}: {what}: HTTP {}: {said}",
+                    self.sandbox_id,
+                    status.as_u16()
+                )))
+            });
+        }
+        let mut stream = resp.bytes_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(&what, &e))?;
+            into.write_all(&chunk)
+                .await
+                .map_err(Error::io("writing what came from", path))?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
     /// The error for a sandbox that is no longer there to answer.
     pub fn gone(&self) -> Error {
         gone(&self.sandbox_id)

@@ -11,7 +11,9 @@ mod command;
 mod create;
 mod keep;
 mod leases;
+mod outputs;
 mod release;
+mod shard;
 mod sync;
 
 use std::collections::BTreeMap;
@@ -108,7 +110,9 @@ impl Bench {
             ttl: Duration::from_secs(600),
             slug: None,
             repo_root: Some(self.repo.path().to_path_buf()),
+            from_snapshot: None,
             cancel: CancellationToken::new(),
+            extras: Default::default(),
         }
     }
 
@@ -152,6 +156,8 @@ impl Bench {
             slug: None,
             ttl: Duration::from_secs(600),
             repo_root: Some(self.repo.path().to_path_buf()),
+            from_snapshot: None,
+            idle_timeout: None,
         };
         self.engine.warmup(&req, &self.reporter).await.unwrap()
     }

@@ -1,0 +1,415 @@
+//! A box's life between runs: pause and resume, snapshots, forks, port URLs, usage.
+//!
+//! Each is an optional capability; a provider without it is refused before any work, with
+//! what to use instead ([`unsupported`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::leases::{LeaseSpec, IDLE_TIMEOUT_LABEL, TAG_LEASE_LABEL};
+use super::Engine;
+use crate::claims::{now_rfc3339, Claim};
+use crate::engine::BoxStatus;
+use crate::error::{Error, Result};
+use crate::events::Reporter;
+use crate::provider::{unsupported, BoxRef, Feature, NewBox, SnapshotInfo};
+use crate::usage::{UsageEventKind, UsageReport};
+
+/// What `pause` or `resume` did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleOutcome {
+    pub lease_id: String,
+    pub slug: String,
+    pub remote_id: String,
+    /// `paused` or `running`: the box's state now.
+    pub state: String,
+    /// It was in that state already.
+    pub already: bool,
+}
+
+/// What `snapshot` made.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotOutcome {
+    pub lease_id: String,
+    pub slug: String,
+    pub snapshot: SnapshotInfo,
+}
+
+/// `fork` options.
+#[derive(Debug, Clone)]
+pub struct ForkRequest {
+    /// The box to copy: lease id, slug or provider id.
+    pub id: String,
+    pub count: u32,
+    pub ttl: Duration,
+}
+
+/// What `fork` made: one new lease per fork that started, and why the others did not.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkOutcome {
+    pub source_lease_id: String,
+    pub forks: Vec<BoxStatus>,
+    pub failed: Vec<String>,
+}
+
+/// A port of a box, and how to reach it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PortOutcome {
+    pub lease_id: String,
+    pub slug: String,
+    pub port: u16,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `shell` options.
+#[derive(Debug, Clone)]
+pub struct ShellRequest {
+    pub id: String,
+    /// Empty: an interactive login shell.
+    pub argv: Vec<String>,
+    pub cols: u16,
+    pub rows: u16,
+    /// `TERM` on the box.
+    pub term: String,
+    pub ttl: Duration,
+}
+
+/// A program under a pseudo-terminal on a lease's box; the front end pumps it.
+pub struct Shell {
+    pub lease_id: String,
+    pub slug: String,
+    pub remote_id: String,
+    pub pty: crate::provider::PtyHandle,
+}
+
+/// Largest number of forks of one call.
+pub const MAX_FORKS: u32 = 20;
+
+impl Engine {
+    fn require(&self, feature: Feature) -> Result<()> {
+        if self.provider.capabilities().has(feature) {
+            Ok(())
+        } else {
+            Err(unsupported(self.name(), feature))
+        }
+    }
+
+    /// The box `id` names, with this machine's claim on it.
+    async fn target_of(&self, id: &str) -> Result<(Option<Claim>, BoxRef)> {
+        let located = self.locate(id).await?;
+        Ok((located.claim, located.target))
+    }
+
+    fn repo_of(claim: &Option<Claim>) -> Option<&Path> {
+        claim.as_ref().and_then(|c| c.repo_root.as_deref())
+    }
+
+    /// Pauses a lease's box: its files (and, where the service keeps them, its processes)
+    /// stay; it costs no compute until resumed.
+    pub async fn pause(&self, id: &str) -> Result<LifecycleOutcome> {
+        self.require(Feature::Pause)?;
+        let (claim, target) = self.target_of(id).await?;
+        let paused = self
+            .provider
+            .pause(&target)
+            .await
+            .map_err(|e| match (&e, &claim) {
+                (Error::NotFound(_), Some(_)) => e.with_hint(self.stop_hint(&target.lease_id)),
+                _ => e,
+            })?;
+        if paused {
+            self.record(
+                UsageEventKind::Paused,
+                None,
+                &target.lease_id,
+                &target.slug,
+                Self::repo_of(&claim),
+            );
+        }
+        Ok(LifecycleOutcome {
+            lease_id: target.lease_id,
+            slug: target.slug,
+            remote_id: target.remote_id,
+            state: "paused".into(),
+            already: !paused,
+        })
+    }
+
+    /// Wakes a lease's paused box, with `ttl` (or the idle timeout it was made with) to live.
+    pub async fn resume(&self, id: &str, ttl: Duration) -> Result<LifecycleOutcome> {
+        self.require(Feature::Pause)?;
+        let (claim, target) = self.target_of(id).await?;
+        let ttl = claim
+            .as_ref()
+            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
+            .and_then(|secs| secs.parse().ok())
+            .map_or_else(|| self.provider.ttl(ttl), Duration::from_secs);
+        let resumed = self
+            .provider
+            .resume(&target, ttl)
+            .await
+            .map_err(|e| match (&e, &claim) {
+                (Error::NotFound(_), Some(_)) => e.with_hint(self.stop_hint(&target.lease_id)),
+                _ => e,
+            })?;
+        if resumed {
+            self.record(
+                UsageEventKind::Resumed,
+                None,
+                &target.lease_id,
+                &target.slug,
+                Self::repo_of(&claim),
+            );
+        }
+        Ok(LifecycleOutcome {
+            lease_id: target.lease_id,
+            slug: target.slug,
+            remote_id: target.remote_id,
+            state: "running".into(),
+            already: !resumed,
+        })
+    }
+
+    /// Takes a snapshot of a lease's box; new boxes can start from it
+    /// (`WarmupRequest::from_snapshot`, `RunRequest::from_snapshot`).
+    pub async fn snapshot(&self, id: &str, name: Option<&str>) -> Result<SnapshotOutcome> {
+        self.require(Feature::Snapshot)?;
+        let (_claim, target) = self.target_of(id).await?;
+        let snapshot = self.provider.snapshot(&target, name).await?;
+        Ok(SnapshotOutcome {
+            lease_id: target.lease_id,
+            slug: target.slug,
+            snapshot,
+        })
+    }
+
+    /// Every snapshot of this provider.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        self.require(Feature::Snapshot)?;
+        self.provider.list_snapshots().await
+    }
+
+    /// Deletes a snapshot; `Error::NotFound` when there is none of that id.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.require(Feature::Snapshot)?;
+        if self.provider.delete_snapshot(id).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!(
+                "no {} snapshot {id:?} on {}",
+                self.name(),
+                self.provider.endpoint()
+            )))
+        }
+    }
+
+    /// Makes `count` new leases whose boxes start as copies of the box `req.id` names, in
+    /// one call; each gets its own claim and slug. Claims are reserved before the call, as
+    /// for any new lease; those whose fork failed are dropped again.
+    pub async fn fork(&self, req: &ForkRequest, reporter: &dyn Reporter) -> Result<ForkOutcome> {
+        self.require(Feature::Fork)?;
+        if !(1..=MAX_FORKS).contains(&req.count) {
+            return Err(Error::Usage(format!(
+                "--count must be between 1 and {MAX_FORKS}, got {}",
+                req.count
+            )));
+        }
+        let (source_claim, source) = self.target_of(&req.id).await?;
+        let repo_root: Option<PathBuf> = source_claim.as_ref().and_then(|c| c.repo_root.clone());
+        let spec = LeaseSpec {
+            slug: None,
+            ttl: self.provider.ttl(req.ttl),
+            keep: true,
+            repo_root: repo_root.as_deref(),
+            from_snapshot: None,
+            idle_timeout: None,
+        };
+        let mut claims = Vec::new();
+        for _ in 0..req.count {
+            match self.reserve_lease(&spec) {
+                Ok(c) => claims.push(c),
+                Err(e) => {
+                    for c in &claims {
+                        let _ = self.forget(&c.lease_id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let forks: Vec<NewBox<'_>> = claims
+            .iter()
+            .map(|c| NewBox {
+                lease_id: &c.lease_id,
+                slug: &c.slug,
+                ttl: spec.ttl,
+                keep: true,
+                repo_root: spec.repo_root,
+                workdir: &c.workdir,
+                from_snapshot: None,
+                idle_timeout: None,
+            })
+            .collect();
+        reporter.status(&format!(
+            "forking {} box {} (lease {}) {} time(s)",
+            self.name(),
+            source.remote_id,
+            source.lease_id,
+            req.count
+        ));
+        let results = match self.provider.fork(&source, &forks).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing is known to have been made: the forks carry the source's tags, so
+                // a lookup by lease could not tell them apart from it.
+                for c in &claims {
+                    let _ = self.forget(&c.lease_id);
+                }
+                return Err(e);
+            }
+        };
+        let mut outcome = ForkOutcome {
+            source_lease_id: source.lease_id.clone(),
+            forks: Vec::new(),
+            failed: Vec::new(),
+        };
+        let mut results = results.into_iter();
+        for mut claim in claims {
+            match results.next() {
+                Some(Ok(created)) => {
+                    claim.remote_id = created.remote_id.clone();
+                    claim.labels.remove("state");
+                    claim.labels.extend(created.labels);
+                    claim
+                        .labels
+                        .insert("forkOf".into(), source.lease_id.clone());
+                    claim
+                        .labels
+                        .insert(TAG_LEASE_LABEL.into(), source.tagged_lease().to_string());
+                    claim.last_used_at = now_rfc3339();
+                    if let Err(e) = self.claims.write(&claim) {
+                        outcome.failed.push(format!(
+                            "fork {} could not be claimed: {e}",
+                            created.remote_id
+                        ));
+                        continue;
+                    }
+                    self.record(
+                        UsageEventKind::Created,
+                        None,
+                        &claim.lease_id,
+                        &claim.slug,
+                        claim.repo_root.as_deref(),
+                    );
+                    reporter.status(&format!(
+                        "created {} box {} (lease {}, {}) as a fork of {}",
+                        self.name(),
+                        created.remote_id,
+                        claim.lease_id,
+                        claim.slug,
+                        source.lease_id
+                    ));
+                    outcome.forks.push(BoxStatus {
+                        lease_id: claim.lease_id.clone(),
+                        slug: claim.slug.clone(),
+                        provider: self.name().to_string(),
+                        remote_id: claim.remote_id.clone(),
+                        state: "running".into(),
+                        ready: true,
+                        workdir: claim.workdir.clone(),
+                        created_at: Some(claim.claimed_at.clone()),
+                        expires_at: None,
+                        claimed: true,
+                    });
+                }
+                Some(Err(e)) => {
+                    let _ = self.forget(&claim.lease_id);
+                    outcome.failed.push(e.to_string());
+                }
+                None => {
+                    let _ = self.forget(&claim.lease_id);
+                    outcome
+                        .failed
+                        .push("the service answered for fewer forks than asked".into());
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// How to reach `port` of a lease's box.
+    pub async fn port_url(&self, id: &str, port: u16) -> Result<PortOutcome> {
+        self.require(Feature::PortUrl)?;
+        let (_claim, target) = self.target_of(id).await?;
+        let url = self.provider.port_url(&target, port).await?;
+        Ok(PortOutcome {
+            lease_id: target.lease_id,
+            slug: target.slug,
+            port,
+            url: url.url,
+            headers: url.headers,
+        })
+    }
+
+    /// Starts `req.argv` (or a login shell) under a pseudo-terminal on a lease's box, in its
+    /// workdir once something was synced there; a paused box is woken first.
+    pub async fn shell(&self, req: &ShellRequest, reporter: &dyn Reporter) -> Result<Shell> {
+        self.require(Feature::Pty)?;
+        let (claim, target) = self.target_of(&req.id).await?;
+        let ttl = claim
+            .as_ref()
+            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
+            .and_then(|secs| secs.parse().ok())
+            .map_or_else(|| self.provider.ttl(req.ttl), Duration::from_secs);
+        let session = self.provider.open(&target, ttl).await?;
+        if session.resumed() {
+            reporter.status(&format!(
+                "resumed paused {} box {} (lease {}, {})",
+                self.name(),
+                target.remote_id,
+                target.lease_id,
+                target.slug
+            ));
+            self.record(
+                UsageEventKind::Resumed,
+                None,
+                &target.lease_id,
+                &target.slug,
+                Self::repo_of(&claim),
+            );
+        }
+        let workdir = self.provider.workdir(&target.lease_id)?;
+        let cwd = if session.exists(&workdir).await? {
+            workdir
+        } else {
+            String::new()
+        };
+        let pty = session
+            .start_pty(&crate::provider::PtySpec {
+                argv: req.argv.clone(),
+                cwd,
+                env: BTreeMap::from([("TERM".to_string(), req.term.clone())]),
+                cols: req.cols,
+                rows: req.rows,
+            })
+            .await?;
+        Ok(Shell {
+            lease_id: target.lease_id,
+            slug: target.slug,
+            remote_id: target.remote_id,
+            pty,
+        })
+    }
+
+    /// Box-seconds per lease and repository, from what this machine recorded.
+    pub fn usage(&self) -> Result<UsageReport> {
+        self.usage.report(time::OffsetDateTime::now_utc())
+    }
+}
