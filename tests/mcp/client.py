@@ -25,7 +25,7 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-TOOLS = {"warmup", "run", "status", "list", "stop"}
+TOOLS = {"warmup", "run", "status", "list", "stop", "pause", "resume", "snapshot", "url", "download", "logs"}
 NOT_OURS = "cbx_0000deadbeef"
 
 
@@ -261,6 +261,46 @@ async def checks_for(machine, binary, report, secret=None):
             assert "timed out after 1s" in text and "before" in text, text
 
         await check("timeoutSecs stops the command and fails the call saying so", timeout)
+
+        async def detached_and_download():
+            assert "id" in lease, "no lease (warmup failed)"
+            out = structured(
+                await client.call_tool(
+                    "run", {"id": lease["id"], "sync": False, "detach": True, "command": "echo one; echo two"}
+                )
+            )
+            assert out["runId"], out
+            logs = structured(await client.call_tool("logs", {"run": out["runId"], "follow": True}))
+            assert logs["output"]["tail"] == "one\ntwo\n", logs
+            structured(
+                await client.call_tool(
+                    "run", {"id": lease["id"], "sync": False, "command": "mkdir -p out && echo data > out/r.txt"}
+                )
+            )
+            got = structured(
+                await client.call_tool("download", {"id": lease["id"], "remote": "out/r.txt", "local": "fetched"})
+            )
+            assert got["bytes"] == 5, got
+            assert (machine.repo / "fetched").read_text() == "data\n", got
+
+        await check("a detached run's logs; download brings a file home", detached_and_download)
+
+        async def lifecycle():
+            assert "id" in lease, "no lease (warmup failed)"
+            if machine.provider == "local":
+                e = await expect_protocol_error(client, "pause", {"id": lease["id"]}, "local")
+                assert e.data["kind"] == "usage", e
+                return
+            out = structured(await client.call_tool("pause", {"id": lease["id"]}))
+            assert out["state"] == "paused" and not out["already"], out
+            out = structured(await client.call_tool("resume", {"id": lease["id"]}))
+            assert out["state"] == "running", out
+            snap = structured(await client.call_tool("snapshot", {"id": lease["id"], "name": "mcp-snap"}))
+            assert snap["snapshot"]["id"] and "mcp-snap" in snap["snapshot"]["names"], snap
+            url = structured(await client.call_tool("url", {"id": lease["id"], "port": 8000}))
+            assert url["port"] == 8000 and "8000" in url["url"], url
+
+        await check("pause, resume, snapshot and url where the provider has them; refused where not", lifecycle)
 
         async def bad_input():
             e = await expect_protocol_error(client, "no-such-tool", {}, "tool not found")

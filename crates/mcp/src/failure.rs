@@ -174,8 +174,8 @@ pub(crate) fn hint(hint: &Hint) -> String {
             format!("if the claim is stale, remove {}", path.display())
         }
         Hint::DetachedRun { provider, run_id } => format!(
-            "follow it with `crabbox logs --provider {provider} {run_id} --follow` (no MCP \
-             tool for detached runs yet)"
+            "its output: the `logs` tool: {}",
+            json!({"run": run_id, "provider": provider, "follow": true})
         ),
     }
 }

@@ -19,6 +19,7 @@ use crate::provider::{unsupported, BoxRef, Feature, NewBox, SnapshotInfo};
 use crate::usage::{UsageEventKind, UsageReport};
 
 /// What `pause` or `resume` did.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleOutcome {
@@ -32,6 +33,7 @@ pub struct LifecycleOutcome {
 }
 
 /// What `snapshot` made.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotOutcome {
@@ -59,6 +61,7 @@ pub struct ForkOutcome {
 }
 
 /// A port of a box, and how to reach it.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PortOutcome {

@@ -3,10 +3,15 @@
 //! `#[tool_router(router = <tool>_router)]` impl that sets up the call, asks the engine, and
 //! returns a structured result. Adding a tool is that file and one line in [`router`].
 
+mod download;
 mod list;
+mod logs;
+mod pause;
 mod run;
+mod snapshot;
 mod status;
 mod stop;
+mod url;
 mod warmup;
 
 use std::sync::Arc;
@@ -54,6 +59,11 @@ pub(crate) fn router() -> ToolRouter<CrabboxServer> {
         + CrabboxServer::status_router()
         + CrabboxServer::list_router()
         + CrabboxServer::stop_router()
+        + CrabboxServer::pause_router()
+        + CrabboxServer::snapshot_router()
+        + CrabboxServer::url_router()
+        + CrabboxServer::download_router()
+        + CrabboxServer::logs_router()
 }
 
 /// The output schema of a tool whose structured result is a `T`.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crabbox_core::config::flag;
-use crabbox_core::engine::{KeepPolicy, RunOutcome};
+use crabbox_core::engine::{KeepPolicy, RunExtras, RunMode, RunOutcome};
 use crabbox_core::events::Reporter;
 use crabbox_core::plan::{plan_run, RunOptions};
 use rmcp::service::RequestContext;
@@ -22,7 +22,7 @@ use crate::output::{OutputCapture, StreamTail};
 use crate::server::CrabboxServer;
 
 /// Most bytes of each stream a result may hold.
-const MAX_OUTPUT_LIMIT: usize = 1024 * 1024;
+pub(crate) const MAX_OUTPUT_LIMIT: usize = 1024 * 1024;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -72,6 +72,17 @@ pub(crate) struct RunArgs {
     /// A fresh box starts with this snapshot's files (id or name; providers with snapshots).
     #[serde(default)]
     from_snapshot: Option<String>,
+    /// Start the command in the background on the box and return at once with its run id
+    /// (`runId`); `logs` shows its output. The box is kept.
+    #[serde(default)]
+    detach: bool,
+    /// After the command (also when it failed), fetch the workdir's files matching these
+    /// globs (`coverage/**`, `reports/*.xml`) into `<root>/.crabbox/artifacts/<lease>/`.
+    #[serde(default)]
+    artifact_globs: Vec<String>,
+    /// Globs of JUnit XML reports to fetch and summarise in the result (`junit`).
+    #[serde(default)]
+    junit: Vec<String>,
     /// Sync a tree past the size limits (as `--force-sync-large`).
     #[serde(default)]
     force_sync_large: bool,
@@ -173,6 +184,12 @@ impl CrabboxServer {
         Parameters(a): Parameters<RunArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Structured<RunResult>, ToolError> {
+        if a.detach && !(a.artifact_globs.is_empty() && a.junit.is_empty()) {
+            return Err(ToolError::invalid(
+                "artifactGlobs and junit fetch after the command ends: not with detach (use \
+                 `download` later)",
+            ));
+        }
         let (command, shell) = match a.command {
             Command::Shell(s) if !s.trim().is_empty() => (vec![s], true),
             Command::Argv(words) if !words.is_empty() => (words, false),
@@ -228,7 +245,16 @@ impl CrabboxServer {
             },
             slug: a.slug,
             allow_env: a.allow_env,
-            extras: Default::default(),
+            extras: RunExtras {
+                mode: if a.detach {
+                    RunMode::Detached
+                } else {
+                    RunMode::Attached
+                },
+                artifact_globs: a.artifact_globs,
+                junit: a.junit,
+                ..Default::default()
+            },
             from_snapshot: a.from_snapshot,
         };
         let plan = match plan_run(&call.cfg, &call.env, opts, cancel.clone()).await {
