@@ -455,3 +455,118 @@ fn the_api_key_appears_in_no_output_and_no_state_file() {
     }
     assert!(e2b_list(&sb).is_empty(), "nothing left running");
 }
+
+fn doctor_checks(o: &std::process::Output) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&stdout(o))
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(o), stderr(o)));
+    v["checks"].as_array().unwrap().clone()
+}
+
+fn check<'a>(checks: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    checks
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {checks:?}"))
+}
+
+/// `doctor` passes against a working E2B, says where the key came from without showing it,
+/// and checks the endpoints and the template.
+#[test]
+fn doctor_passes_against_the_emulator_and_never_shows_the_key() {
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
+    let sb = emu.sandbox().with_env("CRABBOX_PROVIDER", "e2b");
+    let o = sb.run(&["doctor", "--json"]);
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let checks = doctor_checks(&o);
+    assert!(checks.iter().all(|c| c["status"] != "fail"), "{checks:?}");
+    assert!(check(&checks, "e2b.apiKey")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("E2B_API_KEY"));
+    assert_eq!(check(&checks, "e2b.apiUrl")["status"], "pass");
+    assert_eq!(check(&checks, "e2b.sandboxUrl")["status"], "pass");
+    assert_eq!(check(&checks, "e2b.template")["status"], "pass");
+    assert_eq!(check(&checks, "workdir")["status"], "pass");
+    let text = sb.run(&["doctor"]);
+    assert_eq!(code(&text), 0);
+    assert!(
+        stdout(&text).contains("every check passed"),
+        "{}",
+        stdout(&text)
+    );
+    assert_no_secret(
+        &emu.key,
+        &[&stdout(&o), &stderr(&o), &stdout(&text)],
+        &sb.state,
+    );
+    assert!(e2b_list(&sb).is_empty(), "doctor makes no sandbox");
+}
+
+/// Each failing check exits 1 and names its fix: an unknown template, a missing key, an
+/// endpoint that does not answer, a rejected key, a workdir the rules refuse.
+#[test]
+fn doctor_fails_naming_the_fix() {
+    let Some(emu) = Emulator::start() else {
+        return;
+    };
+    let sb = emu
+        .sandbox()
+        .with_env("CRABBOX_PROVIDER", "e2b")
+        .with_env("CRABBOX_E2B_RETRY_MAX_WAIT", "50ms");
+    let fails = |args: &[&str], sb: &Sandbox, name: &str, fix: &str| {
+        let o = sb.run(args);
+        assert_eq!(code(&o), 1, "{args:?}: {}\n{}", stdout(&o), stderr(&o));
+        let checks = doctor_checks(&o);
+        let c = check(&checks, name);
+        assert_eq!(c["status"], "fail", "{args:?}: {c}");
+        let said = format!("{} {}", c["detail"], c["fix"]);
+        assert!(said.contains(fix), "{args:?}: {c}");
+        assert_no_secret(&emu.key, &[&stdout(&o), &stderr(&o)], &sb.state);
+    };
+    fails(
+        &["doctor", "--json", "--e2b-template", "no-such-template"],
+        &sb,
+        "e2b.template",
+        "--e2b-template",
+    );
+    fails(
+        &["doctor", "--json", "--e2b-workdir", "/etc"],
+        &sb,
+        "workdir",
+        "/etc",
+    );
+    let unreachable = sb.env.clone();
+    let mut dead = Sandbox::new();
+    dead.env = unreachable;
+    // A port nothing listens on (the emulator's own, after it is gone, could be reused).
+    let dead = dead
+        .with_env("E2B_API_URL", "http://127.0.0.1:9")
+        .with_env("E2B_SANDBOX_URL", "http://127.0.0.1:9");
+    fails(&["doctor", "--json"], &dead, "e2b.apiUrl", "E2B_API_URL");
+    let o = dead.run(&["doctor", "--json"]);
+    assert_eq!(check(&doctor_checks(&o), "e2b.template")["status"], "skip");
+
+    // Plain http to anything but loopback is refused before any request: the key would
+    // travel in clear.
+    let mut clear = Sandbox::new();
+    clear.env = sb.env.clone();
+    let clear = clear.with_env("E2B_API_URL", "http://api.e2b.example");
+    fails(&["doctor", "--json"], &clear, "provider", "https");
+
+    let no_key = Sandbox::new()
+        .with_env("CRABBOX_PROVIDER", "e2b")
+        .with_env("E2B_API_URL", &emu.api_url);
+    fails(&["doctor", "--json"], &no_key, "provider", "E2B_API_KEY");
+    let wrong_key = emu
+        .sandbox()
+        .with_env("CRABBOX_PROVIDER", "e2b")
+        .with_env("CRABBOX_E2B_API_KEY", "e2b_wrongwrongwrong0000");
+    fails(
+        &["doctor", "--json"],
+        &wrong_key,
+        "e2b.apiKey",
+        "E2B_API_KEY",
+    );
+}

@@ -680,3 +680,78 @@ fn cleanup_is_a_dry_run_until_yes_and_drops_claims_whose_box_is_gone() {
     assert_eq!(report["actions"][0]["kind"], "dropClaim");
     assert!(sb.claims().is_empty());
 }
+
+#[test]
+fn doctor_checks_git_config_layers_and_the_workdir_for_local() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.root().join(".crabbox.yaml"), "ttl: 2h\n").unwrap();
+    let o = sb.run(&["doctor", "--json"]);
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["provider"], "local");
+    let checks = v["checks"].as_array().unwrap();
+    let named = |n: &'static str| checks.iter().filter(move |c| c["name"] == n);
+    assert!(named("git").all(|c| c["status"] == "pass"));
+    assert!(named("repository").all(|c| c["status"] == "pass"));
+    assert!(
+        named("config layer").any(|c| c["detail"]
+            .as_str()
+            .unwrap()
+            .contains(".crabbox.yaml sets ttl")),
+        "{checks:?}"
+    );
+    assert!(named("workdir").all(|c| c["status"] == "pass"));
+
+    // A config file that does not parse: exit 1, the file and line named, with the fix.
+    std::fs::write(sb.root().join(".crabbox.yaml"), "ttl: [unclosed\n").unwrap();
+    let o = sb.run(&["doctor"]);
+    assert_eq!(code(&o), 1, "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("FAIL config") && out.contains(".crabbox.yaml:"),
+        "{out}"
+    );
+    assert!(out.contains("fix:"), "{out}");
+}
+
+#[test]
+fn doctor_warns_outside_a_git_repository() {
+    let sb = Sandbox::new();
+    let plain = tempfile::tempdir().unwrap();
+    let o = sb
+        .cmd(&["doctor", "--json"])
+        .current_dir(plain.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "a warning is no failure: {}", stdout(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let repo = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "repository")
+        .unwrap()
+        .clone();
+    assert_eq!(repo["status"], "warn", "{repo}");
+    assert!(repo["fix"].as_str().unwrap().contains("git init"), "{repo}");
+}
+
+/// A sparse file is not turned into a box full of zeros silently: the run names it.
+#[test]
+fn a_sparse_file_is_named_before_it_is_synced_whole() {
+    use std::os::unix::fs::MetadataExt;
+    let sb = Sandbox::new();
+    let f = std::fs::File::create(sb.root().join("holes.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    assert!(
+        f.metadata().unwrap().blocks() * 512 < 32 << 20,
+        "the test's filesystem keeps no holes: this test needs one that does"
+    );
+    let o = sb.run(&["run", "--", "stat", "-c", "%s", "holes.img"]);
+    assert_eq!(stdout(&o), format!("{}\n", 64 << 20), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: holes.img is a sparse file: 64.0 MiB long"),
+        "{err}"
+    );
+}

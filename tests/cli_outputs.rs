@@ -98,6 +98,30 @@ fn outputs_work(sb: &Sandbox, provider: &str, boxes: &dyn Fn() -> usize) {
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     assert!(stderr(&o).contains("coverage/lcov.info"), "{}", stderr(&o));
 
+    // A command past its --timeout: its tree is stopped, exit 124, said so.
+    let stubborn = if provider == "local" {
+        "sleep 303"
+    } else {
+        "sleep 304"
+    };
+    let o = sb.run(&args(
+        provider,
+        &[
+            "run",
+            "--timeout",
+            "3s",
+            "--shell",
+            "--",
+            &format!("{stubborn} & wait"),
+        ],
+    ));
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+    assert!(
+        survivors_after_grace(stubborn).is_empty(),
+        "the whole tree was stopped"
+    );
+
     // A script from stdin, with its arguments.
     let mut child = sb
         .cmd(&args(

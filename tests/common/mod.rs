@@ -231,3 +231,122 @@ pub fn env_of(o: &Output) -> std::collections::BTreeMap<String, String> {
 pub fn ok_quiet(o: &Output) {
     assert_eq!(code(o), 0, "stderr: {}", stderr(o));
 }
+
+/// One HTTP/1.1 request to a loopback address, answered whole: (status, body).
+pub fn http(base: &str, method: &str, path: &str, key: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(addr).expect("the emulator answers");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (
+        status,
+        if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        },
+    )
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+impl Emulator {
+    /// Arms faults (a JSON array, see `e2b_emulator::faults`).
+    pub fn arm(&self, faults: serde_json::Value) {
+        let (status, body) = http(
+            &self.api_url,
+            "POST",
+            "/_emulator/faults",
+            &self.key,
+            &faults.to_string(),
+        );
+        assert_eq!(status, 204, "arming faults: {body}");
+    }
+
+    /// The faults armed since the last clear, each with how often it fired.
+    pub fn faults(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http(&self.api_url, "GET", "/_emulator/faults", &self.key, "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn clear_faults(&self) {
+        let (status, body) = http(&self.api_url, "DELETE", "/_emulator/faults", &self.key, "");
+        assert_eq!(status, 204, "{body}");
+    }
+
+    /// Every sandbox the emulator runs, as its list route answers (ids).
+    pub fn sandbox_ids(&self) -> Vec<String> {
+        let (status, body) = http(&self.api_url, "GET", "/v2/sandboxes", &self.key, "");
+        assert_eq!(status, 200, "{body}");
+        let listed: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        listed
+            .iter()
+            .map(|s| s["sandboxID"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Kills a sandbox behind crabbox's back.
+    pub fn kill_sandbox(&self, id: &str) {
+        let (status, body) = http(
+            &self.api_url,
+            "DELETE",
+            &format!("/sandboxes/{id}"),
+            &self.key,
+            "",
+        );
+        assert!(status == 204 || status == 404, "{status}: {body}");
+    }
+}
+
+/// Panics if the key, or its part after `e2b_`, is in any of `texts` or any file under
+/// `dir` (claims, locks, spools, whatever crabbox left).
+pub fn assert_no_secret(key: &str, texts: &[&str], dir: &Path) {
+    let tail = key.trim_start_matches("e2b_");
+    for text in texts {
+        assert!(!text.contains(tail), "the key leaked: {text}");
+    }
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        if p.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if p.is_file() {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            let leaked = bytes.windows(tail.len()).any(|w| w == tail.as_bytes());
+            assert!(!leaked, "the key is in {}", p.display());
+        }
+    }
+}

@@ -462,5 +462,13 @@ def _(ctx):
         pass
 
 
+@check("Template.exists finds base and not an unknown template")
+def _(ctx):
+    from e2b import Template
+
+    assert Template.exists("base") is True, "base should exist"
+    assert Template.exists("no-such-template-crabbox") is False, "an unknown template exists"
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -139,6 +139,9 @@ pub enum Command {
     Runs(RunsArgs),
     /// Run one suite across many boxes at once: sync once, fork, one verdict
     Shard(Box<ShardArgs>),
+    /// Check that runs can work here: config layers, API key, endpoints, template, git,
+    /// workdir rules; each failure names its fix (exit 1 when a check fails)
+    Doctor(DoctorArgs),
     /// Inspect configuration
     Config {
         #[command(subcommand)]
@@ -267,6 +270,10 @@ pub struct RunArgs {
     /// Start the command in the background on the box, print its run id and return
     #[arg(long)]
     pub detach: bool,
+    /// Stop the command's whole process tree after this long (e.g. 10m) and exit 124
+    /// [config: timeout]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
     /// Print the run's outcome (exit code, timings, sync, artifacts, JUnit summary) as JSON
     /// on stdout at the end
     #[arg(long)]
@@ -445,6 +452,13 @@ pub struct CleanupArgs {
     #[arg(long)]
     pub yes: bool,
     /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the checks as JSON on stdout
     #[arg(long)]
     pub json: bool,
 }

@@ -8,6 +8,7 @@ use crabbox_core::engine::Engine;
 use crabbox_core::events::Reporter;
 use crabbox_core::frontend::{self, Invocation};
 use crabbox_core::hint::Hint;
+use crabbox_core::provider::ProviderContext;
 use crabbox_core::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -37,6 +38,16 @@ pub fn load_config(g: &GlobalArgs, extra: Vec<FlagValue>) -> Result<LoadedConfig
         eprintln!("crabbox: warning: {w}");
     }
     Ok(cfg)
+}
+
+/// The configured provider alone (no claims, no engine), as `doctor` checks it.
+pub fn provider(cfg: &LoadedConfig) -> Result<Box<dyn crabbox_core::provider::Provider>> {
+    let ctx = ProviderContext {
+        state_dir: crabbox_core::paths::state_dir()?,
+        caller_env: std::env::vars().collect(),
+        reporter: reporter(),
+    };
+    crate::registry::registry().build(cfg, &ctx)
 }
 
 /// The engine over the configured provider; refuses flags the provider cannot honour,

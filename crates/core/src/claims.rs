@@ -17,6 +17,51 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lease;
 
+/// Whether nobody holds the lock file at `path` (it can be taken exclusively at once).
+pub fn lock_is_free(path: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().write(true).open(path) else {
+        return false;
+    };
+    matches!(FileExt::try_lock_exclusive(&file), Ok(true))
+}
+
+/// The label of a claim whose lease a running process owns: it is still being created, or
+/// it is a one-shot run's that the process will release. Its value is [`this_process`].
+pub const OWNER_LABEL: &str = "owner";
+
+/// This process as a claim's owner: `<pid>:<start time>`, the start time (in clock ticks
+/// since boot, from `/proc`) telling a reused pid apart.
+pub fn this_process() -> String {
+    let pid = std::process::id();
+    format!("{pid}:{}", start_time(pid).unwrap_or_default())
+}
+
+/// Whether the process an owner label names still runs. Where that cannot be told (no
+/// `/proc`, a malformed label) it is taken as running: nothing is released on a guess.
+pub fn owner_alive(owner: &str) -> bool {
+    let Some((pid, started)) = owner.split_once(':') else {
+        return true;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return true;
+    };
+    if !Path::new("/proc/self/stat").exists() {
+        return true;
+    }
+    match start_time(pid) {
+        Some(now) => started.is_empty() || now.to_string() == started,
+        None => false,
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// One lease held by this machine.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -216,30 +261,31 @@ impl ClaimStore {
         Ok(())
     }
 
-    /// Files a crash or an ended lease left in the claims directory, older than `age`:
-    /// temporary claims a writer never renamed, and lock files of leases with no claim.
-    pub fn stale_files(&self, age: std::time::Duration) -> Vec<PathBuf> {
+    /// Files a crash or an ended lease left in the claims directory: temporary claims whose
+    /// writer is gone (a writer holds its lease's lock until it renames the file), and lock
+    /// files of leases with no claim that nobody holds. Held locks are never reported, so a
+    /// live writer's files are safe whatever their age.
+    pub fn stale_files(&self) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
         let mut stale = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let old = entry
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|a| a > age);
-            if !old {
-                continue;
-            }
-            let orphan_lock = name
-                .strip_suffix(".lock")
-                .is_some_and(|lease| lease::is_lease_id(lease) && !self.path_of(lease).exists());
-            let torn_tmp = name.starts_with('.') && name.ends_with(".tmp");
-            if orphan_lock || torn_tmp {
-                stale.push(entry.path());
+            if let Some(lease) = name.strip_suffix(".lock") {
+                if lease::is_lease_id(lease)
+                    && !self.path_of(lease).exists()
+                    && lock_is_free(&entry.path())
+                {
+                    stale.push(entry.path());
+                }
+            } else if name.starts_with('.') && name.ends_with(".tmp") {
+                // `.<lease>.<random>.tmp`
+                let lease = name[1..].split('.').next().unwrap_or("");
+                let lock = self.dir.join(format!("{lease}.lock"));
+                if !lease::is_lease_id(lease) || !lock.exists() || lock_is_free(&lock) {
+                    stale.push(entry.path());
+                }
             }
         }
         stale.sort();

@@ -11,6 +11,7 @@
 //! - [`lease`] and [`claims`]: lease ids, slugs, and this machine's claim files.
 //! - [`sync`]: the sync manifest, the streamed archive, and warm-sync state.
 //! - [`command`]: how argv becomes the remote shell command.
+//! - [`doctor`]: the checks `crabbox doctor` runs, the provider's own among them.
 //! - [`conformance`]: behaviour tests written once against the engine, run by every provider.
 //! - [`testing`]: test support: an in-memory provider with scripted commands and injected faults.
 
@@ -18,6 +19,7 @@ pub mod claims;
 pub mod command;
 pub mod config;
 pub mod conformance;
+pub mod doctor;
 pub mod engine;
 pub mod env_policy;
 pub mod error;

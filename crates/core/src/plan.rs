@@ -87,7 +87,13 @@ pub async fn plan_run(
             repo_root: Some(cfg.repo_root.clone()),
             from_snapshot: opts.from_snapshot,
             cancel,
-            extras: opts.extras,
+            extras: RunExtras {
+                timeout: opts
+                    .extras
+                    .timeout
+                    .or((!cfg.core.timeout.is_zero()).then_some(cfg.core.timeout)),
+                ..opts.extras
+            },
         },
         warnings,
     })

@@ -501,6 +501,12 @@ pub trait Provider: Send + Sync {
     async fn port_url(&self, _target: &BoxRef, _port: u16) -> Result<PortUrl> {
         Err(unsupported(self.name(), Feature::PortUrl))
     }
+    /// The provider's own checks for `crabbox doctor` (credentials present, endpoints
+    /// answering, the configured image or template existing), each failure with its fix.
+    /// Makes no box and changes nothing. None by default.
+    async fn doctor(&self) -> Vec<crate::doctor::Check> {
+        Vec::new()
+    }
 }
 
 /// What a provider needs from the process that builds it.

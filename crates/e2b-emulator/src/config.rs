@@ -23,6 +23,9 @@ pub struct EmulatorConfig {
     /// Upper bound on the keepalive interval of process streams. The client asks
     /// for one with `Keepalive-Ping-Interval` (seconds); the smaller wins.
     pub max_keepalive_interval: Duration,
+    /// Templates `GET /templates/aliases/{alias}` knows (default: `base`). Creates accept
+    /// any template id whatever this says.
+    pub templates: Vec<String>,
 }
 
 impl EmulatorConfig {
@@ -34,6 +37,7 @@ impl EmulatorConfig {
             state_dir: None,
             max_timeout: Duration::from_secs(DEFAULT_MAX_TIMEOUT_SECS),
             max_keepalive_interval: Duration::from_secs(50),
+            templates: vec![crabbox_e2b_wire::control::DEFAULT_TEMPLATE.to_string()],
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/fork", post(fork))
         .route("/snapshots", get(list_snapshots))
         .route("/templates/{id}", axum::routing::delete(delete_snapshot))
+        .route("/templates/aliases/{alias}", get(template_alias))
         .fallback(|| async { HttpError::not_found("no such control-plane route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -225,6 +226,19 @@ async fn connect(
         StatusCode::OK
     };
     Ok((status, Json(sandbox.body())).into_response())
+}
+
+/// Whether a template exists, as the SDKs ask (`Template.exists`): 200 with its id, or 404.
+async fn template_alias(
+    State(state): State<AppState>,
+    Path(alias): Path<String>,
+) -> Result<Response, HttpError> {
+    if !state.config.templates.contains(&alias) {
+        return Err(HttpError::not_found(format!(
+            "template '{alias}' not found"
+        )));
+    }
+    Ok(Json(serde_json::json!({"templateID": alias, "public": true})).into_response())
 }
 
 /// Legacy v1 resume: only for paused sandboxes.

@@ -15,12 +15,17 @@
 //! exactly as E2B's proxy does, so one address serves both planes and the
 //! official SDKs work with `E2B_API_URL` and `E2B_SANDBOX_URL` both set to it.
 //!
+//! Tests program faults into a running emulator ([`faults`]): overload answers, stalls,
+//! connections reset before or after a request reached its handler, streams cut short and
+//! sandboxes killed under a request, matched by plane, method and path.
+//!
 //! Invariant: the emulator only ever listens on loopback.
 
 pub mod config;
 pub mod control;
 pub mod envd;
 pub mod error;
+pub mod faults;
 pub mod isolation;
 pub mod ports;
 pub mod preflight;

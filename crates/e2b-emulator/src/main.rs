@@ -1,7 +1,8 @@
 //! `e2b-emulator`: serves E2B's control plane and envd on one loopback address.
 //!
 //! Once ready it prints one JSON line, `{"api_url", "sandbox_url", "pid"}`, and
-//! runs until SIGTERM or SIGINT, then kills every sandbox and exits.
+//! runs until SIGTERM or SIGINT, then kills every sandbox and exits. Tests program faults
+//! into it over HTTP (see `e2b_emulator::faults`).
 
 use clap::Parser;
 use e2b_emulator::config::{ConfigError, DEFAULT_MAX_TIMEOUT_SECS};
@@ -31,6 +32,9 @@ struct Args {
     /// Largest sandbox timeout accepted, in seconds.
     #[arg(long, default_value_t = DEFAULT_MAX_TIMEOUT_SECS)]
     max_timeout: u64,
+    /// A template the template lookup knows, besides `base` (repeatable).
+    #[arg(long = "template", value_name = "NAME")]
+    templates: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     config.listen = args.listen;
     config.state_dir = args.state_dir;
     config.max_timeout = Duration::from_secs(args.max_timeout);
+    config.templates.extend(args.templates);
     if let Err(err) = config.validate() {
         eprintln!("e2b-emulator: {err}");
         return match err {

@@ -11,6 +11,7 @@ use crabbox_e2b_wire::control::{
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -45,6 +46,9 @@ pub struct Sandbox {
     pub fs: SandboxFs,
     pub processes: Arc<ProcessTable>,
     pub namespace: Mutex<Option<SandboxNamespace>>,
+    /// Set once the sandbox is being killed: its command streams are dropped rather than
+    /// ended, as E2B's proxy drops them when the sandbox goes.
+    pub killed: Arc<AtomicBool>,
     life: Mutex<Life>,
 }
 
@@ -277,6 +281,7 @@ impl Registry {
             layout,
             processes: Arc::new(ProcessTable::default()),
             namespace: Mutex::new(Some(namespace)),
+            killed: Arc::new(AtomicBool::new(false)),
             life: Mutex::new(Life {
                 state: SandboxState::Running,
                 end_at: now + timeout,
@@ -408,6 +413,7 @@ impl Registry {
 }
 
 async fn destroy(sandbox: Arc<Sandbox>) {
+    sandbox.killed.store(true, Ordering::SeqCst);
     sandbox.processes.kill_all();
     let namespace = sandbox.namespace.lock().expect("namespace lock").take();
     if let Some(mut namespace) = namespace {

@@ -1,13 +1,20 @@
-//! The HTTP server: one loopback address for the control plane and envd.
+//! The HTTP server: one loopback address for the control plane and envd, with the faults
+//! tests program ([`crate::faults`]) applied before routing.
 
 use crate::config::EmulatorConfig;
+use crate::error::HttpError;
+use crate::faults::{Fault, FaultAction, Faults, Plane, ADMIN_PREFIX};
 use crate::isolation::HostTools;
 use crate::sandbox::Registry;
 use crate::state::AppState;
 use crate::{control, envd, ports};
-use axum::extract::Request;
-use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use crabbox_e2b_wire::headers;
+use futures::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,26 +25,220 @@ use tower::ServiceExt;
 pub fn app(state: AppState) -> Router {
     let envd = envd::router(state.clone());
     let control = control::router(state.clone());
-    Router::new().fallback_service(tower::service_fn(move |mut request: Request| {
-        let envd = envd.clone();
-        let control = control.clone();
-        let state = state.clone();
-        async move {
-            match ports::target(&request) {
-                ports::Target::Port { sandbox_id, port } => {
-                    return Ok(ports::forward(state, sandbox_id, port, request).await)
+    let ports_state = state.clone();
+    Router::new()
+        .route(
+            ADMIN_PREFIX,
+            axum::routing::get(list_faults)
+                .post(add_faults)
+                .delete(clear_faults),
+        )
+        .with_state(state)
+        .fallback_service(tower::service_fn(move |mut request: Request| {
+            let envd = envd.clone();
+            let control = control.clone();
+            let state = ports_state.clone();
+            async move {
+                match ports::target(&request) {
+                    ports::Target::Port { sandbox_id, port } => {
+                        return Ok(ports::forward(state, sandbox_id, port, request).await)
+                    }
+                    ports::Target::EnvdByHost { sandbox_id } => {
+                        ports::tag_envd(&mut request, &sandbox_id)
+                    }
+                    ports::Target::Other => {}
                 }
-                ports::Target::EnvdByHost { sandbox_id } => {
-                    ports::tag_envd(&mut request, &sandbox_id)
-                }
-                ports::Target::Other => {}
+                let router = match plane_of(&request) {
+                    Plane::Envd => envd,
+                    _ => control,
+                };
+                router.oneshot(request).await
             }
-            let is_envd = request.headers().contains_key(headers::SANDBOX_ID)
-                || envd::is_envd_path(request.uri().path());
-            let router = if is_envd { envd } else { control };
-            router.oneshot(request).await
+        }))
+}
+
+fn plane_of(request: &Request) -> Plane {
+    if request.headers().contains_key(headers::SANDBOX_ID)
+        || envd::is_envd_path(request.uri().path())
+    {
+        Plane::Envd
+    } else {
+        Plane::Control
+    }
+}
+
+/// The admin routes answer only to the emulator's API key.
+fn admin_allowed(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), HttpError> {
+    let key = headers.get(headers::API_KEY).and_then(|v| v.to_str().ok());
+    if key == Some(state.config.api_key.as_str()) {
+        Ok(())
+    } else {
+        Err(HttpError::unauthorized(
+            "the fault admin routes need the emulator's API key in X-API-Key",
+        ))
+    }
+}
+
+async fn list_faults(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, HttpError> {
+    admin_allowed(&state, &headers)?;
+    Ok(Json(state.faults.list()).into_response())
+}
+
+async fn add_faults(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, HttpError> {
+    admin_allowed(&state, &headers)?;
+    let faults: Vec<Fault> = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::bad_request(format!("invalid faults: {e}")))?;
+    state.faults.add(faults);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_faults(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<StatusCode, HttpError> {
+    admin_allowed(&state, &headers)?;
+    state.faults.clear();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A connection closed on purpose, without an answer (a fault).
+#[derive(Debug)]
+struct InjectedReset;
+
+impl std::fmt::Display for InjectedReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection reset by an injected fault")
+    }
+}
+
+impl std::error::Error for InjectedReset {}
+
+/// The sandbox a request names: its `E2b-Sandbox-Id`, else the id after `sandboxes/`.
+fn sandbox_named(request: &Request) -> Option<String> {
+    if let Some(id) = request
+        .headers()
+        .get(headers::SANDBOX_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(id.to_string());
+    }
+    let mut segments = request.uri().path().split('/');
+    segments.find(|s| *s == "sandboxes")?;
+    segments.next().filter(|s| !s.is_empty()).map(String::from)
+}
+
+/// Handles one request, applying the fault armed for it if any. `Err` closes the connection
+/// without an answer.
+async fn handle(app: Router, state: AppState, request: Request) -> Result<Response, InjectedReset> {
+    let path = request.uri().path().to_string();
+    let action = if path == ADMIN_PREFIX {
+        None
+    } else {
+        state
+            .faults
+            .take(plane_of(&request), request.method().as_str(), &path)
+    };
+    let Some(action) = action else {
+        return Ok(app.oneshot(request).await.unwrap_or_else(|e| match e {}));
+    };
+    match action {
+        FaultAction::Status {
+            status,
+            retry_after,
+            message,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let message = message.unwrap_or_else(|| format!("injected {}", status.as_u16()));
+            let mut response = HttpError::new(status, message).into_response();
+            if let Some(secs) = retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(secs));
+            }
+            Ok(response)
         }
-    }))
+        FaultAction::Stall { ms } => {
+            // Handled to the end even when the client gave up meanwhile, as a slow service
+            // goes on with a request whose caller left (a create still makes its sandbox).
+            let handled = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                app.oneshot(request).await.unwrap_or_else(|e| match e {})
+            });
+            handled.await.map_err(|_| InjectedReset)
+        }
+        FaultAction::ResetBefore => Err(InjectedReset),
+        FaultAction::ResetAfter => {
+            let response = app.oneshot(request).await.unwrap_or_else(|e| match e {});
+            // The whole answer is made (a stream runs to its end) and then lost.
+            let _ = axum::body::to_bytes(response.into_body(), usize::MAX).await;
+            Err(InjectedReset)
+        }
+        FaultAction::DropStreamAfter { chunks } => {
+            let response = app.oneshot(request).await.unwrap_or_else(|e| match e {});
+            let (parts, body) = response.into_parts();
+            let cut = body
+                .into_data_stream()
+                .take(chunks as usize)
+                .chain(futures::stream::once(async {
+                    // Pending for a moment first, so the server flushes what went before
+                    // instead of discarding it with the connection.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(axum::Error::new(InjectedReset))
+                }));
+            Ok(Response::from_parts(parts, Body::from_stream(cut)))
+        }
+        FaultAction::KillSandbox => {
+            if let Some(id) = sandbox_named(&request) {
+                state.registry.kill(&id).await;
+            }
+            Ok(app.oneshot(request).await.unwrap_or_else(|e| match e {}))
+        }
+    }
+}
+
+/// Serves connections until `stop` fires; connections still open then are dropped.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    state: AppState,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    // Out of descriptors or similar: try again shortly.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let (app, state) = (app.clone(), state.clone());
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    handle(app.clone(), state.clone(), request.map(Body::new))
+                },
+            );
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+    connections.shutdown().await;
 }
 
 /// Entry point of the library API.
@@ -72,18 +273,15 @@ impl Emulator {
             .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;
         let addr = listener.local_addr()?;
         let registry = Arc::new(Registry::new(sandboxes_dir, tools, config.max_timeout));
+        let faults = Faults::default();
         let state = AppState {
             config: Arc::new(config),
             registry: registry.clone(),
+            faults: faults.clone(),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app(state))
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-        });
+        let router = app(state.clone());
+        let server = tokio::spawn(serve(listener, router, state, stop_rx));
         let reaper_registry = registry.clone();
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -95,6 +293,7 @@ impl Emulator {
         Ok(EmulatorHandle {
             addr,
             registry,
+            faults,
             stop: Some(stop_tx),
             server: Some(server),
             reaper,
@@ -107,6 +306,7 @@ impl Emulator {
 pub struct EmulatorHandle {
     addr: SocketAddr,
     registry: Arc<Registry>,
+    faults: Faults,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     reaper: tokio::task::JoinHandle<()>,
@@ -126,6 +326,11 @@ impl EmulatorHandle {
     /// Base URL of envd for every sandbox (`E2B_SANDBOX_URL`).
     pub fn sandbox_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The faults armed in this emulator (also reachable over HTTP at [`ADMIN_PREFIX`]).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Kills every sandbox and stops serving; the temporary state directory goes too.

@@ -4,6 +4,7 @@
 //! routers of [`crate::control`] and [`crate::envd`], and those only need this state.
 
 use crate::config::EmulatorConfig;
+use crate::faults::Faults;
 use crate::sandbox::Registry;
 use std::sync::Arc;
 
@@ -12,4 +13,6 @@ use std::sync::Arc;
 pub struct AppState {
     pub config: Arc<EmulatorConfig>,
     pub registry: Arc<Registry>,
+    /// Faults tests programmed ([`crate::faults`]).
+    pub faults: Faults,
 }

@@ -373,10 +373,10 @@ pub fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(byte);
+        // Exactly two hex digits (`u8::from_str_radix` would also take a sign: `%+5`).
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2])) {
+                out.push(hi << 4 | lo);
                 i += 3;
                 continue;
             }
@@ -387,10 +387,33 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn percent_decode_takes_exactly_two_hex_digits_and_keeps_truncated_escapes() {
+        for (text, decoded) in [
+            ("a%41", "aA"),
+            ("%41", "A"),
+            ("a%4", "a%4"),
+            ("a%", "a%"),
+            ("%", "%"),
+            ("%4%41", "%4A"),
+            ("%+5x", "%+5x"),
+            ("%-1", "%-1"),
+            ("%zz", "%zz"),
+            ("%e2%82%ac", "\u{20ac}"),
+            ("100%", "100%"),
+        ] {
+            assert_eq!(percent_decode(text), decoded, "{text:?}");
+        }
+    }
 
     #[test]
     fn new_sandbox_reads_sdk_body() {

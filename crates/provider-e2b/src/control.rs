@@ -87,6 +87,11 @@ impl ControlPlane {
         }
     }
 
+    /// Timeout of each call (default [`CONTROL_TIMEOUT`]).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     pub fn set_retry(&mut self, retry: RetryPolicy) {
         self.retry = retry;
     }
@@ -154,14 +159,17 @@ impl ControlPlane {
 
     fn transport(&self, what: &str, e: &reqwest::Error, attempts: u32) -> Error {
         let detail = if e.is_timeout() {
-            format!("timed out after {}s", self.timeout.as_secs())
+            format!(
+                "timed out after {} (e2b.controlTimeout)",
+                secs(self.timeout)
+            )
         } else {
             error_chain(e)
         };
         let gave_up = if attempts > 1 {
             format!("; gave up after {attempts} attempts, retry later")
         } else {
-            String::new()
+            "; retry later".to_string()
         };
         Error::Transport(
             self.secrets
@@ -365,6 +373,41 @@ impl ControlPlane {
         Ok(out)
     }
 
+    /// One page of one sandbox from `GET /v2/sandboxes`: the endpoint answers and takes the
+    /// key (a refused key is `Error::Usage`, as on every call).
+    pub async fn probe(&self) -> Result<()> {
+        let what = "listing sandboxes (a check)";
+        let reply = self
+            .send_retrying(what, || {
+                self.request(Method::GET, "/v2/sandboxes")
+                    .query(&[("limit", "1")])
+            })
+            .await?;
+        if reply.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(self.failure(what, &reply))
+        }
+    }
+
+    /// `GET /templates/aliases/{name}`, as E2B's SDKs ask whether a template exists:
+    /// `Some(true)` when it does and this key may use it, `Some(false)` when it does not
+    /// exist (404) or belongs to another team (403); `None` when the service has no such
+    /// route (another status: it cannot tell).
+    pub async fn template_exists(&self, name: &str) -> Result<Option<bool>> {
+        let what = format!("looking up template {name}");
+        let path = format!("/templates/aliases/{}", percent_encode(name));
+        let reply = self
+            .send_retrying(&what, || self.request(Method::GET, &path))
+            .await?;
+        match reply.status {
+            StatusCode::OK => Ok(Some(true)),
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(Some(false)),
+            StatusCode::UNAUTHORIZED => Err(self.failure(&what, &reply)),
+            _ => Ok(None),
+        }
+    }
+
     /// `DELETE /sandboxes/{id}`: `true` if deleted now, `false` if it was already gone.
     pub async fn delete(&self, id: &str) -> Result<bool> {
         let what = format!("deleting sandbox {id}");
@@ -407,6 +450,9 @@ impl Reply {
 
 /// A wait as the user reads it: whole seconds, rounded up.
 fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) && !d.is_zero() {
+        return format!("{}ms", d.as_millis().max(1));
+    }
     format!("{}s", d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 

@@ -24,11 +24,12 @@
 //! Modules: [`settings`] (config section and endpoint rules), [`placement`] (user, workdir,
 //! TTL), [`metadata`] (tags and ownership), [`retry`], [`control`] (control-plane client),
 //! [`envd`] (sandbox daemon client), `provider` (the primitives over the control plane),
-//! `lookup` (sandboxes no claim names), [`session`] (commands and files on one sandbox),
+//! `lookup` (sandboxes no claim names), `doctor` (its checks for `crabbox doctor`), [`session`] (commands and files on one sandbox),
 //! [`remote_sync`] (applying an archive on the box), [`run_tree`] (stopping all of a run's
 //! processes on cancel).
 
 pub mod control;
+mod doctor;
 pub mod envd;
 mod lifecycle;
 mod lookup;

@@ -34,16 +34,18 @@ pub struct E2bProvider {
     pub(crate) control: ControlPlane,
     /// What scans read of sandboxes' trees, when a state directory was given.
     scans: Option<ScanCache>,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// The API URL: the claims' endpoint scope.
     pub(crate) endpoint: String,
     /// Configured envd domain, or the fixed sandbox URL.
-    domain: String,
-    sandbox_url: Option<String>,
+    pub(crate) domain: String,
+    pub(crate) sandbox_url: Option<String>,
     /// The checked user and workdir, or why they were refused (reported by run/warmup).
     placement: std::result::Result<Placement, String>,
-    template: String,
+    pub(crate) template: String,
     max_ttl: Duration,
+    /// Where the API key came from ("environment E2B_API_KEY"), for `doctor`.
+    pub(crate) key_origin: String,
     /// How to reach the envd of each sandbox inspected in this process (for readiness).
     seen: Mutex<BTreeMap<String, EnvdAccess>>,
 }
@@ -60,6 +62,12 @@ impl E2bProvider {
         let key = settings::api_key(&s)?;
         settings::refuse_repo_redirect(cfg, &s)?;
         let endpoints = settings::endpoints(cfg, &s)?;
+        if s.control_timeout.is_zero() || s.retry_attempts == 0 {
+            return Err(Error::Usage(
+                "e2b.controlTimeout and e2b.retryAttempts must be positive (defaults: 60s, 3)"
+                    .into(),
+            ));
+        }
         if s.max_ttl.is_zero() {
             return Err(Error::Usage(
                 "e2b.maxTtl must be positive (e.g. 1h, or 24h on E2B's pro tier)".into(),
@@ -96,8 +104,17 @@ impl E2bProvider {
             }
             t => t.to_string(),
         };
+        let mut control = ControlPlane::new(http.clone(), endpoints.api_url.clone(), key);
+        let defaults = RetryPolicy::default();
+        control.set_retry(RetryPolicy {
+            max_attempts: s.retry_attempts,
+            base_delay: defaults.base_delay.min(s.retry_max_wait),
+            max_delay: s.retry_max_wait,
+            report_after: defaults.report_after,
+        });
+        control.set_timeout(s.control_timeout);
         Ok(E2bProvider {
-            control: ControlPlane::new(http.clone(), endpoints.api_url.clone(), key),
+            control,
             scans: None,
             http,
             endpoint: endpoints.api_url,
@@ -106,6 +123,10 @@ impl E2bProvider {
             placement: Placement::new(&s.user, &s.workdir),
             template,
             max_ttl: s.max_ttl,
+            key_origin: cfg
+                .origin("e2b.apiKey")
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "an unknown layer".into()),
             seen: Mutex::default(),
         })
     }
@@ -497,6 +518,10 @@ impl Provider for E2bProvider {
 
     async fn port_url(&self, target: &BoxRef, port: u16) -> Result<PortUrl> {
         self.port_url_of(target, port).await
+    }
+
+    async fn doctor(&self) -> Vec<crabbox_core::doctor::Check> {
+        crate::doctor::checks(self).await
     }
 
     async fn ready(&self, b: &RemoteBox) -> bool {

@@ -198,14 +198,20 @@ pub fn parse_with<'a>(out: &'a [u8], known: &'a Known) -> Result<(RemoteTree, Fr
 }
 
 /// find's `%T@`, `1700000000.1234567890`, in nanoseconds.
+/// GNU find's `%T@`: whole seconds rounded down, then the fraction to add to them, so a
+/// time before the epoch reads `-2.5` for a second and a half before it (as `stat` says:
+/// seconds -2, nanoseconds 500000000). Unlike a pax time, the sign is the seconds' alone.
 fn parse_find_time(v: &str) -> Option<i128> {
     let (secs, frac) = v.trim().split_once('.').unwrap_or((v.trim(), ""));
+    let digits_only = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if !digits_only(secs.strip_prefix('-').unwrap_or(secs)) || !digits_only(frac) {
+        return None;
+    }
     let secs: i128 = secs.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
     let nanos: i128 = format!("{digits:0<9}").parse().ok()?;
     // Out of range (no filesystem keeps such a time): none, rather than an overflow.
-    secs.checked_mul(1_000_000_000)?
-        .checked_add(if secs < 0 { -nanos } else { nanos })
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
 /// `./a/b` -> `a/b`, `.` -> ``.
@@ -420,6 +426,32 @@ mod tests {
         assert!(tree.exists && tree.record.is_none());
         assert_eq!(tree.entries["f"].sha256, None);
         assert!(parse(b"garbage").is_err());
+    }
+
+    /// A time before the epoch reads as the local side reads it (`stat`: seconds rounded
+    /// down plus nanoseconds), so such a file is not resent on every warm sync.
+    #[test]
+    fn an_mtime_before_the_epoch_reads_like_the_local_metadata() {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(parse_find_time("-2.5000000000"), Some(-1_500_000_000));
+        assert_eq!(parse_find_time("-1.25"), Some(-750_000_000));
+        assert_eq!(parse_find_time("+5"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let wd = dir.path().join("wd");
+        std::fs::create_dir_all(&wd).unwrap();
+        std::fs::write(wd.join("old"), "x").unwrap();
+        let when = std::time::UNIX_EPOCH - std::time::Duration::from_millis(1500);
+        std::fs::File::options()
+            .write(true)
+            .open(wd.join("old"))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let meta = std::fs::metadata(wd.join("old")).unwrap();
+        let local = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        assert_eq!(local, -1_500_000_000);
+        let tree = scan_dir(&wd, &dir.path().join("r"), false);
+        assert_eq!(tree.entries["old"].mtime_ns, local);
     }
 
     #[test]

@@ -86,7 +86,17 @@ impl BoxSession for E2bSession {
 
     async fn scan(&self, workdir: &str, checksum: bool) -> Result<RemoteTree> {
         let cache = self.scans.as_ref().map(|c| (c, self.sandbox_id.as_str()));
-        crate::remote_sync::scan(&self.envd, workdir, checksum, cache).await
+        match crate::remote_sync::scan(&self.envd, workdir, checksum, cache).await {
+            Err(Error::Transport(e)) => {
+                let broken = Error::Transport(format!(
+                    "reading the synced tree on sandbox {} failed: {e}; nothing on the box \
+                     was changed, retry later",
+                    self.sandbox_id
+                ));
+                why_broken(&self.control, &self.sandbox_id, Err(broken)).await
+            }
+            other => other,
+        }
     }
 
     async fn make_dir(&self, path: &str) -> Result<()> {
@@ -107,11 +117,27 @@ impl BoxSession for E2bSession {
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
     ) -> Result<()> {
-        crate::remote_sync::apply(&self.envd, req, chunks, reporter).await?;
-        if let Some(c) = &self.scans {
-            c.keep_record(&self.sandbox_id, req.workdir, req.record);
+        match crate::remote_sync::apply(&self.envd, req, chunks, reporter).await {
+            Err(Error::Transport(e)) => {
+                let broken = if e.contains("retry later") {
+                    Error::Transport(e)
+                } else {
+                    Error::Transport(format!(
+                        "the sync to sandbox {} failed: {e}; the workdir is unchanged, retry \
+                         later",
+                        self.sandbox_id
+                    ))
+                };
+                why_broken(&self.control, &self.sandbox_id, Err(broken)).await
+            }
+            Err(e) => Err(e),
+            Ok(()) => {
+                if let Some(c) = &self.scans {
+                    c.keep_record(&self.sandbox_id, req.workdir, req.record);
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     async fn read_file(

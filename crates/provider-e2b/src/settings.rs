@@ -51,6 +51,9 @@ pub const SECTION: ConfigSection = ConfigSection {
             "Sandbox user (template default `user`) [env: CRABBOX_E2B_USER]",
         ),
         Setting::new("e2b.maxTtl", &["CRABBOX_E2B_MAX_TTL"]),
+        Setting::new("e2b.controlTimeout", &["CRABBOX_E2B_CONTROL_TIMEOUT"]),
+        Setting::new("e2b.retryAttempts", &["CRABBOX_E2B_RETRY_ATTEMPTS"]),
+        Setting::new("e2b.retryMaxWait", &["CRABBOX_E2B_RETRY_MAX_WAIT"]),
     ],
     defaults_yaml: include_str!("defaults.yaml"),
 };
@@ -78,10 +81,37 @@ pub struct E2bSettings {
         deserialize_with = "crabbox_core::config::de_duration"
     )]
     pub max_ttl: Duration,
+    /// Timeout of one control-plane call.
+    #[serde(
+        default = "default_control_timeout",
+        deserialize_with = "crabbox_core::config::de_duration"
+    )]
+    pub control_timeout: Duration,
+    /// Attempts of an idempotent control-plane call, the first included.
+    #[serde(default = "default_retry_attempts")]
+    pub retry_attempts: u32,
+    /// The longest wait before a retry, whatever `Retry-After` asks.
+    #[serde(
+        default = "default_retry_max_wait",
+        deserialize_with = "crabbox_core::config::de_duration"
+    )]
+    pub retry_max_wait: Duration,
 }
 
 fn default_max_ttl() -> Duration {
     Duration::from_secs(3600)
+}
+
+fn default_control_timeout() -> Duration {
+    crate::control::CONTROL_TIMEOUT
+}
+
+fn default_retry_attempts() -> u32 {
+    crate::retry::RetryPolicy::default().max_attempts
+}
+
+fn default_retry_max_wait() -> Duration {
+    crate::retry::RetryPolicy::default().max_delay
 }
 
 pub const DEFAULT_API_URL: &str = "https://api.e2b.app";

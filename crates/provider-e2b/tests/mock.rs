@@ -1349,14 +1349,17 @@ async fn requests_match_the_official_sdk_wire_shapes() {
         );
         assert_eq!(process["cmd"], "/bin/bash");
     }
-    let command = starts.last().unwrap();
-    let msg: Value = serde_json::from_slice(
-        &envelope::EnvelopeDecoder::new()
-            .decode(&command.body)
-            .unwrap()[0]
-            .payload,
-    )
-    .unwrap();
+    // The warm run's command (its stream breaks too, so the reaper runs after it).
+    let msg: Value = starts
+        .iter()
+        .map(|s| {
+            serde_json::from_slice::<Value>(
+                &envelope::EnvelopeDecoder::new().decode(&s.body).unwrap()[0].payload,
+            )
+            .unwrap()
+        })
+        .find(|m| m["process"]["args"][0] == "-l")
+        .expect("the command's Start");
     assert_eq!(msg["process"]["args"], json!(["-l", "-c", "'true'"]));
     assert_eq!(msg["process"]["cwd"], "/home/user/crabbox");
     // GET /health: no body, token and routing headers (checked above).

@@ -32,11 +32,12 @@ mod gen;
 mod measure;
 mod proc;
 mod report;
+mod shard;
 
 use measure::{crabbox_for, Provider, Upload};
 use report::{Table, TARGETS};
 
-const USAGE: &str = "usage: cargo xtask bench [--rounds N] [--provider e2b|local|all] [--sizes 20000,3000] [--no-large] [--json] [--check]";
+const USAGE: &str = "usage: cargo xtask bench [--rounds N] [--provider e2b|local|all] [--sizes 20000,3000] [--no-large] [--no-shard|--only-shard] [--json] [--check]";
 /// The repository the targets are set for; other sizes are 10 kB a file too.
 const MAIN_FILES: usize = 20_000;
 const BYTES_PER_FILE: u64 = 10_000;
@@ -50,6 +51,9 @@ struct Options {
     sizes: Vec<usize>,
     json: bool,
     check: bool,
+    /// The shard figure (`--no-shard` skips it, `--only-shard` measures nothing else).
+    shard: bool,
+    only_shard: bool,
 }
 
 impl Options {
@@ -68,6 +72,8 @@ impl Options {
             sizes: vec![MAIN_FILES, 3_000],
             json: false,
             check: false,
+            shard: true,
+            only_shard: false,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -97,6 +103,8 @@ impl Options {
                         ))?;
                 }
                 "--json" => o.json = true,
+                "--no-shard" => o.shard = false,
+                "--only-shard" => o.only_shard = true,
                 "--check" => o.check = true,
                 _ => return Err(USAGE.into()),
             }
@@ -201,7 +209,38 @@ pub fn run(root: &Path, args: &[String]) -> Result {
     };
 
     let mut tables: Vec<Table> = Vec::new();
-    for &files in &o.sizes {
+    if o.shard || o.only_shard {
+        if let Some(emulator) = &emulator {
+            let dir = tmp.path().join("repo-shard");
+            shard::repo(&dir)?;
+            let home = tmp.path().join("home-e2b-shard");
+            let repo = gen::Repo::at(&dir);
+            let c = crabbox_for(&bin, &repo, &home, emulator.env());
+            let samples = shard::measure(&c, o.rounds.min(3))?;
+            tables.push(Table {
+                title: format!(
+                    "e2b provider, local emulator | shard: {} tasks of 1 s, {} shards | median of {} rounds",
+                    shard::TASKS,
+                    shard::SHARDS,
+                    samples.shard_ms.len()
+                ),
+                provider: "e2b",
+                files: 0,
+                bytes: 0,
+                figures: shard::figures(&samples),
+                extra: serde_json::json!({
+                    "oneRunMs": samples.one_run_ms,
+                    "shardMs": samples.shard_ms,
+                }),
+            });
+        }
+    }
+    let sizes = if o.only_shard {
+        Vec::new()
+    } else {
+        o.sizes.clone()
+    };
+    for &files in &sizes {
         let dir = tmp.path().join(format!("repo-{files}"));
         let repo = generate(&dir, files, files as u64 * BYTES_PER_FILE)?;
         for p in providers(&repo, &files.to_string()) {
@@ -244,7 +283,7 @@ pub fn run(root: &Path, args: &[String]) -> Result {
         }
         std::fs::remove_dir_all(&dir).map_err(io)?;
     }
-    if o.large {
+    if o.large && !o.only_shard {
         let dir = tmp.path().join("repo-large");
         let repo = generate(&dir, 100_000, 1_000_000_000)?;
         for p in providers(&repo, "large") {

@@ -41,6 +41,15 @@ pub async fn run(g: &GlobalArgs, a: CleanupArgs) -> Result<i32> {
                     format!(", deleting box {}", boxes.join(", "))
                 }
             ),
+            CleanupAction::ReleaseLease {
+                lease_id,
+                slug,
+                remote_id,
+            } => format!(
+                "{} box {remote_id} of lease {lease_id} ({slug}): the run that made it ended \
+                 without releasing it",
+                verb("released", "would release")
+            ),
             CleanupAction::RemoveFile { path } => format!(
                 "{} stale file {}",
                 verb("removed", "would remove"),

@@ -3,6 +3,7 @@
 mod cleanup;
 mod config;
 mod detached;
+mod doctor;
 mod download;
 mod fork;
 mod lifecycle;
@@ -45,6 +46,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Url(a) => url::run(&g, a).await,
         Command::Usage(a) => usage::run(&g, a),
         Command::Shell(a) => shell::run(&g, a).await,
+        Command::Doctor(a) => doctor::run(&g, a).await,
         Command::Config { command } => config::run(&g, command),
         Command::Mcp(a) => mcp::run(&g, a).await,
         Command::Completions { shell } => {

@@ -154,6 +154,15 @@ fn extras(a: &RunArgs) -> Result<RunExtras> {
         require: a.require_artifact.clone(),
         junit: a.junit.clone(),
         lease_output: a.lease_output.clone(),
+        timeout: a
+            .timeout
+            .as_deref()
+            .map(|t| {
+                crabbox_core::config::parse_duration(t)
+                    .map_err(|e| Error::Usage(format!("--timeout {t:?}: {e}")))
+            })
+            .transpose()?
+            .filter(|t| !t.is_zero()),
     })
 }
 

@@ -268,6 +268,7 @@ impl LoadedConfig {
                 target: String::new(),
                 ttl: Duration::ZERO,
                 idle_timeout: Duration::ZERO,
+                timeout: Duration::ZERO,
                 sync: SyncConfig {
                     exclude: vec![],
                     include: vec![],

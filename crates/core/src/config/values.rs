@@ -18,6 +18,9 @@ pub struct CoreConfig {
     pub ttl: Duration,
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub idle_timeout: Duration,
+    /// A run's command is stopped after this long (exit 124); zero: no limit.
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
+    pub timeout: Duration,
     pub sync: SyncConfig,
     pub env: EnvConfig,
     pub shard: ShardConfig,

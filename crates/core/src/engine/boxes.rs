@@ -100,12 +100,16 @@ impl Engine {
             }
             let target = self.claimed_target(&claim)?;
             let existed = self.provider.delete(&target).await.map_err(|e| {
-                if matches!(e.root(), Error::NotOurs(_)) {
-                    e.with_hint(Hint::StaleClaim {
+                match e.root() {
+                    Error::NotOurs(_) => e.with_hint(Hint::StaleClaim {
                         path: self.claims.dir().join(format!("{}.json", claim.lease_id)),
-                    })
-                } else {
-                    e
+                    }),
+                    // The box may still be running: the claim stays, and stopping again
+                    // later finishes the job.
+                    Error::Transport(_) if e.hints().is_empty() => {
+                        e.with_hint(self.stop_hint(&claim.lease_id))
+                    }
+                    _ => e,
                 }
             })?;
             self.forget(&claim.lease_id)?;

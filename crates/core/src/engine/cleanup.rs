@@ -1,16 +1,15 @@
 //! `cleanup`: reconciling this machine's claims with the boxes that exist, and removing what
 //! crashes left behind. A dry run says what it would do; nothing is touched without `apply`.
-
-use std::time::Duration;
+//! Whatever a live crabbox process still owns is left alone: a lease it is creating or a
+//! one-shot run's (its claim's owner label names the process), a lock it holds, a spool it
+//! writes.
 
 use serde::Serialize;
 
 use super::Engine;
+use crate::claims::{lock_is_free, owner_alive, Claim, OWNER_LABEL};
 use crate::error::Result;
 use crate::provider::RemoteBox;
-
-/// Files older than this, of leases that ended, are stale.
-const STALE_AFTER: Duration = Duration::from_secs(3600);
 
 /// What `cleanup` found, and whether it acted.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,6 +38,14 @@ pub enum CleanupAction {
         slug: String,
         boxes: Vec<String>,
     },
+    /// A one-shot run's lease whose process died before releasing it: delete its box,
+    /// drop its claim.
+    #[serde(rename_all = "camelCase")]
+    ReleaseLease {
+        lease_id: String,
+        slug: String,
+        remote_id: String,
+    },
     /// A file a crash or an ended lease left behind.
     RemoveFile { path: std::path::PathBuf },
 }
@@ -63,6 +70,13 @@ impl Engine {
             ..CleanupReport::default()
         };
         for claim in &claims {
+            // A lease a running process owns (being created, or a one-shot run's) is that
+            // process's to finish; one whose process died is cleanup's.
+            let owner = claim.labels.get(OWNER_LABEL);
+            let owned = owner.is_some_and(|o| owner_alive(o));
+            if owned {
+                continue;
+            }
             if claim.remote_id.is_empty() {
                 let boxes = tagged(&remote, &claim.lease_id);
                 report.actions.push(CleanupAction::FinishLease {
@@ -78,6 +92,13 @@ impl Engine {
                     lease_id: claim.lease_id.clone(),
                     slug: claim.slug.clone(),
                 }),
+                Ok(Some(_)) if owner.is_some() && !claim.keep => {
+                    report.actions.push(CleanupAction::ReleaseLease {
+                        lease_id: claim.lease_id.clone(),
+                        slug: claim.slug.clone(),
+                        remote_id: claim.remote_id.clone(),
+                    })
+                }
                 Ok(Some(_)) => {}
                 Err(e) => report
                     .errors
@@ -99,23 +120,26 @@ impl Engine {
                 slug: b.slug.clone(),
             })
             .collect();
-        let mut files = self.claims.stale_files(STALE_AFTER);
-        files.extend(stale_in(&self.state_dir.join("spool"), |_| true));
-        files.extend(stale_in(&self.state_dir.join("locks"), |name| {
-            name.strip_suffix(".tree")
-                .is_some_and(|lease| !claims.iter().any(|c| c.lease_id == lease))
-        }));
-        report.actions.extend(
-            files
-                .into_iter()
-                .map(|path| CleanupAction::RemoveFile { path }),
-        );
         if apply {
             for action in &report.actions {
                 if let Err(e) = self.carry_out(action).await {
                     report.errors.push(e.to_string());
                 }
             }
+        }
+        // After the leases above are settled, so that their own lock files go too.
+        let claims = if apply { self.my_claims()? } else { claims };
+        let mut files = self.claims.stale_files();
+        files.extend(super::sync::stale_spools(&self.state_dir.join("spool")));
+        files.extend(orphan_tree_locks(&self.state_dir.join("locks"), &claims));
+        for path in files {
+            let action = CleanupAction::RemoveFile { path };
+            if apply {
+                if let Err(e) = self.carry_out(&action).await {
+                    report.errors.push(e.to_string());
+                }
+            }
+            report.actions.push(action);
         }
         Ok(report)
     }
@@ -125,6 +149,14 @@ impl Engine {
             CleanupAction::DropClaim { lease_id, .. } => self.forget(lease_id),
             CleanupAction::FinishLease { lease_id, .. } => {
                 self.provider.delete_lease_boxes(lease_id, false).await?;
+                self.forget(lease_id)
+            }
+            CleanupAction::ReleaseLease { lease_id, .. } => {
+                let claim = self.claims.get(lease_id)?;
+                if let Some(claim) = claim {
+                    let target = self.claimed_target(&claim)?;
+                    self.provider.delete(&target).await?;
+                }
                 self.forget(lease_id)
             }
             CleanupAction::RemoveFile { path } => match std::fs::remove_file(path) {
@@ -145,21 +177,20 @@ fn tagged(remote: &[RemoteBox], lease_id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Files in `dir` older than [`STALE_AFTER`] whose names `keep` selects.
-fn stale_in(dir: &std::path::Path, pick: impl Fn(&str) -> bool) -> Vec<std::path::PathBuf> {
+/// Tree locks (`<lease>.tree`) of leases with no claim that no run holds.
+fn orphan_tree_locks(dir: &std::path::Path, claims: &[Claim]) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .flatten()
-        .filter(|e| pick(&e.file_name().to_string_lossy()))
         .filter(|e| {
-            e.metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_AFTER)
+            e.file_name()
+                .to_string_lossy()
+                .strip_suffix(".tree")
+                .is_some_and(|lease| !claims.iter().any(|c| c.lease_id == lease))
         })
+        .filter(|e| lock_is_free(&e.path()))
         .map(|e| e.path())
         .collect()
 }

@@ -9,13 +9,19 @@ use super::{Engine, CANCEL_BUDGET, KILL_WAIT};
 use crate::engine::RunRequest;
 use crate::error::{Error, Result};
 use crate::events::OutputSink;
+use crate::hint::Hint;
 use crate::provider::{BoxSession, ExecEvent, ExecSpec, ExecStream, RunTarget, Signal, RUN_ID_VAR};
 
 /// How the command phase ended.
 pub(super) enum Ran {
     Exited(i32),
     Interrupted,
+    /// `--timeout` passed: the command's whole process tree was stopped.
+    TimedOut,
 }
+
+/// The exit code of a run whose `--timeout` passed (as coreutils' `timeout`).
+pub const TIMEOUT_EXIT: i32 = 124;
 
 /// A fresh run id: 128 random bits in hex.
 pub fn new_run_id() -> String {
@@ -55,6 +61,14 @@ impl Engine {
             }
             s = session.start(&spec) => s?,
         };
+        let deadline = req.extras.timeout.map(|t| tokio::time::Instant::now() + t);
+        let timed_out = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timed_out);
         loop {
             let event = tokio::select! {
                 biased;
@@ -66,7 +80,21 @@ impl Engine {
                     .await;
                     return Ok(Ran::Interrupted);
                 }
-                e = stream.next_event() => e?,
+                _ = &mut timed_out => {
+                    let _ = tokio::time::timeout(
+                        CANCEL_BUDGET / 2,
+                        self.stop_command(session, stream.as_mut(), &mut target, out),
+                    )
+                    .await;
+                    return Ok(Ran::TimedOut);
+                }
+                e = stream.next_event() => match e {
+                    Ok(event) => event,
+                    Err(e) if matches!(e.root(), Error::Transport(_)) => {
+                        return Err(self.lost_command(acquired, req, &target, e).await);
+                    }
+                    Err(e) => return Err(e),
+                },
             };
             let written = match event {
                 Some(ExecEvent::Started { pid }) => {
@@ -77,12 +105,13 @@ impl Engine {
                 Some(ExecEvent::Stderr(b)) => out.stderr(&b),
                 Some(ExecEvent::Exited(code)) => return Ok(Ran::Exited(code)),
                 None => {
-                    return Err(Error::Transport(format!(
+                    let e = Error::Transport(format!(
                         "{} box {}: the command stream closed without the command's end \
                          event; its exit status is unknown",
                         self.name(),
                         acquired.target.remote_id
-                    )))
+                    ));
+                    return Err(self.lost_command(acquired, req, &target, e).await);
                 }
             };
             if let Err(e) = written {
@@ -95,6 +124,42 @@ impl Engine {
                 .await;
                 return Err(output_error(e));
             }
+        }
+    }
+
+    /// The command's stream broke while its box still runs: nobody would see the command
+    /// any more, so it is stopped (on a kept box nothing else would), and the error says so,
+    /// with the rerun to type when the box stays.
+    async fn lost_command(
+        &self,
+        acquired: &Acquired,
+        req: &RunRequest,
+        target: &RunTarget,
+        e: Error,
+    ) -> Error {
+        let session = acquired.session.as_ref();
+        let _ = tokio::time::timeout(
+            CANCEL_BUDGET / 2,
+            session.stop_run(target, self.cancel_grace),
+        )
+        .await;
+        let box_ref = &acquired.target;
+        let lost = Error::Transport(format!(
+            "lost the connection to the command on {} box {} (lease {}, {}): {e}; the command \
+             was stopped and its exit status is unknown; run it again",
+            self.name(),
+            box_ref.remote_id,
+            box_ref.lease_id,
+            box_ref.slug
+        ));
+        if acquired.created {
+            lost
+        } else {
+            lost.with_hint(Hint::Rerun {
+                provider: self.name().to_string(),
+                lease_id: box_ref.lease_id.clone(),
+                command: req.command.clone(),
+            })
         }
     }
 

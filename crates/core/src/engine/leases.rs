@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Engine, ORPHAN_BUDGET};
-use crate::claims::{now_rfc3339, Claim};
+use crate::claims::{now_rfc3339, Claim, OWNER_LABEL};
 use crate::error::{Error, Result};
 use crate::events::Reporter;
 use crate::hint::Hint;
@@ -89,6 +89,11 @@ impl Engine {
         };
         claim.remote_id = created.remote_id.clone();
         claim.labels.remove("state");
+        if spec.keep {
+            // A kept lease is the user's now; a one-shot run's stays this process's until it
+            // releases it (so cleanup can tell one whose run died).
+            claim.labels.remove(OWNER_LABEL);
+        }
         claim.labels.extend(created.labels);
         let target = BoxRef {
             lease_id: claim.lease_id.clone(),
@@ -157,7 +162,10 @@ impl Engine {
             claimed_at: now.clone(),
             last_used_at: now.clone(),
             keep: spec.keep,
-            labels: BTreeMap::from([("state".to_string(), "creating".to_string())]),
+            labels: BTreeMap::from([
+                ("state".to_string(), "creating".to_string()),
+                (OWNER_LABEL.to_string(), crate::claims::this_process()),
+            ]),
         })?;
         if let Some(idle) = spec.idle_timeout {
             claim

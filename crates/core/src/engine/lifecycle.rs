@@ -289,6 +289,8 @@ impl Engine {
                 Some(Ok(created)) => {
                     claim.remote_id = created.remote_id.clone();
                     claim.labels.remove("state");
+                    // A fork is a kept lease: the user's now, not this process's.
+                    claim.labels.remove(crate::claims::OWNER_LABEL);
                     claim.labels.extend(created.labels);
                     claim
                         .labels

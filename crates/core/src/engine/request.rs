@@ -100,6 +100,9 @@ pub struct RunExtras {
     pub junit: Vec<String>,
     /// `--lease-output FILE`: the lease handle as JSON, written once the box is acquired.
     pub lease_output: Option<PathBuf>,
+    /// `--timeout`: at the deadline the command's whole process tree is stopped and the run
+    /// exits 124.
+    pub timeout: Option<Duration>,
 }
 
 impl RunExtras {
@@ -204,6 +207,9 @@ pub struct RunOutcome {
     /// The run stopped after the sync (`--sync-only`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub sync_only: bool,
+    /// `--timeout` passed and the command was stopped (exit code 124).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
 }
 
 impl RunOutcome {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::exec::Ran;
+use super::exec::{Ran, TIMEOUT_EXIT};
 use super::leases::LeaseSpec;
 use super::leases::IDLE_TIMEOUT_LABEL;
 use super::sync::Choosing;
@@ -81,6 +81,7 @@ impl Engine {
         let mut artifacts = None;
         let mut junit = None;
         let mut run_id = None;
+        let mut timed_out = false;
         let ran = match req.extras.mode {
             RunMode::SyncOnly => Ok(Ran::Exited(0)),
             RunMode::Detached => match self.detach(&acquired, req, reporter).await {
@@ -91,7 +92,16 @@ impl Engine {
                 Err(e) => Err(e),
             },
             RunMode::Attached => {
-                let ran = self.exec_attached(&acquired, req, out, reporter).await;
+                let mut ran = self.exec_attached(&acquired, req, out, reporter).await;
+                if let Ok(Ran::TimedOut) = &ran {
+                    timed_out = true;
+                    reporter.status(&format!(
+                        "timed out: the command ran longer than --timeout {}; its processes \
+                         were stopped (exit {TIMEOUT_EXIT})",
+                        crate::config::format_duration(req.extras.timeout.unwrap_or_default())
+                    ));
+                    ran = Ok(Ran::Exited(TIMEOUT_EXIT));
+                }
                 if let Ok(Ran::Exited(_)) = &ran {
                     if req.extras.fetches() {
                         let (a, j) = self.fetch_outputs(&acquired, req, reporter).await;
@@ -117,6 +127,10 @@ impl Engine {
                     .release(&acquired, code == 0, req, reporter, false)
                     .await;
                 Ok((code, released))
+            }
+            Ok(Ran::TimedOut) => {
+                let released = self.release(&acquired, false, req, reporter, false).await;
+                Ok((TIMEOUT_EXIT, released))
             }
             Ok(Ran::Interrupted) => {
                 self.release_within(CANCEL_BUDGET / 2, &acquired, req, reporter)
@@ -148,6 +162,7 @@ impl Engine {
             junit,
             run_id,
             sync_only: req.extras.mode == RunMode::SyncOnly,
+            timed_out,
         })
     }
 
@@ -249,6 +264,7 @@ impl Engine {
                 if !claim.keep {
                     let mut kept = claim.clone();
                     kept.keep = true;
+                    kept.labels.remove(crate::claims::OWNER_LABEL);
                     let _ = self.claims.write(&kept);
                 }
             }

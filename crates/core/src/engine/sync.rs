@@ -381,23 +381,47 @@ impl Engine {
     }
 }
 
-/// Removes spool files a crabbox killed outright (kill -9) left behind: older than any sync.
+/// Removes spool files a crabbox killed outright (kill -9) left behind.
 fn remove_stale_spools(dir: &std::path::Path) {
+    for path in stale_spools(dir) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The start of a spool file's name: `sync-<pid>_<start time>-`, so that whoever finds it
+/// can tell whether the process that writes it still runs.
+fn spool_prefix() -> String {
+    format!("sync-{}-", crate::claims::this_process().replace(':', "_"))
+}
+
+/// Spool files whose process is gone (or, for names that do not say, older than any sync).
+pub(super) fn stale_spools(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     const STALE: Duration = Duration::from_secs(3600);
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
+    let mut stale = Vec::new();
     for e in entries.flatten() {
-        let old = e
-            .metadata()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE);
-        if old {
-            let _ = std::fs::remove_file(e.path());
+        let name = e.file_name().to_string_lossy().into_owned();
+        let owner = name
+            .strip_prefix("sync-")
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(owner, _)| owner.replace('_', ":"))
+            .filter(|owner| owner.contains(':'));
+        let abandoned = match owner {
+            Some(owner) => !crate::claims::owner_alive(&owner),
+            None => e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE),
+        };
+        if abandoned {
+            stale.push(e.path());
         }
     }
+    stale
 }
 
 /// Awaits every packer; the first error wins.
@@ -423,7 +447,7 @@ fn pack_chunk(
     done: &AtomicU64,
 ) -> Result<PackedChunk> {
     let mut spool = tempfile::Builder::new()
-        .prefix("sync-")
+        .prefix(&spool_prefix())
         .tempfile_in(spool_dir)
         .map_err(Error::io("creating a sync archive in", spool_dir))?;
     let mut last = 0;

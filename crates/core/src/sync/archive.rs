@@ -112,7 +112,7 @@ pub fn write_archive_with<'a, W: Write>(
     for entry in entries {
         let full = root.join(&entry.path);
         let mut header = tar::Header::new_gnu();
-        header.set_mode(entry.mode);
+        header.set_mode(entry.mode & super::SYNCED_MODE_BITS);
         header.set_mtime(u64::try_from(entry.mtime_ns / 1_000_000_000).unwrap_or(0));
         header.set_uid(0);
         header.set_gid(0);
@@ -121,9 +121,7 @@ pub fn write_archive_with<'a, W: Write>(
                 // The exact mtime travels as a pax extension (GNU tar and `extract_archive`
                 // apply it), so a warm sync can compare it to the nanosecond: the header only
                 // holds whole seconds, and an edit within the same second would hide.
-                let secs = entry.mtime_ns.div_euclid(1_000_000_000);
-                let nanos = entry.mtime_ns.rem_euclid(1_000_000_000);
-                let mtime = format!("{secs}.{nanos:09}");
+                let mtime = format_pax_time(entry.mtime_ns);
                 tar.append_pax_extensions([("mtime", mtime.as_bytes())])
                     .map_err(write_err)?;
                 // O_NOFOLLOW: a file swapped for a symlink since the manifest was built must not
@@ -295,6 +293,9 @@ pub fn extract_archive_with<'a, R: Read + 'a>(
                 dest.display()
             )));
         }
+        if kind.is_file() || kind.is_dir() {
+            strip_privilege_bits(&target);
+        }
         if kind.is_file() {
             if let Some(ns) = mtime_ns {
                 set_mtime(&target, ns);
@@ -303,6 +304,23 @@ pub fn extract_archive_with<'a, R: Read + 'a>(
         written.push(path.to_string_lossy().into_owned());
     }
     Ok(written)
+}
+
+/// Clears setuid and setgid on what an archive just put at `path` (never through a
+/// symlink): a synced tree carries no privilege, whatever the archive's headers say.
+fn strip_privilege_bits(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode();
+    if meta.file_type().is_symlink() || mode & 0o6000 == 0 {
+        return;
+    }
+    let _ = std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(mode & super::SYNCED_MODE_BITS),
+    );
 }
 
 /// The first directory on the way to `dest/rel` (`rel` itself excluded) that is a symlink.
@@ -338,238 +356,53 @@ pub fn entry_mtime_ns<R: Read>(entry: &mut tar::Entry<'_, R>) -> Option<i128> {
         .map(|s| i128::from(s) * 1_000_000_000)
 }
 
-/// `1700000000.123456789` (or fewer digits) -> nanoseconds.
-fn parse_pax_time(v: &str) -> Option<i128> {
-    let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
+/// Nanoseconds -> a pax time: a decimal number of seconds whose sign applies to the whole
+/// of it, as pax and GNU tar write it (`-1.5` is a second and a half before the epoch).
+pub fn format_pax_time(ns: i128) -> String {
+    let sign = if ns < 0 { "-" } else { "" };
+    let abs = ns.unsigned_abs();
+    format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)
+}
+
+/// A pax time (`1700000000.123456789`, `-1.5`, fewer or more fraction digits) ->
+/// nanoseconds; `None` for anything else (a sign inside, no digits, out of range).
+pub fn parse_pax_time(v: &str) -> Option<i128> {
+    let (negative, body) = match v.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, v),
+    };
+    let (secs, frac) = body.split_once('.').unwrap_or((body, ""));
+    let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if secs.is_empty() || !all_digits(secs) || !all_digits(frac) {
+        return None;
+    }
     let secs: i128 = secs.parse().ok()?;
     let digits: String = frac.chars().take(9).collect();
-    let nanos: i128 = if digits.is_empty() {
-        0
-    } else {
-        format!("{digits:0<9}").parse().ok()?
-    };
+    let nanos: i128 = format!("{digits:0<9}").parse().ok()?;
     // Out of range (no filesystem keeps such a time): none, rather than an overflow.
-    secs.checked_mul(1_000_000_000)?
-        .checked_add(if secs < 0 { -nanos } else { nanos })
+    let magnitude = secs.checked_mul(1_000_000_000)?.checked_add(nanos)?;
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 /// Sets a file's mtime to the nanosecond (best effort: a failure only costs a resend).
 fn set_mtime(path: &Path, ns: i128) {
-    let Ok(secs) = u64::try_from(ns.div_euclid(1_000_000_000)) else {
+    let Ok(abs) = u64::try_from(ns.unsigned_abs() / 1_000_000_000) else {
         return;
     };
-    let nanos = ns.rem_euclid(1_000_000_000) as u32;
-    let when = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+    let offset = std::time::Duration::new(abs, (ns.unsigned_abs() % 1_000_000_000) as u32);
+    let when = if ns < 0 {
+        std::time::UNIX_EPOCH.checked_sub(offset)
+    } else {
+        std::time::UNIX_EPOCH.checked_add(offset)
+    };
+    let Some(when) = when else {
+        return;
+    };
     if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
         let _ = f.set_modified(when);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sync::{SyncManifest, SyncOptions};
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn a_file_that_cannot_be_read_fails_the_sync_with_exit_6_naming_it() {
-        let src = tempfile::tempdir().unwrap();
-        std::fs::write(src.path().join("a.txt"), "a").unwrap();
-        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
-        // Gone (or unreadable) between choosing the files and packing them.
-        std::fs::remove_file(src.path().join("a.txt")).unwrap();
-        let err = write_archive(src.path(), &m.entries, Vec::new(), |_| {}).unwrap_err();
-        assert_eq!(err.exit_code(), 6, "{err}");
-        assert!(err.to_string().contains("a.txt"), "{err}");
-    }
-
-    #[test]
-    fn round_trip_keeps_content_modes_and_links() {
-        let src = tempfile::tempdir().unwrap();
-        std::fs::create_dir(src.path().join("d")).unwrap();
-        std::fs::write(src.path().join("d/a.txt"), "hello").unwrap();
-        std::fs::write(src.path().join("run.sh"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(
-            src.path().join("run.sh"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink("d/a.txt", src.path().join("link")).unwrap();
-        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
-        let mut buf = Vec::new();
-        let stats = write_archive(src.path(), &m.entries, &mut buf, |_| {}).unwrap();
-        assert_eq!(stats.files, 3);
-        assert_eq!(stats.bytes, 5 + 10);
-        let dst = tempfile::tempdir().unwrap();
-        let written = extract_archive(&buf[..], dst.path()).unwrap();
-        assert_eq!(written.len(), 3);
-        assert_eq!(
-            std::fs::read_to_string(dst.path().join("d/a.txt")).unwrap(),
-            "hello"
-        );
-        let mode = std::fs::metadata(dst.path().join("run.sh"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o755);
-        assert_eq!(
-            std::fs::read_link(dst.path().join("link")).unwrap(),
-            Path::new("d/a.txt")
-        );
-    }
-
-    #[test]
-    fn a_file_that_shrinks_fails_the_archive_instead_of_corrupting_it() {
-        let src = tempfile::tempdir().unwrap();
-        std::fs::write(src.path().join("log"), "0123456789").unwrap();
-        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
-        let mut r = ExactLen {
-            inner: &b"01234"[..],
-            remaining: 10,
-        };
-        let mut sink = Vec::new();
-        let err = std::io::copy(&mut r, &mut sink).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
-        // Through the archive writer: a manifest entry whose file is now shorter still works,
-        // because the size is taken from the open file, and the content is complete.
-        std::fs::write(src.path().join("log"), "01").unwrap();
-        let mut buf = Vec::new();
-        let stats = write_archive(src.path(), &m.entries, &mut buf, |_| {}).unwrap();
-        assert_eq!(stats.bytes, 2);
-    }
-
-    #[test]
-    fn a_file_replaced_by_a_symlink_is_not_read_through() {
-        let src = tempfile::tempdir().unwrap();
-        std::fs::write(src.path().join("f"), "x").unwrap();
-        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
-        let outside = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(outside.path(), "secret").unwrap();
-        std::fs::remove_file(src.path().join("f")).unwrap();
-        std::os::unix::fs::symlink(outside.path(), src.path().join("f")).unwrap();
-        let err = write_archive(src.path(), &m.entries, Vec::new(), |_| {}).unwrap_err();
-        assert!(err.to_string().contains("f"), "{err}");
-    }
-
-    #[test]
-    fn archive_is_deterministic() {
-        let src = tempfile::tempdir().unwrap();
-        for i in 0..5 {
-            std::fs::write(src.path().join(format!("f{i}")), format!("{i}")).unwrap();
-        }
-        let m = SyncManifest::build(src.path(), &SyncOptions::default()).unwrap();
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        write_archive(src.path(), &m.entries, &mut a, |_| {}).unwrap();
-        write_archive(src.path(), &m.entries, &mut b, |_| {}).unwrap();
-        assert_eq!(a, b);
-    }
-
-    fn raw_tar_with_path(path: &[u8]) -> Vec<u8> {
-        let mut header = tar::Header::new_gnu();
-        // Write the name bytes directly: the builder itself refuses '..'.
-        header.as_old_mut().name[..path.len()].copy_from_slice(path);
-        header.set_size(1);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        let mut tar_bytes = Vec::new();
-        tar_bytes.extend_from_slice(header.as_bytes());
-        let mut block = [0u8; 512];
-        block[0] = b'x';
-        tar_bytes.extend_from_slice(&block);
-        tar_bytes.extend_from_slice(&[0u8; 1024]);
-        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-        gz.write_all(&tar_bytes).unwrap();
-        gz.finish().unwrap()
-    }
-
-    #[test]
-    fn extraction_refuses_parent_components() {
-        let dst = tempfile::tempdir().unwrap();
-        let inner = dst.path().join("inner");
-        std::fs::create_dir(&inner).unwrap();
-        let err = extract_archive(&raw_tar_with_path(b"../escape.txt")[..], &inner).unwrap_err();
-        assert_eq!(err.exit_code(), 6, "{err}");
-        assert!(!dst.path().join("escape.txt").exists());
-    }
-
-    /// A tar (stored) of `entries`: `(path, Some(link target))` for a symlink, else a file.
-    fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, link) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o644);
-            match link {
-                Some(target) => {
-                    h.set_entry_type(tar::EntryType::Symlink);
-                    h.set_size(0);
-                    b.append_link(&mut h, path, target).unwrap();
-                }
-                None => {
-                    h.set_entry_type(tar::EntryType::Regular);
-                    h.set_size(3);
-                    b.append_data(&mut h, path, &b"new"[..]).unwrap();
-                }
-            }
-        }
-        b.into_inner().unwrap()
-    }
-
-    #[test]
-    fn extraction_never_removes_or_writes_through_a_symlink() {
-        // The file in place of an entry was removed before tar's own outside-the-destination
-        // check, through the link (fuzz seed `through_a_link`: the canary check fails).
-        let tmp = tempfile::tempdir().unwrap();
-        let (dest, outside) = (tmp.path().join("inner"), tmp.path().join("outside"));
-        std::fs::create_dir(&dest).unwrap();
-        std::fs::create_dir(&outside).unwrap();
-        std::fs::write(outside.join("canary"), "old").unwrap();
-        let archive = tar_of(&[("l", Some("../outside")), ("l/canary", None)]);
-        let err = extract_archive_with(&archive[..], Codec::Stored, &dest).unwrap_err();
-        assert!(err.to_string().contains("symlink"), "{err}");
-        assert_eq!(
-            std::fs::read_to_string(outside.join("canary")).unwrap(),
-            "old"
-        );
-
-        // Nor through one that stays inside.
-        std::fs::create_dir(dest.join("d")).unwrap();
-        std::fs::write(dest.join("d/f"), "old").unwrap();
-        let archive = tar_of(&[("in", Some("d")), ("in/f", None)]);
-        assert!(extract_archive_with(&archive[..], Codec::Stored, &dest).is_err());
-        assert_eq!(std::fs::read_to_string(dest.join("d/f")).unwrap(), "old");
-    }
-
-    #[test]
-    fn an_entry_naming_the_destination_itself_is_refused() {
-        // An entry `.` of a file was "replaced": the destination's whole content removed
-        // (fuzz seed `the_destination_itself`).
-        for name in [&b"."[..], b"./", b"./."] {
-            let dst = tempfile::tempdir().unwrap();
-            std::fs::write(dst.path().join("keep"), "x").unwrap();
-            let err = extract_archive(&raw_tar_with_path(name)[..], dst.path()).unwrap_err();
-            assert!(err.to_string().contains("destination itself"), "{err}");
-            assert!(dst.path().join("keep").exists(), "{name:?}");
-        }
-    }
-
-    #[test]
-    fn a_pax_mtime_out_of_range_falls_back_to_the_header() {
-        assert_eq!(
-            parse_pax_time("1700000000.5"),
-            Some(1_700_000_000_500_000_000)
-        );
-        assert_eq!(parse_pax_time("-1.5"), Some(-1_500_000_000));
-        // The multiplication overflowed, a panic in debug builds (fuzz seed `huge_pax_mtime`).
-        assert_eq!(parse_pax_time(&"9".repeat(35)), None);
-        assert_eq!(parse_pax_time(&format!("-{}.5", "9".repeat(35))), None);
-    }
-
-    #[test]
-    fn extraction_refuses_absolute_paths() {
-        let dst = tempfile::tempdir().unwrap();
-        let err = extract_archive(&raw_tar_with_path(b"/tmp/crabbox-abs-test")[..], dst.path())
-            .unwrap_err();
-        assert!(err.to_string().contains("absolute"), "{err}");
-    }
-}
+#[path = "archive_tests.rs"]
+mod tests;

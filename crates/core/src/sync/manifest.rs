@@ -137,6 +137,7 @@ impl SyncManifest {
         }
         let mut entries = BTreeMap::new();
         let mut real_dirs = std::collections::HashSet::new();
+        let mut sparse = Vec::new();
         for rel in candidates {
             if !is_clean_relative(&rel)
                 || rel.split('/').any(|c| BUILTIN_EXCLUDES.contains(&c))
@@ -190,13 +191,16 @@ impl SyncManifest {
                     full.display()
                 )));
             }
+            if kind == EntryKind::File && is_sparse(size, meta.blocks()) {
+                sparse.push((rel.clone(), size, meta.blocks().saturating_mul(512)));
+            }
             let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
             entries.insert(
                 rel.clone(),
                 SyncEntry {
                     path: rel,
                     kind,
-                    mode: meta.permissions().mode() & 0o7777,
+                    mode: meta.permissions().mode() & super::SYNCED_MODE_BITS,
                     size,
                     mtime_ns,
                     link_target,
@@ -211,7 +215,30 @@ impl SyncManifest {
             warnings: Vec::new(),
         };
         manifest.check_limits(root, opts)?;
+        manifest.warn_sparse(&sparse);
         Ok(manifest)
+    }
+
+    /// A sparse file is synced whole: its holes become zeros on the wire (compressed) and on
+    /// the box (not compressed). Said, naming the file, rather than done silently.
+    fn warn_sparse(&mut self, sparse: &[(String, u64, u64)]) {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        for (path, size, allocated) in sparse.iter().take(5) {
+            self.warnings.push(format!(
+                "{path} is a sparse file: {:.1} MiB long but {:.1} MiB on disk; the sync sends \
+                 its holes as zeros and the box stores all {:.1} MiB; leave it out with \
+                 .crabboxignore or sync.exclude if the box does not need it",
+                mib(*size),
+                mib(*allocated),
+                mib(*size)
+            ));
+        }
+        if sparse.len() > 5 {
+            self.warnings.push(format!(
+                "{} more sparse files are synced whole",
+                sparse.len() - 5
+            ));
+        }
     }
 
     fn check_limits(&mut self, root: &Path, opts: &SyncOptions) -> Result<()> {
@@ -249,6 +276,14 @@ impl SyncManifest {
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.path.as_str())
     }
+}
+
+/// Files at least this long are checked for holes.
+const SPARSE_MIN_BYTES: u64 = 16 << 20;
+
+/// A file whose disk blocks hold less than half its length (and that is worth mentioning).
+fn is_sparse(size: u64, blocks: u64) -> bool {
+    size >= SPARSE_MIN_BYTES && blocks.saturating_mul(512) < size / 2
 }
 
 /// The calling user may read `path` (a cheap check, no file is opened).
@@ -411,178 +446,5 @@ fn is_clean_relative(rel: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::conformance::RepoFixture;
-
-    fn paths(m: &SyncManifest) -> Vec<&str> {
-        m.paths().collect()
-    }
-
-    #[test]
-    fn git_tree_is_tracked_plus_untracked_not_ignored_minus_deleted() {
-        let repo = RepoFixture::new();
-        let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
-        assert_eq!(paths(&m), RepoFixture::expected_files());
-        let run = m.entries.iter().find(|e| e.path == "run.sh").unwrap();
-        assert_eq!(run.mode & 0o777, 0o755);
-        assert_eq!(m.total_bytes, m.entries.iter().map(|e| e.size).sum::<u64>());
-    }
-
-    #[test]
-    fn a_name_that_is_not_utf8_is_refused_by_name_unless_left_out() {
-        use std::os::unix::ffi::OsStrExt;
-        let repo = RepoFixture::new();
-        let name = std::ffi::OsStr::from_bytes(b"nonutf8-\xff.txt");
-        std::fs::write(repo.root().join(name), "x").unwrap();
-        for walk in [false, true] {
-            if walk {
-                std::fs::remove_dir_all(repo.root().join(".git")).unwrap();
-            }
-            let err = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap_err();
-            assert_eq!(err.exit_code(), 6, "{err}");
-            let text = err.to_string();
-            assert!(text.contains(r"nonutf8-\xff.txt"), "{text}");
-            assert!(text.contains("sync.exclude"), "{text}");
-            let opts = SyncOptions {
-                exclude: vec!["nonutf8-*".into()],
-                ..Default::default()
-            };
-            let m = SyncManifest::build(repo.root(), &opts).unwrap();
-            assert!(!paths(&m).iter().any(|p| p.starts_with("nonutf8")));
-        }
-    }
-
-    #[test]
-    fn crabboxignore_and_exclude_remove_include_narrows() {
-        let repo = RepoFixture::new();
-        std::fs::write(repo.root().join(".crabboxignore"), "untracked.txt\n").unwrap();
-        let opts = SyncOptions {
-            exclude: vec!["*.sh".into()],
-            ..Default::default()
-        };
-        let m = SyncManifest::build(repo.root(), &opts).unwrap();
-        assert_eq!(
-            paths(&m),
-            [".crabboxignore", ".gitignore", "src/lib.txt", "tracked.txt"]
-        );
-        let opts = SyncOptions {
-            include: vec!["src/".into(), "tracked.txt".into()],
-            ..Default::default()
-        };
-        let m = SyncManifest::build(repo.root(), &opts).unwrap();
-        assert_eq!(paths(&m), ["src/lib.txt", "tracked.txt"]);
-    }
-
-    #[test]
-    fn symlinks_stay_links_and_are_not_followed() {
-        let repo = RepoFixture::new();
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("secret"), "x").unwrap();
-        std::os::unix::fs::symlink(outside.path(), repo.root().join("escape")).unwrap();
-        let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
-        let link = m
-            .entries
-            .iter()
-            .find(|e| e.path == "escape")
-            .expect("link synced as a link");
-        assert_eq!(link.kind, EntryKind::Symlink);
-        assert!(
-            !m.paths().any(|p| p.starts_with("escape/")),
-            "link target must not be walked"
-        );
-    }
-
-    #[test]
-    fn tracked_files_behind_a_directory_now_a_symlink_are_skipped() {
-        let repo = RepoFixture::new();
-        let outside = tempfile::tempdir().unwrap();
-        std::fs::write(outside.path().join("lib.txt"), "outside").unwrap();
-        std::fs::remove_dir_all(repo.root().join("src")).unwrap();
-        std::os::unix::fs::symlink(outside.path(), repo.root().join("src")).unwrap();
-        let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
-        assert!(
-            !m.paths().any(|p| p == "src/lib.txt"),
-            "must not read through the link"
-        );
-    }
-
-    #[test]
-    fn outside_git_the_walk_honours_ignore_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::write(root.join(".gitignore"), "*.log\n").unwrap();
-        std::fs::write(root.join(".ignore"), "tmp/\n").unwrap();
-        std::fs::write(root.join(".crabboxignore"), "secret.txt\n").unwrap();
-        std::fs::create_dir_all(root.join("tmp")).unwrap();
-        std::fs::create_dir_all(root.join(".git-not")).unwrap();
-        for f in [
-            "a.txt",
-            "b.log",
-            "tmp/x",
-            "secret.txt",
-            ".hidden",
-            ".git-not/y",
-        ] {
-            std::fs::write(root.join(f), "1").unwrap();
-        }
-        let m = SyncManifest::build(root, &SyncOptions::default()).unwrap();
-        assert_eq!(
-            paths(&m),
-            [
-                ".crabboxignore",
-                ".git-not/y",
-                ".gitignore",
-                ".hidden",
-                ".ignore",
-                "a.txt"
-            ]
-        );
-    }
-
-    #[test]
-    fn size_guardrails_refuse_unless_forced_and_warn() {
-        let repo = RepoFixture::new();
-        let limits = SyncLimits {
-            warn_files: 2,
-            warn_bytes: u64::MAX,
-            max_files: 3,
-            max_bytes: u64::MAX,
-        };
-        let err = SyncManifest::build(
-            repo.root(),
-            &SyncOptions {
-                limits,
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
-        assert_eq!(err.exit_code(), 6);
-        assert!(err.to_string().contains("--force-sync-large"), "{err}");
-        let m = SyncManifest::build(
-            repo.root(),
-            &SyncOptions {
-                limits,
-                allow_large: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(m.warnings.len(), 1);
-        let small = SyncLimits {
-            warn_files: 100,
-            warn_bytes: 10,
-            max_files: 100,
-            max_bytes: 1 << 20,
-        };
-        let m = SyncManifest::build(
-            repo.root(),
-            &SyncOptions {
-                limits: small,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(m.warnings.len(), 1, "byte soft limit must warn");
-    }
-}
+#[path = "manifest_tests.rs"]
+mod tests;

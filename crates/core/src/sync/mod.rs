@@ -28,3 +28,7 @@ pub use plan::{
     SyncPlan,
 };
 pub use record::{ancestors, parent, SyncRecord};
+
+/// The permission bits a sync carries: everything but setuid and setgid, which a repository's
+/// files must not hand to whoever runs them on a box (the sticky bit is no privilege).
+pub const SYNCED_MODE_BITS: u32 = 0o1777;

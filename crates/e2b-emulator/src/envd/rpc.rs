@@ -27,7 +27,7 @@ use crabbox_e2b_wire::process::{
 use crabbox_e2b_wire::{headers, Code, ConnectError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -132,20 +132,23 @@ enum Phase {
 }
 
 /// Start event, then output as it comes (keepalives during silence), then the
-/// end event and the end-of-stream envelope.
+/// end event and the end-of-stream envelope. When the sandbox is killed under the command
+/// the stream is dropped instead, with no end event: E2B's proxy cuts the connection of a
+/// sandbox that goes away, so a client learns it from the control plane, not from envd.
 fn event_stream(
     pid: u32,
     events: mpsc::UnboundedReceiver<OutputEvent>,
     keepalive: Duration,
+    killed: Arc<AtomicBool>,
 ) -> Body {
-    let stream = futures::stream::unfold(
-        (Phase::Start, events),
-        move |(phase, mut events)| async move {
+    let stream = futures::stream::unfold((Phase::Start, events), move |(phase, mut events)| {
+        let killed = killed.clone();
+        async move {
             let chunk = match phase {
                 Phase::Done => return None,
                 Phase::Start => {
                     let start = event_envelope(ProcessEvent::Start(StartEvent { pid }));
-                    return Some((Ok::<_, Infallible>(start), (Phase::Events, events)));
+                    return Some((Ok::<_, std::io::Error>(start), (Phase::Events, events)));
                 }
                 Phase::Events => tokio::time::timeout(keepalive, events.recv()).await,
             };
@@ -153,6 +156,13 @@ fn event_stream(
                 Ok(Some(OutputEvent::Data(data))) => (
                     Ok(event_envelope(ProcessEvent::Data(data))),
                     (Phase::Events, events),
+                ),
+                Ok(Some(OutputEvent::End(_))) | Ok(None) if killed.load(Ordering::SeqCst) => (
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "the sandbox was killed",
+                    )),
+                    (Phase::Done, events),
                 ),
                 Ok(Some(OutputEvent::End(end))) => {
                     let mut out = event_envelope(ProcessEvent::End(end)).to_vec();
@@ -174,8 +184,8 @@ fn event_stream(
                     (Phase::Events, events),
                 ),
             })
-        },
-    );
+        }
+    });
     Body::from_stream(stream)
 }
 
@@ -248,6 +258,7 @@ async fn start(state: &AppState, sandbox: &Sandbox, headers: &HeaderMap, body: &
             handle.pid,
             events,
             keepalive_interval(state, headers),
+            sandbox.killed.clone(),
         )),
         Err(err) => stream_error(err),
     }
@@ -329,6 +340,7 @@ fn connect(state: &AppState, sandbox: &Sandbox, headers: &HeaderMap, body: &Byte
             handle.pid,
             handle.subscribe(),
             keepalive_interval(state, headers),
+            sandbox.killed.clone(),
         )),
         Err(err) => stream_error(err),
     }

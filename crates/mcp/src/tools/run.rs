@@ -1,7 +1,7 @@
 //! `run`: sync the repository to a box and run a command there, as `crabbox run` does: the
 //! exit code is in the result (a failing command is not a failed call), output as tails with
-//! the whole in a file when cut, progress as notifications, and an MCP cancel (or
-//! `timeoutSecs`) stops the command and its processes as Ctrl-C does.
+//! the whole in a file when cut, progress as notifications, and an MCP cancel stops the command
+//! and its processes as Ctrl-C does (`timeoutSecs` is the engine's `--timeout`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,7 +59,7 @@ pub(crate) struct RunArgs {
     #[serde(default)]
     allow_env: Vec<String>,
     /// Stop the command (SIGTERM, then SIGKILL, its whole process tree) after this many
-    /// seconds; the call then fails saying so.
+    /// seconds: the result says `timedOut` (exit code 124). Default: the config's `timeout`.
     #[serde(default)]
     timeout_secs: Option<u64>,
     /// Bytes of each stream's end the result holds (default 16384, at most 1048576); the
@@ -253,6 +253,7 @@ impl CrabboxServer {
                 },
                 artifact_globs: a.artifact_globs,
                 junit: a.junit,
+                timeout: a.timeout_secs.map(Duration::from_secs),
                 ..Default::default()
             },
             from_snapshot: a.from_snapshot,
@@ -273,31 +274,10 @@ impl CrabboxServer {
         let started = std::time::Instant::now();
         let mut output =
             OutputCapture::new(&self.options().output_dir, limit, call.reporter.clone());
-        let mut timed_out = false;
-        let result = {
-            let run = call
-                .engine
-                .run(&request, &mut output, call.reporter.as_ref());
-            tokio::pin!(run);
-            let timeout = a.timeout_secs.map(Duration::from_secs);
-            let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
-            tokio::pin!(deadline);
-            // After a cancel the engine stops the command and releases the box before it
-            // returns; calls that arrive meanwhile wait for it (`_run`).
-            loop {
-                tokio::select! {
-                    r = &mut run => break r,
-                    _ = &mut deadline, if timeout.is_some() && !timed_out => {
-                        timed_out = true;
-                        call.reporter.status(&format!(
-                            "timed out after {}s: stopping the command",
-                            timeout.unwrap_or_default().as_secs()
-                        ));
-                        cancel.cancel();
-                    }
-                }
-            }
-        };
+        let result = call
+            .engine
+            .run(&request, &mut output, call.reporter.as_ref())
+            .await;
         let total_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (stdout, stderr) = output.finish(&call.secrets);
         match result {
@@ -322,13 +302,7 @@ impl CrabboxServer {
                 .await
             }
             Err(e) => {
-                let mut text = if timed_out && e.is_interrupted() {
-                    format!(
-                        "timed out after {}s: the command and every process it started were \
-                         stopped; a fresh box was released unless `keep` said otherwise",
-                        a.timeout_secs.unwrap_or_default()
-                    )
-                } else if e.is_interrupted() {
+                let mut text = if e.is_interrupted() {
                     "cancelled: the command and every process it started were stopped".into()
                 } else {
                     let ToolError::Failed(r) = ToolError::from_crabbox(&e, &call.secrets) else {

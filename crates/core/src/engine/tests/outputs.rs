@@ -233,3 +233,44 @@ async fn a_detached_run_is_started_recorded_and_its_box_kept() {
 }
 
 const RUN_ID_VAR_NAME: &str = crate::provider::RUN_ID_VAR;
+
+#[tokio::test(start_paused = true)]
+async fn a_run_past_its_timeout_is_stopped_and_exits_124_with_artifacts_fetched() {
+    let b = Bench::new();
+    let warm = b.warmup().await;
+    b.fake
+        .script("hang", Script::new().stdout("working\n").until_signalled());
+    b.fake.script_matching(
+        is_listing,
+        Script::new()
+            .stdout(listing(&[("m", "report.xml")]))
+            .exit(0),
+    );
+    let mut req = b.request_on(&warm.lease_id, "hang");
+    req.extras.timeout = Some(Duration::from_secs(600));
+    req.extras.require = vec!["report.xml".into()];
+    let (result, out) = b.run(&req).await;
+    let outcome = result.unwrap();
+    assert_eq!(out.stdout_str(), "working\n");
+    assert!(outcome.timed_out);
+    assert_eq!(outcome.exit_code(), 124);
+    assert!(
+        outcome.artifacts.is_some(),
+        "the outputs are still fetched after a timeout"
+    );
+    let hang = b
+        .fake
+        .processes()
+        .into_iter()
+        .find(|p| p.spec.script == "hang")
+        .unwrap();
+    assert!(hang.exit.is_some(), "the command was stopped: {hang:?}");
+    assert!(
+        b.reporter
+            .statuses()
+            .iter()
+            .any(|s| s.contains("timed out")),
+        "{:?}",
+        b.reporter.statuses()
+    );
+}

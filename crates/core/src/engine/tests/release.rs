@@ -99,9 +99,50 @@ async fn one_shot_run_releases_its_box_when_the_stream_fails() {
             .fail_stream("connection reset"),
     );
     let (result, _) = b.run(&b.request("make test")).await;
-    assert_eq!(result.unwrap_err().to_string(), "connection reset");
-    assert_eq!(b.fake.calls().last().unwrap(), "delete sbx1");
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.contains("lost the connection to the command")
+            && err.contains("connection reset")
+            && err.contains("run it again"),
+        "{err}"
+    );
+    let calls = b.fake.calls();
+    let stopped = calls.iter().position(|c| c.starts_with("stop_run"));
+    let deleted = calls.iter().position(|c| c == "delete sbx1");
+    assert!(
+        stopped.is_some() && stopped < deleted,
+        "the command is stopped before the box goes: {calls:?}"
+    );
     b.assert_nothing_left();
+}
+
+/// On a reused box nothing else would stop a command whose stream broke: the run stops it
+/// and says how to run it again.
+#[tokio::test]
+async fn a_broken_stream_on_a_reused_box_stops_the_command_and_hints_a_rerun() {
+    let b = Bench::new();
+    let lease = b.warmup().await.lease_id;
+    b.fake.script(
+        "make test",
+        Script::new()
+            .stdout("partial")
+            .fail_stream("connection reset"),
+    );
+    let (result, _) = b.run(&b.request_on(&lease, "make test")).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err.root(), Error::Transport(_)), "{err}");
+    assert!(
+        err.hints()
+            .iter()
+            .any(|h| matches!(h, crate::hint::Hint::Rerun { lease_id, .. } if *lease_id == lease)),
+        "{:?}",
+        err.hints()
+    );
+    assert!(
+        b.fake.calls().iter().any(|c| c.starts_with("stop_run")),
+        "{:?}",
+        b.fake.calls()
+    );
 }
 
 #[tokio::test]

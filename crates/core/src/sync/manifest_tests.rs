@@ -1,0 +1,206 @@
+//! Tests of [`super`] (manifest.rs).
+
+use super::*;
+use crate::conformance::RepoFixture;
+
+fn paths(m: &SyncManifest) -> Vec<&str> {
+    m.paths().collect()
+}
+
+#[test]
+fn git_tree_is_tracked_plus_untracked_not_ignored_minus_deleted() {
+    let repo = RepoFixture::new();
+    let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
+    assert_eq!(paths(&m), RepoFixture::expected_files());
+    let run = m.entries.iter().find(|e| e.path == "run.sh").unwrap();
+    assert_eq!(run.mode & 0o777, 0o755);
+    assert_eq!(m.total_bytes, m.entries.iter().map(|e| e.size).sum::<u64>());
+}
+
+/// A 1 GiB file of holes is synced whole, and the manifest says so naming it; a dense
+/// file of the same kind is not mentioned.
+#[test]
+fn a_sparse_file_is_named_in_a_warning() {
+    let repo = RepoFixture::new();
+    let f = std::fs::File::create(repo.root().join("disk.img")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        f.metadata().unwrap().blocks() * 512 < 1 << 29,
+        "the test's filesystem keeps no holes: this test needs one that does"
+    );
+    std::fs::write(repo.root().join("dense.bin"), vec![7u8; 17 << 20]).unwrap();
+    let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
+    assert!(m.paths().any(|p| p == "disk.img"), "still synced");
+    let sparse: Vec<_> = m.warnings.iter().filter(|w| w.contains("sparse")).collect();
+    assert_eq!(sparse.len(), 1, "{:?}", m.warnings);
+    assert!(
+        sparse[0].starts_with("disk.img is a sparse file: 1024.0 MiB long"),
+        "{}",
+        sparse[0]
+    );
+    assert!(sparse[0].contains(".crabboxignore"), "{}", sparse[0]);
+    assert!(is_sparse(1 << 30, 0));
+    assert!(!is_sparse(1 << 30, (1 << 30) / 512));
+    assert!(
+        !is_sparse(1 << 20, 0),
+        "small files are not worth a warning"
+    );
+}
+
+#[test]
+fn a_name_that_is_not_utf8_is_refused_by_name_unless_left_out() {
+    use std::os::unix::ffi::OsStrExt;
+    let repo = RepoFixture::new();
+    let name = std::ffi::OsStr::from_bytes(b"nonutf8-\xff.txt");
+    std::fs::write(repo.root().join(name), "x").unwrap();
+    for walk in [false, true] {
+        if walk {
+            std::fs::remove_dir_all(repo.root().join(".git")).unwrap();
+        }
+        let err = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap_err();
+        assert_eq!(err.exit_code(), 6, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(r"nonutf8-\xff.txt"), "{text}");
+        assert!(text.contains("sync.exclude"), "{text}");
+        let opts = SyncOptions {
+            exclude: vec!["nonutf8-*".into()],
+            ..Default::default()
+        };
+        let m = SyncManifest::build(repo.root(), &opts).unwrap();
+        assert!(!paths(&m).iter().any(|p| p.starts_with("nonutf8")));
+    }
+}
+
+#[test]
+fn crabboxignore_and_exclude_remove_include_narrows() {
+    let repo = RepoFixture::new();
+    std::fs::write(repo.root().join(".crabboxignore"), "untracked.txt\n").unwrap();
+    let opts = SyncOptions {
+        exclude: vec!["*.sh".into()],
+        ..Default::default()
+    };
+    let m = SyncManifest::build(repo.root(), &opts).unwrap();
+    assert_eq!(
+        paths(&m),
+        [".crabboxignore", ".gitignore", "src/lib.txt", "tracked.txt"]
+    );
+    let opts = SyncOptions {
+        include: vec!["src/".into(), "tracked.txt".into()],
+        ..Default::default()
+    };
+    let m = SyncManifest::build(repo.root(), &opts).unwrap();
+    assert_eq!(paths(&m), ["src/lib.txt", "tracked.txt"]);
+}
+
+#[test]
+fn symlinks_stay_links_and_are_not_followed() {
+    let repo = RepoFixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "x").unwrap();
+    std::os::unix::fs::symlink(outside.path(), repo.root().join("escape")).unwrap();
+    let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
+    let link = m
+        .entries
+        .iter()
+        .find(|e| e.path == "escape")
+        .expect("link synced as a link");
+    assert_eq!(link.kind, EntryKind::Symlink);
+    assert!(
+        !m.paths().any(|p| p.starts_with("escape/")),
+        "link target must not be walked"
+    );
+}
+
+#[test]
+fn tracked_files_behind_a_directory_now_a_symlink_are_skipped() {
+    let repo = RepoFixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("lib.txt"), "outside").unwrap();
+    std::fs::remove_dir_all(repo.root().join("src")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), repo.root().join("src")).unwrap();
+    let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
+    assert!(
+        !m.paths().any(|p| p == "src/lib.txt"),
+        "must not read through the link"
+    );
+}
+
+#[test]
+fn outside_git_the_walk_honours_ignore_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join(".gitignore"), "*.log\n").unwrap();
+    std::fs::write(root.join(".ignore"), "tmp/\n").unwrap();
+    std::fs::write(root.join(".crabboxignore"), "secret.txt\n").unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::create_dir_all(root.join(".git-not")).unwrap();
+    for f in [
+        "a.txt",
+        "b.log",
+        "tmp/x",
+        "secret.txt",
+        ".hidden",
+        ".git-not/y",
+    ] {
+        std::fs::write(root.join(f), "1").unwrap();
+    }
+    let m = SyncManifest::build(root, &SyncOptions::default()).unwrap();
+    assert_eq!(
+        paths(&m),
+        [
+            ".crabboxignore",
+            ".git-not/y",
+            ".gitignore",
+            ".hidden",
+            ".ignore",
+            "a.txt"
+        ]
+    );
+}
+
+#[test]
+fn size_guardrails_refuse_unless_forced_and_warn() {
+    let repo = RepoFixture::new();
+    let limits = SyncLimits {
+        warn_files: 2,
+        warn_bytes: u64::MAX,
+        max_files: 3,
+        max_bytes: u64::MAX,
+    };
+    let err = SyncManifest::build(
+        repo.root(),
+        &SyncOptions {
+            limits,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.exit_code(), 6);
+    assert!(err.to_string().contains("--force-sync-large"), "{err}");
+    let m = SyncManifest::build(
+        repo.root(),
+        &SyncOptions {
+            limits,
+            allow_large: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(m.warnings.len(), 1);
+    let small = SyncLimits {
+        warn_files: 100,
+        warn_bytes: 10,
+        max_files: 100,
+        max_bytes: 1 << 20,
+    };
+    let m = SyncManifest::build(
+        repo.root(),
+        &SyncOptions {
+            limits: small,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(m.warnings.len(), 1, "byte soft limit must warn");
+}

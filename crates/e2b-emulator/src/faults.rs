@@ -1,0 +1,261 @@
+//! Faults a test programs into a running emulator: overload answers, stalls, connections
+//! reset before or after the request reached a handler, streams cut short, sandboxes killed
+//! under a request.
+//!
+//! A [`Fault`] matches requests by plane, method and path pattern and fires `count` times
+//! (after letting `skip` matching requests through). Tests program them through the admin
+//! routes under [`ADMIN_PREFIX`] (loopback only like everything else, behind the API key):
+//! `POST` a JSON array of faults to add them, `GET` the ones still armed with how often each
+//! fired, `DELETE` to clear them all. In-process tests use [`crate::EmulatorHandle::faults`].
+//! Without faults the emulator answers exactly as it does otherwise: matching happens once
+//! per request, before routing.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the admin routes live. Never an E2B route.
+pub const ADMIN_PREFIX: &str = "/_emulator/faults";
+
+/// Which plane a request went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Plane {
+    Control,
+    Envd,
+    #[default]
+    Any,
+}
+
+/// What happens to a matching request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum FaultAction {
+    /// Answers this HTTP status with E2B's error body (`{"code", "message"}`) instead of
+    /// handling the request; `retryAfter` (seconds) adds the header.
+    Status {
+        status: u16,
+        #[serde(default)]
+        retry_after: Option<u64>,
+        #[serde(default)]
+        message: Option<String>,
+    },
+    /// Waits this many milliseconds before handling the request (a client with a shorter
+    /// timeout gives up first; the request is handled anyway, as a slow service would).
+    Stall { ms: u64 },
+    /// Closes the connection without an answer, before the request reaches a handler.
+    ResetBefore,
+    /// Handles the request whole (its effect happens), then closes the connection instead
+    /// of answering.
+    ResetAfter,
+    /// Answers normally but cuts the response body after this many body chunks (a
+    /// `process.Process/Start` stream sends one envelope per chunk: the start event first,
+    /// then output), leaving it unterminated as a dropped connection does.
+    DropStreamAfter { chunks: u32 },
+    /// Kills the sandbox the request names (its `E2b-Sandbox-Id`, or the id in a
+    /// `/sandboxes/{id}` path), then handles the request: envd answers 502 as E2B's proxy
+    /// does for a sandbox that is gone.
+    KillSandbox,
+}
+
+/// One programmed fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default)]
+    pub plane: Plane,
+    /// HTTP method (`GET`, `POST`, ...); any when absent.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The request path (no query); `*` matches any run of characters, `/` included.
+    pub path: String,
+    /// How many matching requests it fires on; then it is spent.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Matching requests let through before it starts firing.
+    #[serde(default)]
+    pub skip: u32,
+    pub action: FaultAction,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Fault {
+    pub fn new(plane: Plane, method: &str, path: &str, action: FaultAction) -> Self {
+        Fault {
+            plane,
+            method: Some(method.to_string()),
+            path: path.to_string(),
+            count: 1,
+            skip: 0,
+            action,
+        }
+    }
+
+    pub fn times(mut self, count: u32) -> Self {
+        self.count = count;
+        self
+    }
+
+    fn matches(&self, plane: Plane, method: &str, path: &str) -> bool {
+        (self.plane == Plane::Any || self.plane == plane)
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && glob_match(self.path.as_bytes(), path.as_bytes())
+    }
+}
+
+/// A fault as the admin route reports it: how often it fired so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArmedFault {
+    #[serde(flatten)]
+    pub fault: Fault,
+    pub fired: u32,
+}
+
+struct Armed {
+    fault: Fault,
+    seen: AtomicU32,
+    fired: AtomicU32,
+}
+
+/// The faults armed in one emulator, shared by every request.
+#[derive(Clone, Default)]
+pub struct Faults {
+    armed: Arc<Mutex<Vec<Arc<Armed>>>>,
+}
+
+impl Faults {
+    /// Arms more faults; the earliest armed wins when several match one request.
+    pub fn add(&self, faults: impl IntoIterator<Item = Fault>) {
+        let mut armed = self.armed.lock().expect("faults lock");
+        armed.extend(faults.into_iter().map(|fault| {
+            Arc::new(Armed {
+                fault,
+                seen: AtomicU32::new(0),
+                fired: AtomicU32::new(0),
+            })
+        }));
+    }
+
+    /// Disarms every fault.
+    pub fn clear(&self) {
+        self.armed.lock().expect("faults lock").clear();
+    }
+
+    /// Every fault armed since the last clear, spent ones included, with how often it fired.
+    pub fn list(&self) -> Vec<ArmedFault> {
+        self.armed
+            .lock()
+            .expect("faults lock")
+            .iter()
+            .map(|a| ArmedFault {
+                fault: a.fault.clone(),
+                fired: a.fired.load(Ordering::SeqCst),
+            })
+            .collect()
+    }
+
+    /// The action for a request, if a fault fires on it (counting it as fired).
+    pub fn take(&self, plane: Plane, method: &str, path: &str) -> Option<FaultAction> {
+        let armed = self.armed.lock().expect("faults lock");
+        for a in armed.iter() {
+            if a.fired.load(Ordering::SeqCst) >= a.fault.count
+                || !a.fault.matches(plane, method, path)
+            {
+                continue;
+            }
+            if a.seen.fetch_add(1, Ordering::SeqCst) < a.fault.skip {
+                continue;
+            }
+            a.fired.fetch_add(1, Ordering::SeqCst);
+            return Some(a.fault.action.clone());
+        }
+        None
+    }
+}
+
+/// `*` matches any run of bytes; everything else matches itself.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_paths() {
+        assert!(glob_match(b"/sandboxes/*", b"/sandboxes/abc"));
+        assert!(glob_match(b"/sandboxes/*", b"/sandboxes/abc/timeout"));
+        assert!(glob_match(b"*/connect", b"/v2/sandboxes/x/connect"));
+        assert!(glob_match(b"/v2/sandboxes", b"/v2/sandboxes"));
+        assert!(!glob_match(b"/v2/sandboxes", b"/v2/sandboxes/x"));
+        assert!(!glob_match(b"/sandboxes/*", b"/v2/sandboxes/x"));
+        assert!(glob_match(b"*", b""));
+    }
+
+    #[test]
+    fn a_fault_fires_count_times_after_skip_then_is_spent() {
+        let faults = Faults::default();
+        let mut f = Fault::new(
+            Plane::Control,
+            "DELETE",
+            "/sandboxes/*",
+            FaultAction::ResetBefore,
+        )
+        .times(2);
+        f.skip = 1;
+        faults.add([f]);
+        let take = || faults.take(Plane::Control, "DELETE", "/sandboxes/a");
+        assert_eq!(take(), None, "skipped");
+        assert_eq!(take(), Some(FaultAction::ResetBefore));
+        assert_eq!(faults.take(Plane::Envd, "DELETE", "/sandboxes/a"), None);
+        assert_eq!(faults.take(Plane::Control, "GET", "/sandboxes/a"), None);
+        assert_eq!(take(), Some(FaultAction::ResetBefore));
+        assert_eq!(take(), None, "spent");
+        assert_eq!(faults.list()[0].fired, 2);
+    }
+
+    #[test]
+    fn faults_parse_from_the_admin_json() {
+        let parsed: Vec<Fault> = serde_json::from_str(
+            r#"[{"plane":"control","method":"GET","path":"/v2/sandboxes","count":3,
+                 "action":{"status":{"status":503,"retryAfter":1}}},
+                {"plane":"envd","path":"/process.Process/Start","action":{"dropStreamAfter":{"chunks":2}}},
+                {"path":"*","action":"resetBefore"}]"#,
+        )
+        .unwrap();
+        assert_eq!(parsed[0].count, 3);
+        assert_eq!(parsed[1].action, FaultAction::DropStreamAfter { chunks: 2 });
+        assert_eq!(parsed[2].plane, Plane::Any);
+        assert_eq!(parsed[2].count, 1);
+    }
+}
