@@ -428,6 +428,14 @@ fn the_api_key_appears_in_no_output_and_no_state_file() {
         vec!["stop", "--reclaim", "no-such-sandbox"],
         vec!["cleanup", "--json"],
         vec!["cleanup", "--yes"],
+        vec!["pause", &lease, "--json"],
+        vec!["resume", &lease, "--json"],
+        vec!["snapshot", &lease, "--json"],
+        vec!["snapshot", "list", "--json"],
+        vec!["fork", &lease, "--count", "1", "--json"],
+        vec!["url", &lease, "8080", "--json"],
+        vec!["usage", "--json"],
+        vec!["pause", "no-such-lease"],
     ] {
         outputs.push(sb.run(&args));
     }

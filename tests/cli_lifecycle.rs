@@ -143,7 +143,22 @@ fn an_idle_timeout_pauses_the_warm_box_instead_of_killing_it_and_a_run_wakes_it(
     ]);
     assert_eq!(stdout(&run), "warm\n", "{}", stderr(&run));
     assert!(stderr(&run).contains("resumed paused"), "{}", stderr(&run));
-    // The run renewed the idle timeout: it pauses again rather than dying.
+    // A run outlasting the idle timeout is not paused under it: the box lives for the TTL
+    // while a run uses it, and the idle timeout starts again when the run ends.
+    let long = sb.run(&[
+        "run",
+        "--provider",
+        "e2b",
+        "--id",
+        &lease,
+        "--",
+        "sh",
+        "-c",
+        "sleep 3; echo survived",
+    ]);
+    assert_eq!(stdout(&long), "survived\n", "{}", stderr(&long));
+    assert_eq!(state_of(&sb, &lease), "running");
+    // Then it pauses again rather than dying.
     wait_for_state(&sb, &lease, "paused");
     let usage = json(sb.run(&["usage", "--json"]));
     let mine = &usage["leases"][0];
@@ -243,6 +258,13 @@ fn a_box_started_from_a_snapshot_has_its_files_and_syncs_nothing_unchanged() {
     assert!(listed.as_array().unwrap().is_empty(), "{listed}");
     let again = sb.run(&["snapshot", "delete", "--provider", "e2b", &snap]);
     assert_eq!(code(&again), 4, "{}", stderr(&again));
+    let template = sb.run(&["snapshot", "delete", "--provider", "e2b", "base"]);
+    assert_eq!(
+        code(&template),
+        4,
+        "only snapshots are deleted: {}",
+        stderr(&template)
+    );
     ok(sb.run(&["stop", "--provider", "e2b", &child]));
     ok(sb.run(&["stop", "--provider", "e2b", &lease]));
 }
@@ -366,6 +388,14 @@ fn url_names_the_port_host_and_it_reaches_a_server_on_the_box() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // On a paused box, `url` wakes it for its TTL; the server kept running through the pause.
+    ok(sb.run(&["pause", "--provider", "e2b", &lease]));
+    let again = json(sb.run(&["url", "--provider", "e2b", &lease, "8123", "--json"]));
+    assert_eq!(again["url"], url["url"]);
+    assert_eq!(state_of(&sb, &lease), "running");
+    let (status, body) = get_via_host(&emu.api_url, &host).expect("an answer");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("served-by-crabbox"), "{body}");
     ok(sb.run(&["stop", "--provider", "e2b", &lease]));
 }
 
@@ -438,8 +468,14 @@ fn local_refuses_pause_urls_and_idle_timeouts_naming_what_to_use_instead() {
     let sb = Sandbox::new();
     let lease = ok(sb.run(&["warmup"])).trim().to_string();
     for (args, instead) in [
-        (vec!["pause", lease.as_str()], "crabbox run --id"),
-        (vec!["resume", lease.as_str()], "crabbox run --id"),
+        (
+            vec!["pause", lease.as_str()],
+            "crabbox run --provider local --id",
+        ),
+        (
+            vec!["resume", lease.as_str()],
+            "crabbox run --provider local --id",
+        ),
         (
             vec!["url", lease.as_str(), "8080"],
             "http://localhost:<port>",
@@ -631,4 +667,30 @@ fn shell_is_a_raw_terminal_on_the_box_with_resizes_ctrl_c_and_the_exit_code() {
     assert!(one.text().contains("30 100"), "{}", one.text());
     assert_eq!(code, 3, "{}", one.text());
     ok(sb.run(&["stop", "--provider", "e2b", &lease]));
+}
+
+#[test]
+fn local_shell_is_a_terminal_in_the_box_directory() {
+    let sb = Sandbox::new();
+    let lease = ok(sb.run(&["warmup"])).trim().to_string();
+    ok(sb.run(&["run", "--id", &lease, "--", "true"]));
+    let mut term = Terminal::spawn(sb.cmd(&["shell", &lease]), 80, 24);
+    term.type_keys("echo local-$((6*7)); basename \"$PWD\"; stty size\n");
+    term.wait_for("local-42");
+    term.wait_for(&lease);
+    term.wait_for("24 80");
+    term.resize(90, 33);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !term.text().contains("33 90") {
+        assert!(
+            Instant::now() < deadline,
+            "resize never arrived:\n{}",
+            term.text()
+        );
+        term.type_keys("stty size\n");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    term.type_keys("exit 9\n");
+    assert_eq!(term.exit_code(), 9, "{}", term.text());
+    ok(sb.run(&["stop", &lease]));
 }

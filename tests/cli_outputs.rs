@@ -251,15 +251,7 @@ fn outputs_work(sb: &Sandbox, provider: &str, boxes: &dyn Fn() -> usize) {
 #[test]
 fn outputs_work_with_the_local_provider() {
     let sb = Sandbox::new();
-    let boxes = || {
-        std::fs::read_dir(sb.state.join("crabbox/boxes"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let boxes = || local_box_count(&sb);
     outputs_work(&sb, "local", &boxes);
 }
 
@@ -269,14 +261,7 @@ fn outputs_work_with_e2b() {
         return;
     };
     let sb = emu.sandbox();
-    let boxes = || {
-        let out = ok(sb.run(&["list", "--provider", "e2b", "--json"]));
-        serde_json::from_str::<serde_json::Value>(&out)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len()
-    };
+    let boxes = || e2b_box_count(&sb);
     outputs_work(&sb, "e2b", &boxes);
 }
 

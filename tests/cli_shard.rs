@@ -100,15 +100,7 @@ fn sleep_for(provider: &str) -> u32 {
 #[test]
 fn shard_works_with_the_local_provider() {
     let sb = Sandbox::new();
-    let boxes = || {
-        std::fs::read_dir(sb.state.join("crabbox/boxes"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let boxes = || local_box_count(&sb);
     shard_works(&sb, "local", &boxes);
     assert!(
         survivors_after_grace(&format!("sleep {}", sleep_for("local"))).is_empty(),
@@ -122,13 +114,6 @@ fn shard_works_with_e2b() {
         return;
     };
     let sb = emu.sandbox();
-    let boxes = || {
-        let out = ok(sb.run(&["list", "--provider", "e2b", "--json"]));
-        serde_json::from_str::<serde_json::Value>(&out)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len()
-    };
+    let boxes = || e2b_box_count(&sb);
     shard_works(&sb, "e2b", &boxes);
 }

@@ -350,3 +350,24 @@ pub fn assert_no_secret(key: &str, texts: &[&str], dir: &Path) {
         }
     }
 }
+
+/// Local boxes of a test machine (box directories, not their dot-files).
+pub fn local_box_count(sb: &Sandbox) -> usize {
+    std::fs::read_dir(sb.state.join("crabbox/boxes"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// E2B boxes `crabbox list` shows for a test machine.
+pub fn e2b_box_count(sb: &Sandbox) -> usize {
+    let out = ok(sb.run(&["list", "--provider", "e2b", "--json"]));
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len()
+}

@@ -33,6 +33,9 @@ pub fn hint(hint: &Hint) -> String {
                 if command.shell { " --shell" } else { "" }
             )
         }
+        Hint::RunOn { provider, id } => format!(
+            "run commands on it with `crabbox run --provider {provider} --id {id} -- <command>`"
+        ),
         Hint::List { provider } => format!("`crabbox list --provider {provider}` shows the boxes"),
         Hint::Warmup { provider } => {
             format!("`crabbox warmup --provider {provider}` leases one")

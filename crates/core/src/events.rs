@@ -29,6 +29,18 @@ impl Reporter for SilentReporter {
     fn status(&self, _message: &str) {}
 }
 
+/// Drops the command's output (`--quiet`: only capture files, if any, get it).
+pub struct DiscardOutput;
+
+impl OutputSink for DiscardOutput {
+    fn stdout(&mut self, _chunk: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn stderr(&mut self, _chunk: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Collects a command's output per stream, in arrival order.
 #[derive(Debug, Default, Clone)]
 pub struct CapturedOutput {

@@ -24,6 +24,8 @@ pub enum Hint {
         lease_id: String,
         command: RemoteCommand,
     },
+    /// Run commands on a box (instead of what the provider cannot do).
+    RunOn { provider: String, id: String },
     /// See the boxes of a provider.
     List { provider: String },
     /// Lease a box to reuse.

@@ -12,6 +12,11 @@
 //! - `BoxSession::apply_archive` leaves the previous tree intact on failure, and removes what
 //!   it put on the box (archive, staging) before returning, also when cancelled.
 //! - `BoxSession::stop_run` leaves no process of the run alive, descendants included.
+//! - Optional primitives (pause/resume, snapshots, fork, port URLs, `BoxSession::start_pty`)
+//!   are implemented exactly when [`Capabilities`] declares them; the defaults refuse with
+//!   [`unsupported`], and the engine refuses an undeclared one before touching any box.
+//!   `open` wakes a paused box (and says so through `BoxSession::resumed`); a box made with
+//!   `NewBox::idle_timeout` pauses instead of dying when that much time passes unused.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -168,24 +173,23 @@ pub fn unsupported(provider: &str, feature: Feature) -> Error {
     let (what, instead) = match feature {
         Feature::Pause => (
             "pause or resume boxes",
-            "its idle boxes cost nothing; reuse one with `crabbox run --id`, release it with \
-             `crabbox stop`",
+            "an idle box of it costs nothing: keep it and run on it, or release it",
         ),
         Feature::Snapshot => (
             "snapshot boxes",
-            "keep a box warm (`crabbox warmup`) and reuse it with `crabbox run --id`",
+            "keep a box warm and reuse it instead: what commands built there stays",
         ),
         Feature::Fork => (
             "fork boxes",
-            "warm up new boxes (`crabbox warmup`) and sync the tree to each",
+            "warm up new boxes instead and sync the tree to each",
         ),
         Feature::PortUrl => (
             "give port URLs",
-            "its boxes run on this machine: use http://localhost:<port>",
+            "its boxes run on this machine: reach the port at http://localhost:<port>",
         ),
         Feature::Pty => (
             "open a terminal on a box",
-            "run commands with `crabbox run --id`",
+            "run commands on the box instead",
         ),
     };
     Error::Usage(format!("provider {provider} cannot {what}; {instead}"))
@@ -393,7 +397,7 @@ pub trait BoxSession: Send + Sync {
     /// the capability first).
     async fn start_pty(&self, _spec: &PtySpec) -> Result<PtyHandle> {
         Err(Error::Usage(
-            "this box cannot open a terminal; run commands with `crabbox run --id`".into(),
+            "this box cannot open a terminal; run commands on it instead".into(),
         ))
     }
     /// Sends `signal` to the command's own process (`target.pid`).
@@ -462,9 +466,24 @@ pub trait Provider: Send + Sync {
     async fn delete(&self, target: &BoxRef) -> Result<bool>;
     /// Every crabbox box of this provider on its endpoint.
     async fn list(&self) -> Result<Vec<RemoteBox>>;
+    /// The crabbox boxes whose tags name `lease_id` (its own box, and the forks of it,
+    /// which carry its tags).
+    async fn boxes_of_lease(&self, lease_id: &str) -> Result<Vec<RemoteBox>> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|b| b.lease_id.as_deref() == Some(lease_id))
+            .collect())
+    }
     /// The box answers commands now (`status --wait` polls this).
     async fn ready(&self, b: &RemoteBox) -> bool {
         b.running
+    }
+    /// Sets the box's remaining life to `ttl` from now (shorter or longer). Providers whose
+    /// boxes have no lifetime do nothing.
+    async fn set_ttl(&self, _target: &BoxRef, _ttl: Duration) -> Result<()> {
+        Ok(())
     }
     /// Pauses the box, its files and processes kept; `Ok(false)` when it was already
     /// paused.
@@ -497,8 +516,9 @@ pub trait Provider: Send + Sync {
     ) -> Result<Vec<std::result::Result<Created, Error>>> {
         Err(unsupported(self.name(), Feature::Fork))
     }
-    /// How to reach `port` of the box from this machine.
-    async fn port_url(&self, _target: &BoxRef, _port: u16) -> Result<PortUrl> {
+    /// How to reach `port` of the box from this machine. Where learning it means reaching
+    /// the box, a paused one is woken with `ttl` to live.
+    async fn port_url(&self, _target: &BoxRef, _port: u16, _ttl: Duration) -> Result<PortUrl> {
         Err(unsupported(self.name(), Feature::PortUrl))
     }
     /// The provider's own checks for `crabbox doctor` (credentials present, endpoints

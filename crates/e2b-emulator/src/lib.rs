@@ -19,6 +19,13 @@
 //! connections reset before or after a request reached its handler, streams cut short and
 //! sandboxes killed under a request, matched by plane, method and path.
 //!
+//! Lifecycle: pause freezes a sandbox's processes (SIGSTOP) and connect thaws them, so
+//! files and processes are kept, as with E2B's memory pause; `autoPause` pauses at the
+//! timeout and `autoResume` wakes on any request. [`snapshots`] copies a sandbox's files for
+//! snapshots and forks (not its memory: a sandbox started from one runs no process, unlike
+//! E2B). [`ports`] forwards `<port>-<sandboxID>.<domain>` traffic into the sandbox's own
+//! network namespace (loopback only: sandboxes have no internet, unlike E2B).
+//!
 //! Invariant: the emulator only ever listens on loopback.
 
 pub mod config;

@@ -396,6 +396,59 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The bodies of the lifecycle calls as the SDK (2.63) spells them: its models'
+    /// `to_dict` keys (`SandboxForkRequest`, `SandboxSnapshotRequest`, `SnapshotInfo`,
+    /// `SandboxForkResult`, `SandboxNetworkConfig`).
+    #[test]
+    fn lifecycle_bodies_have_the_sdk_field_names() {
+        let fork = ForkRequest {
+            timeout: Some(600),
+            count: Some(3),
+        };
+        assert_eq!(
+            serde_json::to_value(fork).unwrap(),
+            json!({"timeout": 600, "count": 3})
+        );
+        let snap = SnapshotRequest {
+            name: Some("deps".into()),
+            memory: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&snap).unwrap(),
+            json!({"name": "deps"})
+        );
+        let info: SnapshotInfo =
+            serde_json::from_value(json!({"snapshotID": "s1", "names": ["deps"]})).unwrap();
+        assert_eq!((info.snapshot_id.as_str(), info.names.len()), ("s1", 1));
+        let results: Vec<ForkResult> = serde_json::from_value(json!([
+            {"error": {"code": 429, "message": "too many"}},
+        ]))
+        .unwrap();
+        assert_eq!(results[0].error.as_ref().unwrap().code, 429);
+        let net: NetworkConfig =
+            serde_json::from_value(json!({"allowPublicTraffic": false})).unwrap();
+        assert_eq!(net.allow_public_traffic, Some(false));
+        let pause = PauseRequest { memory: Some(true) };
+        assert_eq!(
+            serde_json::to_value(pause).unwrap(),
+            json!({"memory": true})
+        );
+    }
+
+    #[test]
+    fn port_hosts_round_trip() {
+        let host = port_host(8080, "iabc123", "e2b.app");
+        assert_eq!(host, "8080-iabc123.e2b.app");
+        assert_eq!(parse_port_host(&host), Some((8080, "iabc123")));
+        assert_eq!(
+            parse_port_host("8080-iabc123.e2b.app:443"),
+            Some((8080, "iabc123"))
+        );
+        assert_eq!(parse_port_host("api.e2b.app"), None);
+        assert_eq!(parse_port_host("x-iabc.e2b.app"), None);
+        assert_eq!(parse_port_host("127.0.0.1:3000"), None);
+    }
+
     #[test]
     fn percent_decode_takes_exactly_two_hex_digits_and_keeps_truncated_escapes() {
         for (text, decoded) in [

@@ -154,6 +154,10 @@ pub(crate) fn hint(hint: &Hint) -> String {
                 json!({"id": lease_id, "provider": provider, "command": command})
             )
         }
+        Hint::RunOn { provider, id } => format!(
+            "run commands on it with the `run` tool: {}",
+            json!({"id": id, "provider": provider, "command": "<command>"})
+        ),
         Hint::List { provider } => format!(
             "the `list` tool shows the boxes: {}",
             json!({"provider": provider})

@@ -88,7 +88,7 @@ impl ControlPlane {
     }
 
     /// Timeout of each call (default [`CONTROL_TIMEOUT`]).
-    pub fn set_timeout(&mut self, timeout: Duration) {
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }
 

@@ -14,7 +14,10 @@
 //!   it is abandoned ([`remote_sync`]);
 //! - a cancel reaching everything the command started, found by the `CRABBOX_RUN_ID` in
 //!   their environment, since envd signals one pid ([`run_tree`]);
-//! - the TTL cap `e2b.maxTtl` (1 h by default, raise it on E2B's pro tier).
+//! - the TTL cap `e2b.maxTtl` (1 h by default, raise it on E2B's pro tier);
+//! - the lifecycle E2B offers: pause and resume (connect), idle boxes created with
+//!   `autoPause`/`autoResume`, snapshots, forks (which carry their source's tags), port URLs
+//!   with the traffic token, and a PTY over envd (`lifecycle`, `pty`).
 //!
 //! Invariants: the API key and envd access tokens never appear in any output, error, log,
 //! `Debug` output or claim; plain HTTP is only ever spoken to loopback; user and workdir are
@@ -26,7 +29,8 @@
 //! [`envd`] (sandbox daemon client), `provider` (the primitives over the control plane),
 //! `lookup` (sandboxes no claim names), `doctor` (its checks for `crabbox doctor`), [`session`] (commands and files on one sandbox),
 //! [`remote_sync`] (applying an archive on the box), [`run_tree`] (stopping all of a run's
-//! processes on cancel).
+//! processes on cancel), `lifecycle` (pause, timeout, snapshots, forks, port URLs), `pty`
+//! (a program under envd's pseudo-terminal).
 
 pub mod control;
 mod doctor;

@@ -1,14 +1,20 @@
 //! The control plane's lifecycle calls: pause, snapshots, forks. Pause, snapshot and fork
 //! are not idempotent and are never retried; listing and deleting snapshots are.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crabbox_core::provider::{BoxRef, Created, NewBox, PortUrl};
 use crabbox_core::{Error, Result};
 use crabbox_e2b_wire::control::{
-    percent_encode, ForkRequest, ForkResult, PauseRequest, SnapshotInfo, SnapshotRequest,
+    percent_encode, port_host, ForkRequest, ForkResult, PauseRequest, SnapshotInfo,
+    SnapshotRequest, TRAFFIC_ACCESS_TOKEN_HEADER,
 };
 use crabbox_e2b_wire::headers;
 use reqwest::{Method, StatusCode};
 
 use crate::control::ControlPlane;
+use crate::provider::E2bProvider;
 
 /// Most pages of a snapshot list read.
 const MAX_SNAPSHOT_PAGES: usize = 100;
@@ -29,6 +35,23 @@ impl ControlPlane {
         match reply.status {
             s if s.is_success() => Ok(true),
             StatusCode::CONFLICT => Ok(false),
+            StatusCode::NOT_FOUND => Err(Self::gone(id)),
+            _ => Err(self.failure(&what, &reply)),
+        }
+    }
+
+    /// `POST /sandboxes/{id}/timeout`: the sandbox ends (or pauses) `timeout` from now.
+    pub async fn set_timeout(&self, id: &str, timeout: Duration) -> Result<()> {
+        let what = format!("setting the timeout of sandbox {id}");
+        let path = format!("/sandboxes/{}/timeout", percent_encode(id));
+        let body = crabbox_e2b_wire::control::TimeoutRequest {
+            timeout: timeout.as_secs().max(1),
+        };
+        let reply = self
+            .send_retrying(&what, || self.request(Method::POST, &path).json(&body))
+            .await?;
+        match reply.status {
+            s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Err(Self::gone(id)),
             _ => Err(self.failure(&what, &reply)),
         }
@@ -128,14 +151,6 @@ impl ControlPlane {
     }
 }
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use crabbox_core::provider::{BoxRef, Created, NewBox, PortUrl};
-use crabbox_e2b_wire::control::{port_host, TRAFFIC_ACCESS_TOKEN_HEADER};
-
-use crate::provider::E2bProvider;
-
 impl E2bProvider {
     /// Checks the sandbox is `target`'s (unless already checked in this process).
     async fn owned(&self, target: &BoxRef) -> Result<()> {
@@ -143,6 +158,11 @@ impl E2bProvider {
             return Err(ControlPlane::gone(&target.remote_id));
         }
         Ok(())
+    }
+
+    pub(crate) async fn set_ttl_of(&self, target: &BoxRef, ttl: Duration) -> Result<()> {
+        self.owned(target).await?;
+        self.control.set_timeout(&target.remote_id, ttl).await
     }
 
     pub(crate) async fn pause_box(&self, target: &BoxRef) -> Result<bool> {
@@ -225,13 +245,19 @@ impl E2bProvider {
     }
 
     /// `https://<port>-<sandboxID>.<domain>`, with the traffic token header where the
-    /// sandbox takes no public traffic. Learning the token takes a connect, which only ever
-    /// extends a running sandbox's life (and wakes a paused one, as traffic would).
-    pub(crate) async fn port_url_of(&self, target: &BoxRef, port: u16) -> Result<PortUrl> {
+    /// sandbox takes no public traffic. Learning the token takes a connect with `ttl`, which
+    /// only ever extends a running sandbox's life (and wakes a paused one, as traffic
+    /// would).
+    pub(crate) async fn port_url_of(
+        &self,
+        target: &BoxRef,
+        port: u16,
+        ttl: Duration,
+    ) -> Result<PortUrl> {
         self.owned(target).await?;
         let (sandbox, _) = self
             .control
-            .connect(&target.remote_id, Duration::from_secs(1))
+            .connect(&target.remote_id, ttl)
             .await?
             .ok_or_else(|| ControlPlane::gone(&target.remote_id))?;
         let domain = sandbox

@@ -112,7 +112,7 @@ impl E2bProvider {
             max_delay: s.retry_max_wait,
             report_after: defaults.report_after,
         });
-        control.set_timeout(s.control_timeout);
+        control.set_call_timeout(s.control_timeout);
         Ok(E2bProvider {
             control,
             scans: None,
@@ -259,6 +259,15 @@ impl E2bProvider {
 
     /// Crabbox sandboxes tagged with `lease_id`, by a list filtered on the lease tag.
     async fn sandboxes_of_lease(&self, lease_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .listed_of_lease(lease_id)
+            .await?
+            .into_iter()
+            .map(|s| s.sandbox_id)
+            .collect())
+    }
+
+    pub(crate) async fn listed_of_lease(&self, lease_id: &str) -> Result<Vec<ListedSandbox>> {
         let mut filter = metadata::crabbox_filter();
         filter.insert("lease".to_string(), metadata::sanitize(lease_id));
         Ok(self
@@ -267,7 +276,6 @@ impl E2bProvider {
             .await?
             .into_iter()
             .filter(|s| metadata::belongs_to(&s.metadata, lease_id))
-            .map(|s| s.sandbox_id)
             .collect())
     }
 }
@@ -488,6 +496,19 @@ impl Provider for E2bProvider {
             .collect())
     }
 
+    async fn boxes_of_lease(&self, lease_id: &str) -> Result<Vec<RemoteBox>> {
+        Ok(self
+            .listed_of_lease(lease_id)
+            .await?
+            .iter()
+            .map(listed_box)
+            .collect())
+    }
+
+    async fn set_ttl(&self, target: &BoxRef, ttl: Duration) -> Result<()> {
+        self.set_ttl_of(target, ttl).await
+    }
+
     async fn pause(&self, target: &BoxRef) -> Result<bool> {
         self.pause_box(target).await
     }
@@ -516,8 +537,8 @@ impl Provider for E2bProvider {
         self.fork_box(source, forks).await
     }
 
-    async fn port_url(&self, target: &BoxRef, port: u16) -> Result<PortUrl> {
-        self.port_url_of(target, port).await
+    async fn port_url(&self, target: &BoxRef, port: u16, ttl: Duration) -> Result<PortUrl> {
+        self.port_url_of(target, port, ttl).await
     }
 
     async fn doctor(&self) -> Vec<crabbox_core::doctor::Check> {

@@ -121,6 +121,8 @@ struct Mock {
     leak_in_stream_end: bool,
     /// MakeDir answers 200 with a body of the wrong shape that quotes the secrets.
     leak_in_make_dir: bool,
+    /// A fork makes its sandboxes (with the source's tags), then the connection drops.
+    fork_then_drop: bool,
 }
 
 type S = State<Arc<Mock>>;
@@ -149,6 +151,7 @@ impl Mock {
             leak: false,
             leak_in_stream_end: false,
             leak_in_make_dir: false,
+            fork_then_drop: false,
         }
     }
 
@@ -411,6 +414,12 @@ fn made_with_lease(m: &Mock, lease: &str) -> Vec<Value> {
         .map(|(id, meta)| {
             let mut l = listed(id, lease);
             l["metadata"] = meta.clone();
+            if id.starts_with("lost") {
+                // Made by the fork call, after its leases were reserved.
+                l["startedAt"] = json!(time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap());
+            }
             l
         })
         .collect()
@@ -667,6 +676,63 @@ async fn start(State(m): S, headers: HeaderMap, body: Bytes) -> Response {
         .unwrap()
 }
 
+/// Pause, timeout and snapshot delete: 204.
+async fn lifecycle_no_content() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn take_snapshot(body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let names = body["name"]
+        .as_str()
+        .map(|n| vec![n.to_string()])
+        .unwrap_or_default();
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"snapshotID": "snap1", "names": names})),
+    )
+        .into_response()
+}
+
+async fn list_snapshots() -> Response {
+    axum::Json(json!([{"snapshotID": "snap1", "names": ["deps"]}])).into_response()
+}
+
+/// One sandbox per fork asked for, the last one failing on its own; or, with
+/// `fork_then_drop`, the forks made (tagged as their source) and no answer.
+async fn fork(State(m): S, Path(id): Path<String>, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    let count = body["count"].as_u64().unwrap_or(1);
+    if m.fork_then_drop {
+        let meta = m
+            .made
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, meta)| meta.clone())
+            .unwrap();
+        for i in 1..=count {
+            m.made
+                .lock()
+                .unwrap()
+                .push((format!("lost{i}"), meta.clone()));
+        }
+        let broken = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection dropped"))
+        });
+        return Response::builder()
+            .status(StatusCode::CREATED)
+            .body(Body::from_stream(broken))
+            .unwrap();
+    }
+    let mut results: Vec<Value> = (1..count)
+        .map(|i| json!({"sandbox": sandbox(&format!("fork{i}"))}))
+        .collect();
+    results.push(json!({"error": {"code": 429, "message": "too many sandboxes"}}));
+    (StatusCode::CREATED, axum::Json(json!(results))).into_response()
+}
+
 /// Records every request verbatim (body buffered) before the handler sees it.
 async fn record(
     State(m): S,
@@ -706,6 +772,15 @@ async fn serve(mock: Mock) -> (Arc<Mock>, String) {
         .route("/v2/sandboxes", post(create).get(list))
         .route("/sandboxes/{id}", get(detail).delete(kill))
         .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/pause", post(lifecycle_no_content))
+        .route("/sandboxes/{id}/timeout", post(lifecycle_no_content))
+        .route("/sandboxes/{id}/snapshots", post(take_snapshot))
+        .route("/sandboxes/{id}/fork", post(fork))
+        .route("/snapshots", get(list_snapshots))
+        .route(
+            "/templates/{id}",
+            axum::routing::delete(lifecycle_no_content),
+        )
         .route("/health", get(health))
         .route("/filesystem.Filesystem/MakeDir", post(make_dir))
         .route("/filesystem.Filesystem/Remove", post(remove))
@@ -1651,4 +1726,171 @@ async fn secrets_quoted_by_either_plane_never_reach_an_error_or_a_status_line() 
         assert!(err.to_string().contains("sbx1"), "{err}");
         assert_no_secret(&err.to_string());
     }
+}
+
+/// The lifecycle calls as the official SDK (2.63) sends them: routes, methods and bodies.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_requests_match_the_official_sdk_wire_shapes() {
+    let (mock, url) = serve(Mock::new(StreamMode::NoEnd)).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p
+        .warmup(
+            &crabbox_core::engine::WarmupRequest {
+                idle_timeout: Some(Duration::from_secs(1800)),
+                ..warmup_req(&repo)
+            },
+            &SilentReporter,
+        )
+        .await
+        .unwrap();
+    let lease = warm.lease_id.clone();
+    assert!(!p.pause(&lease).await.unwrap().already);
+    let snap = p.snapshot(&lease, Some("deps")).await.unwrap();
+    assert_eq!(snap.snapshot.id, "snap1");
+    assert_eq!(p.snapshots().await.unwrap()[0].names, ["deps"]);
+    p.delete_snapshot("snap1").await.unwrap();
+    // A template that is not a listed snapshot never reaches the delete.
+    let refused = p.delete_snapshot("base").await.unwrap_err();
+    assert!(matches!(refused.root(), Error::NotFound(_)), "{refused}");
+    let forked = p
+        .fork(
+            &crabbox_core::engine::ForkRequest {
+                id: lease.clone(),
+                count: 3,
+                ttl: Duration::from_secs(600),
+            },
+            &SilentReporter,
+        )
+        .await
+        .unwrap();
+    assert_eq!(forked.forks.len(), 2, "each fork succeeds or fails alone");
+    assert_eq!(forked.failed.len(), 1);
+    assert!(forked.failed[0].contains("429"), "{:?}", forked.failed);
+    let port = p
+        .port_url(&lease, 8080, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(port.url.starts_with("https://8080-sbx1."), "{}", port.url);
+    assert_eq!(port.headers["e2b-traffic-access-token"], TRAFFIC);
+
+    let wire = mock.wire.lock().unwrap().clone();
+    let one = |method: &str, path: &str| -> Wire {
+        let found: Vec<&Wire> = wire
+            .iter()
+            .filter(|w| w.method == method && w.path == path)
+            .collect();
+        assert_eq!(found.len(), 1, "{method} {path}: {}", found.len());
+        found[0].clone()
+    };
+    let create = one("POST", "/v2/sandboxes").json();
+    assert_eq!(create["timeout"], 1800);
+    assert_eq!(create["autoPause"], true);
+    assert_eq!(create["autoResume"], json!({"enabled": true}));
+    let pause = one("POST", "/sandboxes/sbx1/pause").json();
+    assert!(
+        pause.as_object().unwrap().keys().all(|k| k == "memory"),
+        "{pause}"
+    );
+    assert_eq!(
+        one("POST", "/sandboxes/sbx1/snapshots").json(),
+        json!({"name": "deps"})
+    );
+    for list in wire.iter().filter(|w| w.path == "/snapshots") {
+        assert_eq!(
+            (list.method.as_str(), list.query_keys()),
+            ("GET", vec!["limit"])
+        );
+    }
+    one("DELETE", "/templates/snap1");
+    assert!(
+        !wire.iter().any(|w| w.path == "/templates/base"),
+        "a template was sent to the delete"
+    );
+    assert_eq!(
+        one("POST", "/sandboxes/sbx1/fork").json(),
+        json!({"timeout": 600, "count": 3})
+    );
+    for w in &wire {
+        assert_eq!(
+            w.header("x-api-key"),
+            Some(common::KEY),
+            "{} {}",
+            w.method,
+            w.path
+        );
+    }
+}
+
+/// A fork whose answer is lost keeps its reserved leases: stopping one deletes the forks
+/// the call made (they carry the source's tags), never the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn forks_whose_answer_was_lost_are_found_and_deleted_by_stopping_their_lease() {
+    let mut mock = Mock::new(StreamMode::NoEnd);
+    mock.fork_then_drop = true;
+    let (mock, url) = serve(mock).await;
+    let world = World::new();
+    let p = world.provider_at(&url, &url, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let source = p.warmup(&warmup_req(&repo), &SilentReporter).await.unwrap();
+    let err = p
+        .fork(
+            &crabbox_core::engine::ForkRequest {
+                id: source.lease_id.clone(),
+                count: 2,
+                ttl: Duration::from_secs(600),
+            },
+            &SilentReporter,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err.root(), Error::Transport(_)), "{err}");
+    let placeholders: Vec<String> = world
+        .claims()
+        .list()
+        .unwrap()
+        .0
+        .into_iter()
+        .filter(|c| c.remote_id.is_empty())
+        .map(|c| c.lease_id)
+        .collect();
+    assert_eq!(placeholders.len(), 2, "the reserved leases stay");
+    assert_eq!(err.hints().len(), 2, "each names its stop: {err}");
+    let stopped = p
+        .stop(&crabbox_core::engine::StopRequest {
+            id: placeholders[0].clone(),
+            reclaim: false,
+        })
+        .await
+        .unwrap();
+    assert!(!stopped.already_gone);
+    let deleted: Vec<String> = mock
+        .wire
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|w| w.method == "DELETE")
+        .map(|w| w.path.clone())
+        .collect();
+    assert_eq!(
+        deleted,
+        ["/sandboxes/lost1", "/sandboxes/lost2"],
+        "never the source"
+    );
+    p.stop(&crabbox_core::engine::StopRequest {
+        id: placeholders[1].clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    let left: Vec<String> = world
+        .claims()
+        .list()
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|c| c.lease_id)
+        .collect();
+    assert_eq!(left, [source.lease_id]);
 }

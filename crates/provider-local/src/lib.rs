@@ -7,6 +7,7 @@
 //! everything it started.
 
 mod exec;
+mod pty;
 mod snapshots;
 mod tree;
 
@@ -85,6 +86,7 @@ impl Provider for LocalProvider {
             warm_reuse: true,
             snapshot: true,
             fork: true,
+            pty: true,
             ..Capabilities::default()
         }
     }
@@ -380,6 +382,13 @@ impl BoxSession for LocalSession {
             std::fs::create_dir_all(parent).map_err(Error::io("creating", parent))?;
         }
         std::fs::write(path, body).map_err(Error::io("writing", path))
+    }
+
+    async fn start_pty(
+        &self,
+        spec: &crabbox_core::provider::PtySpec,
+    ) -> Result<crabbox_core::provider::PtyHandle> {
+        pty::start(spec, &self.caller_env)
     }
 
     async fn start(&self, spec: &ExecSpec) -> Result<Box<dyn ExecStream>> {

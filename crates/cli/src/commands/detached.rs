@@ -6,24 +6,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{GlobalArgs, LogsArgs, RunRefArgs, RunsArgs};
 use crate::context::{self, StdioSink};
 
-/// Cancelled on Ctrl-C / SIGTERM.
+/// Cancelled on Ctrl-C / SIGTERM (a second one exits at once).
 fn interrupt() -> CancellationToken {
     let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        c.cancel();
-    });
+    super::run::watch_signals(cancel.clone());
     cancel
 }
 

@@ -2,7 +2,7 @@
 
 use crabbox_core::config::flag;
 use crabbox_core::engine::{Download, KeepPolicy, RunExtras, RunMode, Script};
-use crabbox_core::events::OutputSink;
+use crabbox_core::events::{DiscardOutput, OutputSink};
 use crabbox_core::plan::{plan_run, RunOptions};
 use crabbox_core::{Error, Result};
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,7 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
     watch_signals(cancel);
     let sink: &mut dyn OutputSink = if quiet {
         // Nothing is kept: the capture files, if any, get the output.
-        &mut Discard
+        &mut DiscardOutput
     } else {
         &mut StdioSink
     };
@@ -75,18 +75,6 @@ pub async fn run(g: &GlobalArgs, a: RunArgs) -> Result<i32> {
         super::print_json(&outcome);
     }
     Ok(outcome.exit_code())
-}
-
-/// Discards the command's output (`--quiet`).
-struct Discard;
-
-impl OutputSink for Discard {
-    fn stdout(&mut self, _: &[u8]) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn stderr(&mut self, _: &[u8]) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Scripts, sync-only and detached runs, captured output and artifacts, from the flags.

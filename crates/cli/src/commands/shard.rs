@@ -3,25 +3,13 @@
 use std::sync::{Arc, Mutex};
 
 use crabbox_core::engine::{ShardOutcome, ShardRequest};
-use crabbox_core::events::OutputSink;
+use crabbox_core::events::{DiscardOutput, OutputSink};
 use crabbox_core::plan::{plan_run, RunOptions};
 use crabbox_core::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{GlobalArgs, ShardArgs};
 use crate::context::{self, StdioSink};
-
-/// Discards the shards' output (`--quiet`).
-struct Discard;
-
-impl OutputSink for Discard {
-    fn stdout(&mut self, _: &[u8]) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn stderr(&mut self, _: &[u8]) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 pub async fn run(g: &GlobalArgs, a: ShardArgs) -> Result<i32> {
     let cfg = context::load_config(g, vec![])?;
@@ -71,7 +59,7 @@ pub async fn run(g: &GlobalArgs, a: ShardArgs) -> Result<i32> {
     );
     super::run::watch_signals(cancel);
     let out: Arc<Mutex<dyn OutputSink>> = if a.quiet {
-        Arc::new(Mutex::new(Discard))
+        Arc::new(Mutex::new(DiscardOutput))
     } else {
         Arc::new(Mutex::new(StdioSink))
     };

@@ -147,5 +147,8 @@ pub async fn run(g: &GlobalArgs, a: ShellArgs) -> Result<i32> {
     };
     typing.abort();
     resizing.abort();
+    if let Err(e) = engine.end_shell(&shell.end).await {
+        eprintln!("crabbox: warning: could not restart the box's idle timeout: {e}");
+    }
     result
 }

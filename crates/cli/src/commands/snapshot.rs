@@ -22,8 +22,8 @@ pub async fn run(g: &GlobalArgs, a: SnapshotArgs) -> Result<i32> {
             }
         }
         Some(SnapshotCommand::Delete { id }) => {
-            engine.delete_snapshot(&id).await?;
-            eprintln!("crabbox: deleted snapshot {id}");
+            let gone = engine.delete_snapshot(&id).await?;
+            eprintln!("crabbox: deleted snapshot {}", gone.id);
         }
         None => {
             let id = a.id.expect("clap requires an id without a subcommand");

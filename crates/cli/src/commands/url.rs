@@ -8,7 +8,7 @@ use crate::context;
 pub async fn run(g: &GlobalArgs, a: UrlArgs) -> Result<i32> {
     let cfg = context::load_config(g, vec![])?;
     let engine = context::engine(&cfg, g)?;
-    let out = engine.port_url(&a.id, a.port).await?;
+    let out = engine.port_url(&a.id, a.port, cfg.core.ttl).await?;
     if a.json {
         super::print_json(&out);
         return Ok(0);

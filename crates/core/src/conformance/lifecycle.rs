@@ -9,9 +9,10 @@ use crate::provider::Feature;
 
 fn assert_refused<T: std::fmt::Debug>(p: &Engine, r: crate::Result<T>, what: &str) {
     match r {
-        Err(Error::Usage(m)) => assert!(
-            m.contains(&format!("provider {} cannot", p.name())),
-            "{what}: the refusal must name the provider: {m}"
+        Err(e) if matches!(e.root(), Error::Usage(_)) => assert!(
+            e.to_string()
+                .contains(&format!("provider {} cannot", p.name())),
+            "{what}: the refusal must name the provider: {e}"
         ),
         other => panic!("{what}: a provider without it must refuse it: {other:?}"),
     }
@@ -151,7 +152,9 @@ pub async fn fork_makes_leases_that_copy_the_box(p: &Engine) {
 pub async fn port_urls_name_the_port(p: &Engine) {
     let repo = RepoFixture::new();
     let b = warm_box(p, &repo).await;
-    let url = p.port_url(&b.lease_id, 8080).await;
+    let url = p
+        .port_url(&b.lease_id, 8080, std::time::Duration::from_secs(600))
+        .await;
     if p.provider().capabilities().has(Feature::PortUrl) {
         let url = url.expect("port url");
         assert!(url.url.contains("8080"), "{}", url.url);

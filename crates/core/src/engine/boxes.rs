@@ -30,7 +30,7 @@ impl Engine {
         if req.idle_timeout.is_some() && !self.provider.capabilities().pause {
             return Err(Error::Usage(format!(
                 "idleTimeout asks for a box that pauses when idle, and {}; set idleTimeout to 0 \
-                 (or leave --idle-timeout out) for this provider",
+                 for this provider",
                 unsupported(self.name(), Feature::Pause)
             )));
         }
@@ -90,11 +90,12 @@ impl Engine {
         if let Some(claim) = self.resolve_claim(&req.id)? {
             if claim.remote_id.is_empty() {
                 // Creation broke between reserving the lease and recording the box: what the
-                // service made for it carries its lease tag.
-                let deleted = self
+                // service made for it carries its lease tag, or, for a fork, its source's.
+                let mut deleted = self
                     .provider
                     .delete_lease_boxes(&claim.lease_id, false)
                     .await?;
+                deleted.extend(self.delete_lost_forks(&claim).await?);
                 self.forget(&claim.lease_id)?;
                 return Ok(self.stopped(claim.lease_id, claim.slug, deleted.is_empty()));
             }
@@ -173,7 +174,7 @@ impl Engine {
 
     /// Records a change of state the service made on its own (an idle box paused at its
     /// timeout, a paused one woken by traffic) once crabbox sees it.
-    fn observe(&self, claim: &Claim, remote: &RemoteBox) {
+    pub(super) fn observe(&self, claim: &Claim, remote: &RemoteBox) {
         let Some(last) = self.usage.last(&claim.lease_id) else {
             return;
         };

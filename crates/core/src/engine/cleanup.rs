@@ -149,6 +149,10 @@ impl Engine {
             CleanupAction::DropClaim { lease_id, .. } => self.forget(lease_id),
             CleanupAction::FinishLease { lease_id, .. } => {
                 self.provider.delete_lease_boxes(lease_id, false).await?;
+                // A fork whose answer was lost: its box carries the source's tags.
+                if let Some(claim) = self.claims.get(lease_id)? {
+                    self.delete_lost_forks(&claim).await?;
+                }
                 self.forget(lease_id)
             }
             CleanupAction::ReleaseLease { lease_id, .. } => {

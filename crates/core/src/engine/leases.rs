@@ -32,6 +32,8 @@ pub(super) struct LeaseSpec<'a> {
 pub(super) const IDLE_TIMEOUT_LABEL: &str = "idleTimeoutSecs";
 /// Claim label: the lease a box's tags name when not its own (a fork's source).
 pub(super) const TAG_LEASE_LABEL: &str = "tagLease";
+/// Claim label: the lease a fork was made from.
+pub(super) const FORK_OF_LABEL: &str = "forkOf";
 /// Claim label: the snapshot a box started from.
 pub(super) const SNAPSHOT_LABEL: &str = "fromSnapshot";
 

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::leases::{LeaseSpec, IDLE_TIMEOUT_LABEL, TAG_LEASE_LABEL};
+use super::leases::{LeaseSpec, FORK_OF_LABEL, IDLE_TIMEOUT_LABEL, TAG_LEASE_LABEL};
 use super::Engine;
 use crate::claims::{now_rfc3339, Claim};
 use crate::engine::BoxStatus;
 use crate::error::{Error, Result};
 use crate::events::Reporter;
+use crate::hint::Hint;
 use crate::provider::{unsupported, BoxRef, Feature, NewBox, SnapshotInfo};
 use crate::usage::{UsageEventKind, UsageReport};
 
@@ -91,18 +92,37 @@ pub struct Shell {
     pub slug: String,
     pub remote_id: String,
     pub pty: crate::provider::PtyHandle,
+    /// Hand it to [`Engine::end_shell`] when the program ended.
+    pub end: ShellEnd,
+}
+
+/// What is left to do when a shell ends.
+pub struct ShellEnd {
+    target: BoxRef,
+    /// The box pauses when idle: its idle timeout restarts when the shell ends.
+    idle: Option<Duration>,
 }
 
 /// Largest number of forks of one call.
 pub const MAX_FORKS: u32 = 20;
 
 impl Engine {
-    fn require(&self, feature: Feature) -> Result<()> {
+    /// Refuses `feature` up front when the provider lacks it, with what to do instead
+    /// about box `id` (when the request names one).
+    fn require(&self, feature: Feature, id: Option<&str>) -> Result<()> {
         if self.provider.capabilities().has(feature) {
-            Ok(())
-        } else {
-            Err(unsupported(self.name(), feature))
+            return Ok(());
         }
+        let provider = self.name().to_string();
+        let refusal = unsupported(&provider, feature);
+        Err(match (feature, id) {
+            (Feature::Pause | Feature::Pty, Some(id)) => refusal.with_hint(Hint::RunOn {
+                provider,
+                id: id.to_string(),
+            }),
+            (Feature::Snapshot | Feature::Fork, _) => refusal.with_hint(Hint::Warmup { provider }),
+            _ => refusal,
+        })
     }
 
     /// The box `id` names, with this machine's claim on it.
@@ -118,7 +138,7 @@ impl Engine {
     /// Pauses a lease's box: its files (and, where the service keeps them, its processes)
     /// stay; it costs no compute until resumed.
     pub async fn pause(&self, id: &str) -> Result<LifecycleOutcome> {
-        self.require(Feature::Pause)?;
+        self.require(Feature::Pause, Some(id))?;
         let (claim, target) = self.target_of(id).await?;
         let paused = self
             .provider
@@ -148,7 +168,7 @@ impl Engine {
 
     /// Wakes a lease's paused box, with `ttl` (or the idle timeout it was made with) to live.
     pub async fn resume(&self, id: &str, ttl: Duration) -> Result<LifecycleOutcome> {
-        self.require(Feature::Pause)?;
+        self.require(Feature::Pause, Some(id))?;
         let (claim, target) = self.target_of(id).await?;
         let ttl = claim
             .as_ref()
@@ -184,7 +204,7 @@ impl Engine {
     /// Takes a snapshot of a lease's box; new boxes can start from it
     /// (`WarmupRequest::from_snapshot`, `RunRequest::from_snapshot`).
     pub async fn snapshot(&self, id: &str, name: Option<&str>) -> Result<SnapshotOutcome> {
-        self.require(Feature::Snapshot)?;
+        self.require(Feature::Snapshot, Some(id))?;
         let (_claim, target) = self.target_of(id).await?;
         let snapshot = self.provider.snapshot(&target, name).await?;
         Ok(SnapshotOutcome {
@@ -196,21 +216,33 @@ impl Engine {
 
     /// Every snapshot of this provider.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
-        self.require(Feature::Snapshot)?;
+        self.require(Feature::Snapshot, None)?;
         self.provider.list_snapshots().await
     }
 
-    /// Deletes a snapshot; `Error::NotFound` when there is none of that id.
-    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        self.require(Feature::Snapshot)?;
-        if self.provider.delete_snapshot(id).await? {
-            Ok(())
-        } else {
-            Err(Error::NotFound(format!(
+    /// Deletes a snapshot named by id or name; `Error::NotFound` when the provider lists
+    /// none such. Only what the snapshot list holds is ever deleted: on E2B a snapshot is a
+    /// template, and a template id that is not a snapshot must never reach the delete.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<SnapshotInfo> {
+        self.require(Feature::Snapshot, None)?;
+        let not_found = || {
+            Error::NotFound(format!(
                 "no {} snapshot {id:?} on {}",
                 self.name(),
                 self.provider.endpoint()
-            )))
+            ))
+        };
+        let snapshot = self
+            .provider
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .find(|s| s.id == id || s.names.iter().any(|n| n == id))
+            .ok_or_else(not_found)?;
+        if self.provider.delete_snapshot(&snapshot.id).await? {
+            Ok(snapshot)
+        } else {
+            Err(not_found())
         }
     }
 
@@ -218,7 +250,7 @@ impl Engine {
     /// one call; each gets its own claim and slug. Claims are reserved before the call, as
     /// for any new lease; those whose fork failed are dropped again.
     pub async fn fork(&self, req: &ForkRequest, reporter: &dyn Reporter) -> Result<ForkOutcome> {
-        self.require(Feature::Fork)?;
+        self.require(Feature::Fork, Some(&req.id))?;
         if !(1..=MAX_FORKS).contains(&req.count) {
             return Err(Error::Usage(format!(
                 "--count must be between 1 and {MAX_FORKS}, got {}",
@@ -269,9 +301,24 @@ impl Engine {
         ));
         let results = match self.provider.fork(&source, &forks).await {
             Ok(r) => r,
+            Err(e) if matches!(e.root(), Error::Transport(_)) => {
+                // The call may have made forks whose answer was lost. They carry the
+                // source's tags, so the placeholder claims stay, marked with them: stopping
+                // one deletes the forks of the source no claim names, made since.
+                let mut e = e;
+                for mut c in claims {
+                    c.labels.insert("state".into(), "forking".into());
+                    c.labels
+                        .insert(FORK_OF_LABEL.into(), source.lease_id.clone());
+                    c.labels
+                        .insert(TAG_LEASE_LABEL.into(), source.tagged_lease().to_string());
+                    if self.claims.write(&c).is_ok() {
+                        e = e.with_hint(self.stop_hint(&c.lease_id));
+                    }
+                }
+                return Err(e);
+            }
             Err(e) => {
-                // Nothing is known to have been made: the forks carry the source's tags, so
-                // a lookup by lease could not tell them apart from it.
                 for c in &claims {
                     let _ = self.forget(&c.lease_id);
                 }
@@ -294,7 +341,7 @@ impl Engine {
                     claim.labels.extend(created.labels);
                     claim
                         .labels
-                        .insert("forkOf".into(), source.lease_id.clone());
+                        .insert(FORK_OF_LABEL.into(), source.lease_id.clone());
                     claim
                         .labels
                         .insert(TAG_LEASE_LABEL.into(), source.tagged_lease().to_string());
@@ -349,11 +396,53 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// How to reach `port` of a lease's box.
-    pub async fn port_url(&self, id: &str, port: u16) -> Result<PortOutcome> {
-        self.require(Feature::PortUrl)?;
-        let (_claim, target) = self.target_of(id).await?;
-        let url = self.provider.port_url(&target, port).await?;
+    /// Deletes the forks a fork call whose answer was lost may have made, for its
+    /// placeholder claim `claim`: boxes tagged with the source's lease that no claim of this
+    /// machine names and that started after the claim was reserved. Returns their ids.
+    pub(super) async fn delete_lost_forks(&self, claim: &Claim) -> Result<Vec<String>> {
+        let Some(tag_lease) = claim.labels.get(TAG_LEASE_LABEL) else {
+            return Ok(Vec::new());
+        };
+        let parse = |t: &str| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        };
+        let Some(reserved) = parse(&claim.claimed_at) else {
+            return Ok(Vec::new());
+        };
+        let claimed: Vec<String> = self
+            .my_claims()?
+            .into_iter()
+            .map(|c| c.remote_id)
+            .filter(|r| !r.is_empty())
+            .collect();
+        let mut deleted = Vec::new();
+        for b in self.provider.boxes_of_lease(tag_lease).await? {
+            let made_since = b
+                .created_at
+                .as_deref()
+                .and_then(parse)
+                .is_some_and(|t| t >= reserved);
+            if made_since && !claimed.contains(&b.remote_id) {
+                let target = self.unclaimed_target(&b);
+                if self.provider.delete(&target).await? {
+                    deleted.push(b.remote_id.clone());
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// How to reach `port` of a lease's box (a paused box is woken: traffic would wake it
+    /// anyway), with `ttl` (or its idle timeout) to live.
+    pub async fn port_url(&self, id: &str, port: u16, ttl: Duration) -> Result<PortOutcome> {
+        self.require(Feature::PortUrl, Some(id))?;
+        let (claim, target) = self.target_of(id).await?;
+        let ttl = claim
+            .as_ref()
+            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
+            .and_then(|secs| secs.parse().ok())
+            .map_or_else(|| self.provider.ttl(ttl), Duration::from_secs);
+        let url = self.provider.port_url(&target, port, ttl).await?;
         Ok(PortOutcome {
             lease_id: target.lease_id,
             slug: target.slug,
@@ -366,14 +455,18 @@ impl Engine {
     /// Starts `req.argv` (or a login shell) under a pseudo-terminal on a lease's box, in its
     /// workdir once something was synced there; a paused box is woken first.
     pub async fn shell(&self, req: &ShellRequest, reporter: &dyn Reporter) -> Result<Shell> {
-        self.require(Feature::Pty)?;
+        self.require(Feature::Pty, Some(&req.id))?;
         let (claim, target) = self.target_of(&req.id).await?;
-        let ttl = claim
+        let idle = claim
             .as_ref()
             .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
             .and_then(|secs| secs.parse().ok())
-            .map_or_else(|| self.provider.ttl(req.ttl), Duration::from_secs);
-        let session = self.provider.open(&target, ttl).await?;
+            .map(Duration::from_secs);
+        // It lives for the TTL while the shell is open; see `end_shell`.
+        let session = self
+            .provider
+            .open(&target, self.provider.ttl(req.ttl))
+            .await?;
         if session.resumed() {
             reporter.status(&format!(
                 "resumed paused {} box {} (lease {}, {})",
@@ -406,11 +499,20 @@ impl Engine {
             })
             .await?;
         Ok(Shell {
-            lease_id: target.lease_id,
-            slug: target.slug,
-            remote_id: target.remote_id,
+            lease_id: target.lease_id.clone(),
+            slug: target.slug.clone(),
+            remote_id: target.remote_id.clone(),
             pty,
+            end: ShellEnd { target, idle },
         })
+    }
+
+    /// After a shell: a box that pauses when idle gets its idle timeout again from now.
+    pub async fn end_shell(&self, end: &ShellEnd) -> Result<()> {
+        match end.idle {
+            Some(idle) => self.provider.set_ttl(&end.target, idle).await,
+            None => Ok(()),
+        }
     }
 
     /// Box-seconds per lease and repository, from what this machine recorded.

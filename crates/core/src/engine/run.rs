@@ -194,19 +194,24 @@ impl Engine {
         };
         if let Some(snapshot) = &req.from_snapshot {
             return Err(Error::Usage(format!(
-                "--from-snapshot {snapshot} starts a new box; it cannot reuse box {id} (drop \
-                 --id, or drop --from-snapshot)"
+                "a box from snapshot {snapshot} is a new box; it cannot be the existing box {id}: \
+                 ask for one or the other"
             )));
         }
         // Nothing is made here, so a cancel has nothing to undo.
         let located = cancellable(&req.cancel, self.locate(id)).await?;
         let (claim, target) = (located.claim, located.target);
-        // A box made to pause when idle is renewed by its idle timeout, not the TTL.
-        let ttl = claim
+        // A box that pauses when idle: its pause (made by the service at its timeout) is
+        // recorded before this run wakes it. It lives for the run's TTL while the run lasts;
+        // the idle timeout starts again when the run ends (`release`).
+        if let Some(c) = claim
             .as_ref()
-            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
-            .and_then(|secs| secs.parse().ok())
-            .map_or(ttl, Duration::from_secs);
+            .filter(|c| c.labels.contains_key(IDLE_TIMEOUT_LABEL))
+        {
+            if let Ok(Some(remote)) = self.provider.inspect(&target).await {
+                self.observe(c, &remote);
+            }
+        }
         let session = cancellable(&req.cancel, self.provider.open(&target, ttl))
             .await
             .map_err(|e| match (&e, &claim) {
@@ -257,6 +262,7 @@ impl Engine {
     ) -> Release {
         let target = &acquired.target;
         if !acquired.created {
+            self.renew_idle_timeout(acquired, reporter).await;
             return Release::Kept;
         }
         if keep_anyway || req.keep.keeps(success) {
@@ -313,6 +319,26 @@ impl Engine {
                 reporter.hint(&self.stop_hint(&target.lease_id));
                 Release::Failed(why)
             }
+        }
+    }
+
+    /// A reused box that pauses when idle gets its idle timeout again from now, the end of
+    /// this run's use (best effort: it is reported, and the box's TTL still bounds it).
+    async fn renew_idle_timeout(&self, acquired: &Acquired, reporter: &dyn Reporter) {
+        let Some(idle) = acquired
+            .claim
+            .as_ref()
+            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
+            .and_then(|secs| secs.parse().ok())
+            .map(Duration::from_secs)
+        else {
+            return;
+        };
+        if let Err(e) = self.provider.set_ttl(&acquired.target, idle).await {
+            reporter.status(&format!(
+                "could not restart the idle timeout of box {}: {e}",
+                acquired.target.remote_id
+            ));
         }
     }
 

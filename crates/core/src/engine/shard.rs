@@ -103,6 +103,28 @@ pub struct ShardOutcome {
     pub failed_cases: Vec<(u32, FailedCase)>,
 }
 
+/// A run that syncs the tree to the box `id` names (or a new one) and keeps it.
+fn sync_only(req: &ShardRequest, id: Option<String>) -> RunRequest {
+    RunRequest {
+        id,
+        command: RemoteCommand::new(Vec::new(), false),
+        sync: req.sync.clone(),
+        full_resync: false,
+        checksum: false,
+        keep: KeepPolicy::Always,
+        env: BTreeMap::new(),
+        ttl: req.ttl,
+        slug: None,
+        repo_root: req.repo_root.clone(),
+        from_snapshot: req.from_snapshot.clone(),
+        cancel: req.cancel.clone(),
+        extras: RunExtras {
+            mode: RunMode::SyncOnly,
+            ..RunExtras::default()
+        },
+    }
+}
+
 /// Substitutes the placeholders in one word.
 pub fn substitute(word: &str, index: u32, total: u32, lease: &str, slug: &str) -> String {
     word.replace("{{index}}", &index.to_string())
@@ -224,24 +246,7 @@ impl Engine {
 
         if plan.forked {
             // Sync once, to the source box.
-            let source = RunRequest {
-                id: req.id.clone(),
-                command: RemoteCommand::new(Vec::new(), false),
-                sync: req.sync.clone(),
-                full_resync: false,
-                checksum: false,
-                keep: KeepPolicy::Always,
-                env: BTreeMap::new(),
-                ttl: req.ttl,
-                slug: None,
-                repo_root: req.repo_root.clone(),
-                from_snapshot: req.from_snapshot.clone(),
-                cancel: req.cancel.clone(),
-                extras: RunExtras {
-                    mode: RunMode::SyncOnly,
-                    ..RunExtras::default()
-                },
-            };
+            let source = sync_only(req, req.id.clone());
             let mut none = crate::events::CapturedOutput::default();
             let synced = self.run(&source, &mut none, reporter).await?;
             if synced.sync.as_ref().is_some_and(|s| s.sent_files > 0) || synced.created {
@@ -273,24 +278,7 @@ impl Engine {
         } else {
             // No forks: each shard gets its own box, synced on its own.
             let makes = (0..total).map(|i| {
-                let req = RunRequest {
-                    id: None,
-                    command: RemoteCommand::new(Vec::new(), false),
-                    sync: req.sync.clone(),
-                    full_resync: false,
-                    checksum: false,
-                    keep: KeepPolicy::Always,
-                    env: BTreeMap::new(),
-                    ttl: req.ttl,
-                    slug: None,
-                    repo_root: req.repo_root.clone(),
-                    from_snapshot: req.from_snapshot.clone(),
-                    cancel: req.cancel.clone(),
-                    extras: RunExtras {
-                        mode: RunMode::SyncOnly,
-                        ..RunExtras::default()
-                    },
-                };
+                let req = sync_only(req, None);
                 async move {
                     let rep = PrefixedReporter {
                         prefix: format!("[{}/{total}] ", i + 1),

@@ -149,7 +149,10 @@ async fn lifecycle_requests_to_a_provider_without_them_are_refused_before_any_ca
             )
             .await
             .err(),
-        engine.port_url(&b.lease_id, 80).await.err(),
+        engine
+            .port_url(&b.lease_id, 80, Duration::from_secs(60))
+            .await
+            .err(),
         engine
             .shell(
                 &crate::engine::ShellRequest {
@@ -167,10 +170,35 @@ async fn lifecycle_requests_to_a_provider_without_them_are_refused_before_any_ca
     ];
     for e in refusals {
         let e = e.expect("refused");
-        assert!(matches!(e, Error::Usage(_)), "{e}");
+        assert!(matches!(e.root(), Error::Usage(_)), "{e}");
         let text = e.to_string();
         assert!(text.contains("provider memory cannot"), "{text}");
         assert!(text.contains("; "), "names what to use instead: {text}");
     }
     assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+}
+
+/// A refusal says what to do instead as a hint the front end renders.
+#[tokio::test]
+async fn a_refused_pause_hints_at_running_on_the_box_and_a_refused_fork_at_a_warmup() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = MemoryProvider::new();
+    let engine = fake.engine(dir.path());
+    let repo = conformance::RepoFixture::new();
+    let b = conformance::warm_box(&engine, &repo).await;
+    let e = engine.pause(&b.lease_id).await.unwrap_err();
+    assert_eq!(
+        e.hints(),
+        [&crate::hint::Hint::RunOn {
+            provider: "memory".into(),
+            id: b.lease_id.clone()
+        }]
+    );
+    let e = engine.snapshots().await.unwrap_err();
+    assert_eq!(
+        e.hints(),
+        [&crate::hint::Hint::Warmup {
+            provider: "memory".into()
+        }]
+    );
 }

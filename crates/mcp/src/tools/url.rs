@@ -41,7 +41,7 @@ impl CrabboxServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Structured<PortOutcome>, ToolError> {
         let call = self.call(&place!(a), vec![], &ctx).await?;
-        let result = call.engine.port_url(&a.id, a.port).await;
+        let result = call.engine.port_url(&a.id, a.port, call.cfg.core.ttl).await;
         call.finish(result).await
     }
 }

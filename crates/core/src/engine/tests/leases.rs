@@ -143,3 +143,48 @@ async fn list_shows_a_claim_whose_box_is_gone_as_gone() {
     assert_eq!(state_of(&kept.lease_id), ("running", true, true));
     assert_eq!(state_of(&expired.lease_id), ("gone", true, false));
 }
+
+#[tokio::test]
+async fn usage_records_a_lease_from_warmup_to_stop_and_stop_reports_its_total() {
+    let b = Bench::new();
+    let warm = b.warmup().await;
+    let before = b.engine.usage().unwrap();
+    assert_eq!(before.leases.len(), 1);
+    assert_eq!(before.leases[0].lease_id, warm.lease_id);
+    assert_eq!(before.leases[0].state, "running");
+    assert_eq!(
+        before.repos[0].repo,
+        b.repo.path().display().to_string(),
+        "a lease counts for its repository"
+    );
+    let out = b
+        .engine
+        .stop(&StopRequest {
+            id: warm.lease_id.clone(),
+            reclaim: false,
+        })
+        .await
+        .unwrap();
+    let usage = out.usage.expect("stop reports the lease's usage");
+    assert_eq!(
+        (usage.lease_id.as_str(), usage.state.as_str()),
+        (warm.lease_id.as_str(), "stopped")
+    );
+    assert_eq!(usage.paused_secs, 0);
+    let after = b.engine.usage().unwrap();
+    assert_eq!(
+        after.leases[0].state, "stopped",
+        "a stopped lease stays in the report"
+    );
+}
+
+#[tokio::test]
+async fn a_one_shot_run_records_its_box_created_and_stopped() {
+    let b = Bench::new();
+    b.fake.script("true", crate::testing::Script::exits(0));
+    let (outcome, _) = b.run(&b.request("true")).await;
+    outcome.unwrap();
+    let usage = b.engine.usage().unwrap();
+    assert_eq!(usage.leases.len(), 1);
+    assert_eq!(usage.leases[0].state, "stopped");
+}
