@@ -462,6 +462,48 @@ def _(ctx):
         pass
 
 
+@check("network: create without internet and with egress lists, read back, update")
+def _(ctx):
+    sbx = Sandbox.create(
+        timeout=120,
+        allow_internet_access=False,
+        network={"allow_out": ["registry.npmjs.org", "10.1.0.0/16"], "deny_out": ["10.0.0.0/8"]},
+    )
+    try:
+        info = sbx.get_info()
+        assert info.allow_internet_access is False, f"allow_internet_access {info.allow_internet_access!r}"
+        net = info.network or {}
+        assert net.get("allow_out") == ["registry.npmjs.org", "10.1.0.0/16"], f"network {net!r}"
+        assert net.get("deny_out") == ["10.0.0.0/8"], f"network {net!r}"
+        # No internet inside: the sandbox's network has nothing but a loopback.
+        out = sbx.commands.run(
+            "cat /proc/net/route | wc -l; tail -n +3 /proc/net/dev | cut -d: -f1", timeout=30
+        )
+        assert out.stdout.split()[0] == "1", f"routes: {out.stdout!r}"
+        assert out.stdout.split()[1:] == ["lo"], f"interfaces: {out.stdout!r}"
+        sbx.update_network({"allow_out": ["example.com"], "deny_out": ["0.0.0.0/0"]})
+        net = sbx.get_info().network or {}
+        assert net.get("allow_out") == ["example.com"], f"after update {net!r}"
+        assert net.get("deny_out") == ["0.0.0.0/0"], f"after update {net!r}"
+        sbx.update_network({"allow_internet_access": True})
+        info = sbx.get_info()
+        assert info.allow_internet_access is True, f"after update {info.allow_internet_access!r}"
+        assert (info.network or {}).get("allow_out", []) == [], "an update replaces the lists"
+        try:
+            sbx.update_network({"deny_out": ["example.com"]})
+            raise AssertionError("a domain in deny_out was accepted")
+        except SandboxException:
+            pass
+    finally:
+        sbx.kill()
+    plain = Sandbox.create(timeout=60)
+    try:
+        info = plain.get_info()
+        assert info.allow_internet_access is None, f"unset: {info.allow_internet_access!r}"
+    finally:
+        plain.kill()
+
+
 @check("Template.exists finds base and not an unknown template")
 def _(ctx):
     from e2b import Template

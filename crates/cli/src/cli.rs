@@ -47,11 +47,18 @@ pub fn command() -> clap::Command {
     let mut cmd = Cli::command();
     for setting in provider_settings() {
         if let Some(f) = setting.flag {
+            // A list setting's flag is repeatable; each use adds one entry.
+            let action = if setting.list {
+                clap::ArgAction::Append
+            } else {
+                clap::ArgAction::Set
+            };
             cmd = cmd.arg(
                 clap::Arg::new(f.long)
                     .long(f.long)
                     .global(true)
                     .value_name(f.value_name)
+                    .action(action)
                     .help(f.help),
             );
         }
@@ -72,20 +79,23 @@ pub fn parse() -> Cli {
         deepest = sub;
     }
     for setting in provider_settings() {
-        if let Some(f) = setting.flag {
-            let value = deepest
-                .try_get_one::<String>(f.long)
-                .ok()
-                .flatten()
-                .or_else(|| matches.get_one::<String>(f.long));
-            if let Some(v) = value {
-                cli.global.provider_flags.push(FlagValue::new(
-                    setting.key,
-                    format!("--{}", f.long),
-                    v.clone(),
-                ));
-            }
+        let Some(f) = setting.flag else { continue };
+        let values: Vec<String> = deepest
+            .try_get_many::<String>(f.long)
+            .ok()
+            .flatten()
+            .or_else(|| matches.get_many::<String>(f.long))
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default();
+        if values.is_empty() {
+            continue;
         }
+        let name = format!("--{}", f.long);
+        cli.global.provider_flags.push(if setting.list {
+            FlagValue::new(setting.key, name, values)
+        } else {
+            FlagValue::new(setting.key, name, values[0].clone())
+        });
     }
     cli
 }
@@ -137,6 +147,8 @@ pub enum Command {
     Kill(RunRefArgs),
     /// List detached runs and their state
     Runs(RunsArgs),
+    /// List a lease's workspaces with their last sync; `workspaces rm ID NAME` removes one
+    Workspaces(WorkspacesArgs),
     /// Run one suite across many boxes at once: sync once, fork, one verdict
     Shard(Box<ShardArgs>),
     /// Check that runs can work here: config layers, API key, endpoints, template, git,
@@ -155,6 +167,17 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+}
+
+/// `workspaces ID [--json]` or `workspaces rm ID NAME` (a lease is never called `rm`).
+#[derive(Debug, Args)]
+pub struct WorkspacesArgs {
+    /// ID (lease id, slug or provider id), or: rm ID NAME
+    #[arg(value_name = "ID | rm ID NAME", num_args = 1..=3, required = true)]
+    pub words: Vec<String>,
+    /// Print them as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +297,10 @@ pub struct RunArgs {
     /// [config: timeout]
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// Sync and run in this workspace of the box, a tree of its own beside the others
+    /// (default main, the workdir) [config: workspace, env: CRABBOX_WORKSPACE]
+    #[arg(long, value_name = "NAME")]
+    pub workspace: Option<String>,
     /// Print the run's outcome (exit code, timings, sync, artifacts, JUnit summary) as JSON
     /// on stdout at the end
     #[arg(long)]

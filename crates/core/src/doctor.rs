@@ -144,15 +144,10 @@ pub async fn diagnose(
         "provider",
         format!("{} (endpoint {})", provider.name(), provider.endpoint()),
     ));
-    checks.push(match provider.preflight() {
-        Ok(()) => match provider.workdir("cbx_000000000000") {
-            Ok(dir) => Check::pass("workdir", format!("files go to {dir} on the box")),
-            Err(e) => Check::fail(
-                "workdir",
-                e.to_string(),
-                "set a workdir under the user's home",
-            ),
-        },
+    // The workdir alone: a provider's other preflight rules (E2B's egress rules) are its own
+    // checks, each with its own fix.
+    checks.push(match provider.workdir("cbx_000000000000") {
+        Ok(dir) => Check::pass("workdir", format!("files go to {dir} on the box")),
         Err(e) => Check::fail(
             "workdir",
             e.to_string(),

@@ -35,6 +35,7 @@ pub mod secret;
 pub mod sync;
 pub mod testing;
 pub mod usage;
+pub mod workspace;
 
 pub use error::{Error, Result};
 pub use sync::manifest_git_root as git_root;

@@ -92,6 +92,12 @@ pub async fn plan_run(
                     .extras
                     .timeout
                     .or((!cfg.core.timeout.is_zero()).then_some(cfg.core.timeout)),
+                workspace: Some(crate::workspace::resolve(
+                    opts.extras
+                        .workspace
+                        .as_deref()
+                        .or(Some(cfg.core.workspace.as_str())),
+                )?),
                 ..opts.extras
             },
         },

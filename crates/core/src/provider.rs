@@ -196,7 +196,7 @@ pub fn unsupported(provider: &str, feature: Feature) -> Error {
 }
 
 /// A box as its provider sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteBox {
     pub remote_id: String,
     /// The lease its tags name, if they name a valid one.
@@ -209,6 +209,9 @@ pub struct RemoteBox {
     pub workdir: Option<String>,
     pub created_at: Option<String>,
     pub expires_at: Option<String>,
+    /// Settings of the box the provider reports as they are in force (E2B: `network`, its
+    /// egress rules), shown by `status` as they are: key -> JSON value.
+    pub details: BTreeMap<String, serde_json::Value>,
 }
 
 /// A command to start on a box.

@@ -67,6 +67,25 @@ impl Registry {
                 self.names().join(", ")
             ))
         })?;
+        self.refuse_other_providers_flags(cfg, name)?;
         (entry.build)(cfg, ctx)
+    }
+
+    /// A flag of another provider's section (`--e2b-allow-out` with provider `local`) has
+    /// nothing to act on: refused by name rather than ignored. Its files' and environment's
+    /// values are left alone (a user config may set up several providers).
+    fn refuse_other_providers_flags(&self, cfg: &LoadedConfig, selected: &str) -> Result<()> {
+        for entry in self.entries.iter().filter(|e| e.name != selected) {
+            for setting in entry.section.settings {
+                if let Some(crate::config::Origin::Flag { flag }) = cfg.origin(setting.key) {
+                    return Err(Error::Usage(format!(
+                        "{flag} is a setting of provider {}; provider {selected} has no use \
+                         for it (select it with --provider {} or drop the flag)",
+                        entry.name, entry.name
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crabbox_e2b_wire::control::{
-    decode_metadata_filter, ConnectSandboxRequest, ForkRequest, NewSandbox, SandboxState,
-    SnapshotRequest, TimeoutRequest,
+    decode_metadata_filter, ConnectSandboxRequest, ForkRequest, NetworkUpdate, NewSandbox,
+    SandboxState, SnapshotRequest, TimeoutRequest,
 };
 use crabbox_e2b_wire::headers;
 use serde::de::DeserializeOwned;
@@ -23,6 +23,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/sandboxes", post(create).get(list_v2))
         .route("/sandboxes/{id}", get(detail).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route(
+            "/sandboxes/{id}/network",
+            axum::routing::put(update_network),
+        )
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
@@ -184,6 +188,23 @@ async fn set_timeout(
     let request: TimeoutRequest = serde_json::from_slice(&body)
         .map_err(|e| HttpError::bad_request(format!("invalid request body: {e}")))?;
     state.registry.set_timeout(&id, request.timeout)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /sandboxes/{id}/network`: replaces the egress rules (204).
+async fn update_network(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, HttpError> {
+    let update: NetworkUpdate = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::bad_request(format!("invalid request body: {e}")))?;
+    let sandbox = state
+        .registry
+        .get(&id)
+        .ok_or_else(|| HttpError::not_found(format!("sandbox {id} not found")))?;
+    let mut egress = sandbox.egress.lock().expect("egress lock");
+    crate::network::apply_update(&mut egress, update)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

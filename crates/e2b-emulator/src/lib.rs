@@ -26,6 +26,9 @@
 //! E2B). [`ports`] forwards `<port>-<sandboxID>.<domain>` traffic into the sandbox's own
 //! network namespace (loopback only: sandboxes have no internet, unlike E2B).
 //!
+//! Egress rules ([`network`]) are recorded and reported; a sandbox's network namespace has
+//! only a loopback, so no sandbox reaches the internet whatever its rules say.
+//!
 //! Invariant: the emulator only ever listens on loopback.
 
 pub mod config;
@@ -34,6 +37,7 @@ pub mod envd;
 pub mod error;
 pub mod faults;
 pub mod isolation;
+pub mod network;
 pub mod ports;
 pub mod preflight;
 pub mod process;

@@ -5,8 +5,8 @@ use crate::isolation::{HostTools, SandboxLayout, SandboxNamespace};
 use crate::process::ProcessTable;
 use crate::sandbox_fs::SandboxFs;
 use crabbox_e2b_wire::control::{
-    Lifecycle, ListedSandbox, NetworkConfig, NewSandbox, OnTimeout, Sandbox as SandboxBody,
-    SandboxDetail, SandboxState, EMULATED_ENVD_VERSION,
+    Lifecycle, ListedSandbox, NewSandbox, OnTimeout, Sandbox as SandboxBody, SandboxDetail,
+    SandboxState, EMULATED_ENVD_VERSION,
 };
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap};
@@ -41,7 +41,9 @@ pub struct Sandbox {
     pub timeout: Duration,
     /// Set when it takes no public traffic: requests to its ports must carry it.
     pub traffic_access_token: Option<String>,
-    pub allow_internet_access: Option<bool>,
+    /// The egress rules it was created with or last given (`PUT /sandboxes/{id}/network`).
+    /// Recorded and reported; see [`crate::network`] for what is enforced.
+    pub egress: Mutex<crate::network::Egress>,
     pub layout: SandboxLayout,
     pub fs: SandboxFs,
     pub processes: Arc<ProcessTable>,
@@ -64,6 +66,10 @@ impl Sandbox {
 
     pub fn end_at(&self) -> OffsetDateTime {
         self.life.lock().expect("life lock").end_at
+    }
+
+    pub fn egress(&self) -> crate::network::Egress {
+        self.egress.lock().expect("egress lock").clone()
     }
 
     pub fn is_running(&self) -> bool {
@@ -112,7 +118,8 @@ impl Sandbox {
             state: life.state,
             metadata: self.metadata.clone(),
             lifecycle: Some(self.lifecycle()),
-            allow_internet_access: self.allow_internet_access,
+            allow_internet_access: self.egress().allow_internet_access,
+            network: self.egress().network(),
         }
     }
 
@@ -238,6 +245,7 @@ impl Registry {
                 .timeout
                 .unwrap_or(crate::config::DEFAULT_SANDBOX_TIMEOUT_SECS),
         )?;
+        let network = crate::network::create_rules(&request)?;
         let id = random_id();
         let layout = SandboxLayout::new(self.sandboxes_dir.join(&id));
         let started = async {
@@ -270,13 +278,8 @@ impl Registry {
             auto_pause: request.auto_pause.unwrap_or(false),
             auto_resume: request.auto_resume.is_some_and(|a| a.enabled),
             timeout,
-            traffic_access_token: request
-                .network
-                .as_ref()
-                .and_then(|n| serde_json::from_value::<NetworkConfig>(n.clone()).ok())
-                .is_some_and(|n| n.allow_public_traffic == Some(false))
-                .then(random_token),
-            allow_internet_access: request.allow_internet_access,
+            traffic_access_token: (network.allow_public_traffic == Some(false)).then(random_token),
+            egress: Mutex::new(network),
             fs: SandboxFs::new(layout.clone()),
             layout,
             processes: Arc::new(ProcessTable::default()),

@@ -210,6 +210,8 @@ impl Registry {
             env_vars: Some(source.env_vars.clone()),
             ..NewSandbox::default()
         };
+        // A fork keeps its source's egress rules.
+        let egress = source.egress();
         let mut results = Vec::new();
         for _ in 0..count {
             results.push(
@@ -217,10 +219,13 @@ impl Registry {
                     .create_seeded(request.clone(), Some(staging.clone()))
                     .await
                 {
-                    Ok(sandbox) => ForkResult {
-                        sandbox: Some(sandbox.body()),
-                        error: None,
-                    },
+                    Ok(sandbox) => {
+                        *sandbox.egress.lock().expect("egress lock") = egress.clone();
+                        ForkResult {
+                            sandbox: Some(sandbox.body()),
+                            error: None,
+                        }
+                    }
                     Err(e) => ForkResult {
                         sandbox: None,
                         error: Some(ApiError::new(e.status.as_u16(), e.message.clone())),

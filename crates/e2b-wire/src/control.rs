@@ -179,6 +179,9 @@ pub struct SandboxDetail {
     pub lifecycle: Option<Lifecycle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_internet_access: Option<bool>,
+    /// The egress rules in force (absent when none were set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
 }
 
 /// One element of `GET /v2/sandboxes` (and v1 `GET /sandboxes`).
@@ -227,13 +230,100 @@ pub struct ConnectSandboxRequest {
     pub timeout: Option<u64>,
 }
 
-/// `network` of a create request, as far as the emulator and crabbox read it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `network` of a create request and of a sandbox detail, as far as the emulator and
+/// crabbox read it (other fields, such as `dnsServers` or `rules`, are ignored).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkConfig {
     /// `false`: a port's URL needs the `e2b-traffic-access-token` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_public_traffic: Option<bool>,
+    /// Egress destinations allowed even when denied otherwise: CIDR blocks, IP addresses or
+    /// domain names (`example.com`, `*.example.com`). Allowed entries win over denied ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_out: Option<Vec<String>>,
+    /// Egress destinations denied: CIDR blocks or IP addresses only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_out: Option<Vec<String>>,
+}
+
+/// The CIDR block that stands for all IPv4 traffic: `allow_internet_access: false` is the
+/// same as denying it.
+pub const ALL_TRAFFIC: &str = "0.0.0.0/0";
+
+/// Checks one `denyOut` entry: a CIDR block or an IP address (E2B takes no domain names
+/// there).
+pub fn check_deny_out(entry: &str) -> Result<(), String> {
+    if is_ip_or_cidr(entry) {
+        Ok(())
+    } else {
+        Err(format!(
+            "denyOut entry {entry:?} is not an IP address or CIDR block (such as 10.0.0.0/8); \
+             domain names can only be allowed, not denied"
+        ))
+    }
+}
+
+/// Checks one `allowOut` entry: a CIDR block, an IP address, or a domain name, optionally
+/// with a leading `*.` (`example.com`, `*.example.com`).
+pub fn check_allow_out(entry: &str) -> Result<(), String> {
+    if is_ip_or_cidr(entry) || is_domain_pattern(entry) {
+        Ok(())
+    } else {
+        Err(format!(
+            "allowOut entry {entry:?} is not an IP address, CIDR block or domain name (such as \
+             8.8.8.8, 10.0.0.0/8, example.com or *.example.com)"
+        ))
+    }
+}
+
+fn is_ip_or_cidr(entry: &str) -> bool {
+    let (addr, prefix) = match entry.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (entry, None),
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match prefix {
+        None => true,
+        Some(p) => p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok_and(|n| n <= max),
+    }
+}
+
+fn is_domain_pattern(entry: &str) -> bool {
+    let name = entry.strip_prefix("*.").unwrap_or(entry);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `PUT /sandboxes/{id}/network` body (answered 204): replaces the sandbox's egress rules
+/// whole, as E2B does (an absent list is an empty one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_out: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_out: Option<Vec<String>>,
+    /// The one snake_case field, as in the create body.
+    #[serde(
+        rename = "allow_internet_access",
+        alias = "allowInternetAccess",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_internet_access: Option<bool>,
 }
 
 /// `POST /sandboxes/{id}/pause` body.
@@ -394,6 +484,57 @@ fn hex_digit(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_entries_are_checked() {
+        for ok in ["10.0.0.0/8", "8.8.8.8", "::1", "2001:db8::/32", "0.0.0.0/0"] {
+            assert!(check_deny_out(ok).is_ok(), "{ok}");
+            assert!(check_allow_out(ok).is_ok(), "{ok}");
+        }
+        for ok in [
+            "example.com",
+            "*.example.com",
+            "registry.npmjs.org",
+            "localhost",
+        ] {
+            assert!(check_allow_out(ok).is_ok(), "{ok}");
+            assert!(check_deny_out(ok).is_err(), "{ok}");
+        }
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "1.2.3.4/",
+            "exa mple.com",
+            "*",
+            "a..b",
+            "-a.com",
+            "a/b",
+        ] {
+            assert!(check_allow_out(bad).is_err(), "{bad}");
+            assert!(check_deny_out(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn network_update_and_detail_shapes() {
+        let body = serde_json::to_value(NetworkUpdate {
+            allow_out: Some(vec!["example.com".into()]),
+            deny_out: Some(vec![ALL_TRAFFIC.into()]),
+            allow_internet_access: Some(false),
+        })
+        .unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"allowOut": ["example.com"], "denyOut": ["0.0.0.0/0"],
+                               "allow_internet_access": false})
+        );
+        let net: NetworkConfig = serde_json::from_value(serde_json::json!({
+            "allowOut": ["a.com"], "denyOut": [], "allowPublicTraffic": true, "dnsServers": []
+        }))
+        .unwrap();
+        assert_eq!(net.allow_out.as_deref(), Some(&["a.com".to_string()][..]));
+        assert_eq!(net.allow_public_traffic, Some(true));
+    }
     use serde_json::json;
 
     /// The bodies of the lifecycle calls as the SDK (2.63) spells them: its models'

@@ -7,11 +7,43 @@ use crabbox_core::Error;
 
 use crate::provider::E2bProvider;
 
+/// The egress rules new sandboxes get, or why they are refused.
+fn network_check(p: &E2bProvider) -> Check {
+    match p.network_rules() {
+        Ok(n) => Check::pass(
+            "e2b.network",
+            format!(
+                "new sandboxes: internet {}{}{}",
+                if n.allow_internet { "on" } else { "off" },
+                if n.allow_out.is_empty() {
+                    String::new()
+                } else {
+                    format!(", allowOut {}", n.allow_out.join(" "))
+                },
+                if n.deny_out.is_empty() {
+                    String::new()
+                } else {
+                    format!(", denyOut {}", n.deny_out.join(" "))
+                }
+            ),
+        ),
+        Err(e) => Check::fail(
+            "e2b.network",
+            e.to_string(),
+            "in repository files only tighten the rules; loosen them in your user config, the \
+             environment or a flag",
+        ),
+    }
+}
+
 pub(crate) async fn checks(p: &E2bProvider) -> Vec<Check> {
-    let mut checks = vec![Check::pass(
-        "e2b.apiKey",
-        format!("set by {} (its value is never shown)", p.key_origin),
-    )];
+    let mut checks = vec![
+        Check::pass(
+            "e2b.apiKey",
+            format!("set by {} (its value is never shown)", p.key_origin),
+        ),
+        network_check(p),
+    ];
     let api = &p.endpoint;
     let reachable = match p.control.probe().await {
         Ok(()) => {

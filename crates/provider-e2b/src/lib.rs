@@ -27,6 +27,7 @@
 //! Modules: [`settings`] (config section and endpoint rules), [`placement`] (user, workdir,
 //! TTL), [`metadata`] (tags and ownership), [`retry`], [`control`] (control-plane client),
 //! [`envd`] (sandbox daemon client), `provider` (the primitives over the control plane),
+//! [`network`] (egress rules of new sandboxes, and which config layer may loosen them),
 //! `lookup` (sandboxes no claim names), `doctor` (its checks for `crabbox doctor`), [`session`] (commands and files on one sandbox),
 //! [`remote_sync`] (applying an archive on the box), [`run_tree`] (stopping all of a run's
 //! processes on cancel), `lifecycle` (pause, timeout, snapshots, forks, port URLs), `pty`
@@ -38,6 +39,7 @@ pub mod envd;
 mod lifecycle;
 mod lookup;
 pub mod metadata;
+pub mod network;
 pub mod placement;
 mod provider;
 mod pty;

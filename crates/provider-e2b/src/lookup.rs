@@ -6,7 +6,8 @@ use crabbox_core::provider::RemoteBox;
 use crabbox_core::{Error, Result};
 
 use crate::metadata;
-use crate::provider::{listed_box, not_crabbox, remote_box, E2bProvider};
+use crate::metadata::{detail_box, listed_box, not_crabbox};
+use crate::provider::E2bProvider;
 
 /// A crabbox sandbox by raw sandbox id or `e2b_<id>`; `None` when there is none.
 pub async fn find_by_id(p: &E2bProvider, id: &str) -> Result<Option<RemoteBox>> {
@@ -28,13 +29,7 @@ pub async fn find_by_id(p: &E2bProvider, id: &str) -> Result<Option<RemoteBox>> 
         return Err(not_crabbox(raw));
     }
     p.remember(&detail);
-    Ok(Some(remote_box(
-        &detail.sandbox_id,
-        detail.state,
-        &detail.metadata,
-        &detail.started_at,
-        &detail.end_at,
-    )))
+    Ok(Some(detail_box(&detail)))
 }
 
 /// A crabbox sandbox named by lease id, slug, sandbox id or `e2b_<id>`, found through E2B's

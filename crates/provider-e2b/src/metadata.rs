@@ -1,7 +1,12 @@
-//! The metadata tags that mark a sandbox as Crabbox's, and the ownership checks built on them.
+//! The metadata tags that mark a sandbox as Crabbox's, the ownership checks built on them,
+//! and a sandbox as the engine sees it ([`RemoteBox`], read from its tags).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crabbox_core::provider::RemoteBox;
+use crabbox_core::Error;
+use crabbox_e2b_wire::control::{ListedSandbox, SandboxDetail, SandboxState};
 
 /// Longest metadata value E2B accepts from us.
 pub const MAX_VALUE_LEN: usize = 63;
@@ -91,6 +96,60 @@ pub fn is_crabbox(meta: &BTreeMap<String, String>) -> bool {
 /// The sandbox is the one this lease created.
 pub fn belongs_to(meta: &BTreeMap<String, String>, lease_id: &str) -> bool {
     is_crabbox(meta) && meta.get("lease").map(String::as_str) == Some(&sanitize(lease_id))
+}
+
+/// A listed sandbox as the engine sees it.
+pub(crate) fn listed_box(s: &ListedSandbox) -> RemoteBox {
+    remote_box(
+        &s.sandbox_id,
+        s.state,
+        &s.metadata,
+        &s.started_at,
+        &s.end_at,
+    )
+}
+
+/// A sandbox's detail as the engine sees it, with its egress rules (`network`).
+pub(crate) fn detail_box(d: &SandboxDetail) -> RemoteBox {
+    let mut remote = remote_box(
+        &d.sandbox_id,
+        d.state,
+        &d.metadata,
+        &d.started_at,
+        &d.end_at,
+    );
+    if let Some(network) = crate::network::status_details(d) {
+        remote.details.insert("network".into(), network);
+    }
+    remote
+}
+
+pub(crate) fn not_crabbox(sandbox_id: &str) -> Error {
+    Error::NotOurs(format!(
+        "sandbox {sandbox_id} was not created by crabbox for provider e2b (its metadata lacks \
+         crabbox=true, provider=e2b); refusing to use it"
+    ))
+}
+
+/// A sandbox as the engine sees it.
+pub(crate) fn remote_box(
+    sandbox_id: &str,
+    state: SandboxState,
+    meta: &BTreeMap<String, String>,
+    started_at: &str,
+    end_at: &str,
+) -> RemoteBox {
+    RemoteBox {
+        remote_id: sandbox_id.to_string(),
+        lease_id: meta.get("lease").cloned(),
+        slug: meta.get("slug").cloned(),
+        state: state.as_str().to_string(),
+        running: state == SandboxState::Running,
+        workdir: meta.get("workdir").cloned(),
+        created_at: Some(started_at.to_string()),
+        expires_at: Some(end_at.to_string()),
+        details: Default::default(),
+    }
 }
 
 #[cfg(test)]

@@ -12,11 +12,11 @@ use crabbox_core::provider::{
     SnapshotInfo,
 };
 use crabbox_core::{Error, Result};
-use crabbox_e2b_wire::control::{ListedSandbox, NewSandbox, SandboxDetail, SandboxState};
+use crabbox_e2b_wire::control::{ListedSandbox, NewSandbox, SandboxDetail};
 
 use crate::control::ControlPlane;
 use crate::envd::{Envd, EnvdRoute};
-use crate::metadata::{self, Tags};
+use crate::metadata::{self, detail_box, listed_box, not_crabbox, Tags};
 use crate::placement::{clamp_ttl, Placement, DEFAULT_USER};
 use crate::retry::RetryPolicy;
 use crate::scan_cache::ScanCache;
@@ -42,6 +42,8 @@ pub struct E2bProvider {
     pub(crate) sandbox_url: Option<String>,
     /// The checked user and workdir, or why they were refused (reported by run/warmup).
     placement: std::result::Result<Placement, String>,
+    /// Egress rules of new sandboxes, or why they were refused (reported by run/warmup).
+    network: std::result::Result<crate::network::NetworkSettings, String>,
     pub(crate) template: String,
     max_ttl: Duration,
     /// Where the API key came from ("environment E2B_API_KEY"), for `doctor`.
@@ -121,6 +123,7 @@ impl E2bProvider {
             domain: endpoints.domain,
             sandbox_url: endpoints.sandbox_url,
             placement: Placement::new(&s.user, &s.workdir),
+            network: crate::network::rules(cfg, &s.network),
             template,
             max_ttl: s.max_ttl,
             key_origin: cfg
@@ -152,6 +155,13 @@ impl E2bProvider {
     /// The configured envd domain.
     pub(crate) fn domain(&self) -> &str {
         &self.domain
+    }
+
+    /// The egress rules of new sandboxes, or why they are refused (a usage error).
+    pub(crate) fn network_rules(&self) -> Result<&crate::network::NetworkSettings> {
+        self.network
+            .as_ref()
+            .map_err(|reason| Error::Usage(reason.clone()))
     }
 
     fn placement(&self) -> Result<&Placement> {
@@ -280,44 +290,6 @@ impl E2bProvider {
     }
 }
 
-/// A listed sandbox as the engine sees it.
-pub(crate) fn listed_box(s: &ListedSandbox) -> RemoteBox {
-    remote_box(
-        &s.sandbox_id,
-        s.state,
-        &s.metadata,
-        &s.started_at,
-        &s.end_at,
-    )
-}
-
-pub(crate) fn not_crabbox(sandbox_id: &str) -> Error {
-    Error::NotOurs(format!(
-        "sandbox {sandbox_id} was not created by crabbox for provider e2b (its metadata lacks \
-         crabbox=true, provider=e2b); refusing to use it"
-    ))
-}
-
-/// A sandbox as the engine sees it.
-pub(crate) fn remote_box(
-    sandbox_id: &str,
-    state: SandboxState,
-    meta: &BTreeMap<String, String>,
-    started_at: &str,
-    end_at: &str,
-) -> RemoteBox {
-    RemoteBox {
-        remote_id: sandbox_id.to_string(),
-        lease_id: meta.get("lease").cloned(),
-        slug: meta.get("slug").cloned(),
-        state: state.as_str().to_string(),
-        running: state == SandboxState::Running,
-        workdir: meta.get("workdir").cloned(),
-        created_at: Some(started_at.to_string()),
-        expires_at: Some(end_at.to_string()),
-    }
-}
-
 #[async_trait]
 impl Provider for E2bProvider {
     fn name(&self) -> &'static str {
@@ -347,7 +319,8 @@ impl Provider for E2bProvider {
     }
 
     fn preflight(&self) -> Result<()> {
-        self.placement().map(|_| ())
+        self.placement()?;
+        self.network_rules().map(|_| ())
     }
 
     fn workdir(&self, _lease_id: &str) -> Result<String> {
@@ -387,7 +360,10 @@ impl Provider for E2bProvider {
             template,
         }
         .build();
+        let (allow_internet_access, network) = self.network_rules()?.create_fields();
         let body = NewSandbox {
+            allow_internet_access,
+            network,
             template_id: template.to_string(),
             timeout: Some(new.idle_timeout.unwrap_or(new.ttl).as_secs().max(1)),
             metadata: Some(tags),
@@ -433,15 +409,7 @@ impl Provider for E2bProvider {
     }
 
     async fn inspect(&self, target: &BoxRef) -> Result<Option<RemoteBox>> {
-        Ok(self.owned_detail(target).await?.map(|d| {
-            remote_box(
-                &d.sandbox_id,
-                d.state,
-                &d.metadata,
-                &d.started_at,
-                &d.end_at,
-            )
-        }))
+        Ok(self.owned_detail(target).await?.map(|d| detail_box(&d)))
     }
 
     async fn find_unclaimed(&self, id: &str, by_tags: bool) -> Result<Option<RemoteBox>> {

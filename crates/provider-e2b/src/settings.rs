@@ -50,6 +50,28 @@ pub const SECTION: ConfigSection = ConfigSection {
             "USER",
             "Sandbox user (template default `user`) [env: CRABBOX_E2B_USER]",
         ),
+        Setting::new("e2b.network.allowInternet", &["CRABBOX_E2B_ALLOW_INTERNET"]).flag(
+            "e2b-allow-internet",
+            "BOOL",
+            "New sandboxes may reach the internet (false: deny all egress but --e2b-allow-out) \
+             [env: CRABBOX_E2B_ALLOW_INTERNET]",
+        ),
+        Setting::new("e2b.network.allowOut", &["CRABBOX_E2B_ALLOW_OUT"])
+            .list()
+            .flag(
+                "e2b-allow-out",
+                "HOST",
+                "Egress destination new sandboxes may always reach: domain (*.example.com), \
+                 IP or CIDR; repeatable [env: CRABBOX_E2B_ALLOW_OUT, comma-separated]",
+            ),
+        Setting::new("e2b.network.denyOut", &["CRABBOX_E2B_DENY_OUT"])
+            .list()
+            .flag(
+                "e2b-deny-out",
+                "CIDR",
+                "Egress destination new sandboxes may not reach: IP or CIDR; repeatable \
+                 [env: CRABBOX_E2B_DENY_OUT, comma-separated]",
+            ),
         Setting::new("e2b.maxTtl", &["CRABBOX_E2B_MAX_TTL"]),
         Setting::new("e2b.controlTimeout", &["CRABBOX_E2B_CONTROL_TIMEOUT"]),
         Setting::new("e2b.retryAttempts", &["CRABBOX_E2B_RETRY_ATTEMPTS"]),
@@ -76,6 +98,9 @@ pub struct E2bSettings {
     pub workdir: String,
     #[serde(default)]
     pub user: String,
+    /// Egress rules of new sandboxes; checked by [`crate::network::rules`].
+    #[serde(default)]
+    pub network: crate::network::NetworkSettings,
     #[serde(
         default = "default_max_ttl",
         deserialize_with = "crabbox_core::config::de_duration"

@@ -70,6 +70,7 @@ impl LocalProvider {
             workdir: Some(dir.to_string_lossy().into_owned()),
             created_at,
             expires_at: None,
+            details: Default::default(),
         })
     }
 }
@@ -261,6 +262,10 @@ impl LocalProvider {
             }
         }
         let _ = std::fs::remove_dir_all(&runs);
+        // Its named workspaces (and their records and detached runs' files) go with it.
+        let _ = std::fs::remove_dir_all(crabbox_core::workspace::workspaces_dir(
+            &dir.to_string_lossy(),
+        ));
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

@@ -18,6 +18,7 @@ mod stop;
 mod url;
 mod usage;
 mod warmup;
+mod workspaces;
 
 use crabbox_core::Result;
 
@@ -38,6 +39,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Wait(a) => detached::wait(&g, a).await,
         Command::Kill(a) => detached::kill(&g, a).await,
         Command::Runs(a) => detached::runs(&g, a).await,
+        Command::Workspaces(a) => workspaces::run(&g, a).await,
         Command::Shard(a) => shard::run(&g, *a).await,
         Command::Pause(a) => lifecycle::pause(&g, a).await,
         Command::Resume(a) => lifecycle::resume(&g, a).await,

@@ -151,6 +151,7 @@ fn extras(a: &RunArgs) -> Result<RunExtras> {
             })
             .transpose()?
             .filter(|t| !t.is_zero()),
+        workspace: a.workspace.clone(),
     })
 }
 

@@ -36,6 +36,9 @@ pub async fn run(g: &GlobalArgs, a: StatusArgs) -> Result<i32> {
                 .map(|e| format!(" expires={e}"))
                 .unwrap_or_default()
         );
+        for (key, value) in &st.details {
+            println!("  {key}: {value}");
+        }
     }
     Ok(0)
 }

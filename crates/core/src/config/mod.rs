@@ -11,7 +11,6 @@ mod values;
 mod yaml;
 
 pub use schema::{CliFlag, ConfigSection, Schema, Setting, CORE_SETTINGS};
-use values::de_list;
 pub use values::*;
 use yaml::{check_keys, line_of_key, parse_yaml, yaml_dict};
 
@@ -269,6 +268,7 @@ impl LoadedConfig {
                 ttl: Duration::ZERO,
                 idle_timeout: Duration::ZERO,
                 timeout: Duration::ZERO,
+                workspace: String::new(),
                 sync: SyncConfig {
                     exclude: vec![],
                     include: vec![],
@@ -318,6 +318,18 @@ impl LoadedConfig {
     pub fn layer_lists(&self, key: &str) -> Vec<(Origin, Vec<String>)> {
         #[derive(Deserialize)]
         struct List(#[serde(deserialize_with = "de_list")] Vec<String>);
+        self.layer_values(key)
+            .into_iter()
+            .filter_map(|(origin, value)| {
+                let List(items) = value.deserialize().ok()?;
+                Some((origin, items))
+            })
+            .collect()
+    }
+
+    /// The setting `key` as each layer that sets it wrote it, lowest precedence first: for
+    /// decisions that must know which layer asked for what (see [`Self::layer_lists`]).
+    pub fn layer_values(&self, key: &str) -> Vec<(Origin, Value)> {
         self.layers
             .iter()
             .filter_map(|(origin, data)| {
@@ -328,8 +340,7 @@ impl LoadedConfig {
                 } else {
                     top.find_ref(rest)?
                 };
-                let List(items) = value.deserialize().ok()?;
-                Some((origin.clone(), items))
+                Some((origin.clone(), value.clone()))
             })
             .collect()
     }

@@ -84,6 +84,7 @@ pub const CORE_SETTINGS: &[Setting] = &[
     Setting::new("ttl", &["CRABBOX_TTL"]),
     Setting::new("idleTimeout", &["CRABBOX_IDLE_TIMEOUT"]),
     Setting::new("timeout", &["CRABBOX_TIMEOUT"]),
+    Setting::new("workspace", &["CRABBOX_WORKSPACE"]),
     Setting::new("sync.exclude", &["CRABBOX_SYNC_EXCLUDE"]).list(),
     Setting::new("sync.include", &["CRABBOX_SYNC_INCLUDE"]).list(),
     Setting::new("sync.delete", &["CRABBOX_SYNC_DELETE"]),

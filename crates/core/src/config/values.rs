@@ -21,6 +21,9 @@ pub struct CoreConfig {
     /// A run's command is stopped after this long (exit 124); zero: no limit.
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub timeout: Duration,
+    /// The workspace (synced tree on the box) a run uses; `main` is the workdir itself.
+    #[serde(default)]
+    pub workspace: String,
     pub sync: SyncConfig,
     pub env: EnvConfig,
     pub shard: ShardConfig,
@@ -144,7 +147,8 @@ pub(super) fn de_count<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u
     })
 }
 
-pub(super) fn de_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+/// Serde helper for boolean settings: `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`.
+pub fn de_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
     let text = match <Value as Deserialize>::deserialize(d)? {
         Value::Bool(_, b) => return Ok(b),
         Value::String(_, t) => t,
@@ -166,9 +170,8 @@ pub(super) fn de_bool<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bo
     }
 }
 
-pub(super) fn de_list<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Vec<String>, D::Error> {
+/// Serde helper for list settings: a list of text, or comma-separated text.
+pub fn de_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
     match <Value as Deserialize>::deserialize(d)? {
         Value::Array(_, items) => items
             .into_iter()

@@ -293,6 +293,7 @@ impl Engine {
                 .or_else(|| claim.map(|c| c.claimed_at.clone())),
             expires_at: remote.and_then(|r| r.expires_at.clone()),
             claimed: claim.is_some(),
+            details: remote.map(|r| r.details.clone()).unwrap_or_default(),
         }
     }
 }

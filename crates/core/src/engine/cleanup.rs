@@ -181,7 +181,8 @@ fn tagged(remote: &[RemoteBox], lease_id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Tree locks (`<lease>.tree`) of leases with no claim that no run holds.
+/// Tree locks (`<lease>.tree`, `<lease>@<workspace>.tree`) of leases with no claim that no
+/// run holds.
 fn orphan_tree_locks(dir: &std::path::Path, claims: &[Claim]) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -192,6 +193,7 @@ fn orphan_tree_locks(dir: &std::path::Path, claims: &[Claim]) -> Vec<std::path::
             e.file_name()
                 .to_string_lossy()
                 .strip_suffix(".tree")
+                .map(|name| name.split('@').next().unwrap_or(name).to_string())
                 .is_some_and(|lease| !claims.iter().any(|c| c.lease_id == lease))
         })
         .filter(|e| lock_is_free(&e.path()))

@@ -379,6 +379,7 @@ impl Engine {
                         created_at: Some(claim.claimed_at.clone()),
                         expires_at: None,
                         claimed: true,
+                        details: Default::default(),
                     });
                 }
                 Some(Err(e)) => {

@@ -27,6 +27,7 @@ pub mod shard;
 mod sync;
 #[cfg(test)]
 mod tests;
+mod workspaces;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,6 +46,7 @@ pub use outputs::ArtifactReport;
 pub use request::*;
 pub use shard::{ShardOutcome, ShardPlan, ShardRequest, ShardResult};
 pub use sync::human_bytes;
+pub use workspaces::{WorkspaceInfo, WorkspaceList};
 
 /// How long a SIGTERMed command gets before SIGKILL, by default.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(3);

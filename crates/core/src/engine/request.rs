@@ -103,6 +103,9 @@ pub struct RunExtras {
     /// `--timeout`: at the deadline the command's whole process tree is stopped and the run
     /// exits 124.
     pub timeout: Option<Duration>,
+    /// `--workspace NAME`: the synced tree on the box to use (`None`: `main`, the workdir);
+    /// see [`crate::workspace`].
+    pub workspace: Option<String>,
 }
 
 impl RunExtras {
@@ -338,6 +341,12 @@ pub struct BoxStatus {
     pub expires_at: Option<String>,
     /// A claim for it exists on this machine.
     pub claimed: bool,
+    /// The provider's own settings of the box as it reports them ([`RemoteBox::details`]),
+    /// one JSON key each (E2B: `network`).
+    ///
+    /// [`RemoteBox::details`]: crate::provider::RemoteBox::details
+    #[serde(flatten)]
+    pub details: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// `status` options.

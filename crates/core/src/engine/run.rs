@@ -23,7 +23,10 @@ pub(super) struct Acquired {
     pub claim: Option<Claim>,
     /// Made by this run (so this run releases it).
     pub created: bool,
+    /// The run's workspace's directory ([`crate::workspace::workdir_of`]).
     pub workdir: String,
+    /// The run's workspace (`main` unless `--workspace` named another).
+    pub workspace: String,
     pub session: Box<dyn BoxSession>,
 }
 
@@ -40,6 +43,7 @@ impl Engine {
         reporter: &dyn Reporter,
     ) -> Result<RunOutcome> {
         self.provider.preflight()?;
+        crate::workspace::resolve(req.extras.workspace.as_deref())?;
         let mut timing = Timing::default();
 
         // The files are chosen while the box is reached and read: before a new box is made
@@ -184,9 +188,11 @@ impl Engine {
             let (claim, target, session) = self
                 .create_lease(&spec, Some(&req.cancel), reporter)
                 .await?;
+            let workspace = crate::workspace::resolve(req.extras.workspace.as_deref())?;
             return Ok(Acquired {
                 target,
-                workdir: claim.workdir.clone(),
+                workdir: crate::workspace::workdir_of(&claim.workdir, &workspace),
+                workspace,
                 claim: Some(claim),
                 created: true,
                 session,
@@ -241,8 +247,13 @@ impl Engine {
             target.lease_id,
             target.slug
         ));
+        let workspace = crate::workspace::resolve(req.extras.workspace.as_deref())?;
         Ok(Acquired {
-            workdir: self.provider.workdir(&target.lease_id)?,
+            workdir: crate::workspace::workdir_of(
+                &self.provider.workdir(&target.lease_id)?,
+                &workspace,
+            ),
+            workspace,
             target,
             claim,
             created: false,

@@ -32,16 +32,17 @@ const PROBE_CODECS_FROM: u64 = 8 << 20;
 
 /// How a run holds its lease's tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hold {
+pub(super) enum Hold {
     /// Reading it or running a command in it: many runs at once.
     Shared,
     /// Changing it: one run, and no other reading it.
     Exclusive,
 }
 
-/// This machine's lock on a lease's tree (`<state>/locks/<lease>.tree`): syncs that change
-/// the tree hold it exclusively, runs that read it or run commands in it hold it shared.
-/// Released when dropped.
+/// This machine's lock on a lease's tree (`<state>/locks/<lease>.tree`, and
+/// `<lease>@<workspace>.tree` for a named workspace: each workspace's tree is its own): syncs
+/// that change the tree hold it exclusively, runs that read it or run commands in it hold it
+/// shared. Released when dropped.
 pub(super) struct TreeLock {
     file: std::fs::File,
     path: std::path::PathBuf,
@@ -51,10 +52,13 @@ pub(super) struct TreeLock {
 }
 
 impl TreeLock {
-    fn open(state_dir: &std::path::Path, lease: &str) -> Result<Self> {
+    pub(super) fn open(state_dir: &std::path::Path, lease: &str, workspace: &str) -> Result<Self> {
         let dir = state_dir.join("locks");
         std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
-        let path = dir.join(format!("{lease}.tree"));
+        let path = dir.join(format!(
+            "{}.tree",
+            crate::workspace::lock_name(lease, workspace)
+        ));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -64,14 +68,18 @@ impl TreeLock {
         Ok(TreeLock {
             file,
             path,
-            lease: lease.to_string(),
+            lease: if workspace == crate::workspace::MAIN {
+                lease.to_string()
+            } else {
+                format!("{lease} (workspace {workspace})")
+            },
             waited: false,
         })
     }
 
     /// Takes (or converts to) `how`, waiting while other runs hold the lease in a way that
     /// excludes it, and saying so once.
-    async fn hold(
+    pub(super) async fn hold(
         &mut self,
         how: Hold,
         reporter: &dyn Reporter,
@@ -167,7 +175,7 @@ impl Engine {
         let workdir = acquired.workdir.clone();
         let lease = acquired.target.lease_id.clone();
         let t = Instant::now();
-        let mut lock = TreeLock::open(&self.state_dir, &lease)?;
+        let mut lock = TreeLock::open(&self.state_dir, &lease, &acquired.workspace)?;
         lock.hold(Hold::Shared, reporter, &req.cancel).await?;
         let Some(source) = &req.sync else {
             cancellable(&req.cancel, session.make_dir(&workdir)).await?;
@@ -283,7 +291,12 @@ impl Engine {
                 human_bytes(report.wire_bytes),
             ));
         }
-        if let Some(claim) = &mut acquired.claim {
+        // The claim keeps the lease's workdir (main's), never a workspace's.
+        if let Some(claim) = acquired
+            .claim
+            .as_mut()
+            .filter(|_| acquired.workspace == crate::workspace::MAIN)
+        {
             claim.workdir = workdir;
         }
         self.touch_claim(acquired)?;

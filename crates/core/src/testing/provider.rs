@@ -254,6 +254,7 @@ fn remote(b: &MemBox) -> RemoteBox {
         workdir: Some(b.workdir.clone()),
         created_at: None,
         expires_at: None,
+        details: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ mod outputs;
 mod release;
 mod shard;
 mod sync;
+mod workspaces;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
