@@ -1,8 +1,9 @@
 //! Project chores: `cargo xtask ci | setup | emulator | bench | fuzz`.
 //!
 //! `ci` is the one test command: it installs what the tests need (bubblewrap for the E2B
-//! emulator's sandboxes, a Python venv with E2B's official SDK), then runs formatting and lint
-//! checks, every Rust test, and the SDK fidelity script against the emulator. `fuzz` runs the
+//! emulator's sandboxes, a Python venv with E2B's and MCP's official SDKs), then runs
+//! formatting and lint checks, every Rust test, the SDK fidelity script against the emulator,
+//! and the MCP client script against `crabbox mcp`. `fuzz` runs the
 //! cargo-fuzz targets in `fuzz/` (nightly; not part of `ci`).
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ mod fuzz;
 
 /// The official SDK version the emulator is proven against.
 const E2B_SDK_VERSION: &str = "2.63.0";
+/// The official MCP Python SDK version `crabbox mcp` is driven with (`tests/mcp/client.py`).
+const MCP_SDK_VERSION: &str = "2.3.0";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -155,33 +158,38 @@ fn setup(root: &Path) -> Result {
             &[],
         )?;
     }
-    if !has_sdk(&python) {
-        step(
-            root,
-            "install the E2B SDK",
-            python.to_str().unwrap(),
-            &[
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                &format!("e2b=={E2B_SDK_VERSION}"),
-            ],
-            &[],
-        )?;
+    for (package, version, what) in [
+        ("e2b", E2B_SDK_VERSION, "the E2B SDK"),
+        ("mcp", MCP_SDK_VERSION, "the MCP SDK"),
+    ] {
+        if !has_package(&python, package, version) {
+            step(
+                root,
+                &format!("install {what}"),
+                python.to_str().unwrap(),
+                &[
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    &format!("{package}=={version}"),
+                ],
+                &[],
+            )?;
+        }
     }
     Ok(())
 }
 
-/// Whether the venv's Python has the pinned SDK. A quiet check: a missing package is an answer
-/// (false), not a traceback.
-fn has_sdk(python: &Path) -> bool {
+/// Whether the venv's Python has `package` at `version`. A quiet check: a missing package is
+/// an answer (false), not a traceback.
+fn has_package(python: &Path, package: &str, version: &str) -> bool {
     let probe = format!(
         "import importlib.metadata as m, sys\n\
-         try:\n    v = m.version('e2b')\n\
+         try:\n    v = m.version('{package}')\n\
          except m.PackageNotFoundError:\n    sys.exit(1)\n\
-         sys.exit(v != '{E2B_SDK_VERSION}')\n"
+         sys.exit(v != '{version}')\n"
     );
     Command::new(python)
         .args(["-c", &probe])
@@ -239,6 +247,18 @@ fn ci(root: &Path) -> Result {
         root.join(".venv/bin/python").to_str().unwrap(),
         &[script.to_str().unwrap()],
         &[("E2B_EMULATOR_BIN", emulator.to_str().unwrap())],
+    )?;
+    let crabbox = target_dir(root)?.join("debug/crabbox");
+    let script = root.join("tests/mcp/client.py");
+    step(
+        root,
+        "MCP client (official MCP SDK) against crabbox mcp",
+        root.join(".venv/bin/python").to_str().unwrap(),
+        &[script.to_str().unwrap()],
+        &[
+            ("CRABBOX_BIN", crabbox.to_str().unwrap()),
+            ("E2B_EMULATOR_BIN", emulator.to_str().unwrap()),
+        ],
     )?;
     eprintln!("xtask: ci passed in {:.0}s", t.elapsed().as_secs_f64());
     Ok(())

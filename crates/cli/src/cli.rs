@@ -159,6 +159,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Serve the Model Context Protocol (stdio; --http for Streamable HTTP) so that coding
+    /// agents drive boxes through tool calls
+    Mcp(McpArgs),
     /// Print shell completions
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -175,6 +178,17 @@ pub struct WorkspacesArgs {
     /// Print them as JSON on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// Serve Streamable HTTP at http://ADDR/mcp instead of stdio (e.g. 127.0.0.1:8765)
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Allow --http on an address other machines can reach (anyone reaching it runs
+    /// commands with your credentials)
+    #[arg(long, requires = "http")]
+    pub allow_remote: bool,
 }
 
 #[derive(Debug, Args)]

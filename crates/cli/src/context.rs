@@ -3,10 +3,10 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crabbox_core::claims::ClaimStore;
-use crabbox_core::config::{flag, FlagValue, LoadOptions, LoadedConfig};
+use crabbox_core::config::{flag, FlagValue, LoadedConfig};
 use crabbox_core::engine::Engine;
 use crabbox_core::events::Reporter;
+use crabbox_core::frontend::{self, Invocation};
 use crabbox_core::hint::Hint;
 use crabbox_core::provider::ProviderContext;
 use crabbox_core::Result;
@@ -32,22 +32,12 @@ pub fn flag_layers(g: &GlobalArgs) -> Vec<FlagValue> {
 pub fn load_config(g: &GlobalArgs, extra: Vec<FlagValue>) -> Result<LoadedConfig> {
     let mut flags = flag_layers(g);
     flags.extend(extra);
-    let sections = crate::registry::registry().sections();
-    let cfg = LoadedConfig::load(&LoadOptions::from_process(flags, sections)?)?;
+    let inv = Invocation::from_process(flags)?;
+    let cfg = frontend::load_config(&crate::registry::registry(), &inv)?;
     for w in &cfg.warnings {
         eprintln!("crabbox: warning: {w}");
     }
     Ok(cfg)
-}
-
-pub fn claim_store() -> Result<ClaimStore> {
-    let store = ClaimStore::open_default()?;
-    if let Ok((_, corrupt)) = store.list() {
-        for c in corrupt {
-            eprintln!("crabbox: warning: {c}");
-        }
-    }
-    Ok(store)
 }
 
 /// The configured provider alone (no claims, no engine), as `doctor` checks it.
@@ -63,14 +53,8 @@ pub fn provider(cfg: &LoadedConfig) -> Result<Box<dyn crabbox_core::provider::Pr
 /// The engine over the configured provider; refuses flags the provider cannot honour,
 /// before any work.
 pub fn engine(cfg: &LoadedConfig, g: &GlobalArgs) -> Result<Engine> {
-    let state_dir = crabbox_core::paths::state_dir()?;
-    let ctx = ProviderContext {
-        state_dir: state_dir.clone(),
-        caller_env: std::env::vars().collect(),
-        reporter: reporter(),
-    };
-    let provider = crate::registry::registry().build(cfg, &ctx)?;
-    let engine = Engine::new(provider, claim_store()?, state_dir).configured(cfg);
+    let env = std::env::vars().collect();
+    let engine = frontend::engine(&crate::registry::registry(), cfg, &env, reporter())?;
     engine.refuse_machine_sizes(&[
         ("--class", g.class.as_deref()),
         ("--type", g.machine_type.as_deref()),

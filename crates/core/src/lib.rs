@@ -5,6 +5,7 @@
 //! - [`provider`]: the box primitives every backend implements.
 //! - [`events`] and [`hint`]: how the library reports progress and what to do next.
 //! - [`registry`]: provider names to how each is built.
+//! - [`frontend`]: what every front end does first: config layers for a directory, the engine.
 //! - [`config`]: layered configuration (defaults, files, environment, flags) with origins.
 //! - [`env_policy`]: which of the caller's environment variables reach the remote command.
 //! - [`lease`] and [`claims`]: lease ids, slugs, and this machine's claim files.
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod env_policy;
 pub mod error;
 pub mod events;
+pub mod frontend;
 pub mod hint;
 pub mod lease;
 pub mod paths;

@@ -127,6 +127,7 @@ impl BoxRef {
 }
 
 /// A snapshot of a box: new boxes can start from it.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotInfo {

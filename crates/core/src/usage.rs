@@ -42,6 +42,7 @@ pub struct UsageEvent {
 }
 
 /// A lease's box-seconds.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseUsage {

@@ -8,6 +8,7 @@ mod download;
 mod fork;
 mod lifecycle;
 mod list;
+mod mcp;
 mod run;
 mod shard;
 mod shell;
@@ -49,6 +50,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Shell(a) => shell::run(&g, a).await,
         Command::Doctor(a) => doctor::run(&g, a).await,
         Command::Config { command } => config::run(&g, command),
+        Command::Mcp(a) => mcp::run(&g, a).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

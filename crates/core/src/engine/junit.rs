@@ -12,6 +12,7 @@ const MESSAGE_LINES: usize = 3;
 /// Failing cases listed (the rest are counted).
 pub const FAILURES_LISTED: usize = 50;
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct JunitSummary {
@@ -28,6 +29,7 @@ pub struct JunitSummary {
     pub unreadable: Vec<String>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct FailedCase {

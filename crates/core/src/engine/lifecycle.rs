@@ -20,6 +20,7 @@ use crate::provider::{unsupported, BoxRef, Feature, NewBox, SnapshotInfo};
 use crate::usage::{UsageEventKind, UsageReport};
 
 /// What `pause` or `resume` did.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleOutcome {
@@ -33,6 +34,7 @@ pub struct LifecycleOutcome {
 }
 
 /// What `snapshot` made.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotOutcome {
@@ -60,6 +62,7 @@ pub struct ForkOutcome {
 }
 
 /// A port of a box, and how to reach it.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PortOutcome {

@@ -25,6 +25,7 @@ use crate::sync::is_safe_relative;
 const LIST_LIMIT: usize = 64 << 20;
 
 /// What came home.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactReport {
@@ -43,6 +44,7 @@ pub struct ArtifactReport {
     pub error: Option<String>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct FetchedFile {

@@ -175,6 +175,7 @@ pub struct RunRequest {
 }
 
 /// How a run went.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunOutcome {
@@ -276,6 +277,7 @@ pub struct TimingReport {
 }
 
 /// Wall-clock phases of a run, for `--timing-json`.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Timing {
@@ -292,6 +294,7 @@ impl Timing {
 }
 
 /// What a sync sent.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncReport {
@@ -319,6 +322,7 @@ pub struct SyncReport {
 }
 
 /// A box as `status` and `list` show it.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BoxStatus {
@@ -364,6 +368,7 @@ pub struct StopRequest {
 }
 
 /// What `stop` did.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct StopOutcome {
