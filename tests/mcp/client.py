@@ -25,7 +25,7 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-TOOLS = {"warmup", "run", "status", "list", "stop", "pause", "resume", "snapshot", "url", "download", "logs"}
+TOOLS = {"warmup", "run", "status", "list", "stop", "pause", "resume", "snapshot", "url", "download", "logs", "wait", "kill", "shard"}
 NOT_OURS = "cbx_0000deadbeef"
 
 
@@ -285,6 +285,43 @@ async def checks_for(machine, binary, report, secret=None):
             assert (machine.repo / "fetched").read_text() == "data\n", got
 
         await check("a detached run's logs; download brings a file home", detached_and_download)
+
+        async def wait_and_kill():
+            assert "id" in lease, "no lease (warmup failed)"
+            out = structured(
+                await client.call_tool(
+                    "run", {"id": lease["id"], "sync": False, "detach": True, "command": "exit 7"}
+                )
+            )
+            waited = structured(await client.call_tool("wait", {"run": out["runId"]}))
+            assert waited["exitCode"] == 7, waited
+            out = structured(
+                await client.call_tool(
+                    "run", {"id": lease["id"], "sync": False, "detach": True, "command": "sleep 3600"}
+                )
+            )
+            killed = structured(await client.call_tool("kill", {"run": out["runId"]}))
+            assert killed["stopped"], killed
+            waited = structured(await client.call_tool("wait", {"run": out["runId"]}))
+            assert waited["exitCode"] == 143, waited
+
+        await check("wait gives a detached run's exit code; kill stops one", wait_and_kill)
+
+        async def shard():
+            out = structured(
+                await client.call_tool(
+                    "shard",
+                    {"count": 2, "command": "echo shard {{index}}/{{total}} $CRABBOX_SHARD_INDEX; test {{index}} = 1"},
+                )
+            )
+            assert out["exitCode"] == 1, out
+            assert [s["exitCode"] for s in out["shards"]] == [0, 1], out
+            assert out["uploads"] == 1 and out["plan"]["forked"], out
+            assert "[1/2] shard 1/2 1\n" in out["stdout"]["tail"], out
+            assert "[2/2] shard 2/2 2\n" in out["stdout"]["tail"], out
+            await expect_protocol_error(client, "shard", {"count": 21, "command": "true"}, "shard.maxCount")
+
+        await check("shard: synced once, forked, one verdict; over the cap refused", shard)
 
         async def lifecycle():
             assert "id" in lease, "no lease (warmup failed)"

@@ -56,6 +56,7 @@ pub struct ShardRequest {
 
 /// What was planned, said before anything is made.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ShardPlan {
     pub count: u32,
@@ -69,6 +70,7 @@ pub struct ShardPlan {
 
 /// One shard's end.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ShardResult {
     pub index: u32,
@@ -85,6 +87,7 @@ pub struct ShardResult {
 
 /// The verdict.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ShardOutcome {
     pub plan: ShardPlan,

@@ -8,10 +8,12 @@ mod list;
 mod logs;
 mod pause;
 mod run;
+mod shard;
 mod snapshot;
 mod status;
 mod stop;
 mod url;
+mod wait;
 mod warmup;
 
 use std::sync::Arc;
@@ -64,6 +66,8 @@ pub(crate) fn router() -> ToolRouter<CrabboxServer> {
         + CrabboxServer::url_router()
         + CrabboxServer::download_router()
         + CrabboxServer::logs_router()
+        + CrabboxServer::wait_router()
+        + CrabboxServer::shard_router()
 }
 
 /// The output schema of a tool whose structured result is a `T`.

@@ -107,7 +107,7 @@ enum Keep {
 
 /// A command as shell source (a string) or as words (an array, each quoted).
 #[derive(Debug, Clone)]
-enum Command {
+pub(crate) enum Command {
     Shell(String),
     Argv(Vec<String>),
 }
