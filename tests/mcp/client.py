@@ -25,7 +25,7 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-TOOLS = {"warmup", "run", "status", "list", "stop", "pause", "resume", "snapshot", "url", "download", "logs", "wait", "kill", "shard"}
+TOOLS = {"warmup", "run", "status", "list", "stop", "pause", "resume", "snapshot", "url", "download", "logs", "wait", "kill", "shard", "runs", "fork", "workspaces"}
 NOT_OURS = "cbx_0000deadbeef"
 
 
@@ -306,6 +306,26 @@ async def checks_for(machine, binary, report, secret=None):
             assert waited["exitCode"] == 143, waited
 
         await check("wait gives a detached run's exit code; kill stops one", wait_and_kill)
+
+        async def runs_fork_workspaces():
+            assert "id" in lease, "no lease (warmup failed)"
+            runs = structured(await client.call_tool("runs", {"id": lease["id"]}))["runs"]
+            assert any(r["exitCode"] == 7 and r["state"] == "exited" for r in runs), runs
+            out = structured(
+                await client.call_tool(
+                    "run", {"id": lease["id"], "workspace": "agent-2", "command": "pwd"}
+                )
+            )
+            assert out["exitCode"] == 0 and "agent-2" in out["stdout"]["tail"], out
+            listed = structured(await client.call_tool("workspaces", {"id": lease["id"]}))
+            names = [w["name"] for w in listed["workspaces"]]
+            assert names[0] == "main" and "agent-2" in names, listed
+            forked = structured(await client.call_tool("fork", {"id": lease["id"], "count": 2}))
+            assert len(forked["forks"]) == 2 and not forked["failed"], forked
+            for f in forked["forks"]:
+                structured(await client.call_tool("stop", {"id": f["leaseId"]}))
+
+        await check("runs lists detached runs; run in a workspace, workspaces lists it; fork makes leases", runs_fork_workspaces)
 
         async def shard():
             out = structured(

@@ -40,6 +40,7 @@ pub struct DetachedRun {
 
 /// A run as the box reports it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunState {
     pub run_id: String,

@@ -54,6 +54,7 @@ pub struct ForkRequest {
 
 /// What `fork` made: one new lease per fork that started, and why the others did not.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ForkOutcome {
     pub source_lease_id: String,

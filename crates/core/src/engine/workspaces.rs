@@ -16,6 +16,7 @@ use crate::workspace::{check_name, workspaces_dir, MAIN};
 
 /// One workspace on a box.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceInfo {
     pub name: String,
@@ -28,6 +29,7 @@ pub struct WorkspaceInfo {
 
 /// The workspaces of one lease.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceList {
     pub lease_id: String,

@@ -3,6 +3,7 @@
 //! `#[tool_router(router = <tool>_router)]` impl that sets up the call, asks the engine, and
 //! returns a structured result. Adding a tool is that file and one line in [`router`].
 
+mod boxes;
 mod download;
 mod list;
 mod logs;
@@ -68,6 +69,7 @@ pub(crate) fn router() -> ToolRouter<CrabboxServer> {
         + CrabboxServer::logs_router()
         + CrabboxServer::wait_router()
         + CrabboxServer::shard_router()
+        + CrabboxServer::boxes_router()
 }
 
 /// The output schema of a tool whose structured result is a `T`.

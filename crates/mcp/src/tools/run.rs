@@ -86,6 +86,10 @@ pub(crate) struct RunArgs {
     /// Sync a tree past the size limits (as `--force-sync-large`).
     #[serde(default)]
     force_sync_large: bool,
+    /// Run in this workspace of the box: its own synced tree (default: the config's
+    /// `workspace`, else `main`).
+    #[serde(default)]
+    workspace: Option<String>,
 }
 
 fn yes() -> bool {
@@ -254,6 +258,7 @@ impl CrabboxServer {
                 artifact_globs: a.artifact_globs,
                 junit: a.junit,
                 timeout: a.timeout_secs.map(Duration::from_secs),
+                workspace: a.workspace,
                 ..Default::default()
             },
             from_snapshot: a.from_snapshot,
