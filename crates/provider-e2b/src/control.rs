@@ -335,23 +335,38 @@ impl ControlPlane {
 
     /// `GET /v2/sandboxes` filtered by metadata, following `X-Next-Token`.
     pub async fn list(&self, filter: &BTreeMap<String, String>) -> Result<Vec<ListedSandbox>> {
-        let what = "listing sandboxes";
         let metadata = encode_metadata_filter(filter);
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        for _ in 0..MAX_LIST_PAGES {
-            let mut query: Vec<(&str, &str)> = vec![
+        self.get_pages(
+            "listing sandboxes",
+            "/v2/sandboxes",
+            &[
                 ("state", "running,paused"),
                 ("metadata", &metadata),
                 ("limit", "100"),
-            ];
+            ],
+            MAX_LIST_PAGES,
+        )
+        .await
+    }
+
+    /// Every item of a paginated `GET path?query` (E2B's `nextToken` header leads from one
+    /// page to the next), at most `max_pages` pages; a token that repeats ends it.
+    pub(crate) async fn get_pages<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        base: &[(&str, &str)],
+        max_pages: usize,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..max_pages {
+            let mut query: Vec<(&str, &str)> = base.to_vec();
             if let Some(t) = token.as_deref() {
                 query.push(("nextToken", t));
             }
             let reply = self
-                .send_retrying(what, || {
-                    self.request(Method::GET, "/v2/sandboxes").query(&query)
-                })
+                .send_retrying(what, || self.request(Method::GET, path).query(&query))
                 .await?;
             if reply.status != StatusCode::OK {
                 return Err(self.failure(what, &reply));
@@ -363,7 +378,7 @@ impl ControlPlane {
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .map(String::from);
-            let page: Vec<ListedSandbox> = self.json(what, &reply)?;
+            let page: Vec<T> = self.json(what, &reply)?;
             out.extend(page);
             match next {
                 Some(t) if Some(&t) != token.as_ref() => token = Some(t),

@@ -10,7 +10,6 @@ use crabbox_e2b_wire::control::{
     percent_encode, port_host, ForkRequest, ForkResult, PauseRequest, SnapshotInfo,
     SnapshotRequest, TRAFFIC_ACCESS_TOKEN_HEADER,
 };
-use crabbox_e2b_wire::headers;
 use reqwest::{Method, StatusCode};
 
 use crate::control::ControlPlane;
@@ -77,37 +76,13 @@ impl ControlPlane {
 
     /// `GET /snapshots`, following `X-Next-Token`.
     pub async fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
-        let what = "listing snapshots";
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        for _ in 0..MAX_SNAPSHOT_PAGES {
-            let mut query: Vec<(&str, &str)> = vec![("limit", "100")];
-            if let Some(t) = token.as_deref() {
-                query.push(("nextToken", t));
-            }
-            let reply = self
-                .send_retrying(what, || {
-                    self.request(Method::GET, "/snapshots").query(&query)
-                })
-                .await?;
-            if reply.status != StatusCode::OK {
-                return Err(self.failure(what, &reply));
-            }
-            let next = reply
-                .headers
-                .get(headers::NEXT_TOKEN)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(String::from);
-            let page: Vec<SnapshotInfo> = self.json(what, &reply)?;
-            out.extend(page);
-            match next {
-                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                _ => return Ok(out),
-            }
-        }
-        Ok(out)
+        self.get_pages(
+            "listing snapshots",
+            "/snapshots",
+            &[("limit", "100")],
+            MAX_SNAPSHOT_PAGES,
+        )
+        .await
     }
 
     /// `DELETE /templates/{id}` (a snapshot is a template): `false` when there is none.
