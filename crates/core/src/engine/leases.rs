@@ -30,6 +30,25 @@ pub(super) struct LeaseSpec<'a> {
 
 /// Claim label: the idle timeout a box was made with (seconds); a run renews it by that much.
 pub(super) const IDLE_TIMEOUT_LABEL: &str = "idleTimeoutSecs";
+
+/// The idle timeout a lease's box was made with (its claim's label), if any.
+pub(super) fn idle_timeout_of(claim: Option<&Claim>) -> Option<Duration> {
+    claim
+        .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
+        .and_then(|secs| secs.parse().ok())
+        .map(Duration::from_secs)
+}
+
+impl Engine {
+    /// `e`, with the lease to stop attached when it says the box of a lease this machine
+    /// claims is gone.
+    pub(super) fn hint_stop_if_gone(&self, e: Error, claimed: bool, lease_id: &str) -> Error {
+        match (&e, claimed) {
+            (Error::NotFound(_), true) => e.with_hint(self.stop_hint(lease_id)),
+            _ => e,
+        }
+    }
+}
 /// Claim label: the lease a box's tags name when not its own (a fork's source).
 pub(super) const TAG_LEASE_LABEL: &str = "tagLease";
 /// Claim label: the lease a fork was made from.

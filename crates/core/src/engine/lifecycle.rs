@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::leases::{LeaseSpec, FORK_OF_LABEL, IDLE_TIMEOUT_LABEL, TAG_LEASE_LABEL};
+use super::leases::{idle_timeout_of, LeaseSpec, FORK_OF_LABEL, TAG_LEASE_LABEL};
 use super::Engine;
 use crate::claims::{now_rfc3339, Claim};
 use crate::engine::BoxStatus;
@@ -145,10 +145,7 @@ impl Engine {
             .provider
             .pause(&target)
             .await
-            .map_err(|e| match (&e, &claim) {
-                (Error::NotFound(_), Some(_)) => e.with_hint(self.stop_hint(&target.lease_id)),
-                _ => e,
-            })?;
+            .map_err(|e| self.hint_stop_if_gone(e, claim.is_some(), &target.lease_id))?;
         if paused {
             self.record(
                 UsageEventKind::Paused,
@@ -171,19 +168,12 @@ impl Engine {
     pub async fn resume(&self, id: &str, ttl: Duration) -> Result<LifecycleOutcome> {
         self.require(Feature::Pause, Some(id))?;
         let (claim, target) = self.target_of(id).await?;
-        let ttl = claim
-            .as_ref()
-            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
-            .and_then(|secs| secs.parse().ok())
-            .map_or_else(|| self.provider.ttl(ttl), Duration::from_secs);
+        let ttl = idle_timeout_of(claim.as_ref()).unwrap_or_else(|| self.provider.ttl(ttl));
         let resumed = self
             .provider
             .resume(&target, ttl)
             .await
-            .map_err(|e| match (&e, &claim) {
-                (Error::NotFound(_), Some(_)) => e.with_hint(self.stop_hint(&target.lease_id)),
-                _ => e,
-            })?;
+            .map_err(|e| self.hint_stop_if_gone(e, claim.is_some(), &target.lease_id))?;
         if resumed {
             self.record(
                 UsageEventKind::Resumed,
@@ -439,11 +429,7 @@ impl Engine {
     pub async fn port_url(&self, id: &str, port: u16, ttl: Duration) -> Result<PortOutcome> {
         self.require(Feature::PortUrl, Some(id))?;
         let (claim, target) = self.target_of(id).await?;
-        let ttl = claim
-            .as_ref()
-            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
-            .and_then(|secs| secs.parse().ok())
-            .map_or_else(|| self.provider.ttl(ttl), Duration::from_secs);
+        let ttl = idle_timeout_of(claim.as_ref()).unwrap_or_else(|| self.provider.ttl(ttl));
         let url = self.provider.port_url(&target, port, ttl).await?;
         Ok(PortOutcome {
             lease_id: target.lease_id,
@@ -459,11 +445,7 @@ impl Engine {
     pub async fn shell(&self, req: &ShellRequest, reporter: &dyn Reporter) -> Result<Shell> {
         self.require(Feature::Pty, Some(&req.id))?;
         let (claim, target) = self.target_of(&req.id).await?;
-        let idle = claim
-            .as_ref()
-            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
-            .and_then(|secs| secs.parse().ok())
-            .map(Duration::from_secs);
+        let idle = idle_timeout_of(claim.as_ref());
         // It lives for the TTL while the shell is open; see `end_shell`.
         let session = self
             .provider

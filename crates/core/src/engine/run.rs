@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exec::{Ran, TIMEOUT_EXIT};
 use super::leases::LeaseSpec;
-use super::leases::IDLE_TIMEOUT_LABEL;
+use super::leases::{idle_timeout_of, IDLE_TIMEOUT_LABEL};
 use super::sync::Choosing;
 use super::{ms, Engine, CANCEL_BUDGET};
 use crate::claims::Claim;
@@ -220,10 +220,7 @@ impl Engine {
         }
         let session = cancellable(&req.cancel, self.provider.open(&target, ttl))
             .await
-            .map_err(|e| match (&e, &claim) {
-                (Error::NotFound(_), Some(_)) => e.with_hint(self.stop_hint(&target.lease_id)),
-                _ => e,
-            })?;
+            .map_err(|e| self.hint_stop_if_gone(e, claim.is_some(), &target.lease_id))?;
         if session.resumed() {
             reporter.status(&format!(
                 "resumed paused {} box {} (lease {}, {})",
@@ -336,13 +333,7 @@ impl Engine {
     /// A reused box that pauses when idle gets its idle timeout again from now, the end of
     /// this run's use (best effort: it is reported, and the box's TTL still bounds it).
     async fn renew_idle_timeout(&self, acquired: &Acquired, reporter: &dyn Reporter) {
-        let Some(idle) = acquired
-            .claim
-            .as_ref()
-            .and_then(|c| c.labels.get(IDLE_TIMEOUT_LABEL))
-            .and_then(|secs| secs.parse().ok())
-            .map(Duration::from_secs)
-        else {
+        let Some(idle) = idle_timeout_of(acquired.claim.as_ref()) else {
             return;
         };
         if let Err(e) = self.provider.set_ttl(&acquired.target, idle).await {
