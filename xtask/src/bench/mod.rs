@@ -20,7 +20,8 @@
 //! sync rounds are interleaved, and dirty pages are written out before each timed step.
 //! `--sizes 20000,3000` picks the repositories (`none`: only the 1 GB tree), `--provider
 //! e2b|local|all`, `--json` prints one JSON object on stdout instead of the tables, `--check`
-//! fails when a figure misses its target. Everything lives in a temporary directory, removed
+//! fails when a figure misses its target, `--generate DIR` only generates the repositories
+//! (`DIR/repo-<files>`) for profiling by hand. Everything lives in a temporary directory, removed
 //! at the end.
 
 use std::path::Path;
@@ -37,7 +38,7 @@ mod shard;
 use measure::{crabbox_for, Provider, Upload};
 use report::{Table, TARGETS};
 
-const USAGE: &str = "usage: cargo xtask bench [--rounds N] [--provider e2b|local|all] [--sizes 20000,3000] [--no-large] [--no-shard|--only-shard] [--json] [--check]";
+const USAGE: &str = "usage: cargo xtask bench [--rounds N] [--provider e2b|local|all] [--sizes 20000,3000] [--no-large] [--no-shard|--only-shard] [--json] [--check] [--generate DIR]";
 /// The repository the issue's targets are set for; other sizes are 10 kB a file too.
 const MAIN_FILES: usize = 20_000;
 const BYTES_PER_FILE: u64 = 10_000;
@@ -54,6 +55,8 @@ struct Options {
     /// The shard figure (`--no-shard` skips it, `--only-shard` measures nothing else).
     shard: bool,
     only_shard: bool,
+    /// Only generate the repositories under this directory, for profiling by hand.
+    generate: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -74,6 +77,7 @@ impl Options {
             check: false,
             shard: true,
             only_shard: false,
+            generate: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -106,6 +110,7 @@ impl Options {
                 "--no-shard" => o.shard = false,
                 "--only-shard" => o.only_shard = true,
                 "--check" => o.check = true,
+                "--generate" => o.generate = Some(it.next().ok_or(USAGE)?.into()),
                 _ => return Err(USAGE.into()),
             }
         }
@@ -140,6 +145,17 @@ fn generate(dir: &Path, files: usize, bytes: u64) -> Result<gen::Repo> {
 
 pub fn run(root: &Path, args: &[String]) -> Result {
     let o = Options::parse(args)?;
+    if let Some(dir) = &o.generate {
+        for &files in &o.sizes {
+            let repo = generate(
+                &dir.join(format!("repo-{files}")),
+                files,
+                files as u64 * BYTES_PER_FILE,
+            )?;
+            eprintln!("xtask: bench: {}", repo.root.display());
+        }
+        return Ok(());
+    }
     let started = Instant::now();
     // Separate builds, so each binary has the features it has when built alone.
     step(
@@ -316,6 +332,13 @@ pub fn run(root: &Path, args: &[String]) -> Result {
         }
         std::fs::remove_dir_all(&dir).map_err(io)?;
     }
+    let emulator_place = emulator.as_ref().map(|e| {
+        if e.in_memory {
+            "the emulator keeps its sandboxes' files in memory (/dev/shm), as fresh as a real box's disk"
+        } else {
+            "the emulator keeps its sandboxes' files on this machine's disk (/dev/shm had no room)"
+        }
+    });
     drop(emulator);
 
     let failed = tables
@@ -328,6 +351,7 @@ pub fn run(root: &Path, args: &[String]) -> Result {
             "rounds": o.rounds,
             "seconds": elapsed.round(),
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "emulatorSandboxes": emulator_place,
             "pass": !failed,
             "tables": tables.iter().map(report::table_json).collect::<Vec<_>>(),
         });
@@ -341,7 +365,8 @@ pub fn run(root: &Path, args: &[String]) -> Result {
             "\nbaseline: git ls-files -z | tar --null -T - -cf - | gzip -6 > file, upload it (e2b: envd POST /files), tar -xzf on the box.\n\
              full sync: a first sync into a fresh box (run wall time minus creating, running on and releasing the box).\n\
              Targets are the issue's, set for 20,000 files; other sizes carry none (compare them across runs).\n\
-             {:.0}s on {} CPUs.",
+             {}{:.0}s on {} CPUs.",
+            emulator_place.map(|p| format!("{p}.\n")).unwrap_or_default(),
             elapsed,
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
         );
