@@ -350,6 +350,16 @@ pub trait BoxSession: Send + Sync {
     /// bits, size, whole-second mtime, link target; content hashes when `checksum`). Never
     /// follows a symlink.
     async fn scan(&self, workdir: &str, checksum: bool) -> Result<RemoteTree>;
+    /// The box's tree under `workdir` is still exactly the one an earlier [`scan`] named
+    /// `state` ([`RemoteTree::state`]), known without reading it (a provider that keeps
+    /// watch of the tree). `false` whenever that cannot be known for sure: the caller then
+    /// scans.
+    ///
+    /// [`scan`]: BoxSession::scan
+    async fn unchanged_since(&self, workdir: &str, state: &str) -> Result<bool> {
+        let _ = (workdir, state);
+        Ok(false)
+    }
     /// `path` exists on the box.
     async fn exists(&self, path: &str) -> Result<bool>;
     /// Creates `path` (and its parents) on the box.

@@ -232,6 +232,25 @@ pub async fn scan(
     let known = cache
         .map(|(c, sandbox)| c.load(sandbox, workdir))
         .unwrap_or_default();
+    let ctl = watch_dir(workdir);
+    // The tree this machine last read, while its watcher saw nothing change since (and the
+    // kept bytes are still those it read): no need to read it again.
+    if let Some(w) = known.watch.as_ref().filter(|_| !checksum) {
+        let kept = |part: &Option<crate::scan::Part>| part.as_ref().map(|p| p.sha256.clone());
+        let intact =
+            kept(&known.listing).as_ref() == Some(&w.listing) && kept(&known.record) == w.record;
+        if intact && watcher_saw_no_change(envd, &ctl, &w.id).await {
+            let mut out = b"W\0".to_vec();
+            if w.record.is_some() {
+                out.extend_from_slice(b"r\0");
+            }
+            out.extend_from_slice(b"e\0");
+            if let Ok((mut tree, _)) = crate::scan::parse_with(&out, &known) {
+                tree.state = Some(w.state());
+                return Ok(tree);
+            }
+        }
+    }
     let sha =
         |p: &Option<crate::scan::Part>| p.as_ref().map(|p| p.sha256.clone()).unwrap_or_default();
     let mut envs = BTreeMap::from([
@@ -245,6 +264,14 @@ pub async fn scan(
     ]);
     envs.insert("CBX_KNOWN_RECORD".into(), sha(&known.record));
     envs.insert("CBX_KNOWN_LIST".into(), sha(&known.listing));
+    if cache.is_some() && !checksum {
+        envs.insert("CBX_WATCHER".into(), WATCHER.into());
+        envs.insert("CBX_WATCH_CTL".into(), ctl);
+        envs.insert(
+            "CBX_WATCH_ID".into(),
+            hex::encode(rand::random::<[u8; 8]>()),
+        );
+    }
     let (code, out, err) = run_tracked(
         envd,
         crate::scan::SCAN_SCRIPT,
@@ -269,6 +296,78 @@ pub async fn scan(
         c.keep(sandbox, workdir, &fresh);
     }
     Ok(tree)
+}
+
+/// Watches a synced tree between scans (see the script's header).
+const WATCHER: &str = include_str!("scripts/sync_watch.py");
+/// How long a watcher is given to answer: past it, the tree is read whole.
+const WATCHER_PATIENCE: Duration = Duration::from_millis(250);
+
+/// `<parent>/.<name>.crabbox-watch`: the control directory of `workdir`'s watcher.
+pub fn watch_dir(workdir: &str) -> String {
+    let (parent, name) = workdir.rsplit_once('/').unwrap_or(("", workdir));
+    format!("{parent}/.{name}.crabbox-watch")
+}
+
+/// The tree under `workdir` is still the one named `state` (see [`Watched::state`]): its
+/// watcher, noted in `cache`, saw no change since it was read.
+///
+/// [`Watched::state`]: crate::scan::Watched::state
+pub async fn unchanged_since(
+    envd: &Envd,
+    workdir: &str,
+    state: &str,
+    cache: Option<(&ScanCache, &str)>,
+) -> bool {
+    let Some(w) = cache.and_then(|(c, sandbox)| c.watched(sandbox, workdir)) else {
+        return false;
+    };
+    w.state() == state && watcher_saw_no_change(envd, &watch_dir(workdir), &w.id).await
+}
+
+/// Asks watcher `id` (by making a request directory in `ctl`, which it sees after every
+/// change made before) whether it saw any change since it started. Anything but a clear
+/// "none" (another watcher, a lost one, no answer in time, a failed call) is false: the
+/// caller then reads the tree whole.
+async fn watcher_saw_no_change(envd: &Envd, ctl: &str, id: &str) -> bool {
+    let nonce = hex::encode(rand::random::<[u8; 8]>());
+    if envd.make_dir(&format!("{ctl}/p-{nonce}")).await.is_err() {
+        return false;
+    }
+    let state = format!("{ctl}/state");
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let mut buf = Vec::new();
+        if envd.download(&state, &mut buf).await.is_err() {
+            return false;
+        }
+        match watcher_answer(&buf, id, &nonce) {
+            Some(no_change) => return no_change,
+            None if started.elapsed() >= WATCHER_PATIENCE => return false,
+            None => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// A watcher's state file read against a request: `Some(no change)` once it answers it (or
+/// can no longer answer anything), `None` while it has not yet.
+fn watcher_answer(state: &[u8], id: &str, nonce: &str) -> Option<bool> {
+    let mut fields = state.split(|b| *b == 0);
+    if fields.next() != Some(b"cbxw1") || fields.next() != Some(id.as_bytes()) {
+        return Some(false);
+    }
+    let answered = fields.next();
+    match fields.next() {
+        Some(b"ok") => {}
+        _ => return Some(false),
+    }
+    if answered != Some(nonce.as_bytes()) {
+        return None;
+    }
+    Some(fields.all(|f| f.is_empty()))
 }
 
 /// SIGKILLs the sync's scripts (they must not go on changing the box after we gave up on
@@ -451,3 +550,7 @@ impl OutputSink for Captured {
 #[cfg(test)]
 #[path = "remote_sync_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "watch_tests.rs"]
+mod watch_tests;

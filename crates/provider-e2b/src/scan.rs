@@ -49,6 +49,56 @@ pub fn parse(out: &[u8]) -> Result<RemoteTree> {
 pub struct Known {
     pub record: Option<Part>,
     pub listing: Option<Part>,
+    /// The watcher that has watched the tree since `listing` (and `record`, or the box's
+    /// lack of one) was read: while it saw no change, they are what the box holds.
+    pub watch: Option<Watched>,
+}
+
+/// A watcher of a box's tree, and what the scan that started it read: while the watcher saw
+/// no change, the box holds exactly that listing and record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    pub id: String,
+    /// SHA-256 of the listing.
+    pub listing: String,
+    /// SHA-256 of the sync record, `None` when the box had none.
+    pub record: Option<String>,
+}
+
+impl Watched {
+    /// The name of that reading ([`RemoteTree::state`]).
+    pub fn state(&self) -> String {
+        format!(
+            "e2b-watch:{}:{}:{}",
+            self.id,
+            self.listing,
+            self.record.as_deref().unwrap_or("-")
+        )
+    }
+
+    /// `id listing record|-`, one line.
+    pub fn encode(&self) -> String {
+        format!(
+            "{} {} {}\n",
+            self.id,
+            self.listing,
+            self.record.as_deref().unwrap_or("-")
+        )
+    }
+
+    pub fn decode(line: &str) -> Option<Self> {
+        let mut f = line.split_whitespace();
+        let (id, listing, record) = (f.next()?, f.next()?, f.next()?);
+        let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(id) || !hex(listing) || f.next().is_some() || !(record == "-" || hex(record)) {
+            return None;
+        }
+        Some(Watched {
+            id: id.into(),
+            listing: listing.into(),
+            record: (record != "-").then(|| record.to_string()),
+        })
+    }
 }
 
 /// Bytes and their hex SHA-256.
@@ -60,11 +110,15 @@ pub struct Part {
 
 impl Part {
     pub fn of(bytes: Vec<u8>) -> Self {
-        use sha2::Digest;
         Part {
-            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            sha256: Self::sha256_of(&bytes),
             bytes,
         }
+    }
+
+    pub fn sha256_of(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
     }
 }
 
@@ -74,6 +128,8 @@ impl Part {
 pub struct Fresh<'a> {
     pub record: Option<&'a [u8]>,
     pub listing: Option<&'a [u8]>,
+    /// The scan's watcher (`w<id>`), watching since before it read the tree, and what it read.
+    pub watch: Option<Watched>,
 }
 
 /// Parses [`SCAN_SCRIPT`]'s output, given what the caller told it it already holds.
@@ -90,6 +146,11 @@ pub fn parse_with<'a>(out: &'a [u8], known: &'a Known) -> Result<(RemoteTree, Fr
         scanned: BTreeSet::from([String::new()]),
         ..RemoteTree::default()
     };
+    let mut watch = None;
+    if c.rest.starts_with(b"w") {
+        let id = c.field().ok_or_else(|| bad("a truncated watcher id"))?;
+        watch = Some(String::from_utf8_lossy(&id[1..]).into_owned());
+    }
     let mut rest = c.rest;
     if let Some(len) = c.field().and_then(|f| f.strip_prefix(b"R")) {
         let len: usize = std::str::from_utf8(len)
@@ -108,16 +169,33 @@ pub fn parse_with<'a>(out: &'a [u8], known: &'a Known) -> Result<(RemoteTree, Fr
         tree.record = Some(SyncRecord::decode(&record.bytes));
         rest = &rest[2..];
     }
-    let listing = if rest == b"e\0" {
-        &known
+    let record_sha = match (fresh.record, &tree.record) {
+        (Some(sent), _) => Some(Part::sha256_of(sent)),
+        (None, Some(_)) => known.record.as_ref().map(|r| r.sha256.clone()),
+        (None, None) => None,
+    };
+    let (listing, listing_sha) = if rest == b"e\0" {
+        let kept = known
             .listing
             .as_ref()
-            .ok_or_else(|| bad("it confirmed a listing it was never shown"))?
-            .bytes[..]
+            .ok_or_else(|| bad("it confirmed a listing it was never shown"))?;
+        (&kept.bytes[..], kept.sha256.clone())
     } else {
         fresh.listing = Some(rest);
-        rest
+        // Hashed only when a watcher will vouch for it.
+        let sha = if watch.is_some() {
+            Part::sha256_of(rest)
+        } else {
+            String::new()
+        };
+        (rest, sha)
     };
+    fresh.watch = watch.map(|id| Watched {
+        id,
+        listing: listing_sha,
+        record: record_sha,
+    });
+    tree.state = fresh.watch.as_ref().map(Watched::state);
     let mut c = Cursor { rest: listing };
     if c.field() != Some(b"E") {
         return Err(bad("the scan ended before its entries"));
@@ -344,6 +422,7 @@ mod tests {
         let known = Known {
             record: fresh.record.map(|r| Part::of(r.to_vec())),
             listing: fresh.listing.map(|l| Part::of(l.to_vec())),
+            watch: None,
         };
         assert_eq!(known.record.as_ref().unwrap().bytes, record.encode());
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use sha2::Digest;
 
-use crate::scan::{Fresh, Known, Part};
+use crate::scan::{Fresh, Known, Part, Watched};
 
 /// Parts larger than this are not kept (the scan limit is far above any real tree's listing,
 /// but a cache file should stay a cache).
@@ -23,6 +23,7 @@ pub struct ScanCache {
 enum What {
     Record,
     Listing,
+    Watch,
 }
 
 impl ScanCache {
@@ -35,6 +36,7 @@ impl ScanCache {
         let ext = match what {
             What::Record => "record",
             What::Listing => "listing",
+            What::Watch => "watch",
         };
         self.dir.join(format!("{}-{key}.{ext}", file_safe(sandbox)))
     }
@@ -46,24 +48,41 @@ impl ScanCache {
                 .ok()
                 .map(Part::of)
         };
+        let watch = self.watched(sandbox, workdir);
         Known {
             record: read(What::Record),
             listing: read(What::Listing),
+            watch,
         }
     }
 
-    /// Keeps what a scan sent whole.
+    /// The watcher noted for `workdir` on `sandbox`, and what the scan that started it read.
+    pub fn watched(&self, sandbox: &str, workdir: &str) -> Option<Watched> {
+        std::fs::read_to_string(self.path(sandbox, workdir, What::Watch))
+            .ok()
+            .and_then(|s| Watched::decode(&s))
+    }
+
+    /// Keeps what a scan sent whole, and which watcher (if any) watches since: the watcher's
+    /// note is removed first and written last, so a crash between leaves none.
     pub fn keep(&self, sandbox: &str, workdir: &str, fresh: &Fresh<'_>) {
+        let watch = self.path(sandbox, workdir, What::Watch);
+        let _ = std::fs::remove_file(&watch);
         if let Some(record) = fresh.record {
             self.write(sandbox, workdir, What::Record, record);
         }
         if let Some(listing) = fresh.listing {
             self.write(sandbox, workdir, What::Listing, listing);
         }
+        if let Some(w) = &fresh.watch {
+            self.write(sandbox, workdir, What::Watch, w.encode().as_bytes());
+        }
     }
 
     /// Keeps the record a completed sync wrote to the box.
+    /// The sync changed the tree: what its watcher saw is of no more use.
     pub fn keep_record(&self, sandbox: &str, workdir: &str, record: &[u8]) {
+        let _ = std::fs::remove_file(self.path(sandbox, workdir, What::Watch));
         self.write(sandbox, workdir, What::Record, record);
     }
 
@@ -121,6 +140,11 @@ mod tests {
             &Fresh {
                 record: Some(b"fa\0"),
                 listing: Some(b"E\0"),
+                watch: Some(Watched {
+                    id: "ab12".into(),
+                    listing: "cd34".into(),
+                    record: None,
+                }),
             },
         );
         cache.keep_record("sbx", "/other", b"fb\0");
@@ -133,6 +157,14 @@ mod tests {
             "the hash is of the bytes read back, not remembered"
         );
         assert_eq!(known.listing.unwrap().bytes, b"E\0");
+        assert_eq!(
+            known.watch,
+            Some(Watched {
+                id: "ab12".into(),
+                listing: "cd34".into(),
+                record: None,
+            })
+        );
         assert_eq!(cache.load("sbx", "/other").record.unwrap().bytes, b"fb\0");
         assert!(cache.load("other", "/w").record.is_none());
         cache.forget("sbx");

@@ -99,6 +99,11 @@ impl BoxSession for E2bSession {
         }
     }
 
+    async fn unchanged_since(&self, workdir: &str, state: &str) -> Result<bool> {
+        let cache = self.scans.as_ref().map(|c| (c, self.sandbox_id.as_str()));
+        Ok(crate::remote_sync::unchanged_since(&self.envd, workdir, state, cache).await)
+    }
+
     async fn make_dir(&self, path: &str) -> Result<()> {
         self.envd.make_dir(path).await
     }

@@ -892,14 +892,15 @@ async fn interrupted_warm_sync_leaves_no_archive_on_the_box() {
     assert!(started.elapsed() < Duration::from_secs(30));
 
     // The kept box holds no upload or staging directory (the sync record beside the workdir
-    // is the last completed sync's, and stays).
+    // is the last completed sync's, and stays, as does the control directory of the watcher
+    // that keeps watch of the tree between scans).
     let mut probe = request(
         &repo,
         Some(&warm.lease_id),
         &[
             "/bin/sh",
             "-c",
-            "ls -a /tmp \"$(dirname \"$PWD\")\" | grep crabbox- | grep -v '^.crabbox.crabbox-synced$' || true",
+            "ls -a /tmp \"$(dirname \"$PWD\")\" | grep crabbox- | grep -v -e '^.crabbox.crabbox-synced$' -e '^.crabbox.crabbox-watch$' || true",
         ],
     );
     probe.sync = None;

@@ -67,6 +67,7 @@ pub fn scan(workdir: &Path, checksum: bool) -> Result<RemoteTree> {
         record,
         scanned,
         entries,
+        state: None,
     })
 }
 

@@ -183,6 +183,36 @@ impl Engine {
             return Ok((None, lock));
         };
         let mut wait_ms = ms(t.elapsed());
+        let memo = SyncMemo::path(&self.state_dir, &lease, &acquired.workspace);
+        if !acquired.created && !req.checksum && !req.full_resync {
+            if let Some(m) = SyncMemo::read(&memo).filter(|m| m.fits(&workdir, source.delete)) {
+                // The last sync found these very files up to date on the box; if the box can
+                // vouch that its tree has not changed since, it need not be read.
+                let t = Instant::now();
+                let local = chosen.wait(&req.cancel, reporter);
+                let vouched = cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state));
+                let (manifest, unchanged) = tokio::join!(local, vouched);
+                let manifest = match source.manifest.as_ref().or(manifest?) {
+                    Some(m) => m,
+                    None => return Err(Error::Sync("the files to sync were never chosen".into())),
+                };
+                if unchanged? && manifest.digest() == m.manifest {
+                    let report = SyncReport {
+                        files: manifest.len() as u64,
+                        bytes: manifest.total_bytes,
+                        scan_ms: ms(t.elapsed()),
+                        wait_ms,
+                        ..SyncReport::default()
+                    };
+                    reporter.status(&format!(
+                        "sync: {} files up to date on the box (verified in {} ms)",
+                        report.files, report.scan_ms
+                    ));
+                    self.synced(acquired, workdir)?;
+                    return Ok((Some(report), lock));
+                }
+            }
+        }
         // The box is read while the local files are chosen (and hashed): neither waits for
         // the other. A box this run just made holds nothing yet; any other is read, not
         // remembered.
@@ -250,7 +280,18 @@ impl Engine {
                 "sync: {} files up to date on the box (verified in {} ms)",
                 report.files, report.scan_ms
             ));
+            match &remote.state {
+                Some(state) if !req.checksum => SyncMemo {
+                    manifest: manifest.digest(),
+                    state: state.clone(),
+                    workdir: workdir.clone(),
+                    delete: source.delete,
+                }
+                .write(&memo),
+                _ => SyncMemo::forget(&memo),
+            }
         } else {
+            SyncMemo::forget(&memo);
             reporter.status(&describe(&plan, &report));
             let codec = if report.sent_bytes >= PROBE_CODECS_FROM {
                 session
@@ -291,7 +332,16 @@ impl Engine {
                 human_bytes(report.wire_bytes),
             ));
         }
-        // The claim keeps the lease's workdir (main's), never a workspace's.
+        self.synced(acquired, workdir)?;
+        // The command runs while the tree is held shared: other runs' commands may run
+        // beside it, but no other sync changes the tree under it.
+        lock.hold(Hold::Shared, reporter, &req.cancel).await?;
+        Ok((Some(report), lock))
+    }
+
+    /// Records a sync of `workdir`: the claim keeps the lease's workdir (main's, never a
+    /// workspace's) and its last use.
+    fn synced(&self, acquired: &mut Acquired, workdir: String) -> Result<()> {
         if let Some(claim) = acquired
             .claim
             .as_mut()
@@ -299,11 +349,7 @@ impl Engine {
         {
             claim.workdir = workdir;
         }
-        self.touch_claim(acquired)?;
-        // The command runs while the tree is held shared: other runs' commands may run
-        // beside it, but no other sync changes the tree under it.
-        lock.hold(Hold::Shared, reporter, &req.cancel).await?;
-        Ok((Some(report), lock))
+        self.touch_claim(acquired)
     }
 
     /// Records the lease's last use (and workdir) in its claim.
@@ -391,6 +437,47 @@ impl Engine {
             return Err(Error::Interrupted);
         }
         result
+    }
+}
+
+/// What the last sync of a lease's tree found: these local files (by digest) up to date on a
+/// box tree the provider named `state` (`<state dir>/sync-memo/<lease>[@workspace].json`).
+/// Only a hint: it is used when the provider confirms the box still holds that tree.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SyncMemo {
+    manifest: String,
+    state: String,
+    workdir: String,
+    delete: bool,
+}
+
+impl SyncMemo {
+    fn path(state_dir: &std::path::Path, lease: &str, workspace: &str) -> std::path::PathBuf {
+        state_dir.join("sync-memo").join(format!(
+            "{}.json",
+            crate::workspace::lock_name(lease, workspace)
+        ))
+    }
+
+    fn read(path: &std::path::Path) -> Option<Self> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    fn fits(&self, workdir: &str, delete: bool) -> bool {
+        self.workdir == workdir && self.delete == delete
+    }
+
+    /// Kept if it can be; a memo that cannot be written is one sync less skipped.
+    fn write(&self, path: &std::path::Path) {
+        if let Ok(body) = serde_json::to_vec(self) {
+            if crate::paths::write_atomic(path, &body).is_err() {
+                Self::forget(path);
+            }
+        }
+    }
+
+    fn forget(path: &std::path::Path) {
+        let _ = std::fs::remove_file(path);
     }
 }
 

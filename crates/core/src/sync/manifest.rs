@@ -1,7 +1,5 @@
 //! The sync manifest: which files of the working tree go to the box.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
@@ -89,125 +87,26 @@ impl SyncManifest {
     /// and `.crabboxignore`. Then `.crabboxignore` and `sync.exclude` remove, `sync.include`
     /// narrows, and the size guardrails apply.
     pub fn build(root: &Path, opts: &SyncOptions) -> Result<Self> {
-        let Candidates {
-            files: candidates,
-            not_utf8,
-        } = match git_files(root)? {
-            Some(found) => found,
-            None => walk_files(root)?,
-        };
         let exclude = matcher(root, &opts.exclude, Some(&root.join(CRABBOXIGNORE)))?;
         let include = if opts.include.is_empty() {
             None
         } else {
             Some(matcher(root, &opts.include, None)?)
         };
-        // A name that is not UTF-8 cannot be synced faithfully: refuse, naming it, unless the
-        // user left it out anyway. Never drop a file silently.
-        let refused: Vec<&String> = not_utf8
-            .iter()
-            .filter(|(lossy, _)| {
-                !exclude
-                    .matched_path_or_any_parents(lossy, false)
-                    .is_ignore()
-                    && include
-                        .as_ref()
-                        .is_none_or(|inc| inc.matched_path_or_any_parents(lossy, false).is_ignore())
-            })
-            .map(|(_, shown)| shown)
-            .collect();
-        if !refused.is_empty() {
-            let shown: Vec<&str> = refused.iter().take(5).map(|s| s.as_str()).collect();
-            return Err(Error::Sync(format!(
-                "{} has {} file name{} that {} not valid UTF-8, which crabbox cannot sync: {}{}; \
-                 rename {}, or leave {} out with .crabboxignore or sync.exclude",
-                root.display(),
-                refused.len(),
-                if refused.len() == 1 { "" } else { "s" },
-                if refused.len() == 1 { "is" } else { "are" },
-                shown.join(", "),
-                if refused.len() > shown.len() {
-                    ", ..."
-                } else {
-                    ""
-                },
-                if refused.len() == 1 { "it" } else { "them" },
-                if refused.len() == 1 { "it" } else { "them" },
-            )));
-        }
-        let mut entries = BTreeMap::new();
-        let mut real_dirs = std::collections::HashSet::new();
-        let mut sparse = Vec::new();
-        for rel in candidates {
-            if !is_clean_relative(&rel)
-                || rel.split('/').any(|c| BUILTIN_EXCLUDES.contains(&c))
-                || rel.starts_with(OWN_DIR)
-            {
-                continue;
+        let filters = Filters {
+            exclude: &exclude,
+            include: include.as_ref(),
+        };
+        let (mut entries, sparse) = match GitListing::start(root)? {
+            Some(git) => git.stat(root, &filters)?,
+            None => {
+                let walked = walk_files(root)?;
+                filters.refuse_not_utf8(root, &walked.not_utf8)?;
+                stat_parallel(root, &walked.files, &filters)?
             }
-            if exclude.matched_path_or_any_parents(&rel, false).is_ignore() {
-                continue;
-            }
-            if let Some(inc) = &include {
-                if !inc.matched_path_or_any_parents(&rel, false).is_ignore() {
-                    continue;
-                }
-            }
-            if !parents_are_real_dirs(root, &rel, &mut real_dirs) {
-                // A directory on the way is now a symlink (or gone): reading through it could
-                // leave the tree.
-                continue;
-            }
-            let full = root.join(&rel);
-            let meta = match std::fs::symlink_metadata(&full) {
-                Ok(m) => m,
-                // Deleted but still tracked: not part of the tree any more.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("reading", full)(e)),
-            };
-            let ft = meta.file_type();
-            let (kind, link_target) = if ft.is_symlink() {
-                let target = std::fs::read_link(&full).map_err(Error::io("reading link", &full))?;
-                (
-                    EntryKind::Symlink,
-                    Some(target.to_string_lossy().into_owned()),
-                )
-            } else if ft.is_file() {
-                (EntryKind::File, None)
-            } else {
-                // Directories (submodules), sockets, fifos: not synced.
-                continue;
-            };
-            let size = if kind == EntryKind::File {
-                meta.len()
-            } else {
-                0
-            };
-            // Found now, before any box exists, rather than half way through a sync.
-            if kind == EntryKind::File && !readable(&full) {
-                return Err(Error::Sync(format!(
-                    "cannot read {}: permission denied; make it readable, or leave it out with \
-                     .crabboxignore or sync.exclude",
-                    full.display()
-                )));
-            }
-            if kind == EntryKind::File && is_sparse(size, meta.blocks()) {
-                sparse.push((rel.clone(), size, meta.blocks().saturating_mul(512)));
-            }
-            let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-            entries.insert(
-                rel.clone(),
-                SyncEntry {
-                    path: rel,
-                    kind,
-                    mode: meta.permissions().mode() & super::SYNCED_MODE_BITS,
-                    size,
-                    mtime_ns,
-                    link_target,
-                },
-            );
-        }
-        let entries: Vec<SyncEntry> = entries.into_values().collect();
+        };
+        entries.sort_unstable_by(|a: &SyncEntry, b: &SyncEntry| a.path.cmp(&b.path));
+        entries.dedup_by(|a, b| a.path == b.path);
         let total_bytes = entries.iter().map(|e| e.size).sum();
         let mut manifest = SyncManifest {
             entries,
@@ -269,6 +168,25 @@ impl SyncManifest {
         self.entries.len()
     }
 
+    /// SHA-256 of every entry (path, kind, mode, size, mtime, link target): equal digests,
+    /// equal manifests.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for e in &self.entries {
+            h.update(e.path.as_bytes());
+            h.update([0, matches!(e.kind, EntryKind::Symlink) as u8]);
+            h.update(e.mode.to_le_bytes());
+            h.update(e.size.to_le_bytes());
+            h.update(e.mtime_ns.to_le_bytes());
+            if let Some(t) = &e.link_target {
+                h.update(t.as_bytes());
+            }
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -282,6 +200,189 @@ impl SyncManifest {
 const SPARSE_MIN_BYTES: u64 = 16 << 20;
 
 /// A file whose disk blocks hold less than half its length (and that is worth mentioning).
+/// Threads reading metadata, at most, and files each at least.
+const STAT_THREADS: usize = 4;
+const STAT_BATCH_MIN: usize = 2048;
+
+/// A file's entry, and its (path, size, bytes on disk) when it is sparse.
+type Stated = (Vec<SyncEntry>, Vec<(String, u64, u64)>);
+
+/// What leaves a file out besides the built-in rules.
+struct Filters<'a> {
+    exclude: &'a Gitignore,
+    include: Option<&'a Gitignore>,
+}
+
+impl Filters<'_> {
+    /// A name that is not UTF-8 cannot be synced faithfully: refused, naming it, unless the
+    /// user left it out anyway. Never a file dropped silently.
+    fn refuse_not_utf8(&self, root: &Path, not_utf8: &[(String, String)]) -> Result<()> {
+        let refused: Vec<&String> = not_utf8
+            .iter()
+            .filter(|(lossy, _)| {
+                !self
+                    .exclude
+                    .matched_path_or_any_parents(lossy, false)
+                    .is_ignore()
+                    && self
+                        .include
+                        .is_none_or(|inc| inc.matched_path_or_any_parents(lossy, false).is_ignore())
+            })
+            .map(|(_, shown)| shown)
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<&str> = refused.iter().take(5).map(|s| s.as_str()).collect();
+        Err(Error::Sync(format!(
+            "{} has {} file name{} that {} not valid UTF-8, which crabbox cannot sync: {}{}; \
+             rename {}, or leave {} out with .crabboxignore or sync.exclude",
+            root.display(),
+            refused.len(),
+            if refused.len() == 1 { "" } else { "s" },
+            if refused.len() == 1 { "is" } else { "are" },
+            shown.join(", "),
+            if refused.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            },
+            if refused.len() == 1 { "it" } else { "them" },
+            if refused.len() == 1 { "it" } else { "them" },
+        )))
+    }
+
+    /// `rel` is one crabbox syncs (by name; the disk is not looked at).
+    fn keeps(&self, rel: &str) -> bool {
+        if !is_clean_relative(rel)
+            || rel.split('/').any(|c| BUILTIN_EXCLUDES.contains(&c))
+            || rel.starts_with(OWN_DIR)
+        {
+            return false;
+        }
+        if self
+            .exclude
+            .matched_path_or_any_parents(rel, false)
+            .is_ignore()
+        {
+            return false;
+        }
+        self.include
+            .is_none_or(|inc| inc.matched_path_or_any_parents(rel, false).is_ignore())
+    }
+}
+
+/// The entries of `batch` (workdir-relative paths) that `filters` keep, as they are on disk
+/// now; a path gone since it was listed, a directory (a submodule), a special file, or one
+/// under a directory that is now a symlink (reading through it could leave the tree) is left
+/// out.
+fn stat_all(root: &Path, batch: &[String], filters: &Filters<'_>) -> Result<Stated> {
+    let mut entries = Vec::with_capacity(batch.len());
+    let mut sparse = Vec::new();
+    let mut real_dirs = std::collections::HashSet::new();
+    // The directory of the previous path, open: its neighbours are looked up from it.
+    let mut dir: Option<(&str, std::fs::File)> = None;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    for rel in batch {
+        if !filters.keeps(rel) || !parents_are_real_dirs(root, rel, &mut real_dirs) {
+            continue;
+        }
+        let full = root.join(rel);
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if dir.as_ref().is_none_or(|(d, _)| *d != parent) {
+            let path = root.join(parent);
+            match open_dir(&path) {
+                Ok(f) => dir = Some((parent, f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("reading", path)(e)),
+            }
+        }
+        let at = &dir.as_ref().expect("opened above").1;
+        let st = match lstat_at(at, name) {
+            Ok(st) => st,
+            // Deleted but still tracked: not part of the tree any more.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("reading", full)(e)),
+        };
+        let (kind, link_target) = match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => {
+                let target = std::fs::read_link(&full).map_err(Error::io("reading link", &full))?;
+                (
+                    EntryKind::Symlink,
+                    Some(target.to_string_lossy().into_owned()),
+                )
+            }
+            libc::S_IFREG => (EntryKind::File, None),
+            // Directories (submodules), sockets, fifos: not synced.
+            _ => continue,
+        };
+        let size = if kind == EntryKind::File {
+            st.st_size as u64
+        } else {
+            0
+        };
+        let blocks = st.st_blocks as u64;
+        // Found now, before any box exists, rather than half way through a sync. The mode bits
+        // answer for most files; access(2) for the rest (groups, ACLs).
+        let mode = st.st_mode;
+        let surely_readable =
+            euid == 0 || mode & 0o004 != 0 || (st.st_uid == euid && mode & 0o400 != 0);
+        if kind == EntryKind::File && !surely_readable && !readable(&full) {
+            return Err(Error::Sync(format!(
+                "cannot read {}: permission denied; make it readable, or leave it out with \
+                 .crabboxignore or sync.exclude",
+                full.display()
+            )));
+        }
+        if kind == EntryKind::File && is_sparse(size, blocks) {
+            sparse.push((rel.clone(), size, blocks.saturating_mul(512)));
+        }
+        let mtime_ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
+        entries.push(SyncEntry {
+            path: rel.clone(),
+            kind,
+            mode: mode & super::SYNCED_MODE_BITS,
+            size,
+            mtime_ns,
+            link_target,
+        });
+    }
+    Ok((entries, sparse))
+}
+
+/// A directory opened to look names up in (never through a final symlink).
+fn open_dir(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// lstat of `name` in the open directory `dir`.
+fn lstat_at(dir: &std::fs::File, name: &str) -> std::io::Result<libc::stat> {
+    use std::os::fd::AsRawFd;
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a zeroed stat is a valid out-parameter; `c` is NUL-terminated and `dir` an open
+    // descriptor for the duration of the call.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        ) == 0
+        {
+            Ok(st)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
 fn is_sparse(size: u64, blocks: u64) -> bool {
     size >= SPARSE_MIN_BYTES && blocks.saturating_mul(512) < size / 2
 }
@@ -329,23 +430,96 @@ impl Candidates {
     }
 }
 
-fn git_files(root: &Path) -> Result<Option<Candidates>> {
-    if git_root(root).is_none() {
-        return Ok(None);
+/// `git ls-files` of the tracked files and, side by side, of the untracked ones git does not
+/// ignore (the slower of the two: it walks the tree).
+struct GitListing {
+    cached: std::process::Child,
+    others: std::process::Child,
+}
+
+impl GitListing {
+    /// Both listings started; `None` where there is no git to ask.
+    fn start(root: &Path) -> Result<Option<Self>> {
+        let ls = |which: &[&str]| {
+            Command::new("git")
+                .arg("-C")
+                .arg(root)
+                .arg("ls-files")
+                .args(which)
+                .arg("-z")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        };
+        let others = match ls(&["--others", "--exclude-standard"]) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("running git ls-files in", root)(e)),
+        };
+        match ls(&["--cached"]) {
+            Ok(cached) => Ok(Some(GitListing { cached, others })),
+            Err(e) => {
+                let mut others = others;
+                let _ = others.kill();
+                let _ = others.wait();
+                Err(Error::io("running git ls-files in", root)(e))
+            }
+        }
     }
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args([
-            "ls-files",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-            "-z",
-        ])
-        .output()
-        .map_err(Error::io("running git ls-files in", root))?;
+
+    /// The entries of every listed file `filters` keep: the tracked ones are read on a few
+    /// threads while git still lists the untracked ones. Outside a work tree git will read
+    /// (none, or one it refuses), the tree is walked instead.
+    fn stat(self, root: &Path, filters: &Filters<'_>) -> Result<Stated> {
+        let GitListing { cached, mut others } = self;
+        let cached = match git_candidates(root, cached.wait_with_output())? {
+            Some(c) => c,
+            None => {
+                let _ = others.kill();
+                let _ = others.wait();
+                let walked = walk_files(root)?;
+                filters.refuse_not_utf8(root, &walked.not_utf8)?;
+                return stat_parallel(root, &walked.files, filters);
+            }
+        };
+        let (mut entries, mut sparse) = (Vec::with_capacity(cached.files.len()), Vec::new());
+        let mut not_utf8 = cached.not_utf8;
+        std::thread::scope(|scope| -> Result<()> {
+            let tracked = stat_spawn(scope, root, &cached.files, filters);
+            let listed = git_candidates(root, others.wait_with_output());
+            let untracked = listed.and_then(|o| {
+                let o = o.ok_or_else(|| {
+                    Error::Sync(format!(
+                        "git ls-files --others failed in {} after --cached worked",
+                        root.display()
+                    ))
+                })?;
+                not_utf8.extend(o.not_utf8);
+                stat_all(root, &o.files, filters)
+            });
+            let joined = stat_join(tracked, &mut entries, &mut sparse);
+            let (found, holes) = untracked?;
+            joined?;
+            entries.extend(found);
+            sparse.extend(holes);
+            Ok(())
+        })?;
+        filters.refuse_not_utf8(root, &not_utf8)?;
+        Ok((entries, sparse))
+    }
+}
+
+/// The paths one `git ls-files` printed; `None` when git will not read a work tree here.
+fn git_candidates(
+    root: &Path,
+    out: std::io::Result<std::process::Output>,
+) -> Result<Option<Candidates>> {
+    let out = out.map_err(Error::io("running git ls-files in", root))?;
     if !out.status.success() {
+        if git_root(root).is_none() {
+            return Ok(None);
+        }
         return Err(Error::Sync(format!(
             "git ls-files failed in {}: {}",
             root.display(),
@@ -361,6 +535,59 @@ fn git_files(root: &Path) -> Result<Option<Candidates>> {
     }
     found.files.dedup();
     Ok(Some(found))
+}
+
+/// [`stat_all`] of `files` on a few threads of `scope`, each over a run of neighbouring paths.
+fn stat_spawn<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    root: &'env Path,
+    files: &'env [String],
+    filters: &'env Filters<'env>,
+) -> Vec<std::thread::ScopedJoinHandle<'scope, Result<Stated>>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, STAT_THREADS);
+    let per_thread = files.len().div_ceil(threads).max(STAT_BATCH_MIN);
+    files
+        .chunks(per_thread)
+        .map(|batch| scope.spawn(move || stat_all(root, batch, filters)))
+        .collect()
+}
+
+/// Collects what [`stat_spawn`]'s threads found; the first error.
+fn stat_join(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<Stated>>>,
+    entries: &mut Vec<SyncEntry>,
+    sparse: &mut Vec<(String, u64, u64)>,
+) -> Result<()> {
+    let mut first = Ok(());
+    for h in handles {
+        match h.join().expect("a stat thread panicked") {
+            Ok((found, holes)) => {
+                entries.extend(found);
+                sparse.extend(holes);
+            }
+            Err(e) => {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+    }
+    first
+}
+
+/// [`stat_all`] of `files` on a few threads.
+fn stat_parallel(root: &Path, files: &[String], filters: &Filters<'_>) -> Result<Stated> {
+    let (mut entries, mut sparse) = (Vec::with_capacity(files.len()), Vec::new());
+    std::thread::scope(|scope| {
+        stat_join(
+            stat_spawn(scope, root, files, filters),
+            &mut entries,
+            &mut sparse,
+        )
+    })?;
+    Ok((entries, sparse))
 }
 
 fn walk_files(root: &Path) -> Result<Candidates> {

@@ -24,6 +24,9 @@ pub struct RemoteTree {
     pub scanned: BTreeSet<String>,
     /// Every entry of a scanned directory, by workdir-relative path.
     pub entries: BTreeMap<String, RemoteEntry>,
+    /// Names this exact reading, when the provider can later confirm, without reading the
+    /// tree again, that the box still holds it ([`crate::provider::BoxSession::unchanged_since`]).
+    pub state: Option<String>,
 }
 
 /// One path on the box.

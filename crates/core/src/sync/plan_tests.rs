@@ -55,6 +55,7 @@ fn synced(m: &SyncManifest) -> RemoteTree {
         record: Some(record),
         scanned,
         entries,
+        state: None,
     }
 }
 

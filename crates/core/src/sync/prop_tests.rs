@@ -87,6 +87,7 @@ fn remote_tree() -> impl Strategy<Value = RemoteTree> {
             record: record.map(|(paths, dirs)| SyncRecord { paths, dirs }),
             scanned,
             entries,
+            state: None,
         })
 }
 

@@ -148,6 +148,12 @@ impl BoxSession for MemSession {
         self.on_box(|b| Ok(b.scan(workdir.trim_end_matches('/'), checksum)))
     }
 
+    async fn unchanged_since(&self, workdir: &str, state: &str) -> Result<bool> {
+        let detail = format!("{} {workdir}", self.remote_id);
+        self.shared.enter(Op::Vouch, &detail).await?;
+        self.on_box(|b| Ok(b.state_of(workdir.trim_end_matches('/')).as_deref() == Some(state)))
+    }
+
     async fn read_file(
         &self,
         path: &str,

@@ -31,6 +31,7 @@ pub enum Op {
     StopRun,
     ReadFile,
     WriteFile,
+    Vouch,
 }
 
 impl Op {
@@ -53,6 +54,7 @@ impl Op {
             Op::StopRun => "stop_run",
             Op::ReadFile => "read_file",
             Op::WriteFile => "write_file",
+            Op::Vouch => "unchanged_since",
         }
     }
 }
@@ -107,6 +109,12 @@ pub struct MemBox {
     pub applied: Vec<Applied>,
     /// The sync record kept beside each workdir, by workdir.
     pub records: BTreeMap<String, Vec<u8>>,
+}
+
+/// A digest of everything a scan found.
+fn fingerprint(tree: &RemoteTree) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("{tree:?}").as_bytes()))
 }
 
 impl MemBox {
@@ -198,12 +206,20 @@ impl MemBox {
             };
             put(path, entry);
         }
-        RemoteTree {
+        let mut tree = RemoteTree {
             exists: true,
             record,
             scanned,
             entries,
-        }
+            state: None,
+        };
+        tree.state = Some(fingerprint(&tree));
+        tree
+    }
+
+    /// The name of what a scan of `workdir` would find now: a watcher that never misses.
+    pub(super) fn state_of(&self, workdir: &str) -> Option<String> {
+        self.scan(workdir, false).state
     }
 
     /// Removes `path` and everything under it.

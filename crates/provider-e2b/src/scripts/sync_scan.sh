@@ -1,5 +1,7 @@
 # Reads the synced tree in one pass, never through a symlink. Output on stdout, NUL-separated:
 #   N                 the workdir is missing (nothing follows), else W, then
+#   w<id>             when a watcher (CBX_WATCHER, see sync_watch.py) with id CBX_WATCH_ID
+#                     watches the tree from before the listing below was taken;
 #   R<len>            when there is a sync record: its length, then exactly <len> bytes of it
 #                     (or r alone when its SHA-256 is CBX_KNOWN_RECORD: the caller has it);
 #   E                 then six fields for the workdir, each directory the record names, and every
@@ -12,7 +14,8 @@
 # It also removes what syncs killed outright (kill -9) left behind: staging directories of this
 # workdir and uploads in /tmp older than CBX_STALE_MINUTES (longer than any sync may take).
 # Inputs (environment): CBX_WORKDIR, CBX_RECORD, CBX_CHECKSUM, CBX_STALE_MINUTES, CBX_KNOWN_RECORD,
-# CBX_KNOWN_LIST.
+# CBX_KNOWN_LIST, and to start a watcher CBX_WATCHER (its source), CBX_WATCH_ID, CBX_WATCH_CTL (its
+# control directory, made anew: an older watcher of this workdir ends when it is removed).
 set -u
 wd=$CBX_WORKDIR
 rec=$CBX_RECORD
@@ -32,8 +35,29 @@ listing=
 second=
 trap 'rm -f -- "$dirs" ${listing:+"$listing"} ${second:+"$second"}' EXIT
 have_rec=
-if [ -f "$rec" ] && [ ! -L "$rec" ]; then
-  have_rec=1
+if [ -f "$rec" ] && [ ! -L "$rec" ]; then have_rec=1; fi
+{
+  printf '.\0'
+  if [ -n "$have_rec" ]; then grep -z '^d' -- "$rec" | sed -z 's|^d|./|'; fi
+} > "$dirs"
+# The watcher's watches are in place before the record and the tree are read, so whatever
+# changes after this reading is an event it counts.
+ctl=${CBX_WATCH_CTL:-}
+if [ -n "$ctl" ] && [ -n "${CBX_WATCH_ID:-}" ] && command -v python3 >/dev/null 2>&1 \
+  && rm -rf -- "$ctl" && mkdir -p -- "$ctl"; then
+  setsid python3 -c "$CBX_WATCHER" "$ctl" "$wd" "$dirs" "$CBX_WATCH_ID" "$rec" \
+    </dev/null >/dev/null 2>&1 &
+  i=0
+  while [ "$i" -lt 400 ]; do
+    got=
+    if [ -f "$ctl/ready" ]; then read -r got < "$ctl/ready"; fi
+    if [ "$got" = "$CBX_WATCH_ID" ]; then printf 'w%s\0' "$CBX_WATCH_ID"; fi
+    if [ -n "$got" ]; then break; fi
+    sleep 0.005
+    i=$((i + 1))
+  done
+fi
+if [ -n "$have_rec" ]; then
   if [ -n "${CBX_KNOWN_RECORD:-}" ] && [ "$(sha < "$rec")" = "$CBX_KNOWN_RECORD" ]; then
     printf 'r\0'
   else
@@ -41,10 +65,6 @@ if [ -f "$rec" ] && [ ! -L "$rec" ]; then
     cat -- "$rec"
   fi
 fi
-{
-  printf '.\0'
-  if [ -n "$have_rec" ]; then grep -z '^d' -- "$rec" | sed -z 's|^d|./|'; fi
-} > "$dirs"
 list() { xargs -0 -r sh -c 'find "$@" -maxdepth 1 '"$1" find 2>/dev/null; }
 # Lists the directories in two halves side by side where the box has two cores (stat-bound
 # work), the second half printed after the first, so an unchanged tree lists the same bytes.
@@ -56,8 +76,9 @@ entries_of() {
   fi
   second=$(mktemp) || exit 1
   tail -z -n +$((n / 2 + 1)) -- "$dirs" | list "$1" > "$second" &
+  half=$!
   head -z -n $((n / 2)) -- "$dirs" | list "$1"
-  wait
+  wait "$half"
   cat -- "$second"
   rm -f -- "$second"
 }

@@ -168,3 +168,74 @@ async fn a_lost_state_dir_costs_a_scan_not_a_resend() {
     assert_eq!(outcome.sync.unwrap().sent_files, 0);
     assert_eq!(b.fake.count(Op::Apply), 0, "{:?}", b.fake.calls());
 }
+
+/// A warm lease whose last run found the tree up to date (so the next may skip reading it).
+async fn found_up_to_date(b: &Bench) -> String {
+    let lease = warm_and_synced(b).await;
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 0);
+    b.fake.clear_calls();
+    lease
+}
+
+#[tokio::test]
+async fn an_unchanged_tree_the_box_vouches_for_is_not_read_again() {
+    let b = Bench::new();
+    let lease = found_up_to_date(&b).await;
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    let report = outcome.sync.unwrap();
+    assert_eq!((report.files, report.sent_files), (3, 0));
+    let workdir = b.workdir(&lease);
+    assert_eq!(
+        b.fake.calls(),
+        calls(&[
+            "open sbx1",
+            &format!("unchanged_since sbx1 {workdir}"),
+            "start sbx1"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_change_on_the_box_after_a_vouched_run_is_found_and_undone() {
+    let b = Bench::new();
+    let lease = found_up_to_date(&b).await;
+    let path = format!("{}/a.txt", b.workdir(&lease));
+    b.fake.write_file("sbx1", &path, b"clobbered\n");
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 1);
+    assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha\n"));
+    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
+}
+
+#[tokio::test]
+async fn a_local_edit_after_a_vouched_run_is_sent() {
+    let b = Bench::new();
+    let lease = found_up_to_date(&b).await;
+    b.write("a.txt", "alpha, edited\n");
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 1);
+    assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha, edited\n"));
+    // Vouched for, but the files differ: read and planned as ever.
+    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
+    // And the box changed: the next run reads it again rather than trust the old memo.
+    b.fake.clear_calls();
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 0);
+    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
+}
+
+#[tokio::test]
+async fn checksum_and_full_resync_never_skip_reading_the_box() {
+    let b = Bench::new();
+    let lease = found_up_to_date(&b).await;
+    let mut req = b.request_on(&lease, "true");
+    req.checksum = true;
+    b.run(&req).await.0.unwrap();
+    let mut req = b.request_on(&lease, "true");
+    req.full_resync = true;
+    let outcome = b.run(&req).await.0.unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 3);
+    assert_eq!(b.fake.count(Op::Vouch), 0, "{:?}", b.fake.calls());
+    assert_eq!(b.fake.count(Op::Scan), 2, "{:?}", b.fake.calls());
+}

@@ -1,0 +1,145 @@
+# Watches a synced tree so a later scan can learn, without listing it, that nothing in it
+# changed. Started by the scan script, once its watches are in place, before the scan lists the
+# tree: any change after the listing is an inotify event here.
+#
+# argv: CTL WORKDIR DIRS ID RECORD
+#   CTL      this workdir's control directory (the watcher's state and requests)
+#   WORKDIR  the synced tree
+#   DIRS     file of NUL-separated directories the scan lists (`.`, `./a/b`), watched each
+#   ID       this watcher's id, named in every answer
+#   RECORD   the sync record's path (in WORKDIR's parent)
+#
+# A request is a directory made in CTL: `p-<nonce>` asks for the state, answered in
+# CTL/state (written whole, then renamed) as NUL-separated fields: `cbxw1`, ID, nonce, `ok` or
+# `lost`, then every path (relative to WORKDIR) that had an event since the watches were set.
+# Events are read in the order the kernel queued them, so when the request is read every change
+# made before it was is already counted. `lost` means the watcher can no longer tell (queue
+# overflow, a watched directory removed, moved or replaced, a listed directory made, the record
+# or the workdir itself touched): only a full scan can; it is said at once (with no nonce) and the
+# watcher ends. CTL/ready holds ID once the watches are in place (`-` if they cannot be). The removal of CTL (a newer
+# watcher's scan remakes it) ends this one.
+import ctypes
+import os
+import struct
+import sys
+
+IN_MODIFY, IN_ATTRIB, IN_CLOSE_WRITE = 0x2, 0x4, 0x8
+IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT = 0x400, 0x800, 0x2000
+IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR, IN_DONT_FOLLOW = 0x4000, 0x8000, 0x1000000, 0x2000000
+IN_ISDIR, IN_CLOEXEC = 0x40000000, 0o2000000
+CHANGES = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
+           | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF)
+GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
+MOST_PATHS = 100000
+
+
+def relative(listed):
+    return b"" if listed == b"." else listed[2:] if listed.startswith(b"./") else listed
+
+
+STARTED = []
+
+
+def ready(ctl, what):
+    STARTED.append(what)
+    tmp = os.path.join(ctl, b"ready.tmp")
+    with open(tmp, "wb") as f:
+        f.write(what + b"\n")
+    os.rename(tmp, os.path.join(ctl, b"ready"))
+
+
+def main(ctl, workdir, dirs_file, ident, record):
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(IN_CLOEXEC)
+    if fd < 0:
+        return
+
+    def watch(path, mask):
+        w = libc.inotify_add_watch(fd, path, mask | IN_DONT_FOLLOW | IN_ONLYDIR)
+        return w if w >= 0 else None
+
+    ctl_watch = watch(ctl, IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF)
+    parent, _, base = workdir.rpartition(b"/")
+    rec_parent, _, rec_name = record.rpartition(b"/")
+    if ctl_watch is None or rec_parent != parent:
+        return
+    parent_watch = watch(parent or b"/", CHANGES)
+    with open(dirs_file, "rb") as f:
+        listed = [d for d in f.read().split(b"\0") if d]
+    rel = {}
+    for d in listed:
+        r = relative(d)
+        w = watch(os.path.join(workdir, r) if r else workdir, CHANGES)
+        # A listed directory missing (or not a directory) now: its making is seen by its
+        # parent's watch, and counts as lost below.
+        if w is not None:
+            rel[w] = r
+    dirs = {relative(d) for d in listed}
+    changed, lost = set(), False
+
+    def answer(nonce):
+        tmp = os.path.join(ctl, b"state.tmp")
+        fields = [b"cbxw1", ident, nonce, b"lost" if lost else b"ok"] + sorted(changed)
+        with open(tmp, "wb") as f:
+            f.write(b"\0".join(fields) + b"\0")
+        os.rename(tmp, os.path.join(ctl, b"state"))
+
+    answer(b"ready")
+    ready(ctl, ident)
+    while not lost:
+        try:
+            buf = os.read(fd, 1 << 16)
+        except InterruptedError:
+            continue
+        at = 0
+        while at + 16 <= len(buf):
+            w, mask, _cookie, size = struct.unpack_from("iIII", buf, at)
+            name = buf[at + 16:at + 16 + size].rstrip(b"\0")
+            at += 16 + size
+            if mask & IN_Q_OVERFLOW:
+                lost = True
+            elif w == ctl_watch:
+                if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+                    return
+                if not mask & IN_ISDIR:
+                    continue
+                if name.startswith(b"p-"):
+                    answer(name[2:])
+                    try:
+                        os.rmdir(os.path.join(ctl, name))
+                    except OSError:
+                        pass
+            elif w == parent_watch:
+                if mask & GONE or name in (base, rec_name):
+                    lost = True
+            elif w in rel:
+                if mask & GONE:
+                    lost = True
+                    continue
+                path = rel[w] + b"/" + name if rel[w] else name
+                if mask & IN_ISDIR and path in dirs:
+                    lost = True
+                elif len(changed) < MOST_PATHS:
+                    changed.add(path)
+                else:
+                    lost = True
+    # Lost for good: said once, and nothing left to watch for.
+    answer(b"")
+
+
+if __name__ == "__main__":
+    # Holding no descriptor of whoever started it (a pipe held open would keep that
+    # command's output stream from ending).
+    os.closerange(3, 1 << 16)
+    args = [os.fsencode(a) for a in sys.argv[1:6]]
+    try:
+        main(*args)
+    except Exception:
+        pass
+    # Never ready: the scan waiting for it goes on without it.
+    try:
+        if not STARTED:
+            ready(args[0], b"-")
+    except Exception:
+        pass
