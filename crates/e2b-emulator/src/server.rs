@@ -223,6 +223,9 @@ async fn serve(
                 }
             },
         };
+        // As Go's servers (E2B's) do: a response written in parts (headers, then a streamed
+        // body) must not wait for the client's delayed ACK between them.
+        let _ = stream.set_nodelay(true);
         while connections.try_join_next().is_some() {}
         let (app, state) = (app.clone(), state.clone());
         connections.spawn(async move {

@@ -87,6 +87,7 @@ impl E2bProvider {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
             .user_agent(concat!("crabbox/", env!("CARGO_PKG_VERSION")));
         if all_loopback {
             // A proxy from the environment must not see loopback traffic or its tokens.

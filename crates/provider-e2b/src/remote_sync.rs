@@ -58,12 +58,16 @@ const UNPACK_THEN_COMMIT: &str = r#"bash -c "$CBX_UNPACK" && exec bash -c "$CBX_
 /// it. On cancel (`Error::Interrupted`), the deadline, an `Err` in the feed or any failure,
 /// the scripts are killed and every upload, the staging directory and the plan's copies are
 /// removed from the box (bounded by [`CLEANUP_BUDGET`]) before this returns.
+/// With `watch` (a nonce for the watcher of the tree), the commit asks the watcher for what it
+/// saw change and to forget it, and prints that with each changed path's entry now: returned,
+/// for the caller to lay over the listing it keeps (see `sync_commit.sh`).
 pub async fn apply(
     envd: &Envd,
     req: &ApplySync<'_>,
     mut chunks: ChunkFeed,
     reporter: &dyn Reporter,
-) -> Result<()> {
+    watch: Option<&str>,
+) -> Result<Vec<u8>> {
     let (workdir, timeout, cancel) = (req.workdir, req.timeout, req.cancel);
     let tag = hex::encode(rand::random::<[u8; 8]>());
     let stage = staging_dir(workdir, &tag);
@@ -73,10 +77,20 @@ pub async fn apply(
     // Pids of the scripts started (0 before): killed if the sync is abandoned.
     let pids = std::sync::Mutex::new(Vec::<u32>::new());
 
+    let watch_envs: BTreeMap<String, String> = watch
+        .map(|nonce| {
+            BTreeMap::from([
+                ("CBX_WATCH_CTL".to_string(), watch_dir(workdir)),
+                ("CBX_WATCH_NONCE".to_string(), nonce.to_string()),
+            ])
+        })
+        .unwrap_or_default();
     let slots = tokio::sync::Semaphore::new(UNPACKERS);
     let work = async {
         let mut unpacking = futures::stream::FuturesUnordered::new();
         let (mut n, mut sent, mut committed) = (0usize, 0u64, false);
+        // What the last script to end printed (the commit's report, when it commits).
+        let mut said = Vec::new();
         let started = std::time::Instant::now();
         while let Some(chunk) = chunks.recv().await {
             let chunk = chunk?;
@@ -101,6 +115,7 @@ pub async fn apply(
                 envs.insert("CBX_RECORD".into(), record_path(workdir));
                 envs.insert("CBX_UNPACK".into(), UNPACK_SCRIPT.into());
                 envs.insert("CBX_COMMIT".into(), COMMIT_SCRIPT.into());
+                envs.extend(watch_envs.clone());
                 UNPACK_THEN_COMMIT
             } else {
                 UNPACK_SCRIPT
@@ -114,7 +129,7 @@ pub async fn apply(
             });
             // Reap the unpacks that ended, so a failure stops the sync early.
             while let Some(Some(done)) = futures::FutureExt::now_or_never(unpacking.next()) {
-                finished(envd, Some(done))?;
+                said = finished(envd, done)?;
             }
             n += 1;
         }
@@ -127,29 +142,27 @@ pub async fn apply(
             ));
         }
         while let Some(done) = unpacking.next().await {
-            finished(envd, Some(done))?;
+            said = finished(envd, done)?;
         }
         if n == 0 {
             return Err(Error::Sync("the sync had no chunk to send".into()));
         }
         if committed {
             return if n == 1 {
-                Ok(())
+                Ok(said)
             } else {
                 Err(Error::Sync(format!(
                     "the sync was planned as one chunk but {n} were sent"
                 )))
             };
         }
-        let envs = BTreeMap::from([
+        let mut envs = BTreeMap::from([
             ("CBX_WORKDIR".to_string(), workdir.to_string()),
             ("CBX_STAGE".to_string(), stage.clone()),
             ("CBX_RECORD".to_string(), record_path(workdir)),
         ]);
-        finished(
-            envd,
-            Some(run_script(envd, COMMIT_SCRIPT, envs, &pids).await),
-        )
+        envs.extend(watch_envs.clone());
+        finished(envd, run_script(envd, COMMIT_SCRIPT, envs, &pids).await)
     };
     // One deadline for all of it; a cancel or the deadline drops `work` here, so the remote
     // leftovers are removed below rather than by the scripts' traps.
@@ -184,17 +197,16 @@ pub async fn probe_codecs(envd: &Envd) -> Vec<Codec> {
     }
 }
 
-/// A sync script's end: an error unless it exited 0.
-fn finished(envd: &Envd, done: Option<Result<Ran>>) -> Result<()> {
-    let Some(done) = done else { return Ok(()) };
-    let (code, _out, err) = done?;
+/// A sync script's end: what it printed, or an error unless it exited 0.
+fn finished(envd: &Envd, done: Result<Ran>) -> Result<Vec<u8>> {
+    let (code, out, err) = done?;
     if code != 0 {
         return Err(Error::Sync(envd.scrub(&format!(
             "sync failed on the box (exit {code}): {}",
             String::from_utf8_lossy(&err).trim()
         ))));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// How a helper script ended: its exit code, stdout and stderr (capped).
@@ -245,9 +257,18 @@ pub async fn scan(
                 out.extend_from_slice(b"r\0");
             }
             out.extend_from_slice(b"e\0");
+            let patched = |tree: &mut RemoteTree| match (&w.patch, &known.patch) {
+                (None, _) => true,
+                (Some(sha), Some(p)) if *sha == p.sha256 => {
+                    crate::scan::apply_patch(tree, &p.bytes).is_ok()
+                }
+                _ => false,
+            };
             if let Ok((mut tree, _)) = crate::scan::parse_with(&out, &known) {
-                tree.state = Some(w.state());
-                return Ok(tree);
+                if patched(&mut tree) {
+                    tree.state = Some(w.state());
+                    return Ok(tree);
+                }
             }
         }
     }
@@ -532,7 +553,7 @@ struct Captured {
 }
 
 /// What a helper script's output is capped at.
-const CAPTURE_LIMIT: usize = 64 * 1024;
+pub(crate) const CAPTURE_LIMIT: usize = 64 * 1024;
 
 impl OutputSink for Captured {
     fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {

@@ -48,6 +48,16 @@ impl Box_ {
     /// Runs the scripts as `apply` does: the files of `send` in two chunks (the first one
     /// carrying ops and record), each unpacked, then the commit.
     fn apply(&self, send: &[&str], ops: &[SyncOp]) -> std::process::Output {
+        self.apply_with(send, ops, &[])
+    }
+
+    /// [`Box_::apply`] with more environment for the commit.
+    fn apply_with(
+        &self,
+        send: &[&str],
+        ops: &[SyncOp],
+        commit_env: &[(&str, &str)],
+    ) -> std::process::Output {
         let tag = hex::encode(rand::random::<[u8; 4]>());
         let m = SyncManifest::build(self.src.path(), &Default::default()).unwrap();
         let chosen: Vec<_> = m
@@ -106,6 +116,7 @@ impl Box_ {
             .env("CBX_WORKDIR", &wd)
             .env("CBX_STAGE", &stage)
             .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
+            .envs(commit_env.iter().copied())
             .output()
             .unwrap()
     }
@@ -286,4 +297,99 @@ fn reap_script_kills_what_works_on_the_sync_and_removes_its_files() {
     assert!(!archive.exists(), "the upload is removed");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The box's tree under `wd`, read by the scan script; with `watch`, a watcher of that id is
+/// started first.
+fn scan_box(wd: &Path, watch: Option<&str>) -> RemoteTree {
+    let wd_s = wd.to_str().unwrap();
+    let mut cmd = std::process::Command::new("/bin/bash");
+    cmd.args(["-c", crate::scan::SCAN_SCRIPT])
+        .env("CBX_WORKDIR", wd)
+        .env("CBX_RECORD", record_path(wd_s));
+    if let Some(id) = watch {
+        cmd.env("CBX_WATCHER", WATCHER)
+            .env("CBX_WATCH_CTL", watch_dir(wd_s))
+            .env("CBX_WATCH_ID", id);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let known = crate::scan::Known::default();
+    let (tree, fresh) = crate::scan::parse_with(&out.stdout, &known).unwrap();
+    assert_eq!(
+        fresh.watch.is_some(),
+        watch.is_some(),
+        "the watcher started"
+    );
+    tree
+}
+
+#[test]
+fn a_commit_reports_what_it_changed_so_the_kept_listing_stays_exact() {
+    let b = Box_::new();
+    for (p, t) in [("d/a.txt", "a1"), ("b.txt", "b1"), ("d/c.txt", "c1")] {
+        b.write_src(p, t);
+    }
+    b.apply_ok(&["d/a.txt", "b.txt", "d/c.txt"], &[]);
+    let wd = b.wd();
+    let ctl = watch_dir(wd.to_str().unwrap());
+    let id = "0a1b2c3d";
+    let kept = scan_box(&wd, Some(id));
+
+    // An edit of one file, synced with the watcher asked to report: the report laid over
+    // the kept listing is what a full reading finds.
+    b.write_src("d/a.txt", "a2, longer");
+    let out = b.apply_with(
+        &["d/a.txt"],
+        &[],
+        &[("CBX_WATCH_CTL", &ctl), ("CBX_WATCH_NONCE", "n1")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let segment = crate::scan::commit_report(&out.stdout, id, "n1").expect("a report");
+    let mut patched = kept.clone();
+    crate::scan::apply_patch(&mut patched, &segment).unwrap();
+    assert_ne!(patched.entries, kept.entries, "the edit shows");
+    assert_eq!(patched.entries, scan_box(&wd, None).entries);
+    // The watcher forgot what it reported: it vouches for the patched reading...
+    assert_eq!(super::watch_tests::ask(&ctl, id), Some(true));
+    // ...and still sees what changes after.
+    std::fs::write(wd.join("b.txt"), "changed on the box").unwrap();
+    assert_eq!(super::watch_tests::ask(&ctl, id), Some(false));
+    let _ = std::fs::remove_dir_all(&ctl);
+}
+
+#[test]
+fn a_commit_that_changes_the_synced_paths_leaves_the_watcher_lost() {
+    let b = Box_::new();
+    b.write_src("a.txt", "a1");
+    b.apply_ok(&["a.txt"], &[]);
+    let wd = b.wd();
+    let ctl = watch_dir(wd.to_str().unwrap());
+    scan_box(&wd, Some("0a1b2c3d"));
+    b.write_src("new.txt", "n");
+    let out = b.apply_with(
+        &["new.txt"],
+        &[],
+        &[("CBX_WATCH_CTL", &ctl), ("CBX_WATCH_NONCE", "n1")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        crate::scan::commit_report(&out.stdout, "0a1b2c3d", "n1").is_none(),
+        "a new record means a full reading: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(super::watch_tests::ask(&ctl, "0a1b2c3d"), Some(false));
+    let _ = std::fs::remove_dir_all(&ctl);
 }

@@ -49,6 +49,8 @@ pub fn parse(out: &[u8]) -> Result<RemoteTree> {
 pub struct Known {
     pub record: Option<Part>,
     pub listing: Option<Part>,
+    /// What syncs changed since `listing` was read, read afresh ([`apply_patch`]).
+    pub patch: Option<Part>,
     /// The watcher that has watched the tree since `listing` (and `record`, or the box's
     /// lack of one) was read: while it saw no change, they are what the box holds.
     pub watch: Option<Watched>,
@@ -63,40 +65,45 @@ pub struct Watched {
     pub listing: String,
     /// SHA-256 of the sync record, `None` when the box had none.
     pub record: Option<String>,
+    /// SHA-256 of the patch laid over the listing since ([`apply_patch`]), if any.
+    pub patch: Option<String>,
 }
 
 impl Watched {
     /// The name of that reading ([`RemoteTree::state`]).
     pub fn state(&self) -> String {
-        format!(
-            "e2b-watch:{}:{}:{}",
-            self.id,
-            self.listing,
-            self.record.as_deref().unwrap_or("-")
-        )
+        format!("e2b-watch:{}", self.encode().trim_end().replace(' ', ":"))
     }
 
-    /// `id listing record|-`, one line.
+    /// `id listing record|- patch|-`, one line.
     pub fn encode(&self) -> String {
         format!(
-            "{} {} {}\n",
+            "{} {} {} {}\n",
             self.id,
             self.listing,
-            self.record.as_deref().unwrap_or("-")
+            self.record.as_deref().unwrap_or("-"),
+            self.patch.as_deref().unwrap_or("-")
         )
     }
 
     pub fn decode(line: &str) -> Option<Self> {
         let mut f = line.split_whitespace();
-        let (id, listing, record) = (f.next()?, f.next()?, f.next()?);
+        let (id, listing, record, patch) = (f.next()?, f.next()?, f.next()?, f.next()?);
         let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex(id) || !hex(listing) || f.next().is_some() || !(record == "-" || hex(record)) {
+        let maybe = |s: &str| (s != "-").then(|| s.to_string());
+        if !hex(id)
+            || !hex(listing)
+            || f.next().is_some()
+            || !(record == "-" || hex(record))
+            || !(patch == "-" || hex(patch))
+        {
             return None;
         }
         Some(Watched {
             id: id.into(),
             listing: listing.into(),
-            record: (record != "-").then(|| record.to_string()),
+            record: maybe(record),
+            patch: maybe(patch),
         })
     }
 }
@@ -194,6 +201,7 @@ pub fn parse_with<'a>(out: &'a [u8], known: &'a Known) -> Result<(RemoteTree, Fr
         id,
         listing: listing_sha,
         record: record_sha,
+        patch: None,
     });
     tree.state = fresh.watch.as_ref().map(Watched::state);
     let mut c = Cursor { rest: listing };
@@ -214,46 +222,9 @@ pub fn parse_with<'a>(out: &'a [u8], known: &'a Known) -> Result<(RemoteTree, Fr
             }
             break;
         }
-        let (Some(mode), Some(size), Some(mtime), Some(path), Some(link)) =
-            (c.field(), c.field(), c.field(), c.field(), c.field())
-        else {
-            return Err(bad("a truncated entry"));
-        };
-        let Some(path) = relative(path) else {
-            // Not valid UTF-8: no synced path has such a name; it stays unknown.
-            continue;
-        };
-        if path.is_empty() {
-            // The workdir itself.
-            continue;
+        if let Some((path, entry)) = read_entry(&mut c, kind)? {
+            tree.entries.insert(path, entry);
         }
-        let kind = match kind {
-            b"f" => RemoteKind::File,
-            b"d" => RemoteKind::Dir,
-            b"l" => RemoteKind::Symlink,
-            _ => RemoteKind::Other,
-        };
-        let number = |f: &[u8], radix: u32| {
-            std::str::from_utf8(f)
-                .ok()
-                .and_then(|s| u64::from_str_radix(s.trim(), radix).ok())
-        };
-        let mtime_ns = std::str::from_utf8(mtime)
-            .ok()
-            .and_then(parse_find_time)
-            .unwrap_or(0);
-        tree.entries.insert(
-            path,
-            RemoteEntry {
-                kind,
-                mode: number(mode, 8).unwrap_or(0) as u32,
-                size: number(size, 10).unwrap_or(0),
-                mtime_ns,
-                link_target: (kind == RemoteKind::Symlink)
-                    .then(|| String::from_utf8_lossy(link).into_owned()),
-                sha256: None,
-            },
-        );
     }
     // Every recorded directory that is a directory was listed (a symlink in its place not).
     if let Some(record) = &tree.record {
@@ -273,6 +244,119 @@ pub fn parse_with<'a>(out: &'a [u8], known: &'a Known) -> Result<(RemoteTree, Fr
         }
     }
     Ok((tree, fresh))
+}
+
+/// The five fields of a listing entry after its type (`%y`): its workdir-relative path and
+/// what it is; `None` for the workdir itself or a name that is not UTF-8 (no synced path has
+/// one; it stays unknown).
+fn read_entry(c: &mut Cursor<'_>, kind: &[u8]) -> Result<Option<(String, RemoteEntry)>> {
+    let (Some(mode), Some(size), Some(mtime), Some(path), Some(link)) =
+        (c.field(), c.field(), c.field(), c.field(), c.field())
+    else {
+        return Err(bad("a truncated entry"));
+    };
+    let Some(path) = relative(path).filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let kind = match kind {
+        b"f" => RemoteKind::File,
+        b"d" => RemoteKind::Dir,
+        b"l" => RemoteKind::Symlink,
+        _ => RemoteKind::Other,
+    };
+    let number = |f: &[u8], radix: u32| {
+        std::str::from_utf8(f)
+            .ok()
+            .and_then(|s| u64::from_str_radix(s.trim(), radix).ok())
+    };
+    let mtime_ns = std::str::from_utf8(mtime)
+        .ok()
+        .and_then(parse_find_time)
+        .unwrap_or(0);
+    Ok(Some((
+        path,
+        RemoteEntry {
+            kind,
+            mode: number(mode, 8).unwrap_or(0) as u32,
+            size: number(size, 10).unwrap_or(0),
+            mtime_ns,
+            link_target: (kind == RemoteKind::Symlink)
+                .then(|| String::from_utf8_lossy(link).into_owned()),
+            sha256: None,
+        },
+    )))
+}
+
+/// A patch of a kept listing: what a sync changed on the box and then read afresh (after its
+/// watcher forgot those changes, so any later one is the watcher's again). Segments, each
+/// `C<n>\0` and n workdir-relative paths (their old entries dropped), then `E<m>\0` and m
+/// listing entries (as the scan prints them: the paths' entries now; a path without one is
+/// gone). Segments apply in order.
+pub fn patch_segment(changed: &[&[u8]], entries: &[u8]) -> Result<Vec<u8>> {
+    let mut c = Cursor { rest: entries };
+    let mut m = 0usize;
+    while let Some(kind) = c.field() {
+        read_entry(&mut c, kind)?;
+        m += 1;
+    }
+    let mut out = format!("C{}\0", changed.len()).into_bytes();
+    for p in changed {
+        out.extend_from_slice(p);
+        out.push(0);
+    }
+    out.extend_from_slice(format!("E{m}\0").as_bytes());
+    out.extend_from_slice(entries);
+    Ok(out)
+}
+
+/// The patch segment of a commit's report (`S<len>`, the watcher's answer, `E`, the changed
+/// paths' entries; see `sync_commit.sh`), if watcher `id` answered request `nonce` and still
+/// keeps count.
+pub fn commit_report(out: &[u8], id: &str, nonce: &str) -> Option<Vec<u8>> {
+    let mut c = Cursor { rest: out };
+    let len: usize = std::str::from_utf8(c.field()?.strip_prefix(b"S")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let state = c.take(len)?;
+    if c.field()? != b"E" {
+        return None;
+    }
+    let mut f = state.split(|b| *b == 0);
+    let answered = f.next()? == b"cbxw1"
+        && f.next()? == id.as_bytes()
+        && f.next()? == nonce.as_bytes()
+        && f.next()? == b"ok";
+    if !answered {
+        return None;
+    }
+    let changed: Vec<&[u8]> = f.filter(|p| !p.is_empty()).collect();
+    patch_segment(&changed, c.rest).ok()
+}
+
+/// Lays [`patch_segment`]s over a tree read from a kept listing.
+pub fn apply_patch(tree: &mut RemoteTree, patch: &[u8]) -> Result<()> {
+    let count = |f: Option<&[u8]>, letter: u8| -> Result<usize> {
+        f.and_then(|f| f.strip_prefix(&[letter]))
+            .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+            .ok_or_else(|| bad("a damaged patch of the kept listing"))
+    };
+    let mut c = Cursor { rest: patch };
+    while !c.rest.is_empty() {
+        for _ in 0..count(c.field(), b'C')? {
+            let path = c.field().ok_or_else(|| bad("a truncated patch"))?;
+            if let Ok(p) = std::str::from_utf8(path) {
+                tree.entries.remove(p);
+            }
+        }
+        for _ in 0..count(c.field(), b'E')? {
+            let kind = c.field().ok_or_else(|| bad("a truncated patch"))?;
+            if let Some((path, entry)) = read_entry(&mut c, kind)? {
+                tree.entries.insert(path, entry);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// find's `%T@`, `1700000000.1234567890`, in nanoseconds.
@@ -422,6 +506,7 @@ mod tests {
         let known = Known {
             record: fresh.record.map(|r| Part::of(r.to_vec())),
             listing: fresh.listing.map(|l| Part::of(l.to_vec())),
+            patch: None,
             watch: None,
         };
         assert_eq!(known.record.as_ref().unwrap().bytes, record.encode());

@@ -13,6 +13,8 @@ use crate::scan::{Fresh, Known, Part, Watched};
 /// Parts larger than this are not kept (the scan limit is far above any real tree's listing,
 /// but a cache file should stay a cache).
 const KEEP_AT_MOST: usize = 64 << 20;
+/// A patch past this is dropped for a fresh full reading.
+const KEEP_PATCH_AT_MOST: usize = 4 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ScanCache {
@@ -24,6 +26,7 @@ enum What {
     Record,
     Listing,
     Watch,
+    Patch,
 }
 
 impl ScanCache {
@@ -37,6 +40,7 @@ impl ScanCache {
             What::Record => "record",
             What::Listing => "listing",
             What::Watch => "watch",
+            What::Patch => "patch",
         };
         self.dir.join(format!("{}-{key}.{ext}", file_safe(sandbox)))
     }
@@ -52,6 +56,10 @@ impl ScanCache {
         Known {
             record: read(What::Record),
             listing: read(What::Listing),
+            patch: watch
+                .as_ref()
+                .filter(|w| w.patch.is_some())
+                .and_then(|_| read(What::Patch)),
             watch,
         }
     }
@@ -77,6 +85,35 @@ impl ScanCache {
         if let Some(w) = &fresh.watch {
             self.write(sandbox, workdir, What::Watch, w.encode().as_bytes());
         }
+    }
+
+    /// Forgets the watcher's note (the tree is about to change).
+    pub fn forget_watch(&self, sandbox: &str, workdir: &str) {
+        let _ = std::fs::remove_file(self.path(sandbox, workdir, What::Watch));
+    }
+
+    /// Lays what a sync changed (read afresh after watcher `w` forgot it) over the kept
+    /// listing: the patch grows by `segment` and the note names it. A patch that cannot be
+    /// read back or grows too large leaves no note (the next scan reads all).
+    pub fn extend_patch(&self, sandbox: &str, workdir: &str, w: &Watched, segment: &[u8]) {
+        let path = self.path(sandbox, workdir, What::Patch);
+        let mut patch = match &w.patch {
+            None => Vec::new(),
+            Some(sha) => match std::fs::read(&path) {
+                Ok(bytes) if Part::sha256_of(&bytes) == *sha => bytes,
+                _ => return,
+            },
+        };
+        patch.extend_from_slice(segment);
+        if patch.len() > KEEP_PATCH_AT_MOST {
+            return;
+        }
+        self.write(sandbox, workdir, What::Patch, &patch);
+        let noted = Watched {
+            patch: Some(Part::sha256_of(&patch)),
+            ..w.clone()
+        };
+        self.write(sandbox, workdir, What::Watch, noted.encode().as_bytes());
     }
 
     /// Keeps the record a completed sync wrote to the box.
@@ -144,6 +181,7 @@ mod tests {
                     id: "ab12".into(),
                     listing: "cd34".into(),
                     record: None,
+                    patch: None,
                 }),
             },
         );
@@ -163,6 +201,7 @@ mod tests {
                 id: "ab12".into(),
                 listing: "cd34".into(),
                 record: None,
+                patch: None,
             })
         );
         assert_eq!(cache.load("sbx", "/other").record.unwrap().bytes, b"fb\0");

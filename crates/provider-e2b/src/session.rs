@@ -122,7 +122,17 @@ impl BoxSession for E2bSession {
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
     ) -> Result<()> {
-        match crate::remote_sync::apply(&self.envd, req, chunks, reporter).await {
+        // The tree is about to change: what its watcher vouched for is void until the commit
+        // reports what changed (a sync cut short leaves no note, so the next scan reads all).
+        let noted = self.scans.as_ref().and_then(|c| {
+            let w = c.watched(&self.sandbox_id, req.workdir);
+            c.forget_watch(&self.sandbox_id, req.workdir);
+            w
+        });
+        let nonce = noted
+            .as_ref()
+            .map(|_| hex::encode(rand::random::<[u8; 8]>()));
+        match crate::remote_sync::apply(&self.envd, req, chunks, reporter, nonce.as_deref()).await {
             Err(Error::Transport(e)) => {
                 let broken = if e.contains("retry later") {
                     Error::Transport(e)
@@ -136,9 +146,17 @@ impl BoxSession for E2bSession {
                 why_broken(&self.control, &self.sandbox_id, Err(broken)).await
             }
             Err(e) => Err(e),
-            Ok(()) => {
+            Ok(report) => {
                 if let Some(c) = &self.scans {
                     c.keep_record(&self.sandbox_id, req.workdir, req.record);
+                    let segment = noted.as_ref().zip(nonce.as_deref()).and_then(|(w, nonce)| {
+                        (report.len() < crate::remote_sync::CAPTURE_LIMIT)
+                            .then(|| crate::scan::commit_report(&report, &w.id, nonce))
+                            .flatten()
+                    });
+                    if let (Some(w), Some(segment)) = (&noted, segment) {
+                        c.extend_patch(&self.sandbox_id, req.workdir, w, &segment);
+                    }
                 }
                 Ok(())
             }

@@ -63,23 +63,27 @@ impl Tree {
         watch.id
     }
 
-    /// Asks watcher `id` as crabbox does (a request directory, then its state file): whether
-    /// it saw no change. `None`: no answer within 10 s.
     fn ask(&self, id: &str) -> Option<bool> {
-        let nonce = hex::encode(rand::random::<[u8; 8]>());
-        let ctl = PathBuf::from(self.ctl());
-        std::fs::create_dir(ctl.join(format!("p-{nonce}"))).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(state) = std::fs::read(ctl.join("state")) {
-                if let Some(answer) = watcher_answer(&state, id, &nonce) {
-                    return Some(answer);
-                }
-            }
-            std::thread::yield_now();
-        }
-        None
+        ask(&self.ctl(), id)
     }
+}
+
+/// Asks watcher `id` as crabbox does (a request directory in `ctl`, then its state file):
+/// whether it saw no change. `None`: no answer within 10 s.
+pub(super) fn ask(ctl: &str, id: &str) -> Option<bool> {
+    let nonce = hex::encode(rand::random::<[u8; 8]>());
+    let ctl = PathBuf::from(ctl);
+    std::fs::create_dir(ctl.join(format!("p-{nonce}"))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(state) = std::fs::read(ctl.join("state")) {
+            if let Some(answer) = watcher_answer(&state, id, &nonce) {
+                return Some(answer);
+            }
+        }
+        std::thread::yield_now();
+    }
+    None
 }
 
 impl Drop for Tree {

@@ -9,15 +9,18 @@
 #   ID       this watcher's id, named in every answer
 #   RECORD   the sync record's path (in WORKDIR's parent)
 #
-# A request is a directory made in CTL: `p-<nonce>` asks for the state, answered in
+# A request is a directory made in CTL: `p-<nonce>` asks for the state (`r-<nonce>` too, and
+# then forgets the changes it answered: whoever asked reads those paths afresh), answered in
 # CTL/state (written whole, then renamed) as NUL-separated fields: `cbxw1`, ID, nonce, `ok` or
-# `lost`, then every path (relative to WORKDIR) that had an event since the watches were set.
+# `lost`, then every path (relative to WORKDIR) that had an event since the watches were set (or
+# the last `r-`).
 # Events are read in the order the kernel queued them, so when the request is read every change
-# made before it was is already counted. `lost` means the watcher can no longer tell (queue
-# overflow, a watched directory removed, moved or replaced, a listed directory made, the record
-# or the workdir itself touched): only a full scan can; it is said at once (with no nonce) and the
-# watcher ends. CTL/ready holds ID once the watches are in place (`-` if they cannot be). The removal of CTL (a newer
-# watcher's scan remakes it) ends this one.
+# made before it was is already counted (a path whose entries change counts, and so does its
+# directory, whose times change with them). `lost` means the watcher can no longer tell (queue
+# overflow, a watched directory removed, moved or replaced, a listed directory made or removed,
+# the record touched, the workdir itself removed or moved): only a full scan can; it is said at
+# once (with no nonce) and the watcher ends. CTL/ready holds ID once the watches are in place
+# (`-` if they cannot be). The removal of CTL (a newer watcher's scan remakes it) ends this one.
 import ctypes
 import os
 import struct
@@ -31,6 +34,7 @@ IN_ISDIR, IN_CLOEXEC = 0x40000000, 0o2000000
 CHANGES = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
            | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF)
 GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
+ENTRIES = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 MOST_PATHS = 100000
 
 
@@ -104,25 +108,39 @@ def main(ctl, workdir, dirs_file, ident, record):
                     return
                 if not mask & IN_ISDIR:
                     continue
-                if name.startswith(b"p-"):
+                if name.startswith((b"p-", b"r-")):
                     answer(name[2:])
+                    # `r-`: the changes answered are the asker's to read now; counting starts
+                    # again from here.
+                    if name.startswith(b"r-"):
+                        changed.clear()
                     try:
                         os.rmdir(os.path.join(ctl, name))
                     except OSError:
                         pass
             elif w == parent_watch:
-                if mask & GONE or name in (base, rec_name):
+                # The workdir's own times and mode do not matter; its going does, and any
+                # touch of the record.
+                if mask & GONE or name == rec_name or (name == base and mask & ENTRIES):
                     lost = True
             elif w in rel:
                 if mask & GONE:
                     lost = True
                     continue
+                if not name:
+                    # The watched directory's own times or mode: its entry in its parent.
+                    if rel[w]:
+                        changed.add(rel[w])
+                    continue
                 path = rel[w] + b"/" + name if rel[w] else name
-                if mask & IN_ISDIR and path in dirs:
+                if mask & IN_ISDIR and mask & ENTRIES and path in dirs:
                     lost = True
-                elif len(changed) < MOST_PATHS:
-                    changed.add(path)
-                else:
+                    continue
+                changed.add(path)
+                # A name made or gone changes its directory's times too.
+                if mask & ENTRIES and rel[w]:
+                    changed.add(rel[w])
+                if len(changed) > MOST_PATHS:
                     lost = True
     # Lost for good: said once, and nothing left to watch for.
     answer(b"")
