@@ -58,16 +58,12 @@ const UNPACK_THEN_COMMIT: &str = r#"bash -c "$CBX_UNPACK" && exec bash -c "$CBX_
 /// it. On cancel (`Error::Interrupted`), the deadline, an `Err` in the feed or any failure,
 /// the scripts are killed and every upload, the staging directory and the plan's copies are
 /// removed from the box (bounded by [`CLEANUP_BUDGET`]) before this returns.
-/// With `watch` (a nonce for the watcher of the tree), the commit asks the watcher for what it
-/// saw change and to forget it, and prints that with each changed path's entry now: returned,
-/// for the caller to lay over the listing it keeps (see `sync_commit.sh`).
 pub async fn apply(
     envd: &Envd,
     req: &ApplySync<'_>,
     mut chunks: ChunkFeed,
     reporter: &dyn Reporter,
-    watch: Option<&str>,
-) -> Result<Vec<u8>> {
+) -> Result<()> {
     let (workdir, timeout, cancel) = (req.workdir, req.timeout, req.cancel);
     let tag = hex::encode(rand::random::<[u8; 8]>());
     let stage = staging_dir(workdir, &tag);
@@ -77,20 +73,10 @@ pub async fn apply(
     // Pids of the scripts started (0 before): killed if the sync is abandoned.
     let pids = std::sync::Mutex::new(Vec::<u32>::new());
 
-    let watch_envs: BTreeMap<String, String> = watch
-        .map(|nonce| {
-            BTreeMap::from([
-                ("CBX_WATCH_CTL".to_string(), watch_dir(workdir)),
-                ("CBX_WATCH_NONCE".to_string(), nonce.to_string()),
-            ])
-        })
-        .unwrap_or_default();
     let slots = tokio::sync::Semaphore::new(UNPACKERS);
     let work = async {
         let mut unpacking = futures::stream::FuturesUnordered::new();
         let (mut n, mut sent, mut committed) = (0usize, 0u64, false);
-        // What the last script to end printed (the commit's report, when it commits).
-        let mut said = Vec::new();
         let started = std::time::Instant::now();
         while let Some(chunk) = chunks.recv().await {
             let chunk = chunk?;
@@ -115,7 +101,6 @@ pub async fn apply(
                 envs.insert("CBX_RECORD".into(), record_path(workdir));
                 envs.insert("CBX_UNPACK".into(), UNPACK_SCRIPT.into());
                 envs.insert("CBX_COMMIT".into(), COMMIT_SCRIPT.into());
-                envs.extend(watch_envs.clone());
                 UNPACK_THEN_COMMIT
             } else {
                 UNPACK_SCRIPT
@@ -129,7 +114,7 @@ pub async fn apply(
             });
             // Reap the unpacks that ended, so a failure stops the sync early.
             while let Some(Some(done)) = futures::FutureExt::now_or_never(unpacking.next()) {
-                said = finished(envd, done)?;
+                finished(envd, done)?;
             }
             n += 1;
         }
@@ -142,27 +127,26 @@ pub async fn apply(
             ));
         }
         while let Some(done) = unpacking.next().await {
-            said = finished(envd, done)?;
+            finished(envd, done)?;
         }
         if n == 0 {
             return Err(Error::Sync("the sync had no chunk to send".into()));
         }
         if committed {
             return if n == 1 {
-                Ok(said)
+                Ok(())
             } else {
                 Err(Error::Sync(format!(
                     "the sync was planned as one chunk but {n} were sent"
                 )))
             };
         }
-        let mut envs = BTreeMap::from([
+        let envs = BTreeMap::from([
             ("CBX_WORKDIR".to_string(), workdir.to_string()),
             ("CBX_STAGE".to_string(), stage.clone()),
             ("CBX_RECORD".to_string(), record_path(workdir)),
         ]);
-        envs.extend(watch_envs.clone());
-        finished(envd, run_script(envd, COMMIT_SCRIPT, envs, &pids).await)
+        finished(envd, run_script(envd, COMMIT_SCRIPT, envs, &pids).await).map(drop)
     };
     // One deadline for all of it; a cancel or the deadline drops `work` here, so the remote
     // leftovers are removed below rather than by the scripts' traps.
@@ -251,23 +235,38 @@ pub async fn scan(
         let kept = |part: &Option<crate::scan::Part>| part.as_ref().map(|p| p.sha256.clone());
         let intact =
             kept(&known.listing).as_ref() == Some(&w.listing) && kept(&known.record) == w.record;
-        if intact && watcher_saw_no_change(envd, &ctl, &w.id).await {
-            let mut out = b"W\0".to_vec();
-            if w.record.is_some() {
-                out.extend_from_slice(b"r\0");
-            }
-            out.extend_from_slice(b"e\0");
-            let patched = |tree: &mut RemoteTree| match (&w.patch, &known.patch) {
-                (None, _) => true,
-                (Some(sha), Some(p)) if *sha == p.sha256 => {
-                    crate::scan::apply_patch(tree, &p.bytes).is_ok()
+        if let (true, Some((c, sandbox))) = (intact, cache) {
+            // What changed since is read afresh and laid over the kept listing; the note is
+            // void meanwhile (the watcher forgets what it answers).
+            c.forget_watch(sandbox, workdir);
+            if let Some(segment) = watcher_changes(envd, &ctl, &w.id).await {
+                let mut out = b"W\0".to_vec();
+                if w.record.is_some() {
+                    out.extend_from_slice(b"r\0");
                 }
-                _ => false,
-            };
-            if let Ok((mut tree, _)) = crate::scan::parse_with(&out, &known) {
-                if patched(&mut tree) {
-                    tree.state = Some(w.state());
-                    return Ok(tree);
+                out.extend_from_slice(b"e\0");
+                let kept_patch = match (&w.patch, &known.patch) {
+                    (None, _) => Some(&[][..]),
+                    (Some(sha), Some(p)) if *sha == p.sha256 => Some(&p.bytes[..]),
+                    _ => None,
+                };
+                if let (Some(kept_patch), Ok((mut tree, _))) =
+                    (kept_patch, crate::scan::parse_with(&out, &known))
+                {
+                    let laid = crate::scan::apply_patch(&mut tree, kept_patch)
+                        .and_then(|_| crate::scan::apply_patch(&mut tree, &segment));
+                    let noted = match laid {
+                        Ok(()) if crate::scan::is_empty_segment(&segment) => {
+                            c.keep_watch(sandbox, workdir, w);
+                            Some(w.clone())
+                        }
+                        Ok(()) => c.extend_patch(sandbox, workdir, w, &segment),
+                        Err(_) => None,
+                    };
+                    if let Some(noted) = noted {
+                        tree.state = Some(noted.state());
+                        return Ok(tree);
+                    }
                 }
             }
         }
@@ -347,30 +346,49 @@ pub async fn unchanged_since(
 }
 
 /// Asks watcher `id` (by making a request directory in `ctl`, which it sees after every
-/// change made before) whether it saw any change since it started. Anything but a clear
-/// "none" (another watcher, a lost one, no answer in time, a failed call) is false: the
-/// caller then reads the tree whole.
+/// change made before) whether it saw any change since it started (or last forgot). Anything
+/// but a clear "none" (another watcher, a lost one, no answer in time, a failed call) is false:
+/// the caller then reads the tree whole.
 async fn watcher_saw_no_change(envd: &Envd, ctl: &str, id: &str) -> bool {
+    ask_watcher(envd, ctl, id, "p")
+        .await
+        .is_some_and(|(state, nonce)| watcher_answer(&state, id, &nonce) == Some(true))
+}
+
+/// Asks watcher `id` for what changed since it started (or last forgot), with those paths'
+/// entries now, and to forget it: a patch segment for the kept listing
+/// ([`crate::scan::apply_patch`]); `None` when it cannot say.
+pub async fn watcher_changes(envd: &Envd, ctl: &str, id: &str) -> Option<Vec<u8>> {
+    let (state, _) = ask_watcher(envd, ctl, id, "r").await?;
+    crate::scan::watcher_segment(&state)
+}
+
+/// Makes request `<kind>-<nonce>` of watcher `id` and reads its state file until it answered
+/// it: the state and the nonce; `None` when it never will (another watcher, a lost one, past
+/// [`WATCHER_PATIENCE`], a failed call).
+async fn ask_watcher(envd: &Envd, ctl: &str, id: &str, kind: &str) -> Option<(Vec<u8>, String)> {
     let nonce = hex::encode(rand::random::<[u8; 8]>());
-    if envd.make_dir(&format!("{ctl}/p-{nonce}")).await.is_err() {
-        return false;
-    }
+    envd.make_dir(&format!("{ctl}/{kind}-{nonce}")).await.ok()?;
     let state = format!("{ctl}/state");
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
         let mut buf = Vec::new();
-        if envd.download(&state, &mut buf).await.is_err() {
-            return false;
-        }
+        envd.download(&state, &mut buf).await.ok()?;
         match watcher_answer(&buf, id, &nonce) {
-            Some(no_change) => return no_change,
-            None if started.elapsed() >= WATCHER_PATIENCE => return false,
+            Some(false) if !answered(&buf, &nonce) => return None,
+            Some(_) => return Some((buf, nonce)),
+            None if started.elapsed() >= WATCHER_PATIENCE => return None,
             None => {}
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// The state names `nonce` as the request it answers.
+fn answered(state: &[u8], nonce: &str) -> bool {
+    state.split(|b| *b == 0).nth(2) == Some(nonce.as_bytes())
 }
 
 /// A watcher's state file read against a request: `Some(no change)` once it answers it (or
@@ -553,7 +571,7 @@ struct Captured {
 }
 
 /// What a helper script's output is capped at.
-pub(crate) const CAPTURE_LIMIT: usize = 64 * 1024;
+const CAPTURE_LIMIT: usize = 64 * 1024;
 
 impl OutputSink for Captured {
     fn stdout(&mut self, chunk: &[u8]) -> std::io::Result<()> {

@@ -48,16 +48,6 @@ impl Box_ {
     /// Runs the scripts as `apply` does: the files of `send` in two chunks (the first one
     /// carrying ops and record), each unpacked, then the commit.
     fn apply(&self, send: &[&str], ops: &[SyncOp]) -> std::process::Output {
-        self.apply_with(send, ops, &[])
-    }
-
-    /// [`Box_::apply`] with more environment for the commit.
-    fn apply_with(
-        &self,
-        send: &[&str],
-        ops: &[SyncOp],
-        commit_env: &[(&str, &str)],
-    ) -> std::process::Output {
         let tag = hex::encode(rand::random::<[u8; 4]>());
         let m = SyncManifest::build(self.src.path(), &Default::default()).unwrap();
         let chosen: Vec<_> = m
@@ -116,7 +106,6 @@ impl Box_ {
             .env("CBX_WORKDIR", &wd)
             .env("CBX_STAGE", &stage)
             .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
-            .envs(commit_env.iter().copied())
             .output()
             .unwrap()
     }
@@ -329,7 +318,7 @@ fn scan_box(wd: &Path, watch: Option<&str>) -> RemoteTree {
 }
 
 #[test]
-fn a_commit_reports_what_it_changed_so_the_kept_listing_stays_exact() {
+fn a_watcher_reports_what_a_sync_changed_so_the_kept_listing_stays_exact() {
     let b = Box_::new();
     for (p, t) in [("d/a.txt", "a1"), ("b.txt", "b1"), ("d/c.txt", "c1")] {
         b.write_src(p, t);
@@ -340,34 +329,36 @@ fn a_commit_reports_what_it_changed_so_the_kept_listing_stays_exact() {
     let id = "0a1b2c3d";
     let kept = scan_box(&wd, Some(id));
 
-    // An edit of one file, synced with the watcher asked to report: the report laid over
-    // the kept listing is what a full reading finds.
+    // An edit of one file, synced: what the watcher then reports, laid over the kept listing,
+    // is what a full reading finds (the record is left as it was: the watcher keeps count).
     b.write_src("d/a.txt", "a2, longer");
-    let out = b.apply_with(
-        &["d/a.txt"],
-        &[],
-        &[("CBX_WATCH_CTL", &ctl), ("CBX_WATCH_NONCE", "n1")],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let segment = crate::scan::commit_report(&out.stdout, id, "n1").expect("a report");
+    b.apply_ok(&["d/a.txt"], &[]);
+    let segment = super::watch_tests::changes(&ctl, id).expect("a report");
+    assert!(!crate::scan::is_empty_segment(&segment));
     let mut patched = kept.clone();
     crate::scan::apply_patch(&mut patched, &segment).unwrap();
     assert_ne!(patched.entries, kept.entries, "the edit shows");
     assert_eq!(patched.entries, scan_box(&wd, None).entries);
-    // The watcher forgot what it reported: it vouches for the patched reading...
+    // It forgot what it reported: it vouches for the patched reading...
     assert_eq!(super::watch_tests::ask(&ctl, id), Some(true));
-    // ...and still sees what changes after.
-    std::fs::write(wd.join("b.txt"), "changed on the box").unwrap();
+    let again = super::watch_tests::changes(&ctl, id).expect("a report");
+    assert!(crate::scan::is_empty_segment(&again));
+    // ...and still sees what changes after: a file removed on the box, another chmod-ed.
+    std::fs::remove_file(wd.join("b.txt")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(wd.join("d/c.txt"), mode).unwrap();
+    }
     assert_eq!(super::watch_tests::ask(&ctl, id), Some(false));
+    let segment = super::watch_tests::changes(&ctl, id).expect("a report");
+    crate::scan::apply_patch(&mut patched, &segment).unwrap();
+    assert_eq!(patched.entries, scan_box(&wd, None).entries);
     let _ = std::fs::remove_dir_all(&ctl);
 }
 
 #[test]
-fn a_commit_that_changes_the_synced_paths_leaves_the_watcher_lost() {
+fn a_sync_that_changes_the_synced_paths_leaves_the_watcher_lost() {
     let b = Box_::new();
     b.write_src("a.txt", "a1");
     b.apply_ok(&["a.txt"], &[]);
@@ -375,20 +366,10 @@ fn a_commit_that_changes_the_synced_paths_leaves_the_watcher_lost() {
     let ctl = watch_dir(wd.to_str().unwrap());
     scan_box(&wd, Some("0a1b2c3d"));
     b.write_src("new.txt", "n");
-    let out = b.apply_with(
-        &["new.txt"],
-        &[],
-        &[("CBX_WATCH_CTL", &ctl), ("CBX_WATCH_NONCE", "n1")],
-    );
+    b.apply_ok(&["new.txt"], &[]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        crate::scan::commit_report(&out.stdout, "0a1b2c3d", "n1").is_none(),
-        "a new record means a full reading: {:?}",
-        String::from_utf8_lossy(&out.stdout)
+        super::watch_tests::changes(&ctl, "0a1b2c3d").is_none(),
+        "a new record means a full reading"
     );
     assert_eq!(super::watch_tests::ask(&ctl, "0a1b2c3d"), Some(false));
     let _ = std::fs::remove_dir_all(&ctl);

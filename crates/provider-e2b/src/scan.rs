@@ -287,73 +287,55 @@ fn read_entry(c: &mut Cursor<'_>, kind: &[u8]) -> Result<Option<(String, RemoteE
     )))
 }
 
-/// A patch of a kept listing: what a sync changed on the box and then read afresh (after its
-/// watcher forgot those changes, so any later one is the watcher's again). Segments, each
-/// `C<n>\0` and n workdir-relative paths (their old entries dropped), then `E<m>\0` and m
-/// listing entries (as the scan prints them: the paths' entries now; a path without one is
-/// gone). Segments apply in order.
-pub fn patch_segment(changed: &[&[u8]], entries: &[u8]) -> Result<Vec<u8>> {
-    let mut c = Cursor { rest: entries };
-    let mut m = 0usize;
-    while let Some(kind) = c.field() {
-        read_entry(&mut c, kind)?;
-        m += 1;
+/// The patch segment a watcher answered an `r-` request with (after its four header fields:
+/// `C<n>`, n paths, `E<m>`, m entries; see `sync_watch.py`), checked whole.
+pub fn watcher_segment(state: &[u8]) -> Option<Vec<u8>> {
+    let mut c = Cursor { rest: state };
+    for _ in 0..4 {
+        c.field()?;
     }
-    let mut out = format!("C{}\0", changed.len()).into_bytes();
-    for p in changed {
-        out.extend_from_slice(p);
-        out.push(0);
-    }
-    out.extend_from_slice(format!("E{m}\0").as_bytes());
-    out.extend_from_slice(entries);
-    Ok(out)
+    let segment = c.rest;
+    let mut scratch = RemoteTree::default();
+    let mut one = Cursor { rest: segment };
+    read_segment(&mut one, &mut scratch).ok()?;
+    one.rest.is_empty().then(|| segment.to_vec())
 }
 
-/// The patch segment of a commit's report (`S<len>`, the watcher's answer, `E`, the changed
-/// paths' entries; see `sync_commit.sh`), if watcher `id` answered request `nonce` and still
-/// keeps count.
-pub fn commit_report(out: &[u8], id: &str, nonce: &str) -> Option<Vec<u8>> {
-    let mut c = Cursor { rest: out };
-    let len: usize = std::str::from_utf8(c.field()?.strip_prefix(b"S")?)
-        .ok()?
-        .parse()
-        .ok()?;
-    let state = c.take(len)?;
-    if c.field()? != b"E" {
-        return None;
-    }
-    let mut f = state.split(|b| *b == 0);
-    let answered = f.next()? == b"cbxw1"
-        && f.next()? == id.as_bytes()
-        && f.next()? == nonce.as_bytes()
-        && f.next()? == b"ok";
-    if !answered {
-        return None;
-    }
-    let changed: Vec<&[u8]> = f.filter(|p| !p.is_empty()).collect();
-    patch_segment(&changed, c.rest).ok()
+/// A segment that changes nothing.
+pub fn is_empty_segment(segment: &[u8]) -> bool {
+    segment == b"C0\0E0\0"
 }
 
-/// Lays [`patch_segment`]s over a tree read from a kept listing.
+/// Lays a patch over a tree read from a kept listing: what changed on the box since, read
+/// afresh (a watcher answers what it saw change, with those paths' entries now, and forgets
+/// it, so any later change is its again). Segments, each `C<n>\0` and n workdir-relative paths
+/// (their old entries dropped), then `E<m>\0` and m listing entries (as the scan prints them; a
+/// path without one is gone), applied in order.
 pub fn apply_patch(tree: &mut RemoteTree, patch: &[u8]) -> Result<()> {
+    let mut c = Cursor { rest: patch };
+    while !c.rest.is_empty() {
+        read_segment(&mut c, tree)?;
+    }
+    Ok(())
+}
+
+/// One patch segment, laid over `tree`.
+fn read_segment(c: &mut Cursor<'_>, tree: &mut RemoteTree) -> Result<()> {
     let count = |f: Option<&[u8]>, letter: u8| -> Result<usize> {
         f.and_then(|f| f.strip_prefix(&[letter]))
             .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
             .ok_or_else(|| bad("a damaged patch of the kept listing"))
     };
-    let mut c = Cursor { rest: patch };
-    while !c.rest.is_empty() {
-        for _ in 0..count(c.field(), b'C')? {
-            let path = c.field().ok_or_else(|| bad("a truncated patch"))?;
-            if let Ok(p) = std::str::from_utf8(path) {
-                tree.entries.remove(p);
-            }
+    for _ in 0..count(c.field(), b'C')? {
+        let path = c.field().ok_or_else(|| bad("a truncated patch"))?;
+        if let Ok(p) = std::str::from_utf8(path) {
+            tree.entries.remove(p);
         }
-        for _ in 0..count(c.field(), b'E')? {
-            let kind = c.field().ok_or_else(|| bad("a truncated patch"))?;
-            if let Some((path, entry)) = read_entry(&mut c, kind)? {
-                tree.entries.insert(path, entry);
-            }
+    }
+    for _ in 0..count(c.field(), b'E')? {
+        let kind = c.field().ok_or_else(|| bad("a truncated patch"))?;
+        if let Some((path, entry)) = read_entry(c, kind)? {
+            tree.entries.insert(path, entry);
         }
     }
     Ok(())

@@ -95,25 +95,38 @@ impl ScanCache {
     /// Lays what a sync changed (read afresh after watcher `w` forgot it) over the kept
     /// listing: the patch grows by `segment` and the note names it. A patch that cannot be
     /// read back or grows too large leaves no note (the next scan reads all).
-    pub fn extend_patch(&self, sandbox: &str, workdir: &str, w: &Watched, segment: &[u8]) {
+    /// The new note, if kept.
+    pub fn extend_patch(
+        &self,
+        sandbox: &str,
+        workdir: &str,
+        w: &Watched,
+        segment: &[u8],
+    ) -> Option<Watched> {
         let path = self.path(sandbox, workdir, What::Patch);
         let mut patch = match &w.patch {
             None => Vec::new(),
             Some(sha) => match std::fs::read(&path) {
                 Ok(bytes) if Part::sha256_of(&bytes) == *sha => bytes,
-                _ => return,
+                _ => return None,
             },
         };
         patch.extend_from_slice(segment);
         if patch.len() > KEEP_PATCH_AT_MOST {
-            return;
+            return None;
         }
         self.write(sandbox, workdir, What::Patch, &patch);
         let noted = Watched {
             patch: Some(Part::sha256_of(&patch)),
             ..w.clone()
         };
-        self.write(sandbox, workdir, What::Watch, noted.encode().as_bytes());
+        self.keep_watch(sandbox, workdir, &noted);
+        Some(noted)
+    }
+
+    /// Notes watcher `w` (written last, after what it vouches for).
+    pub fn keep_watch(&self, sandbox: &str, workdir: &str, w: &Watched) {
+        self.write(sandbox, workdir, What::Watch, w.encode().as_bytes());
     }
 
     /// Keeps the record a completed sync wrote to the box.

@@ -129,10 +129,7 @@ impl BoxSession for E2bSession {
             c.forget_watch(&self.sandbox_id, req.workdir);
             w
         });
-        let nonce = noted
-            .as_ref()
-            .map(|_| hex::encode(rand::random::<[u8; 8]>()));
-        match crate::remote_sync::apply(&self.envd, req, chunks, reporter, nonce.as_deref()).await {
+        match crate::remote_sync::apply(&self.envd, req, chunks, reporter).await {
             Err(Error::Transport(e)) => {
                 let broken = if e.contains("retry later") {
                     Error::Transport(e)
@@ -146,16 +143,18 @@ impl BoxSession for E2bSession {
                 why_broken(&self.control, &self.sandbox_id, Err(broken)).await
             }
             Err(e) => Err(e),
-            Ok(report) => {
+            Ok(()) => {
                 if let Some(c) = &self.scans {
                     c.keep_record(&self.sandbox_id, req.workdir, req.record);
-                    let segment = noted.as_ref().zip(nonce.as_deref()).and_then(|(w, nonce)| {
-                        (report.len() < crate::remote_sync::CAPTURE_LIMIT)
-                            .then(|| crate::scan::commit_report(&report, &w.id, nonce))
-                            .flatten()
-                    });
-                    if let (Some(w), Some(segment)) = (&noted, segment) {
-                        c.extend_patch(&self.sandbox_id, req.workdir, w, &segment);
+                    // What the sync changed, read afresh by the watcher (which then forgets it):
+                    // the next run need not read the tree. A watcher that cannot say (the record
+                    // changed, say) leaves no note, and the next run reads it all.
+                    if let Some(w) = &noted {
+                        let ctl = crate::remote_sync::watch_dir(req.workdir);
+                        let changes = crate::remote_sync::watcher_changes(&self.envd, &ctl, &w.id);
+                        if let Some(segment) = changes.await {
+                            c.extend_patch(&self.sandbox_id, req.workdir, w, &segment);
+                        }
                     }
                 }
                 Ok(())

@@ -71,14 +71,29 @@ impl Tree {
 /// Asks watcher `id` as crabbox does (a request directory in `ctl`, then its state file):
 /// whether it saw no change. `None`: no answer within 10 s.
 pub(super) fn ask(ctl: &str, id: &str) -> Option<bool> {
+    let (state, nonce) = request(ctl, "p")?;
+    watcher_answer(&state, id, &nonce)
+}
+
+/// Asks watcher `id` for what changed, and to forget it, as crabbox does: the patch segment;
+/// `None` when it does not answer that (lost, another watcher) or not within 10 s.
+pub(super) fn changes(ctl: &str, id: &str) -> Option<Vec<u8>> {
+    let (state, nonce) = request(ctl, "r")?;
+    (watcher_answer(&state, id, &nonce).is_some() && answered(&state, &nonce))
+        .then(|| crate::scan::watcher_segment(&state))
+        .flatten()
+}
+
+/// Makes request `<kind>-<nonce>` and reads the state until it answers it or can no longer.
+fn request(ctl: &str, kind: &str) -> Option<(Vec<u8>, String)> {
     let nonce = hex::encode(rand::random::<[u8; 8]>());
     let ctl = PathBuf::from(ctl);
-    std::fs::create_dir(ctl.join(format!("p-{nonce}"))).unwrap();
+    std::fs::create_dir(ctl.join(format!("{kind}-{nonce}"))).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(state) = std::fs::read(ctl.join("state")) {
-            if let Some(answer) = watcher_answer(&state, id, &nonce) {
-                return Some(answer);
+            if answered(&state, &nonce) || state.split(|b| *b == 0).nth(3) == Some(b"lost") {
+                return Some((state, nonce));
             }
         }
         std::thread::yield_now();

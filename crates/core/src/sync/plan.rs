@@ -126,8 +126,11 @@ impl SyncPlan {
         }
         let mut send = Vec::new();
         let mut ops = BTreeSet::new();
+        // Directories already found to be real, scanned directories on the box: most files
+        // share theirs, so each is looked up once.
+        let mut sound = std::collections::HashSet::new();
         for e in &manifest.entries {
-            if let Some(op_and_send) = compare(e, remote, opts) {
+            if let Some(op_and_send) = compare(e, remote, opts, &mut sound) {
                 ops.extend(op_and_send);
                 send.push(e.clone());
             }
@@ -142,12 +145,22 @@ impl SyncPlan {
         });
         if opts.delete {
             if let Some(previous) = &remote.record {
-                let now: BTreeSet<&str> = manifest.paths().collect();
+                let gone: Vec<&String> = if manifest.entries.is_sorted_by(|a, b| a.path < b.path) {
+                    // Both sorted: one walk finds what the record holds and the manifest not.
+                    let mut now = manifest.paths().peekable();
+                    let gone = previous.paths.iter().filter(|p| {
+                        while now.next_if(|n| *n < p.as_str()).is_some() {}
+                        now.peek() != Some(&p.as_str())
+                    });
+                    gone.collect()
+                } else {
+                    let now: std::collections::HashSet<&str> = manifest.paths().collect();
+                    let gone = previous.paths.iter().filter(|p| !now.contains(p.as_str()));
+                    gone.collect()
+                };
                 ops.extend(
-                    previous
-                        .paths
-                        .iter()
-                        .filter(|p| !now.contains(p.as_str()) && is_safe_relative(p))
+                    gone.into_iter()
+                        .filter(|p| is_safe_relative(p))
                         .filter(|p| remote_may_hold(remote, p))
                         .map(|p| SyncOp::Delete(p.clone())),
                 );
@@ -176,9 +189,16 @@ impl SyncPlan {
 }
 
 /// `None` when the box holds `e` as it is; else the ops it needs before it is sent.
-fn compare(e: &SyncEntry, remote: &RemoteTree, opts: PlanOptions<'_>) -> Option<Vec<SyncOp>> {
+fn compare<'a>(
+    e: &'a SyncEntry,
+    remote: &RemoteTree,
+    opts: PlanOptions<'_>,
+    sound: &mut std::collections::HashSet<&'a str>,
+) -> Option<Vec<SyncOp>> {
     let known = |p: &str| remote.scanned.contains(parent(p));
-    for dir in ancestors(&e.path) {
+    let dir_of = parent(&e.path);
+    let parents_sound = !dir_of.is_empty() && sound.contains(dir_of);
+    for dir in ancestors(&e.path).filter(|_| !parents_sound) {
         if !known(dir) {
             // Below here the box was not scanned: make the way safe and send.
             return Some(vec![
@@ -194,6 +214,10 @@ fn compare(e: &SyncEntry, remote: &RemoteTree, opts: PlanOptions<'_>) -> Option<
     }
     if !known(&e.path) {
         return Some(vec![SyncOp::ClearIfDir(e.path.clone())]);
+    }
+    if !dir_of.is_empty() {
+        // Every directory on the way is a real directory the scan listed.
+        sound.insert(dir_of);
     }
     let Some(r) = remote.entries.get(&e.path) else {
         return Some(Vec::new());

@@ -22,12 +22,18 @@ pub struct SyncRecord {
 impl SyncRecord {
     /// The record of a sync of `manifest`.
     pub fn of(manifest: &SyncManifest) -> Self {
-        let mut record = SyncRecord::default();
-        for e in &manifest.entries {
-            record.dirs.extend(ancestors(&e.path).map(str::to_string));
-            record.paths.insert(e.path.clone());
+        // Built in bulk from sorted runs (the manifest is sorted), not path by path.
+        let mut dirs: Vec<&str> = manifest
+            .entries
+            .iter()
+            .flat_map(|e| ancestors(&e.path))
+            .collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        SyncRecord {
+            paths: manifest.entries.iter().map(|e| e.path.clone()).collect(),
+            dirs: dirs.into_iter().map(str::to_string).collect(),
         }
-        record
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -6,15 +6,12 @@
 #   c  remove the path whatever it is      p  make every component of the dir a real dir or absent
 #   u  remove the path if it is a real dir x  delete a file crabbox synced before
 # Inputs (environment): CBX_WORKDIR, CBX_STAGE, CBX_RECORD. The staging directory, ops and record
-# copy are removed however it ends. With CBX_WATCH_CTL and CBX_WATCH_NONCE (a watcher keeps
-# watch of the tree, see sync_watch.py), an update then asks the watcher for what changed and
-# to forget it, and prints S<len>, that answer, E, and each changed path's listing entry now (as
-# the scan prints them), so the caller can lay them over the listing it keeps.
+# copy are removed however it ends.
 set -u
 fail() { printf 'crabbox sync: %s\n' "$*" >&2; exit 1; }
 ops=$CBX_STAGE.ops
 rec=$CBX_STAGE.rec
-trap 'rm -rf -- "$CBX_STAGE"; rm -f -- "$ops" "$rec" "$CBX_STAGE.state"' EXIT
+trap 'rm -rf -- "$CBX_STAGE"; rm -f -- "$ops" "$rec"' EXIT
 wd=$CBX_WORKDIR
 [ -d "$CBX_STAGE" ] || fail "the staging directory $CBX_STAGE is missing"
 mkdir -p -- "$(dirname -- "$wd")" || fail "cannot create the parent directory of $wd"
@@ -68,27 +65,3 @@ if cmp -s -- "$rec" "$CBX_RECORD" 2>/dev/null; then
 else
   mv -f -- "$rec" "$CBX_RECORD" || fail "storing the sync record $CBX_RECORD failed"
 fi
-[ -n "${CBX_WATCH_NONCE:-}" ] && [ -d "${CBX_WATCH_CTL:-}" ] || exit 0
-mkdir -- "$CBX_WATCH_CTL/r-$CBX_WATCH_NONCE" 2>/dev/null || exit 0
-snap=$CBX_STAGE.state
-i=0
-answer=
-while [ "$i" -lt 250 ]; do
-  if cp -- "$CBX_WATCH_CTL/state" "$snap" 2>/dev/null; then
-    answer=$(tr '\0' '\n' < "$snap" | sed -n '3p;4p' | tr '\n' ' ')
-    case $answer in
-      "$CBX_WATCH_NONCE ok ") break ;;
-      *" lost ") exit 0 ;;
-    esac
-  fi
-  answer=
-  sleep 0.002
-  i=$((i + 1))
-done
-[ -n "$answer" ] || exit 0
-printf 'S%s\0' "$(wc -c < "$snap")"
-cat -- "$snap"
-printf 'E\0'
-tail -z -n +5 -- "$snap" | sed -z 's|^|./|' \
-  | xargs -0 -r sh -c 'find "$@" -maxdepth 0 -printf "%y\0%m\0%s\0%T@\0%p\0%l\0" 2>/dev/null' find
-exit 0

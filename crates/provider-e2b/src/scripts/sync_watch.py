@@ -9,11 +9,13 @@
 #   ID       this watcher's id, named in every answer
 #   RECORD   the sync record's path (in WORKDIR's parent)
 #
-# A request is a directory made in CTL: `p-<nonce>` asks for the state (`r-<nonce>` too, and
-# then forgets the changes it answered: whoever asked reads those paths afresh), answered in
-# CTL/state (written whole, then renamed) as NUL-separated fields: `cbxw1`, ID, nonce, `ok` or
-# `lost`, then every path (relative to WORKDIR) that had an event since the watches were set (or
-# the last `r-`).
+# A request is a directory made in CTL: `p-<nonce>` asks for the state, answered in CTL/state
+# (written whole, then renamed) as NUL-separated fields: `cbxw1`, ID, nonce, `ok` or `lost`, then
+# every path (relative to WORKDIR) that had an event since the watches were set (or the last
+# `r-`). `r-<nonce>` asks for the changes and forgets them: after the four fields, `C<n>` and the
+# n paths, then `E<m>` and the m entries of those that exist now (lstat, six fields each as the
+# scan's find prints them: type, mode, size, mtime, ./path, link target), so whoever asked lays
+# them over the listing it keeps and counting starts again from there.
 # Events are read in the order the kernel queued them, so when the request is read every change
 # made before it was is already counted (a path whose entries change counts, and so does its
 # directory, whose times change with them). `lost` means the watcher can no longer tell (queue
@@ -23,6 +25,7 @@
 # (`-` if they cannot be). The removal of CTL (a newer watcher's scan remakes it) ends this one.
 import ctypes
 import os
+import stat
 import struct
 import sys
 
@@ -82,12 +85,33 @@ def main(ctl, workdir, dirs_file, ident, record):
     dirs = {relative(d) for d in listed}
     changed, lost = set(), False
 
-    def answer(nonce):
+    def answer(nonce, entries=False):
         tmp = os.path.join(ctl, b"state.tmp")
-        fields = [b"cbxw1", ident, nonce, b"lost" if lost else b"ok"] + sorted(changed)
+        fields = [b"cbxw1", ident, nonce, b"lost" if lost else b"ok"]
+        paths = sorted(changed)
+        if entries:
+            found = [e for e in map(entry, paths) if e]
+            fields += [b"C%d" % len(paths)] + paths + [b"E%d" % len(found)]
+            fields += [f for e in found for f in e]
+        else:
+            fields += paths
         with open(tmp, "wb") as f:
             f.write(b"\0".join(fields) + b"\0")
         os.rename(tmp, os.path.join(ctl, b"state"))
+
+    def entry(path):
+        """The path's listing entry now, as the scan's find prints it; None when gone."""
+        full = os.path.join(workdir, path)
+        try:
+            st = os.lstat(full)
+            link = os.readlink(full) if stat.S_ISLNK(st.st_mode) else b""
+        except OSError:
+            return None
+        kind = (b"f" if stat.S_ISREG(st.st_mode) else b"d" if stat.S_ISDIR(st.st_mode)
+                else b"l" if stat.S_ISLNK(st.st_mode) else b"o")
+        secs, nanos = divmod(st.st_mtime_ns, 1000000000)
+        return [kind, b"%o" % (st.st_mode & 0o7777), b"%d" % st.st_size,
+                b"%d.%09d" % (secs, nanos), b"./" + path, link]
 
     answer(b"ready")
     ready(ctl, ident)
@@ -109,10 +133,11 @@ def main(ctl, workdir, dirs_file, ident, record):
                 if not mask & IN_ISDIR:
                     continue
                 if name.startswith((b"p-", b"r-")):
-                    answer(name[2:])
-                    # `r-`: the changes answered are the asker's to read now; counting starts
-                    # again from here.
-                    if name.startswith(b"r-"):
+                    # `r-`: the changes are answered with what those paths are now, and counting
+                    # starts again from here.
+                    reset = name.startswith(b"r-")
+                    answer(name[2:], entries=reset)
+                    if reset:
                         changed.clear()
                     try:
                         os.rmdir(os.path.join(ctl, name))
