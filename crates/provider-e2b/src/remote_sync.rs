@@ -225,6 +225,12 @@ pub async fn scan(
     checksum: bool,
     cache: Option<(&ScanCache, &str)>,
 ) -> Result<RemoteTree> {
+    // One scan of this workdir at a time on this machine (see `ScanCache::lock`).
+    let locked = match cache {
+        Some((c, sandbox)) => c.lock(sandbox, workdir).await,
+        None => None,
+    };
+    let cache = cache.filter(|_| locked.is_some());
     let known = cache
         .map(|(c, sandbox)| c.load(sandbox, workdir))
         .unwrap_or_default();

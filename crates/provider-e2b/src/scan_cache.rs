@@ -27,6 +27,7 @@ enum What {
     Listing,
     Watch,
     Patch,
+    Lock,
 }
 
 impl ScanCache {
@@ -41,8 +42,29 @@ impl ScanCache {
             What::Listing => "listing",
             What::Watch => "watch",
             What::Patch => "patch",
+            What::Lock => "lock",
         };
         self.dir.join(format!("{}-{key}.{ext}", file_safe(sandbox)))
+    }
+
+    /// This machine's lock on what is kept for `workdir` on `sandbox`, held while a scan reads
+    /// and updates it: two runs of one lease would otherwise each ask the watcher for (and make
+    /// it forget) changes the other's patch then lacks, or each start a watcher. `None` when it
+    /// cannot be taken (then nothing kept is used).
+    pub async fn lock(&self, sandbox: &str, workdir: &str) -> Option<std::fs::File> {
+        std::fs::create_dir_all(&self.dir).ok()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path(sandbox, workdir, What::Lock))
+            .ok()?;
+        tokio::task::spawn_blocking(move || {
+            fs4::fs_std::FileExt::lock_exclusive(&file).ok()?;
+            Some(file)
+        })
+        .await
+        .ok()?
     }
 
     /// What is kept for `workdir` on `sandbox` (nothing when unreadable).

@@ -149,7 +149,11 @@ impl BoxSession for E2bSession {
                     // What the sync changed, read afresh by the watcher (which then forgets it):
                     // the next run need not read the tree. A watcher that cannot say (the record
                     // changed, say) leaves no note, and the next run reads it all.
-                    if let Some(w) = &noted {
+                    let locked = match &noted {
+                        Some(_) => c.lock(&self.sandbox_id, req.workdir).await,
+                        None => None,
+                    };
+                    if let (Some(w), Some(_locked)) = (&noted, locked) {
                         let ctl = crate::remote_sync::watch_dir(req.workdir);
                         let changes = crate::remote_sync::watcher_changes(&self.envd, &ctl, &w.id);
                         if let Some(segment) = changes.await {
