@@ -77,11 +77,19 @@ def main(ctl, workdir, dirs_file, ident, record):
     rel = {}
     for d in listed:
         r = relative(d)
-        w = watch(os.path.join(workdir, r) if r else workdir, CHANGES)
-        # A listed directory missing (or not a directory) now: its making is seen by its
-        # parent's watch, and counts as lost below.
+        path = os.path.join(workdir, r) if r else workdir
+        w = watch(path, CHANGES)
         if w is not None:
             rel[w] = r
+            continue
+        # A listed directory missing (or not a directory) now: its making is seen by its
+        # parent's watch, and counts as lost below. One that is there but cannot be watched
+        # (the user's inotify watch limit) would go unseen: no watcher then.
+        try:
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                return
+        except OSError:
+            pass
     dirs = {relative(d) for d in listed}
     changed, lost = set(), False
 
