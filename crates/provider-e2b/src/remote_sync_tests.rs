@@ -288,32 +288,10 @@ fn reap_script_kills_what_works_on_the_sync_and_removes_its_files() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// The box's tree under `wd`, read by the scan script; with `watch`, a watcher of that id is
-/// started first.
+/// The box's tree under `wd`; with `watch`, a watcher of that id started first.
 fn scan_box(wd: &Path, watch: Option<&str>) -> RemoteTree {
-    let wd_s = wd.to_str().unwrap();
-    let mut cmd = std::process::Command::new("/bin/bash");
-    cmd.args(["-c", crate::scan::SCAN_SCRIPT])
-        .env("CBX_WORKDIR", wd)
-        .env("CBX_RECORD", record_path(wd_s));
-    if let Some(id) = watch {
-        cmd.env("CBX_WATCHER", WATCHER)
-            .env("CBX_WATCH_CTL", watch_dir(wd_s))
-            .env("CBX_WATCH_ID", id);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let known = crate::scan::Known::default();
-    let (tree, fresh) = crate::scan::parse_with(&out.stdout, &known).unwrap();
-    assert_eq!(
-        fresh.watch.is_some(),
-        watch.is_some(),
-        "the watcher started"
-    );
+    let (tree, watcher) = super::watch_tests::scan_locally(wd, watch);
+    assert_eq!(watcher.is_some(), watch.is_some(), "the watcher started");
     tree
 }
 

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::scan::{parse_with, Known};
+use crate::scan::{parse_with, Known, Watched};
+use crabbox_core::sync::RemoteTree;
 
 /// A workdir `w` with a record naming `a.txt`, `src/b.rs` and `src/deep/c.rs`, next to its
 /// watcher's control directory.
@@ -41,23 +42,8 @@ impl Tree {
 
     /// Scans with a watcher; its id.
     fn scan(&self, id: &str) -> String {
-        let out = Command::new("/bin/bash")
-            .args(["-c", crate::scan::SCAN_SCRIPT])
-            .env("CBX_WORKDIR", self.wd())
-            .env("CBX_RECORD", self.dir.path().join(".w.crabbox-synced"))
-            .env("CBX_WATCHER", WATCHER)
-            .env("CBX_WATCH_CTL", self.ctl())
-            .env("CBX_WATCH_ID", id)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let known = Known::default();
-        let (tree, fresh) = parse_with(&out.stdout, &known).unwrap();
-        let watch = fresh.watch.expect("the scan started a watcher");
+        let (tree, watch) = scan_locally(&self.wd(), Some(id));
+        let watch = watch.expect("the scan started a watcher");
         assert_eq!(tree.state, Some(watch.state()));
         assert_eq!(watch.record.is_some(), tree.record.is_some());
         watch.id
@@ -66,6 +52,30 @@ impl Tree {
     fn ask(&self, id: &str) -> Option<bool> {
         ask(&self.ctl(), id)
     }
+}
+
+/// The scan script run locally on `wd` (its record beside it, where crabbox keeps it), with
+/// watcher `id` started first when given: the tree, and the watcher the scan names.
+pub(super) fn scan_locally(wd: &Path, id: Option<&str>) -> (RemoteTree, Option<Watched>) {
+    let wd_s = wd.to_str().unwrap();
+    let mut cmd = Command::new("/bin/bash");
+    cmd.args(["-c", crate::scan::SCAN_SCRIPT])
+        .env("CBX_WORKDIR", wd)
+        .env("CBX_RECORD", crabbox_core::provider::record_path(wd_s));
+    if let Some(id) = id {
+        cmd.env("CBX_WATCHER", WATCHER)
+            .env("CBX_WATCH_CTL", watch_dir(wd_s))
+            .env("CBX_WATCH_ID", id);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let known = Known::default();
+    let (tree, fresh) = parse_with(&out.stdout, &known).unwrap();
+    (tree, fresh.watch)
 }
 
 /// Asks watcher `id` as crabbox does (a request directory in `ctl`, then its state file):
