@@ -345,7 +345,15 @@ pub async fn unchanged_since(
     state: &str,
     cache: Option<(&ScanCache, &str)>,
 ) -> bool {
-    let Some(w) = cache.and_then(|(c, sandbox)| c.watched(sandbox, workdir)) else {
+    let Some((c, sandbox)) = cache else {
+        return false;
+    };
+    // Under the cache's lock: a scan of another run may otherwise make the watcher forget
+    // changes (its `r-`) between this note's reading and this question.
+    let Some(_locked) = c.lock(sandbox, workdir).await else {
+        return false;
+    };
+    let Some(w) = c.watched(sandbox, workdir) else {
         return false;
     };
     w.state() == state && watcher_saw_no_change(envd, &watch_dir(workdir), &w.id).await
@@ -381,11 +389,15 @@ async fn ask_watcher(envd: &Envd, ctl: &str, id: &str, kind: &str) -> Option<(Ve
     loop {
         let mut buf = Vec::new();
         envd.download(&state, &mut buf).await.ok()?;
-        match watcher_answer(&buf, id, &nonce) {
-            Some(false) if !answered(&buf, &nonce) => return None,
-            Some(_) => return Some((buf, nonce)),
-            None if started.elapsed() >= WATCHER_PATIENCE => return None,
-            None => {}
+        // Another watcher's state, or a lost one's, answers nothing of ours, ever.
+        if !keeps_count(&buf, id) {
+            return None;
+        }
+        if answered(&buf, &nonce) {
+            return Some((buf, nonce));
+        }
+        if started.elapsed() >= WATCHER_PATIENCE {
+            return None;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
@@ -395,6 +407,15 @@ async fn ask_watcher(envd: &Envd, ctl: &str, id: &str, kind: &str) -> Option<(Ve
 /// The state names `nonce` as the request it answers.
 fn answered(state: &[u8], nonce: &str) -> bool {
     state.split(|b| *b == 0).nth(2) == Some(nonce.as_bytes())
+}
+
+/// The state is watcher `id`'s, and it still keeps count (not lost).
+fn keeps_count(state: &[u8], id: &str) -> bool {
+    let mut f = state.split(|b| *b == 0);
+    f.next() == Some(b"cbxw1")
+        && f.next() == Some(id.as_bytes())
+        && f.next().is_some()
+        && f.next() == Some(b"ok")
 }
 
 /// A watcher's state file read against a request: `Some(no change)` once it answers it (or

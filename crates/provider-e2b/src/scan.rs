@@ -67,6 +67,8 @@ pub struct Watched {
     pub record: Option<String>,
     /// SHA-256 of the patch laid over the listing since ([`apply_patch`]), if any.
     pub patch: Option<String>,
+    /// When the scan that started it read the tree (seconds since the epoch).
+    pub since: u64,
 }
 
 impl Watched {
@@ -75,20 +77,22 @@ impl Watched {
         format!("e2b-watch:{}", self.encode().trim_end().replace(' ', ":"))
     }
 
-    /// `id listing record|- patch|-`, one line.
+    /// `id listing record|- patch|- since`, one line.
     pub fn encode(&self) -> String {
         format!(
-            "{} {} {} {}\n",
+            "{} {} {} {} {}\n",
             self.id,
             self.listing,
             self.record.as_deref().unwrap_or("-"),
-            self.patch.as_deref().unwrap_or("-")
+            self.patch.as_deref().unwrap_or("-"),
+            self.since
         )
     }
 
     pub fn decode(line: &str) -> Option<Self> {
         let mut f = line.split_whitespace();
         let (id, listing, record, patch) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        let since = f.next()?.parse().ok()?;
         let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
         let maybe = |s: &str| (s != "-").then(|| s.to_string());
         if !hex(id)
@@ -104,6 +108,7 @@ impl Watched {
             listing: listing.into(),
             record: maybe(record),
             patch: maybe(patch),
+            since,
         })
     }
 }
@@ -202,6 +207,9 @@ pub fn parse_with<'a>(out: &'a [u8], known: &'a Known) -> Result<(RemoteTree, Fr
         listing: listing_sha,
         record: record_sha,
         patch: None,
+        since: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     });
     tree.state = fresh.watch.as_ref().map(Watched::state);
     let mut c = Cursor { rest: listing };

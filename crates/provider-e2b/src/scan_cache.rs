@@ -13,6 +13,9 @@ use crate::scan::{Fresh, Known, Part, Watched};
 /// Parts larger than this are not kept (the scan limit is far above any real tree's listing,
 /// but a cache file should stay a cache).
 const KEEP_AT_MOST: usize = 64 << 20;
+/// How long a watcher is taken at its word: past this, a full reading (it also clears what
+/// syncs killed outright left on the box, once they are older than any sync may take).
+pub const TRUST_WATCH_FOR: std::time::Duration = std::time::Duration::from_secs(70 * 60);
 /// A patch past this is dropped for a fresh full reading.
 const KEEP_PATCH_AT_MOST: usize = 4 << 20;
 
@@ -87,10 +90,16 @@ impl ScanCache {
     }
 
     /// The watcher noted for `workdir` on `sandbox`, and what the scan that started it read.
+    /// One older than [`TRUST_WATCH_FOR`] is not used: the tree is then read whole (which
+    /// also clears what syncs killed outright left on the box).
     pub fn watched(&self, sandbox: &str, workdir: &str) -> Option<Watched> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         std::fs::read_to_string(self.path(sandbox, workdir, What::Watch))
             .ok()
             .and_then(|s| Watched::decode(&s))
+            .filter(|w| now.saturating_sub(w.since) < TRUST_WATCH_FOR.as_secs() && w.since <= now)
     }
 
     /// Keeps what a scan sent whole, and which watcher (if any) watches since: the watcher's
@@ -205,6 +214,10 @@ mod tests {
     fn parts_are_kept_per_sandbox_and_workdir_and_forgotten_with_the_sandbox() {
         let dir = tempfile::tempdir().unwrap();
         let cache = ScanCache::new(dir.path().join("scans"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert!(cache.load("sbx", "/w").record.is_none());
         cache.keep(
             "sbx",
@@ -217,6 +230,7 @@ mod tests {
                     listing: "cd34".into(),
                     record: None,
                     patch: None,
+                    since: now,
                 }),
             },
         );
@@ -231,14 +245,22 @@ mod tests {
         );
         assert_eq!(known.listing.unwrap().bytes, b"E\0");
         assert_eq!(
-            known.watch,
+            known.watch.clone(),
             Some(Watched {
                 id: "ab12".into(),
                 listing: "cd34".into(),
                 record: None,
                 patch: None,
+                since: now,
             })
         );
+        // A watcher's word is taken for so long only.
+        let old = Watched {
+            since: now - TRUST_WATCH_FOR.as_secs(),
+            ..known.watch.clone().unwrap()
+        };
+        cache.keep_watch("sbx", "/w", &old);
+        assert_eq!(cache.load("sbx", "/w").watch, None);
         assert_eq!(cache.load("sbx", "/other").record.unwrap().bytes, b"fb\0");
         assert!(cache.load("other", "/w").record.is_none());
         cache.forget("sbx");

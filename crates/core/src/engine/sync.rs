@@ -237,7 +237,7 @@ impl Engine {
             };
             Ok::<_, Error>((remote, ms(t.elapsed())))
         };
-        let ((manifest, hashes), (remote, mut scan_ms)) = tokio::try_join!(local, reading)?;
+        let ((manifest, hashes), (mut remote, mut scan_ms)) = tokio::try_join!(local, reading)?;
         let options = PlanOptions {
             delete: source.delete,
             resend_all: req.full_resync,
@@ -253,7 +253,7 @@ impl Engine {
             wait_ms += ms(t.elapsed());
             if lock.waited && !acquired.created {
                 let t = Instant::now();
-                let remote = cancellable(&req.cancel, session.scan(&workdir, req.checksum)).await?;
+                remote = cancellable(&req.cancel, session.scan(&workdir, req.checksum)).await?;
                 scan_ms += ms(t.elapsed());
                 plan = SyncPlan::new(manifest, &remote, options);
             }

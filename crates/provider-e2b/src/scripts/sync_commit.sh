@@ -60,7 +60,7 @@ done < "$ops"
 # disk space is needed, so a half-applied update is as unlikely as it can be.
 cp -al --remove-destination -- "$CBX_STAGE/." "$wd/" || fail "updating $wd from the staged files failed"
 # The same record (the same synced paths) is left in place: a watcher of the tree keeps count.
-if cmp -s -- "$rec" "$CBX_RECORD" 2>/dev/null; then
+if [ -f "$CBX_RECORD" ] && [ ! -L "$CBX_RECORD" ] && cmp -s -- "$rec" "$CBX_RECORD" 2>/dev/null; then
   rm -f -- "$rec"
 else
   mv -f -- "$rec" "$CBX_RECORD" || fail "storing the sync record $CBX_RECORD failed"

@@ -31,14 +31,16 @@ printf 'W\0'
 sha() { sha256sum | cut -c1-64; }
 command -v sha256sum >/dev/null 2>&1 || CBX_KNOWN_RECORD='' CBX_KNOWN_LIST=''
 dirs=$(mktemp) || exit 1
+# The record is read once, into a copy: the directories listed and the record sent are the same.
+copy=$(mktemp) || exit 1
 listing=
 second=
-trap 'rm -f -- "$dirs" ${listing:+"$listing"} ${second:+"$second"}' EXIT
+trap 'rm -f -- "$dirs" "$copy" ${listing:+"$listing"} ${second:+"$second"}' EXIT
 have_rec=
-if [ -f "$rec" ] && [ ! -L "$rec" ]; then have_rec=1; fi
+if [ -f "$rec" ] && [ ! -L "$rec" ] && cat -- "$rec" > "$copy" 2>/dev/null; then have_rec=1; fi
 {
   printf '.\0'
-  if [ -n "$have_rec" ]; then grep -z '^d' -- "$rec" | sed -z 's|^d|./|'; fi
+  if [ -n "$have_rec" ]; then grep -z '^d' -- "$copy" | sed -z 's|^d|./|'; fi
 } > "$dirs"
 # The watcher's watches are in place before the record and the tree are read, so whatever
 # changes after this reading is an event it counts.
@@ -51,18 +53,22 @@ if [ -n "$ctl" ] && [ -n "${CBX_WATCH_ID:-}" ] && command -v python3 >/dev/null 
   while [ "$i" -lt 400 ]; do
     got=
     if [ -f "$ctl/ready" ]; then read -r got < "$ctl/ready"; fi
-    if [ "$got" = "$CBX_WATCH_ID" ]; then printf 'w%s\0' "$CBX_WATCH_ID"; fi
+    # Vouched for only if the record is still the one copied before the watches were set.
+    if [ "$got" = "$CBX_WATCH_ID" ] && if [ -n "$have_rec" ]; then cmp -s -- "$copy" "$rec"; \
+      else [ ! -e "$rec" ] && [ ! -L "$rec" ]; fi; then
+      printf 'w%s\0' "$CBX_WATCH_ID"
+    fi
     if [ -n "$got" ]; then break; fi
     sleep 0.005
     i=$((i + 1))
   done
 fi
 if [ -n "$have_rec" ]; then
-  if [ -n "${CBX_KNOWN_RECORD:-}" ] && [ "$(sha < "$rec")" = "$CBX_KNOWN_RECORD" ]; then
+  if [ -n "${CBX_KNOWN_RECORD:-}" ] && [ "$(sha < "$copy")" = "$CBX_KNOWN_RECORD" ]; then
     printf 'r\0'
   else
-    printf 'R%s\0' "$(wc -c < "$rec")"
-    cat -- "$rec"
+    printf 'R%s\0' "$(wc -c < "$copy")"
+    cat -- "$copy"
   fi
 fi
 list() { xargs -0 -r sh -c 'find "$@" -maxdepth 1 '"$1" find 2>/dev/null; }

@@ -50,7 +50,7 @@ STARTED = []
 
 def ready(ctl, what):
     STARTED.append(what)
-    tmp = os.path.join(ctl, b"ready.tmp")
+    tmp = os.path.join(ctl, b"ready.tmp-%d" % os.getpid())
     with open(tmp, "wb") as f:
         f.write(what + b"\n")
     os.rename(tmp, os.path.join(ctl, b"ready"))
@@ -72,6 +72,13 @@ def main(ctl, workdir, dirs_file, ident, record):
     if ctl_watch is None or rec_parent != parent:
         return
     parent_watch = watch(parent or b"/", CHANGES)
+    if parent_watch is None:
+        return
+    # The workdir and its parent as they are now: another directory in their place (made
+    # through a path no watch sees) is the same as losing track.
+    def where():
+        return [(st.st_dev, st.st_ino) for st in (os.stat(workdir), os.stat(parent or b"/"))]
+    here = where()
     with open(dirs_file, "rb") as f:
         listed = [d for d in f.read().split(b"\0") if d]
     rel = {}
@@ -94,7 +101,12 @@ def main(ctl, workdir, dirs_file, ident, record):
     changed, lost = set(), False
 
     def answer(nonce, entries=False):
-        tmp = os.path.join(ctl, b"state.tmp")
+        nonlocal lost
+        try:
+            lost = lost or where() != here
+        except OSError:
+            lost = True
+        tmp = os.path.join(ctl, b"state.tmp-" + ident)
         fields = [b"cbxw1", ident, nonce, b"lost" if lost else b"ok"]
         paths = sorted(changed)
         if entries:
@@ -129,7 +141,7 @@ def main(ctl, workdir, dirs_file, ident, record):
         except InterruptedError:
             continue
         at = 0
-        while at + 16 <= len(buf):
+        while at + 16 <= len(buf) and not lost:
             w, mask, _cookie, size = struct.unpack_from("iIII", buf, at)
             name = buf[at + 16:at + 16 + size].rstrip(b"\0")
             at += 16 + size
@@ -166,7 +178,9 @@ def main(ctl, workdir, dirs_file, ident, record):
                         changed.add(rel[w])
                     continue
                 path = rel[w] + b"/" + name if rel[w] else name
-                if mask & IN_ISDIR and mask & ENTRIES and path in dirs:
+                # A listed directory's name made, removed or renamed (as a directory or not:
+                # a symlink in its place lists differently too).
+                if mask & ENTRIES and path in dirs:
                     lost = True
                     continue
                 changed.add(path)
