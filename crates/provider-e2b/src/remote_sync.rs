@@ -382,7 +382,20 @@ pub async fn watcher_changes(envd: &Envd, ctl: &str, id: &str) -> Option<Vec<u8>
 /// [`WATCHER_PATIENCE`], a failed call).
 async fn ask_watcher(envd: &Envd, ctl: &str, id: &str, kind: &str) -> Option<(Vec<u8>, String)> {
     let nonce = hex::encode(rand::random::<[u8; 8]>());
-    envd.make_dir(&format!("{ctl}/{kind}-{nonce}")).await.ok()?;
+    let req = filesystem::MakeDirRequest {
+        path: format!("{ctl}/{kind}-{nonce}"),
+    };
+    match envd
+        .unary::<_, filesystem::MakeDirResponse>(filesystem::SERVICE, "MakeDir", &req)
+        .await
+    {
+        Ok(_) => {}
+        // envd looks at the directory it made before it answers; the watcher may have taken
+        // it already. Made or not, the state file says whether the question was seen.
+        Err(crate::envd::RpcFailure::Rpc(e))
+            if e.code == crabbox_e2b_wire::connect::Code::NotFound => {}
+        Err(_) => return None,
+    }
     let state = format!("{ctl}/state");
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(1);

@@ -99,6 +99,7 @@ def main(ctl, workdir, dirs_file, ident, record):
             pass
     dirs = {relative(d) for d in listed}
     changed, lost = set(), False
+    asked = []
 
     def answer(nonce, entries=False):
         nonlocal lost
@@ -159,10 +160,14 @@ def main(ctl, workdir, dirs_file, ident, record):
                     answer(name[2:], entries=reset)
                     if reset:
                         changed.clear()
-                    try:
-                        os.rmdir(os.path.join(ctl, name))
-                    except OSError:
-                        pass
+                    # The request before this one is removed (not this one: envd may still be
+                    # looking at the directory it just made).
+                    for old in asked:
+                        try:
+                            os.rmdir(os.path.join(ctl, old))
+                        except OSError:
+                            pass
+                    asked[:] = [name]
             elif w == parent_watch:
                 # The workdir's own times and mode do not matter; its going does, and any
                 # touch of the record.
