@@ -29,20 +29,13 @@ pub async fn run(g: &GlobalArgs, a: ShardArgs) -> Result<i32> {
     }
     let r = plan.request;
     let req = ShardRequest {
-        count: a.count,
-        max_count: cfg.core.shard.max_count,
         id: a.id,
         from_snapshot: a.from_snapshot,
-        command: r.command,
-        sync: r.sync,
-        env: r.env,
-        ttl: r.ttl,
-        repo_root: r.repo_root,
         fail_fast: a.fail_fast,
         keep: a.keep,
         junit: a.junit,
         artifact_dir: a.artifact_dir,
-        cancel: cancel.clone(),
+        ..ShardRequest::of_run(r, a.count, cfg.core.shard.max_count, cancel.clone())
     };
     let shard_plan = engine.shard_plan(&req)?;
     eprintln!(

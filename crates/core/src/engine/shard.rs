@@ -54,6 +54,34 @@ pub struct ShardRequest {
     pub cancel: CancellationToken,
 }
 
+impl ShardRequest {
+    /// `count` shards of a planned run's command, tree, environment and lifetime (everything
+    /// else off: a new source box, no fail-fast, nothing kept, no JUnit).
+    pub fn of_run(
+        run: super::RunRequest,
+        count: u32,
+        max_count: u32,
+        cancel: CancellationToken,
+    ) -> Self {
+        ShardRequest {
+            count,
+            max_count,
+            id: None,
+            from_snapshot: None,
+            command: run.command,
+            sync: run.sync,
+            env: run.env,
+            ttl: run.ttl,
+            repo_root: run.repo_root,
+            fail_fast: false,
+            keep: false,
+            junit: Vec::new(),
+            artifact_dir: None,
+            cancel,
+        }
+    }
+}
+
 /// What was planned, said before anything is made.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]

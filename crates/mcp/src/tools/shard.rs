@@ -111,20 +111,12 @@ impl CrabboxServer {
         };
         let r = plan.request;
         let req = ShardRequest {
-            count: a.count,
-            max_count: call.cfg.core.shard.max_count,
             id: a.id,
             from_snapshot: a.from_snapshot,
-            command: r.command,
-            sync: r.sync,
-            env: r.env,
-            ttl: r.ttl,
-            repo_root: r.repo_root,
             fail_fast: a.fail_fast,
             keep: a.keep,
             junit: a.junit,
-            artifact_dir: None,
-            cancel,
+            ..ShardRequest::of_run(r, a.count, call.cfg.core.shard.max_count, cancel)
         };
         let output = Arc::new(Mutex::new(OutputCapture::new(
             &self.options().output_dir,
