@@ -324,8 +324,9 @@ pub struct ApplySync<'a> {
     /// Changes to make first, in order, never through a symlink (see [`SyncOp`]).
     pub ops: &'a [SyncOp],
     /// The new sync record ([`crate::sync::SyncRecord::encode`]), kept beside the workdir
-    /// once the files are in place (see [`record_path`]).
-    pub record: &'a [u8],
+    /// once the files are in place (see [`record_path`]); `None` when the record the box
+    /// holds (as read for this sync's plan) already lists exactly these paths, so it stays.
+    pub record: Option<&'a [u8]>,
     pub workdir: &'a str,
     /// How many chunks the feed carries (a provider may apply a lone chunk and commit in one
     /// step).

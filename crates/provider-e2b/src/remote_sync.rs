@@ -5,7 +5,8 @@
 //! [`COMMIT_SCRIPT`] either makes the staging directory the workdir (first sync), or runs the
 //! plan's ops and hard-links the staged files over the workdir (`cp -al`, no new disk space);
 //! files crabbox never synced (build outputs) are left alone. The plan's ops and the new sync
-//! record ride in front of the first chunk. An abandoned sync's processes are killed and its
+//! record (none when the box's record already lists the same paths) travel in the first
+//! chunk's request, as files beside the staging directory. An abandoned sync's processes are killed and its
 //! files removed before [`apply`] returns.
 
 use crate::scan_cache::ScanCache;
@@ -50,9 +51,9 @@ const REPORT_FROM: u64 = 1 << 20;
 /// sync's random tag (this script's own command line does not contain it), then removes the
 /// sync's files.
 const REAP_SCRIPT: &str = include_str!("scripts/sync_reap.sh");
-/// Runs the unpack script, then the commit script (each given in the environment), in one
-/// process on the box.
-const UNPACK_THEN_COMMIT: &str = r#"bash -c "$CBX_UNPACK" && exec bash -c "$CBX_COMMIT""#;
+/// Runs the unpack script (in a subshell: its exit trap is its own), then the commit script
+/// (each given in the environment), in one process on the box.
+const UNPACK_THEN_COMMIT: &str = r#"( eval "$CBX_UNPACK" ) && eval "$CBX_COMMIT""#;
 
 /// Sends and unpacks each chunk as it arrives, then commits, within `req.timeout` for all of
 /// it. On cancel (`Error::Interrupted`), the deadline, an `Err` in the feed or any failure,
@@ -67,9 +68,15 @@ pub async fn apply(
     let (workdir, timeout, cancel) = (req.workdir, req.timeout, req.cancel);
     let tag = hex::encode(rand::random::<[u8; 8]>());
     let stage = staging_dir(workdir, &tag);
-    let ops = SyncOp::encode_all(req.ops);
-    let mut header = ops.clone();
-    header.extend_from_slice(req.record);
+    // The plan's ops and the new record (if any) go with the first chunk, as files beside
+    // the staging directory.
+    let mut beside = Vec::new();
+    if !req.ops.is_empty() {
+        beside.push((format!("{stage}.ops"), SyncOp::encode_all(req.ops)));
+    }
+    if let Some(record) = req.record {
+        beside.push((format!("{stage}.rec"), record.to_vec()));
+    }
     // Pids of the scripts started (0 before): killed if the sync is abandoned.
     let pids = std::sync::Mutex::new(Vec::<u32>::new());
 
@@ -82,8 +89,8 @@ pub async fn apply(
             let chunk = chunk?;
             sent += chunk.len;
             let remote = format!("/tmp/crabbox-{tag}-{n}.{}", extension(chunk.codec));
-            let head: &[u8] = if n == 0 { &header } else { &[] };
-            upload_file(envd, head, &chunk.file, &remote, timeout).await?;
+            let small: &[_] = if n == 0 { &beside } else { &[] };
+            upload_file(envd, small, &chunk.file, &remote, timeout).await?;
             drop(chunk.file);
             let mut envs = BTreeMap::from([
                 ("CBX_CHUNK".to_string(), remote),
@@ -91,10 +98,6 @@ pub async fn apply(
                 ("CBX_STAGE".to_string(), stage.clone()),
                 ("CBX_WORKDIR".to_string(), workdir.to_string()),
             ]);
-            if n == 0 {
-                envs.insert("CBX_OPS_LEN".into(), ops.len().to_string());
-                envs.insert("CBX_RECORD_LEN".into(), req.record.len().to_string());
-            }
             // A lone chunk is unpacked and committed by one process: one round trip less.
             let script = if req.chunks == 1 {
                 committed = true;
@@ -498,10 +501,11 @@ fn staging_dir(workdir: &str, tag: &str) -> String {
     format!("{parent}/.{name}.crabbox-stage-{tag}")
 }
 
-/// Streams `header` then a local file to `remote` in pieces; memory stays bounded.
+/// Streams a local file to `remote` in pieces (memory stays bounded), with the `small` files
+/// in the same request.
 async fn upload_file(
     envd: &Envd,
-    header: &[u8],
+    small: &[(String, Vec<u8>)],
     local: &std::path::Path,
     remote: &str,
     timeout: Duration,
@@ -513,17 +517,12 @@ async fn upload_file(
         .metadata()
         .await
         .map_err(Error::io("reading sync archive", local))?
-        .len()
-        + header.len() as u64;
-    let header = Bytes::copy_from_slice(header);
+        .len();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));
     let feed = async move {
-        if !header.is_empty() && tx.send(Ok(header)).await.is_err() {
-            return;
-        }
         loop {
             let mut buf = vec![0u8; UPLOAD_CHUNK];
             match file.read(&mut buf).await {
@@ -541,7 +540,7 @@ async fn upload_file(
             }
         }
     };
-    let (_, result) = tokio::join!(feed, envd.upload(remote, body, len, timeout));
+    let (_, result) = tokio::join!(feed, envd.upload_with(small, remote, body, len, timeout));
     result
 }
 

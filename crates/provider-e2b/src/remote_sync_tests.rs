@@ -48,6 +48,12 @@ impl Box_ {
     /// Runs the scripts as `apply` does: the files of `send` in two chunks (the first one
     /// carrying ops and record), each unpacked, then the commit.
     fn apply(&self, send: &[&str], ops: &[SyncOp]) -> std::process::Output {
+        self.apply_with(send, ops, true)
+    }
+
+    /// [`Box_::apply`]; with `record` false no new record is sent (the paths are the same),
+    /// and a lone chunk is unpacked and committed by one process.
+    fn apply_with(&self, send: &[&str], ops: &[SyncOp], record: bool) -> std::process::Output {
         let tag = hex::encode(rand::random::<[u8; 4]>());
         let m = SyncManifest::build(self.src.path(), &Default::default()).unwrap();
         let chosen: Vec<_> = m
@@ -55,24 +61,22 @@ impl Box_ {
             .iter()
             .filter(|e| send.contains(&e.path.as_str()))
             .collect();
-        let half = chosen.len() / 2;
-        let ops = SyncOp::encode_all(ops);
-        let record = SyncRecord::of(&m).encode();
+        let half = if record { chosen.len() / 2 } else { 0 };
         let wd = self.wd();
         let stage = staging_dir(wd.to_str().unwrap(), &tag);
-        for (n, (part, codec)) in [
+        if !ops.is_empty() {
+            std::fs::write(format!("{stage}.ops"), SyncOp::encode_all(ops)).unwrap();
+        }
+        if record {
+            std::fs::write(format!("{stage}.rec"), SyncRecord::of(&m).encode()).unwrap();
+        }
+        let chunks = [
             (&chosen[..half], Codec::Zstd),
             (&chosen[half..], Codec::Gzip),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        ];
+        for (n, (part, codec)) in chunks.into_iter().enumerate().skip(usize::from(!record)) {
             let upload = self.dir.path().join(format!("crabbox-{tag}-{n}.tar"));
             let mut bytes = Vec::new();
-            if n == 0 {
-                bytes.extend_from_slice(&ops);
-                bytes.extend_from_slice(&record);
-            }
             crabbox_core::sync::write_archive_with(
                 self.src.path(),
                 part.iter().copied(),
@@ -83,21 +87,24 @@ impl Box_ {
             .unwrap();
             std::fs::write(&upload, bytes).unwrap();
             let mut cmd = std::process::Command::new("/bin/bash");
-            cmd.args(["-c", UNPACK_SCRIPT])
-                .env("CBX_CHUNK", &upload)
+            cmd.env("CBX_CHUNK", &upload)
                 .env("CBX_CODEC", codec.name())
                 .env("CBX_STAGE", &stage)
                 .env("CBX_WORKDIR", &wd);
-            if n == 0 {
-                cmd.env("CBX_OPS_LEN", ops.len().to_string())
-                    .env("CBX_RECORD_LEN", record.len().to_string());
+            if record {
+                cmd.args(["-c", UNPACK_SCRIPT]);
+            } else {
+                cmd.args(["-c", UNPACK_THEN_COMMIT])
+                    .env("CBX_UNPACK", UNPACK_SCRIPT)
+                    .env("CBX_COMMIT", COMMIT_SCRIPT)
+                    .env("CBX_RECORD", record_path(wd.to_str().unwrap()));
             }
             let out = cmd.output().unwrap();
             assert!(
                 !upload.exists(),
                 "an upload is removed however its unpack ends"
             );
-            if !out.status.success() {
+            if !out.status.success() || !record {
                 return out;
             }
         }
@@ -152,6 +159,47 @@ fn apply_script_swaps_then_overlays_keeping_build_outputs_and_keeps_the_record()
     assert_eq!(read(&wd.join("b.txt")), "b2");
     assert!(!wd.join("d").exists(), "emptied synced directory is pruned");
     assert_eq!(read(&wd.join("target/out")), "built");
+    assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
+}
+
+#[test]
+fn an_edit_keeps_the_record_on_the_box_and_unpacks_and_commits_in_one_process() {
+    let b = Box_::new();
+    b.write_src("d/a.txt", "a1");
+    b.write_src("b.txt", "b1");
+    b.apply_ok(&["d/a.txt", "b.txt"], &[]);
+    let wd = b.wd();
+    let record = PathBuf::from(record_path(wd.to_str().unwrap()));
+    let before = std::fs::read(&record).unwrap();
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let ino = inode(&record);
+    b.write_src("d/a.txt", "a2");
+    let out = b.apply_with(&["d/a.txt"], &[], false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(&wd.join("d/a.txt")), "a2");
+    assert_eq!(read(&wd.join("b.txt")), "b1");
+    assert_eq!(std::fs::read(&record).unwrap(), before);
+    assert_eq!(
+        inode(&record),
+        ino,
+        "the record is left in place, not rewritten"
+    );
+    assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
+
+    // The plan's ops, beside a lone chunk, run in that one process too.
+    b.write_src("b.txt", "b3");
+    let out = b.apply_with(&["b.txt"], &[SyncOp::Delete("d/a.txt".into())], false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!wd.join("d").exists(), "the ops ran");
+    assert_eq!(read(&wd.join("b.txt")), "b3");
     assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
 }
 
@@ -225,8 +273,6 @@ fn failed_extract_leaves_the_workdir_intact() {
         .env("CBX_CODEC", "gzip")
         .env("CBX_STAGE", &stage)
         .env("CBX_WORKDIR", &wd)
-        .env("CBX_OPS_LEN", "0")
-        .env("CBX_RECORD_LEN", "0")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -145,7 +145,9 @@ impl BoxSession for E2bSession {
             Err(e) => Err(e),
             Ok(()) => {
                 if let Some(c) = &self.scans {
-                    c.keep_record(&self.sandbox_id, req.workdir, req.record);
+                    if let Some(record) = req.record {
+                        c.keep_record(&self.sandbox_id, req.workdir, record);
+                    }
                     // What the sync changed, read afresh by the watcher (which then forgets it):
                     // the next run need not read the tree. A watcher that cannot say (the record
                     // changed, say) leaves no note, and the next run reads it all.

@@ -548,9 +548,17 @@ async fn make_dir(State(m): S) -> Response {
     axum::Json(json!({})).into_response()
 }
 
-async fn upload(State(m): S, Query(q): Query<HashMap<String, String>>, _body: Bytes) -> Response {
+async fn upload(State(m): S, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
+    // One file by `path`, or several each named by its part's filename.
     let path = q.get("path").cloned().unwrap_or_default();
-    m.note(format!("upload {path}"));
+    if path.is_empty() {
+        let text = String::from_utf8_lossy(&body);
+        for part in text.split("filename=\"").skip(1) {
+            m.note(format!("upload {}", part.split('"').next().unwrap_or("")));
+        }
+    } else {
+        m.note(format!("upload {path}"));
+    }
     if m.leak {
         return m.leaking(503);
     }
@@ -1206,7 +1214,8 @@ async fn sync_timeout_kills_the_apply_script_and_removes_its_files() {
     let log = mock.entries();
     let archive = log
         .iter()
-        .find_map(|e| e.strip_prefix("upload "))
+        .filter_map(|e| e.strip_prefix("upload "))
+        .find(|p| p.starts_with("/tmp/"))
         .expect("archive uploaded")
         .to_string();
     assert!(
@@ -1335,16 +1344,28 @@ async fn requests_match_the_official_sdk_wire_shapes() {
         assert!(w.header("e2b-sandbox-id").is_some(), "{}", w.path);
         assert!(w.header("x-api-key").is_none(), "no API key to envd");
     }
-    // POST /files: multipart, one part named `file` whose filename is the target path,
-    // `path` and `username` as query parameters, a known length.
+    // POST /files: multipart, parts named `file` whose filename is the target path, a known
+    // length; `username` as a query parameter, and `path` too for a lone file (as the SDK's
+    // `write_files`). The first sync's chunk travels with the new sync record.
     let upload = &find("POST", "/files")[0];
-    assert_eq!(upload.query_keys(), ["path", "username"]);
-    let path = upload.query("path").unwrap();
+    assert_eq!(upload.query_keys(), ["username"]);
+    assert_eq!(upload.query("username"), Some("user"));
+    let text = String::from_utf8_lossy(&upload.body);
+    let names: Vec<&str> = text
+        .split("filename=\"")
+        .skip(1)
+        .map(|p| p.split('"').next().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[0].starts_with("/home/user/.crabbox.crabbox-stage-") && names[0].ends_with(".rec"),
+        "{names:?}"
+    );
+    let path = names[1];
     assert!(
         path.starts_with("/tmp/crabbox-") && path.ends_with(".tgz"),
         "{path}"
     );
-    assert_eq!(upload.query("username"), Some("user"));
     let ctype = upload.header("content-type").unwrap();
     let boundary = ctype
         .strip_prefix("multipart/form-data; boundary=")
@@ -1353,15 +1374,14 @@ async fn requests_match_the_official_sdk_wire_shapes() {
         upload.header("content-length"),
         Some(upload.body.len().to_string().as_str())
     );
-    let text = String::from_utf8_lossy(&upload.body);
     assert!(
         text.starts_with(&format!("--{boundary}\r\n")),
         "{text:.200}"
     );
     assert_eq!(
         text.matches(&format!("--{boundary}\r\n")).count(),
-        1,
-        "one part"
+        2,
+        "two parts"
     );
     assert!(
         text.contains(&format!(

@@ -378,8 +378,8 @@ impl BoxSession for LocalSession {
         }
         result?;
         let wd = workdir.clone();
-        let record = req.record.to_vec();
-        tokio::task::spawn_blocking(move || tree::finish(&wd, &record))
+        let record = req.record.map(<[u8]>::to_vec);
+        tokio::task::spawn_blocking(move || tree::finish(&wd, record.as_deref()))
             .await
             .map_err(|e| Error::Sync(format!("sync task failed: {e}")))?
     }

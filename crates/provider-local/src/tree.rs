@@ -192,7 +192,10 @@ pub fn unpack(workdir: &Path, chunk: &Path, codec: Codec) -> Result<()> {
 }
 
 /// Stores the record of the completed sync beside the workdir.
-pub fn finish(workdir: &Path, record: &[u8]) -> Result<()> {
+pub fn finish(workdir: &Path, record: Option<&[u8]>) -> Result<()> {
+    let Some(record) = record else {
+        return Ok(());
+    };
     let record_file = PathBuf::from(record_path(&workdir.to_string_lossy()));
     let tmp = record_file.with_extension("tmp");
     std::fs::write(&tmp, record).map_err(Error::io("writing the sync record", &tmp))?;

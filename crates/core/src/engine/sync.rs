@@ -305,10 +305,13 @@ impl Engine {
             };
             // The plan's list moves into the chunks: one copy of a large tree's entries, not two.
             let chunks = split(&source.root, std::mem::take(&mut plan.send), codec);
-            let record = plan.record.encode();
+            // The box's record stays when it already lists these very paths (an edit): a large
+            // tree's record is not sent again for each changed file.
+            let same_paths = !plan.full && remote.record.as_ref() == Some(&plan.record);
+            let record = (!same_paths).then(|| plan.record.encode());
             let apply = ApplySync {
                 ops: &plan.ops,
-                record: &record,
+                record: record.as_deref(),
                 workdir: &workdir,
                 chunks: chunks.len(),
                 timeout: self.sync_timeout,

@@ -131,12 +131,15 @@ impl BoxSession for MemSession {
                 b.dirs.extend(ancestors(p).map(at));
                 b.files.insert(at(p), n.clone());
             }
-            b.records.insert(workdir.to_string(), req.record.to_vec());
+            if let Some(record) = req.record {
+                b.records.insert(workdir.to_string(), record.to_vec());
+            }
             b.applied.push(Applied {
                 workdir: workdir.to_string(),
                 entries,
                 delete: deleted,
                 ops: req.ops.to_vec(),
+                record: req.record.map(<[u8]>::to_vec),
             });
             Ok(())
         })

@@ -83,6 +83,8 @@ pub struct Applied {
     pub delete: Vec<String>,
     /// Every op that came with it, in order.
     pub ops: Vec<crate::sync::SyncOp>,
+    /// The new sync record it brought (`None`: the box's record stayed).
+    pub record: Option<Vec<u8>>,
 }
 
 impl Applied {

@@ -81,7 +81,7 @@ async fn a_bad_archive_leaves_the_tree_as_it_was() {
     let keep = [crate::sync::SyncOp::Delete("kept.txt".to_string())];
     let req = crate::provider::ApplySync {
         ops: &keep,
-        record: b"",
+        record: Some(b""),
         workdir: "/crabbox/cbx_aaaaaaaaaaaa",
         chunks: 1,
         timeout: Duration::from_secs(5),

@@ -146,15 +146,40 @@ impl Envd {
         len: u64,
         timeout: Duration,
     ) -> Result<()> {
+        self.upload_with(&[], path, body, len, timeout).await
+    }
+
+    /// [`Envd::upload`], with small files (`(path, bytes)`) written by the same request
+    /// first: one round trip for all (each part named by its path, as envd takes them when
+    /// no `path` is given).
+    pub async fn upload_with(
+        &self,
+        small: &[(String, Vec<u8>)],
+        path: &str,
+        body: reqwest::Body,
+        len: u64,
+        timeout: Duration,
+    ) -> Result<()> {
         let what = format!("uploading {path}");
-        let part = reqwest::multipart::Part::stream_with_length(body, len)
-            .file_name(path.to_string())
-            .mime_str("application/octet-stream")
-            .expect("static mime type parses");
-        let form = reqwest::multipart::Form::new().part("file", part);
+        let part = |body, len, name: &str| {
+            reqwest::multipart::Part::stream_with_length(body, len)
+                .file_name(name.to_string())
+                .mime_str("application/octet-stream")
+                .expect("static mime type parses")
+        };
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in small {
+            let len = bytes.len() as u64;
+            form = form.part("file", part(reqwest::Body::from(bytes.clone()), len, name));
+        }
+        form = form.part("file", part(body, len, path));
+        let mut query = vec![("username", self.user.as_str())];
+        if small.is_empty() {
+            query.push(("path", path));
+        }
         let resp = self
             .request(Method::POST, "/files")
-            .query(&[("path", path), ("username", self.user.as_str())])
+            .query(&query)
             .multipart(form)
             .timeout(timeout)
             .send()

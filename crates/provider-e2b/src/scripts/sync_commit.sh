@@ -1,8 +1,9 @@
 # Commits a sync whose chunks are unpacked in $CBX_STAGE: either the staging directory becomes
 # the workdir (first sync), or the plan's ops run and the staged files are hard-linked over the
-# workdir. The sync record goes beside the workdir last.
-# Ops ($CBX_STAGE.ops), NUL-terminated, a letter then a workdir-relative path; nothing is done
-# through a symlink:
+# workdir. The new sync record ($CBX_STAGE.rec, absent when the record on the box lists the
+# same paths) goes beside the workdir last.
+# Ops ($CBX_STAGE.ops, absent when there are none), NUL-terminated, a letter then a
+# workdir-relative path; nothing is done through a symlink:
 #   c  remove the path whatever it is      p  make every component of the dir a real dir or absent
 #   u  remove the path if it is a real dir x  delete a file crabbox synced before
 # Inputs (environment): CBX_WORKDIR, CBX_STAGE, CBX_RECORD. The staging directory, ops and record
@@ -11,13 +12,23 @@ set -u
 fail() { printf 'crabbox sync: %s\n' "$*" >&2; exit 1; }
 ops=$CBX_STAGE.ops
 rec=$CBX_STAGE.rec
-trap 'rm -rf -- "$CBX_STAGE"; rm -f -- "$ops" "$rec"' EXIT
+trap 'rm -rf -- "$CBX_STAGE" "$ops" "$rec"' EXIT
 wd=$CBX_WORKDIR
 [ -d "$CBX_STAGE" ] || fail "the staging directory $CBX_STAGE is missing"
-mkdir -p -- "$(dirname -- "$wd")" || fail "cannot create the parent directory of $wd"
+up=${wd%/*}
+[ -d "${up:-/}" ] || mkdir -p -- "${up:-/}" || fail "cannot create the parent directory of $wd"
+# The new record, if any, in place of the old; the same record is left (a watcher of the tree
+# keeps count).
+store_record() {
+  [ -f "$rec" ] || return 0
+  if [ -f "$CBX_RECORD" ] && [ ! -L "$CBX_RECORD" ] && cmp -s -- "$rec" "$CBX_RECORD" 2>/dev/null; then
+    return 0
+  fi
+  mv -f -- "$rec" "$CBX_RECORD" || fail "storing the sync record $CBX_RECORD failed"
+}
 if [ ! -e "$wd" ] && [ ! -L "$wd" ]; then
   mv -T -- "$CBX_STAGE" "$wd" || fail "moving $CBX_STAGE into place as $wd failed"
-  mv -f -- "$rec" "$CBX_RECORD" || fail "storing the sync record $CBX_RECORD failed"
+  store_record
   exit 0
 fi
 if [ -L "$wd" ] || [ ! -d "$wd" ]; then fail "$wd exists and is not a directory"; fi
@@ -32,7 +43,7 @@ parents_real() {
   done
   return 0
 }
-while IFS= read -r -d '' e; do
+[ -f "$ops" ] && while IFS= read -r -d '' e; do
   p=${e#?}
   case $e in
     c*) if parents_real "$p" && { [ -e "$p" ] || [ -L "$p" ]; }; then
@@ -59,9 +70,4 @@ done < "$ops"
 # Hard-link the extracted files over the workdir: no second decompression, and no new
 # disk space is needed, so a half-applied update is as unlikely as it can be.
 cp -al --remove-destination -- "$CBX_STAGE/." "$wd/" || fail "updating $wd from the staged files failed"
-# The same record (the same synced paths) is left in place: a watcher of the tree keeps count.
-if [ -f "$CBX_RECORD" ] && [ ! -L "$CBX_RECORD" ] && cmp -s -- "$rec" "$CBX_RECORD" 2>/dev/null; then
-  rm -f -- "$rec"
-else
-  mv -f -- "$rec" "$CBX_RECORD" || fail "storing the sync record $CBX_RECORD failed"
-fi
+store_record

@@ -74,6 +74,13 @@ async fn a_warm_sync_sends_only_changed_files_and_deletes_removed_ones() {
     let second = &synced.applied[1];
     assert_eq!(second.paths(), ["a.txt", "new.txt"]);
     assert_eq!(second.delete, ["src/lib.rs"]);
+    let record = crate::sync::SyncRecord::decode(second.record.as_deref().unwrap());
+    let paths: Vec<&str> = record.paths.iter().map(String::as_str).collect();
+    assert_eq!(
+        paths,
+        ["a.txt", "new.txt", "run.sh"],
+        "new paths: a new record"
+    );
     let tree: Vec<String> = synced.tree().into_keys().collect();
     assert_eq!(tree, ["a.txt", "new.txt", "run.sh"]);
     assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha, longer now\n"));
@@ -86,6 +93,23 @@ async fn a_warm_sync_sends_only_changed_files_and_deletes_removed_ones() {
             "start sbx1"
         ])
     );
+}
+
+#[tokio::test]
+async fn an_edit_keeps_the_record_the_box_holds() {
+    let b = Bench::new();
+    let lease = warm_and_synced(&b).await;
+    let first = b.fake.get_box("sbx1").unwrap().records[&b.workdir(&lease)].clone();
+    b.write("a.txt", "alpha, edited\n");
+    b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    let synced = b.fake.get_box("sbx1").unwrap();
+    assert_eq!(synced.applied[1].paths(), ["a.txt"]);
+    assert_eq!(
+        synced.applied[1].record, None,
+        "the same paths: no record sent"
+    );
+    assert_eq!(synced.records[&b.workdir(&lease)], first);
+    assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha, edited\n"));
 }
 
 #[tokio::test]
