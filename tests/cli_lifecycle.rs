@@ -569,11 +569,16 @@ impl Terminal {
 
     /// Waits until the terminal has shown `needle`.
     fn wait_for(&self, needle: &str) {
+        self.wait_for_count(needle, 1);
+    }
+
+    /// Waits until the terminal has shown `needle` `n` times.
+    fn wait_for_count(&self, needle: &str, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.text().contains(needle) {
+        while self.text().matches(needle).count() < n {
             assert!(
                 Instant::now() < deadline,
-                "the terminal never showed {needle:?}; it shows:\n{}",
+                "the terminal never showed {needle:?} {n} times; it shows:\n{}",
                 self.text()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -639,10 +644,16 @@ fn shell_is_a_raw_terminal_on_the_box_with_resizes_ctrl_c_and_the_exit_code() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Ctrl-C goes to the remote shell: it interrupts the remote sleep, not crabbox.
+    // Ctrl-C goes to the remote shell: it interrupts the remote sleep, not crabbox. What is
+    // typed after it waits for the shell's next prompt (the interrupt discards typeahead); the
+    // prompt is one only the shell prints (its own echo shows the unexpanded form).
+    term.type_keys("PS1='ready-$((3*3))> '\n");
+    term.wait_for_count("ready-9> ", 1);
     term.type_keys("echo sleeping-$((2+2)); sleep 1000\n");
     term.wait_for("sleeping-4");
+    let prompts = term.text().matches("ready-9> ").count();
     term.type_keys("\u{3}");
+    term.wait_for_count("ready-9> ", prompts + 1);
     term.type_keys("echo after-$((1+1))\n");
     term.wait_for("after-2");
 
