@@ -60,6 +60,7 @@ impl SyncConfig {
             include: self.include.clone(),
             allow_large: self.allow_large,
             limits: Default::default(),
+            listing_cache: None,
         }
     }
 }

@@ -49,7 +49,7 @@ impl Engine {
         // The files are chosen while the box is reached and read: before a new box is made
         // (a tree that cannot be synced costs nothing remote), alongside a warm one.
         let t = Instant::now();
-        let mut chosen = Choosing::start(req);
+        let mut chosen = Choosing::start(req, &self.state_dir);
         if req.id.is_none() {
             chosen.wait(&req.cancel, reporter).await?;
         }

@@ -128,10 +128,13 @@ pub(super) struct Choosing {
 
 impl Choosing {
     /// Starts choosing the files of `req` unless they are given (or there is no sync).
-    pub(super) fn start(req: &RunRequest) -> Self {
+    pub(super) fn start(req: &RunRequest, state_dir: &std::path::Path) -> Self {
         let task = match &req.sync {
             Some(src) if src.manifest.is_none() => {
-                let (root, options) = (src.root.clone(), src.options.clone());
+                let (root, mut options) = (src.root.clone(), src.options.clone());
+                options
+                    .listing_cache
+                    .get_or_insert_with(|| state_dir.join("listings"));
                 Some(tokio::spawn(async move {
                     crate::plan::build_manifest(&root, &options).await
                 }))

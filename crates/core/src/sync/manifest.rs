@@ -6,6 +6,7 @@ use std::process::Command;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::listing_cache::ListingCache;
 use crate::error::{Error, Result};
 
 /// A regular file or a symlink (kept as a link, never followed).
@@ -63,6 +64,9 @@ pub struct SyncOptions {
     /// `--force-sync-large` / `CRABBOX_SYNC_ALLOW_LARGE=1`.
     pub allow_large: bool,
     pub limits: SyncLimits,
+    /// Where git's listing of the tree may be kept between runs ([`ListingCache`]); none
+    /// by default.
+    pub listing_cache: Option<PathBuf>,
 }
 
 /// The files to sync, sorted by path.
@@ -97,7 +101,8 @@ impl SyncManifest {
             exclude: &exclude,
             include: include.as_ref(),
         };
-        let (mut entries, sparse) = match GitListing::start(root)? {
+        let cache_dir = opts.listing_cache.as_deref();
+        let (mut entries, sparse) = match GitListing::start(root, cache_dir)? {
             Some(git) => git.stat(root, &filters)?,
             None => {
                 let walked = walk_files(root)?;
@@ -419,6 +424,19 @@ struct Candidates {
 }
 
 impl Candidates {
+    /// The paths of a NUL-separated listing.
+    fn of(listing: &[u8]) -> Self {
+        let mut found = Candidates {
+            files: Vec::new(),
+            not_utf8: Vec::new(),
+        };
+        for raw in listing.split(|b| *b == 0).filter(|s| !s.is_empty()) {
+            found.push(raw);
+        }
+        found.files.dedup();
+        found
+    }
+
     fn push(&mut self, raw: &[u8]) {
         match std::str::from_utf8(raw) {
             Ok(s) => self.files.push(s.to_string()),
@@ -431,15 +449,42 @@ impl Candidates {
 }
 
 /// `git ls-files` of the tracked files and, side by side, of the untracked ones git does not
-/// ignore (the slower of the two: it walks the tree).
+/// ignore (the slower of the two: it walks the tree); either reused from `cache` while what
+/// it depends on is unchanged.
 struct GitListing {
-    cached: std::process::Child,
-    others: std::process::Child,
+    cached: Listing,
+    others: Listing,
+    cache: Option<ListingCache>,
+}
+
+/// One `git ls-files`: running, or its output reused.
+enum Listing {
+    Running(std::process::Child),
+    Kept(Vec<u8>),
+}
+
+impl Listing {
+    /// What it listed; `None` when git will not read a work tree here.
+    fn output(self, root: &Path) -> Result<Option<Vec<u8>>> {
+        match self {
+            Listing::Kept(bytes) => Ok(Some(bytes)),
+            Listing::Running(child) => git_output(root, child.wait_with_output()),
+        }
+    }
+
+    fn stop(self) {
+        if let Listing::Running(mut child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl GitListing {
-    /// Both listings started; `None` where there is no git to ask.
-    fn start(root: &Path) -> Result<Option<Self>> {
+    /// Both listings started (or reused); `None` where there is no git to ask.
+    fn start(root: &Path, cache_dir: Option<&Path>) -> Result<Option<Self>> {
+        let cache = cache_dir.and_then(|d| ListingCache::open(d, root));
+        let reused = cache.as_ref().and_then(ListingCache::reuse);
         let ls = |which: &[&str]| {
             Command::new("git")
                 .arg("-C")
@@ -452,42 +497,57 @@ impl GitListing {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
         };
-        let others = match ls(&["--others", "--exclude-standard"]) {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("running git ls-files in", root)(e)),
+        let (tracked, others) = match reused {
+            Some(r) => (Some(r.tracked), r.others),
+            None => (None, None),
         };
-        match ls(&["--cached"]) {
-            Ok(cached) => Ok(Some(GitListing { cached, others })),
-            Err(e) => {
-                let mut others = others;
-                let _ = others.kill();
-                let _ = others.wait();
-                Err(Error::io("running git ls-files in", root)(e))
-            }
-        }
+        let others = match others {
+            Some(bytes) => Listing::Kept(bytes),
+            None => match ls(&["--others", "--exclude-standard"]) {
+                Ok(c) => Listing::Running(c),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io("running git ls-files in", root)(e)),
+            },
+        };
+        let cached = match tracked {
+            Some(bytes) => Listing::Kept(bytes),
+            None => match ls(&["--cached"]) {
+                Ok(c) => Listing::Running(c),
+                Err(e) => {
+                    others.stop();
+                    return Err(Error::io("running git ls-files in", root)(e));
+                }
+            },
+        };
+        Ok(Some(GitListing {
+            cached,
+            others,
+            cache,
+        }))
     }
 
     /// The entries of every listed file `filters` keep: the tracked ones are read on a few
     /// threads while git still lists the untracked ones. Outside a work tree git will read
     /// (none, or one it refuses), the tree is walked instead.
     fn stat(self, root: &Path, filters: &Filters<'_>) -> Result<Stated> {
-        let GitListing { cached, mut others } = self;
-        let cached = match git_candidates(root, cached.wait_with_output())? {
-            Some(c) => c,
-            None => {
-                let _ = others.kill();
-                let _ = others.wait();
-                let walked = walk_files(root)?;
-                filters.refuse_not_utf8(root, &walked.not_utf8)?;
-                return stat_parallel(root, &walked.files, filters);
-            }
+        let GitListing {
+            cached,
+            others,
+            cache,
+        } = self;
+        let fresh = matches!(cached, Listing::Running(_)) || matches!(others, Listing::Running(_));
+        let Some(tracked_bytes) = cached.output(root)? else {
+            others.stop();
+            let walked = walk_files(root)?;
+            filters.refuse_not_utf8(root, &walked.not_utf8)?;
+            return stat_parallel(root, &walked.files, filters);
         };
+        let cached = Candidates::of(&tracked_bytes);
         let (mut entries, mut sparse) = (Vec::with_capacity(cached.files.len()), Vec::new());
         let mut not_utf8 = cached.not_utf8;
         std::thread::scope(|scope| -> Result<()> {
             let tracked = stat_spawn(scope, root, &cached.files, filters);
-            let listed = git_candidates(root, others.wait_with_output());
+            let listed = others.output(root);
             let untracked = listed.and_then(|o| {
                 let o = o.ok_or_else(|| {
                     Error::Sync(format!(
@@ -495,8 +555,18 @@ impl GitListing {
                         root.display()
                     ))
                 })?;
-                not_utf8.extend(o.not_utf8);
-                stat_all(root, &o.files, filters)
+                // Kept for the next run while the tracked files are read.
+                let keeping = cache.as_ref().filter(|_| fresh).map(|c| {
+                    let (tracked, others) = (tracked_bytes.clone(), o.clone());
+                    scope.spawn(move || c.keep(&tracked, &others))
+                });
+                let found = Candidates::of(&o);
+                not_utf8.extend(found.not_utf8);
+                let stated = stat_all(root, &found.files, filters);
+                if let Some(k) = keeping {
+                    let _ = k.join();
+                }
+                stated
             });
             let joined = stat_join(tracked, &mut entries, &mut sparse);
             let (found, holes) = untracked?;
@@ -510,11 +580,8 @@ impl GitListing {
     }
 }
 
-/// The paths one `git ls-files` printed; `None` when git will not read a work tree here.
-fn git_candidates(
-    root: &Path,
-    out: std::io::Result<std::process::Output>,
-) -> Result<Option<Candidates>> {
+/// What one `git ls-files` printed; `None` when git will not read a work tree here.
+fn git_output(root: &Path, out: std::io::Result<std::process::Output>) -> Result<Option<Vec<u8>>> {
     let out = out.map_err(Error::io("running git ls-files in", root))?;
     if !out.status.success() {
         if git_root(root).is_none() {
@@ -526,15 +593,7 @@ fn git_candidates(
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let mut found = Candidates {
-        files: Vec::new(),
-        not_utf8: Vec::new(),
-    };
-    for raw in out.stdout.split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        found.push(raw);
-    }
-    found.files.dedup();
-    Ok(Some(found))
+    Ok(Some(out.stdout))
 }
 
 /// [`stat_all`] of `files` on a few threads of `scope`, each over a run of neighbouring paths.

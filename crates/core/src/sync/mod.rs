@@ -7,6 +7,7 @@
 //! the manifest with a scan of the box and says what one sync sends, removes and deletes.
 
 mod archive;
+mod listing_cache;
 mod manifest;
 mod pack;
 mod plan;

@@ -1,0 +1,454 @@
+//! What `git ls-files` listed of a work tree, kept between runs so an unchanged tree is not
+//! walked again (the untracked listing walks every directory: most of a warm run's local
+//! time in a large repository).
+//!
+//! Never trusted on a guess. The tracked listing is reused only while `.git/index` is the
+//! same file (device, inode, size, mtime, ctime); the untracked one only while, as well,
+//! every directory git walked and the `.gitignore` in each, the repository's
+//! `info/exclude` and config, the user's and the system's git config and the global excludes
+//! file all have the stamps they had. A directory that gains, loses or renames an entry
+//! changes its mtime and ctime, so a new untracked file anywhere git looks is seen; a file
+//! edited in place changes no directory, and the stat pass that follows every listing reads
+//! it. Any doubt (`GIT_DIR`, `GIT_INDEX_FILE`, `GIT_CONFIG*` and the like in the environment, `.git` not a directory at the root,
+//! a directory or ignore file changed so recently that a later change could share its
+//! timestamp, an unreadable cache) means git lists the tree as before.
+
+use std::collections::BTreeSet;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Format tag of a cache file.
+const MAGIC: &[u8] = b"crabbox-listing-1\n";
+/// A directory or ignore file changed less than this before the listing started is not
+/// vouched for: a change right after the listing could leave it the same timestamp.
+/// Two seconds: above the timestamp granularity of every common filesystem.
+const RACY: Duration = Duration::from_secs(2);
+
+/// What identifies one version of a file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// `None` for a path that is not there (or cannot be read: then it never matches a
+    /// kept stamp of a file that was there).
+    fn of(path: &Path) -> Option<Stamp> {
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            // A directory's size says nothing the times do not, and differs between
+            // filesystems' readings of the same directory.
+            size: if m.is_dir() { 0 } else { m.size() },
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// Changed at or after `since` (as far as its timestamps tell).
+    fn is_racy(&self, since: (i64, i64)) -> bool {
+        self.mtime >= since || self.ctime >= since
+    }
+}
+
+/// The listings git gave, as reused: the tracked files (`ls-files --cached -z`) and, when
+/// the tree's directories and ignore rules are as they were, the untracked ones.
+pub(super) struct Reused {
+    pub tracked: Vec<u8>,
+    pub others: Option<Vec<u8>>,
+}
+
+/// One work tree's kept listing, in `<cache dir>/<hash of the root>.listing`.
+pub(super) struct ListingCache {
+    file: PathBuf,
+    root: PathBuf,
+    /// The index's stamp, taken before git reads it (a later change makes it differ).
+    index: Option<Stamp>,
+    /// When listing started.
+    started: SystemTime,
+    /// [`RACY`] (tests make it shorter).
+    racy: Duration,
+}
+
+impl ListingCache {
+    /// The cache of the work tree at `root`, where one can be trusted: `None` when git could
+    /// be told by the environment to read another index, tree or config, or `root` is not
+    /// the top of a work tree with its own `.git` directory.
+    pub(super) fn open(dir: &Path, root: &Path) -> Option<ListingCache> {
+        if std::env::vars_os().any(|(k, _)| steers_git(k.as_bytes())) {
+            return None;
+        }
+        if !std::fs::symlink_metadata(root.join(".git")).ok()?.is_dir() {
+            return None;
+        }
+        use sha2::Digest;
+        let key = hex::encode(&sha2::Sha256::digest(root.as_os_str().as_bytes())[..12]);
+        Some(ListingCache {
+            file: dir.join(format!("{key}.listing")),
+            root: root.to_path_buf(),
+            index: Stamp::of(&root.join(".git/index")),
+            started: SystemTime::now(),
+            racy: RACY,
+        })
+    }
+
+    /// What is kept and still true, if anything.
+    pub(super) fn reuse(&self) -> Option<Reused> {
+        let bytes = std::fs::read(&self.file).ok()?;
+        let kept = Kept::decode(&bytes)?;
+        if kept.root != self.root.as_os_str().as_bytes() || Some(kept.index) != self.index {
+            return None;
+        }
+        let unchanged =
+            kept.sources.iter().all(|(path, stamp)| {
+                Stamp::of(Path::new(std::ffi::OsStr::from_bytes(path))) == *stamp
+            }) && kept.dirs.iter().all(|(rel, dir, ignore)| {
+                let at = self.root.join(std::ffi::OsStr::from_bytes(rel));
+                Stamp::of(&at) == Some(*dir) && Stamp::of(&at.join(".gitignore")) == *ignore
+            });
+        Some(Reused {
+            tracked: kept.tracked,
+            others: unchanged.then_some(kept.others),
+        })
+    }
+
+    /// Keeps what git just listed, with the stamps that make it reusable; nothing when the
+    /// index was missing or anything it depends on changed too recently to vouch for.
+    pub(super) fn keep(&self, tracked: &[u8], others: &[u8]) {
+        let Some(index) = self.index else {
+            return;
+        };
+        let since = self
+            .started
+            .checked_sub(self.racy)
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or((0, 0), |d| {
+                (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+            });
+        let Some(dirs) = walked_dirs(&self.root, tracked, others) else {
+            return;
+        };
+        let mut stamped = Vec::with_capacity(dirs.len());
+        for rel in dirs {
+            let at = self.root.join(std::ffi::OsStr::from_bytes(&rel));
+            let (Some(dir), ignore) = (Stamp::of(&at), Stamp::of(&at.join(".gitignore"))) else {
+                return;
+            };
+            if dir.is_racy(since) || ignore.is_some_and(|s| s.is_racy(since)) {
+                return;
+            }
+            stamped.push((rel, dir, ignore));
+        }
+        let mut sources = Vec::new();
+        for path in ignore_sources(&self.root) {
+            let stamp = Stamp::of(&path);
+            if stamp.is_some_and(|s| s.is_racy(since)) {
+                return;
+            }
+            sources.push((path.into_os_string().into_vec(), stamp));
+        }
+        let kept = Kept {
+            root: self.root.as_os_str().as_bytes().to_vec(),
+            index,
+            sources,
+            dirs: stamped,
+            tracked: tracked.to_vec(),
+            others: others.to_vec(),
+        };
+        let Some(dir) = self.file.parent() else {
+            return;
+        };
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            self.file
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        if std::fs::write(&tmp, kept.encode()).is_ok() && std::fs::rename(&tmp, &self.file).is_ok()
+        {
+            return;
+        }
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// An environment variable that makes git read another repository, index, work tree or
+/// config, or match paths differently.
+fn steers_git(name: &[u8]) -> bool {
+    const NAMES: &[&[u8]] = &[
+        b"GIT_DIR",
+        b"GIT_WORK_TREE",
+        b"GIT_INDEX_FILE",
+        b"GIT_COMMON_DIR",
+    ];
+    NAMES.contains(&name)
+        || name.starts_with(b"GIT_CONFIG")
+        || (name.starts_with(b"GIT_") && name.ends_with(b"_PATHSPECS"))
+}
+
+/// Files whose change can change what git ignores, besides each directory's `.gitignore`:
+/// the repository's exclude file and config, the user's and the system's config, and the
+/// global excludes file (where `core.excludesFile` does not move it: a config change is seen
+/// by the config's own stamp).
+fn ignore_sources(root: &Path) -> Vec<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| home.as_ref().map(|h| h.join(".config")));
+    let mut paths = vec![
+        root.join(".git/info/exclude"),
+        root.join(".git/config"),
+        PathBuf::from("/etc/gitconfig"),
+    ];
+    if let Some(h) = &home {
+        paths.push(h.join(".gitconfig"));
+    }
+    if let Some(x) = &xdg {
+        paths.push(x.join("git/config"));
+        paths.push(x.join("git/ignore"));
+    }
+    if let Some(file) = excludes_file(root) {
+        paths.push(file);
+    }
+    paths
+}
+
+/// `core.excludesFile`, where set, as git resolves it.
+fn excludes_file(root: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["config", "--get", "--path", "core.excludesFile"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let path = out.stdout.strip_suffix(b"\n").unwrap_or(&out.stdout);
+    (out.status.success() && !path.is_empty())
+        .then(|| PathBuf::from(std::ffi::OsStr::from_bytes(path)))
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+}
+
+/// Every directory git walked to list the tree (root-relative, `""` the root): those on the
+/// way to a listed file, and, found by reading those, each directory holding no listed file
+/// that git does not ignore (an empty one, or one of ignored files, where a new file would
+/// be listed); never a `.git`, and never below a nested repository. `None` when it cannot
+/// be told.
+fn walked_dirs(root: &Path, tracked: &[u8], others: &[u8]) -> Option<BTreeSet<Vec<u8>>> {
+    let mut dirs = BTreeSet::from([Vec::new()]);
+    for path in tracked.split(|b| *b == 0).chain(others.split(|b| *b == 0)) {
+        let mut end = path.len();
+        while let Some(slash) = path[..end].iter().rposition(|b| *b == b'/') {
+            if !dirs.insert(path[..slash].to_vec()) {
+                break;
+            }
+            end = slash;
+        }
+    }
+    let mut level: Vec<Vec<u8>> = dirs.iter().cloned().collect();
+    while !level.is_empty() {
+        let mut unlisted = Vec::new();
+        for rel in &level {
+            let at = root.join(std::ffi::OsStr::from_bytes(rel));
+            if !rel.is_empty() && at.join(".git").exists() {
+                continue;
+            }
+            let entries = std::fs::read_dir(&at).ok()?;
+            for entry in entries {
+                let entry = entry.ok()?;
+                let name = entry.file_name();
+                if name == ".git" || !entry.file_type().ok()?.is_dir() {
+                    continue;
+                }
+                let child = if rel.is_empty() {
+                    name.as_bytes().to_vec()
+                } else {
+                    [rel.as_slice(), b"/", name.as_bytes()].concat()
+                };
+                if !dirs.contains(&child) {
+                    unlisted.push(child);
+                }
+            }
+        }
+        let kept = not_ignored(root, &unlisted)?;
+        dirs.extend(kept.iter().cloned());
+        level = kept;
+    }
+    Some(dirs)
+}
+
+/// The directories of `dirs` git does not ignore (`git check-ignore`, one process).
+fn not_ignored(root: &Path, dirs: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+    if dirs.is_empty() {
+        return Some(Vec::new());
+    }
+    use std::io::Write;
+    let mut child = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["check-ignore", "--stdin", "-z", "--no-index"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut input = Vec::new();
+    for d in dirs {
+        input.extend_from_slice(d);
+        input.push(0);
+    }
+    let mut stdin = child.stdin.take()?;
+    let writer = std::thread::spawn(move || stdin.write_all(&input).is_ok());
+    let out = child.wait_with_output().ok()?;
+    if !writer.join().ok()? {
+        return None;
+    }
+    // Exit 1: none is ignored; 128: a failure.
+    if !matches!(out.status.code(), Some(0 | 1)) {
+        return None;
+    }
+    let ignored: BTreeSet<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+    Some(
+        dirs.iter()
+            .filter(|d| !ignored.contains(d.as_slice()))
+            .cloned()
+            .collect(),
+    )
+}
+
+/// A cache file's content.
+struct Kept {
+    root: Vec<u8>,
+    index: Stamp,
+    sources: Vec<(Vec<u8>, Option<Stamp>)>,
+    dirs: Vec<(Vec<u8>, Stamp, Option<Stamp>)>,
+    tracked: Vec<u8>,
+    others: Vec<u8>,
+}
+
+impl Kept {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(MAGIC.to_vec());
+        w.bytes(&self.root);
+        w.stamp(Some(self.index));
+        w.u64(self.sources.len() as u64);
+        for (path, stamp) in &self.sources {
+            w.bytes(path);
+            w.stamp(*stamp);
+        }
+        w.u64(self.dirs.len() as u64);
+        for (rel, dir, ignore) in &self.dirs {
+            w.bytes(rel);
+            w.stamp(Some(*dir));
+            w.stamp(*ignore);
+        }
+        w.bytes(&self.tracked);
+        w.bytes(&self.others);
+        w.0
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Kept> {
+        let mut r = Reader(bytes.strip_prefix(MAGIC)?);
+        let root = r.bytes()?.to_vec();
+        let index = r.stamp()??;
+        let mut sources = Vec::new();
+        for _ in 0..r.u64()? {
+            sources.push((r.bytes()?.to_vec(), r.stamp()?));
+        }
+        let mut dirs = Vec::new();
+        for _ in 0..r.u64()? {
+            dirs.push((r.bytes()?.to_vec(), r.stamp()??, r.stamp()?));
+        }
+        let tracked = r.bytes()?.to_vec();
+        let others = r.bytes()?.to_vec();
+        r.0.is_empty().then_some(Kept {
+            root,
+            index,
+            sources,
+            dirs,
+            tracked,
+            others,
+        })
+    }
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+    fn stamp(&mut self, s: Option<Stamp>) {
+        match s {
+            None => self.0.push(0),
+            Some(s) => {
+                self.0.push(1);
+                for v in [s.dev, s.ino, s.size] {
+                    self.u64(v);
+                }
+                for (secs, nanos) in [s.mtime, s.ctime] {
+                    self.u64(secs as u64);
+                    self.u64(nanos as u64);
+                }
+            }
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u64(&mut self) -> Option<u64> {
+        let (v, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(u64::from_le_bytes(*v))
+    }
+    fn bytes(&mut self) -> Option<&[u8]> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        let (b, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(b)
+    }
+    /// `None` when damaged; `Some(None)` for a path that was not there.
+    fn stamp(&mut self) -> Option<Option<Stamp>> {
+        let (tag, rest) = self.0.split_first()?;
+        self.0 = rest;
+        match tag {
+            0 => Some(None),
+            1 => {
+                let (dev, ino, size) = (self.u64()?, self.u64()?, self.u64()?);
+                let mtime = (self.u64()? as i64, self.u64()? as i64);
+                let ctime = (self.u64()? as i64, self.u64()? as i64);
+                Some(Some(Stamp {
+                    dev,
+                    ino,
+                    size,
+                    mtime,
+                    ctime,
+                }))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "listing_cache_tests.rs"]
+mod tests;
