@@ -375,13 +375,17 @@ pub trait BoxSession: Send + Sync {
     /// `req.workdir` (or, when the workdir does not exist, makes them the workdir), then
     /// stores `req.record`. An `Err` in the feed, a cancel, the timeout or any failure
     /// abandons the sync: nothing of it is left on the box when this returns, and the previous
-    /// tree is intact where the provider can stage (E2B).
+    /// tree is intact where the provider can stage (E2B). Returns the state the sync left the
+    /// tree in (as [`RemoteTree::state`] names a reading) when the provider can later vouch
+    /// for it with [`BoxSession::unchanged_since`]; `None` otherwise.
+    ///
+    /// [`RemoteTree::state`]: crate::sync::RemoteTree::state
     async fn apply_sync(
         &self,
         req: &ApplySync<'_>,
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
-    ) -> Result<()>;
+    ) -> Result<Option<String>>;
     /// Streams the regular file at the absolute `path` on the box into `into`, returning
     /// its length; `Error::NotFound` naming the path when it does not exist.
     async fn read_file(

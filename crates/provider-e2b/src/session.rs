@@ -121,7 +121,7 @@ impl BoxSession for E2bSession {
         req: &ApplySync<'_>,
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         // The tree is about to change: what its watcher vouched for is void until the commit
         // reports what changed (a sync cut short leaves no note, so the next scan reads all).
         let noted = self.scans.as_ref().and_then(|c| {
@@ -144,6 +144,7 @@ impl BoxSession for E2bSession {
             }
             Err(e) => Err(e),
             Ok(()) => {
+                let mut state = None;
                 if let Some(c) = &self.scans {
                     if let Some(record) = req.record {
                         c.keep_record(&self.sandbox_id, req.workdir, record);
@@ -159,11 +160,12 @@ impl BoxSession for E2bSession {
                         let ctl = crate::remote_sync::watch_dir(req.workdir);
                         let changes = crate::remote_sync::watcher_changes(&self.envd, &ctl, &w.id);
                         if let Some(segment) = changes.await {
-                            c.extend_patch(&self.sandbox_id, req.workdir, w, &segment);
+                            let noted = c.extend_patch(&self.sandbox_id, req.workdir, w, &segment);
+                            state = noted.map(|n| n.state());
                         }
                     }
                 }
-                Ok(())
+                Ok(state)
             }
         }
     }

@@ -334,7 +334,7 @@ impl BoxSession for LocalSession {
         req: &ApplySync<'_>,
         mut chunks: ChunkFeed,
         _reporter: &dyn Reporter,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let workdir = PathBuf::from(req.workdir);
         let mut ops = Some(req.ops.to_vec());
         let mut unpacking: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
@@ -381,7 +381,9 @@ impl BoxSession for LocalSession {
         let record = req.record.map(<[u8]>::to_vec);
         tokio::task::spawn_blocking(move || tree::finish(&wd, record.as_deref()))
             .await
-            .map_err(|e| Error::Sync(format!("sync task failed: {e}")))?
+            .map_err(|e| Error::Sync(format!("sync task failed: {e}")))??;
+        // A local box's tree has no watcher to vouch for it.
+        Ok(None)
     }
 
     async fn read_file(

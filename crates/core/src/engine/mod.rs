@@ -25,6 +25,7 @@ pub mod request;
 mod run;
 pub mod shard;
 mod sync;
+mod sync_memo;
 #[cfg(test)]
 mod tests;
 mod workspaces;

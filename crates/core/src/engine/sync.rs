@@ -20,6 +20,8 @@ use crate::sync::{
     SyncPlan,
 };
 
+use super::sync_memo::SyncMemo;
+
 /// How often packing progress is reported, and a busy sync lock is tried again.
 const TICK: Duration = Duration::from_millis(100);
 /// Threads packing chunks side by side.
@@ -189,8 +191,8 @@ impl Engine {
         let memo = SyncMemo::path(&self.state_dir, &lease, &acquired.workspace);
         if !acquired.created && !req.checksum && !req.full_resync {
             if let Some(m) = SyncMemo::read(&memo).filter(|m| m.fits(&workdir, source.delete)) {
-                // The last sync found these very files up to date on the box; if the box can
-                // vouch that its tree has not changed since, it need not be read.
+                // The last sync left these files on the box; if the box can vouch that its
+                // tree has not changed since, it need not be read.
                 let t = Instant::now();
                 let local = chosen.wait(&req.cancel, reporter);
                 let vouched = cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state));
@@ -199,20 +201,57 @@ impl Engine {
                     Some(m) => m,
                     None => return Err(Error::Sync("the files to sync were never chosen".into())),
                 };
-                if unchanged? && manifest.digest() == m.manifest {
-                    let report = SyncReport {
-                        files: manifest.len() as u64,
-                        bytes: manifest.total_bytes,
-                        scan_ms: ms(t.elapsed()),
-                        wait_ms,
-                        ..SyncReport::default()
-                    };
-                    reporter.status(&format!(
-                        "sync: {} files up to date on the box (verified in {} ms)",
-                        report.files, report.scan_ms
-                    ));
-                    self.synced(acquired, workdir)?;
-                    return Ok((Some(report), lock));
+                // Planned from the files the box holds, or `None` to read the box.
+                let plan = match unchanged? {
+                    true if manifest.digest() == m.manifest => Some(None),
+                    true => m
+                        .tree(&memo)
+                        .map(|prev| SyncPlan::delta(&prev, manifest, source.delete))
+                        .map(|plan| (!plan.is_noop()).then_some(plan)),
+                    false => None,
+                };
+                let mut report = SyncReport {
+                    files: manifest.len() as u64,
+                    bytes: manifest.total_bytes,
+                    scan_ms: ms(t.elapsed()),
+                    wait_ms,
+                    ..SyncReport::default()
+                };
+                match plan {
+                    Some(None) => {
+                        if manifest.digest() != m.manifest {
+                            SyncMemo::keep(&memo, manifest, m.state.clone(), &workdir, m.delete);
+                        }
+                        reporter.status(&format!(
+                            "sync: {} files up to date on the box (verified in {} ms)",
+                            report.files, report.scan_ms
+                        ));
+                        self.synced(acquired, workdir)?;
+                        return Ok((Some(report), lock));
+                    }
+                    Some(Some(plan)) => {
+                        // Changing the tree: no other run of this lease syncing or running a
+                        // command, and still nothing changed on the box meanwhile.
+                        let t = Instant::now();
+                        lock.hold(Hold::Exclusive, reporter, &req.cancel).await?;
+                        report.wait_ms += ms(t.elapsed());
+                        wait_ms = report.wait_ms;
+                        let still =
+                            cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state));
+                        if !lock.waited && still.await? {
+                            let plan = self.record_plan(plan, &mut report);
+                            let sent = Instant::now();
+                            let state = self
+                                .send(acquired, source, plan, &mut report, req, reporter)
+                                .await?;
+                            report.apply_ms = ms(sent.elapsed());
+                            self.keep_memo(&memo, manifest, state, &workdir, source.delete);
+                            self.synced(acquired, workdir)?;
+                            lock.hold(Hold::Shared, reporter, &req.cancel).await?;
+                            return Ok((Some(report), lock));
+                        }
+                    }
+                    None => {}
                 }
             }
         }
@@ -265,14 +304,6 @@ impl Engine {
         let mut report = SyncReport {
             files: manifest.len() as u64,
             bytes: manifest.total_bytes,
-            sent_files: plan.send.len() as u64,
-            deleted_files: plan.deleted() as u64,
-            sent_bytes: plan.send.iter().map(|e| e.size).sum(),
-            cleared: plan
-                .ops
-                .iter()
-                .filter(|op| matches!(op, SyncOp::Clear(_)))
-                .count() as u64,
             scan_ms,
             wait_ms,
             pack_ms: plan_ms,
@@ -283,66 +314,111 @@ impl Engine {
                 "sync: {} files up to date on the box (verified in {} ms)",
                 report.files, report.scan_ms
             ));
-            match &remote.state {
-                Some(state) if !req.checksum => SyncMemo {
-                    manifest: manifest.digest(),
-                    state: state.clone(),
-                    workdir: workdir.clone(),
-                    delete: source.delete,
-                }
-                .write(&memo),
-                _ => SyncMemo::forget(&memo),
-            }
+            let state = remote.state.filter(|_| !req.checksum);
+            self.keep_memo(&memo, manifest, state, &workdir, source.delete);
         } else {
-            SyncMemo::forget(&memo);
-            reporter.status(&describe(&plan, &report));
-            let codec = if report.sent_bytes >= PROBE_CODECS_FROM {
-                session
-                    .codecs()
-                    .await
-                    .first()
-                    .copied()
-                    .unwrap_or(Codec::Gzip)
-            } else {
-                Codec::Gzip
-            };
-            // The plan's list moves into the chunks: one copy of a large tree's entries, not two.
-            let chunks = split(&source.root, std::mem::take(&mut plan.send), codec);
-            // The box's record stays when it already lists these very paths (an edit): a large
-            // tree's record is not sent again for each changed file.
-            let same_paths = !plan.full && remote.record.as_ref() == Some(&plan.record);
-            let record = (!same_paths).then(|| plan.record.encode());
-            let apply = ApplySync {
-                ops: &plan.ops,
-                record: record.as_deref(),
-                workdir: &workdir,
-                chunks: chunks.len(),
-                timeout: self.sync_timeout,
-                cancel: &req.cancel,
-            };
-            let wire = Arc::new(AtomicU64::new(0));
-            let (tx, rx) = tokio::sync::mpsc::channel(PACKED_AHEAD);
-            let packing = self.pack(source, chunks, tx, wire.clone(), reporter, &req.cancel);
-            let (applied, packed) = tokio::join!(session.apply_sync(&apply, rx, reporter), packing);
-            reporter.finish_progress();
-            // A packing failure is the cause of the apply's abandonment: report it first.
-            packed?;
-            applied?;
-            report.wire_bytes = wire.load(Ordering::Relaxed);
+            let plan = self.record_plan(plan, &mut report);
+            let state = self
+                .send(acquired, source, plan, &mut report, req, reporter)
+                .await?;
             report.apply_ms = ms(t.elapsed()).saturating_sub(report.pack_ms);
-            reporter.status(&format!(
-                "sync: done in {} ms (read the box {} ms, packed and sent {} as {}, applied)",
-                report.scan_ms + report.pack_ms + report.apply_ms,
-                report.scan_ms,
-                human_bytes(report.sent_bytes),
-                human_bytes(report.wire_bytes),
-            ));
+            self.keep_memo(&memo, manifest, state, &workdir, source.delete);
         }
         self.synced(acquired, workdir)?;
         // The command runs while the tree is held shared: other runs' commands may run
         // beside it, but no other sync changes the tree under it.
         lock.hold(Hold::Shared, reporter, &req.cancel).await?;
         Ok((Some(report), lock))
+    }
+
+    /// Counts what `plan` sends, deletes and clears into `report`.
+    fn record_plan(&self, plan: SyncPlan, report: &mut SyncReport) -> SyncPlan {
+        report.sent_files = plan.send.len() as u64;
+        report.deleted_files = plan.deleted() as u64;
+        report.sent_bytes = plan.send.iter().map(|e| e.size).sum();
+        report.cleared = plan
+            .ops
+            .iter()
+            .filter(|op| matches!(op, SyncOp::Clear(_)))
+            .count() as u64;
+        plan
+    }
+
+    /// Remembers what the box holds now, where its provider named the tree; else forgets.
+    fn keep_memo(
+        &self,
+        memo: &std::path::Path,
+        manifest: &SyncManifest,
+        state: Option<String>,
+        workdir: &str,
+        delete: bool,
+    ) {
+        match state {
+            Some(state) => SyncMemo::keep(memo, manifest, state, workdir, delete),
+            None => SyncMemo::forget(memo),
+        }
+    }
+
+    /// Packs what `plan` sends and has the box apply it (the tree lock held exclusively);
+    /// returns the state the provider says it left the tree in.
+    async fn send(
+        &self,
+        acquired: &Acquired,
+        source: &SyncSource,
+        mut plan: SyncPlan,
+        report: &mut SyncReport,
+        req: &RunRequest,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<String>> {
+        let session = acquired.session.as_ref();
+        let t = Instant::now();
+        // What the last sync left is void until this one completes.
+        SyncMemo::forget(&SyncMemo::path(
+            &self.state_dir,
+            &acquired.target.lease_id,
+            &acquired.workspace,
+        ));
+        reporter.status(&describe(&plan, report));
+        let codec = if report.sent_bytes >= PROBE_CODECS_FROM {
+            session
+                .codecs()
+                .await
+                .first()
+                .copied()
+                .unwrap_or(Codec::Gzip)
+        } else {
+            Codec::Gzip
+        };
+        // The plan's list moves into the chunks: one copy of a large tree's entries, not two.
+        let chunks = split(&source.root, std::mem::take(&mut plan.send), codec);
+        // The box's record stays when it already lists these very paths (an edit): a large
+        // tree's record is not sent again for each changed file.
+        let record = (!plan.keeps_record).then(|| plan.record.encode());
+        let apply = ApplySync {
+            ops: &plan.ops,
+            record: record.as_deref(),
+            workdir: &acquired.workdir,
+            chunks: chunks.len(),
+            timeout: self.sync_timeout,
+            cancel: &req.cancel,
+        };
+        let wire = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = tokio::sync::mpsc::channel(PACKED_AHEAD);
+        let packing = self.pack(source, chunks, tx, wire.clone(), reporter, &req.cancel);
+        let (applied, packed) = tokio::join!(session.apply_sync(&apply, rx, reporter), packing);
+        reporter.finish_progress();
+        // A packing failure is the cause of the apply's abandonment: report it first.
+        packed?;
+        let state = applied?;
+        report.wire_bytes = wire.load(Ordering::Relaxed);
+        reporter.status(&format!(
+            "sync: done in {} ms (read the box {} ms, packed and sent {} as {}, applied)",
+            report.scan_ms + report.pack_ms + ms(t.elapsed()),
+            report.scan_ms,
+            human_bytes(report.sent_bytes),
+            human_bytes(report.wire_bytes),
+        ));
+        Ok(state)
     }
 
     /// Records a sync of `workdir`: the claim keeps the lease's workdir (main's, never a
@@ -443,47 +519,6 @@ impl Engine {
             return Err(Error::Interrupted);
         }
         result
-    }
-}
-
-/// What the last sync of a lease's tree found: these local files (by digest) up to date on a
-/// box tree the provider named `state` (`<state dir>/sync-memo/<lease>[@workspace].json`).
-/// Only a hint: it is used when the provider confirms the box still holds that tree.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct SyncMemo {
-    manifest: String,
-    state: String,
-    workdir: String,
-    delete: bool,
-}
-
-impl SyncMemo {
-    fn path(state_dir: &std::path::Path, lease: &str, workspace: &str) -> std::path::PathBuf {
-        state_dir.join("sync-memo").join(format!(
-            "{}.json",
-            crate::workspace::lock_name(lease, workspace)
-        ))
-    }
-
-    fn read(path: &std::path::Path) -> Option<Self> {
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-    }
-
-    fn fits(&self, workdir: &str, delete: bool) -> bool {
-        self.workdir == workdir && self.delete == delete
-    }
-
-    /// Kept if it can be; a memo that cannot be written is one sync less skipped.
-    fn write(&self, path: &std::path::Path) {
-        if let Ok(body) = serde_json::to_vec(self) {
-            if crate::paths::write_atomic(path, &body).is_err() {
-                Self::forget(path);
-            }
-        }
-    }
-
-    fn forget(path: &std::path::Path) {
-        let _ = std::fs::remove_file(path);
     }
 }
 

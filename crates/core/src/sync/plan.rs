@@ -111,6 +111,8 @@ pub struct SyncPlan {
     pub full: bool,
     /// The record to keep on the box once the sync completed.
     pub record: SyncRecord,
+    /// The box's record already lists exactly `record`'s paths: it need not be sent again.
+    pub keeps_record: bool,
 }
 
 impl SyncPlan {
@@ -122,6 +124,7 @@ impl SyncPlan {
                 ops: Vec::new(),
                 full: true,
                 record,
+                keeps_record: false,
             };
         }
         let mut send = Vec::new();
@@ -136,13 +139,7 @@ impl SyncPlan {
             }
         }
         let mut ops: Vec<SyncOp> = ops.into_iter().collect();
-        // Shallow clears first: a deeper one under a cleared path is then skipped on the box.
-        ops.sort_by_key(|op| match op {
-            SyncOp::Clear(p) => (0, p.matches('/').count(), p.clone()),
-            SyncOp::EnsureDir(p) => (1, p.matches('/').count(), p.clone()),
-            SyncOp::ClearIfDir(p) => (2, 0, p.clone()),
-            SyncOp::Delete(p) => (3, 0, p.clone()),
-        });
+        ops.sort_by_key(op_order);
         if opts.delete {
             if let Some(previous) = &remote.record {
                 let gone: Vec<&String> = if manifest.entries.is_sorted_by(|a, b| a.path < b.path) {
@@ -166,11 +163,60 @@ impl SyncPlan {
                 );
             }
         }
+        let keeps_record = remote.record.as_ref() == Some(&record);
         SyncPlan {
             send,
             ops,
             full: false,
             record,
+            keeps_record,
+        }
+    }
+
+    /// The plan from `prev` to `now` for a box known to hold exactly `prev`'s synced files
+    /// (its provider vouched that nothing changed since a sync left them so), without reading
+    /// the box: what is new or differs is sent, what is gone deleted (with `delete`). The box
+    /// was not read, so a new path is sent as into an unscanned directory: every directory on
+    /// its way made real (a file or link a command left there removed) and a directory in its
+    /// place removed, as [`SyncPlan::new`] does where it did not scan.
+    pub fn delta(prev: &SyncManifest, now: &SyncManifest, delete: bool) -> Self {
+        let mut send = Vec::new();
+        let mut ops = BTreeSet::new();
+        let mut gone = Vec::new();
+        let mut old = prev.entries.iter().peekable();
+        for e in &now.entries {
+            while let Some(o) = old.next_if(|o| o.path < e.path) {
+                gone.push(o.path.as_str());
+            }
+            match old.next_if(|o| o.path == e.path) {
+                Some(o) if same_entry(o, e) => {}
+                Some(_) => send.push(e.clone()),
+                None => {
+                    if !parent(&e.path).is_empty() {
+                        ops.insert(SyncOp::EnsureDir(parent(&e.path).to_string()));
+                    }
+                    ops.insert(SyncOp::ClearIfDir(e.path.clone()));
+                    send.push(e.clone());
+                }
+            }
+        }
+        gone.extend(old.map(|o| o.path.as_str()));
+        let keeps_record = gone.is_empty() && prev.len() == now.len();
+        let mut ops: Vec<SyncOp> = ops.into_iter().collect();
+        ops.sort_by_key(op_order);
+        if delete {
+            ops.extend(
+                gone.into_iter()
+                    .filter(|p| is_safe_relative(p))
+                    .map(|p| SyncOp::Delete(p.to_string())),
+            );
+        }
+        SyncPlan {
+            send,
+            ops,
+            full: false,
+            record: SyncRecord::of(now),
+            keeps_record,
         }
     }
 
@@ -186,6 +232,29 @@ impl SyncPlan {
     pub fn is_noop(&self) -> bool {
         !self.full && self.send.is_empty() && self.ops.is_empty()
     }
+}
+
+/// Where an op runs among a plan's: shallow clears first (a deeper one under a cleared path
+/// is then skipped on the box), then directories made real, then directories cleared where
+/// files go, deletions last.
+fn op_order(op: &SyncOp) -> (u8, usize, String) {
+    match op {
+        SyncOp::Clear(p) => (0, p.matches('/').count(), p.clone()),
+        SyncOp::EnsureDir(p) => (1, p.matches('/').count(), p.clone()),
+        SyncOp::ClearIfDir(p) => (2, 0, p.clone()),
+        SyncOp::Delete(p) => (3, 0, p.clone()),
+    }
+}
+
+/// Two manifest entries a sync treats as the same file (as [`compare`] treats the box's).
+fn same_entry(a: &SyncEntry, b: &SyncEntry) -> bool {
+    a.kind == b.kind
+        && match a.kind {
+            EntryKind::Symlink => a.link_target == b.link_target,
+            EntryKind::File => {
+                a.size == b.size && a.mtime_ns == b.mtime_ns && a.mode & 0o777 == b.mode & 0o777
+            }
+        }
 }
 
 /// `None` when the box holds `e` as it is; else the ops it needs before it is sent.

@@ -187,6 +187,181 @@ proptest! {
     }
 }
 
+/// A box's workdir as the sync scripts see it: each path a file (its content), a symlink or a
+/// directory; every directory on the way to an entry is one.
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    File(String),
+    Link(String),
+    Dir,
+}
+
+type Box_ = std::collections::BTreeMap<String, Node>;
+
+fn node_of(e: &SyncEntry) -> Node {
+    match &e.link_target {
+        Some(t) => Node::Link(t.clone()),
+        None => Node::File(format!("{}@{}:{:o}", e.size, e.mtime_ns, e.mode)),
+    }
+}
+
+fn put(b: &mut Box_, path: &str, node: Node) {
+    for dir in ancestors(path) {
+        b.insert(dir.to_string(), Node::Dir);
+    }
+    b.insert(path.to_string(), node);
+}
+
+fn remove_tree(b: &mut Box_, path: &str) {
+    let under = format!("{path}/");
+    b.retain(|p, _| p != path && !p.starts_with(&under));
+}
+
+fn parents_real(b: &Box_, path: &str) -> bool {
+    ancestors(path).all(|d| b.get(d) == Some(&Node::Dir))
+}
+
+/// The ops and sends of a plan laid over `b` as the commit script and `cp -al` do; `Err` where
+/// they would fail.
+fn apply_model(b: &mut Box_, plan: &SyncPlan) -> std::result::Result<(), String> {
+    for op in &plan.ops {
+        match op {
+            SyncOp::Clear(p) if parents_real(b, p) => remove_tree(b, p),
+            SyncOp::EnsureDir(p) => {
+                for at in ancestors(&format!("{p}/x")) {
+                    if matches!(b.get(at), Some(Node::File(_) | Node::Link(_))) {
+                        b.remove(at);
+                    }
+                }
+            }
+            SyncOp::ClearIfDir(p) if parents_real(b, p) && b.get(p) == Some(&Node::Dir) => {
+                remove_tree(b, p)
+            }
+            SyncOp::Delete(p)
+                if parents_real(b, p)
+                    && matches!(b.get(p), Some(Node::File(_) | Node::Link(_))) =>
+            {
+                b.remove(p);
+                let mut dir = parent(p);
+                while !dir.is_empty() && !b.keys().any(|k| k.starts_with(&format!("{dir}/"))) {
+                    b.remove(dir);
+                    dir = parent(dir);
+                }
+            }
+            _ => {}
+        }
+    }
+    for e in &plan.send {
+        for dir in ancestors(&e.path) {
+            match b.get(dir) {
+                None => {
+                    b.insert(dir.to_string(), Node::Dir);
+                }
+                Some(Node::Dir) => {}
+                Some(_) => return Err(format!("cp: {dir} is not a directory")),
+            }
+        }
+        if b.get(&e.path) == Some(&Node::Dir) {
+            return Err(format!("cp: cannot overwrite directory {}", e.path));
+        }
+        b.insert(e.path.clone(), node_of(e));
+    }
+    Ok(())
+}
+
+/// A valid tree: no entry on the way to another.
+fn tree_of(entries: Vec<(String, u8)>) -> SyncManifest {
+    let paths: BTreeSet<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
+    let mut out: Vec<SyncEntry> = entries
+        .iter()
+        .filter(|(p, _)| !ancestors(p).any(|d| paths.contains(d)))
+        .map(|(path, v)| SyncEntry {
+            path: path.clone(),
+            kind: if v % 4 == 3 {
+                EntryKind::Symlink
+            } else {
+                EntryKind::File
+            },
+            mode: if v % 2 == 0 { 0o644 } else { 0o755 },
+            size: u64::from(v % 3),
+            mtime_ns: i128::from(v % 5),
+            link_target: (v % 4 == 3).then(|| format!("t{}", v % 2)),
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup_by(|a, b| a.path == b.path);
+    SyncManifest {
+        entries: out,
+        ..Default::default()
+    }
+}
+
+/// Short paths over a tiny alphabet: trees that collide (a file where a directory was).
+fn colliding_path() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(vec!["a", "b"]), 1..4).prop_map(|s| s.join("/"))
+}
+
+fn colliding_tree() -> impl Strategy<Value = SyncManifest> {
+    prop::collection::vec((colliding_path(), any::<u8>()), 0..8).prop_map(tree_of)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A box that holds `prev`'s files (and whatever a command left beside them) ends up
+    /// holding `now`'s after the plan from `prev` to `now`, files crabbox never synced kept
+    /// where nothing synced goes.
+    #[test]
+    fn a_plan_from_the_last_sync_makes_the_box_hold_the_new_tree(
+        prev in colliding_tree(),
+        now in colliding_tree(),
+        extras in prop::collection::vec((colliding_path(), any::<bool>()), 0..4),
+        delete in any::<bool>(),
+    ) {
+        let mut b = Box_::new();
+        for e in &prev.entries {
+            put(&mut b, &e.path, node_of(e));
+        }
+        // Build outputs a command left: only where they fit beside the synced files.
+        let synced: Vec<&str> = prev.paths().chain(now.paths()).collect();
+        let mut kept = Vec::new();
+        for (path, dir) in extras {
+            let clashes = synced.iter().any(|s| {
+                *s == path || s.starts_with(&format!("{path}/")) || path.starts_with(&format!("{s}/"))
+            });
+            let fits = ancestors(&path).all(|d| matches!(b.get(d), None | Some(Node::Dir)));
+            if !clashes && fits && !b.contains_key(&path) {
+                put(&mut b, &path, if dir { Node::Dir } else { Node::File("built".into()) });
+                kept.push(path);
+            }
+        }
+        let plan = SyncPlan::delta(&prev, &now, delete);
+        prop_assert_eq!(plan.record.clone(), SyncRecord::of(&now));
+        prop_assert_eq!(plan.keeps_record, SyncRecord::of(&prev).paths == plan.record.paths);
+        apply_model(&mut b, &plan).map_err(TestCaseError::fail)?;
+        for e in &now.entries {
+            prop_assert_eq!(b.get(&e.path), Some(&node_of(e)), "{}", e.path);
+        }
+        let now_paths: BTreeSet<&str> = now.paths().collect();
+        for e in &prev.entries {
+            let stays = now_paths.contains(e.path.as_str())
+                || now_paths.iter().any(|n| n.starts_with(&format!("{}/", e.path)));
+            if delete && !stays {
+                prop_assert!(
+                    !matches!(b.get(&e.path), Some(Node::File(_) | Node::Link(_))),
+                    "{} deleted", e.path
+                );
+            }
+        }
+        for path in kept {
+            // A build output under a directory emptied by deletions may go with it only if
+            // it was no directory's sole content; it is otherwise where it was.
+            let under_removed = ancestors(&path).any(|d| !b.contains_key(d));
+            prop_assert!(b.contains_key(&path) || under_removed, "{} kept", path);
+        }
+    }
+}
+
 // Extraction touches the filesystem: fewer cases.
 
 const CANARY: &[u8] = b"outside the destination";

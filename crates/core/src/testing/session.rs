@@ -66,7 +66,7 @@ impl BoxSession for MemSession {
         req: &ApplySync<'_>,
         mut chunks: ChunkFeed,
         _reporter: &dyn Reporter,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let injected = self.shared.lock().call(Op::Apply, &self.remote_id);
         self.shared.bump();
         match injected {
@@ -141,7 +141,7 @@ impl BoxSession for MemSession {
                 ops: req.ops.to_vec(),
                 record: req.record.map(<[u8]>::to_vec),
             });
-            Ok(())
+            Ok(b.state_of(workdir))
         })
     }
 

@@ -84,15 +84,108 @@ async fn a_warm_sync_sends_only_changed_files_and_deletes_removed_ones() {
     let tree: Vec<String> = synced.tree().into_keys().collect();
     assert_eq!(tree, ["a.txt", "new.txt", "run.sh"]);
     assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha, longer now\n"));
+    // The box vouched that it still holds what the first sync left: planned from that, the
+    // box not read (and asked again once the tree is held for the change).
+    let vouch = format!("unchanged_since sbx1 {}", b.workdir(&lease));
     assert_eq!(
         b.fake.calls(),
-        calls(&[
-            "open sbx1",
-            &format!("scan sbx1 {}", b.workdir(&lease)),
-            "apply sbx1",
-            "start sbx1"
-        ])
+        calls(&["open sbx1", &vouch, &vouch, "apply sbx1", "start sbx1"])
     );
+}
+
+/// `(path, content or link target)` of each file of a tree.
+type Listing = Vec<(String, String)>;
+
+/// The box's tree and the local tree's.
+fn trees(b: &Bench) -> (Listing, Listing) {
+    let remote = b
+        .fake
+        .get_box("sbx1")
+        .unwrap()
+        .tree()
+        .into_iter()
+        .map(|(p, n)| {
+            let text = match n {
+                Node::File { data, .. } => String::from_utf8_lossy(&data).into_owned(),
+                Node::Symlink { target } => format!("-> {target}"),
+            };
+            (p, text)
+        })
+        .collect();
+    let m = SyncManifest::build(b.repo.path(), &SyncOptions::default()).unwrap();
+    let local = m
+        .entries
+        .iter()
+        .map(|e| {
+            let full = b.repo.path().join(&e.path);
+            let text = match &e.link_target {
+                Some(t) => format!("-> {t}"),
+                None => std::fs::read_to_string(full).unwrap(),
+            };
+            (e.path.clone(), text)
+        })
+        .collect();
+    (remote, local)
+}
+
+#[tokio::test]
+async fn a_sync_planned_from_the_last_one_makes_directories_changes_kind_and_deletes() {
+    let b = Bench::new();
+    let lease = found_up_to_date(&b).await;
+    b.remove("a.txt");
+    b.write("a.txt/inner.txt", "a directory now\n");
+    b.write("new/deep/x.txt", "x\n");
+    b.remove("src/lib.rs");
+    std::os::unix::fs::symlink("../run.sh", b.repo.path().join("new/link")).unwrap();
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    let report = outcome.sync.unwrap();
+    assert_eq!((report.sent_files, report.deleted_files), (3, 2));
+    assert_eq!(b.fake.count(Op::Scan), 0, "{:?}", b.fake.calls());
+    let (remote, local) = trees(&b);
+    assert_eq!(remote, local);
+    let second = &b.fake.get_box("sbx1").unwrap().applied[1];
+    assert!(
+        second
+            .ops
+            .contains(&crate::sync::SyncOp::EnsureDir("a.txt".into())),
+        "a file where a directory goes is removed first: {:?}",
+        second.ops
+    );
+}
+
+#[tokio::test]
+async fn an_edit_after_the_box_changed_reads_the_box() {
+    let b = Bench::new();
+    let lease = found_up_to_date(&b).await;
+    let path = format!("{}/run.sh", b.workdir(&lease));
+    b.fake.write_file("sbx1", &path, b"clobbered\n");
+    b.write("a.txt", "alpha, edited\n");
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 2);
+    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
+    let (remote, local) = trees(&b);
+    assert_eq!(remote, local);
+}
+
+#[tokio::test]
+async fn a_lost_kept_manifest_reads_the_box() {
+    let b = Bench::new();
+    let lease = found_up_to_date(&b).await;
+    let memo = b.state.path().join("sync-memo");
+    let mut trees_removed = 0;
+    for e in std::fs::read_dir(&memo).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "tree") {
+            std::fs::remove_file(p).unwrap();
+            trees_removed += 1;
+        }
+    }
+    assert_eq!(trees_removed, 1);
+    b.write("a.txt", "alpha, edited\n");
+    let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    assert_eq!(outcome.sync.unwrap().sent_files, 1);
+    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
+    assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha, edited\n"));
 }
 
 #[tokio::test]
@@ -240,13 +333,15 @@ async fn a_local_edit_after_a_vouched_run_is_sent() {
     let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
     assert_eq!(outcome.sync.unwrap().sent_files, 1);
     assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha, edited\n"));
-    // Vouched for, but the files differ: read and planned as ever.
-    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
-    // And the box changed: the next run reads it again rather than trust the old memo.
+    // Vouched for, and the files differ: planned from the files the box holds, not read.
+    assert_eq!(b.fake.count(Op::Scan), 0, "{:?}", b.fake.calls());
+    // The sync named the tree it left: the next run needs neither a reading nor a sync.
     b.fake.clear_calls();
     let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
     assert_eq!(outcome.sync.unwrap().sent_files, 0);
-    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
+    assert_eq!(b.fake.count(Op::Scan), 0, "{:?}", b.fake.calls());
+    assert_eq!(b.fake.count(Op::Vouch), 1, "{:?}", b.fake.calls());
+    assert_eq!(b.fake.count(Op::Apply), 0, "{:?}", b.fake.calls());
 }
 
 #[tokio::test]
