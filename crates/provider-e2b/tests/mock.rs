@@ -1219,10 +1219,10 @@ async fn sync_timeout_kills_the_apply_script_and_removes_its_files() {
         .expect("archive uploaded")
         .to_string();
     assert!(
-        archive.starts_with("/tmp/crabbox-") && archive.ends_with("-0.tgz"),
+        archive.starts_with("/tmp/crabbox-") && archive.ends_with("-0.tar"),
         "{archive}"
     );
-    let tag = &archive["/tmp/crabbox-".len()..archive.len() - "-0.tgz".len()];
+    let tag = &archive["/tmp/crabbox-".len()..archive.len() - "-0.tar".len()];
     let tail: Vec<_> = log
         .iter()
         .filter(|e| {
@@ -1363,7 +1363,7 @@ async fn requests_match_the_official_sdk_wire_shapes() {
     );
     let path = names[1];
     assert!(
-        path.starts_with("/tmp/crabbox-") && path.ends_with(".tgz"),
+        path.starts_with("/tmp/crabbox-") && path.ends_with(".tar"),
         "{path}"
     );
     let ctype = upload.header("content-type").unwrap();

@@ -31,6 +31,9 @@ const PACKED_AHEAD: usize = 2;
 /// From this many bytes to send, the box is asked which codecs it has (zstd is much faster
 /// than gzip, but asking costs a round trip a small sync does not need).
 const PROBE_CODECS_FROM: u64 = 8 << 20;
+/// A sync sending less than this travels as a plain tar: compressing it saves less time on
+/// the wire than starting a decompressor costs on the box.
+const STORE_BELOW: u64 = 16 << 10;
 
 /// How a run holds its lease's tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,8 +205,9 @@ impl Engine {
                     None => return Err(Error::Sync("the files to sync were never chosen".into())),
                 };
                 // Planned from the files the box holds, or `None` to read the box.
+                let digest = manifest.digest();
                 let plan = match unchanged? {
-                    true if manifest.digest() == m.manifest => Some(None),
+                    true if digest == m.manifest => Some(None),
                     true => m
                         .tree(&memo)
                         .map(|prev| SyncPlan::delta(&prev, manifest, source.delete))
@@ -219,8 +223,9 @@ impl Engine {
                 };
                 match plan {
                     Some(None) => {
-                        if manifest.digest() != m.manifest {
-                            SyncMemo::keep(&memo, manifest, m.state.clone(), &workdir, m.delete);
+                        if digest != m.manifest {
+                            let state = m.state.clone();
+                            SyncMemo::keep(&memo, manifest, digest, state, &workdir, m.delete);
                         }
                         reporter.status(&format!(
                             "sync: {} files up to date on the box (verified in {} ms)",
@@ -354,7 +359,9 @@ impl Engine {
         delete: bool,
     ) {
         match state {
-            Some(state) => SyncMemo::keep(memo, manifest, state, workdir, delete),
+            Some(state) => {
+                SyncMemo::keep(memo, manifest, manifest.digest(), state, workdir, delete)
+            }
             None => SyncMemo::forget(memo),
         }
     }
@@ -386,6 +393,8 @@ impl Engine {
                 .first()
                 .copied()
                 .unwrap_or(Codec::Gzip)
+        } else if report.sent_bytes < STORE_BELOW {
+            Codec::Stored
         } else {
             Codec::Gzip
         };

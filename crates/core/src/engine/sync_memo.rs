@@ -37,11 +37,19 @@ impl SyncMemo {
         self.workdir == workdir && self.delete == delete
     }
 
-    /// Remembers that the box's tree named `state` holds `manifest`'s files. Kept if it can
-    /// be; a memo that cannot be written is one sync less skipped.
-    pub fn keep(path: &Path, manifest: &SyncManifest, state: String, workdir: &str, delete: bool) {
+    /// Remembers that the box's tree named `state` holds `manifest`'s files (`digest` is
+    /// [`SyncManifest::digest`]). Kept if it can be; a memo that cannot be written is one
+    /// sync less skipped.
+    pub fn keep(
+        path: &Path,
+        manifest: &SyncManifest,
+        digest: String,
+        state: String,
+        workdir: &str,
+        delete: bool,
+    ) {
         let memo = SyncMemo {
-            manifest: manifest.digest(),
+            manifest: digest,
             state,
             workdir: workdir.to_string(),
             delete,
@@ -178,7 +186,7 @@ mod tests {
             total_bytes: 14,
             warnings: Vec::new(),
         };
-        SyncMemo::keep(&path, &m, "s1".into(), "/w", true);
+        SyncMemo::keep(&path, &m, m.digest(), "s1".into(), "/w", true);
         let memo = SyncMemo::read(&path).unwrap();
         assert!(memo.fits("/w", true) && !memo.fits("/w", false));
         assert_eq!(memo.state, "s1");

@@ -109,9 +109,10 @@ pub struct SyncPlan {
     pub ops: Vec<SyncOp>,
     /// The workdir is missing: everything is sent and swapped in whole.
     pub full: bool,
-    /// The record to keep on the box once the sync completed.
+    /// The record to keep on the box once the sync completed (left empty by
+    /// [`SyncPlan::delta`] when `keeps_record`).
     pub record: SyncRecord,
-    /// The box's record already lists exactly `record`'s paths: it need not be sent again.
+    /// The box's record already lists exactly the manifest's paths: it need not be sent again.
     pub keeps_record: bool,
 }
 
@@ -215,7 +216,11 @@ impl SyncPlan {
             send,
             ops,
             full: false,
-            record: SyncRecord::of(now),
+            record: if keeps_record {
+                SyncRecord::default()
+            } else {
+                SyncRecord::of(now)
+            },
             keeps_record,
         }
     }
