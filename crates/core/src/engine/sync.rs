@@ -204,13 +204,12 @@ impl Engine {
                     Some(m) => m,
                     None => return Err(Error::Sync("the files to sync were never chosen".into())),
                 };
-                // Planned from the files the box holds, or `None` to read the box.
-                let digest = manifest.digest();
+                // Planned from the files the box holds (`Some(None)`: it holds these), or
+                // `None` to read the box.
                 let plan = match unchanged? {
-                    true if digest == m.manifest => Some(None),
                     true => m
-                        .tree(&memo)
-                        .map(|prev| SyncPlan::delta(&prev, manifest, source.delete))
+                        .kept(&memo)
+                        .map(|prev| SyncPlan::delta(prev.entries(), manifest, source.delete))
                         .map(|plan| (!plan.is_noop()).then_some(plan)),
                     false => None,
                 };
@@ -223,10 +222,6 @@ impl Engine {
                 };
                 match plan {
                     Some(None) => {
-                        if digest != m.manifest {
-                            let state = m.state.clone();
-                            SyncMemo::keep(&memo, manifest, digest, state, &workdir, m.delete);
-                        }
                         reporter.status(&format!(
                             "sync: {} files up to date on the box (verified in {} ms)",
                             report.files, report.scan_ms
@@ -359,9 +354,7 @@ impl Engine {
         delete: bool,
     ) {
         match state {
-            Some(state) => {
-                SyncMemo::keep(memo, manifest, manifest.digest(), state, workdir, delete)
-            }
+            Some(state) => SyncMemo::keep(memo, manifest, state, workdir, delete),
             None => SyncMemo::forget(memo),
         }
     }

@@ -1,25 +1,28 @@
 //! What the last sync of a lease's tree left on the box, remembered on this machine
 //! (`<state dir>/sync-memo/<lease>[@workspace].json`, and the manifest itself beside it as
-//! `.tree`): these local files (by digest) on a box tree the provider named `state`. Only a
-//! hint: it is used while the provider confirms the box still holds that very tree
-//! ([`crate::provider::BoxSession::unchanged_since`]); then an unchanged manifest needs no
-//! sync, and a changed one is planned against the kept manifest
-//! ([`crate::sync::SyncPlan::delta`]) without reading the box.
+//! `.tree`): these local files on a box tree the provider named `state`. Only a hint: it is
+//! used while the provider confirms the box still holds that very tree
+//! ([`crate::provider::BoxSession::unchanged_since`]); then the new manifest is planned against
+//! the kept one ([`crate::sync::SyncPlan::delta`]) without reading the box, and nothing is
+//! sent when they are the same.
 
 use std::path::{Path, PathBuf};
 
-use crate::sync::{EntryKind, SyncEntry, SyncManifest};
+use sha2::Digest;
+
+use crate::sync::{EntryKind, KeptEntry, SyncManifest};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct SyncMemo {
-    pub manifest: String,
+    /// SHA-256 of the `.tree` file: the manifest the box holds.
+    pub tree: String,
     pub state: String,
     pub workdir: String,
     pub delete: bool,
 }
 
 /// Format tag of a kept manifest.
-const TREE_MAGIC: &[u8] = b"crabbox-tree-1\n";
+const TREE_MAGIC: &[u8] = b"crabbox-tree-2\n";
 
 impl SyncMemo {
     pub fn path(state_dir: &Path, lease: &str, workspace: &str) -> PathBuf {
@@ -37,27 +40,20 @@ impl SyncMemo {
         self.workdir == workdir && self.delete == delete
     }
 
-    /// Remembers that the box's tree named `state` holds `manifest`'s files (`digest` is
-    /// [`SyncManifest::digest`]). Kept if it can be; a memo that cannot be written is one
-    /// sync less skipped.
-    pub fn keep(
-        path: &Path,
-        manifest: &SyncManifest,
-        digest: String,
-        state: String,
-        workdir: &str,
-        delete: bool,
-    ) {
+    /// Remembers that the box's tree named `state` holds `manifest`'s files. Kept if it can
+    /// be; a memo that cannot be written is one sync less skipped.
+    pub fn keep(path: &Path, manifest: &SyncManifest, state: String, workdir: &str, delete: bool) {
+        let tree = encode(manifest);
         let memo = SyncMemo {
-            manifest: digest,
+            tree: hex::encode(sha2::Sha256::digest(&tree)),
             state,
             workdir: workdir.to_string(),
             delete,
         };
-        let (Ok(body), tree) = (serde_json::to_vec(&memo), encode(manifest)) else {
+        let Ok(body) = serde_json::to_vec(&memo) else {
             return Self::forget(path);
         };
-        // The tree first: a memo is never read beside another memo's tree (its digest says).
+        // The tree first: a memo is never read beside another memo's tree (its hash says).
         if crate::paths::write_atomic(&tree_path(path), &tree).is_err()
             || crate::paths::write_atomic(path, &body).is_err()
         {
@@ -65,10 +61,25 @@ impl SyncMemo {
         }
     }
 
-    /// The manifest this memo names, if it is kept whole (its digest is the memo's).
-    pub fn tree(&self, path: &Path) -> Option<SyncManifest> {
-        let m = decode(&std::fs::read(tree_path(path)).ok()?)?;
-        (m.digest() == self.manifest).then_some(m)
+    /// The manifest this memo names, if it is kept whole (the very bytes written with it).
+    pub fn kept(&self, path: &Path) -> Option<KeptTree> {
+        let bytes = std::fs::read(tree_path(path)).ok()?;
+        if hex::encode(sha2::Sha256::digest(&bytes)) != self.tree {
+            return None;
+        }
+        let tree = KeptTree { bytes };
+        // Read through once: whole, and sorted by path (as a manifest is).
+        let mut count = 0usize;
+        let mut last: Option<&str> = None;
+        for e in tree.iter() {
+            let e = e?;
+            if last.is_some_and(|l| l >= e.path) {
+                return None;
+            }
+            last = Some(e.path);
+            count += 1;
+        }
+        (count == tree.len()?).then_some(tree)
     }
 
     pub fn forget(path: &Path) {
@@ -81,8 +92,8 @@ fn tree_path(memo: &Path) -> PathBuf {
     memo.with_extension("tree")
 }
 
-/// A manifest's entries, compactly (the JSON of a large tree would cost more to read than the
-/// plan saves).
+/// A manifest's entries, compactly: read back without a copy of each path (reading the JSON
+/// of a large tree would cost more than the plan saves).
 fn encode(m: &SyncManifest) -> Vec<u8> {
     let mut out = TREE_MAGIC.to_vec();
     out.extend_from_slice(&(m.entries.len() as u64).to_le_bytes());
@@ -110,66 +121,82 @@ fn encode(m: &SyncManifest) -> Vec<u8> {
     out
 }
 
-/// [`encode`]'s output read back; `None` when damaged or not sorted by path.
-fn decode(bytes: &[u8]) -> Option<SyncManifest> {
-    let mut rest = bytes.strip_prefix(TREE_MAGIC)?;
-    let r = &mut rest;
-    let mut take = |n: usize| -> Option<&[u8]> {
+/// A kept manifest's bytes, checked whole ([`SyncMemo::kept`]).
+pub(super) struct KeptTree {
+    bytes: Vec<u8>,
+}
+
+impl KeptTree {
+    fn len(&self) -> Option<usize> {
+        let body = self.bytes.strip_prefix(TREE_MAGIC)?;
+        usize::try_from(u64::from_le_bytes(body.get(..8)?.try_into().ok()?)).ok()
+    }
+
+    /// The entries in order, borrowed from the bytes; `None` where they are damaged.
+    fn iter(&self) -> impl Iterator<Item = Option<KeptEntry<'_>>> {
+        let mut rest = self.bytes.strip_prefix(TREE_MAGIC).and_then(|b| b.get(8..));
+        std::iter::from_fn(move || {
+            let r = rest.as_mut()?;
+            if r.is_empty() {
+                return None;
+            }
+            let e = read_entry(r);
+            if e.is_none() {
+                rest = None;
+            }
+            Some(e)
+        })
+    }
+
+    /// The entries in order (the tree was checked whole when kept).
+    pub fn entries(&self) -> impl Iterator<Item = KeptEntry<'_>> {
+        self.iter().map_while(|e| e)
+    }
+}
+
+/// One entry of [`encode`]'s output, moving `r` past it.
+fn read_entry<'a>(r: &mut &'a [u8]) -> Option<KeptEntry<'a>> {
+    let mut take = |n: usize| -> Option<&'a [u8]> {
         let (head, tail) = r.split_at_checked(n)?;
         *r = tail;
         Some(head)
     };
-    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-    let count = usize::try_from(u64_of(take(8)?)).ok()?;
-    let mut entries = Vec::with_capacity(count.min(1 << 20));
-    for _ in 0..count {
-        let len = usize::try_from(u64_of(take(8)?)).ok()?;
-        let path = String::from_utf8(take(len)?.to_vec()).ok()?;
-        let kind = match take(1)?[0] {
-            0 => EntryKind::File,
-            1 => EntryKind::Symlink,
-            _ => return None,
-        };
-        let mode = u32::from_le_bytes(take(4)?.try_into().ok()?);
-        let size = u64_of(take(8)?);
-        let mtime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
-        let link_target = match take(1)?[0] {
-            0 => None,
-            1 => {
-                let len = usize::try_from(u64_of(take(8)?)).ok()?;
-                Some(String::from_utf8(take(len)?.to_vec()).ok()?)
-            }
-            _ => return None,
-        };
-        entries.push(SyncEntry {
-            path,
-            kind,
-            mode,
-            size,
-            mtime_ns,
-            link_target,
-        });
-    }
-    if !rest.is_empty() || !entries.is_sorted_by(|a, b| a.path < b.path) {
-        return None;
-    }
-    let total_bytes = entries.iter().map(|e| e.size).sum();
-    Some(SyncManifest {
-        entries,
-        total_bytes,
-        warnings: Vec::new(),
+    let mut len = || usize::try_from(u64::from_le_bytes(take(8)?.try_into().ok()?)).ok();
+    let n = len()?;
+    let path = std::str::from_utf8(take(n)?).ok()?;
+    let kind = match take(1)?[0] {
+        0 => EntryKind::File,
+        1 => EntryKind::Symlink,
+        _ => return None,
+    };
+    let mode = u32::from_le_bytes(take(4)?.try_into().ok()?);
+    let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let mtime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
+    let link_target = match take(1)?[0] {
+        0 => None,
+        1 => {
+            let n = usize::try_from(u64::from_le_bytes(take(8)?.try_into().ok()?)).ok()?;
+            Some(std::str::from_utf8(take(n)?).ok()?)
+        }
+        _ => return None,
+    };
+    Some(KeptEntry {
+        path,
+        kind,
+        mode,
+        size,
+        mtime_ns,
+        link_target,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::SyncEntry;
 
-    #[test]
-    fn a_kept_tree_reads_back_and_a_damaged_or_foreign_one_is_not_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m/cbx_a.json");
-        let entry = |p: &str, link: Option<&str>| SyncEntry {
+    fn entry(p: &str, link: Option<&str>) -> SyncEntry {
+        SyncEntry {
             path: p.into(),
             kind: if link.is_some() {
                 EntryKind::Symlink
@@ -180,35 +207,70 @@ mod tests {
             size: 7,
             mtime_ns: -1_500_000_000,
             link_target: link.map(String::from),
-        };
+        }
+    }
+
+    #[test]
+    fn a_kept_tree_reads_back_and_a_damaged_or_foreign_one_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m/cbx_a.json");
         let m = SyncManifest {
             entries: vec![entry("a/é.txt", None), entry("b", Some("../x"))],
             total_bytes: 14,
             warnings: Vec::new(),
         };
-        SyncMemo::keep(&path, &m, m.digest(), "s1".into(), "/w", true);
+        SyncMemo::keep(&path, &m, "s1".into(), "/w", true);
         let memo = SyncMemo::read(&path).unwrap();
         assert!(memo.fits("/w", true) && !memo.fits("/w", false));
         assert_eq!(memo.state, "s1");
-        assert_eq!(memo.tree(&path), Some(m.clone()));
+        let kept = memo.kept(&path).unwrap();
+        let back: Vec<KeptEntry<'_>> = kept.entries().collect();
+        let want: Vec<KeptEntry<'_>> = m.entries.iter().map(KeptEntry::from).collect();
+        assert_eq!(back, want);
 
         let bytes = std::fs::read(tree_path(&path)).unwrap();
         for cut in [1, 9, bytes.len() / 2] {
             std::fs::write(tree_path(&path), &bytes[..bytes.len() - cut]).unwrap();
-            assert_eq!(memo.tree(&path), None, "cut {cut}");
+            assert!(memo.kept(&path).is_none(), "cut {cut}");
         }
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 1;
         std::fs::write(tree_path(&path), &flipped).unwrap();
-        assert_eq!(memo.tree(&path), None, "a changed entry: another digest");
+        assert!(memo.kept(&path).is_none(), "changed bytes");
         let other = SyncManifest {
             entries: vec![entry("c", None)],
             ..m.clone()
         };
         std::fs::write(tree_path(&path), encode(&other)).unwrap();
-        assert_eq!(memo.tree(&path), None, "another manifest's tree");
+        assert!(memo.kept(&path).is_none(), "another manifest's tree");
         std::fs::write(tree_path(&path), &bytes).unwrap();
         SyncMemo::forget(&path);
         assert!(SyncMemo::read(&path).is_none() && !tree_path(&path).exists());
+    }
+
+    #[test]
+    fn a_damaged_or_unsorted_tree_is_never_read_even_with_a_matching_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cbx_b.json");
+        let unsorted = SyncManifest {
+            entries: vec![entry("b", None), entry("a", None)],
+            ..Default::default()
+        };
+        let mut short = encode(&SyncManifest {
+            entries: vec![entry("a", None)],
+            ..Default::default()
+        });
+        short[TREE_MAGIC.len()] = 2; // claims two entries
+        for bytes in [encode(&unsorted), short] {
+            std::fs::create_dir_all(dir.path()).unwrap();
+            std::fs::write(tree_path(&path), &bytes).unwrap();
+            let memo = SyncMemo {
+                tree: hex::encode(sha2::Sha256::digest(&bytes)),
+                state: "s".into(),
+                workdir: "/w".into(),
+                delete: true,
+            };
+            assert!(memo.kept(&path).is_none());
+        }
     }
 }

@@ -173,26 +173,6 @@ impl SyncManifest {
         self.entries.len()
     }
 
-    /// SHA-256 of every entry (path, kind, mode, size, mtime, link target): equal digests,
-    /// equal manifests.
-    pub fn digest(&self) -> String {
-        use sha2::Digest;
-        // Hashed in one pass over one buffer: many small updates cost more than the hashing.
-        let mut buf = Vec::with_capacity(self.entries.iter().map(|e| e.path.len() + 40).sum());
-        for e in &self.entries {
-            buf.extend_from_slice(e.path.as_bytes());
-            buf.extend_from_slice(&[0, matches!(e.kind, EntryKind::Symlink) as u8]);
-            buf.extend_from_slice(&e.mode.to_le_bytes());
-            buf.extend_from_slice(&e.size.to_le_bytes());
-            buf.extend_from_slice(&e.mtime_ns.to_le_bytes());
-            if let Some(t) = &e.link_target {
-                buf.extend_from_slice(t.as_bytes());
-            }
-            buf.push(0);
-        }
-        hex::encode(sha2::Sha256::digest(&buf))
-    }
-
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -25,8 +25,8 @@ pub(crate) use manifest::git_root;
 pub use manifest::{EntryKind, SyncEntry, SyncLimits, SyncManifest, SyncOptions};
 pub use pack::{split, ChunkSpec};
 pub use plan::{
-    is_safe_relative, same_mtime, PlanOptions, RemoteEntry, RemoteKind, RemoteTree, SyncOp,
-    SyncPlan,
+    is_safe_relative, same_mtime, KeptEntry, PlanOptions, RemoteEntry, RemoteKind, RemoteTree,
+    SyncOp, SyncPlan,
 };
 pub use record::{ancestors, parent, SyncRecord};
 

@@ -174,23 +174,28 @@ impl SyncPlan {
         }
     }
 
-    /// The plan from `prev` to `now` for a box known to hold exactly `prev`'s synced files
+    /// The plan from `prev` (entries sorted by path) to `now` for a box known to hold exactly `prev`'s synced files
     /// (its provider vouched that nothing changed since a sync left them so), without reading
     /// the box: what is new or differs is sent, what is gone deleted (with `delete`). The box
     /// was not read, so a new path is sent as into an unscanned directory: every directory on
     /// its way made real (a file or link a command left there removed) and a directory in its
     /// place removed, as [`SyncPlan::new`] does where it did not scan.
-    pub fn delta(prev: &SyncManifest, now: &SyncManifest, delete: bool) -> Self {
+    pub fn delta<'a>(
+        prev: impl IntoIterator<Item = KeptEntry<'a>>,
+        now: &SyncManifest,
+        delete: bool,
+    ) -> Self {
         let mut send = Vec::new();
         let mut ops = BTreeSet::new();
         let mut gone = Vec::new();
-        let mut old = prev.entries.iter().peekable();
+        let mut prev_len = 0;
+        let mut old = prev.into_iter().inspect(|_| prev_len += 1).peekable();
         for e in &now.entries {
-            while let Some(o) = old.next_if(|o| o.path < e.path) {
-                gone.push(o.path.as_str());
+            while let Some(o) = old.next_if(|o| o.path < e.path.as_str()) {
+                gone.push(o.path);
             }
             match old.next_if(|o| o.path == e.path) {
-                Some(o) if same_entry(o, e) => {}
+                Some(o) if o.same_as(e) => {}
                 Some(_) => send.push(e.clone()),
                 None => {
                     if !parent(&e.path).is_empty() {
@@ -201,8 +206,8 @@ impl SyncPlan {
                 }
             }
         }
-        gone.extend(old.map(|o| o.path.as_str()));
-        let keeps_record = gone.is_empty() && prev.len() == now.len();
+        gone.extend(old.map(|o| o.path));
+        let keeps_record = gone.is_empty() && prev_len == now.len();
         let mut ops: Vec<SyncOp> = ops.into_iter().collect();
         ops.sort_by_key(op_order);
         if delete {
@@ -251,15 +256,43 @@ fn op_order(op: &SyncOp) -> (u8, usize, String) {
     }
 }
 
-/// Two manifest entries a sync treats as the same file (as [`compare`] treats the box's).
-fn same_entry(a: &SyncEntry, b: &SyncEntry) -> bool {
-    a.kind == b.kind
-        && match a.kind {
-            EntryKind::Symlink => a.link_target == b.link_target,
-            EntryKind::File => {
-                a.size == b.size && a.mtime_ns == b.mtime_ns && a.mode & 0o777 == b.mode & 0o777
-            }
+/// An entry of a manifest kept from an earlier sync, borrowed (see [`SyncPlan::delta`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptEntry<'a> {
+    pub path: &'a str,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub link_target: Option<&'a str>,
+}
+
+impl<'a> From<&'a SyncEntry> for KeptEntry<'a> {
+    fn from(e: &'a SyncEntry) -> Self {
+        KeptEntry {
+            path: &e.path,
+            kind: e.kind,
+            mode: e.mode,
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            link_target: e.link_target.as_deref(),
         }
+    }
+}
+
+impl KeptEntry<'_> {
+    /// The same file as `e`, as a sync tells (as [`compare`] tells the box's from the local).
+    fn same_as(&self, e: &SyncEntry) -> bool {
+        self.kind == e.kind
+            && match self.kind {
+                EntryKind::Symlink => self.link_target == e.link_target.as_deref(),
+                EntryKind::File => {
+                    self.size == e.size
+                        && self.mtime_ns == e.mtime_ns
+                        && self.mode & 0o777 == e.mode & 0o777
+                }
+            }
+    }
 }
 
 /// `None` when the box holds `e` as it is; else the ops it needs before it is sent.
