@@ -58,11 +58,40 @@ impl Stamp {
     }
 }
 
-/// The listings git gave, as reused: the tracked files (`ls-files --cached -z`) and, when
-/// the tree's directories and ignore rules are as they were, the untracked ones.
+/// The listings git gave, as reused: the tracked files (`ls-files --cached -z`), and the
+/// untracked ones once [`Unverified::verify`] finds the tree's directories and ignore rules as
+/// they were.
 pub(super) struct Reused {
     pub tracked: Vec<u8>,
-    pub others: Option<Vec<u8>>,
+    pub others: Unverified,
+}
+
+/// A kept untracked listing, and the stamps it holds while.
+pub(super) struct Unverified {
+    root: PathBuf,
+    sources: Vec<(Vec<u8>, Option<Stamp>)>,
+    dirs: Vec<(Vec<u8>, Stamp, Option<Stamp>)>,
+    others: Vec<u8>,
+}
+
+impl Unverified {
+    /// The listing, while everything it depends on keeps its stamp.
+    pub(super) fn verify(self) -> Option<Vec<u8>> {
+        let sources = self
+            .sources
+            .iter()
+            .all(|(path, stamp)| Stamp::of(Path::new(std::ffi::OsStr::from_bytes(path))) == *stamp);
+        let dirs = || {
+            self.dirs.iter().all(|(rel, dir, ignore)| {
+                // A `.gitignore` made since changed its directory; one that was there may
+                // have been edited in place.
+                let at = self.root.join(std::ffi::OsStr::from_bytes(rel));
+                Stamp::of(&at) == Some(*dir)
+                    && ignore.is_none_or(|s| Stamp::of(&at.join(".gitignore")) == Some(s))
+            })
+        };
+        (sources && dirs()).then_some(self.others)
+    }
 }
 
 /// One work tree's kept listing, in `<cache dir>/<hash of the root>.listing`.
@@ -99,23 +128,21 @@ impl ListingCache {
         })
     }
 
-    /// What is kept and still true, if anything.
+    /// What is kept for this index, if anything (the untracked listing still to verify).
     pub(super) fn reuse(&self) -> Option<Reused> {
         let bytes = std::fs::read(&self.file).ok()?;
         let kept = Kept::decode(&bytes)?;
         if kept.root != self.root.as_os_str().as_bytes() || Some(kept.index) != self.index {
             return None;
         }
-        let unchanged =
-            kept.sources.iter().all(|(path, stamp)| {
-                Stamp::of(Path::new(std::ffi::OsStr::from_bytes(path))) == *stamp
-            }) && kept.dirs.iter().all(|(rel, dir, ignore)| {
-                let at = self.root.join(std::ffi::OsStr::from_bytes(rel));
-                Stamp::of(&at) == Some(*dir) && Stamp::of(&at.join(".gitignore")) == *ignore
-            });
         Some(Reused {
             tracked: kept.tracked,
-            others: unchanged.then_some(kept.others),
+            others: Unverified {
+                root: self.root.clone(),
+                sources: kept.sources,
+                dirs: kept.dirs,
+                others: kept.others,
+            },
         })
     }
 

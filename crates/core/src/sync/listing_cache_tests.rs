@@ -78,7 +78,11 @@ impl Tree {
         );
         c.keep(&tracked, &others);
         let r = self.open().reuse().expect("kept");
-        assert_eq!(r.others.as_deref(), Some(&others[..]), "reused at once");
+        assert_eq!(
+            r.others.verify().as_deref(),
+            Some(&others[..]),
+            "reused at once"
+        );
     }
 
     /// What the cache offers now, checked against git: never a listing git would not give.
@@ -88,7 +92,7 @@ impl Tree {
             return (false, false);
         };
         assert_eq!(r.tracked, git(self.root(), &["ls-files", "--cached", "-z"]));
-        let Some(others) = r.others else {
+        let Some(others) = r.others.verify() else {
             return (true, false);
         };
         let fresh = git(

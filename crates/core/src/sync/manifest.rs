@@ -6,7 +6,7 @@ use std::process::Command;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::listing_cache::ListingCache;
+use super::listing_cache::{ListingCache, Unverified};
 use crate::error::{Error, Result};
 
 /// A regular file or a symlink (kept as a link, never followed).
@@ -438,19 +438,29 @@ struct GitListing {
     cache: Option<ListingCache>,
 }
 
-/// One `git ls-files`: running, or its output reused.
+/// One `git ls-files`: running, its output reused, or a kept output to verify (and list
+/// afresh if it no longer holds).
 enum Listing {
     Running(std::process::Child),
     Kept(Vec<u8>),
+    Unverified(Unverified),
 }
 
 impl Listing {
-    /// What it listed; `None` when git will not read a work tree here.
-    fn output(self, root: &Path) -> Result<Option<Vec<u8>>> {
-        match self {
-            Listing::Kept(bytes) => Ok(Some(bytes)),
-            Listing::Running(child) => git_output(root, child.wait_with_output()),
-        }
+    /// What it listed (`None` when git will not read a work tree here), and whether git
+    /// listed it now.
+    fn output(self, root: &Path) -> Result<(Option<Vec<u8>>, bool)> {
+        let running = match self {
+            Listing::Kept(bytes) => return Ok((Some(bytes), false)),
+            Listing::Unverified(kept) => match kept.verify() {
+                Some(bytes) => return Ok((Some(bytes), false)),
+                None => {
+                    ls_files(root, OTHERS).map_err(Error::io("running git ls-files in", root))?
+                }
+            },
+            Listing::Running(child) => child,
+        };
+        Ok((git_output(root, running.wait_with_output())?, true))
     }
 
     fn stop(self) {
@@ -466,25 +476,14 @@ impl GitListing {
     fn start(root: &Path, cache_dir: Option<&Path>) -> Result<Option<Self>> {
         let cache = cache_dir.and_then(|d| ListingCache::open(d, root));
         let reused = cache.as_ref().and_then(ListingCache::reuse);
-        let ls = |which: &[&str]| {
-            Command::new("git")
-                .arg("-C")
-                .arg(root)
-                .arg("ls-files")
-                .args(which)
-                .arg("-z")
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-        };
         let (tracked, others) = match reused {
-            Some(r) => (Some(r.tracked), r.others),
+            // Verified while the tracked files are read.
+            Some(r) => (Some(r.tracked), Some(r.others)),
             None => (None, None),
         };
         let others = match others {
-            Some(bytes) => Listing::Kept(bytes),
-            None => match ls(&["--others", "--exclude-standard"]) {
+            Some(kept) => Listing::Unverified(kept),
+            None => match ls_files(root, OTHERS) {
                 Ok(c) => Listing::Running(c),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(Error::io("running git ls-files in", root)(e)),
@@ -492,7 +491,7 @@ impl GitListing {
         };
         let cached = match tracked {
             Some(bytes) => Listing::Kept(bytes),
-            None => match ls(&["--cached"]) {
+            None => match ls_files(root, &["--cached"]) {
                 Ok(c) => Listing::Running(c),
                 Err(e) => {
                     others.stop();
@@ -516,8 +515,8 @@ impl GitListing {
             others,
             cache,
         } = self;
-        let fresh = matches!(cached, Listing::Running(_)) || matches!(others, Listing::Running(_));
-        let Some(tracked_bytes) = cached.output(root)? else {
+        let (tracked_bytes, tracked_fresh) = cached.output(root)?;
+        let Some(tracked_bytes) = tracked_bytes else {
             others.stop();
             let walked = walk_files(root)?;
             filters.refuse_not_utf8(root, &walked.not_utf8)?;
@@ -529,7 +528,7 @@ impl GitListing {
         std::thread::scope(|scope| -> Result<()> {
             let tracked = stat_spawn(scope, root, &cached.files, filters);
             let listed = others.output(root);
-            let untracked = listed.and_then(|o| {
+            let untracked = listed.and_then(|(o, others_fresh)| {
                 let o = o.ok_or_else(|| {
                     Error::Sync(format!(
                         "git ls-files --others failed in {} after --cached worked",
@@ -537,6 +536,7 @@ impl GitListing {
                     ))
                 })?;
                 // Kept for the next run while the tracked files are read.
+                let fresh = tracked_fresh || others_fresh;
                 let keeping = cache.as_ref().filter(|_| fresh).map(|c| {
                     let (tracked, others) = (tracked_bytes.clone(), o.clone());
                     scope.spawn(move || c.keep(&tracked, &others))
@@ -559,6 +559,23 @@ impl GitListing {
         filters.refuse_not_utf8(root, &not_utf8)?;
         Ok((entries, sparse))
     }
+}
+
+/// `git ls-files` of the untracked files git does not ignore.
+const OTHERS: &[&str] = &["--others", "--exclude-standard"];
+
+/// `git ls-files <which> -z` in `root`, started.
+fn ls_files(root: &Path, which: &[&str]) -> std::io::Result<std::process::Child> {
+    Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .arg("ls-files")
+        .args(which)
+        .arg("-z")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
 }
 
 /// What one `git ls-files` printed; `None` when git will not read a work tree here.
