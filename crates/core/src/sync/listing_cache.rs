@@ -9,7 +9,9 @@
 //! file all have the stamps they had. A directory that gains, loses or renames an entry
 //! changes its mtime and ctime, so a new untracked file anywhere git looks is seen; a file
 //! edited in place changes no directory, and the stat pass that follows every listing reads
-//! it. Any doubt (`GIT_DIR`, `GIT_INDEX_FILE`, `GIT_CONFIG*` and the like in the environment, `.git` not a directory at the root,
+//! it. `GIT_CONFIG*` variables are part of the key (and a config file they name is stamped).
+//! Any doubt (`GIT_DIR`, `GIT_INDEX_FILE` and the like in the environment, `.git` not a
+//! directory at the root,
 //! a directory or ignore file changed so recently that a later change could share its
 //! timestamp, an unreadable cache) means git lists the tree as before.
 
@@ -20,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// Format tag of a cache file.
-const MAGIC: &[u8] = b"crabbox-listing-1\n";
+const MAGIC: &[u8] = b"crabbox-listing-2\n";
 /// A directory or ignore file changed less than this before the listing started is not
 /// vouched for: a change right after the listing could leave it the same timestamp.
 /// Two seconds: above the timestamp granularity of every common filesystem.
@@ -40,8 +42,11 @@ impl Stamp {
     /// `None` for a path that is not there (or cannot be read: then it never matches a
     /// kept stamp of a file that was there).
     fn of(path: &Path) -> Option<Stamp> {
-        let m = std::fs::symlink_metadata(path).ok()?;
-        Some(Stamp {
+        Some(Stamp::of_meta(&std::fs::symlink_metadata(path).ok()?))
+    }
+
+    fn of_meta(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
             dev: m.dev(),
             ino: m.ino(),
             // A directory's size says nothing the times do not, and differs between
@@ -49,7 +54,26 @@ impl Stamp {
             size: if m.is_dir() { 0 } else { m.size() },
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
-        })
+        }
+    }
+
+    /// The stamp of a file git reads its config or ignore rules from, through symlinks (as
+    /// git reads it: a dotfile is often a link); a device (`/dev/null`, which isolated setups
+    /// name as their config) reads empty whatever its times say.
+    fn of_source(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::FileTypeExt;
+        let m = std::fs::metadata(path).ok()?;
+        let t = m.file_type();
+        if t.is_char_device() || t.is_block_device() {
+            return Some(Stamp {
+                dev: 0,
+                ino: 0,
+                size: u64::MAX,
+                mtime: (0, 0),
+                ctime: (0, 0),
+            });
+        }
+        Some(Stamp::of_meta(&m))
     }
 
     /// Changed at or after `since` (as far as its timestamps tell).
@@ -77,10 +101,9 @@ pub(super) struct Unverified {
 impl Unverified {
     /// The listing, while everything it depends on keeps its stamp.
     pub(super) fn verify(self) -> Option<Vec<u8>> {
-        let sources = self
-            .sources
-            .iter()
-            .all(|(path, stamp)| Stamp::of(Path::new(std::ffi::OsStr::from_bytes(path))) == *stamp);
+        let sources = self.sources.iter().all(|(path, stamp)| {
+            Stamp::of_source(Path::new(std::ffi::OsStr::from_bytes(path))) == *stamp
+        });
         let dirs = || {
             self.dirs.iter().all(|(rel, dir, ignore)| {
                 // A `.gitignore` made since changed its directory; one that was there may
@@ -98,6 +121,8 @@ impl Unverified {
 pub(super) struct ListingCache {
     file: PathBuf,
     root: PathBuf,
+    /// [`cache_key`].
+    key: Vec<u8>,
     /// The index's stamp, taken before git reads it (a later change makes it differ).
     index: Option<Stamp>,
     /// When listing started.
@@ -122,6 +147,7 @@ impl ListingCache {
         Some(ListingCache {
             file: dir.join(format!("{key}.listing")),
             root: root.to_path_buf(),
+            key: cache_key(root),
             index: Stamp::of(&root.join(".git/index")),
             started: SystemTime::now(),
             racy: RACY,
@@ -132,7 +158,7 @@ impl ListingCache {
     pub(super) fn reuse(&self) -> Option<Reused> {
         let bytes = std::fs::read(&self.file).ok()?;
         let kept = Kept::decode(&bytes)?;
-        if kept.root != self.root.as_os_str().as_bytes() || Some(kept.index) != self.index {
+        if kept.root != self.key || Some(kept.index) != self.index {
             return None;
         }
         Some(Reused {
@@ -175,14 +201,14 @@ impl ListingCache {
         }
         let mut sources = Vec::new();
         for path in ignore_sources(&self.root) {
-            let stamp = Stamp::of(&path);
+            let stamp = Stamp::of_source(&path);
             if stamp.is_some_and(|s| s.is_racy(since)) {
                 return;
             }
             sources.push((path.into_os_string().into_vec(), stamp));
         }
         let kept = Kept {
-            root: self.root.as_os_str().as_bytes().to_vec(),
+            root: self.key.clone(),
             index,
             sources,
             dirs: stamped,
@@ -220,9 +246,23 @@ fn steers_git(name: &[u8]) -> bool {
         b"GIT_INDEX_FILE",
         b"GIT_COMMON_DIR",
     ];
-    NAMES.contains(&name)
-        || name.starts_with(b"GIT_CONFIG")
-        || (name.starts_with(b"GIT_") && name.ends_with(b"_PATHSPECS"))
+    NAMES.contains(&name) || (name.starts_with(b"GIT_") && name.ends_with(b"_PATHSPECS"))
+}
+
+/// The root and every `GIT_CONFIG*` variable (which config files git reads, and settings given
+/// in the environment): a listing is reused only under the same.
+fn cache_key(root: &Path) -> Vec<u8> {
+    let mut vars: Vec<Vec<u8>> = std::env::vars_os()
+        .filter(|(k, _)| k.as_bytes().starts_with(b"GIT_CONFIG"))
+        .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+        .collect();
+    vars.sort();
+    let mut key = root.as_os_str().as_bytes().to_vec();
+    for v in vars {
+        key.push(0);
+        key.extend_from_slice(&v);
+    }
+    key
 }
 
 /// Files whose change can change what git ignores, besides each directory's `.gitignore`:
@@ -240,6 +280,13 @@ fn ignore_sources(root: &Path) -> Vec<PathBuf> {
         root.join(".git/config"),
         PathBuf::from("/etc/gitconfig"),
     ];
+    for var in ["GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_CONFIG"] {
+        paths.extend(
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        );
+    }
     if let Some(h) = &home {
         paths.push(h.join(".gitconfig"));
     }

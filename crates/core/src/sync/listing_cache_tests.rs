@@ -193,6 +193,33 @@ fn a_change_to_the_ignore_rules_lists_the_untracked_files_again() {
 }
 
 #[test]
+fn an_ignore_source_is_read_through_its_symlink_and_a_device_is_stable() {
+    let t = Tree::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("exclude");
+    std::fs::write(&target, "# nothing\n").unwrap();
+    let exclude = t.root().join(".git/info/exclude");
+    let _ = std::fs::remove_file(&exclude);
+    std::fs::create_dir_all(exclude.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&target, &exclude).unwrap();
+    t.keep();
+    assert_eq!(t.reused(), (true, true));
+    // The link stays as it was; what it points at changes (a dotfile manager's layout).
+    std::fs::write(&target, "untracked.txt\n").unwrap();
+    assert_eq!(t.reused(), (true, false));
+
+    let null = Path::new("/dev/null");
+    let before = Stamp::of_source(null);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(null)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .unwrap();
+    assert_eq!(Stamp::of_source(null), before);
+    assert!(before.is_some());
+}
+
+#[test]
 fn a_changed_index_lists_both_again() {
     let t = Tree::new();
     t.keep();
