@@ -28,6 +28,7 @@ mod sync;
 mod sync_memo;
 #[cfg(test)]
 mod tests;
+mod tree_lock;
 mod workspaces;
 
 use std::path::PathBuf;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::boxcmd::{capture, fields};
-use super::sync::{Hold, TreeLock};
+use super::tree_lock::{Hold, TreeLock};
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::events::Reporter;

@@ -2,7 +2,7 @@
 //! locked on its own on this machine.
 
 use super::*;
-use crate::engine::sync::{Hold, TreeLock};
+use crate::engine::tree_lock::{Hold, TreeLock};
 use crate::testing::Script;
 
 fn in_workspace(mut req: RunRequest, name: &str) -> RunRequest {

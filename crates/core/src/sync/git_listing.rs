@@ -1,0 +1,178 @@
+//! `git ls-files` of a work tree (tracked, and untracked-not-ignored), each listing reused
+//! from the [`ListingCache`] while it holds, and the listed files stat'ed while git still
+//! walks (a part of [`super`], manifest.rs).
+
+use std::path::Path;
+use std::process::Command;
+
+use super::super::listing_cache::{ListingCache, Unverified};
+use super::{
+    git_root, stat_all, stat_join, stat_parallel, stat_spawn, walk_files, Candidates, Filters,
+    Stated,
+};
+use crate::error::{Error, Result};
+
+/// `git ls-files` of the tracked files and, side by side, of the untracked ones git does not
+/// ignore (the slower of the two: it walks the tree); either reused from `cache` while what
+/// it depends on is unchanged.
+pub(super) struct GitListing {
+    cached: Listing,
+    others: Listing,
+    cache: Option<ListingCache>,
+}
+
+/// One `git ls-files`: running, its output reused, or a kept output to verify (and list
+/// afresh if it no longer holds).
+enum Listing {
+    Running(std::process::Child),
+    Kept(Vec<u8>),
+    Unverified(Unverified),
+}
+
+impl Listing {
+    /// What it listed (`None` when git will not read a work tree here), and whether git
+    /// listed it now.
+    fn output(self, root: &Path) -> Result<(Option<Vec<u8>>, bool)> {
+        let running = match self {
+            Listing::Kept(bytes) => return Ok((Some(bytes), false)),
+            Listing::Unverified(kept) => match kept.verify() {
+                Some(bytes) => return Ok((Some(bytes), false)),
+                None => {
+                    ls_files(root, OTHERS).map_err(Error::io("running git ls-files in", root))?
+                }
+            },
+            Listing::Running(child) => child,
+        };
+        Ok((git_output(root, running.wait_with_output())?, true))
+    }
+
+    fn stop(self) {
+        if let Listing::Running(mut child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl GitListing {
+    /// Both listings started (or reused); `None` where there is no git to ask.
+    pub(super) fn start(root: &Path, cache_dir: Option<&Path>) -> Result<Option<Self>> {
+        let cache = cache_dir.and_then(|d| ListingCache::open(d, root));
+        let reused = cache.as_ref().and_then(ListingCache::reuse);
+        let (tracked, others) = match reused {
+            // Verified while the tracked files are read.
+            Some(r) => (Some(r.tracked), Some(r.others)),
+            None => (None, None),
+        };
+        let others = match others {
+            Some(kept) => Listing::Unverified(kept),
+            None => match ls_files(root, OTHERS) {
+                Ok(c) => Listing::Running(c),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io("running git ls-files in", root)(e)),
+            },
+        };
+        let cached = match tracked {
+            Some(bytes) => Listing::Kept(bytes),
+            None => match ls_files(root, &["--cached"]) {
+                Ok(c) => Listing::Running(c),
+                Err(e) => {
+                    others.stop();
+                    return Err(Error::io("running git ls-files in", root)(e));
+                }
+            },
+        };
+        Ok(Some(GitListing {
+            cached,
+            others,
+            cache,
+        }))
+    }
+
+    /// The entries of every listed file `filters` keep: the tracked ones are read on a few
+    /// threads while git still lists the untracked ones. Outside a work tree git will read
+    /// (none, or one it refuses), the tree is walked instead.
+    pub(super) fn stat(self, root: &Path, filters: &Filters<'_>) -> Result<Stated> {
+        let GitListing {
+            cached,
+            others,
+            cache,
+        } = self;
+        let (tracked_bytes, tracked_fresh) = cached.output(root)?;
+        let Some(tracked_bytes) = tracked_bytes else {
+            others.stop();
+            let walked = walk_files(root)?;
+            filters.refuse_not_utf8(root, &walked.not_utf8)?;
+            return stat_parallel(root, &walked.files, filters);
+        };
+        let cached = Candidates::of(&tracked_bytes);
+        let (mut entries, mut sparse) = (Vec::with_capacity(cached.files.len()), Vec::new());
+        let mut not_utf8 = cached.not_utf8;
+        std::thread::scope(|scope| -> Result<()> {
+            let tracked = stat_spawn(scope, root, &cached.files, filters);
+            let listed = others.output(root);
+            let untracked = listed.and_then(|(o, others_fresh)| {
+                let o = o.ok_or_else(|| {
+                    Error::Sync(format!(
+                        "git ls-files --others failed in {} after --cached worked",
+                        root.display()
+                    ))
+                })?;
+                // Kept for the next run while the tracked files are read.
+                let fresh = tracked_fresh || others_fresh;
+                let keeping = cache.as_ref().filter(|_| fresh).map(|c| {
+                    let (tracked, others) = (tracked_bytes.clone(), o.clone());
+                    scope.spawn(move || c.keep(&tracked, &others))
+                });
+                let found = Candidates::of(&o);
+                not_utf8.extend(found.not_utf8);
+                let stated = stat_all(root, &found.files, filters);
+                if let Some(k) = keeping {
+                    let _ = k.join();
+                }
+                stated
+            });
+            let joined = stat_join(tracked, &mut entries, &mut sparse);
+            let (found, holes) = untracked?;
+            joined?;
+            entries.extend(found);
+            sparse.extend(holes);
+            Ok(())
+        })?;
+        filters.refuse_not_utf8(root, &not_utf8)?;
+        Ok((entries, sparse))
+    }
+}
+
+/// `git ls-files` of the untracked files git does not ignore.
+const OTHERS: &[&str] = &["--others", "--exclude-standard"];
+
+/// `git ls-files <which> -z` in `root`, started.
+fn ls_files(root: &Path, which: &[&str]) -> std::io::Result<std::process::Child> {
+    Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .arg("ls-files")
+        .args(which)
+        .arg("-z")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+}
+
+/// What one `git ls-files` printed; `None` when git will not read a work tree here.
+fn git_output(root: &Path, out: std::io::Result<std::process::Output>) -> Result<Option<Vec<u8>>> {
+    let out = out.map_err(Error::io("running git ls-files in", root))?;
+    if !out.status.success() {
+        if git_root(root).is_none() {
+            return Ok(None);
+        }
+        return Err(Error::Sync(format!(
+            "git ls-files failed in {}: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(Some(out.stdout))
+}
