@@ -215,25 +215,8 @@ impl ListingCache {
             tracked: tracked.to_vec(),
             others: others.to_vec(),
         };
-        let Some(dir) = self.file.parent() else {
-            return;
-        };
-        if std::fs::create_dir_all(dir).is_err() {
-            return;
-        }
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            self.file
-                .file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        if std::fs::write(&tmp, kept.encode()).is_ok() && std::fs::rename(&tmp, &self.file).is_ok()
-        {
-            return;
-        }
-        let _ = std::fs::remove_file(&tmp);
+        // Replaced whole (a unique temporary file, renamed), so a reader never sees half.
+        let _ = crate::paths::write_atomic(&self.file, &kept.encode());
     }
 }
 
