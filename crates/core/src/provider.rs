@@ -327,6 +327,10 @@ pub struct ApplySync<'a> {
     /// once the files are in place (see [`record_path`]); `None` when the record the box
     /// holds (as read for this sync's plan) already lists exactly these paths, so it stays.
     pub record: Option<&'a [u8]>,
+    /// The files the chunks carry, when few enough to list: a provider names the tree the sync
+    /// left (the `apply_sync` result) only if it can tell that the box holds exactly these
+    /// there and nothing else changed meanwhile.
+    pub sent: Option<&'a [crate::sync::SyncEntry]>,
     pub workdir: &'a str,
     /// How many chunks the feed carries (a provider may apply a lone chunk and commit in one
     /// step).
@@ -377,7 +381,8 @@ pub trait BoxSession: Send + Sync {
     /// abandons the sync: nothing of it is left on the box when this returns, and the previous
     /// tree is intact where the provider can stage (E2B). Returns the state the sync left the
     /// tree in (as [`RemoteTree::state`] names a reading) when the provider can later vouch
-    /// for it with [`BoxSession::unchanged_since`]; `None` otherwise.
+    /// for it with [`BoxSession::unchanged_since`] and can tell that the tree is exactly the
+    /// one before with this sync's changes (no other writer's among them); `None` otherwise.
     ///
     /// [`RemoteTree::state`]: crate::sync::RemoteTree::state
     async fn apply_sync(

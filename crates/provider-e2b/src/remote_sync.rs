@@ -77,6 +77,15 @@ pub async fn apply(
     if let Some(record) = req.record {
         beside.push((format!("{stage}.rec"), record.to_vec()));
     }
+    // The commit fails rather than take a missing file for "none sent".
+    let sent_beside: BTreeMap<String, String> = [
+        ("CBX_OPS_SENT", !req.ops.is_empty()),
+        ("CBX_REC_SENT", req.record.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, sent)| *sent)
+    .map(|(k, _)| (k.to_string(), "1".to_string()))
+    .collect();
     // Pids of the scripts started (0 before): killed if the sync is abandoned.
     let pids = std::sync::Mutex::new(Vec::<u32>::new());
 
@@ -102,6 +111,7 @@ pub async fn apply(
             let script = if req.chunks == 1 {
                 committed = true;
                 envs.insert("CBX_RECORD".into(), record_path(workdir));
+                envs.extend(sent_beside.clone());
                 envs.insert("CBX_UNPACK".into(), UNPACK_SCRIPT.into());
                 envs.insert("CBX_COMMIT".into(), COMMIT_SCRIPT.into());
                 UNPACK_THEN_COMMIT
@@ -144,11 +154,12 @@ pub async fn apply(
                 )))
             };
         }
-        let envs = BTreeMap::from([
+        let mut envs = BTreeMap::from([
             ("CBX_WORKDIR".to_string(), workdir.to_string()),
             ("CBX_STAGE".to_string(), stage.clone()),
             ("CBX_RECORD".to_string(), record_path(workdir)),
         ]);
+        envs.extend(sent_beside);
         finished(envd, run_script(envd, COMMIT_SCRIPT, envs, &pids).await).map(drop)
     };
     // One deadline for all of it; a cancel or the deadline drops `work` here, so the remote

@@ -97,7 +97,8 @@ impl Box_ {
                 cmd.args(["-c", UNPACK_THEN_COMMIT])
                     .env("CBX_UNPACK", UNPACK_SCRIPT)
                     .env("CBX_COMMIT", COMMIT_SCRIPT)
-                    .env("CBX_RECORD", record_path(wd.to_str().unwrap()));
+                    .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
+                    .env("CBX_OPS_SENT", if ops.is_empty() { "" } else { "1" });
             }
             let out = cmd.output().unwrap();
             assert!(
@@ -113,6 +114,8 @@ impl Box_ {
             .env("CBX_WORKDIR", &wd)
             .env("CBX_STAGE", &stage)
             .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
+            .env("CBX_OPS_SENT", if ops.is_empty() { "" } else { "1" })
+            .env("CBX_REC_SENT", "1")
             .output()
             .unwrap()
     }
@@ -201,6 +204,43 @@ fn an_edit_keeps_the_record_on_the_box_and_unpacks_and_commits_in_one_process() 
     assert!(!wd.join("d").exists(), "the ops ran");
     assert_eq!(read(&wd.join("b.txt")), "b3");
     assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
+}
+
+#[test]
+fn a_commit_whose_ops_or_record_went_missing_fails_and_changes_nothing() {
+    let b = Box_::new();
+    b.write_src("a.txt", "a1");
+    b.apply_ok(&["a.txt"], &[]);
+    let wd = b.wd();
+    let stage = staging_dir(wd.to_str().unwrap(), "lost");
+    std::fs::create_dir_all(&stage).unwrap();
+    std::fs::write(Path::new(&stage).join("a.txt"), "a2").unwrap();
+    for missing in ["CBX_OPS_SENT", "CBX_REC_SENT"] {
+        std::fs::create_dir_all(&stage).unwrap();
+        std::fs::write(Path::new(&stage).join("a.txt"), "a2").unwrap();
+        let out = std::process::Command::new("/bin/bash")
+            .args(["-c", COMMIT_SCRIPT])
+            .env("CBX_WORKDIR", &wd)
+            .env("CBX_STAGE", &stage)
+            .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
+            .env(missing, "1")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{missing}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("missing"),
+            "{missing}"
+        );
+        assert_eq!(
+            read(&wd.join("a.txt")),
+            "a1",
+            "{missing}: the workdir is as it was"
+        );
+        assert!(
+            !Path::new(&stage).exists(),
+            "{missing}: the staging directory is removed"
+        );
+    }
 }
 
 #[test]

@@ -309,6 +309,23 @@ pub fn watcher_segment(state: &[u8]) -> Option<Vec<u8>> {
     one.rest.is_empty().then(|| segment.to_vec())
 }
 
+/// The paths a patch segment names as changed, and the entries it gives for those there now.
+pub fn segment_changes(segment: &[u8]) -> Option<(Vec<String>, RemoteTree)> {
+    let mut c = Cursor { rest: segment };
+    let n: usize = std::str::from_utf8(c.field()?.strip_prefix(b"C")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let mut changed = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        changed.push(String::from_utf8(c.field()?.to_vec()).ok()?);
+    }
+    let mut now = RemoteTree::default();
+    let mut whole = Cursor { rest: segment };
+    read_segment(&mut whole, &mut now).ok()?;
+    whole.rest.is_empty().then_some((changed, now))
+}
+
 /// A segment that changes nothing.
 pub fn is_empty_segment(segment: &[u8]) -> bool {
     segment == b"C0\0E0\0"

@@ -161,7 +161,12 @@ impl BoxSession for E2bSession {
                         let changes = crate::remote_sync::watcher_changes(&self.envd, &ctl, &w.id);
                         if let Some(segment) = changes.await {
                             let noted = c.extend_patch(&self.sandbox_id, req.workdir, w, &segment);
-                            state = noted.map(|n| n.state());
+                            // The tree is named only when the watcher saw this sync's changes
+                            // and no one else's (a command still running, another machine).
+                            let own = req
+                                .sent
+                                .is_some_and(|sent| only_the_syncs(&segment, sent, req.ops));
+                            state = noted.filter(|_| own).map(|n| n.state());
                         }
                     }
                 }
@@ -224,6 +229,58 @@ impl BoxSession for E2bSession {
     }
 }
 
+/// Every change a watcher saw during a sync is the sync's own: each path it names is a file
+/// the sync sent, now holding what was sent, a directory on the way to one, or a path the
+/// sync's ops removed or cleared (or a directory emptied on the way to one); and every sent
+/// file is among them.
+fn only_the_syncs(
+    segment: &[u8],
+    sent: &[crabbox_core::sync::SyncEntry],
+    ops: &[crabbox_core::sync::SyncOp],
+) -> bool {
+    use crabbox_core::sync::{ancestors, same_mtime, EntryKind, RemoteKind, SyncOp};
+    use std::collections::{HashMap, HashSet};
+    let Some((changed, now)) = crate::scan::segment_changes(segment) else {
+        return false;
+    };
+    let by_path: HashMap<&str, &crabbox_core::sync::SyncEntry> =
+        sent.iter().map(|e| (e.path.as_str(), e)).collect();
+    let on_the_way: HashSet<&str> = sent.iter().flat_map(|e| ancestors(&e.path)).collect();
+    let op_paths: HashSet<&str> = ops
+        .iter()
+        .map(|op| match op {
+            SyncOp::Clear(p) | SyncOp::EnsureDir(p) | SyncOp::ClearIfDir(p) | SyncOp::Delete(p) => {
+                p.as_str()
+            }
+        })
+        .collect();
+    let op_ways: HashSet<&str> = op_paths.iter().flat_map(|p| ancestors(p)).collect();
+    let changed_set: HashSet<&str> = changed.iter().map(String::as_str).collect();
+    let holds = |p: &str, e: &crabbox_core::sync::SyncEntry| {
+        now.entries.get(p).is_some_and(|r| match e.kind {
+            EntryKind::File => {
+                r.kind == RemoteKind::File
+                    && r.size == e.size
+                    && same_mtime(r.mtime_ns, e.mtime_ns)
+                    && r.mode & 0o777 == e.mode & 0o777
+            }
+            EntryKind::Symlink => r.kind == RemoteKind::Symlink && r.link_target == e.link_target,
+        })
+    };
+    let explained = |p: &str| match by_path.get(p) {
+        Some(e) => holds(p, e),
+        None => {
+            let dir_now = now.entries.get(p).is_none_or(|r| r.kind == RemoteKind::Dir);
+            (on_the_way.contains(p) && dir_now)
+                || op_paths.contains(p)
+                || op_ways.contains(p)
+                || ancestors(p).any(|a| op_paths.contains(a))
+        }
+    };
+    changed.iter().all(|p| explained(p))
+        && sent.iter().all(|e| changed_set.contains(e.path.as_str()))
+}
+
 /// envd's process events as the engine's. A stream that breaks (or ends without the
 /// command's end) because the sandbox died says so: the control plane is asked.
 struct E2bExecStream {
@@ -274,5 +331,71 @@ impl ExecStream for E2bExecStream {
                 ProcessEvent::Keepalive(_) => continue,
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::only_the_syncs;
+    use crabbox_core::sync::{EntryKind, SyncEntry, SyncOp};
+
+    fn file(path: &str, size: u64) -> SyncEntry {
+        SyncEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size,
+            mtime_ns: 1_700_000_000_123_456_789,
+            link_target: None,
+        }
+    }
+
+    /// A watcher's segment: the changed paths, then the entries of those there now.
+    fn segment(changed: &[&str], now: &[(&str, &str, u64)]) -> Vec<u8> {
+        let mut s = format!("C{}\0", changed.len()).into_bytes();
+        for p in changed {
+            s.extend_from_slice(format!("{p}\0").as_bytes());
+        }
+        s.extend_from_slice(format!("E{}\0", now.len()).as_bytes());
+        for (kind, path, size) in now {
+            s.extend_from_slice(
+                format!("{kind}\0644\0{size}\01700000000.123456789\0./{path}\0\0").as_bytes(),
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn a_tree_is_named_after_a_sync_only_when_every_change_seen_is_the_syncs() {
+        let sent = [file("src/b.txt", 5)];
+        let ops = [SyncOp::Delete("gone/old.txt".into())];
+        let own = segment(
+            &["src/b.txt", "gone/old.txt", "gone"],
+            &[("f", "src/b.txt", 5)],
+        );
+        assert!(only_the_syncs(&own, &sent, &ops));
+        // Another writer's file changed meanwhile.
+        let other = segment(
+            &["src/b.txt", "a.txt"],
+            &[("f", "src/b.txt", 5), ("f", "a.txt", 1)],
+        );
+        assert!(!only_the_syncs(&other, &sent, &ops));
+        // The sent file was rewritten after the sync (another size now).
+        let rewritten = segment(&["src/b.txt"], &[("f", "src/b.txt", 6)]);
+        assert!(!only_the_syncs(&rewritten, &sent, &ops));
+        // A sent file the watcher never saw change cannot be vouched for.
+        assert!(!only_the_syncs(&segment(&[], &[]), &sent, &ops));
+        // A directory made on the way to a sent file is the sync's; a file there is not.
+        let way = segment(
+            &["src", "src/b.txt"],
+            &[("d", "src", 0), ("f", "src/b.txt", 5)],
+        );
+        assert!(only_the_syncs(&way, &sent, &[]));
+        let not_a_dir = segment(
+            &["src", "src/b.txt"],
+            &[("f", "src", 0), ("f", "src/b.txt", 5)],
+        );
+        assert!(!only_the_syncs(&not_a_dir, &sent, &[]));
+        assert!(!only_the_syncs(b"damaged", &sent, &[]));
     }
 }

@@ -35,6 +35,9 @@ const PROBE_CODECS_FROM: u64 = 8 << 20;
 /// A sync sending less than this travels as a plain tar: compressing it saves less time on
 /// the wire than starting a decompressor costs on the box.
 const STORE_BELOW: u64 = 16 << 10;
+/// A sync of at most this many files lists them for the provider ([`ApplySync::sent`]);
+/// a larger one's tree is read by the next run.
+const LIST_SENT_AT_MOST: usize = 4096;
 
 /// The files of a run's sync, chosen on a blocking thread while the engine reaches and
 /// reads the box.
@@ -226,7 +229,9 @@ impl Engine {
                 "sync: {} files up to date on the box (verified in {} ms)",
                 report.files, report.scan_ms
             ));
-            let state = remote.state.filter(|_| !req.checksum);
+            // Kept only where the box's record lists these very paths: a later plan from the
+            // kept manifest deletes and keeps the record as if it did.
+            let state = remote.state.filter(|_| !req.checksum && plan.keeps_record);
             self.keep_memo(&memo, manifest, state, &workdir, source.delete);
         } else {
             let plan = self.record_plan(plan, &mut report);
@@ -303,6 +308,8 @@ impl Engine {
         } else {
             Codec::Gzip
         };
+        // What was sent, for the provider to check the tree it left against (a small sync's).
+        let sent = (plan.send.len() <= LIST_SENT_AT_MOST).then(|| plan.send.clone());
         // The plan's list moves into the chunks: one copy of a large tree's entries, not two.
         let chunks = split(&source.root, std::mem::take(&mut plan.send), codec);
         // The box's record stays when it already lists these very paths (an edit): a large
@@ -311,6 +318,7 @@ impl Engine {
         let apply = ApplySync {
             ops: &plan.ops,
             record: record.as_deref(),
+            sent: sent.as_deref(),
             workdir: &acquired.workdir,
             chunks: chunks.len(),
             timeout: self.sync_timeout,

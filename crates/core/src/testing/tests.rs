@@ -82,6 +82,7 @@ async fn a_bad_archive_leaves_the_tree_as_it_was() {
     let req = crate::provider::ApplySync {
         ops: &keep,
         record: Some(b""),
+        sent: None,
         workdir: "/crabbox/cbx_aaaaaaaaaaaa",
         chunks: 1,
         timeout: Duration::from_secs(5),

@@ -6,8 +6,9 @@
 # workdir-relative path; nothing is done through a symlink:
 #   c  remove the path whatever it is      p  make every component of the dir a real dir or absent
 #   u  remove the path if it is a real dir x  delete a file crabbox synced before
-# Inputs (environment): CBX_WORKDIR, CBX_STAGE, CBX_RECORD. The staging directory, ops and record
-# copy are removed however it ends.
+# Inputs (environment): CBX_WORKDIR, CBX_STAGE, CBX_RECORD, and CBX_OPS_SENT / CBX_REC_SENT when
+# the ops / a new record were sent (then their absence is a failure, never "none"). The staging
+# directory, ops and record copy are removed however it ends.
 set -u
 fail() { printf 'crabbox sync: %s\n' "$*" >&2; exit 1; }
 ops=$CBX_STAGE.ops
@@ -15,6 +16,8 @@ rec=$CBX_STAGE.rec
 trap 'rm -rf -- "$CBX_STAGE" "$ops" "$rec"' EXIT
 wd=$CBX_WORKDIR
 [ -d "$CBX_STAGE" ] || fail "the staging directory $CBX_STAGE is missing"
+[ -z "${CBX_OPS_SENT:-}" ] || [ -f "$ops" ] || fail "the sync's ops $ops are missing; $wd was left as it was"
+[ -z "${CBX_REC_SENT:-}" ] || [ -f "$rec" ] || fail "the sync record $rec is missing; $wd was left as it was"
 up=${wd%/*}
 [ -d "${up:-/}" ] || mkdir -p -- "${up:-/}" || fail "cannot create the parent directory of $wd"
 # The new record, if any, in place of the old; the same record is left (a watcher of the tree
