@@ -108,6 +108,7 @@ impl GitListing {
         let cached = Candidates::of(&tracked_bytes);
         let (mut entries, mut sparse) = (Vec::with_capacity(cached.files.len()), Vec::new());
         let mut not_utf8 = cached.not_utf8;
+        let mut mixed = false;
         std::thread::scope(|scope| -> Result<()> {
             let tracked = stat_spawn(scope, root, &cached.files, filters);
             let listed = others.output(root);
@@ -118,6 +119,9 @@ impl GitListing {
                         root.display()
                     ))
                 })?;
+                // A reused tracked listing beside a fresh untracked one: the index must not have
+                // moved between them (a file `git add`ed meanwhile would be in neither).
+                mixed = !tracked_fresh && others_fresh;
                 // Kept for the next run while the tracked files are read.
                 let fresh = tracked_fresh || others_fresh;
                 let keeping = cache.as_ref().filter(|_| fresh).map(|c| {
@@ -139,6 +143,15 @@ impl GitListing {
             sparse.extend(holes);
             Ok(())
         })?;
+        if mixed && cache.as_ref().is_some_and(ListingCache::index_moved) {
+            return match GitListing::start(root, None)? {
+                Some(git) => git.stat(root, filters),
+                None => Err(Error::Sync(format!(
+                    "git stopped listing {} while it was being read",
+                    root.display()
+                ))),
+            };
+        }
         filters.refuse_not_utf8(root, &not_utf8)?;
         Ok((entries, sparse))
     }

@@ -154,6 +154,11 @@ impl ListingCache {
         })
     }
 
+    /// `.git/index` is no longer the file it was when this cache was opened.
+    pub(super) fn index_moved(&self) -> bool {
+        Stamp::of(&self.root.join(".git/index")) != self.index
+    }
+
     /// What is kept for this index, if anything (the untracked listing still to verify).
     pub(super) fn reuse(&self) -> Option<Reused> {
         let bytes = std::fs::read(&self.file).ok()?;
@@ -232,11 +237,14 @@ fn steers_git(name: &[u8]) -> bool {
     NAMES.contains(&name) || (name.starts_with(b"GIT_") && name.ends_with(b"_PATHSPECS"))
 }
 
-/// The root and every `GIT_CONFIG*` variable (which config files git reads, and settings given
-/// in the environment): a listing is reused only under the same.
+/// The root, `HOME`, `XDG_CONFIG_HOME` and every `GIT_CONFIG*` variable (which config files git
+/// reads, and settings given in the environment): a listing is reused only under the same.
 fn cache_key(root: &Path) -> Vec<u8> {
     let mut vars: Vec<Vec<u8>> = std::env::vars_os()
-        .filter(|(k, _)| k.as_bytes().starts_with(b"GIT_CONFIG"))
+        .filter(|(k, _)| {
+            let k = k.as_bytes();
+            k.starts_with(b"GIT_CONFIG") || k == b"HOME" || k == b"XDG_CONFIG_HOME"
+        })
         .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
         .collect();
     vars.sort();
@@ -280,7 +288,32 @@ fn ignore_sources(root: &Path) -> Vec<PathBuf> {
     if let Some(file) = excludes_file(root) {
         paths.push(file);
     }
+    paths.extend(config_files(root));
     paths
+}
+
+/// Every config file git reads here, includes too (`git config --list --show-origin`).
+fn config_files(root: &Path) -> Vec<PathBuf> {
+    let Ok(out) = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["config", "--list", "--show-origin", "-z"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = out
+        .stdout
+        .split(|b| *b == 0)
+        .filter_map(|f| f.strip_prefix(b"file:"))
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .collect();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// `core.excludesFile`, where set, as git resolves it.

@@ -220,6 +220,29 @@ fn an_ignore_source_is_read_through_its_symlink_and_a_device_is_stable() {
 }
 
 #[test]
+fn a_config_file_included_from_another_is_stamped_too() {
+    let t = Tree::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let extra = elsewhere.path().join("extra.gitconfig");
+    std::fs::write(&extra, "[core]\n\tpager = cat\n").unwrap();
+    let ignore = elsewhere.path().join("ignore");
+    std::fs::write(&ignore, "untracked.txt\n").unwrap();
+    git(
+        t.root(),
+        &["config", "include.path", extra.to_str().unwrap()],
+    );
+    t.keep();
+    assert_eq!(t.reused(), (true, true));
+    // The included file now names an excludes file: the untracked listing changes.
+    std::fs::write(
+        &extra,
+        format!("[core]\n\texcludesFile = {}\n", ignore.display()),
+    )
+    .unwrap();
+    assert_eq!(t.reused(), (true, false));
+}
+
+#[test]
 fn a_changed_index_lists_both_again() {
     let t = Tree::new();
     t.keep();
