@@ -294,22 +294,11 @@ fn ignore_sources(root: &Path) -> Vec<PathBuf> {
 
 /// Every config file git reads here, includes too (`git config --list --show-origin`).
 fn config_files(root: &Path) -> Vec<PathBuf> {
-    let Ok(out) = std::process::Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(["config", "--list", "--show-origin", "-z"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-    else {
-        return Vec::new();
-    };
+    let out = git_config(root, &["--list", "--show-origin", "-z"]).unwrap_or_default();
     let mut files: Vec<PathBuf> = out
-        .stdout
         .split(|b| *b == 0)
         .filter_map(|f| f.strip_prefix(b"file:"))
-        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .map(|p| rooted(root, p))
         .collect();
     files.sort();
     files.dedup();
@@ -318,18 +307,33 @@ fn config_files(root: &Path) -> Vec<PathBuf> {
 
 /// `core.excludesFile`, where set, as git resolves it.
 fn excludes_file(root: &Path) -> Option<PathBuf> {
+    let out = git_config(root, &["--get", "--path", "core.excludesFile"])?;
+    let path = out.strip_suffix(b"\n").unwrap_or(&out);
+    (!path.is_empty()).then(|| rooted(root, path))
+}
+
+/// What `git config <args>` prints in `root`, when it succeeds.
+fn git_config(root: &Path, args: &[&str]) -> Option<Vec<u8>> {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(root)
-        .args(["config", "--get", "--path", "core.excludesFile"])
+        .arg("config")
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
-    let path = out.stdout.strip_suffix(b"\n").unwrap_or(&out.stdout);
-    (out.status.success() && !path.is_empty())
-        .then(|| PathBuf::from(std::ffi::OsStr::from_bytes(path)))
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+    out.status.success().then_some(out.stdout)
+}
+
+/// A path git printed, relative ones taken from `root`.
+fn rooted(root: &Path, path: &[u8]) -> PathBuf {
+    let p = PathBuf::from(std::ffi::OsStr::from_bytes(path));
+    if p.is_absolute() {
+        p
+    } else {
+        root.join(p)
+    }
 }
 
 /// Every directory git walked to list the tree (root-relative, `""` the root): those on the
