@@ -51,9 +51,12 @@ const REPORT_FROM: u64 = 1 << 20;
 /// sync's random tag (this script's own command line does not contain it), then removes the
 /// sync's files.
 const REAP_SCRIPT: &str = include_str!("scripts/sync_reap.sh");
-/// Runs the unpack script (in a subshell: its exit trap is its own), then the commit script
-/// (each given in the environment), in one process on the box.
-const UNPACK_THEN_COMMIT: &str = r#"( eval "$CBX_UNPACK" ) && eval "$CBX_COMMIT""#;
+/// Runs the unpack script (in a subshell, so its `exit` on a failure is its own), then the
+/// commit script (each given in the environment), in one process on the box. With
+/// `CBX_JOINED` set neither removes the upload alone: one `rm` at the end removes everything
+/// (this trap if the unpack failed, the commit's if it ran).
+const UNPACK_THEN_COMMIT: &str = r#"trap 'rm -rf -- "$CBX_CHUNK" "$CBX_STAGE" "$CBX_STAGE.ops" "$CBX_STAGE.rec"' EXIT
+( eval "$CBX_UNPACK" ) && eval "$CBX_COMMIT""#;
 
 /// Sends and unpacks each chunk as it arrives, then commits, within `req.timeout` for all of
 /// it. On cancel (`Error::Interrupted`), the deadline, an `Err` in the feed or any failure,
@@ -99,7 +102,15 @@ pub async fn apply(
             sent += chunk.len;
             let remote = format!("/tmp/crabbox-{tag}-{n}.{}", extension(chunk.codec));
             let small: &[_] = if n == 0 { &beside } else { &[] };
-            upload_file(envd, small, &chunk.file, &remote, timeout).await?;
+            let upload = upload_file(envd, small, &chunk.file, &remote, timeout);
+            if n == 0 {
+                // The staging directory is made beside the first upload, so the box starts no
+                // `mkdir` for it (the script makes it if this failed).
+                let (uploaded, _) = tokio::join!(upload, envd.make_dir(&stage));
+                uploaded?;
+            } else {
+                upload.await?;
+            }
             drop(chunk.file);
             let mut envs = BTreeMap::from([
                 ("CBX_CHUNK".to_string(), remote),
@@ -110,6 +121,8 @@ pub async fn apply(
             // A lone chunk is unpacked and committed by one process: one round trip less.
             let script = if req.chunks == 1 {
                 committed = true;
+                // The commit's cleanup removes the upload too: one `rm` less.
+                envs.insert("CBX_JOINED".into(), "1".into());
                 envs.insert("CBX_RECORD".into(), record_path(workdir));
                 envs.extend(sent_beside.clone());
                 envs.insert("CBX_UNPACK".into(), UNPACK_SCRIPT.into());
@@ -535,7 +548,8 @@ async fn upload_file(
     }));
     let feed = async move {
         loop {
-            let mut buf = vec![0u8; UPLOAD_CHUNK];
+            // No larger than the file: a small sync's upload touches no unused memory.
+            let mut buf = vec![0u8; UPLOAD_CHUNK.min(len.max(1) as usize)];
             match file.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => {

@@ -95,6 +95,7 @@ impl Box_ {
                 cmd.args(["-c", UNPACK_SCRIPT]);
             } else {
                 cmd.args(["-c", UNPACK_THEN_COMMIT])
+                    .env("CBX_JOINED", "1")
                     .env("CBX_UNPACK", UNPACK_SCRIPT)
                     .env("CBX_COMMIT", COMMIT_SCRIPT)
                     .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
@@ -320,6 +321,44 @@ fn failed_extract_leaves_the_workdir_intact() {
     assert_eq!(read(&wd.join("keep.txt")), "old");
     assert!(!upload.exists(), "upload removed even on failure");
     assert!(!Path::new(&record_path(wd.to_str().unwrap())).exists());
+}
+
+#[test]
+fn a_failed_extract_in_one_process_with_its_commit_leaves_the_workdir_and_nothing_else() {
+    let b = Box_::new();
+    let wd = b.wd();
+    std::fs::create_dir_all(&wd).unwrap();
+    std::fs::write(wd.join("keep.txt"), "old").unwrap();
+    let upload = b.dir.path().join("crabbox-broken-0.tgz");
+    std::fs::write(&upload, b"\x1f\x8bnot really gzip").unwrap();
+    let stage = staging_dir(wd.to_str().unwrap(), "x");
+    // As the provider sends it: the staging directory already made, the ops beside it.
+    std::fs::create_dir_all(&stage).unwrap();
+    let ops = format!("{stage}.ops");
+    std::fs::write(
+        &ops,
+        SyncOp::encode_all(&[SyncOp::Delete("keep.txt".into())]),
+    )
+    .unwrap();
+    let out = std::process::Command::new("/bin/bash")
+        .args(["-c", UNPACK_THEN_COMMIT])
+        .env("CBX_JOINED", "1")
+        .env("CBX_UNPACK", UNPACK_SCRIPT)
+        .env("CBX_COMMIT", COMMIT_SCRIPT)
+        .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
+        .env("CBX_OPS_SENT", "1")
+        .env("CBX_CHUNK", &upload)
+        .env("CBX_CODEC", "gzip")
+        .env("CBX_STAGE", &stage)
+        .env("CBX_WORKDIR", &wd)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("left as it was"));
+    assert_eq!(read(&wd.join("keep.txt")), "old", "the ops never ran");
+    for left in [upload.clone(), PathBuf::from(&stage), PathBuf::from(&ops)] {
+        assert!(!left.exists(), "{} is removed", left.display());
+    }
 }
 
 #[test]

@@ -1413,9 +1413,19 @@ async fn requests_match_the_official_sdk_wire_shapes() {
         assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
         assert!(body["path"].as_str().unwrap().starts_with('/'), "{body}");
     }
-    assert_eq!(
-        unary("/filesystem.Filesystem/MakeDir")[0].json(),
-        json!({"path": "/home/user/crabbox"})
+    // The workdir (`--no-sync`), and a sync's staging directory made beside its upload.
+    let made: Vec<Value> = unary("/filesystem.Filesystem/MakeDir")
+        .iter()
+        .map(Wire::json)
+        .collect();
+    assert!(made.contains(&json!({"path": "/home/user/crabbox"})), "{made:?}");
+    assert!(
+        made.iter().any(|m| m["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/home/user/.crabbox.crabbox-stage-")
+            && m.as_object().unwrap().len() == 1),
+        "{made:?}"
     );
     // Start: a server stream, one enveloped JSON message, keepalive pings asked for, and no
     // Connect-Timeout-Ms (envd would SIGKILL the command at that deadline).

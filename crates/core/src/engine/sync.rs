@@ -39,6 +39,13 @@ const STORE_BELOW: u64 = 16 << 10;
 /// a larger one's tree is read by the next run.
 const LIST_SENT_AT_MOST: usize = 4096;
 
+/// Where a sync's tree is remembered: the manifest sent, the memo's path, the box workdir.
+struct Sent<'a> {
+    manifest: &'a SyncManifest,
+    memo: &'a std::path::Path,
+    workdir: &'a str,
+}
+
 /// The files of a run's sync, chosen on a blocking thread while the engine reaches and
 /// reads the box.
 pub(super) struct Choosing {
@@ -114,7 +121,12 @@ impl Engine {
                 let t = Instant::now();
                 let local = chosen.wait(&req.cancel, reporter);
                 let vouched = cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state));
-                let (manifest, unchanged) = tokio::join!(local, vouched);
+                // Read (and checked) while the local files are: only used if the box vouches.
+                let kept = {
+                    let (m, memo) = (m.clone(), memo.clone());
+                    tokio::task::spawn_blocking(move || m.kept(&memo))
+                };
+                let (manifest, unchanged, kept) = tokio::join!(local, vouched, kept);
                 let manifest = match source.manifest.as_ref().or(manifest?) {
                     Some(m) => m,
                     None => return Err(Error::Sync("the files to sync were never chosen".into())),
@@ -122,8 +134,9 @@ impl Engine {
                 // Planned from the files the box holds (`Some(None)`: it holds these), or
                 // `None` to read the box.
                 let plan = match unchanged? {
-                    true => m
-                        .kept(&memo)
+                    true => kept
+                        .ok()
+                        .flatten()
                         .map(|prev| SyncPlan::delta(prev.entries(), manifest, source.delete))
                         .map(|plan| (!plan.is_noop()).then_some(plan)),
                     false => None,
@@ -156,11 +169,14 @@ impl Engine {
                         if !lock.waited && still.await? {
                             let plan = self.record_plan(plan, &mut report);
                             let sent = Instant::now();
-                            let state = self
-                                .send(acquired, source, plan, &mut report, req, reporter)
+                            let to = Sent {
+                                manifest,
+                                memo: &memo,
+                                workdir: &workdir,
+                            };
+                            self.send(acquired, source, plan, to, &mut report, req, reporter)
                                 .await?;
                             report.apply_ms = ms(sent.elapsed());
-                            self.keep_memo(&memo, manifest, state, &workdir, source.delete);
                             self.synced(acquired, workdir)?;
                             lock.hold(Hold::Shared, reporter, &req.cancel).await?;
                             return Ok((Some(report), lock));
@@ -235,11 +251,14 @@ impl Engine {
             self.keep_memo(&memo, manifest, state, &workdir, source.delete);
         } else {
             let plan = self.record_plan(plan, &mut report);
-            let state = self
-                .send(acquired, source, plan, &mut report, req, reporter)
+            let to = Sent {
+                manifest,
+                memo: &memo,
+                workdir: &workdir,
+            };
+            self.send(acquired, source, plan, to, &mut report, req, reporter)
                 .await?;
             report.apply_ms = ms(t.elapsed()).saturating_sub(report.pack_ms);
-            self.keep_memo(&memo, manifest, state, &workdir, source.delete);
         }
         self.synced(acquired, workdir)?;
         // The command runs while the tree is held shared: other runs' commands may run
@@ -277,24 +296,26 @@ impl Engine {
     }
 
     /// Packs what `plan` sends and has the box apply it (the tree lock held exclusively);
-    /// returns the state the provider says it left the tree in.
+    /// then remembers the tree the box holds where the provider names it (see [`SyncMemo`]).
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         acquired: &Acquired,
         source: &SyncSource,
         mut plan: SyncPlan,
+        to: Sent<'_>,
         report: &mut SyncReport,
         req: &RunRequest,
         reporter: &dyn Reporter,
-    ) -> Result<Option<String>> {
+    ) -> Result<()> {
         let session = acquired.session.as_ref();
         let t = Instant::now();
-        // What the last sync left is void until this one completes.
-        SyncMemo::forget(&SyncMemo::path(
-            &self.state_dir,
-            &acquired.target.lease_id,
-            &acquired.workspace,
-        ));
+        // What the last sync left is void until this one completes. The new tree is written
+        // while the box applies it, and named once the provider says what it left.
+        SyncMemo::forget(to.memo);
+        let tree = super::sync_memo::encode(to.manifest);
+        let memo = to.memo.to_path_buf();
+        let keeping = tokio::task::spawn_blocking(move || SyncMemo::keep_tree(&memo, tree));
         reporter.status(&describe(&plan, report));
         let codec = if report.sent_bytes >= PROBE_CODECS_FROM {
             session
@@ -329,9 +350,21 @@ impl Engine {
         let packing = self.pack(source, chunks, tx, wire.clone(), reporter, &req.cancel);
         let (applied, packed) = tokio::join!(session.apply_sync(&apply, rx, reporter), packing);
         reporter.finish_progress();
-        // A packing failure is the cause of the apply's abandonment: report it first.
-        packed?;
-        let state = applied?;
+        let kept = keeping.await.ok().flatten();
+        let state = match (packed, applied) {
+            // A packing failure is the cause of the apply's abandonment: report it first.
+            (Err(e), _) | (_, Err(e)) => {
+                SyncMemo::forget(to.memo);
+                return Err(e);
+            }
+            (Ok(()), Ok(state)) => state,
+        };
+        match (state, kept) {
+            (Some(state), Some(tree)) => {
+                SyncMemo::name(to.memo, tree, state, to.workdir, source.delete)
+            }
+            _ => SyncMemo::forget(to.memo),
+        }
         report.wire_bytes = wire.load(Ordering::Relaxed);
         reporter.status(&format!(
             "sync: done in {} ms (read the box {} ms, packed and sent {} as {}, applied)",
@@ -340,7 +373,7 @@ impl Engine {
             human_bytes(report.sent_bytes),
             human_bytes(report.wire_bytes),
         ));
-        Ok(state)
+        Ok(())
     }
 
     /// Records a sync of `workdir`: the claim keeps the lease's workdir (main's, never a

@@ -43,20 +43,33 @@ impl SyncMemo {
     /// Remembers that the box's tree named `state` holds `manifest`'s files. Kept if it can
     /// be; a memo that cannot be written is one sync less skipped.
     pub fn keep(path: &Path, manifest: &SyncManifest, state: String, workdir: &str, delete: bool) {
-        let tree = encode(manifest);
+        match Self::keep_tree(path, encode(manifest)) {
+            Some(tree) => Self::name(path, tree, state, workdir, delete),
+            None => Self::forget(path),
+        }
+    }
+
+    /// Writes a memo's tree (`encode`d), before the memo that names it: a sync writes it while
+    /// the box applies. Its hash, if it was written.
+    pub fn keep_tree(path: &Path, tree: Vec<u8>) -> Option<String> {
+        crate::paths::write_atomic(&tree_path(path), &tree).ok()?;
+        Some(hex::encode(sha2::Sha256::digest(&tree)))
+    }
+
+    /// Remembers that the box's tree named `state` holds the tree [`SyncMemo::keep_tree`] wrote
+    /// (hash `tree`). The tree first: a memo is never read beside another memo's tree (its
+    /// hash says).
+    pub fn name(path: &Path, tree: String, state: String, workdir: &str, delete: bool) {
         let memo = SyncMemo {
-            tree: hex::encode(sha2::Sha256::digest(&tree)),
+            tree,
             state,
             workdir: workdir.to_string(),
             delete,
         };
-        let Ok(body) = serde_json::to_vec(&memo) else {
-            return Self::forget(path);
-        };
-        // The tree first: a memo is never read beside another memo's tree (its hash says).
-        if crate::paths::write_atomic(&tree_path(path), &tree).is_err()
-            || crate::paths::write_atomic(path, &body).is_err()
-        {
+        let written = serde_json::to_vec(&memo)
+            .ok()
+            .is_some_and(|body| crate::paths::write_atomic(path, &body).is_ok());
+        if !written {
             Self::forget(path);
         }
     }
@@ -94,8 +107,14 @@ fn tree_path(memo: &Path) -> PathBuf {
 
 /// A manifest's entries, compactly: read back without a copy of each path (reading the JSON
 /// of a large tree would cost more than the plan saves).
-fn encode(m: &SyncManifest) -> Vec<u8> {
-    let mut out = TREE_MAGIC.to_vec();
+pub(super) fn encode(m: &SyncManifest) -> Vec<u8> {
+    // Sized once: a large tree's bytes are not copied as they grow.
+    let fixed = 8 + 1 + 4 + 8 + 16 + 1;
+    let size = m.entries.iter().fold(TREE_MAGIC.len() + 8, |n, e| {
+        n + fixed + e.path.len() + e.link_target.as_ref().map_or(0, |t| 8 + t.len())
+    });
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(TREE_MAGIC);
     out.extend_from_slice(&(m.entries.len() as u64).to_le_bytes());
     let text = |b: &[u8], out: &mut Vec<u8>| {
         out.extend_from_slice(&(b.len() as u64).to_le_bytes());

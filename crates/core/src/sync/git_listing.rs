@@ -7,8 +7,7 @@ use std::process::Command;
 
 use super::super::listing_cache::{ListingCache, Unverified};
 use super::{
-    git_root, stat_all, stat_join, stat_parallel, stat_spawn, walk_files, Candidates, Filters,
-    Stated,
+    git_root, stat_all, stat_join, stat_parallel, stat_spawn, walk_files, Filters, Stated,
 };
 use crate::error::{Error, Result};
 
@@ -101,16 +100,11 @@ impl GitListing {
         let (tracked_bytes, tracked_fresh) = cached.output(root)?;
         let Some(tracked_bytes) = tracked_bytes else {
             others.stop();
-            let walked = walk_files(root)?;
-            filters.refuse_not_utf8(root, &walked.not_utf8)?;
-            return stat_parallel(root, &walked.files, filters);
+            return stat_parallel(root, &walk_files(root)?, filters);
         };
-        let cached = Candidates::of(&tracked_bytes);
-        let (mut entries, mut sparse) = (Vec::with_capacity(cached.files.len()), Vec::new());
-        let mut not_utf8 = cached.not_utf8;
         let mut mixed = false;
-        std::thread::scope(|scope| -> Result<()> {
-            let tracked = stat_spawn(scope, root, &cached.files, filters);
+        let found = std::thread::scope(|scope| -> Result<Stated> {
+            let tracked = stat_spawn(scope, root, &tracked_bytes, filters);
             let listed = others.output(root);
             let untracked = listed.and_then(|(o, others_fresh)| {
                 let o = o.ok_or_else(|| {
@@ -128,20 +122,17 @@ impl GitListing {
                     let (tracked, others) = (tracked_bytes.clone(), o.clone());
                     scope.spawn(move || c.keep(&tracked, &others))
                 });
-                let found = Candidates::of(&o);
-                not_utf8.extend(found.not_utf8);
-                let stated = stat_all(root, &found.files, filters);
+                let stated = stat_all(root, &o, filters, 0);
                 if let Some(k) = keeping {
                     let _ = k.join();
                 }
                 stated
             });
-            let joined = stat_join(tracked, &mut entries, &mut sparse);
-            let (found, holes) = untracked?;
-            joined?;
-            entries.extend(found);
-            sparse.extend(holes);
-            Ok(())
+            let joined = stat_join(tracked);
+            let untracked = untracked?;
+            let mut found = joined?;
+            found.append(untracked);
+            Ok(found)
         })?;
         if mixed && cache.as_ref().is_some_and(ListingCache::index_moved) {
             return match GitListing::start(root, None)? {
@@ -152,8 +143,7 @@ impl GitListing {
                 ))),
             };
         }
-        filters.refuse_not_utf8(root, &not_utf8)?;
-        Ok((entries, sparse))
+        Ok(found)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The sync manifest: which files of the working tree go to the box.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
@@ -101,14 +101,16 @@ impl SyncManifest {
             include: include.as_ref(),
         };
         let cache_dir = opts.listing_cache.as_deref();
-        let (mut entries, sparse) = match GitListing::start(root, cache_dir)? {
+        let stated = match GitListing::start(root, cache_dir)? {
             Some(git) => git.stat(root, &filters)?,
-            None => {
-                let walked = walk_files(root)?;
-                filters.refuse_not_utf8(root, &walked.not_utf8)?;
-                stat_parallel(root, &walked.files, &filters)?
-            }
+            None => stat_parallel(root, &walk_files(root)?, &filters)?,
         };
+        filters.refuse_not_utf8(root, &stated.not_utf8)?;
+        let Stated {
+            mut entries,
+            sparse,
+            ..
+        } = stated;
         entries.sort_unstable_by(|a: &SyncEntry, b: &SyncEntry| a.path.cmp(&b.path));
         entries.dedup_by(|a, b| a.path == b.path);
         let total_bytes = entries.iter().map(|e| e.size).sum();
@@ -189,8 +191,23 @@ const SPARSE_MIN_BYTES: u64 = 16 << 20;
 const STAT_THREADS: usize = 4;
 const STAT_BATCH_MIN: usize = 2048;
 
-/// A file's entry, and its (path, size, bytes on disk) when it is sparse.
-type Stated = (Vec<SyncEntry>, Vec<(String, u64, u64)>);
+/// What reading the files of a listing found.
+#[derive(Default)]
+struct Stated {
+    entries: Vec<SyncEntry>,
+    /// (path, size, bytes on disk) of each sparse file.
+    sparse: Vec<(String, u64, u64)>,
+    /// (lossy, escaped) of each listed name that is not UTF-8 (not read).
+    not_utf8: Vec<(String, String)>,
+}
+
+impl Stated {
+    fn append(&mut self, other: Stated) {
+        self.entries.extend(other.entries);
+        self.sparse.extend(other.sparse);
+        self.not_utf8.extend(other.not_utf8);
+    }
+}
 
 /// What leaves a file out besides the built-in rules.
 struct Filters<'a> {
@@ -245,10 +262,12 @@ impl Filters<'_> {
         {
             return false;
         }
-        if self
-            .exclude
-            .matched_path_or_any_parents(rel, false)
-            .is_ignore()
+        // Asked of every file: an empty matcher (the usual case) is not walked up each path.
+        if !self.exclude.is_empty()
+            && self
+                .exclude
+                .matched_path_or_any_parents(rel, false)
+                .is_ignore()
         {
             return false;
         }
@@ -257,41 +276,65 @@ impl Filters<'_> {
     }
 }
 
-/// The entries of `batch` (workdir-relative paths) that `filters` keep, as they are on disk
-/// now; a path gone since it was listed, a directory (a submodule), a special file, or one
-/// under a directory that is now a symlink (reading through it could leave the tree) is left
-/// out.
-fn stat_all(root: &Path, batch: &[String], filters: &Filters<'_>) -> Result<Stated> {
-    let mut entries = Vec::with_capacity(batch.len());
-    let mut sparse = Vec::new();
+/// The entries of the NUL-separated `listing` (workdir-relative paths) that `filters` keep,
+/// as they are on disk now; a path gone since it was listed, a directory (a submodule), a
+/// special file, or one under a directory that is now a symlink (reading through it could
+/// leave the tree) is left out. Names are looked up from their open directory, each directory
+/// checked and opened once per run of its files; nothing is allocated per file but its entry.
+fn stat_all(root: &Path, listing: &[u8], filters: &Filters<'_>, capacity: usize) -> Result<Stated> {
+    let mut found = Stated {
+        entries: Vec::with_capacity(capacity),
+        ..Stated::default()
+    };
     let mut real_dirs = std::collections::HashSet::new();
-    // The directory of the previous path, open: its neighbours are looked up from it.
-    let mut dir: Option<(&str, std::fs::File)> = None;
+    // The directory of the previous path: open, or `None` when its files are skipped.
+    let mut dir: Option<(&str, Option<std::fs::File>)> = None;
+    let mut last: &[u8] = &[];
+    let mut c_name = Vec::with_capacity(256);
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
-    for rel in batch {
-        if !filters.keeps(rel) || !parents_are_real_dirs(root, rel, &mut real_dirs) {
+    for raw in listing.split(|b| *b == 0) {
+        // git lists a path once per stage of a merge conflict.
+        if raw.is_empty() || raw == last {
             continue;
         }
-        let full = root.join(rel);
+        last = raw;
+        let Ok(rel) = std::str::from_utf8(raw) else {
+            found.not_utf8.push((
+                String::from_utf8_lossy(raw).into_owned(),
+                raw.escape_ascii().to_string(),
+            ));
+            continue;
+        };
+        if !filters.keeps(rel) {
+            continue;
+        }
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         if dir.as_ref().is_none_or(|(d, _)| *d != parent) {
-            let path = root.join(parent);
-            match open_dir(&path) {
-                Ok(f) => dir = Some((parent, f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("reading", path)(e)),
-            }
+            let opened = if parents_are_real_dirs(root, rel, &mut real_dirs) {
+                let path = root.join(parent);
+                match open_dir(&path) {
+                    Ok(f) => Some(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(Error::io("reading", path)(e)),
+                }
+            } else {
+                None
+            };
+            dir = Some((parent, opened));
         }
-        let at = &dir.as_ref().expect("opened above").1;
-        let st = match lstat_at(at, name) {
+        let Some(at) = dir.as_ref().and_then(|(_, f)| f.as_ref()) else {
+            continue;
+        };
+        let st = match lstat_at(at, name, &mut c_name) {
             Ok(st) => st,
             // Deleted but still tracked: not part of the tree any more.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("reading", full)(e)),
+            Err(e) => return Err(Error::io("reading", root.join(rel))(e)),
         };
         let (kind, link_target) = match st.st_mode & libc::S_IFMT {
             libc::S_IFLNK => {
+                let full = root.join(rel);
                 let target = std::fs::read_link(&full).map_err(Error::io("reading link", &full))?;
                 (
                     EntryKind::Symlink,
@@ -313,19 +356,21 @@ fn stat_all(root: &Path, batch: &[String], filters: &Filters<'_>) -> Result<Stat
         let mode = st.st_mode;
         let surely_readable =
             euid == 0 || mode & 0o004 != 0 || (st.st_uid == euid && mode & 0o400 != 0);
-        if kind == EntryKind::File && !surely_readable && !readable(&full) {
+        if kind == EntryKind::File && !surely_readable && !readable_at(at, &c_name) {
             return Err(Error::Sync(format!(
                 "cannot read {}: permission denied; make it readable, or leave it out with \
                  .crabboxignore or sync.exclude",
-                full.display()
+                root.join(rel).display()
             )));
         }
         if kind == EntryKind::File && is_sparse(size, blocks) {
-            sparse.push((rel.clone(), size, blocks.saturating_mul(512)));
+            found
+                .sparse
+                .push((rel.to_string(), size, blocks.saturating_mul(512)));
         }
         let mtime_ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
-        entries.push(SyncEntry {
-            path: rel.clone(),
+        found.entries.push(SyncEntry {
+            path: rel.to_string(),
             kind,
             mode: mode & super::SYNCED_MODE_BITS,
             size,
@@ -333,7 +378,7 @@ fn stat_all(root: &Path, batch: &[String], filters: &Filters<'_>) -> Result<Stat
             link_target,
         });
     }
-    Ok((entries, sparse))
+    Ok(found)
 }
 
 /// A directory opened to look names up in (never through a final symlink).
@@ -345,18 +390,23 @@ fn open_dir(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// lstat of `name` in the open directory `dir`.
-fn lstat_at(dir: &std::fs::File, name: &str) -> std::io::Result<libc::stat> {
+/// lstat of `name` in the open directory `dir`; `c_name` is left holding `name`
+/// NUL-terminated (for [`readable_at`]).
+fn lstat_at(dir: &std::fs::File, name: &str, c_name: &mut Vec<u8>) -> std::io::Result<libc::stat> {
     use std::os::fd::AsRawFd;
-    let c = std::ffi::CString::new(name)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a zeroed stat is a valid out-parameter; `c` is NUL-terminated and `dir` an open
-    // descriptor for the duration of the call.
+    if name.contains('\0') {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    c_name.clear();
+    c_name.extend_from_slice(name.as_bytes());
+    c_name.push(0);
+    // SAFETY: a zeroed stat is a valid out-parameter; `c_name` is NUL-terminated (and holds no
+    // other NUL) and `dir` an open descriptor for the duration of the call.
     unsafe {
         let mut st: libc::stat = std::mem::zeroed();
         if libc::fstatat(
             dir.as_raw_fd(),
-            c.as_ptr(),
+            c_name.as_ptr().cast(),
             &mut st,
             libc::AT_SYMLINK_NOFOLLOW,
         ) == 0
@@ -372,14 +422,16 @@ fn is_sparse(size: u64, blocks: u64) -> bool {
     size >= SPARSE_MIN_BYTES && blocks.saturating_mul(512) < size / 2
 }
 
-/// The calling user may read `path` (a cheap check, no file is opened).
-fn readable(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+/// The calling user may read `c_name` (NUL-terminated, as [`lstat_at`] leaves it) in the
+/// open directory `dir` (a cheap check, no file is opened).
+fn readable_at(dir: &std::fs::File, c_name: &[u8]) -> bool {
+    use std::os::fd::AsRawFd;
+    if c_name.last() != Some(&0) {
         return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    unsafe { libc::access(c.as_ptr(), libc::R_OK) == 0 }
+    }
+    // SAFETY: `c_name` is NUL-terminated and `dir` an open descriptor for the duration of the
+    // call.
+    unsafe { libc::faccessat(dir.as_raw_fd(), c_name.as_ptr().cast(), libc::R_OK, 0) == 0 }
 }
 
 /// Walks up from `start` to the enclosing git work tree's root, if any.
@@ -397,95 +449,79 @@ pub fn git_root(start: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(s.trim_end_matches('\n')))
 }
 
-/// The files a tree offers, and those whose names are not UTF-8 (as `(lossy, escaped)`).
-struct Candidates {
-    files: Vec<String>,
-    not_utf8: Vec<(String, String)>,
+/// `listing` (NUL-separated) cut into at most `parts` runs of whole names, of about equal
+/// length.
+fn split_listing(listing: &[u8], parts: usize) -> Vec<&[u8]> {
+    let mut runs = Vec::with_capacity(parts);
+    let mut start = 0;
+    for i in 1..parts {
+        let at = (listing.len() * i / parts).max(start);
+        let cut = listing[at..]
+            .iter()
+            .position(|b| *b == 0)
+            .map_or(listing.len(), |p| at + p + 1);
+        runs.push(&listing[start..cut]);
+        start = cut;
+    }
+    runs.push(&listing[start..]);
+    runs.retain(|r| !r.is_empty());
+    runs
 }
 
-impl Candidates {
-    /// The paths of a NUL-separated listing.
-    fn of(listing: &[u8]) -> Self {
-        let mut found = Candidates {
-            files: Vec::new(),
-            not_utf8: Vec::new(),
-        };
-        for raw in listing.split(|b| *b == 0).filter(|s| !s.is_empty()) {
-            found.push(raw);
-        }
-        found.files.dedup();
-        found
-    }
-
-    fn push(&mut self, raw: &[u8]) {
-        match std::str::from_utf8(raw) {
-            Ok(s) => self.files.push(s.to_string()),
-            Err(_) => self.not_utf8.push((
-                String::from_utf8_lossy(raw).into_owned(),
-                raw.escape_ascii().to_string(),
-            )),
-        }
-    }
-}
-
-/// [`stat_all`] of `files` on a few threads of `scope`, each over a run of neighbouring paths.
+/// [`stat_all`] of `listing` on a few threads of `scope`, each over a run of neighbouring
+/// paths. The first run's entries have room for every name, so the others append to them
+/// without a copy of the whole.
 fn stat_spawn<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
     root: &'env Path,
-    files: &'env [String],
+    listing: &'env [u8],
     filters: &'env Filters<'env>,
 ) -> Vec<std::thread::ScopedJoinHandle<'scope, Result<Stated>>> {
+    let names = listing.iter().filter(|b| **b == 0).count() + 1;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, STAT_THREADS);
-    let per_thread = files.len().div_ceil(threads).max(STAT_BATCH_MIN);
-    files
-        .chunks(per_thread)
-        .map(|batch| scope.spawn(move || stat_all(root, batch, filters)))
+        .clamp(1, STAT_THREADS)
+        .min(names.div_ceil(STAT_BATCH_MIN));
+    split_listing(listing, threads)
+        .into_iter()
+        .enumerate()
+        .map(|(i, run)| {
+            let capacity = if i == 0 { names } else { names / threads + 1 };
+            scope.spawn(move || stat_all(root, run, filters, capacity))
+        })
         .collect()
 }
 
-/// Collects what [`stat_spawn`]'s threads found; the first error.
-fn stat_join(
-    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<Stated>>>,
-    entries: &mut Vec<SyncEntry>,
-    sparse: &mut Vec<(String, u64, u64)>,
-) -> Result<()> {
-    let mut first = Ok(());
+/// What [`stat_spawn`]'s threads found, in listing order; the first error.
+fn stat_join(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<Stated>>>) -> Result<Stated> {
+    let mut all: Option<Stated> = None;
+    let mut first = None;
     for h in handles {
         match h.join().expect("a stat thread panicked") {
-            Ok((found, holes)) => {
-                entries.extend(found);
-                sparse.extend(holes);
-            }
+            Ok(found) => match &mut all {
+                Some(all) => all.append(found),
+                None => all = Some(found),
+            },
             Err(e) => {
-                if first.is_ok() {
-                    first = Err(e);
-                }
+                first.get_or_insert(e);
             }
         }
     }
-    first
+    match first {
+        Some(e) => Err(e),
+        None => Ok(all.unwrap_or_default()),
+    }
 }
 
-/// [`stat_all`] of `files` on a few threads.
-fn stat_parallel(root: &Path, files: &[String], filters: &Filters<'_>) -> Result<Stated> {
-    let (mut entries, mut sparse) = (Vec::with_capacity(files.len()), Vec::new());
-    std::thread::scope(|scope| {
-        stat_join(
-            stat_spawn(scope, root, files, filters),
-            &mut entries,
-            &mut sparse,
-        )
-    })?;
-    Ok((entries, sparse))
+/// [`stat_all`] of `listing` on a few threads.
+fn stat_parallel(root: &Path, listing: &[u8], filters: &Filters<'_>) -> Result<Stated> {
+    std::thread::scope(|scope| stat_join(stat_spawn(scope, root, listing, filters)))
 }
 
-fn walk_files(root: &Path) -> Result<Candidates> {
-    let mut files = Candidates {
-        files: Vec::new(),
-        not_utf8: Vec::new(),
-    };
+/// The files of a tree that is not git's (honouring `.gitignore`, `.ignore` and
+/// `.crabboxignore`), as a NUL-separated listing.
+fn walk_files(root: &Path) -> Result<Vec<u8>> {
+    let mut files = Vec::new();
     let walker = ignore::WalkBuilder::new(root)
         .hidden(false)
         .follow_links(false)
@@ -506,7 +542,8 @@ fn walk_files(root: &Path) -> Result<Candidates> {
         }
         if let Ok(rel) = entry.path().strip_prefix(root) {
             use std::os::unix::ffi::OsStrExt;
-            files.push(rel.as_os_str().as_bytes());
+            files.extend_from_slice(rel.as_os_str().as_bytes());
+            files.push(0);
         }
     }
     Ok(files)
@@ -556,11 +593,12 @@ fn parents_are_real_dirs(
     true
 }
 
+/// Relative, `/`-separated, with no empty, `.` or `..` component.
 fn is_clean_relative(rel: &str) -> bool {
     !rel.is_empty()
-        && Path::new(rel)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 #[path = "git_listing.rs"]

@@ -8,12 +8,13 @@
 #   u  remove the path if it is a real dir x  delete a file crabbox synced before
 # Inputs (environment): CBX_WORKDIR, CBX_STAGE, CBX_RECORD, and CBX_OPS_SENT / CBX_REC_SENT when
 # the ops / a new record were sent (then their absence is a failure, never "none"). The staging
-# directory, ops and record copy are removed however it ends.
+# directory, ops and record copy are removed however it ends (and CBX_CHUNK, the upload, with
+# them when CBX_JOINED says this runs right after its unpack).
 set -u
 fail() { printf 'crabbox sync: %s\n' "$*" >&2; exit 1; }
 ops=$CBX_STAGE.ops
 rec=$CBX_STAGE.rec
-trap 'rm -rf -- "$CBX_STAGE" "$ops" "$rec"' EXIT
+trap 'rm -rf -- "$CBX_STAGE" "$ops" "$rec" ${CBX_JOINED:+"$CBX_CHUNK"}' EXIT
 wd=$CBX_WORKDIR
 [ -d "$CBX_STAGE" ] || fail "the staging directory $CBX_STAGE is missing"
 [ -z "${CBX_OPS_SENT:-}" ] || [ -f "$ops" ] || fail "the sync's ops $ops are missing; $wd was left as it was"
