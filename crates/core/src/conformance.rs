@@ -100,9 +100,9 @@ impl RepoFixture {
     pub fn sync_source(&self) -> SyncSource {
         SyncSource {
             root: self.root().to_path_buf(),
-            manifest: Some(
+            manifest: Some(std::sync::Arc::new(
                 SyncManifest::build(self.root(), &SyncOptions::default()).expect("manifest"),
-            ),
+            )),
             options: SyncOptions::default(),
             delete: true,
         }

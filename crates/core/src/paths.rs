@@ -28,6 +28,15 @@ pub fn user_config_file() -> Option<PathBuf> {
 /// Writes `body` to `path` through a temporary file beside it, renamed into place: a reader
 /// sees the old file or the new one, never half of one.
 pub fn write_atomic(path: &std::path::Path, body: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(body))
+}
+
+/// [`write_atomic`] of what `write` writes (through a buffer: a large file is never held
+/// whole in memory).
+pub fn write_atomic_with(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -39,8 +48,45 @@ pub fn write_atomic(path: &std::path::Path, body: &[u8]) -> Result<()> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(Error::io("creating a file in", dir))?;
-    tmp.write_all(body).map_err(Error::io("writing", path))?;
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, tmp.as_file_mut());
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .map_err(Error::io("writing", path))?;
+    drop(out);
     tmp.persist(path)
         .map_err(|e| Error::io("writing", path)(e.error))?;
     Ok(())
+}
+
+/// The bytes of a file crabbox keeps in its state directory, read without a copy.
+pub enum Kept {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Kept {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Kept::Mapped(m) => m,
+            Kept::Read(v) => v,
+        }
+    }
+}
+
+/// The bytes of `path`, a file crabbox replaces only whole ([`write_atomic`]), mapped where it
+/// can be: a large kept listing or tree is then read from the page cache, not copied into
+/// fresh memory (which costs more than the reading on many virtual machines).
+pub fn read_kept(path: &std::path::Path) -> std::io::Result<Kept> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Kept::Read(Vec::new()));
+    }
+    // SAFETY: a mapped file must not change while it is mapped. Crabbox never writes one of
+    // its kept files in place: it writes a new file and renames it over the old one
+    // ([`write_atomic`]), so the mapped one is never written again.
+    match unsafe { memmap2::Mmap::map(&file) } {
+        Ok(m) => Ok(Kept::Mapped(m)),
+        Err(_) => std::fs::read(path).map(Kept::Read),
+    }
 }

@@ -62,7 +62,7 @@ pub async fn plan_run(
             None => {
                 let manifest = build_manifest(&cfg.repo_root, &options).await?;
                 warnings.extend(manifest.warnings.iter().cloned());
-                Some(manifest)
+                Some(std::sync::Arc::new(manifest))
             }
         };
         Some(SyncSource {

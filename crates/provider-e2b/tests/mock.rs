@@ -1418,7 +1418,10 @@ async fn requests_match_the_official_sdk_wire_shapes() {
         .iter()
         .map(Wire::json)
         .collect();
-    assert!(made.contains(&json!({"path": "/home/user/crabbox"})), "{made:?}");
+    assert!(
+        made.contains(&json!({"path": "/home/user/crabbox"})),
+        "{made:?}"
+    );
     assert!(
         made.iter().any(|m| m["path"]
             .as_str()

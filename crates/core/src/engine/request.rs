@@ -125,7 +125,7 @@ pub struct SyncSource {
     /// The files, when already chosen; `None` lets the engine choose them with `options`
     /// while it reaches a warm box (a new box is only made once they are chosen, so a tree
     /// that cannot be synced costs nothing remote).
-    pub manifest: Option<SyncManifest>,
+    pub manifest: Option<std::sync::Arc<SyncManifest>>,
     pub options: SyncOptions,
     /// `sync.delete`: remove from the box the files crabbox synced before that are gone
     /// locally. Files crabbox never synced are left alone either way.

@@ -41,7 +41,7 @@ const LIST_SENT_AT_MOST: usize = 4096;
 
 /// Where a sync's tree is remembered: the manifest sent, the memo's path, the box workdir.
 struct Sent<'a> {
-    manifest: &'a SyncManifest,
+    manifest: &'a Arc<SyncManifest>,
     memo: &'a std::path::Path,
     workdir: &'a str,
 }
@@ -50,7 +50,7 @@ struct Sent<'a> {
 /// reads the box.
 pub(super) struct Choosing {
     task: Option<tokio::task::JoinHandle<Result<SyncManifest>>>,
-    done: Option<SyncManifest>,
+    done: Option<Arc<SyncManifest>>,
 }
 
 impl Choosing {
@@ -77,7 +77,7 @@ impl Choosing {
         &mut self,
         cancel: &CancellationToken,
         reporter: &dyn Reporter,
-    ) -> Result<Option<&SyncManifest>> {
+    ) -> Result<Option<Arc<SyncManifest>>> {
         if let Some(task) = self.task.take() {
             let built = tokio::select! {
                 _ = cancel.cancelled() => return Err(Error::Interrupted),
@@ -86,9 +86,9 @@ impl Choosing {
             for w in &built.warnings {
                 reporter.status(&format!("warning: {w}"));
             }
-            self.done = Some(built);
+            self.done = Some(Arc::new(built));
         }
-        Ok(self.done.as_ref())
+        Ok(self.done.clone())
     }
 }
 
@@ -127,7 +127,7 @@ impl Engine {
                     tokio::task::spawn_blocking(move || m.kept(&memo))
                 };
                 let (manifest, unchanged, kept) = tokio::join!(local, vouched, kept);
-                let manifest = match source.manifest.as_ref().or(manifest?) {
+                let manifest = match source.manifest.clone().or(manifest?) {
                     Some(m) => m,
                     None => return Err(Error::Sync("the files to sync were never chosen".into())),
                 };
@@ -137,7 +137,7 @@ impl Engine {
                     true => kept
                         .ok()
                         .flatten()
-                        .map(|prev| SyncPlan::delta(prev.entries(), manifest, source.delete))
+                        .map(|prev| SyncPlan::delta(prev.entries(), &manifest, source.delete))
                         .map(|plan| (!plan.is_noop()).then_some(plan)),
                     false => None,
                 };
@@ -170,7 +170,7 @@ impl Engine {
                             let plan = self.record_plan(plan, &mut report);
                             let sent = Instant::now();
                             let to = Sent {
-                                manifest,
+                                manifest: &manifest,
                                 memo: &memo,
                                 workdir: &workdir,
                             };
@@ -191,11 +191,11 @@ impl Engine {
         // remembered.
         let local = async {
             let chosen = chosen.wait(&req.cancel, reporter).await?;
-            let Some(manifest) = source.manifest.as_ref().or(chosen) else {
+            let Some(manifest) = source.manifest.clone().or(chosen) else {
                 return Err(Error::Sync("the files to sync were never chosen".into()));
             };
             let hashes = if req.checksum {
-                Some(hash_files(&source.root, manifest, &req.cancel).await?)
+                Some(hash_files(&source.root, &manifest, &req.cancel).await?)
             } else {
                 None
             };
@@ -217,7 +217,7 @@ impl Engine {
             hashes: hashes.as_ref(),
         };
         let t = Instant::now();
-        let mut plan = SyncPlan::new(manifest, &remote, options);
+        let mut plan = SyncPlan::new(&manifest, &remote, options);
         if !plan.is_noop() {
             // Changing the tree: wait until no other run of this lease is syncing or running
             // a command, then read the box again (it may have changed meanwhile).
@@ -228,7 +228,7 @@ impl Engine {
                 let t = Instant::now();
                 remote = cancellable(&req.cancel, session.scan(&workdir, req.checksum)).await?;
                 scan_ms += ms(t.elapsed());
-                plan = SyncPlan::new(manifest, &remote, options);
+                plan = SyncPlan::new(&manifest, &remote, options);
             }
         }
         let plan_ms = ms(t.elapsed());
@@ -248,11 +248,11 @@ impl Engine {
             // Kept only where the box's record lists these very paths: a later plan from the
             // kept manifest deletes and keeps the record as if it did.
             let state = remote.state.filter(|_| !req.checksum && plan.keeps_record);
-            self.keep_memo(&memo, manifest, state, &workdir, source.delete);
+            self.keep_memo(&memo, &manifest, state, &workdir, source.delete);
         } else {
             let plan = self.record_plan(plan, &mut report);
             let to = Sent {
-                manifest,
+                manifest: &manifest,
                 memo: &memo,
                 workdir: &workdir,
             };
@@ -313,9 +313,6 @@ impl Engine {
         // What the last sync left is void until this one completes. The new tree is written
         // while the box applies it, and named once the provider says what it left.
         SyncMemo::forget(to.memo);
-        let tree = super::sync_memo::encode(to.manifest);
-        let memo = to.memo.to_path_buf();
-        let keeping = tokio::task::spawn_blocking(move || SyncMemo::keep_tree(&memo, tree));
         reporter.status(&describe(&plan, report));
         let codec = if report.sent_bytes >= PROBE_CODECS_FROM {
             session
@@ -348,6 +345,11 @@ impl Engine {
         let wire = Arc::new(AtomicU64::new(0));
         let (tx, rx) = tokio::sync::mpsc::channel(PACKED_AHEAD);
         let packing = self.pack(source, chunks, tx, wire.clone(), reporter, &req.cancel);
+        // The new tree is written while the box applies it.
+        let keeping = {
+            let (memo, manifest) = (to.memo.to_path_buf(), to.manifest.clone());
+            tokio::task::spawn_blocking(move || SyncMemo::keep_tree(&memo, &manifest))
+        };
         let (applied, packed) = tokio::join!(session.apply_sync(&apply, rx, reporter), packing);
         reporter.finish_progress();
         let kept = keeping.await.ok().flatten();

@@ -43,17 +43,24 @@ impl SyncMemo {
     /// Remembers that the box's tree named `state` holds `manifest`'s files. Kept if it can
     /// be; a memo that cannot be written is one sync less skipped.
     pub fn keep(path: &Path, manifest: &SyncManifest, state: String, workdir: &str, delete: bool) {
-        match Self::keep_tree(path, encode(manifest)) {
+        match Self::keep_tree(path, manifest) {
             Some(tree) => Self::name(path, tree, state, workdir, delete),
             None => Self::forget(path),
         }
     }
 
-    /// Writes a memo's tree (`encode`d), before the memo that names it: a sync writes it while
-    /// the box applies. Its hash, if it was written.
-    pub fn keep_tree(path: &Path, tree: Vec<u8>) -> Option<String> {
-        crate::paths::write_atomic(&tree_path(path), &tree).ok()?;
-        Some(hex::encode(sha2::Sha256::digest(&tree)))
+    /// Writes a memo's tree, before the memo that names it (a sync writes it while the box
+    /// applies), a piece at a time. Its hash, if it was written.
+    pub fn keep_tree(path: &Path, manifest: &SyncManifest) -> Option<String> {
+        let mut hash = sha2::Sha256::new();
+        crate::paths::write_atomic_with(&tree_path(path), |out| {
+            encode_to(manifest, |piece| {
+                hash.update(piece);
+                out.write_all(piece)
+            })
+        })
+        .ok()?;
+        Some(hex::encode(hash.finalize()))
     }
 
     /// Remembers that the box's tree named `state` holds the tree [`SyncMemo::keep_tree`] wrote
@@ -76,8 +83,8 @@ impl SyncMemo {
 
     /// The manifest this memo names, if it is kept whole (the very bytes written with it).
     pub fn kept(&self, path: &Path) -> Option<KeptTree> {
-        let bytes = std::fs::read(tree_path(path)).ok()?;
-        if hex::encode(sha2::Sha256::digest(&bytes)) != self.tree {
+        let bytes = crate::paths::read_kept(&tree_path(path)).ok()?;
+        if hex::encode(sha2::Sha256::digest(&*bytes)) != self.tree {
             return None;
         }
         let tree = KeptTree { bytes };
@@ -107,13 +114,23 @@ fn tree_path(memo: &Path) -> PathBuf {
 
 /// A manifest's entries, compactly: read back without a copy of each path (reading the JSON
 /// of a large tree would cost more than the plan saves).
-pub(super) fn encode(m: &SyncManifest) -> Vec<u8> {
-    // Sized once: a large tree's bytes are not copied as they grow.
-    let fixed = 8 + 1 + 4 + 8 + 16 + 1;
-    let size = m.entries.iter().fold(TREE_MAGIC.len() + 8, |n, e| {
-        n + fixed + e.path.len() + e.link_target.as_ref().map_or(0, |t| 8 + t.len())
-    });
-    let mut out = Vec::with_capacity(size);
+#[cfg(test)]
+fn encode(m: &SyncManifest) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_to(m, |piece| {
+        out.extend_from_slice(piece);
+        Ok(())
+    })
+    .expect("writing to memory");
+    out
+}
+
+/// [`encode`], given to `write` in pieces of about [`PIECE`] bytes.
+fn encode_to(
+    m: &SyncManifest,
+    mut write: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(PIECE + 4096);
     out.extend_from_slice(TREE_MAGIC);
     out.extend_from_slice(&(m.entries.len() as u64).to_le_bytes());
     let text = |b: &[u8], out: &mut Vec<u8>| {
@@ -136,13 +153,20 @@ pub(super) fn encode(m: &SyncManifest) -> Vec<u8> {
             }
             None => out.push(0),
         }
+        if out.len() >= PIECE {
+            write(&out)?;
+            out.clear();
+        }
     }
-    out
+    write(&out)
 }
+
+/// How much of a tree is encoded before it is written.
+const PIECE: usize = 64 << 10;
 
 /// A kept manifest's bytes, checked whole ([`SyncMemo::kept`]).
 pub(super) struct KeptTree {
-    bytes: Vec<u8>,
+    bytes: crate::paths::Kept,
 }
 
 impl KeptTree {

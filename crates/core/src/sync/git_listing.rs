@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::super::listing_cache::{ListingCache, Unverified};
+use super::super::listing_cache::{ListingBytes, ListingCache, Unverified};
 use super::{
     git_root, stat_all, stat_join, stat_parallel, stat_spawn, walk_files, Filters, Stated,
 };
@@ -24,14 +24,14 @@ pub(super) struct GitListing {
 /// afresh if it no longer holds).
 enum Listing {
     Running(std::process::Child),
-    Kept(Vec<u8>),
+    Kept(ListingBytes),
     Unverified(Unverified),
 }
 
 impl Listing {
     /// What it listed (`None` when git will not read a work tree here), and whether git
     /// listed it now.
-    fn output(self, root: &Path) -> Result<(Option<Vec<u8>>, bool)> {
+    fn output(self, root: &Path) -> Result<(Option<ListingBytes>, bool)> {
         let running = match self {
             Listing::Kept(bytes) => return Ok((Some(bytes), false)),
             Listing::Unverified(kept) => match kept.verify() {
@@ -42,7 +42,8 @@ impl Listing {
             },
             Listing::Running(child) => child,
         };
-        Ok((git_output(root, running.wait_with_output())?, true))
+        let listed = git_output(root, running.wait_with_output())?;
+        Ok((listed.map(ListingBytes::Listed), true))
     }
 
     fn stop(self) {
@@ -119,7 +120,7 @@ impl GitListing {
                 // Kept for the next run while the tracked files are read.
                 let fresh = tracked_fresh || others_fresh;
                 let keeping = cache.as_ref().filter(|_| fresh).map(|c| {
-                    let (tracked, others) = (tracked_bytes.clone(), o.clone());
+                    let (tracked, others) = (tracked_bytes.to_vec(), o.to_vec());
                     scope.spawn(move || c.keep(&tracked, &others))
                 });
                 let stated = stat_all(root, &o, filters, 0);

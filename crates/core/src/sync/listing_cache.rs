@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Format tag of a cache file.
@@ -86,8 +87,24 @@ impl Stamp {
 /// untracked ones once [`Unverified::verify`] finds the tree's directories and ignore rules as
 /// they were.
 pub(super) struct Reused {
-    pub tracked: Vec<u8>,
+    pub tracked: ListingBytes,
     pub others: Unverified,
+}
+
+/// A listing's bytes: as git printed them, or a part of a kept file (mapped, not copied).
+pub(super) enum ListingBytes {
+    Listed(Vec<u8>),
+    Kept(Arc<crate::paths::Kept>, std::ops::Range<usize>),
+}
+
+impl std::ops::Deref for ListingBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ListingBytes::Listed(v) => v,
+            ListingBytes::Kept(file, range) => &file[range.clone()],
+        }
+    }
 }
 
 /// A kept untracked listing, and the stamps it holds while.
@@ -95,12 +112,12 @@ pub(super) struct Unverified {
     root: PathBuf,
     sources: Vec<(Vec<u8>, Option<Stamp>)>,
     dirs: Vec<(Vec<u8>, Stamp, Option<Stamp>)>,
-    others: Vec<u8>,
+    others: ListingBytes,
 }
 
 impl Unverified {
     /// The listing, while everything it depends on keeps its stamp.
-    pub(super) fn verify(self) -> Option<Vec<u8>> {
+    pub(super) fn verify(self) -> Option<ListingBytes> {
         let sources = self.sources.iter().all(|(path, stamp)| {
             Stamp::of_source(Path::new(std::ffi::OsStr::from_bytes(path))) == *stamp
         });
@@ -161,18 +178,24 @@ impl ListingCache {
 
     /// What is kept for this index, if anything (the untracked listing still to verify).
     pub(super) fn reuse(&self) -> Option<Reused> {
-        let bytes = std::fs::read(&self.file).ok()?;
+        let bytes = Arc::new(crate::paths::read_kept(&self.file).ok()?);
         let kept = Kept::decode(&bytes)?;
         if kept.root != self.key || Some(kept.index) != self.index {
             return None;
         }
+        // The listings stay where they were read (a large tree's are most of the file).
+        let part = |listing: &[u8]| {
+            let start = listing.as_ptr() as usize - bytes.as_ptr() as usize;
+            ListingBytes::Kept(bytes.clone(), start..start + listing.len())
+        };
+        let (tracked, others) = (part(kept.tracked), part(kept.others));
         Some(Reused {
-            tracked: kept.tracked,
+            tracked,
             others: Unverified {
                 root: self.root.clone(),
                 sources: kept.sources,
                 dirs: kept.dirs,
-                others: kept.others,
+                others,
             },
         })
     }
@@ -217,8 +240,8 @@ impl ListingCache {
             index,
             sources,
             dirs: stamped,
-            tracked: tracked.to_vec(),
-            others: others.to_vec(),
+            tracked,
+            others,
         };
         // Replaced whole (a unique temporary file, renamed), so a reader never sees half.
         let _ = crate::paths::write_atomic(&self.file, &kept.encode());
@@ -423,17 +446,17 @@ fn not_ignored(root: &Path, dirs: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
     )
 }
 
-/// A cache file's content.
-struct Kept {
+/// A cache file's content (the listings borrowed from where they are).
+struct Kept<'a> {
     root: Vec<u8>,
     index: Stamp,
     sources: Vec<(Vec<u8>, Option<Stamp>)>,
     dirs: Vec<(Vec<u8>, Stamp, Option<Stamp>)>,
-    tracked: Vec<u8>,
-    others: Vec<u8>,
+    tracked: &'a [u8],
+    others: &'a [u8],
 }
 
-impl Kept {
+impl<'a> Kept<'a> {
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer(MAGIC.to_vec());
         w.bytes(&self.root);
@@ -449,12 +472,12 @@ impl Kept {
             w.stamp(Some(*dir));
             w.stamp(*ignore);
         }
-        w.bytes(&self.tracked);
-        w.bytes(&self.others);
+        w.bytes(self.tracked);
+        w.bytes(self.others);
         w.0
     }
 
-    fn decode(bytes: &[u8]) -> Option<Kept> {
+    fn decode(bytes: &'a [u8]) -> Option<Kept<'a>> {
         let mut r = Reader(bytes.strip_prefix(MAGIC)?);
         let root = r.bytes()?.to_vec();
         let index = r.stamp()??;
@@ -466,8 +489,8 @@ impl Kept {
         for _ in 0..r.u64()? {
             dirs.push((r.bytes()?.to_vec(), r.stamp()??, r.stamp()?));
         }
-        let tracked = r.bytes()?.to_vec();
-        let others = r.bytes()?.to_vec();
+        let tracked = r.bytes()?;
+        let others = r.bytes()?;
         r.0.is_empty().then_some(Kept {
             root,
             index,
@@ -508,13 +531,13 @@ impl Writer {
 
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn u64(&mut self) -> Option<u64> {
         let (v, rest) = self.0.split_first_chunk::<8>()?;
         self.0 = rest;
         Some(u64::from_le_bytes(*v))
     }
-    fn bytes(&mut self) -> Option<&[u8]> {
+    fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.u64()?).ok()?;
         let (b, rest) = self.0.split_at_checked(n)?;
         self.0 = rest;

@@ -91,7 +91,10 @@ impl Tree {
         let Some(r) = self.open().reuse() else {
             return (false, false);
         };
-        assert_eq!(r.tracked, git(self.root(), &["ls-files", "--cached", "-z"]));
+        assert_eq!(
+            r.tracked[..],
+            git(self.root(), &["ls-files", "--cached", "-z"])[..]
+        );
         let Some(others) = r.others.verify() else {
             return (true, false);
         };

@@ -91,7 +91,9 @@ impl Bench {
     fn source(&self) -> SyncSource {
         SyncSource {
             root: self.repo.path().to_path_buf(),
-            manifest: Some(SyncManifest::build(self.repo.path(), &SyncOptions::default()).unwrap()),
+            manifest: Some(std::sync::Arc::new(
+                SyncManifest::build(self.repo.path(), &SyncOptions::default()).unwrap(),
+            )),
             options: SyncOptions::default(),
             delete: true,
         }
