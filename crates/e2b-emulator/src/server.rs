@@ -136,7 +136,33 @@ fn sandbox_named(request: &Request) -> Option<String> {
 
 /// Handles one request, applying the fault armed for it if any. `Err` closes the connection
 /// without an answer.
+///
+/// A request with a body answered with an error may leave its body unread (a sandbox that
+/// is gone answers before reading it), and then the connection cannot carry another
+/// request: it is closed. As Go's servers (E2B's) do, the answer says so (`Connection:
+/// close`), so a client does not send its next request down a connection about to go.
 async fn handle(app: Router, state: AppState, request: Request) -> Result<Response, InjectedReset> {
+    let has_body = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+        || request
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
+    let mut response = answer(app, state, request).await?;
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    Ok(response)
+}
+
+/// [`handle`], but for the connection's fate.
+async fn answer(app: Router, state: AppState, request: Request) -> Result<Response, InjectedReset> {
     let path = request.uri().path().to_string();
     let action = if path == ADMIN_PREFIX {
         None

@@ -575,6 +575,44 @@ async fn timeout_kills_the_sandbox_and_envd_answers_502() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_error_to_a_request_whose_body_went_unread_closes_the_connection_saying_so() {
+    let Some(emu) = emulator().await else {
+        return;
+    };
+    let c = Client::new(&emu);
+    let sbx = c.create(json!({"timeout": 60})).await;
+    let killed = c
+        .http
+        .delete(format!("{}/sandboxes/{}", c.base, sbx.sandbox_id))
+        .header("X-API-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(killed.status(), 204);
+    // A command for the sandbox that is gone: answered before its body is read.
+    let res = c.start(&sbx, "true", None).await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(
+        res.headers().get("connection").map(|v| v.to_str().unwrap()),
+        Some("close"),
+        "{:?}",
+        res.headers()
+    );
+    // An error to a request without a body keeps the connection.
+    let health = c
+        .envd(&sbx, reqwest::Method::GET, "/health")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 502);
+    assert!(health.headers().get("connection").is_none());
+    // The next request goes through (on a new connection).
+    let again = c.create(json!({"timeout": 60})).await;
+    assert!(!again.sandbox_id.is_empty());
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn auto_pause_sandbox_pauses_at_timeout_and_resumes_on_connect() {
     let Some(emu) = emulator().await else {
         return;
