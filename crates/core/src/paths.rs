@@ -59,17 +59,17 @@ pub fn write_atomic_with(
 }
 
 /// The bytes of a file crabbox keeps in its state directory, read without a copy.
-pub enum Kept {
+pub enum KeptBytes {
     Mapped(memmap2::Mmap),
     Read(Vec<u8>),
 }
 
-impl std::ops::Deref for Kept {
+impl std::ops::Deref for KeptBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Kept::Mapped(m) => m,
-            Kept::Read(v) => v,
+            KeptBytes::Mapped(m) => m,
+            KeptBytes::Read(v) => v,
         }
     }
 }
@@ -77,16 +77,16 @@ impl std::ops::Deref for Kept {
 /// The bytes of `path`, a file crabbox replaces only whole ([`write_atomic`]), mapped where it
 /// can be: a large kept listing or tree is then read from the page cache, not copied into
 /// fresh memory (which costs more than the reading on many virtual machines).
-pub fn read_kept(path: &std::path::Path) -> std::io::Result<Kept> {
+pub fn read_kept(path: &std::path::Path) -> std::io::Result<KeptBytes> {
     let file = std::fs::File::open(path)?;
     if file.metadata()?.len() == 0 {
-        return Ok(Kept::Read(Vec::new()));
+        return Ok(KeptBytes::Read(Vec::new()));
     }
     // SAFETY: a mapped file must not change while it is mapped. Crabbox never writes one of
     // its kept files in place: it writes a new file and renames it over the old one
     // ([`write_atomic`]), so the mapped one is never written again.
     match unsafe { memmap2::Mmap::map(&file) } {
-        Ok(m) => Ok(Kept::Mapped(m)),
-        Err(_) => std::fs::read(path).map(Kept::Read),
+        Ok(m) => Ok(KeptBytes::Mapped(m)),
+        Err(_) => std::fs::read(path).map(KeptBytes::Read),
     }
 }

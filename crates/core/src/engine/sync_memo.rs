@@ -166,7 +166,7 @@ const PIECE: usize = 64 << 10;
 
 /// A kept manifest's bytes, checked whole ([`SyncMemo::kept`]).
 pub(super) struct KeptTree {
-    bytes: crate::paths::Kept,
+    bytes: crate::paths::KeptBytes,
 }
 
 impl KeptTree {

@@ -13,7 +13,8 @@
 //! Any doubt (`GIT_DIR`, `GIT_INDEX_FILE` and the like in the environment, `.git` not a
 //! directory at the root,
 //! a directory or ignore file changed so recently that a later change could share its
-//! timestamp, an unreadable cache) means git lists the tree as before.
+//! timestamp, counted on the filesystem's own clock where it lags this machine's, an
+//! unreadable cache) means git lists the tree as before.
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -94,7 +95,7 @@ pub(super) struct Reused {
 /// A listing's bytes: as git printed them, or a part of a kept file (mapped, not copied).
 pub(super) enum ListingBytes {
     Listed(Vec<u8>),
-    Kept(Arc<crate::paths::Kept>, std::ops::Range<usize>),
+    Kept(Arc<crate::paths::KeptBytes>, std::ops::Range<usize>),
 }
 
 impl std::ops::Deref for ListingBytes {
@@ -146,6 +147,9 @@ pub(super) struct ListingCache {
     started: SystemTime,
     /// [`RACY`] (tests make it shorter).
     racy: Duration,
+    /// What time it is on the filesystem of the given directory ([`fs_clock`]; tests make
+    /// one that lags).
+    fs_now: fn(&Path) -> Option<SystemTime>,
 }
 
 impl ListingCache {
@@ -168,6 +172,7 @@ impl ListingCache {
             index: Stamp::of(&root.join(".git/index")),
             started: SystemTime::now(),
             racy: RACY,
+            fs_now: fs_clock,
         })
     }
 
@@ -206,9 +211,16 @@ impl ListingCache {
         let Some(index) = self.index else {
             return;
         };
+        // Timestamps are the filesystem's, and its clock may lag this machine's (a network
+        // filesystem's server): the window reaches back by the lag too. Not kept when that
+        // cannot be told.
+        let Some(fs_now) = (self.fs_now)(&self.root.join(".git")) else {
+            return;
+        };
+        let lag = SystemTime::now().duration_since(fs_now).unwrap_or_default();
         let since = self
             .started
-            .checked_sub(self.racy)
+            .checked_sub(self.racy + lag)
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or((0, 0), |d| {
                 (d.as_secs() as i64, i64::from(d.subsec_nanos()))
@@ -246,6 +258,15 @@ impl ListingCache {
         // Replaced whole (a unique temporary file, renamed), so a reader never sees half.
         let _ = crate::paths::write_atomic(&self.file, &kept.encode());
     }
+}
+
+/// The time on the filesystem of `dir`, as it stamps a file made there now.
+fn fs_clock(dir: &Path) -> Option<SystemTime> {
+    let probe = tempfile::Builder::new()
+        .prefix(".crabbox-clock-")
+        .tempfile_in(dir)
+        .ok()?;
+    probe.as_file().metadata().ok()?.modified().ok()
 }
 
 /// An environment variable that makes git read another repository, index, work tree or

@@ -269,6 +269,36 @@ fn a_tree_changed_just_before_the_listing_is_not_kept() {
 }
 
 #[test]
+fn a_change_recent_on_a_filesystem_whose_clock_lags_is_not_kept() {
+    let t = Tree::new();
+    t.write("src/new.txt", "x");
+    // Past the racy window by this machine's clock...
+    let mark = newest(t.root()) + Duration::from_millis(200);
+    while SystemTime::now() < mark {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let listed = |c: &ListingCache| {
+        let tracked = git(t.root(), &["ls-files", "--cached", "-z"]);
+        let others = git(
+            t.root(),
+            &["ls-files", "--others", "--exclude-standard", "-z"],
+        );
+        c.keep(&tracked, &others);
+    };
+    // ...but not by the clock of a filesystem a second behind it.
+    let mut c = t.open();
+    c.fs_now = |_| SystemTime::now().checked_sub(Duration::from_secs(1));
+    listed(&c);
+    assert!(
+        t.open().reuse().is_none(),
+        "kept though recent on the filesystem"
+    );
+    // The same listing on a filesystem whose clock agrees is kept.
+    listed(&t.open());
+    assert!(t.open().reuse().is_some());
+}
+
+#[test]
 fn a_nested_repository_is_not_walked_and_a_damaged_cache_is_not_used() {
     let t = Tree::new();
     std::fs::create_dir_all(t.root().join("nested")).unwrap();

@@ -204,3 +204,49 @@ fn size_guardrails_refuse_unless_forced_and_warn() {
     .unwrap();
     assert_eq!(m.warnings.len(), 1, "byte soft limit must warn");
 }
+
+#[test]
+fn a_listing_cut_for_threads_keeps_every_name_whole() {
+    let listing: Vec<u8> = (0..5000)
+        .flat_map(|i| format!("d{}/file-{i}\0", i % 7).into_bytes())
+        .collect();
+    for parts in 1..=5 {
+        let runs = split_listing(&listing, parts);
+        assert!(
+            !runs.is_empty() && runs.len() <= parts,
+            "{parts}: {}",
+            runs.len()
+        );
+        assert_eq!(runs.concat(), listing, "{parts}");
+        assert!(runs.iter().all(|r| r.last() == Some(&0)), "{parts}");
+    }
+    assert!(split_listing(b"", 3).is_empty());
+    assert_eq!(split_listing(b"one", 3), [b"one"]);
+}
+
+#[test]
+fn files_read_on_several_threads_are_each_read_once_with_their_own_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut want = Vec::new();
+    // Enough files for more than one thread, in directories of a few sizes.
+    for i in 0..(3 * STAT_BATCH_MIN) {
+        let rel = format!("d{}/sub{}/f{i:05}", i % 5, i % 3);
+        std::fs::create_dir_all(root.join(&rel).parent().unwrap()).unwrap();
+        std::fs::write(root.join(&rel), "x".repeat(i % 97)).unwrap();
+        want.push((rel, (i % 97) as u64));
+    }
+    want.sort();
+    let m = SyncManifest::build(root, &SyncOptions::default()).unwrap();
+    let got: Vec<(String, u64)> = m.entries.iter().map(|e| (e.path.clone(), e.size)).collect();
+    assert_eq!(got, want);
+    // git lists a path once per stage of a merge conflict: one entry each.
+    let listing = b"d0/sub0/f00000\0d0/sub0/f00000\0d0/sub0/f00000\0d1/sub1/f00001\0";
+    let filters = Filters {
+        exclude: &Gitignore::empty(),
+        include: None,
+    };
+    let found = stat_parallel(root, listing, &filters).unwrap();
+    let paths: Vec<&str> = found.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["d0/sub0/f00000", "d1/sub1/f00001"]);
+}
