@@ -79,14 +79,46 @@ impl std::ops::Deref for KeptBytes {
 /// fresh memory (which costs more than the reading on many virtual machines).
 pub fn read_kept(path: &std::path::Path) -> std::io::Result<KeptBytes> {
     let file = std::fs::File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(KeptBytes::Read(Vec::new()));
+    if file.metadata()?.len() == 0 || !on_local_disk(&file) {
+        return std::fs::read(path).map(KeptBytes::Read);
     }
     // SAFETY: a mapped file must not change while it is mapped. Crabbox never writes one of
     // its kept files in place: it writes a new file and renames it over the old one
-    // ([`write_atomic`]), so the mapped one is never written again.
+    // ([`write_atomic`]), so the mapped one is never written again, and on a local
+    // filesystem ([`on_local_disk`]) the replaced file lives on while mapped. Only another
+    // program truncating a file in crabbox's own state directory could break this.
     match unsafe { memmap2::Mmap::map(&file) } {
         Ok(m) => Ok(KeptBytes::Mapped(m)),
         Err(_) => std::fs::read(path).map(KeptBytes::Read),
     }
+}
+
+/// `file` is on a filesystem of this machine's own disks or memory, where a file renamed over
+/// stays readable to whoever has it open (a network filesystem may drop it, and a mapping of
+/// it would then fault).
+#[cfg(target_os = "linux")]
+fn on_local_disk(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // ext2/3/4, xfs, btrfs, tmpfs, overlayfs, zfs, f2fs, bcachefs.
+    const LOCAL: [i64; 8] = [
+        0xEF53,
+        0x5846_5342,
+        0x9123_683E,
+        0x0102_1994,
+        0x794C_7630,
+        0x2FC1_2FC1,
+        0xF2F5_2010,
+        0xCA45_1A4E,
+    ];
+    // SAFETY: a zeroed statfs is a valid out-parameter and `file` an open descriptor for the
+    // duration of the call.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::fstatfs(file.as_raw_fd(), &mut st) == 0 && LOCAL.contains(&(st.f_type as i64))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn on_local_disk(_file: &std::fs::File) -> bool {
+    false
 }

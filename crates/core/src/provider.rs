@@ -365,6 +365,13 @@ pub trait BoxSession: Send + Sync {
         let _ = (workdir, state);
         Ok(false)
     }
+    /// [`BoxSession::apply_sync`] of `req` may name the tree it leaves (asked before it
+    /// starts): the engine then writes the new manifest down while the box applies it. `false`
+    /// where it never will, so no manifest is written for nothing.
+    fn may_name_tree(&self, req: &ApplySync<'_>) -> bool {
+        let _ = req;
+        false
+    }
     /// `path` exists on the box.
     async fn exists(&self, path: &str) -> Result<bool>;
     /// Creates `path` (and its parents) on the box.

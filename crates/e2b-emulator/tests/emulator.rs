@@ -46,6 +46,13 @@ impl Client {
         res.json().await.unwrap()
     }
 
+    /// A control-plane request, with the API key.
+    fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", KEY)
+    }
+
     fn envd(
         &self,
         sandbox: &Sandbox,
@@ -557,13 +564,8 @@ async fn timeout_kills_the_sandbox_and_envd_answers_502() {
     // As through E2B's proxy, the stream of a sandbox that went away is dropped: no end event.
     assert!(run.broken, "{run:?}");
     assert!(run.end.is_none(), "{run:?}");
-    let detail = c
-        .http
-        .get(format!("{}/sandboxes/{}", c.base, sbx.sandbox_id))
-        .header("X-API-Key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let path = format!("/sandboxes/{}", sbx.sandbox_id);
+    let detail = c.api(reqwest::Method::GET, &path).send().await.unwrap();
     assert_eq!(detail.status(), 404);
     let health = c
         .envd(&sbx, reqwest::Method::GET, "/health")
@@ -581,13 +583,8 @@ async fn an_error_to_a_request_whose_body_went_unread_closes_the_connection_sayi
     };
     let c = Client::new(&emu);
     let sbx = c.create(json!({"timeout": 60})).await;
-    let killed = c
-        .http
-        .delete(format!("{}/sandboxes/{}", c.base, sbx.sandbox_id))
-        .header("X-API-Key", KEY)
-        .send()
-        .await
-        .unwrap();
+    let path = format!("/sandboxes/{}", sbx.sandbox_id);
+    let killed = c.api(reqwest::Method::DELETE, &path).send().await.unwrap();
     assert_eq!(killed.status(), 204);
     // A command for the sandbox that is gone: answered before its body is read.
     let res = c.start(&sbx, "true", None).await;
@@ -606,9 +603,6 @@ async fn an_error_to_a_request_whose_body_went_unread_closes_the_connection_sayi
         .unwrap();
     assert_eq!(health.status(), 502);
     assert!(health.headers().get("connection").is_none());
-    // The next request goes through (on a new connection).
-    let again = c.create(json!({"timeout": 60})).await;
-    assert!(!again.sandbox_id.is_empty());
     emu.shutdown().await;
 }
 

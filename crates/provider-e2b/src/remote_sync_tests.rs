@@ -299,15 +299,22 @@ fn a_file_replaced_by_a_directory_on_the_box_is_restored() {
     assert_eq!(read(&wd.join("x")), "file");
 }
 
-#[test]
-fn failed_extract_leaves_the_workdir_intact() {
-    let b = Box_::new();
+/// A workdir holding `keep.txt`, and an upload that is not the gzip it claims to be: (workdir,
+/// upload, staging directory).
+fn broken_upload(b: &Box_) -> (PathBuf, PathBuf, String) {
     let wd = b.wd();
     std::fs::create_dir_all(&wd).unwrap();
     std::fs::write(wd.join("keep.txt"), "old").unwrap();
     let upload = b.dir.path().join("crabbox-broken-0.tgz");
     std::fs::write(&upload, b"\x1f\x8bnot really gzip").unwrap();
     let stage = staging_dir(wd.to_str().unwrap(), "x");
+    (wd, upload, stage)
+}
+
+#[test]
+fn failed_extract_leaves_the_workdir_intact() {
+    let b = Box_::new();
+    let (wd, upload, stage) = broken_upload(&b);
     let out = std::process::Command::new("/bin/bash")
         .args(["-c", UNPACK_SCRIPT])
         .env("CBX_CHUNK", &upload)
@@ -326,12 +333,7 @@ fn failed_extract_leaves_the_workdir_intact() {
 #[test]
 fn a_failed_extract_in_one_process_with_its_commit_leaves_the_workdir_and_nothing_else() {
     let b = Box_::new();
-    let wd = b.wd();
-    std::fs::create_dir_all(&wd).unwrap();
-    std::fs::write(wd.join("keep.txt"), "old").unwrap();
-    let upload = b.dir.path().join("crabbox-broken-0.tgz");
-    std::fs::write(&upload, b"\x1f\x8bnot really gzip").unwrap();
-    let stage = staging_dir(wd.to_str().unwrap(), "x");
+    let (wd, upload, stage) = broken_upload(&b);
     // As the provider sends it: the staging directory already made, the ops beside it.
     std::fs::create_dir_all(&stage).unwrap();
     let ops = format!("{stage}.ops");

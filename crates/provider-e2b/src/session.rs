@@ -116,6 +116,15 @@ impl BoxSession for E2bSession {
         codecs.clone()
     }
 
+    fn may_name_tree(&self, req: &ApplySync<'_>) -> bool {
+        // Named only from a watcher's answer, and only for a sync that lists what it sent.
+        req.sent.is_some()
+            && self
+                .scans
+                .as_ref()
+                .is_some_and(|c| c.watched(&self.sandbox_id, req.workdir).is_some())
+    }
+
     async fn apply_sync(
         &self,
         req: &ApplySync<'_>,

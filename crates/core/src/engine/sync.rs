@@ -345,14 +345,17 @@ impl Engine {
         let wire = Arc::new(AtomicU64::new(0));
         let (tx, rx) = tokio::sync::mpsc::channel(PACKED_AHEAD);
         let packing = self.pack(source, chunks, tx, wire.clone(), reporter, &req.cancel);
-        // The new tree is written while the box applies it.
-        let keeping = {
+        // The new tree is written while the box applies it, where the box may name it.
+        let keeping = session.may_name_tree(&apply).then(|| {
             let (memo, manifest) = (to.memo.to_path_buf(), to.manifest.clone());
             tokio::task::spawn_blocking(move || SyncMemo::keep_tree(&memo, &manifest))
-        };
+        });
         let (applied, packed) = tokio::join!(session.apply_sync(&apply, rx, reporter), packing);
         reporter.finish_progress();
-        let kept = keeping.await.ok().flatten();
+        let kept = match keeping {
+            Some(k) => k.await.ok().flatten(),
+            None => None,
+        };
         let state = match (packed, applied) {
             // A packing failure is the cause of the apply's abandonment: report it first.
             (Err(e), _) | (_, Err(e)) => {

@@ -270,6 +270,9 @@ mod tests {
         let back: Vec<KeptEntry<'_>> = kept.entries().collect();
         let want: Vec<KeptEntry<'_>> = m.entries.iter().map(KeptEntry::from).collect();
         assert_eq!(back, want);
+        // Mapped: not held while the file is written in place below.
+        drop(back);
+        drop(kept);
 
         let bytes = std::fs::read(tree_path(&path)).unwrap();
         for cut in [1, 9, bytes.len() / 2] {

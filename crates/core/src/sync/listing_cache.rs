@@ -176,6 +176,23 @@ impl ListingCache {
         })
     }
 
+    /// Where a file is made to read the tree's filesystem clock: the cache's own directory
+    /// when it is on the same filesystem as the tree, else `.git` (so a file appears in the
+    /// repository only where it must).
+    fn clock_dir(&self) -> PathBuf {
+        let dev = |p: &Path| std::fs::metadata(p).ok().map(|m| m.dev());
+        match self.file.parent() {
+            Some(dir)
+                if std::fs::create_dir_all(dir).is_ok()
+                    && dev(dir).is_some()
+                    && dev(dir) == dev(&self.root) =>
+            {
+                dir.to_path_buf()
+            }
+            _ => self.root.join(".git"),
+        }
+    }
+
     /// `.git/index` is no longer the file it was when this cache was opened.
     pub(super) fn index_moved(&self) -> bool {
         Stamp::of(&self.root.join(".git/index")) != self.index
@@ -214,7 +231,7 @@ impl ListingCache {
         // Timestamps are the filesystem's, and its clock may lag this machine's (a network
         // filesystem's server): the window reaches back by the lag too. Not kept when that
         // cannot be told.
-        let Some(fs_now) = (self.fs_now)(&self.root.join(".git")) else {
+        let Some(fs_now) = (self.fs_now)(&self.clock_dir()) else {
             return;
         };
         let lag = SystemTime::now().duration_since(fs_now).unwrap_or_default();

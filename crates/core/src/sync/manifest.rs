@@ -456,10 +456,25 @@ fn split_listing(listing: &[u8], parts: usize) -> Vec<&[u8]> {
     let mut start = 0;
     for i in 1..parts {
         let at = (listing.len() * i / parts).max(start);
-        let cut = listing[at..]
+        let mut cut = listing[at..]
             .iter()
             .position(|b| *b == 0)
             .map_or(listing.len(), |p| at + p + 1);
+        // A name listed again (git lists one per stage of a merge conflict) stays in the run
+        // of its first listing, where it is read once.
+        if cut < listing.len() {
+            let before = listing[..cut - 1]
+                .iter()
+                .rposition(|b| *b == 0)
+                .map_or(0, |p| p + 1);
+            let last = &listing[before..cut - 1];
+            while let Some(end) = listing[cut..].iter().position(|b| *b == 0) {
+                if &listing[cut..cut + end] != last {
+                    break;
+                }
+                cut += end + 1;
+            }
+        }
         runs.push(&listing[start..cut]);
         start = cut;
     }

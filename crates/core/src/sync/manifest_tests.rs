@@ -222,6 +222,22 @@ fn a_listing_cut_for_threads_keeps_every_name_whole() {
     }
     assert!(split_listing(b"", 3).is_empty());
     assert_eq!(split_listing(b"one", 3), [b"one"]);
+    // A name listed again right where a cut falls stays with its first listing.
+    let mut conflicted = Vec::new();
+    for name in ["a/1", "a/2", "a/3", "b/x", "b/x", "b/x", "c/1", "c/2"] {
+        conflicted.extend_from_slice(name.as_bytes());
+        conflicted.push(0);
+    }
+    for parts in 2..=8 {
+        for run in split_listing(&conflicted, parts) {
+            let n = run.windows(4).filter(|w| w == b"b/x\0").count();
+            assert!(
+                n == 0 || n == 3,
+                "{parts}: {}",
+                String::from_utf8_lossy(run)
+            );
+        }
+    }
 }
 
 #[test]
@@ -240,13 +256,22 @@ fn files_read_on_several_threads_are_each_read_once_with_their_own_metadata() {
     let m = SyncManifest::build(root, &SyncOptions::default()).unwrap();
     let got: Vec<(String, u64)> = m.entries.iter().map(|e| (e.path.clone(), e.size)).collect();
     assert_eq!(got, want);
-    // git lists a path once per stage of a merge conflict: one entry each.
-    let listing = b"d0/sub0/f00000\0d0/sub0/f00000\0d0/sub0/f00000\0d1/sub1/f00001\0";
+    // git lists a path once per stage of a merge conflict: read once, wherever the listing
+    // is cut for the threads (read here before any sort or dedup).
+    let mut listing = Vec::new();
+    for (rel, _) in &want {
+        let times = if rel.ends_with('0') { 3 } else { 1 };
+        for _ in 0..times {
+            listing.extend_from_slice(rel.as_bytes());
+            listing.push(0);
+        }
+    }
     let filters = Filters {
         exclude: &Gitignore::empty(),
         include: None,
     };
-    let found = stat_parallel(root, listing, &filters).unwrap();
+    let found = stat_parallel(root, &listing, &filters).unwrap();
     let paths: Vec<&str> = found.entries.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, ["d0/sub0/f00000", "d1/sub1/f00001"]);
+    let once: Vec<&str> = want.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(paths, once);
 }

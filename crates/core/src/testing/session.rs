@@ -61,6 +61,10 @@ impl BoxSession for MemSession {
         })
     }
 
+    fn may_name_tree(&self, _req: &ApplySync<'_>) -> bool {
+        true
+    }
+
     async fn apply_sync(
         &self,
         req: &ApplySync<'_>,
