@@ -5,12 +5,13 @@
 //! read-only, except per-sandbox host directories bound over `/home`, `/root` and
 //! `/tmp`, and a generated `/etc/passwd` and `/etc/group` that know `root` (uid 0)
 //! and `user` (uid 1000, home `/home/user`). Commands enter those namespaces with
-//! `nsenter` and drop to the selected user with `setpriv`, so background processes
+//! `nsenter`, which also drops to the selected user (and its supplementary groups), so
+//! background processes
 //! outlive the command that started them (as in a real sandbox), and killing the
 //! init tears down everything the sandbox ran.
 //!
 //! Needs, on the host: root, and the `bubblewrap` and `util-linux` packages
-//! (`bwrap`, `nsenter`, `setpriv`). There is no non-isolated fallback.
+//! (`bwrap`, `nsenter`). There is no non-isolated fallback.
 
 use std::ffi::OsString;
 use std::fs;
@@ -118,7 +119,6 @@ pub enum IsolationError {
 pub struct HostTools {
     pub bwrap: PathBuf,
     pub nsenter: PathBuf,
-    pub setpriv: PathBuf,
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -146,10 +146,6 @@ impl HostTools {
         })?;
         let nsenter = find_on_path("nsenter").ok_or(IsolationError::MissingTool {
             tool: "nsenter",
-            package: "util-linux",
-        })?;
-        let setpriv = find_on_path("setpriv").ok_or(IsolationError::MissingTool {
-            tool: "setpriv",
             package: "util-linux",
         })?;
         // SAFETY: geteuid has no preconditions.
@@ -183,11 +179,7 @@ impl HostTools {
                 probe.status
             )));
         }
-        Ok(HostTools {
-            bwrap,
-            nsenter,
-            setpriv,
-        })
+        Ok(HostTools { bwrap, nsenter })
     }
 }
 
@@ -349,7 +341,8 @@ impl SandboxNamespace {
     }
 
     /// A command that runs `program args` inside the sandbox as `user` in `cwd`,
-    /// with exactly the environment `envs`.
+    /// with exactly the environment `envs`. `nsenter` sets the user itself (`--setgid` drops
+    /// the supplementary groups): one program started before the command, not two.
     pub fn command(
         &self,
         tools: &HostTools,
@@ -363,11 +356,8 @@ impl SandboxNamespace {
         cmd.arg(format!("--target={}", self.init_pid))
             .args(["--mount", "--pid", "--uts", "--ipc", "--net"])
             .arg(format!("--wdns={cwd}"))
-            .arg("--")
-            .arg(&tools.setpriv)
-            .arg(format!("--reuid={}", user.uid))
-            .arg(format!("--regid={}", user.gid))
-            .arg("--clear-groups")
+            .arg(format!("--setuid={}", user.uid))
+            .arg(format!("--setgid={}", user.gid))
             .arg("--")
             .arg(program)
             .args(args)

@@ -1,7 +1,7 @@
 //! Whether this host can run the emulator, and what tests do when it cannot.
 //!
 //! The emulator needs root, `bubblewrap` (`bwrap`) that the kernel lets make
-//! namespaces, and util-linux (`nsenter`, `setpriv`). On a machine without them a
+//! namespaces, and util-linux (`nsenter`). On a machine without them a
 //! test that starts an emulator skips with a one-line reason instead of failing;
 //! where the emulator is required (CI), it fails, so a broken CI machine cannot
 //! turn the E2B tests into no-ops.

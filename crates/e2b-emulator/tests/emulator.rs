@@ -328,6 +328,12 @@ async fn start_streams_separated_output_and_exit_code_7() {
 
     let root = c.run(&sbx, "whoami; echo $HOME", Some("root")).await;
     assert_eq!(root.stdout, "root\n/root\n");
+    // Real and effective ids, and no supplementary group carried over from the host.
+    let ids = "id -ru; id -u; id -rg; id -g; id -G";
+    let user = c.run(&sbx, ids, None).await;
+    assert_eq!(user.stdout, "1000\n1000\n1000\n1000\n1000\n");
+    let root = c.run(&sbx, ids, Some("root")).await;
+    assert_eq!(root.stdout, "0\n0\n0\n0\n0\n");
     emu.shutdown().await;
 }
 
