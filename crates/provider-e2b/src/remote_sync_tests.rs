@@ -86,21 +86,11 @@ impl Box_ {
             )
             .unwrap();
             std::fs::write(&upload, bytes).unwrap();
-            let mut cmd = std::process::Command::new("/bin/bash");
-            cmd.env("CBX_CHUNK", &upload)
-                .env("CBX_CODEC", codec.name())
-                .env("CBX_STAGE", &stage)
-                .env("CBX_WORKDIR", &wd);
-            if record {
-                cmd.args(["-c", UNPACK_SCRIPT]);
+            let mut cmd = if record {
+                unpacking(UNPACK_SCRIPT, &upload, codec.name(), &stage, &wd)
             } else {
-                cmd.args(["-c", UNPACK_THEN_COMMIT])
-                    .env("CBX_JOINED", "1")
-                    .env("CBX_UNPACK", UNPACK_SCRIPT)
-                    .env("CBX_COMMIT", COMMIT_SCRIPT)
-                    .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
-                    .env("CBX_OPS_SENT", if ops.is_empty() { "" } else { "1" });
-            }
+                unpack_then_commit(&upload, codec.name(), &stage, &wd, !ops.is_empty())
+            };
             let out = cmd.output().unwrap();
             assert!(
                 !upload.exists(),
@@ -299,6 +289,41 @@ fn a_file_replaced_by_a_directory_on_the_box_is_restored() {
     assert_eq!(read(&wd.join("x")), "file");
 }
 
+/// `script` in bash with the unpack script's inputs: the upload, its codec, the staging
+/// directory and the workdir.
+fn unpacking(
+    script: &str,
+    upload: &Path,
+    codec: &str,
+    stage: &str,
+    wd: &Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new("/bin/bash");
+    cmd.args(["-c", script])
+        .env("CBX_CHUNK", upload)
+        .env("CBX_CODEC", codec)
+        .env("CBX_STAGE", stage)
+        .env("CBX_WORKDIR", wd);
+    cmd
+}
+
+/// The unpack and commit of a lone chunk in one process, as the provider starts it.
+fn unpack_then_commit(
+    upload: &Path,
+    codec: &str,
+    stage: &str,
+    wd: &Path,
+    ops_sent: bool,
+) -> std::process::Command {
+    let mut cmd = unpacking(UNPACK_THEN_COMMIT, upload, codec, stage, wd);
+    cmd.env("CBX_JOINED", "1")
+        .env("CBX_UNPACK", UNPACK_SCRIPT)
+        .env("CBX_COMMIT", COMMIT_SCRIPT)
+        .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
+        .env("CBX_OPS_SENT", if ops_sent { "1" } else { "" });
+    cmd
+}
+
 /// A workdir holding `keep.txt`, and an upload that is not the gzip it claims to be: (workdir,
 /// upload, staging directory).
 fn broken_upload(b: &Box_) -> (PathBuf, PathBuf, String) {
@@ -315,12 +340,7 @@ fn broken_upload(b: &Box_) -> (PathBuf, PathBuf, String) {
 fn failed_extract_leaves_the_workdir_intact() {
     let b = Box_::new();
     let (wd, upload, stage) = broken_upload(&b);
-    let out = std::process::Command::new("/bin/bash")
-        .args(["-c", UNPACK_SCRIPT])
-        .env("CBX_CHUNK", &upload)
-        .env("CBX_CODEC", "gzip")
-        .env("CBX_STAGE", &stage)
-        .env("CBX_WORKDIR", &wd)
+    let out = unpacking(UNPACK_SCRIPT, &upload, "gzip", &stage, &wd)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -342,17 +362,7 @@ fn a_failed_extract_in_one_process_with_its_commit_leaves_the_workdir_and_nothin
         SyncOp::encode_all(&[SyncOp::Delete("keep.txt".into())]),
     )
     .unwrap();
-    let out = std::process::Command::new("/bin/bash")
-        .args(["-c", UNPACK_THEN_COMMIT])
-        .env("CBX_JOINED", "1")
-        .env("CBX_UNPACK", UNPACK_SCRIPT)
-        .env("CBX_COMMIT", COMMIT_SCRIPT)
-        .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
-        .env("CBX_OPS_SENT", "1")
-        .env("CBX_CHUNK", &upload)
-        .env("CBX_CODEC", "gzip")
-        .env("CBX_STAGE", &stage)
-        .env("CBX_WORKDIR", &wd)
+    let out = unpack_then_commit(&upload, "gzip", &stage, &wd, true)
         .output()
         .unwrap();
     assert!(!out.status.success());

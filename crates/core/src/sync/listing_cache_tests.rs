@@ -24,6 +24,15 @@ fn git(root: &Path, args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// Writes `bytes` over the start of the existing file `path` (no new inode, no directory change).
+fn write_in_place(path: &Path, bytes: &[u8]) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+        .unwrap();
+}
+
 /// The newest change time of anything under `dir`.
 fn newest(dir: &Path) -> SystemTime {
     let mut at = SystemTime::UNIX_EPOCH;
@@ -70,19 +79,29 @@ impl Tree {
         while SystemTime::now() < mark {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let c = self.open();
-        let tracked = git(self.root(), &["ls-files", "--cached", "-z"]);
-        let others = git(
-            self.root(),
-            &["ls-files", "--others", "--exclude-standard", "-z"],
-        );
-        c.keep(&tracked, &others);
+        let others = self.list_into(&self.open());
         let r = self.open().reuse().expect("kept");
         assert_eq!(
             r.others.verify().as_deref(),
             Some(&others[..]),
             "reused at once"
         );
+    }
+
+    /// Lists the tree with git now and has `c` keep it (if it will); the untracked listing.
+    fn list_into(&self, c: &ListingCache) -> Vec<u8> {
+        let tracked = git(self.root(), &["ls-files", "--cached", "-z"]);
+        let others = self.others();
+        c.keep(&tracked, &others);
+        others
+    }
+
+    /// `git ls-files` of the untracked files git does not ignore.
+    fn others(&self) -> Vec<u8> {
+        git(
+            self.root(),
+            &["ls-files", "--others", "--exclude-standard", "-z"],
+        )
     }
 
     /// What the cache offers now, checked against git: never a listing git would not give.
@@ -98,10 +117,7 @@ impl Tree {
         let Some(others) = r.others.verify() else {
             return (true, false);
         };
-        let fresh = git(
-            self.root(),
-            &["ls-files", "--others", "--exclude-standard", "-z"],
-        );
+        let fresh = self.others();
         assert_eq!(
             String::from_utf8_lossy(&others),
             String::from_utf8_lossy(&fresh),
@@ -187,11 +203,7 @@ fn a_change_to_the_ignore_rules_lists_the_untracked_files_again() {
     t.write("logs/.gitignore", "*.log\n");
     t.write("logs/a.log", "x");
     t.keep();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(t.root().join("logs/.gitignore"))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"*.tmp\n"))
-        .unwrap();
+    write_in_place(&t.root().join("logs/.gitignore"), b"*.tmp\n");
     assert_eq!(t.reused(), (true, false));
 }
 
@@ -213,11 +225,7 @@ fn an_ignore_source_is_read_through_its_symlink_and_a_device_is_stable() {
 
     let null = Path::new("/dev/null");
     let before = Stamp::of_source(null);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(null)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
-        .unwrap();
+    write_in_place(null, b"x");
     assert_eq!(Stamp::of_source(null), before);
     assert!(before.is_some());
 }
@@ -258,13 +266,7 @@ fn a_tree_changed_just_before_the_listing_is_not_kept() {
     let t = Tree::new();
     t.write("src/new.txt", "x");
     // No waiting: src changed within the racy window of this listing.
-    let c = t.open();
-    let tracked = git(t.root(), &["ls-files", "--cached", "-z"]);
-    let others = git(
-        t.root(),
-        &["ls-files", "--others", "--exclude-standard", "-z"],
-    );
-    c.keep(&tracked, &others);
+    t.list_into(&t.open());
     assert!(t.open().reuse().is_none());
 }
 
@@ -277,24 +279,16 @@ fn a_change_recent_on_a_filesystem_whose_clock_lags_is_not_kept() {
     while SystemTime::now() < mark {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let listed = |c: &ListingCache| {
-        let tracked = git(t.root(), &["ls-files", "--cached", "-z"]);
-        let others = git(
-            t.root(),
-            &["ls-files", "--others", "--exclude-standard", "-z"],
-        );
-        c.keep(&tracked, &others);
-    };
     // ...but not by the clock of a filesystem a second behind it.
     let mut c = t.open();
     c.fs_now = |_| SystemTime::now().checked_sub(Duration::from_secs(1));
-    listed(&c);
+    t.list_into(&c);
     assert!(
         t.open().reuse().is_none(),
         "kept though recent on the filesystem"
     );
     // The same listing on a filesystem whose clock agrees is kept.
-    listed(&t.open());
+    t.list_into(&t.open());
     assert!(t.open().reuse().is_some());
 }
 
