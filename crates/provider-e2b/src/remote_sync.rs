@@ -54,20 +54,41 @@ const REAP_SCRIPT: &str = include_str!("scripts/sync_reap.sh");
 /// Runs the unpack script (in a subshell, so its `exit` on a failure is its own), then the
 /// commit script (each given in the environment), in one process on the box. With
 /// `CBX_JOINED` set neither removes the upload alone: one `rm` at the end removes everything
-/// (this trap if the unpack failed, the commit's if it ran).
+/// (this trap if the unpack failed, the commit's if it ran), unless the unpack found the sync
+/// claimed by the tree's watcher (exit 75): then the files are the watcher's.
 const UNPACK_THEN_COMMIT: &str = r#"trap 'rm -rf -- "$CBX_CHUNK" "$CBX_STAGE" "$CBX_STAGE.ops" "$CBX_STAGE.rec"' EXIT
-( eval "$CBX_UNPACK" ) && eval "$CBX_COMMIT""#;
+( eval "$CBX_UNPACK" ) || { s=$?; [ "$s" -ne 75 ] || trap - EXIT; exit "$s"; }
+eval "$CBX_COMMIT""#;
+
+/// How a sync was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// By the unpack and commit scripts, run on the box.
+    ByScripts,
+    /// By the tree's watcher, which started no process: what changed with it (a patch
+    /// segment, the sync's own changes and any other since the watcher last answered), when
+    /// the watcher still keeps count.
+    ByWatcher { segment: Option<Vec<u8>> },
+}
+
+/// Syncs of at most this many bytes on the wire may be applied by the tree's watcher.
+const WATCHER_APPLIES_AT_MOST: u64 = 1 << 20;
+/// The unpack script's exit when the staging directory it was to claim is taken (by the
+/// watcher, which then applies the sync).
+const CLAIMED_EXIT: i32 = 75;
 
 /// Sends and unpacks each chunk as it arrives, then commits, within `req.timeout` for all of
-/// it. On cancel (`Error::Interrupted`), the deadline, an `Err` in the feed or any failure,
-/// the scripts are killed and every upload, the staging directory and the plan's copies are
+/// it. A lone small chunk is applied by the tree's `watcher` (its id), when given, with no
+/// process started on the box; the scripts apply it if that watcher cannot. On cancel
+/// (`Error::Interrupted`), the deadline, an `Err` in the feed or any failure, the scripts are killed and every upload, the staging directory and the plan's copies are
 /// removed from the box (bounded by [`CLEANUP_BUDGET`]) before this returns.
 pub async fn apply(
     envd: &Envd,
     req: &ApplySync<'_>,
     mut chunks: ChunkFeed,
     reporter: &dyn Reporter,
-) -> Result<()> {
+    watcher: Option<&str>,
+) -> Result<Applied> {
     let (workdir, timeout, cancel) = (req.workdir, req.timeout, req.cancel);
     let tag = hex::encode(rand::random::<[u8; 8]>());
     let stage = staging_dir(workdir, &tag);
@@ -96,12 +117,55 @@ pub async fn apply(
     let work = async {
         let mut unpacking = futures::stream::FuturesUnordered::new();
         let (mut n, mut sent, mut committed) = (0usize, 0u64, false);
+        let mut applied = Applied::ByScripts;
         let started = std::time::Instant::now();
         while let Some(chunk) = chunks.recv().await {
             let chunk = chunk?;
             sent += chunk.len;
             let remote = format!("/tmp/crabbox-{tag}-{n}.{}", extension(chunk.codec));
             let small: &[_] = if n == 0 { &beside } else { &[] };
+            let mut envs = BTreeMap::from([
+                ("CBX_CHUNK".to_string(), remote.clone()),
+                ("CBX_CODEC".to_string(), chunk.codec.name().to_string()),
+                ("CBX_STAGE".to_string(), stage.clone()),
+                ("CBX_WORKDIR".to_string(), workdir.to_string()),
+            ]);
+            // A lone chunk is unpacked and committed by one process: one round trip less.
+            if req.chunks == 1 {
+                committed = true;
+                // The commit's cleanup removes the upload too: one `rm` less.
+                envs.insert("CBX_JOINED".into(), "1".into());
+                envs.insert("CBX_RECORD".into(), record_path(workdir));
+                envs.extend(sent_beside.clone());
+                envs.insert("CBX_UNPACK".into(), UNPACK_SCRIPT.into());
+                envs.insert("CBX_COMMIT".into(), COMMIT_SCRIPT.into());
+            }
+            // A small lone chunk: the tree's watcher applies it, or else the scripts.
+            let by_watcher = watcher.filter(|_| {
+                req.chunks == 1
+                    && chunk.len <= WATCHER_APPLIES_AT_MOST
+                    && matches!(chunk.codec, Codec::Stored | Codec::Gzip)
+            });
+            if let Some(id) = by_watcher {
+                upload_file(envd, small, &chunk.file, &remote, timeout).await?;
+                drop(chunk.file);
+                let flags = [
+                    if chunk.codec == Codec::Stored {
+                        "t"
+                    } else {
+                        "z"
+                    },
+                    if req.ops.is_empty() { "" } else { "o" },
+                    if req.record.is_some() { "r" } else { "" },
+                ]
+                .concat();
+                // The scripts, if they run, claim the sync first.
+                envs.insert("CBX_CLAIM".into(), "1".into());
+                let request = format!("{tag}-{flags}");
+                applied = apply_by_watcher(envd, workdir, id, &request, envs, &pids).await?;
+                n += 1;
+                continue;
+            }
             let upload = upload_file(envd, small, &chunk.file, &remote, timeout);
             if n == 0 {
                 // The staging directory is made beside the first upload, so the box starts no
@@ -112,21 +176,7 @@ pub async fn apply(
                 upload.await?;
             }
             drop(chunk.file);
-            let mut envs = BTreeMap::from([
-                ("CBX_CHUNK".to_string(), remote),
-                ("CBX_CODEC".to_string(), chunk.codec.name().to_string()),
-                ("CBX_STAGE".to_string(), stage.clone()),
-                ("CBX_WORKDIR".to_string(), workdir.to_string()),
-            ]);
-            // A lone chunk is unpacked and committed by one process: one round trip less.
             let script = if req.chunks == 1 {
-                committed = true;
-                // The commit's cleanup removes the upload too: one `rm` less.
-                envs.insert("CBX_JOINED".into(), "1".into());
-                envs.insert("CBX_RECORD".into(), record_path(workdir));
-                envs.extend(sent_beside.clone());
-                envs.insert("CBX_UNPACK".into(), UNPACK_SCRIPT.into());
-                envs.insert("CBX_COMMIT".into(), COMMIT_SCRIPT.into());
                 UNPACK_THEN_COMMIT
             } else {
                 UNPACK_SCRIPT
@@ -160,7 +210,7 @@ pub async fn apply(
         }
         if committed {
             return if n == 1 {
-                Ok(())
+                Ok(applied)
             } else {
                 Err(Error::Sync(format!(
                     "the sync was planned as one chunk but {n} were sent"
@@ -173,7 +223,8 @@ pub async fn apply(
             ("CBX_RECORD".to_string(), record_path(workdir)),
         ]);
         envs.extend(sent_beside);
-        finished(envd, run_script(envd, COMMIT_SCRIPT, envs, &pids).await).map(drop)
+        finished(envd, run_script(envd, COMMIT_SCRIPT, envs, &pids).await)?;
+        Ok(Applied::ByScripts)
     };
     // One deadline for all of it; a cancel or the deadline drops `work` here, so the remote
     // leftovers are removed below rather than by the scripts' traps.
@@ -197,6 +248,80 @@ pub async fn apply(
             tokio::time::timeout(CLEANUP_BUDGET, remove_leftovers(envd, &pids, &leftovers)).await;
     }
     result
+}
+
+/// Has watcher `id` apply the sync uploaded as `request` (`<tag>-<flags>`, see
+/// `scripts/sync_watch.py`): asked by a request directory, answered in its state file. A
+/// watcher that cannot answer (another watcher's, a lost one, none within
+/// [`WATCHER_PATIENCE`]) leaves it to the unpack and commit scripts (`envs`), which claim the
+/// sync first; when the watcher claimed it already, its answer is awaited (the sync's
+/// deadline bounds that).
+async fn apply_by_watcher(
+    envd: &Envd,
+    workdir: &str,
+    id: &str,
+    request: &str,
+    envs: BTreeMap<String, String>,
+    pids: &std::sync::Mutex<Vec<u32>>,
+) -> Result<Applied> {
+    let ctl = watch_dir(workdir);
+    let answer = match make_request(envd, &ctl, "a", request).await {
+        Some(()) => await_answer(envd, &ctl, id, request, Some(WATCHER_PATIENCE)).await,
+        None => Waited::Never,
+    };
+    let state = match answer {
+        Waited::Answered(state) => state,
+        Waited::Never | Waited::TimedOut => {
+            let ran = run_script(envd, UNPACK_THEN_COMMIT, envs, pids).await;
+            if !matches!(ran, Ok((CLAIMED_EXIT, _, _))) {
+                finished(envd, ran)?;
+                return Ok(Applied::ByScripts);
+            }
+            match await_answer(envd, &ctl, id, request, None).await {
+                Waited::Answered(state) => state,
+                _ => {
+                    return Err(Error::Sync(format!(
+                        "the watcher of {workdir} on the box took the sync but gave no answer; \
+                         the next run reads the box's tree whole"
+                    )))
+                }
+            }
+        }
+    };
+    match apply_answer(&state) {
+        Some(Ok(segment)) => Ok(Applied::ByWatcher { segment }),
+        Some(Err(why)) => Err(Error::Sync(
+            envd.scrub(&format!("sync failed on the box: {why}")),
+        )),
+        None => Err(Error::Sync(format!(
+            "the watcher of {workdir} on the box answered the sync unreadably; the next run \
+             reads the box's tree whole"
+        ))),
+    }
+}
+
+/// A watcher's answer to an apply request (`Aok` or `A!why` after the four fields, then a
+/// patch segment): the segment when the watcher still keeps count, or why it failed; `None`
+/// when unreadable.
+fn apply_answer(state: &[u8]) -> Option<std::result::Result<Option<Vec<u8>>, String>> {
+    let mut rest = state;
+    let mut fields = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let at = rest.iter().position(|b| *b == 0)?;
+        fields.push(&rest[..at]);
+        rest = &rest[at + 1..];
+    }
+    match fields[4] {
+        b"Aok" => {}
+        f => {
+            let why = f.strip_prefix(b"A!")?;
+            return Some(Err(String::from_utf8_lossy(why).into_owned()));
+        }
+    }
+    if fields[3] != b"ok" {
+        return Some(Ok(None));
+    }
+    Some(Ok(crate::scan::segment_of(rest)))
 }
 
 /// The codecs the box can unpack, best first: zstd where it has `zstd`, always gzip.
@@ -320,10 +445,7 @@ pub async fn scan(
     if cache.is_some() && !checksum {
         envs.insert("CBX_WATCHER".into(), WATCHER.into());
         envs.insert("CBX_WATCH_CTL".into(), ctl);
-        envs.insert(
-            "CBX_WATCH_ID".into(),
-            hex::encode(rand::random::<[u8; 8]>()),
-        );
+        envs.insert("CBX_WATCH_ID".into(), new_watcher_id());
     }
     let (code, out, err) = run_tracked(
         envd,
@@ -355,6 +477,24 @@ pub async fn scan(
 const WATCHER: &str = include_str!("scripts/sync_watch.py");
 /// How long a watcher is given to answer: past it, the tree is read whole.
 const WATCHER_PATIENCE: Duration = Duration::from_millis(250);
+
+/// The version of the watcher this crabbox starts, first in its id: a watcher started by an
+/// older crabbox (an id of hex digits alone) is never asked to apply a sync.
+const WATCHER_VERSION: &str = "2";
+
+/// A new watcher's id: `<version>-<16 hex digits>`.
+fn new_watcher_id() -> String {
+    format!(
+        "{WATCHER_VERSION}-{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    )
+}
+
+/// Watcher `id` can apply a sync (see [`WATCHER_VERSION`]).
+pub fn watcher_applies(id: &str) -> bool {
+    id.split_once('-')
+        .is_some_and(|(version, _)| version.parse::<u32>().is_ok_and(|v| v >= 2))
+}
 
 /// `<parent>/.<name>.crabbox-watch`: the control directory of `workdir`'s watcher.
 pub fn watch_dir(workdir: &str) -> String {
@@ -409,6 +549,15 @@ pub async fn watcher_changes(envd: &Envd, ctl: &str, id: &str) -> Option<Vec<u8>
 /// [`WATCHER_PATIENCE`], a failed call).
 async fn ask_watcher(envd: &Envd, ctl: &str, id: &str, kind: &str) -> Option<(Vec<u8>, String)> {
     let nonce = hex::encode(rand::random::<[u8; 8]>());
+    make_request(envd, ctl, kind, &nonce).await?;
+    match await_answer(envd, ctl, id, &nonce, Some(WATCHER_PATIENCE)).await {
+        Waited::Answered(state) if keeps_count(&state, id) => Some((state, nonce)),
+        _ => None,
+    }
+}
+
+/// Makes the request directory `<ctl>/<kind>-<nonce>`; `None` when the call failed.
+async fn make_request(envd: &Envd, ctl: &str, kind: &str, nonce: &str) -> Option<()> {
     let req = filesystem::MakeDirRequest {
         path: format!("{ctl}/{kind}-{nonce}"),
     };
@@ -416,28 +565,57 @@ async fn ask_watcher(envd: &Envd, ctl: &str, id: &str, kind: &str) -> Option<(Ve
         .unary::<_, filesystem::MakeDirResponse>(filesystem::SERVICE, "MakeDir", &req)
         .await
     {
-        Ok(_) => {}
+        Ok(_) => Some(()),
         // envd looks at the directory it made before it answers; the watcher may have taken
         // it already. Made or not, the state file says whether the question was seen.
         Err(crate::envd::RpcFailure::Rpc(e))
-            if e.code == crabbox_e2b_wire::connect::Code::NotFound => {}
-        Err(_) => return None,
+            if e.code == crabbox_e2b_wire::connect::Code::NotFound =>
+        {
+            Some(())
+        }
+        Err(_) => None,
     }
+}
+
+/// What became of a request to a watcher.
+enum Waited {
+    /// Its state file answers it (whether the watcher still keeps count or not).
+    Answered(Vec<u8>),
+    /// It never will: another watcher's state, a lost one's, or no state to read.
+    Never,
+    /// Past the patience given.
+    TimedOut,
+}
+
+/// Reads watcher `id`'s state file until it answers request `nonce`, it never will, or
+/// `patience` (if any) is past.
+async fn await_answer(
+    envd: &Envd,
+    ctl: &str,
+    id: &str,
+    nonce: &str,
+    patience: Option<Duration>,
+) -> Waited {
     let state = format!("{ctl}/state");
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
         let mut buf = Vec::new();
-        envd.download(&state, &mut buf).await.ok()?;
-        // Another watcher's state, or a lost one's, answers nothing of ours, ever.
-        if !keeps_count(&buf, id) {
-            return None;
+        if envd.download(&state, &mut buf).await.is_err() {
+            return Waited::Never;
         }
-        if answered(&buf, &nonce) {
-            return Some((buf, nonce));
+        let mut f = buf.split(|b| *b == 0);
+        let ours = f.next() == Some(b"cbxw1") && f.next() == Some(id.as_bytes());
+        if ours && answered(&buf, nonce) {
+            return Waited::Answered(buf);
         }
-        if started.elapsed() >= WATCHER_PATIENCE {
-            return None;
+        // Another watcher's state answers nothing of ours, ever; nor does a lost one's, unless
+        // it took the request before (awaited without patience: it answers still).
+        if !ours || (patience.is_some() && !keeps_count(&buf, id)) {
+            return Waited::Never;
+        }
+        if patience.is_some_and(|p| started.elapsed() >= p) {
+            return Waited::TimedOut;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));

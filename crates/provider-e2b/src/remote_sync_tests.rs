@@ -489,3 +489,48 @@ fn a_sync_that_changes_the_synced_paths_leaves_the_watcher_lost() {
     assert_eq!(super::watch_tests::ask(&ctl, "0a1b2c3d"), Some(false));
     let _ = std::fs::remove_dir_all(&ctl);
 }
+
+#[test]
+fn the_scripts_leave_a_sync_the_watcher_claimed_to_it() {
+    let b = Box_::new();
+    b.write_src("a.txt", "a1");
+    b.apply_ok(&["a.txt"], &[]);
+    let wd = b.wd();
+    let upload = b.dir.path().join("crabbox-claimed-0.tar");
+    std::fs::write(&upload, b"the watcher's").unwrap();
+    let stage = staging_dir(wd.to_str().unwrap(), "claimed");
+    // The watcher made the staging directory first: the scripts change and remove nothing.
+    std::fs::create_dir_all(&stage).unwrap();
+    let out = unpack_then_commit(&upload, "none", &stage, &wd, false)
+        .env("CBX_CLAIM", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(CLAIMED_EXIT));
+    assert!(upload.exists() && Path::new(&stage).exists());
+    assert_eq!(read(&wd.join("a.txt")), "a1");
+    // Unclaimed, the scripts claim it and apply it.
+    std::fs::remove_dir(&stage).unwrap();
+    b.write_src("a.txt", "a2");
+    let mut bytes = Vec::new();
+    let m = SyncManifest::build(b.src.path(), &Default::default()).unwrap();
+    crabbox_core::sync::write_archive_with(
+        b.src.path(),
+        m.entries.iter(),
+        Codec::Stored,
+        &mut bytes,
+        |_| {},
+    )
+    .unwrap();
+    std::fs::write(&upload, bytes).unwrap();
+    let out = unpack_then_commit(&upload, "none", &stage, &wd, false)
+        .env("CBX_CLAIM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(&wd.join("a.txt")), "a2");
+    assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
+}

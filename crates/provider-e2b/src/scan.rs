@@ -95,7 +95,12 @@ impl Watched {
         let since = f.next()?.parse().ok()?;
         let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
         let maybe = |s: &str| (s != "-").then(|| s.to_string());
-        if !hex(id)
+        // `<hex>` (an older crabbox's watcher) or `<version>-<hex>`.
+        let id_ok = match id.split_once('-') {
+            Some((v, h)) => !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && hex(h),
+            None => hex(id),
+        };
+        if !id_ok
             || !hex(listing)
             || f.next().is_some()
             || !(record == "-" || hex(record))
@@ -302,7 +307,11 @@ pub fn watcher_segment(state: &[u8]) -> Option<Vec<u8>> {
     for _ in 0..4 {
         c.field()?;
     }
-    let segment = c.rest;
+    segment_of(c.rest)
+}
+
+/// `segment` when it is one whole patch segment (`C<n>`, n paths, `E<m>`, m entries).
+pub fn segment_of(segment: &[u8]) -> Option<Vec<u8>> {
     let mut scratch = RemoteTree::default();
     let mut one = Cursor { rest: segment };
     read_segment(&mut one, &mut scratch).ok()?;

@@ -138,7 +138,22 @@ impl BoxSession for E2bSession {
             c.forget_watch(&self.sandbox_id, req.workdir);
             w
         });
-        match crate::remote_sync::apply(&self.envd, req, chunks, reporter).await {
+        // The scans' lock is held from here: another run's scan must not make the watcher
+        // forget changes between this sync and its question to the watcher.
+        let locked = match (&self.scans, &noted) {
+            (Some(c), Some(_)) => c.lock(&self.sandbox_id, req.workdir).await,
+            _ => None,
+        };
+        // A small sync is applied by the watcher itself where it keeps count (no process on
+        // the box), when the tree it leaves may be named.
+        let watcher = noted
+            .as_ref()
+            .filter(|w| {
+                locked.is_some() && req.sent.is_some() && crate::remote_sync::watcher_applies(&w.id)
+            })
+            .map(|w| w.id.as_str());
+        let applied = crate::remote_sync::apply(&self.envd, req, chunks, reporter, watcher).await;
+        match applied {
             Err(Error::Transport(e)) => {
                 let broken = if e.contains("retry later") {
                     Error::Transport(e)
@@ -152,7 +167,7 @@ impl BoxSession for E2bSession {
                 why_broken(&self.control, &self.sandbox_id, Err(broken)).await
             }
             Err(e) => Err(e),
-            Ok(()) => {
+            Ok(applied) => {
                 let mut state = None;
                 if let Some(c) = &self.scans {
                     if let Some(record) = req.record {
@@ -160,25 +175,38 @@ impl BoxSession for E2bSession {
                     }
                     // What the sync changed, read afresh by the watcher (which then forgets it):
                     // the next run need not read the tree. A watcher that cannot say (the record
-                    // changed, say) leaves no note, and the next run reads it all.
-                    let locked = match &noted {
-                        Some(_) => c.lock(&self.sandbox_id, req.workdir).await,
-                        None => None,
-                    };
-                    if let (Some(w), Some(_locked)) = (&noted, locked) {
-                        let ctl = crate::remote_sync::watch_dir(req.workdir);
-                        let changes = crate::remote_sync::watcher_changes(&self.envd, &ctl, &w.id);
-                        if let Some(segment) = changes.await {
-                            let noted = c.extend_patch(&self.sandbox_id, req.workdir, w, &segment);
-                            // The tree is named only when the watcher saw this sync's changes
-                            // and no one else's (a command still running, another machine).
-                            let own = req
-                                .sent
-                                .is_some_and(|sent| only_the_syncs(&segment, sent, req.ops));
-                            state = noted.filter(|_| own).map(|n| n.state());
+                    // changed under the scripts, say) leaves no note, and the next run reads it
+                    // all.
+                    let segment = match (&noted, &locked, applied) {
+                        (Some(_), Some(_), crate::remote_sync::Applied::ByWatcher { segment }) => {
+                            segment
                         }
+                        (Some(w), Some(_), crate::remote_sync::Applied::ByScripts) => {
+                            let ctl = crate::remote_sync::watch_dir(req.workdir);
+                            crate::remote_sync::watcher_changes(&self.envd, &ctl, &w.id).await
+                        }
+                        _ => None,
+                    };
+                    if let (Some(w), Some(segment)) = (&noted, segment) {
+                        // A watcher that kept count saw the record it holds now: the one sent
+                        // (a watcher's own storing of it is no loss of count).
+                        let w = match req.record {
+                            Some(record) => crate::scan::Watched {
+                                record: Some(crate::scan::Part::sha256_of(record)),
+                                ..w.clone()
+                            },
+                            None => w.clone(),
+                        };
+                        let noted = c.extend_patch(&self.sandbox_id, req.workdir, &w, &segment);
+                        // The tree is named only when the watcher saw this sync's changes
+                        // and no one else's (a command still running, another machine).
+                        let own = req
+                            .sent
+                            .is_some_and(|sent| only_the_syncs(&segment, sent, req.ops));
+                        state = noted.filter(|_| own).map(|n| n.state());
                     }
                 }
+                drop(locked);
                 Ok(state)
             }
         }

@@ -243,3 +243,326 @@ fn a_watcher_that_lost_track_tells_nothing_but_that() {
     assert_eq!(changes(&t.ctl(), &id), None);
     assert_eq!(t.ask(&id), Some(false));
 }
+
+/// A sync laid out for the watcher as crabbox lays it out: the archive of `files` (written
+/// under a local root, with these modes and exact mtimes) in /tmp, the ops and the record
+/// beside the staging directory. The request's spec (`<tag>-<flags>`) and those paths.
+struct Staged {
+    spec: String,
+    stage: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+fn stage_sync(
+    t: &Tree,
+    files: &[(&str, &str, u32, i128)],
+    ops: &[crabbox_core::sync::SyncOp],
+    record: Option<&[u8]>,
+    codec: crabbox_core::sync::Codec,
+) -> Staged {
+    use crabbox_core::sync::{write_archive_with, Codec, EntryKind, SyncEntry};
+    let local = t.dir.path().join("local");
+    let mut entries = Vec::new();
+    for (path, body, mode, mtime_ns) in files {
+        let full = local.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, body).unwrap();
+        entries.push(SyncEntry {
+            path: path.to_string(),
+            kind: EntryKind::File,
+            mode: *mode,
+            size: body.len() as u64,
+            mtime_ns: *mtime_ns,
+            link_target: None,
+        });
+    }
+    let tag = hex::encode(rand::random::<[u8; 8]>());
+    let (ext, flag) = match codec {
+        Codec::Stored => ("tar", "t"),
+        _ => ("tgz", "z"),
+    };
+    let chunk = PathBuf::from(format!("/tmp/crabbox-{tag}-0.{ext}"));
+    let out = std::fs::File::create(&chunk).unwrap();
+    write_archive_with(&local, &entries, codec, out, |_| {}).unwrap();
+    let stage = PathBuf::from(staging_dir(t.wd().to_str().unwrap(), &tag));
+    let mut spec = format!("{tag}-{flag}");
+    let mut paths = vec![chunk];
+    if !ops.is_empty() {
+        let p = PathBuf::from(format!("{}.ops", stage.display()));
+        std::fs::write(&p, crabbox_core::sync::SyncOp::encode_all(ops)).unwrap();
+        spec.push('o');
+        paths.push(p);
+    }
+    if let Some(record) = record {
+        let p = PathBuf::from(format!("{}.rec", stage.display()));
+        std::fs::write(&p, record).unwrap();
+        spec.push('r');
+        paths.push(p);
+    }
+    Staged { spec, stage, paths }
+}
+
+/// Asks the watcher to apply `spec` and waits (10 s at most) for its answer to it.
+fn apply_request(ctl: &str, spec: &str) -> Option<Vec<u8>> {
+    let ctl = PathBuf::from(ctl);
+    std::fs::create_dir(ctl.join(format!("a-{spec}"))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(state) = std::fs::read(ctl.join("state")) {
+            if answered(&state, spec) {
+                return Some(state);
+            }
+        }
+        std::thread::yield_now();
+    }
+    None
+}
+
+fn mtime_ns(p: &Path) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn a_watcher_applies_a_small_sync_itself_and_answers_what_it_changed() {
+    use crabbox_core::sync::{Codec, SyncOp};
+    assert!(python3(), "python3 is needed to test the tree watcher");
+    for codec in [Codec::Stored, Codec::Gzip] {
+        let t = Tree::new();
+        let id = t.scan("2-0123abcd");
+        let w = t.wd();
+        // An edit, a new file, a deletion; a new record naming the same directories.
+        let new_record = b"dsrc\0dsrc/deep\0fsrc/b.rs\0fsrc/deep/c.rs\0fsrc/deep/d.txt\0";
+        let s = stage_sync(
+            &t,
+            &[
+                ("src/b.rs", "edited\n", 0o755, 1_700_000_000_123_456_789),
+                ("src/deep/d.txt", "new\n", 0o640, -1_500_000_000),
+            ],
+            &[
+                SyncOp::ClearIfDir("src/deep/d.txt".into()),
+                SyncOp::Delete("a.txt".into()),
+            ],
+            Some(new_record),
+            codec,
+        );
+        let state = apply_request(&t.ctl(), &s.spec).expect("the watcher answered");
+        let applied = apply_answer(&state).expect("a readable answer");
+        let segment = applied
+            .expect("applied")
+            .expect("the watcher still keeps count: the record is the one it stored");
+        assert_eq!(
+            std::fs::read_to_string(w.join("src/b.rs")).unwrap(),
+            "edited\n"
+        );
+        assert_eq!(mode(&w.join("src/b.rs")), 0o755);
+        assert_eq!(mtime_ns(&w.join("src/b.rs")), 1_700_000_000_123_456_789);
+        assert_eq!(
+            std::fs::read_to_string(w.join("src/deep/d.txt")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(mode(&w.join("src/deep/d.txt")), 0o640);
+        assert_eq!(mtime_ns(&w.join("src/deep/d.txt")), -1_500_000_000);
+        assert!(!w.join("a.txt").exists(), "deleted");
+        assert_eq!(
+            std::fs::read(t.dir.path().join(".w.crabbox-synced")).unwrap(),
+            new_record
+        );
+        for p in s.paths.iter().chain([&s.stage]) {
+            assert!(!p.exists(), "{} left behind ({codec:?})", p.display());
+        }
+        // Its answer is what changed, as the box holds it now; then it counts from there.
+        let (changed, now) = crate::scan::segment_changes(&segment).unwrap();
+        for p in ["a.txt", "src/b.rs", "src/deep/d.txt"] {
+            assert!(changed.iter().any(|c| c == p), "{p} not in {changed:?}");
+        }
+        let b = &now.entries["src/b.rs"];
+        assert_eq!((b.size, b.mode & 0o777), (7, 0o755));
+        assert!(!now.entries.contains_key("a.txt"));
+        assert_eq!(
+            t.ask(&id),
+            Some(true),
+            "forgotten once answered ({codec:?})"
+        );
+        // The record touched by anyone else afterwards is still a loss of count.
+        std::fs::write(t.dir.path().join(".w.crabbox-synced"), "fa.txt\0").unwrap();
+        assert_eq!(t.ask(&id), Some(false));
+    }
+}
+
+#[test]
+fn a_sync_that_makes_a_directory_is_applied_but_ends_the_count() {
+    use crabbox_core::sync::{Codec, SyncOp};
+    assert!(python3(), "python3 is needed to test the tree watcher");
+    let t = Tree::new();
+    let id = t.scan("2-0123abcd");
+    // Files in a new directory are not watched: only a full scan may vouch for them.
+    let new_record =
+        b"dsrc\0dsrc/deep\0dsrc/new\0fa.txt\0fsrc/b.rs\0fsrc/deep/c.rs\0fsrc/new/d.txt\0";
+    let s = stage_sync(
+        &t,
+        &[("src/new/d.txt", "new\n", 0o644, 1_700_000_000_000_000_000)],
+        &[
+            SyncOp::EnsureDir("src/new".into()),
+            SyncOp::ClearIfDir("src/new/d.txt".into()),
+        ],
+        Some(new_record),
+        Codec::Stored,
+    );
+    let state = apply_request(&t.ctl(), &s.spec).expect("the watcher answered");
+    assert_eq!(apply_answer(&state), Some(Ok(None)), "applied, count lost");
+    assert_eq!(
+        std::fs::read_to_string(t.wd().join("src/new/d.txt")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(t.ask(&id), Some(false));
+}
+
+#[test]
+fn a_sync_the_watcher_cannot_apply_leaves_the_tree_and_says_why() {
+    use crabbox_core::sync::{Codec, SyncOp};
+    assert!(python3(), "python3 is needed to test the tree watcher");
+    let t = Tree::new();
+    t.scan("2-0123abcd");
+    let w = t.wd();
+    // The ops were announced but never arrived: nothing may change.
+    let s = stage_sync(
+        &t,
+        &[("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)],
+        &[SyncOp::Delete("a.txt".into())],
+        None,
+        Codec::Stored,
+    );
+    std::fs::remove_file(&s.paths[1]).unwrap();
+    let state = apply_request(&t.ctl(), &s.spec).expect("the watcher answered");
+    let why = apply_answer(&state).unwrap().unwrap_err();
+    assert!(
+        why.contains("ops") && why.contains("left as it was"),
+        "{why}"
+    );
+    assert_eq!(std::fs::read_to_string(w.join("src/b.rs")).unwrap(), "b\n");
+    assert!(w.join("a.txt").exists());
+    assert!(
+        !s.stage.exists() && !s.paths[0].exists(),
+        "the sync's files removed"
+    );
+
+    // A file in the way of a staged one, with no op to clear it: the failure names it.
+    let s = stage_sync(
+        &t,
+        &[("a.txt/inner", "x\n", 0o644, 0)],
+        &[],
+        None,
+        Codec::Stored,
+    );
+    let state = apply_request(&t.ctl(), &s.spec).expect("the watcher answered");
+    let why = apply_answer(&state).unwrap().unwrap_err();
+    assert!(why.contains("a.txt/inner"), "{why}");
+    assert_eq!(std::fs::read_to_string(w.join("a.txt")).unwrap(), "a\n");
+}
+
+#[test]
+fn a_sync_claimed_by_a_fallback_is_left_to_it() {
+    use crabbox_core::sync::Codec;
+    assert!(python3(), "python3 is needed to test the tree watcher");
+    let t = Tree::new();
+    let id = t.scan("2-0123abcd");
+    let s = stage_sync(
+        &t,
+        &[("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)],
+        &[],
+        None,
+        Codec::Stored,
+    );
+    // The scripts claimed it first (they made the staging directory).
+    std::fs::create_dir(&s.stage).unwrap();
+    std::fs::create_dir(PathBuf::from(t.ctl()).join(format!("a-{}", s.spec))).unwrap();
+    // Requests are taken in order: once a later question is answered, the claimed one was
+    // seen, and neither answered nor touched.
+    assert_eq!(t.ask(&id), Some(true));
+    let state = std::fs::read(PathBuf::from(t.ctl()).join("state")).unwrap();
+    assert!(!answered(&state, &s.spec));
+    assert!(
+        s.paths[0].exists() && s.stage.exists(),
+        "the claimer's files stay"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.wd().join("src/b.rs")).unwrap(),
+        "b\n"
+    );
+    std::fs::remove_dir(&s.stage).unwrap();
+    std::fs::remove_file(&s.paths[0]).unwrap();
+}
+
+#[test]
+fn an_apply_answer_is_read_whole() {
+    assert_eq!(
+        apply_answer(b"cbxw1\0ab\0n\0ok\0Aok\0C0\0E0\0"),
+        Some(Ok(Some(b"C0\0E0\0".to_vec())))
+    );
+    assert_eq!(
+        apply_answer(b"cbxw1\0ab\0n\0lost\0Aok\0C0\0E0\0"),
+        Some(Ok(None)),
+        "applied, but the watcher lost count"
+    );
+    assert_eq!(
+        apply_answer(b"cbxw1\0ab\0n\0ok\0A!no room\0C0\0E0\0"),
+        Some(Err("no room".into()))
+    );
+    assert_eq!(apply_answer(b"cbxw1\0ab\0n\0ok\0C0\0E0\0"), None);
+    assert_eq!(apply_answer(b"cbxw1\0ab\0n\0ok\0Aok\0C1\0"), Some(Ok(None)));
+    assert!(watcher_applies("2-0123abcd"));
+    assert!(!watcher_applies("0123abcd"), "an older crabbox's watcher");
+    assert!(!watcher_applies("1-0123abcd"));
+}
+
+#[test]
+fn a_watcher_applies_nothing_through_a_symlink_planted_on_the_box() {
+    use crabbox_core::sync::{Codec, SyncOp};
+    assert!(python3(), "python3 is needed to test the tree watcher");
+    let t = Tree::new();
+    let w = t.wd();
+    // A command on the box left links to elsewhere where synced paths go.
+    let outside = t.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("f.txt"), "not crabbox's").unwrap();
+    std::os::unix::fs::symlink(&outside, w.join("l")).unwrap();
+    std::fs::create_dir_all(w.join("n")).unwrap();
+    std::os::unix::fs::symlink(&outside, w.join("n/m")).unwrap();
+    t.scan("2-0123abcd");
+    let s = stage_sync(
+        &t,
+        &[("n/m/h.txt", "new\n", 0o644, 1_700_000_000_000_000_000)],
+        &[
+            SyncOp::EnsureDir("n/m".into()),
+            SyncOp::ClearIfDir("n/m/h.txt".into()),
+            SyncOp::Delete("l/f.txt".into()),
+        ],
+        Some(b"dn\0dn/m\0fn/m/h.txt\0"),
+        Codec::Stored,
+    );
+    let state = apply_request(&t.ctl(), &s.spec).expect("the watcher answered");
+    assert!(apply_answer(&state).unwrap().is_ok());
+    assert_eq!(
+        std::fs::read_to_string(outside.join("f.txt")).unwrap(),
+        "not crabbox's",
+        "nothing deleted through a link"
+    );
+    assert!(
+        !outside.join("h.txt").exists(),
+        "nothing written through a link"
+    );
+    assert!(!std::fs::symlink_metadata(w.join("n/m"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(w.join("n/m/h.txt")).unwrap(),
+        "new\n"
+    );
+}

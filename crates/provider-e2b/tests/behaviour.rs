@@ -1034,3 +1034,149 @@ async fn cancel_stops_the_commands_background_children_on_a_kept_sandbox() {
     .unwrap();
     emu.shutdown().await;
 }
+
+/// A small warm sync is applied by the tree's watcher on the box, without starting a
+/// process: with every process start refused, an edit, a new file and a deletion still
+/// reach the box, and the runs after it read the tree it left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_warm_sync_is_applied_without_a_process_on_the_box() {
+    use e2b_emulator::faults::{Fault, FaultAction, Plane};
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    // The first sync, then a reading of the tree that leaves a watcher behind.
+    for _ in 0..2 {
+        let mut out = CapturedOutput::default();
+        let o = p
+            .run(
+                &request(&repo, Some(&warm.lease_id), &["true"]),
+                &mut out,
+                &SilentReporter,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    }
+
+    edit(repo.root(), "tracked.txt", "edited by the watcher\n");
+    write(repo.root(), "src/also.txt", "new\n");
+    std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
+    let refused = FaultAction::Status {
+        status: 500,
+        retry_after: None,
+        message: Some("no process may start".into()),
+    };
+    emu.faults()
+        .add([Fault::new(Plane::Envd, "POST", "/process.Process/Start", refused).times(1000)]);
+    let mut req = request(&repo, Some(&warm.lease_id), &["true"]);
+    req.extras.mode = crabbox_core::engine::RunMode::SyncOnly;
+    let mut out = CapturedOutput::default();
+    let o = p.run(&req, &mut out, &SilentReporter).await;
+    let fired: u32 = emu.faults().list().iter().map(|f| f.fired).sum();
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    let s = o.sync.unwrap();
+    assert_eq!((s.sent_files, s.deleted_files), (2, 1));
+    assert_eq!(fired, 0, "no process was started for the sync");
+
+    let mut out = CapturedOutput::default();
+    let o = p
+        .run(
+            &request(
+                &repo,
+                Some(&warm.lease_id),
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "cat tracked.txt src/also.txt; test -e untracked.txt && echo stale || echo removed; ls -a /tmp .. | grep crabbox- | grep -v -e '^.crabbox.crabbox-synced$' -e '^.crabbox.crabbox-watch$' || true",
+                ],
+            ),
+            &mut out,
+            &SilentReporter,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(
+        out.stdout_str(),
+        "edited by the watcher\nnew\nremoved\n",
+        "the box holds the edit, and nothing of the sync is left"
+    );
+    assert_eq!(o.sync.unwrap().sent_files, 0, "verified up to date");
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
+
+/// When the watcher cannot be asked to apply a small sync (here its request is refused), the
+/// scripts apply it, claiming it first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_warm_sync_the_watcher_is_not_asked_for_is_applied_by_the_scripts() {
+    use e2b_emulator::faults::{Fault, FaultAction, Plane};
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    for _ in 0..2 {
+        let mut out = CapturedOutput::default();
+        let o = p
+            .run(
+                &request(&repo, Some(&warm.lease_id), &["true"]),
+                &mut out,
+                &SilentReporter,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    }
+    edit(repo.root(), "tracked.txt", "edited by the scripts\n");
+    // The watcher is asked whether anything changed (a request directory), then to apply
+    // the sync (another): the second is refused.
+    let refused = FaultAction::Status {
+        status: 500,
+        retry_after: None,
+        message: None,
+    };
+    let mut fault = Fault::new(
+        Plane::Envd,
+        "POST",
+        "/filesystem.Filesystem/MakeDir",
+        refused,
+    );
+    fault.skip = 1;
+    emu.faults().add([fault]);
+    let mut out = CapturedOutput::default();
+    let o = p
+        .run(
+            &request(&repo, Some(&warm.lease_id), &["cat", "tracked.txt"]),
+            &mut out,
+            &SilentReporter,
+        )
+        .await;
+    let fired: u32 = emu.faults().list().iter().map(|f| f.fired).sum();
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(fired, 1, "the request to apply was refused");
+    assert_eq!(out.stdout_str(), "edited by the scripts\n");
+    assert_eq!(o.sync.unwrap().sent_files, 1);
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}

@@ -16,6 +16,13 @@
 # n paths, then `E<m>` and the m entries of those that exist now (lstat, six fields each as the
 # scan's find prints them: type, mode, size, mtime, ./path, link target), so whoever asked lays
 # them over the listing it keeps and counting starts again from there.
+# `a-<tag>-<flags>` asks the watcher to apply a small sync itself, as the unpack and commit
+# scripts would, with no process started on the box: the upload /tmp/crabbox-<tag>-0.tar
+# (flags `t`) or .tgz (`z`), with `o` the ops and `r` the new record beside the staging
+# directory `.<workdir>.crabbox-stage-<tag>` (whose making claims the sync: a fallback that
+# made it first applies it instead, and the watcher answers `A-`). The answer is as for `r-`
+# (the sync's own changes counted, then forgotten) with a fifth field, `Aok` or `A!` and why
+# it failed; the sync's files are removed either way.
 # Events are read in the order the kernel queued them, so when the request is read every change
 # made before it was is already counted (a path whose entries change counts, and so does its
 # directory, whose times change with them). `lost` means the watcher can no longer tell (queue
@@ -25,6 +32,8 @@
 # (`-` if they cannot be). The removal of CTL (a newer watcher's scan remakes it) ends this one.
 import ctypes
 import os
+import select
+import shutil
 import stat
 import struct
 import sys
@@ -101,14 +110,19 @@ def main(ctl, workdir, dirs_file, ident, record):
     changed, lost = set(), False
     asked = []
 
-    def answer(nonce, entries=False):
+    said_lost = [False]
+
+    def answer(nonce, entries=False, applied=None):
         nonlocal lost
         try:
             lost = lost or where() != here
         except OSError:
             lost = True
+        said_lost[0] = lost
         tmp = os.path.join(ctl, b"state.tmp-" + ident)
         fields = [b"cbxw1", ident, nonce, b"lost" if lost else b"ok"]
+        if applied is not None:
+            fields.append(b"A" + applied)
         paths = sorted(changed)
         if entries:
             found = [e for e in map(entry, paths) if e]
@@ -136,11 +150,15 @@ def main(ctl, workdir, dirs_file, ident, record):
 
     answer(b"ready")
     ready(ctl, ident)
-    while not lost:
-        try:
-            buf = os.read(fd, 1 << 16)
-        except InterruptedError:
-            continue
+    try:
+        # For the first sync applied here: not on the way of the scan that waits for `ready`.
+        import tarfile  # noqa: F401
+    except ImportError:
+        pass
+    pending = []
+
+    def on_events(buf):
+        nonlocal lost
         at = 0
         while at + 16 <= len(buf) and not lost:
             w, mask, _cookie, size = struct.unpack_from("iIII", buf, at)
@@ -150,6 +168,8 @@ def main(ctl, workdir, dirs_file, ident, record):
                 lost = True
             elif w == ctl_watch:
                 if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+                    lost = True
+                    gone[0] = True
                     return
                 if not mask & IN_ISDIR:
                     continue
@@ -160,18 +180,16 @@ def main(ctl, workdir, dirs_file, ident, record):
                     answer(name[2:], entries=reset)
                     if reset:
                         changed.clear()
-                    # The request before this one is removed (not this one: envd may still be
-                    # looking at the directory it just made).
-                    for old in asked:
-                        try:
-                            os.rmdir(os.path.join(ctl, old))
-                        except OSError:
-                            pass
-                    asked[:] = [name]
+                    done_with(name)
+                elif name.startswith(b"a-"):
+                    # Applied once every event queued before it is counted (see the loop).
+                    pending.append(name)
             elif w == parent_watch:
                 # The workdir's own times and mode do not matter; its going does, and any
-                # touch of the record.
-                if mask & GONE or name == rec_name or (name == base and mask & ENTRIES):
+                # touch of the record (but this watcher's own storing of it, checked after).
+                if name == rec_name and own_record[0] is not None and not mask & GONE:
+                    own_record[1] = True
+                elif mask & GONE or name == rec_name or (name == base and mask & ENTRIES):
                     lost = True
             elif w in rel:
                 if mask & GONE:
@@ -194,8 +212,319 @@ def main(ctl, workdir, dirs_file, ident, record):
                     changed.add(rel[w])
                 if len(changed) > MOST_PATHS:
                     lost = True
-    # Lost for good: said once, and nothing left to watch for.
-    answer(b"")
+
+    def done_with(name):
+        # The request before this one is removed (not this one: envd may still be looking at
+        # the directory it just made).
+        for old in asked:
+            try:
+                os.rmdir(os.path.join(ctl, old))
+            except OSError:
+                pass
+        asked[:] = [name]
+
+    def drain():
+        """Counts every event queued by now (the kernel queues one as its change is made)."""
+        while not lost:
+            if not select.select([fd], [], [], 0)[0]:
+                return
+            on_events(os.read(fd, 1 << 16))
+
+    # The record as this watcher stored it while applying, and whether an event touched it.
+    own_record = [None, False]
+    gone = [False]
+    while not lost:
+        try:
+            buf = os.read(fd, 1 << 16)
+        except InterruptedError:
+            continue
+        on_events(buf)
+        while pending and not lost:
+            name = pending.pop(0)
+            drain()
+            if lost:
+                break
+            own_record[:] = [None, False]
+            applied = apply_sync(name[2:], workdir, record, own_record)
+            drain()
+            if own_record[1]:
+                # Touched while this watcher applied: still the record it stored, or lost.
+                try:
+                    with open(record, "rb") as f:
+                        lost = lost or f.read() != own_record[0]
+                except OSError:
+                    lost = True
+            if own_record[0] is not None:
+                # A record that names other directories than those watched: a full scan lists
+                # what this watcher cannot see (a new directory's files).
+                named = {e[1:] for e in own_record[0].split(b"\0") if e.startswith(b"d")}
+                lost = lost or named != dirs - {b""}
+            own_record[:] = [None, False]
+            # Claimed by a fallback (`-`): it is not this watcher's to answer, and what changed
+            # is still to be asked for.
+            if applied is not None and applied != b"-":
+                answer(name[2:], entries=True, applied=applied)
+                changed.clear()
+            done_with(name)
+    # Lost for good: said once (unless the last answer said it), and nothing left to watch for.
+    if not gone[0] and not said_lost[0]:
+        answer(b"")
+
+
+class Failed(Exception):
+    """A sync this watcher cannot apply: why, answered to whoever asked."""
+
+
+def apply_sync(spec, workdir, record, own_record):
+    """Applies sync `spec` (`<tag>-<flags>`, see the header): `ok`, `!` and why it failed, or
+    `-` when a fallback claimed it first; None for a request that names no sync of crabbox's."""
+    tag, _, flags = spec.partition(b"-")
+    if not tag.isalnum() or flags[:1] not in (b"t", b"z") or set(flags[1:]) - set(b"or"):
+        return None
+    parent, _, base = workdir.rpartition(b"/")
+    stage = (parent or b"") + b"/." + base + b".crabbox-stage-" + tag
+    chunk = b"/tmp/crabbox-" + tag + b"-0." + (b"tar" if flags[:1] == b"t" else b"tgz")
+    ops, rec = stage + b".ops", stage + b".rec"
+    try:
+        # The claim: whoever makes the staging directory applies the sync.
+        os.mkdir(stage, 0o700)
+    except FileExistsError:
+        return b"-"
+    except OSError as e:
+        return b"!cannot create staging directory " + stage + b": " + reason(e)
+    try:
+        commit(workdir, stage, chunk, ops if b"o" in flags else None,
+               rec if b"r" in flags else None, record, own_record)
+        return b"ok"
+    except Failed as e:
+        return b"!" + e.args[0]
+    except Exception as e:
+        return b"!" + repr(e).encode("utf-8", "replace")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        for f in (ops, rec, chunk):
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+
+
+def reason(e):
+    return (e.strerror or str(e)).encode("utf-8", "replace")
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Dirs:
+    """Directories under a root opened one component at a time, never through a symlink;
+    each opened once."""
+
+    def __init__(self, root):
+        self.fds = {(): os.open(root, DIR_FLAGS)}
+
+    def get(self, parts, create):
+        parts = tuple(parts)
+        if parts in self.fds:
+            return self.fds[parts]
+        up = self.get(parts[:-1], create)
+        try:
+            fd = os.open(parts[-1], DIR_FLAGS, dir_fd=up)
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.mkdir(parts[-1], 0o777, dir_fd=up)
+            fd = os.open(parts[-1], DIR_FLAGS, dir_fd=up)
+        self.fds[parts] = fd
+        return fd
+
+    def close(self):
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
+
+
+def pax_ns(member):
+    """The member's exact mtime: its pax `mtime` (decimal seconds, the sign for the whole of
+    it) when it has one, else the header's whole seconds."""
+    v = member.pax_headers.get("mtime")
+    if v is None:
+        return int(member.mtime) * 1000000000
+    neg = v.startswith("-")
+    whole, _, frac = v.lstrip("+-").partition(".")
+    ns = int(whole or "0") * 1000000000 + int((frac + "000000000")[:9])
+    return -ns if neg else ns
+
+
+def clean(name):
+    parts = name.split(b"/")
+    if name.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts):
+        raise Failed(b"the sync archive names an unsafe path: " + name)
+    return parts
+
+
+def extract(chunk, stage, codec):
+    """The archive's files and links laid out in the staging directory; their paths, split."""
+    import tarfile
+    placed = []
+    dirs = Dirs(stage)
+    try:
+        with tarfile.open(chunk, codec, encoding="utf-8", errors="surrogateescape") as tf:
+            for m in tf:
+                parts = clean(m.name.encode("utf-8", "surrogateescape"))
+                d = dirs.get(parts[:-1], True)
+                if m.isreg():
+                    fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o600, dir_fd=d)
+                    try:
+                        with tf.extractfile(m) as src:
+                            while True:
+                                piece = src.read(1 << 20)
+                                if not piece:
+                                    break
+                                os.write(fd, piece)
+                        os.fchmod(fd, m.mode & 0o1777)
+                        ns = pax_ns(m)
+                        os.utime(fd, ns=(ns, ns))
+                    finally:
+                        os.close(fd)
+                elif m.issym():
+                    os.symlink(m.linkname.encode("utf-8", "surrogateescape"), parts[-1], dir_fd=d)
+                else:
+                    raise Failed(b"the sync archive holds an entry that is neither a file nor a link: "
+                                 + b"/".join(parts))
+                placed.append(parts)
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise Failed(b"extracting the sync archive failed: " + str(e).encode("utf-8", "replace"))
+    finally:
+        dirs.close()
+    return placed
+
+
+def parents_real(wd, p):
+    """Every directory on the way to `p` is a real directory (never a symlink)."""
+    parts = p.split(b"/")[:-1]
+    at = wd
+    for part in parts:
+        at = at + b"/" + part
+        try:
+            if not stat.S_ISDIR(os.lstat(at).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def run_op(wd, op, p):
+    full = wd + b"/" + p
+
+    def kind():
+        try:
+            return os.lstat(full).st_mode
+        except FileNotFoundError:
+            return None
+
+    def remove(what):
+        try:
+            m = kind()
+            if m is None:
+                return
+            if stat.S_ISDIR(m):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+        except OSError as e:
+            raise Failed(b"cannot " + what + b" " + full + b": " + reason(e))
+
+    if op == b"c":
+        if parents_real(wd, p):
+            remove(b"remove")
+    elif op == b"p":
+        at = b""
+        for part in p.split(b"/"):
+            at = at + b"/" + part if at else part
+            try:
+                m = os.lstat(wd + b"/" + at).st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise Failed(b"cannot look at " + wd + b"/" + at + b": " + reason(e))
+            if not stat.S_ISDIR(m):
+                try:
+                    os.unlink(wd + b"/" + at)
+                except OSError as e:
+                    raise Failed(b"cannot remove " + wd + b"/" + at + b": " + reason(e))
+    elif op == b"u":
+        m = kind()
+        if parents_real(wd, p) and m is not None and stat.S_ISDIR(m):
+            remove(b"remove")
+    elif op == b"x":
+        m = kind()
+        if parents_real(wd, p) and m is not None and (stat.S_ISLNK(m) or stat.S_ISREG(m)):
+            try:
+                os.unlink(full)
+            except OSError as e:
+                raise Failed(b"cannot delete " + full + b": " + reason(e))
+            d = p.rpartition(b"/")[0]
+            while d:
+                try:
+                    os.rmdir(wd + b"/" + d)
+                except OSError:
+                    break
+                d = d.rpartition(b"/")[0]
+
+
+def commit(wd, stage, chunk, ops, rec, record, own_record):
+    """As the unpack then commit scripts: nothing in the workdir is touched until every file is
+    staged; then the ops run, the staged files are moved over the workdir, the record stored."""
+    left = b"; " + wd + b" was left as it was"
+    if ops is not None and not os.path.isfile(ops):
+        raise Failed(b"the sync's ops " + ops + b" are missing" + left)
+    if rec is not None and not os.path.isfile(rec):
+        raise Failed(b"the sync record " + rec + b" is missing" + left)
+    codec = "r:" if chunk.endswith(b".tar") else "r:gz"
+    try:
+        placed = extract(chunk, stage, codec)
+    except Failed as e:
+        raise Failed(e.args[0] + left)
+    try:
+        if not stat.S_ISDIR(os.lstat(wd).st_mode):
+            raise Failed(wd + b" exists and is not a directory")
+    except OSError as e:
+        raise Failed(b"cannot enter " + wd + b": " + reason(e))
+    if ops is not None:
+        with open(ops, "rb") as f:
+            entries = [e for e in f.read().split(b"\0") if e]
+        for e in entries:
+            run_op(wd, e[:1], e[1:])
+    staged, into = Dirs(stage), Dirs(wd)
+    try:
+        for parts in placed:
+            where = b"/".join(parts)
+            try:
+                src = staged.get(parts[:-1], False)
+                dst = into.get(parts[:-1], True)
+                os.rename(parts[-1], parts[-1], src_dir_fd=src, dst_dir_fd=dst)
+            except OSError as e:
+                raise Failed(b"updating " + wd + b" from the staged files failed: " + where
+                             + b": " + reason(e))
+    finally:
+        staged.close()
+        into.close()
+    if rec is not None:
+        with open(rec, "rb") as f:
+            new = f.read()
+        try:
+            with open(record, "rb") as f:
+                same = not os.path.islink(record) and f.read() == new
+        except OSError:
+            same = False
+        if not same:
+            own_record[0] = new
+            try:
+                os.rename(rec, record)
+            except OSError as e:
+                raise Failed(b"storing the sync record " + record + b" failed: " + reason(e))
 
 
 if __name__ == "__main__":
