@@ -335,9 +335,26 @@ pub struct ApplySync<'a> {
     /// How many chunks the feed carries (a provider may apply a lone chunk and commit in one
     /// step).
     pub chunks: usize,
+    /// Apply only onto the tree an earlier reading named this ([`RemoteTree::state`]), as
+    /// the provider can tell when the box applies the sync (or just before): a tree that
+    /// changed since, or one the provider cannot vouch for, is left as it is and the answer
+    /// is [`Applied::TreeMoved`]. For a sync planned from what the last sync left.
+    ///
+    /// [`RemoteTree::state`]: crate::sync::RemoteTree::state
+    pub if_unchanged_since: Option<&'a str>,
     /// Sending and applying together must finish within this.
     pub timeout: Duration,
     pub cancel: &'a CancellationToken,
+}
+
+/// What [`BoxSession::apply_sync`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The sync is on the box; the state it left the tree in, when the provider can name it.
+    Done(Option<String>),
+    /// Nothing: the tree is no longer the one [`ApplySync::if_unchanged_since`] named (or the
+    /// provider could not tell), so the sync's plan may be wrong for it.
+    TreeMoved,
 }
 
 /// Where a workdir's sync record lives on the box: beside it, `<parent>/.<name>.crabbox-synced`,
@@ -390,6 +407,8 @@ pub trait BoxSession: Send + Sync {
     /// tree in (as [`RemoteTree::state`] names a reading) when the provider can later vouch
     /// for it with [`BoxSession::unchanged_since`] and can tell that the tree is exactly the
     /// one before with this sync's changes (no other writer's among them); `None` otherwise.
+    /// With [`ApplySync::if_unchanged_since`], a tree that moved is [`Applied::TreeMoved`]
+    /// (nothing of the sync applied or left behind).
     ///
     /// [`RemoteTree::state`]: crate::sync::RemoteTree::state
     async fn apply_sync(
@@ -397,7 +416,7 @@ pub trait BoxSession: Send + Sync {
         req: &ApplySync<'_>,
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
-    ) -> Result<Option<String>>;
+    ) -> Result<Applied>;
     /// Streams the regular file at the absolute `path` on the box into `into`, returning
     /// its length; `Error::NotFound` naming the path when it does not exist.
     async fn read_file(

@@ -69,6 +69,18 @@ pub enum Applied {
     /// segment, the sync's own changes and any other since the watcher last answered), when
     /// the watcher still keeps count.
     ByWatcher { segment: Option<Vec<u8>> },
+    /// Not at all: asked to apply only onto an unchanged tree, the watcher saw it change (or
+    /// could not be asked); nothing of the sync is left on the box.
+    TreeMoved,
+}
+
+/// The tree's watcher, asked to apply a small sync.
+#[derive(Debug, Clone, Copy)]
+pub struct Watcher<'a> {
+    pub id: &'a str,
+    /// Only if it saw nothing change since it last answered (the sync was planned from the
+    /// tree it vouched for then).
+    pub if_unchanged: bool,
 }
 
 /// Syncs of at most this many bytes on the wire may be applied by the tree's watcher.
@@ -87,7 +99,7 @@ pub async fn apply(
     req: &ApplySync<'_>,
     mut chunks: ChunkFeed,
     reporter: &dyn Reporter,
-    watcher: Option<&str>,
+    watcher: Option<Watcher<'_>>,
 ) -> Result<Applied> {
     let (workdir, timeout, cancel) = (req.workdir, req.timeout, req.cancel);
     let tag = hex::encode(rand::random::<[u8; 8]>());
@@ -146,7 +158,7 @@ pub async fn apply(
                     && chunk.len <= WATCHER_APPLIES_AT_MOST
                     && matches!(chunk.codec, Codec::Stored | Codec::Gzip)
             });
-            if let Some(id) = by_watcher {
+            if let Some(w) = by_watcher {
                 upload_file(envd, small, &chunk.file, &remote, timeout).await?;
                 drop(chunk.file);
                 let flags = [
@@ -157,12 +169,19 @@ pub async fn apply(
                     },
                     if req.ops.is_empty() { "" } else { "o" },
                     if req.record.is_some() { "r" } else { "" },
+                    if w.if_unchanged { "u" } else { "" },
                 ]
                 .concat();
                 // The scripts, if they run, claim the sync first.
                 envs.insert("CBX_CLAIM".into(), "1".into());
                 let request = format!("{tag}-{flags}");
-                applied = apply_by_watcher(envd, workdir, id, &request, envs, &pids).await?;
+                let asked = Asked {
+                    workdir,
+                    stage: &stage,
+                    upload: &remote,
+                    request: &request,
+                };
+                applied = apply_by_watcher(envd, &asked, w, envs, &pids).await?;
                 n += 1;
                 continue;
             }
@@ -250,46 +269,64 @@ pub async fn apply(
     result
 }
 
-/// Has watcher `id` apply the sync uploaded as `request` (`<tag>-<flags>`, see
-/// `scripts/sync_watch.py`): asked by a request directory, answered in its state file. A
-/// watcher that cannot answer (another watcher's, a lost one, none within
+/// A sync uploaded for the watcher to apply.
+struct Asked<'a> {
+    workdir: &'a str,
+    stage: &'a str,
+    upload: &'a str,
+    /// `<tag>-<flags>` (see `scripts/sync_watch.py`).
+    request: &'a str,
+}
+
+/// Has watcher `w` apply the sync `asked` names: asked by a request directory, answered in
+/// its state file. A watcher that cannot answer (another watcher's, a lost one, none within
 /// [`WATCHER_PATIENCE`]) leaves it to the unpack and commit scripts (`envs`), which claim the
 /// sync first; when the watcher claimed it already, its answer is awaited (the sync's
-/// deadline bounds that).
+/// deadline bounds that). Asked to apply only onto an unchanged tree, a watcher that saw a
+/// change, or that cannot answer, means [`Applied::TreeMoved`] (the scripts cannot tell).
 async fn apply_by_watcher(
     envd: &Envd,
-    workdir: &str,
-    id: &str,
-    request: &str,
+    asked: &Asked<'_>,
+    w: Watcher<'_>,
     envs: BTreeMap<String, String>,
     pids: &std::sync::Mutex<Vec<u32>>,
 ) -> Result<Applied> {
+    let (workdir, request) = (asked.workdir, asked.request);
     let ctl = watch_dir(workdir);
+    let (ops, rec) = (
+        format!("{}.ops", asked.stage),
+        format!("{}.rec", asked.stage),
+    );
     let answer = match make_request(envd, &ctl, "a", request).await {
-        Some(()) => await_answer(envd, &ctl, id, request, Some(WATCHER_PATIENCE)).await,
+        Some(()) => await_answer(envd, &ctl, w.id, request, Some(WATCHER_PATIENCE)).await,
         None => Waited::Never,
     };
     let state = match answer {
         Waited::Answered(state) => state,
+        Waited::Never | Waited::TimedOut if w.if_unchanged => {
+            // The sync is claimed here (its staging directory made) so the watcher, if it
+            // still sees the request, leaves it; if the watcher has it, its answer is awaited.
+            if claim(envd, asked.stage).await? {
+                remove_files(envd, &[asked.stage, asked.upload, &ops, &rec]).await;
+                return Ok(Applied::TreeMoved);
+            }
+            awaited(envd, &ctl, w.id, request, workdir).await?
+        }
         Waited::Never | Waited::TimedOut => {
             let ran = run_script(envd, UNPACK_THEN_COMMIT, envs, pids).await;
             if !matches!(ran, Ok((CLAIMED_EXIT, _, _))) {
                 finished(envd, ran)?;
                 return Ok(Applied::ByScripts);
             }
-            match await_answer(envd, &ctl, id, request, None).await {
-                Waited::Answered(state) => state,
-                _ => {
-                    return Err(Error::Sync(format!(
-                        "the watcher of {workdir} on the box took the sync but gave no answer; \
-                         the next run reads the box's tree whole"
-                    )))
-                }
-            }
+            awaited(envd, &ctl, w.id, request, workdir).await?
         }
     };
     match apply_answer(&state) {
-        Some(Ok(segment)) => Ok(Applied::ByWatcher { segment }),
+        Some(Ok(ApplyAnswer::Applied(segment))) => Ok(Applied::ByWatcher { segment }),
+        Some(Ok(ApplyAnswer::Moved)) => {
+            remove_files(envd, &[asked.upload, &ops, &rec]).await;
+            Ok(Applied::TreeMoved)
+        }
         Some(Err(why)) => Err(Error::Sync(
             envd.scrub(&format!("sync failed on the box: {why}")),
         )),
@@ -300,10 +337,74 @@ async fn apply_by_watcher(
     }
 }
 
-/// A watcher's answer to an apply request (`Aok` or `A!why` after the four fields, then a
-/// patch segment): the segment when the watcher still keeps count, or why it failed; `None`
-/// when unreadable.
-fn apply_answer(state: &[u8]) -> Option<std::result::Result<Option<Vec<u8>>, String>> {
+/// The answer of a watcher that took the sync, awaited without patience.
+async fn awaited(
+    envd: &Envd,
+    ctl: &str,
+    id: &str,
+    request: &str,
+    workdir: &str,
+) -> Result<Vec<u8>> {
+    match await_answer(envd, ctl, id, request, None).await {
+        Waited::Answered(state) => Ok(state),
+        _ => Err(Error::Sync(format!(
+            "the watcher of {workdir} on the box took the sync but gave no answer; the next \
+             run reads the box's tree whole"
+        ))),
+    }
+}
+
+/// Makes directory `path` through envd: `true` when this call made it, `false` when it was
+/// there already (whoever made it claimed what it stands for).
+async fn claim(envd: &Envd, path: &str) -> Result<bool> {
+    let req = filesystem::MakeDirRequest {
+        path: path.to_string(),
+    };
+    match envd
+        .unary::<_, filesystem::MakeDirResponse>(filesystem::SERVICE, "MakeDir", &req)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(crate::envd::RpcFailure::Rpc(e))
+            if e.code == crabbox_e2b_wire::connect::Code::AlreadyExists =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into_error(&format!("claiming the sync's staging directory {path}"))),
+    }
+}
+
+/// Removes `paths` through envd (a directory with what it holds), side by side, each
+/// bounded by [`CLEANUP_STEP`]; failures are left to the next scan's sweep.
+async fn remove_files(envd: &Envd, paths: &[&str]) {
+    let removes = paths.iter().map(|path| async move {
+        let _ = tokio::time::timeout(
+            CLEANUP_STEP,
+            envd.unary::<_, serde_json::Value>(
+                filesystem::SERVICE,
+                "Remove",
+                &filesystem::RemoveRequest {
+                    path: path.to_string(),
+                },
+            ),
+        )
+        .await;
+    });
+    futures::future::join_all(removes).await;
+}
+
+/// What a watcher said of a sync it was asked to apply.
+#[derive(Debug, PartialEq, Eq)]
+enum ApplyAnswer {
+    /// Applied: the patch segment of what changed, when it still keeps count.
+    Applied(Option<Vec<u8>>),
+    /// Not applied: it saw the tree change since it last answered.
+    Moved,
+}
+
+/// A watcher's answer to an apply request (`Aok`, `A~` or `A!why` after the four fields,
+/// then a patch segment): what it did, or why it failed; `None` when unreadable.
+fn apply_answer(state: &[u8]) -> Option<std::result::Result<ApplyAnswer, String>> {
     let mut rest = state;
     let mut fields = Vec::with_capacity(5);
     for _ in 0..5 {
@@ -313,15 +414,16 @@ fn apply_answer(state: &[u8]) -> Option<std::result::Result<Option<Vec<u8>>, Str
     }
     match fields[4] {
         b"Aok" => {}
+        b"A~" => return Some(Ok(ApplyAnswer::Moved)),
         f => {
             let why = f.strip_prefix(b"A!")?;
             return Some(Err(String::from_utf8_lossy(why).into_owned()));
         }
     }
     if fields[3] != b"ok" {
-        return Some(Ok(None));
+        return Some(Ok(ApplyAnswer::Applied(None)));
     }
-    Some(Ok(crate::scan::segment_of(rest)))
+    Some(Ok(ApplyAnswer::Applied(crate::scan::segment_of(rest))))
 }
 
 /// The codecs the box can unpack, best first: zstd where it has `zstd`, always gzip.
@@ -479,8 +581,9 @@ const WATCHER: &str = include_str!("scripts/sync_watch.py");
 const WATCHER_PATIENCE: Duration = Duration::from_millis(250);
 
 /// The version of the watcher this crabbox starts, first in its id: a watcher started by an
-/// older crabbox (an id of hex digits alone) is never asked to apply a sync.
-const WATCHER_VERSION: &str = "2";
+/// older crabbox (an id of hex digits alone, or an older version) is never asked to apply a
+/// sync. 3: applies a sync (`a-`), only onto the tree as it last answered with `u`.
+const WATCHER_VERSION: u32 = 3;
 
 /// A new watcher's id: `<version>-<16 hex digits>`.
 fn new_watcher_id() -> String {
@@ -493,7 +596,7 @@ fn new_watcher_id() -> String {
 /// Watcher `id` can apply a sync (see [`WATCHER_VERSION`]).
 pub fn watcher_applies(id: &str) -> bool {
     id.split_once('-')
-        .is_some_and(|(version, _)| version.parse::<u32>().is_ok_and(|v| v >= 2))
+        .is_some_and(|(version, _)| version.parse::<u32>().is_ok_and(|v| v >= WATCHER_VERSION))
 }
 
 /// `<parent>/.<name>.crabbox-watch`: the control directory of `workdir`'s watcher.
@@ -530,7 +633,7 @@ pub async fn unchanged_since(
 /// change made before) whether it saw any change since it started (or last forgot). Anything
 /// but a clear "none" (another watcher, a lost one, no answer in time, a failed call) is false:
 /// the caller then reads the tree whole.
-async fn watcher_saw_no_change(envd: &Envd, ctl: &str, id: &str) -> bool {
+pub async fn watcher_saw_no_change(envd: &Envd, ctl: &str, id: &str) -> bool {
     ask_watcher(envd, ctl, id, "p")
         .await
         .is_some_and(|(state, nonce)| watcher_answer(&state, id, &nonce) == Some(true))
@@ -674,21 +777,7 @@ async fn remove_leftovers(envd: &Envd, pids: &[u32], leftovers: &Leftovers<'_>) 
     let _ = tokio::time::timeout(CLEANUP_STEP, run_captured(envd, REAP_SCRIPT, envs)).await;
     let ops = format!("{}.ops", leftovers.stage);
     let rec = format!("{}.rec", leftovers.stage);
-    let paths = [leftovers.stage, &ops, &rec];
-    let removes = paths.into_iter().map(|path| async move {
-        let _ = tokio::time::timeout(
-            CLEANUP_STEP,
-            envd.unary::<_, serde_json::Value>(
-                filesystem::SERVICE,
-                "Remove",
-                &filesystem::RemoveRequest {
-                    path: path.to_string(),
-                },
-            ),
-        )
-        .await;
-    });
-    futures::future::join_all(removes).await;
+    remove_files(envd, &[leftovers.stage, &ops, &rec]).await;
 }
 
 /// The remote paths one sync creates: uploads named by its tag, and its staging directory.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crabbox_core::events::Reporter;
 use crabbox_core::provider::{
-    ApplySync, BoxSession, ChunkFeed, ExecEvent, ExecSpec, ExecStream, RunTarget, Signal,
+    Applied, ApplySync, BoxSession, ChunkFeed, ExecEvent, ExecSpec, ExecStream, RunTarget, Signal,
 };
 use crabbox_core::sync::{Codec, RemoteTree};
 use crabbox_core::{Error, Result};
@@ -130,30 +130,50 @@ impl BoxSession for E2bSession {
         req: &ApplySync<'_>,
         chunks: ChunkFeed,
         reporter: &dyn Reporter,
-    ) -> Result<Option<String>> {
-        // The tree is about to change: what its watcher vouched for is void until the commit
-        // reports what changed (a sync cut short leaves no note, so the next scan reads all).
-        let noted = self.scans.as_ref().and_then(|c| {
-            let w = c.watched(&self.sandbox_id, req.workdir);
-            c.forget_watch(&self.sandbox_id, req.workdir);
-            w
-        });
+    ) -> Result<Applied> {
+        use crate::remote_sync::{self as rs, Applied as By};
+        let scans = self.scans.as_ref();
+        let sandbox = self.sandbox_id.as_str();
         // The scans' lock is held from here: another run's scan must not make the watcher
         // forget changes between this sync and its question to the watcher.
-        let locked = match (&self.scans, &noted) {
-            (Some(c), Some(_)) => c.lock(&self.sandbox_id, req.workdir).await,
-            _ => None,
+        let locked = match scans {
+            Some(c) => c.lock(sandbox, req.workdir).await,
+            None => None,
         };
+        let noted = scans
+            .filter(|_| locked.is_some())
+            .and_then(|c| c.watched(sandbox, req.workdir));
         // A small sync is applied by the watcher itself where it keeps count (no process on
         // the box), when the tree it leaves may be named.
-        let watcher = noted
+        let applies = noted
             .as_ref()
-            .filter(|w| {
-                locked.is_some() && req.sent.is_some() && crate::remote_sync::watcher_applies(&w.id)
-            })
-            .map(|w| w.id.as_str());
-        let applied = crate::remote_sync::apply(&self.envd, req, chunks, reporter, watcher).await;
-        match applied {
+            .filter(|w| req.sent.is_some() && rs::watcher_applies(&w.id));
+        // Planned for a named tree: the watcher's note still names it, and the watcher saw
+        // no change since (asked as it applies the sync, or else first).
+        if let Some(state) = req.if_unchanged_since {
+            let named = noted.as_ref().is_some_and(|w| w.state() == state);
+            let ctl = rs::watch_dir(req.workdir);
+            let still = match (&noted, applies) {
+                (_, Some(_)) => named,
+                (Some(w), None) => {
+                    named && rs::watcher_saw_no_change(&self.envd, &ctl, &w.id).await
+                }
+                (None, None) => false,
+            };
+            if !still {
+                return Ok(Applied::TreeMoved);
+            }
+        }
+        // The tree is about to change: what its watcher vouched for is void until the commit
+        // reports what changed (a sync cut short leaves no note, so the next scan reads all).
+        if let Some(c) = scans {
+            c.forget_watch(sandbox, req.workdir);
+        }
+        let watcher = applies.map(|w| rs::Watcher {
+            id: &w.id,
+            if_unchanged: req.if_unchanged_since.is_some(),
+        });
+        let applied = match rs::apply(&self.envd, req, chunks, reporter, watcher).await {
             Err(Error::Transport(e)) => {
                 let broken = if e.contains("retry later") {
                     Error::Transport(e)
@@ -164,52 +184,58 @@ impl BoxSession for E2bSession {
                         self.sandbox_id
                     ))
                 };
-                why_broken(&self.control, &self.sandbox_id, Err(broken)).await
+                return why_broken(&self.control, &self.sandbox_id, Err(broken)).await;
             }
-            Err(e) => Err(e),
-            Ok(applied) => {
-                let mut state = None;
-                if let Some(c) = &self.scans {
-                    if let Some(record) = req.record {
-                        c.keep_record(&self.sandbox_id, req.workdir, record);
-                    }
-                    // What the sync changed, read afresh by the watcher (which then forgets it):
-                    // the next run need not read the tree. A watcher that cannot say (the record
-                    // changed under the scripts, say) leaves no note, and the next run reads it
-                    // all.
-                    let segment = match (&noted, &locked, applied) {
-                        (Some(_), Some(_), crate::remote_sync::Applied::ByWatcher { segment }) => {
-                            segment
-                        }
-                        (Some(w), Some(_), crate::remote_sync::Applied::ByScripts) => {
-                            let ctl = crate::remote_sync::watch_dir(req.workdir);
-                            crate::remote_sync::watcher_changes(&self.envd, &ctl, &w.id).await
-                        }
-                        _ => None,
-                    };
-                    if let (Some(w), Some(segment)) = (&noted, segment) {
-                        // A watcher that kept count saw the record it holds now: the one sent
-                        // (a watcher's own storing of it is no loss of count).
-                        let w = match req.record {
-                            Some(record) => crate::scan::Watched {
-                                record: Some(crate::scan::Part::sha256_of(record)),
-                                ..w.clone()
-                            },
-                            None => w.clone(),
-                        };
-                        let noted = c.extend_patch(&self.sandbox_id, req.workdir, &w, &segment);
-                        // The tree is named only when the watcher saw this sync's changes
-                        // and no one else's (a command still running, another machine).
-                        let own = req
-                            .sent
-                            .is_some_and(|sent| only_the_syncs(&segment, sent, req.ops));
-                        state = noted.filter(|_| own).map(|n| n.state());
-                    }
-                }
-                drop(locked);
-                Ok(state)
+            Err(e) => return Err(e),
+            Ok(applied) => applied,
+        };
+        let (Some(c), Some(w)) = (scans, noted.as_ref()) else {
+            if let (Some(c), Some(record)) = (scans, req.record) {
+                c.keep_record(sandbox, req.workdir, record);
             }
+            return Ok(match applied {
+                By::TreeMoved => Applied::TreeMoved,
+                _ => Applied::Done(None),
+            });
+        };
+        let segment = match applied {
+            // Nothing applied, and the watcher forgot nothing: its note stands.
+            By::TreeMoved => {
+                c.keep_watch(sandbox, req.workdir, w);
+                return Ok(Applied::TreeMoved);
+            }
+            By::ByWatcher { segment } => segment,
+            // What the sync changed, read afresh by the watcher (which then forgets it): the
+            // next run need not read the tree. A watcher that cannot say (the record changed
+            // under the scripts, say) leaves no note, and the next run reads it all.
+            By::ByScripts => {
+                rs::watcher_changes(&self.envd, &rs::watch_dir(req.workdir), &w.id).await
+            }
+        };
+        if let Some(record) = req.record {
+            c.keep_record(sandbox, req.workdir, record);
         }
+        let mut state = None;
+        if let Some(segment) = segment {
+            // A watcher that kept count saw the record the box holds now: the one sent (its
+            // own storing of it is no loss of count).
+            let w = match req.record {
+                Some(record) => crate::scan::Watched {
+                    record: Some(crate::scan::Part::sha256_of(record)),
+                    ..w.clone()
+                },
+                None => w.clone(),
+            };
+            let noted = c.extend_patch(sandbox, req.workdir, &w, &segment);
+            // The tree is named only when the watcher saw this sync's changes and no one
+            // else's (a command still running, another machine).
+            let own = req
+                .sent
+                .is_some_and(|sent| only_the_syncs(&segment, sent, req.ops));
+            state = noted.filter(|_| own).map(|n| n.state());
+        }
+        drop(locked);
+        Ok(Applied::Done(state))
     }
 
     async fn read_file(

@@ -335,7 +335,7 @@ fn a_watcher_applies_a_small_sync_itself_and_answers_what_it_changed() {
     assert!(python3(), "python3 is needed to test the tree watcher");
     for codec in [Codec::Stored, Codec::Gzip] {
         let t = Tree::new();
-        let id = t.scan("2-0123abcd");
+        let id = t.scan("3-0123abcd");
         let w = t.wd();
         // An edit, a new file, a deletion; a new record naming the same directories.
         let new_record = b"dsrc\0dsrc/deep\0fsrc/b.rs\0fsrc/deep/c.rs\0fsrc/deep/d.txt\0";
@@ -354,9 +354,11 @@ fn a_watcher_applies_a_small_sync_itself_and_answers_what_it_changed() {
         );
         let state = apply_request(&t.ctl(), &s.spec).expect("the watcher answered");
         let applied = apply_answer(&state).expect("a readable answer");
-        let segment = applied
-            .expect("applied")
-            .expect("the watcher still keeps count: the record is the one it stored");
+        let ApplyAnswer::Applied(segment) = applied.expect("applied") else {
+            panic!("not applied ({codec:?})");
+        };
+        let segment =
+            segment.expect("the watcher still keeps count: the record is the one it stored");
         assert_eq!(
             std::fs::read_to_string(w.join("src/b.rs")).unwrap(),
             "edited\n"
@@ -401,7 +403,7 @@ fn a_sync_that_makes_a_directory_is_applied_but_ends_the_count() {
     use crabbox_core::sync::{Codec, SyncOp};
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
-    let id = t.scan("2-0123abcd");
+    let id = t.scan("3-0123abcd");
     // Files in a new directory are not watched: only a full scan may vouch for them.
     let new_record =
         b"dsrc\0dsrc/deep\0dsrc/new\0fa.txt\0fsrc/b.rs\0fsrc/deep/c.rs\0fsrc/new/d.txt\0";
@@ -416,7 +418,11 @@ fn a_sync_that_makes_a_directory_is_applied_but_ends_the_count() {
         Codec::Stored,
     );
     let state = apply_request(&t.ctl(), &s.spec).expect("the watcher answered");
-    assert_eq!(apply_answer(&state), Some(Ok(None)), "applied, count lost");
+    assert_eq!(
+        apply_answer(&state),
+        Some(Ok(ApplyAnswer::Applied(None))),
+        "applied, count lost"
+    );
     assert_eq!(
         std::fs::read_to_string(t.wd().join("src/new/d.txt")).unwrap(),
         "new\n"
@@ -429,7 +435,7 @@ fn a_sync_the_watcher_cannot_apply_leaves_the_tree_and_says_why() {
     use crabbox_core::sync::{Codec, SyncOp};
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
-    t.scan("2-0123abcd");
+    t.scan("3-0123abcd");
     let w = t.wd();
     // The ops were announced but never arrived: nothing may change.
     let s = stage_sync(
@@ -472,7 +478,7 @@ fn a_sync_claimed_by_a_fallback_is_left_to_it() {
     use crabbox_core::sync::Codec;
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
-    let id = t.scan("2-0123abcd");
+    let id = t.scan("3-0123abcd");
     let s = stage_sync(
         &t,
         &[("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)],
@@ -504,11 +510,11 @@ fn a_sync_claimed_by_a_fallback_is_left_to_it() {
 fn an_apply_answer_is_read_whole() {
     assert_eq!(
         apply_answer(b"cbxw1\0ab\0n\0ok\0Aok\0C0\0E0\0"),
-        Some(Ok(Some(b"C0\0E0\0".to_vec())))
+        Some(Ok(ApplyAnswer::Applied(Some(b"C0\0E0\0".to_vec()))))
     );
     assert_eq!(
         apply_answer(b"cbxw1\0ab\0n\0lost\0Aok\0C0\0E0\0"),
-        Some(Ok(None)),
+        Some(Ok(ApplyAnswer::Applied(None))),
         "applied, but the watcher lost count"
     );
     assert_eq!(
@@ -516,10 +522,20 @@ fn an_apply_answer_is_read_whole() {
         Some(Err("no room".into()))
     );
     assert_eq!(apply_answer(b"cbxw1\0ab\0n\0ok\0C0\0E0\0"), None);
-    assert_eq!(apply_answer(b"cbxw1\0ab\0n\0ok\0Aok\0C1\0"), Some(Ok(None)));
-    assert!(watcher_applies("2-0123abcd"));
+    assert_eq!(
+        apply_answer(b"cbxw1\0ab\0n\0ok\0Aok\0C1\0"),
+        Some(Ok(ApplyAnswer::Applied(None)))
+    );
+    assert_eq!(
+        apply_answer(b"cbxw1\0ab\0n\0ok\0A~\0a.txt\0"),
+        Some(Ok(ApplyAnswer::Moved))
+    );
+    assert!(watcher_applies("3-0123abcd"));
     assert!(!watcher_applies("0123abcd"), "an older crabbox's watcher");
-    assert!(!watcher_applies("1-0123abcd"));
+    assert!(
+        !watcher_applies("2-0123abcd"),
+        "one that cannot be asked for `u`"
+    );
 }
 
 #[test]
@@ -535,7 +551,7 @@ fn a_watcher_applies_nothing_through_a_symlink_planted_on_the_box() {
     std::os::unix::fs::symlink(&outside, w.join("l")).unwrap();
     std::fs::create_dir_all(w.join("n")).unwrap();
     std::os::unix::fs::symlink(&outside, w.join("n/m")).unwrap();
-    t.scan("2-0123abcd");
+    t.scan("3-0123abcd");
     let s = stage_sync(
         &t,
         &[("n/m/h.txt", "new\n", 0o644, 1_700_000_000_000_000_000)],
@@ -565,4 +581,52 @@ fn a_watcher_applies_nothing_through_a_symlink_planted_on_the_box() {
         std::fs::read_to_string(w.join("n/m/h.txt")).unwrap(),
         "new\n"
     );
+}
+
+#[test]
+fn a_sync_for_the_tree_as_last_answered_is_not_applied_onto_a_changed_one() {
+    use crabbox_core::sync::Codec;
+    assert!(python3(), "python3 is needed to test the tree watcher");
+    let t = Tree::new();
+    let id = t.scan("3-0123abcd");
+    let w = t.wd();
+    // Nothing changed since the watcher last answered: applied.
+    let s = stage_sync(
+        &t,
+        &[("src/b.rs", "one\n", 0o644, 1_700_000_000_000_000_000)],
+        &[],
+        None,
+        Codec::Stored,
+    );
+    let state = apply_request(&t.ctl(), &format!("{}u", s.spec)).expect("an answer");
+    assert!(matches!(
+        apply_answer(&state),
+        Some(Ok(ApplyAnswer::Applied(Some(_))))
+    ));
+    assert_eq!(
+        std::fs::read_to_string(w.join("src/b.rs")).unwrap(),
+        "one\n"
+    );
+    // A command rewrites a file, then a sync planned from the tree as it was arrives.
+    std::fs::write(w.join("a.txt"), "changed on the box\n").unwrap();
+    let s = stage_sync(
+        &t,
+        &[("src/b.rs", "two\n", 0o644, 1_700_000_001_000_000_000)],
+        &[],
+        None,
+        Codec::Stored,
+    );
+    let state = apply_request(&t.ctl(), &format!("{}u", s.spec)).expect("an answer");
+    assert_eq!(apply_answer(&state), Some(Ok(ApplyAnswer::Moved)));
+    assert_eq!(
+        std::fs::read_to_string(w.join("src/b.rs")).unwrap(),
+        "one\n"
+    );
+    assert!(!s.stage.exists(), "not claimed");
+    assert!(s.paths[0].exists(), "the upload is its sender's to remove");
+    std::fs::remove_file(&s.paths[0]).unwrap();
+    // The change is still counted, and told to whoever asks what changed.
+    assert_eq!(t.ask(&id), Some(false));
+    let (changed, _) = crate::scan::segment_changes(&changes(&t.ctl(), &id).unwrap()).unwrap();
+    assert!(changed.iter().any(|p| p == "a.txt"), "{changed:?}");
 }

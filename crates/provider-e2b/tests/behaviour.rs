@@ -1118,9 +1118,10 @@ async fn a_small_warm_sync_is_applied_without_a_process_on_the_box() {
 }
 
 /// When the watcher cannot be asked to apply a small sync (here its request is refused), the
-/// scripts apply it, claiming it first.
+/// sync still lands: planned from the tree the watcher vouched for, it is claimed back and the
+/// box read; planned from a reading, the scripts apply it, claiming it first.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_small_warm_sync_the_watcher_is_not_asked_for_is_applied_by_the_scripts() {
+async fn a_small_warm_sync_the_watcher_cannot_be_asked_to_apply_still_lands() {
     use e2b_emulator::faults::{Fault, FaultAction, Plane};
     let Some(emu) = common::emulator().await else {
         return;
@@ -1141,37 +1142,55 @@ async fn a_small_warm_sync_the_watcher_is_not_asked_for_is_applied_by_the_script
             .unwrap();
         assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
     }
-    edit(repo.root(), "tracked.txt", "edited by the scripts\n");
-    // The watcher is asked whether anything changed (a request directory), then to apply
-    // the sync (another): the second is refused.
-    let refused = FaultAction::Status {
-        status: 500,
-        retry_after: None,
-        message: None,
+    // The request directory after `skip` others is refused.
+    let refused = |skip| {
+        let mut fault = Fault::new(
+            Plane::Envd,
+            "POST",
+            "/filesystem.Filesystem/MakeDir",
+            FaultAction::Status {
+                status: 500,
+                retry_after: None,
+                message: None,
+            },
+        );
+        fault.skip = skip;
+        fault
     };
-    let mut fault = Fault::new(
-        Plane::Envd,
-        "POST",
-        "/filesystem.Filesystem/MakeDir",
-        refused,
-    );
-    fault.skip = 1;
-    emu.faults().add([fault]);
-    let mut out = CapturedOutput::default();
-    let o = p
-        .run(
-            &request(&repo, Some(&warm.lease_id), &["cat", "tracked.txt"]),
-            &mut out,
-            &SilentReporter,
-        )
-        .await;
+    let run = |argv: &'static [&'static str]| {
+        let req = request(&repo, Some(&warm.lease_id), argv);
+        let p = &p;
+        async move {
+            let mut out = CapturedOutput::default();
+            let o = p.run(&req, &mut out, &SilentReporter).await;
+            (o, out)
+        }
+    };
+    // Planned from the tree the watcher vouched for ("any change?" is the first request
+    // directory, "apply" the second).
+    edit(repo.root(), "tracked.txt", "edited\n");
+    emu.faults().add([refused(1)]);
+    let (o, out) = run(&["cat", "tracked.txt"]).await;
     let fired: u32 = emu.faults().list().iter().map(|f| f.fired).sum();
     emu.faults().clear();
     let o = o.unwrap();
-    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
-    assert_eq!(fired, 1, "the request to apply was refused");
-    assert_eq!(out.stdout_str(), "edited by the scripts\n");
+    assert_eq!((o.exit_code, fired), (0, 1), "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "edited\n");
     assert_eq!(o.sync.unwrap().sent_files, 1);
+
+    // Planned from a reading (a command changed the box: "any change?", then "what
+    // changed?", then "apply").
+    let (o, out) = run(&["/bin/sh", "-c", "echo clobbered > tracked.txt"]).await;
+    assert_eq!(o.unwrap().exit_code, 0, "{}", out.stderr_str());
+    edit(repo.root(), "src/lib.txt", "edited too\n");
+    emu.faults().add([refused(2)]);
+    let (o, out) = run(&["cat", "tracked.txt", "src/lib.txt"]).await;
+    let fired: u32 = emu.faults().list().iter().map(|f| f.fired).sum();
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!((o.exit_code, fired), (0, 1), "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "edited\nedited too\n");
+    assert_eq!(o.sync.unwrap().sent_files, 2);
     p.stop(&StopRequest {
         id: warm.lease_id.clone(),
         reclaim: false,

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use crabbox_core::events::Reporter;
 use crabbox_core::provider::{
-    ApplySync, BoxRef, BoxSession, Capabilities, ChunkFeed, CreateFailure, Created, ExecSpec,
-    ExecStream, NewBox, Provider, ProviderContext, RemoteBox, RunTarget, Signal, SnapshotInfo,
+    Applied, ApplySync, BoxRef, BoxSession, Capabilities, ChunkFeed, CreateFailure, Created,
+    ExecSpec, ExecStream, NewBox, Provider, ProviderContext, RemoteBox, RunTarget, Signal,
+    SnapshotInfo,
 };
 use crabbox_core::sync::{Codec, RemoteTree};
 use crabbox_core::{Error, Result};
@@ -334,7 +335,12 @@ impl BoxSession for LocalSession {
         req: &ApplySync<'_>,
         mut chunks: ChunkFeed,
         _reporter: &dyn Reporter,
-    ) -> Result<Option<String>> {
+    ) -> Result<Applied> {
+        // A local box's tree has no watcher to vouch for it: a sync planned for a named tree
+        // is never applied (the engine then reads the tree).
+        if req.if_unchanged_since.is_some() {
+            return Ok(Applied::TreeMoved);
+        }
         let workdir = PathBuf::from(req.workdir);
         let mut ops = Some(req.ops.to_vec());
         let mut unpacking: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
@@ -382,8 +388,7 @@ impl BoxSession for LocalSession {
         tokio::task::spawn_blocking(move || tree::finish(&wd, record.as_deref()))
             .await
             .map_err(|e| Error::Sync(format!("sync task failed: {e}")))??;
-        // A local box's tree has no watcher to vouch for it.
-        Ok(None)
+        Ok(Applied::Done(None))
     }
 
     async fn read_file(

@@ -14,7 +14,7 @@ use crate::claims::now_rfc3339;
 use crate::engine::{RunRequest, SyncReport, SyncSource};
 use crate::error::{Error, Result};
 use crate::events::Reporter;
-use crate::provider::{ApplySync, PackedChunk};
+use crate::provider::{Applied, ApplySync, PackedChunk};
 use crate::sync::{
     split, write_archive_with, ChunkSpec, Codec, PlanOptions, RemoteTree, SyncManifest, SyncOp,
     SyncPlan,
@@ -44,6 +44,8 @@ struct Sent<'a> {
     manifest: &'a Arc<SyncManifest>,
     memo: &'a std::path::Path,
     workdir: &'a str,
+    /// Apply only onto the tree so named (see [`ApplySync::if_unchanged_since`]).
+    if_unchanged_since: Option<&'a str>,
 }
 
 /// The files of a run's sync, chosen on a blocking thread while the engine reaches and
@@ -159,27 +161,33 @@ impl Engine {
                     }
                     Some(Some(plan)) => {
                         // Changing the tree: no other run of this lease syncing or running a
-                        // command, and still nothing changed on the box meanwhile.
+                        // command, and still nothing changed on the box when it applies the
+                        // sync (else the box is read, below).
                         let t = Instant::now();
                         lock.hold(Hold::Exclusive, reporter, &req.cancel).await?;
                         report.wait_ms += ms(t.elapsed());
                         wait_ms = report.wait_ms;
-                        let still =
-                            cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state));
-                        if !lock.waited && still.await? {
+                        if !lock.waited {
                             let plan = self.record_plan(plan, &mut report);
                             let sent = Instant::now();
                             let to = Sent {
                                 manifest: &manifest,
                                 memo: &memo,
                                 workdir: &workdir,
+                                if_unchanged_since: Some(&m.state),
                             };
-                            self.send(acquired, source, plan, to, &mut report, req, reporter)
+                            let applied = self
+                                .send(acquired, source, plan, to, &mut report, req, reporter)
                                 .await?;
-                            report.apply_ms = ms(sent.elapsed());
-                            self.synced(acquired, workdir)?;
-                            lock.hold(Hold::Shared, reporter, &req.cancel).await?;
-                            return Ok((Some(report), lock));
+                            if applied {
+                                report.apply_ms = ms(sent.elapsed());
+                                self.synced(acquired, workdir)?;
+                                lock.hold(Hold::Shared, reporter, &req.cancel).await?;
+                                return Ok((Some(report), lock));
+                            }
+                            reporter.status(
+                                "sync: the box's tree changed since the last sync; reading it",
+                            );
                         }
                     }
                     None => {}
@@ -255,9 +263,17 @@ impl Engine {
                 manifest: &manifest,
                 memo: &memo,
                 workdir: &workdir,
+                if_unchanged_since: None,
             };
-            self.send(acquired, source, plan, to, &mut report, req, reporter)
+            let applied = self
+                .send(acquired, source, plan, to, &mut report, req, reporter)
                 .await?;
+            if !applied {
+                return Err(Error::Sync(format!(
+                    "the sync to {workdir} was refused as planned for another tree, though it \
+                     named none"
+                )));
+            }
             report.apply_ms = ms(t.elapsed()).saturating_sub(report.pack_ms);
         }
         self.synced(acquired, workdir)?;
@@ -297,6 +313,8 @@ impl Engine {
 
     /// Packs what `plan` sends and has the box apply it (the tree lock held exclusively);
     /// then remembers the tree the box holds where the provider names it (see [`SyncMemo`]).
+    /// `false` when the box's tree was no longer the one `to.if_unchanged_since` named, and
+    /// nothing was applied.
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
@@ -307,7 +325,7 @@ impl Engine {
         report: &mut SyncReport,
         req: &RunRequest,
         reporter: &dyn Reporter,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let session = acquired.session.as_ref();
         let t = Instant::now();
         // What the last sync left is void until this one completes. The new tree is written
@@ -339,6 +357,7 @@ impl Engine {
             sent: sent.as_deref(),
             workdir: &acquired.workdir,
             chunks: chunks.len(),
+            if_unchanged_since: to.if_unchanged_since,
             timeout: self.sync_timeout,
             cancel: &req.cancel,
         };
@@ -357,12 +376,18 @@ impl Engine {
             None => None,
         };
         let state = match (packed, applied) {
+            // Refused before it took every chunk: the packing's failure to hand them over is
+            // no error of its own.
+            (_, Ok(Applied::TreeMoved)) => {
+                SyncMemo::forget(to.memo);
+                return Ok(false);
+            }
             // A packing failure is the cause of the apply's abandonment: report it first.
             (Err(e), _) | (_, Err(e)) => {
                 SyncMemo::forget(to.memo);
                 return Err(e);
             }
-            (Ok(()), Ok(state)) => state,
+            (Ok(()), Ok(Applied::Done(state))) => state,
         };
         match (state, kept) {
             (Some(state), Some(tree)) => {
@@ -378,7 +403,7 @@ impl Engine {
             human_bytes(report.sent_bytes),
             human_bytes(report.wire_bytes),
         ));
-        Ok(())
+        Ok(true)
     }
 
     /// Records a sync of `workdir`: the claim keeps the lease's workdir (main's, never a

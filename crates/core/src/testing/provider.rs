@@ -152,6 +152,25 @@ impl MemoryProvider {
         self.add_fault(Op::Create, Fault::LoseCreateAnswer(error));
     }
 
+    /// The next call of `op` first writes a file on a box, behind the engine's back (a
+    /// command still running wrote it just then).
+    pub fn write_file_when(&self, op: Op, remote_id: &str, path: &str, data: &[u8]) {
+        let (remote_id, path, data) = (remote_id.to_string(), path.to_string(), data.to_vec());
+        let change = move |boxes: &mut BTreeMap<String, MemBox>| {
+            if let Some(b) = boxes.get_mut(&remote_id) {
+                b.files.insert(
+                    path,
+                    Node::File {
+                        data,
+                        mode: 0o644,
+                        mtime: 1,
+                    },
+                );
+            }
+        };
+        self.add_fault(op, Fault::Tamper(Box::new(change)));
+    }
+
     fn add_fault(&self, op: Op, fault: Fault) {
         self.shared.lock().faults.push((op, fault));
     }

@@ -70,7 +70,7 @@ impl BoxSession for MemSession {
         req: &ApplySync<'_>,
         mut chunks: ChunkFeed,
         _reporter: &dyn Reporter,
-    ) -> Result<Option<String>> {
+    ) -> Result<crate::provider::Applied> {
         let injected = self.shared.lock().call(Op::Apply, &self.remote_id);
         self.shared.bump();
         match injected {
@@ -105,6 +105,12 @@ impl BoxSession for MemSession {
         }
         let workdir = req.workdir.trim_end_matches('/');
         self.on_box(|b| {
+            // Checked as the box applies it: a tree changed since is left as it is.
+            if let Some(state) = req.if_unchanged_since {
+                if b.state_of(workdir).as_deref() != Some(state) {
+                    return Ok(crate::provider::Applied::TreeMoved);
+                }
+            }
             let at = |rel: &str| format!("{workdir}/{rel}");
             let mut deleted = Vec::new();
             for op in req.ops {
@@ -145,7 +151,7 @@ impl BoxSession for MemSession {
                 ops: req.ops.to_vec(),
                 record: req.record.map(<[u8]>::to_vec),
             });
-            Ok(b.state_of(workdir))
+            Ok(crate::provider::Applied::Done(b.state_of(workdir)))
         })
     }
 

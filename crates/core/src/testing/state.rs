@@ -289,7 +289,12 @@ pub(super) enum Fault {
     Hang,
     /// The next create makes its box, then fails as if its answer was lost.
     LoseCreateAnswer(Error),
+    /// The next call first changes the boxes, as something behind the engine's back would
+    /// just as the call reaches the box; then it goes on.
+    Tamper(Tamper),
 }
+
+pub(super) type Tamper = Box<dyn FnOnce(&mut BTreeMap<String, MemBox>) + Send>;
 
 /// What a call meets.
 pub(super) enum Injected {
@@ -326,6 +331,10 @@ impl State {
                 Fault::Once(e) => Injected::Fail(e),
                 Fault::Hang => Injected::Hang,
                 Fault::LoseCreateAnswer(e) => Injected::LoseCreateAnswer(e),
+                Fault::Tamper(change) => {
+                    change(&mut self.boxes);
+                    return None;
+                }
                 Fault::Every(_) => unreachable!("handled above"),
             },
         })

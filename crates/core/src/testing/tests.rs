@@ -85,6 +85,7 @@ async fn a_bad_archive_leaves_the_tree_as_it_was() {
         sent: None,
         workdir: "/crabbox/cbx_aaaaaaaaaaaa",
         chunks: 1,
+        if_unchanged_since: None,
         timeout: Duration::from_secs(5),
         cancel: &cancel,
     };

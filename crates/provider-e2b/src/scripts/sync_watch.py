@@ -20,9 +20,11 @@
 # scripts would, with no process started on the box: the upload /tmp/crabbox-<tag>-0.tar
 # (flags `t`) or .tgz (`z`), with `o` the ops and `r` the new record beside the staging
 # directory `.<workdir>.crabbox-stage-<tag>` (whose making claims the sync: a fallback that
-# made it first applies it instead, and the watcher answers `A-`). The answer is as for `r-`
-# (the sync's own changes counted, then forgotten) with a fifth field, `Aok` or `A!` and why
-# it failed; the sync's files are removed either way.
+# made it first applies it instead, and the watcher does not answer). The answer is as for
+# `r-` (the sync's own changes counted, then forgotten) with a fifth field, `Aok` or `A!` and
+# why it failed; the sync's files are removed either way. With `u`, a watcher that saw any
+# change since it last answered applies nothing, claims nothing and forgets nothing: `A~`,
+# then the paths that changed, as for `p-`.
 # Events are read in the order the kernel queued them, so when the request is read every change
 # made before it was is already counted (a path whose entries change counts, and so does its
 # directory, whose times change with them). `lost` means the watcher can no longer tell (queue
@@ -245,7 +247,12 @@ def main(ctl, workdir, dirs_file, ident, record):
             if lost:
                 break
             own_record[:] = [None, False]
-            applied = apply_sync(name[2:], workdir, record, own_record)
+            flags = name[2:].partition(b"-")[2]
+            if b"u" in flags[1:] and changed:
+                # To be applied only onto the tree as last answered: it changed since.
+                applied = b"~"
+            else:
+                applied = apply_sync(name[2:], workdir, record, own_record)
             drain()
             if own_record[1]:
                 # Touched while this watcher applied: still the record it stored, or lost.
@@ -263,8 +270,11 @@ def main(ctl, workdir, dirs_file, ident, record):
             # Claimed by a fallback (`-`): it is not this watcher's to answer, and what changed
             # is still to be asked for.
             if applied is not None and applied != b"-":
-                answer(name[2:], entries=True, applied=applied)
-                changed.clear()
+                # Not applied (`~`): what changed is still to be asked for.
+                moved = applied == b"~"
+                answer(name[2:], entries=not moved, applied=applied)
+                if not moved:
+                    changed.clear()
             done_with(name)
     # Lost for good: said once (unless the last answer said it), and nothing left to watch for.
     if not gone[0] and not said_lost[0]:
@@ -279,7 +289,7 @@ def apply_sync(spec, workdir, record, own_record):
     """Applies sync `spec` (`<tag>-<flags>`, see the header): `ok`, `!` and why it failed, or
     `-` when a fallback claimed it first; None for a request that names no sync of crabbox's."""
     tag, _, flags = spec.partition(b"-")
-    if not tag.isalnum() or flags[:1] not in (b"t", b"z") or set(flags[1:]) - set(b"or"):
+    if not tag.isalnum() or flags[:1] not in (b"t", b"z") or set(flags[1:]) - set(b"oru"):
         return None
     parent, _, base = workdir.rpartition(b"/")
     stage = (parent or b"") + b"/." + base + b".crabbox-stage-" + tag
