@@ -266,6 +266,18 @@ def _(ctx):
     assert not sbx.files.exists("/home/user/project/notes.txt"), "removed file still exists"
 
 
+@check("make_dir tells a directory it made from one already there; remove takes a whole tree")
+def _(ctx):
+    # crabbox claims a sync by making its staging directory: only the call that made it
+    # may go on, so "already exists" must be told apart, as E2B's envd does.
+    sbx = ctx["sandbox"]
+    assert sbx.files.make_dir("/home/user/claim/inner") is True, "a new directory (and parent)"
+    assert sbx.files.make_dir("/home/user/claim/inner") is False, "an existing one"
+    sbx.files.write("/home/user/claim/inner/f.txt", "x")
+    sbx.files.remove("/home/user/claim")
+    assert not sbx.files.exists("/home/user/claim"), "a removed tree is gone whole"
+
+
 @check("set_timeout moves the end time")
 def _(ctx):
     sbx = ctx["sandbox"]
