@@ -268,8 +268,8 @@ def _(ctx):
 
 @check("make_dir tells a directory it made from one already there; remove takes a whole tree")
 def _(ctx):
-    # crabbox claims a sync by making its staging directory: only the call that made it
-    # may go on, so "already exists" must be told apart, as E2B's envd does.
+    # crabbox makes its staging and request directories through MakeDir, and takes "already
+    # exists" for made; E2B's envd tells the two apart, and so must the emulator.
     sbx = ctx["sandbox"]
     assert sbx.files.make_dir("/home/user/claim/inner") is True, "a new directory (and parent)"
     assert sbx.files.make_dir("/home/user/claim/inner") is False, "an existing one"

@@ -88,6 +88,9 @@ const WATCHER_APPLIES_AT_MOST: u64 = 1 << 20;
 /// The unpack script's exit when the staging directory it was to claim is taken (by the
 /// watcher, which then applies the sync).
 const CLAIMED_EXIT: i32 = 75;
+/// How long a watcher that took a sync is given to answer: its apply of at most
+/// [`WATCHER_APPLIES_AT_MOST`] takes milliseconds, so this is a killed watcher.
+const TAKEN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Sends and unpacks each chunk as it arrives, then commits, within `req.timeout` for all of
 /// it. A lone small chunk is applied by the tree's `watcher` (its id), when given, with no
@@ -174,7 +177,7 @@ pub async fn apply(
                 .concat();
                 // The scripts, if they run, claim the sync first.
                 envs.insert("CBX_CLAIM".into(), "1".into());
-                let request = format!("{tag}-{flags}");
+                let request = format!("{tag}-{flags}-{}", w.id);
                 let asked = Asked {
                     workdir,
                     stage: &stage,
@@ -184,6 +187,13 @@ pub async fn apply(
                 applied = apply_by_watcher(envd, &asked, w, envs, &pids).await?;
                 n += 1;
                 continue;
+            }
+            // Planned for the tree the watcher vouched for, applied by the scripts: the watcher
+            // is asked first whether it saw a change since (the scripts cannot tell).
+            if let Some(w) = watcher.filter(|w| n == 0 && w.if_unchanged) {
+                if !watcher_saw_no_change(envd, &watch_dir(workdir), w.id).await {
+                    return Ok(Applied::TreeMoved);
+                }
             }
             let upload = upload_file(envd, small, &chunk.file, &remote, timeout);
             if n == 0 {
@@ -298,19 +308,28 @@ async fn apply_by_watcher(
         format!("{}.rec", asked.stage),
     );
     let answer = match make_request(envd, &ctl, "a", request).await {
-        Some(()) => await_answer(envd, &ctl, w.id, request, Some(WATCHER_PATIENCE)).await,
+        Some(()) => await_answer(envd, &ctl, w.id, request, Await::Asked(WATCHER_PATIENCE)).await,
         None => Waited::Never,
     };
     let state = match answer {
         Waited::Answered(state) => state,
         Waited::Never | Waited::TimedOut if w.if_unchanged => {
-            // The sync is claimed here (its staging directory made) so the watcher, if it
+            // The sync is taken back (its staging directory made here) so the watcher, if it
             // still sees the request, leaves it; if the watcher has it, its answer is awaited.
-            if claim(envd, asked.stage).await? {
-                remove_files(envd, &[asked.stage, asked.upload, &ops, &rec]).await;
+            if !claim(envd, asked.stage).await? {
+                awaited(envd, &ctl, w.id, request, workdir).await?
+            } else if let Waited::Answered(state) =
+                await_answer(envd, &ctl, w.id, request, Await::Asked(Duration::ZERO)).await
+            {
+                // Applied and answered before the claim (the staging directory goes last).
+                remove_files(envd, &[asked.stage]).await;
+                state
+            } else {
+                // The upload first: a watcher that makes the directory anew finds none.
+                remove_files(envd, &[asked.upload, &ops, &rec]).await;
+                remove_files(envd, &[asked.stage]).await;
                 return Ok(Applied::TreeMoved);
             }
-            awaited(envd, &ctl, w.id, request, workdir).await?
         }
         Waited::Never | Waited::TimedOut => {
             let ran = run_script(envd, UNPACK_THEN_COMMIT, envs, pids).await;
@@ -337,7 +356,7 @@ async fn apply_by_watcher(
     }
 }
 
-/// The answer of a watcher that took the sync, awaited without patience.
+/// The answer of a watcher that took the sync, awaited within [`TAKEN_PATIENCE`].
 async fn awaited(
     envd: &Envd,
     ctl: &str,
@@ -345,7 +364,7 @@ async fn awaited(
     request: &str,
     workdir: &str,
 ) -> Result<Vec<u8>> {
-    match await_answer(envd, ctl, id, request, None).await {
+    match await_answer(envd, ctl, id, request, Await::Taken(TAKEN_PATIENCE)).await {
         Waited::Answered(state) => Ok(state),
         _ => Err(Error::Sync(format!(
             "the watcher of {workdir} on the box took the sync but gave no answer; the next \
@@ -354,25 +373,25 @@ async fn awaited(
     }
 }
 
-/// Makes directory `path` through envd: `true` when this call made it, `false` when it was
-/// there already (whoever made it claimed what it stands for).
+/// Claims a sync by making its staging directory `path` on the box: `true` when this call
+/// made it, `false` when it was there already. A process's `mkdir`: envd's `MakeDir` also
+/// succeeds on a directory made between its look and its making, so it cannot tell.
 async fn claim(envd: &Envd, path: &str) -> Result<bool> {
-    let req = filesystem::MakeDirRequest {
-        path: path.to_string(),
-    };
-    match envd
-        .unary::<_, filesystem::MakeDirResponse>(filesystem::SERVICE, "MakeDir", &req)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(crate::envd::RpcFailure::Rpc(e))
-            if e.code == crabbox_e2b_wire::connect::Code::AlreadyExists =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e.into_error(&format!("claiming the sync's staging directory {path}"))),
+    let envs = BTreeMap::from([("CBX_STAGE".to_string(), path.to_string())]);
+    match run_captured(envd, CLAIM_SCRIPT, envs).await? {
+        (0, _, _) => Ok(true),
+        (CLAIMED_EXIT, _, _) => Ok(false),
+        (code, _, err) => Err(Error::Sync(envd.scrub(&format!(
+            "claiming the sync's staging directory {path} failed (exit {code}): {}",
+            String::from_utf8_lossy(&err).trim()
+        )))),
     }
 }
+
+/// Makes `$CBX_STAGE`: exit 0 when made here, [`CLAIMED_EXIT`] when it was there.
+const CLAIM_SCRIPT: &str = r#"mkdir -- "$CBX_STAGE" 2>/dev/null && exit 0
+[ -d "$CBX_STAGE" ] && exit 75
+mkdir -- "$CBX_STAGE""#;
 
 /// Removes `paths` through envd (a directory with what it holds), side by side, each
 /// bounded by [`CLEANUP_STEP`]; failures are left to the next scan's sweep.
@@ -653,7 +672,7 @@ pub async fn watcher_changes(envd: &Envd, ctl: &str, id: &str) -> Option<Vec<u8>
 async fn ask_watcher(envd: &Envd, ctl: &str, id: &str, kind: &str) -> Option<(Vec<u8>, String)> {
     let nonce = hex::encode(rand::random::<[u8; 8]>());
     make_request(envd, ctl, kind, &nonce).await?;
-    match await_answer(envd, ctl, id, &nonce, Some(WATCHER_PATIENCE)).await {
+    match await_answer(envd, ctl, id, &nonce, Await::Asked(WATCHER_PATIENCE)).await {
         Waited::Answered(state) if keeps_count(&state, id) => Some((state, nonce)),
         _ => None,
     }
@@ -690,15 +709,23 @@ enum Waited {
     TimedOut,
 }
 
-/// Reads watcher `id`'s state file until it answers request `nonce`, it never will, or
-/// `patience` (if any) is past.
-async fn await_answer(
-    envd: &Envd,
-    ctl: &str,
-    id: &str,
-    nonce: &str,
-    patience: Option<Duration>,
-) -> Waited {
+/// How a request to a watcher is awaited.
+#[derive(Debug, Clone, Copy)]
+enum Await {
+    /// Until this is past; a lost watcher's state answers it never.
+    Asked(Duration),
+    /// Until this is past, through a lost watcher's state: the watcher took the request, and
+    /// answers it whatever else it says meanwhile.
+    Taken(Duration),
+}
+
+/// Reads watcher `id`'s state file until it answers request `nonce`, it never will, or the
+/// patience of `how` is past.
+async fn await_answer(envd: &Envd, ctl: &str, id: &str, nonce: &str, how: Await) -> Waited {
+    let (patience, through_lost) = match how {
+        Await::Asked(p) => (p, false),
+        Await::Taken(p) => (p, true),
+    };
     let state = format!("{ctl}/state");
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(1);
@@ -713,11 +740,11 @@ async fn await_answer(
             return Waited::Answered(buf);
         }
         // Another watcher's state answers nothing of ours, ever; nor does a lost one's, unless
-        // it took the request before (awaited without patience: it answers still).
-        if !ours || (patience.is_some() && !keeps_count(&buf, id)) {
+        // it took the request before.
+        if !ours || (!through_lost && !keeps_count(&buf, id)) {
             return Waited::Never;
         }
-        if patience.is_some_and(|p| started.elapsed() >= p) {
+        if started.elapsed() >= patience {
             return Waited::TimedOut;
         }
         tokio::time::sleep(pause).await;

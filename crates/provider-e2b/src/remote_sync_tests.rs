@@ -19,6 +19,8 @@ fn sync_scripts_are_valid_bash() {
     crate::assert_valid_bash(UNPACK_SCRIPT);
     crate::assert_valid_bash(COMMIT_SCRIPT);
     crate::assert_valid_bash(REAP_SCRIPT);
+    crate::assert_valid_bash(UNPACK_THEN_COMMIT);
+    crate::assert_valid_bash(CLAIM_SCRIPT);
 }
 
 /// A box directory with a workdir, and a source tree to sync from.
@@ -533,4 +535,55 @@ fn the_scripts_leave_a_sync_the_watcher_claimed_to_it() {
     );
     assert_eq!(read(&wd.join("a.txt")), "a2");
     assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
+}
+
+#[test]
+fn the_scripts_leave_a_sync_whose_upload_is_gone_to_the_watcher_that_applied_it() {
+    let b = Box_::new();
+    b.write_src("a.txt", "a1");
+    b.apply_ok(&["a.txt"], &[]);
+    let wd = b.wd();
+    // The watcher applied it, removed the upload, answered, then removed its staging
+    // directory: the scripts, claiming it after that, find no upload.
+    let upload = b.dir.path().join("crabbox-applied-0.tar");
+    let stage = staging_dir(wd.to_str().unwrap(), "applied");
+    let out = unpack_then_commit(&upload, "none", &stage, &wd, false)
+        .env("CBX_CLAIM", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(CLAIMED_EXIT),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !Path::new(&stage).exists(),
+        "the claim made for nothing is undone"
+    );
+    assert_eq!(read(&wd.join("a.txt")), "a1");
+}
+
+#[test]
+fn a_claim_is_made_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = dir.path().join(".w.crabbox-stage-x");
+    let claim = || {
+        std::process::Command::new("/bin/bash")
+            .args(["-c", CLAIM_SCRIPT])
+            .env("CBX_STAGE", &stage)
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(claim(), Some(0));
+    assert_eq!(claim(), Some(CLAIMED_EXIT));
+    let missing = dir.path().join("no/such/parent/x");
+    let failed = std::process::Command::new("/bin/bash")
+        .args(["-c", CLAIM_SCRIPT])
+        .env("CBX_STAGE", &missing)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(!failed.stderr.is_empty(), "says why");
 }

@@ -302,14 +302,23 @@ fn stage_sync(
     Staged { spec, stage, paths }
 }
 
-/// Asks the watcher to apply `spec` and waits (10 s at most) for its answer to it.
+/// The id of the watchers these tests start: one that applies syncs.
+const W: &str = "3-0123abcd";
+
+/// Asks watcher [`W`] to apply `spec` (`<tag>-<flags>`) and waits (10 s at most) for its
+/// answer to it.
 fn apply_request(ctl: &str, spec: &str) -> Option<Vec<u8>> {
+    apply_request_of(ctl, spec, W)
+}
+
+fn apply_request_of(ctl: &str, spec: &str, id: &str) -> Option<Vec<u8>> {
     let ctl = PathBuf::from(ctl);
-    std::fs::create_dir(ctl.join(format!("a-{spec}"))).unwrap();
+    let request = format!("{spec}-{id}");
+    std::fs::create_dir(ctl.join(format!("a-{request}"))).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(state) = std::fs::read(ctl.join("state")) {
-            if answered(&state, spec) {
+            if answered(&state, &request) {
                 return Some(state);
             }
         }
@@ -335,7 +344,7 @@ fn a_watcher_applies_a_small_sync_itself_and_answers_what_it_changed() {
     assert!(python3(), "python3 is needed to test the tree watcher");
     for codec in [Codec::Stored, Codec::Gzip] {
         let t = Tree::new();
-        let id = t.scan("3-0123abcd");
+        let id = t.scan(W);
         let w = t.wd();
         // An edit, a new file, a deletion; a new record naming the same directories.
         let new_record = b"dsrc\0dsrc/deep\0fsrc/b.rs\0fsrc/deep/c.rs\0fsrc/deep/d.txt\0";
@@ -376,7 +385,7 @@ fn a_watcher_applies_a_small_sync_itself_and_answers_what_it_changed() {
             std::fs::read(t.dir.path().join(".w.crabbox-synced")).unwrap(),
             new_record
         );
-        for p in s.paths.iter().chain([&s.stage]) {
+        for p in &s.paths {
             assert!(!p.exists(), "{} left behind ({codec:?})", p.display());
         }
         // Its answer is what changed, as the box holds it now; then it counts from there.
@@ -392,6 +401,8 @@ fn a_watcher_applies_a_small_sync_itself_and_answers_what_it_changed() {
             Some(true),
             "forgotten once answered ({codec:?})"
         );
+        // The staging directory goes once the answer is written (before the next question).
+        assert!(!s.stage.exists(), "staging left behind ({codec:?})");
         // The record touched by anyone else afterwards is still a loss of count.
         std::fs::write(t.dir.path().join(".w.crabbox-synced"), "fa.txt\0").unwrap();
         assert_eq!(t.ask(&id), Some(false));
@@ -403,7 +414,7 @@ fn a_sync_that_makes_a_directory_is_applied_but_ends_the_count() {
     use crabbox_core::sync::{Codec, SyncOp};
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
-    let id = t.scan("3-0123abcd");
+    let id = t.scan(W);
     // Files in a new directory are not watched: only a full scan may vouch for them.
     let new_record =
         b"dsrc\0dsrc/deep\0dsrc/new\0fa.txt\0fsrc/b.rs\0fsrc/deep/c.rs\0fsrc/new/d.txt\0";
@@ -435,7 +446,7 @@ fn a_sync_the_watcher_cannot_apply_leaves_the_tree_and_says_why() {
     use crabbox_core::sync::{Codec, SyncOp};
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
-    t.scan("3-0123abcd");
+    let id = t.scan(W);
     let w = t.wd();
     // The ops were announced but never arrived: nothing may change.
     let s = stage_sync(
@@ -454,10 +465,10 @@ fn a_sync_the_watcher_cannot_apply_leaves_the_tree_and_says_why() {
     );
     assert_eq!(std::fs::read_to_string(w.join("src/b.rs")).unwrap(), "b\n");
     assert!(w.join("a.txt").exists());
-    assert!(
-        !s.stage.exists() && !s.paths[0].exists(),
-        "the sync's files removed"
-    );
+    assert!(!s.paths[0].exists(), "the upload removed");
+    // A failure forgets nothing, and its staging directory goes after the answer.
+    assert_eq!(t.ask(&id), Some(true), "nothing changed");
+    assert!(!s.stage.exists(), "the staging directory removed");
 
     // A file in the way of a staged one, with no op to clear it: the failure names it.
     let s = stage_sync(
@@ -474,11 +485,69 @@ fn a_sync_the_watcher_cannot_apply_leaves_the_tree_and_says_why() {
 }
 
 #[test]
-fn a_sync_claimed_by_a_fallback_is_left_to_it() {
+fn a_sync_claimed_by_another_gone_or_asked_of_another_watcher_is_left_alone() {
     use crabbox_core::sync::Codec;
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
-    let id = t.scan("3-0123abcd");
+    let id = t.scan(W);
+    let ctl = PathBuf::from(t.ctl());
+    let edit = |t: &Tree| {
+        stage_sync(
+            t,
+            &[("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)],
+            &[],
+            None,
+            Codec::Stored,
+        )
+    };
+    // Claimed first by the scripts (or taken back by crabbox): they made the staging
+    // directory. Requests are taken in order: once a later question is answered, the
+    // claimed one was seen, and neither answered nor touched.
+    let claimed = edit(&t);
+    std::fs::create_dir(&claimed.stage).unwrap();
+    let request = format!("{}-{W}", claimed.spec);
+    std::fs::create_dir(ctl.join(format!("a-{request}"))).unwrap();
+    // Asked of another watcher (one this watcher replaced).
+    let other = edit(&t);
+    let other_request = format!("{}-3-ffffffff", other.spec);
+    std::fs::create_dir(ctl.join(format!("a-{other_request}"))).unwrap();
+    // Applied and removed already: its upload is gone, so making its directory claims nothing.
+    let gone = edit(&t);
+    std::fs::remove_file(&gone.paths[0]).unwrap();
+    let gone_request = format!("{}-{W}", gone.spec);
+    std::fs::create_dir(ctl.join(format!("a-{gone_request}"))).unwrap();
+    assert_eq!(t.ask(&id), Some(true), "nothing changed");
+    let state = std::fs::read(ctl.join("state")).unwrap();
+    for r in [&request, &other_request, &gone_request] {
+        assert!(!answered(&state, r), "{r} answered");
+    }
+    assert!(
+        claimed.paths[0].exists() && claimed.stage.exists(),
+        "the claimer's files stay"
+    );
+    assert!(
+        other.paths[0].exists() && !other.stage.exists(),
+        "another's sync untouched"
+    );
+    assert!(
+        !gone.stage.exists(),
+        "no staging directory left for a sync that is gone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.wd().join("src/b.rs")).unwrap(),
+        "b\n"
+    );
+    std::fs::remove_dir(&claimed.stage).unwrap();
+    std::fs::remove_file(&claimed.paths[0]).unwrap();
+    std::fs::remove_file(&other.paths[0]).unwrap();
+}
+
+#[test]
+fn a_watcher_that_loses_track_after_applying_still_answers_the_apply() {
+    use crabbox_core::sync::Codec;
+    assert!(python3(), "python3 is needed to test the tree watcher");
+    let t = Tree::new();
+    let id = t.scan(W);
     let s = stage_sync(
         &t,
         &[("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)],
@@ -486,24 +555,24 @@ fn a_sync_claimed_by_a_fallback_is_left_to_it() {
         None,
         Codec::Stored,
     );
-    // The scripts claimed it first (they made the staging directory).
-    std::fs::create_dir(&s.stage).unwrap();
-    std::fs::create_dir(PathBuf::from(t.ctl()).join(format!("a-{}", s.spec))).unwrap();
-    // Requests are taken in order: once a later question is answered, the claimed one was
-    // seen, and neither answered nor touched.
-    assert_eq!(t.ask(&id), Some(true));
+    let state = apply_request(&t.ctl(), &s.spec).expect("an answer");
+    assert!(matches!(
+        apply_answer(&state),
+        Some(Ok(ApplyAnswer::Applied(Some(_))))
+    ));
+    // A listed directory removed: lost for good, said with the last answer's nonce, so that
+    // whoever still waits for the apply's answer reads it.
+    std::fs::remove_dir_all(t.wd().join("src/deep")).unwrap();
+    assert_eq!(t.ask(&id), Some(false));
     let state = std::fs::read(PathBuf::from(t.ctl()).join("state")).unwrap();
-    assert!(!answered(&state, &s.spec));
-    assert!(
-        s.paths[0].exists() && s.stage.exists(),
-        "the claimer's files stay"
-    );
+    assert!(!keeps_count(&state, &id));
     assert_eq!(
-        std::fs::read_to_string(t.wd().join("src/b.rs")).unwrap(),
-        "b\n"
+        state.split(|b| *b == 0).nth(2),
+        Some(format!("{}-{W}", s.spec).as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&state)
     );
-    std::fs::remove_dir(&s.stage).unwrap();
-    std::fs::remove_file(&s.paths[0]).unwrap();
+    assert_eq!(apply_answer(&state), Some(Ok(ApplyAnswer::Applied(None))));
 }
 
 #[test]
@@ -551,7 +620,7 @@ fn a_watcher_applies_nothing_through_a_symlink_planted_on_the_box() {
     std::os::unix::fs::symlink(&outside, w.join("l")).unwrap();
     std::fs::create_dir_all(w.join("n")).unwrap();
     std::os::unix::fs::symlink(&outside, w.join("n/m")).unwrap();
-    t.scan("3-0123abcd");
+    t.scan(W);
     let s = stage_sync(
         &t,
         &[("n/m/h.txt", "new\n", 0o644, 1_700_000_000_000_000_000)],
@@ -588,7 +657,7 @@ fn a_sync_for_the_tree_as_last_answered_is_not_applied_onto_a_changed_one() {
     use crabbox_core::sync::Codec;
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
-    let id = t.scan("3-0123abcd");
+    let id = t.scan(W);
     let w = t.wd();
     // Nothing changed since the watcher last answered: applied.
     let s = stage_sync(

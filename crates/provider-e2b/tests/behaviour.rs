@@ -1199,3 +1199,92 @@ async fn a_small_warm_sync_the_watcher_cannot_be_asked_to_apply_still_lands() {
     .unwrap();
     emu.shutdown().await;
 }
+
+/// A warm sync too large for the watcher to apply, planned from the tree the watcher vouched
+/// for, is applied by the scripts only after the watcher says nothing changed since: here a
+/// command of another workspace rewrites a synced file just before that question, so the run
+/// reads the box and restores it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_warm_sync_is_not_applied_onto_a_tree_changed_since_it_was_vouched_for() {
+    use e2b_emulator::faults::{Fault, FaultAction, Plane};
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
+    let world = World::new();
+    let p = std::sync::Arc::new(world.provider(&emu, &[]).unwrap());
+    let repo = RepoFixture::new();
+    let noise = |n: usize| (0..n).map(|_| rand::random::<u8>()).collect::<Vec<u8>>();
+    std::fs::write(repo.root().join("big.bin"), noise(2 << 20)).unwrap();
+    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
+    for _ in 0..2 {
+        let mut out = CapturedOutput::default();
+        let o = p
+            .run(
+                &request(&repo, Some(&warm.lease_id), &["true"]),
+                &mut out,
+                &SilentReporter,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    }
+    // 2 MiB that do not compress: more than the watcher applies.
+    std::fs::write(repo.root().join("big.bin"), noise(2 << 20)).unwrap();
+    // The second request directory (the question before the scripts apply) waits, while
+    // another workspace's command rewrites a synced file of the main tree.
+    let mut stall = Fault::new(
+        Plane::Envd,
+        "POST",
+        "/filesystem.Filesystem/MakeDir",
+        FaultAction::Stall { ms: 3000 },
+    );
+    stall.skip = 1;
+    emu.faults().add([stall]);
+    let syncing = {
+        let (p, req) = (
+            p.clone(),
+            request(&repo, Some(&warm.lease_id), &["cat", "tracked.txt"]),
+        );
+        tokio::spawn(async move {
+            let mut out = CapturedOutput::default();
+            let o = p.run(&req, &mut out, &SilentReporter).await;
+            (o, out)
+        })
+    };
+    while emu.faults().list().iter().map(|f| f.fired).sum::<u32>() == 0 {
+        assert!(!syncing.is_finished(), "the sync never asked the watcher");
+        tokio::task::yield_now().await;
+    }
+    let mut other = request(
+        &repo,
+        Some(&warm.lease_id),
+        &[
+            "/bin/sh",
+            "-c",
+            "echo clobbered > /home/user/crabbox/tracked.txt",
+        ],
+    );
+    other.sync = None;
+    other.extras.workspace = Some("other".into());
+    let mut out = CapturedOutput::default();
+    let o = p.run(&other, &mut out, &SilentReporter).await.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    let (o, out) = syncing.await.unwrap();
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(
+        out.stdout_str(),
+        std::fs::read_to_string(repo.root().join("tracked.txt")).unwrap(),
+        "the rewritten file is restored"
+    );
+    let s = o.sync.unwrap();
+    assert_eq!(s.sent_files, 2, "the large file and the restored one");
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}

@@ -15,6 +15,8 @@ if [ -n "${CBX_CLAIM:-}" ]; then
     [ -d "$CBX_STAGE" ] && { trap - EXIT; exit 75; }
     fail "cannot create staging directory $CBX_STAGE"
   }
+  # Made anew after the watcher applied the sync and removed it: the upload went first.
+  [ -f "$CBX_CHUNK" ] || { rmdir -- "$CBX_STAGE"; trap - EXIT; exit 75; }
 else
   [ -d "$CBX_STAGE" ] || mkdir -p -- "$CBX_STAGE" || fail "cannot create staging directory $CBX_STAGE"
 fi

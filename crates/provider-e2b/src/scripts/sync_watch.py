@@ -16,21 +16,23 @@
 # n paths, then `E<m>` and the m entries of those that exist now (lstat, six fields each as the
 # scan's find prints them: type, mode, size, mtime, ./path, link target), so whoever asked lays
 # them over the listing it keeps and counting starts again from there.
-# `a-<tag>-<flags>` asks the watcher to apply a small sync itself, as the unpack and commit
-# scripts would, with no process started on the box: the upload /tmp/crabbox-<tag>-0.tar
-# (flags `t`) or .tgz (`z`), with `o` the ops and `r` the new record beside the staging
-# directory `.<workdir>.crabbox-stage-<tag>` (whose making claims the sync: a fallback that
-# made it first applies it instead, and the watcher does not answer). The answer is as for
-# `r-` (the sync's own changes counted, then forgotten) with a fifth field, `Aok` or `A!` and
-# why it failed; the sync's files are removed either way. With `u`, a watcher that saw any
-# change since it last answered applies nothing, claims nothing and forgets nothing: `A~`,
-# then the paths that changed, as for `p-`.
+# `a-<tag>-<flags>-<id>` asks watcher <id> (any other ignores it) to apply a small sync itself,
+# as the unpack and commit scripts would, with no process started on the box: the upload
+# /tmp/crabbox-<tag>-0.tar (flags `t`) or .tgz (`z`), with `o` the ops and `r` the new record
+# beside the staging directory `.<workdir>.crabbox-stage-<tag>`. Making that directory claims the
+# sync: whoever makes it first (this watcher, the scripts, or crabbox taking it back) applies it
+# or drops it; one that makes it and finds no upload leaves it (it was applied and removed).
+# The answer is as for `r-` (the sync's own changes counted, then forgotten) with a fifth field,
+# `Aok`, or `A!` and why it failed (then, as for `p-`, the paths that changed, kept counted).
+# The upload, ops and record are removed before the answer, the staging directory after it.
+# With `u`, a watcher that saw any change since it last answered applies nothing, claims
+# nothing and forgets nothing: `A~`, then the paths that changed, as for `p-`.
 # Events are read in the order the kernel queued them, so when the request is read every change
 # made before it was is already counted (a path whose entries change counts, and so does its
 # directory, whose times change with them). `lost` means the watcher can no longer tell (queue
 # overflow, a watched directory removed, moved or replaced, a listed directory made or removed,
 # the record touched, the workdir itself removed or moved): only a full scan can; it is said at
-# once (with no nonce) and the watcher ends. CTL/ready holds ID once the watches are in place
+# once (repeating the last answer's nonce and apply field) and the watcher ends. CTL/ready holds ID once the watches are in place
 # (`-` if they cannot be). The removal of CTL (a newer watcher's scan remakes it) ends this one.
 import ctypes
 import os
@@ -112,7 +114,9 @@ def main(ctl, workdir, dirs_file, ident, record):
     changed, lost = set(), False
     asked = []
 
-    said_lost = [False]
+    # The last answer's nonce and apply field: said again by the final `lost` answer, so that
+    # whoever still waits for it reads it.
+    said = [b"", None]
 
     def answer(nonce, entries=False, applied=None):
         nonlocal lost
@@ -120,7 +124,7 @@ def main(ctl, workdir, dirs_file, ident, record):
             lost = lost or where() != here
         except OSError:
             lost = True
-        said_lost[0] = lost
+        said[:] = [nonce, applied]
         tmp = os.path.join(ctl, b"state.tmp-" + ident)
         fields = [b"cbxw1", ident, nonce, b"lost" if lost else b"ok"]
         if applied is not None:
@@ -247,12 +251,17 @@ def main(ctl, workdir, dirs_file, ident, record):
             if lost:
                 break
             own_record[:] = [None, False]
-            flags = name[2:].partition(b"-")[2]
-            if b"u" in flags[1:] and changed:
+            tag, _, rest = name[2:].partition(b"-")
+            flags, _, to = rest.partition(b"-")
+            stage = None
+            if to != ident:
+                # Asked of another watcher (this one replaced it): its count is not ours.
+                applied = None
+            elif b"u" in flags[1:] and changed:
                 # To be applied only onto the tree as last answered: it changed since.
                 applied = b"~"
             else:
-                applied = apply_sync(name[2:], workdir, record, own_record)
+                applied, stage = apply_sync(tag, flags, workdir, record, own_record)
             drain()
             if own_record[1]:
                 # Touched while this watcher applied: still the record it stored, or lost.
@@ -268,53 +277,63 @@ def main(ctl, workdir, dirs_file, ident, record):
                 lost = lost or named != dirs - {b""}
             own_record[:] = [None, False]
             # Claimed by a fallback (`-`): it is not this watcher's to answer, and what changed
-            # is still to be asked for.
+            # is still to be asked for; so too when not applied (`~`) or failed (`!`).
             if applied is not None and applied != b"-":
-                # Not applied (`~`): what changed is still to be asked for.
-                moved = applied == b"~"
-                answer(name[2:], entries=not moved, applied=applied)
-                if not moved:
+                done = applied == b"ok"
+                answer(name[2:], entries=done, applied=applied)
+                if done:
                     changed.clear()
+            # Removed once answered: a fallback that makes it afterwards finds no upload, and
+            # reads this answer instead.
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
             done_with(name)
-    # Lost for good: said once (unless the last answer said it), and nothing left to watch for.
-    if not gone[0] and not said_lost[0]:
-        answer(b"")
+    # Lost for good: said once, repeating the last answer (whoever waits for it reads it), and
+    # nothing left to watch for.
+    if not gone[0]:
+        answer(said[0], applied=said[1])
 
 
 class Failed(Exception):
     """A sync this watcher cannot apply: why, answered to whoever asked."""
 
 
-def apply_sync(spec, workdir, record, own_record):
-    """Applies sync `spec` (`<tag>-<flags>`, see the header): `ok`, `!` and why it failed, or
-    `-` when a fallback claimed it first; None for a request that names no sync of crabbox's."""
-    tag, _, flags = spec.partition(b"-")
+def apply_sync(tag, flags, workdir, record, own_record):
+    """Applies sync `tag` (see the header): `ok`, `!` and why it failed, or `-` when another
+    claimed it first (or it is gone); None for a request that names no sync of crabbox's. With
+    the staging directory this watcher made, to be removed once the answer is written."""
     if not tag.isalnum() or flags[:1] not in (b"t", b"z") or set(flags[1:]) - set(b"oru"):
-        return None
+        return None, None
     parent, _, base = workdir.rpartition(b"/")
     stage = (parent or b"") + b"/." + base + b".crabbox-stage-" + tag
     chunk = b"/tmp/crabbox-" + tag + b"-0." + (b"tar" if flags[:1] == b"t" else b"tgz")
-    ops, rec = stage + b".ops", stage + b".rec"
+    ops = stage + b".ops" if b"o" in flags else None
+    rec = stage + b".rec" if b"r" in flags else None
     try:
         # The claim: whoever makes the staging directory applies the sync.
         os.mkdir(stage, 0o700)
     except FileExistsError:
-        return b"-"
+        return b"-", None
     except OSError as e:
-        return b"!cannot create staging directory " + stage + b": " + reason(e)
+        return b"!cannot create staging directory " + stage + b": " + reason(e), None
+    if not os.path.isfile(chunk):
+        # Applied and removed by whoever claimed it before (the directory is made anew once
+        # it is gone): not this watcher's.
+        os.rmdir(stage)
+        return b"-", None
     try:
-        commit(workdir, stage, chunk, ops if b"o" in flags else None,
-               rec if b"r" in flags else None, record, own_record)
-        return b"ok"
+        commit(workdir, stage, chunk, ops, rec, record, own_record)
+        return b"ok", stage
     except Failed as e:
-        return b"!" + e.args[0]
+        return b"!" + e.args[0], stage
     except Exception as e:
-        return b"!" + repr(e).encode("utf-8", "replace")
+        return b"!" + repr(e).encode("utf-8", "replace"), stage
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        for f in (ops, rec, chunk):
+        # The upload first: the staging directory goes only after the answer.
+        for f in (chunk, ops, rec):
             try:
-                os.unlink(f)
+                if f is not None:
+                    os.unlink(f)
             except OSError:
                 pass
 
@@ -389,10 +408,11 @@ def extract(chunk, stage, codec):
                     try:
                         with tf.extractfile(m) as src:
                             while True:
-                                piece = src.read(1 << 20)
+                                piece = memoryview(src.read(1 << 20))
                                 if not piece:
                                     break
-                                os.write(fd, piece)
+                                while piece:
+                                    piece = piece[os.write(fd, piece):]
                         os.fchmod(fd, m.mode & 0o1777)
                         ns = pax_ns(m)
                         os.utime(fd, ns=(ns, ns))
