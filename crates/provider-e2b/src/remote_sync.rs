@@ -601,8 +601,9 @@ const WATCHER_PATIENCE: Duration = Duration::from_millis(250);
 
 /// The version of the watcher this crabbox starts, first in its id: a watcher started by an
 /// older crabbox (an id of hex digits alone, or an older version) is never asked to apply a
-/// sync. 3: applies a sync (`a-`), only onto the tree as it last answered with `u`.
-const WATCHER_VERSION: u32 = 3;
+/// sync. 4: applies a sync (`a-`, naming the watcher), only onto the tree as it last answered
+/// with `u`.
+const WATCHER_VERSION: u32 = 4;
 
 /// A new watcher's id: `<version>-<16 hex digits>`.
 fn new_watcher_id() -> String {

@@ -303,7 +303,7 @@ fn stage_sync(
 }
 
 /// The id of the watchers these tests start: one that applies syncs.
-const W: &str = "3-0123abcd";
+const W: &str = "4-0123abcd";
 
 /// Asks watcher [`W`] to apply `spec` (`<tag>-<flags>`) and waits (10 s at most) for its
 /// answer to it.
@@ -509,7 +509,7 @@ fn a_sync_claimed_by_another_gone_or_asked_of_another_watcher_is_left_alone() {
     std::fs::create_dir(ctl.join(format!("a-{request}"))).unwrap();
     // Asked of another watcher (one this watcher replaced).
     let other = edit(&t);
-    let other_request = format!("{}-3-ffffffff", other.spec);
+    let other_request = format!("{}-4-ffffffff", other.spec);
     std::fs::create_dir(ctl.join(format!("a-{other_request}"))).unwrap();
     // Applied and removed already: its upload is gone, so making its directory claims nothing.
     let gone = edit(&t);
@@ -599,7 +599,7 @@ fn an_apply_answer_is_read_whole() {
         apply_answer(b"cbxw1\0ab\0n\0ok\0A~\0a.txt\0"),
         Some(Ok(ApplyAnswer::Moved))
     );
-    assert!(watcher_applies("3-0123abcd"));
+    assert!(watcher_applies("4-0123abcd"));
     assert!(!watcher_applies("0123abcd"), "an older crabbox's watcher");
     assert!(
         !watcher_applies("2-0123abcd"),
