@@ -602,8 +602,8 @@ fn an_apply_answer_is_read_whole() {
     assert!(watcher_applies("4-0123abcd"));
     assert!(!watcher_applies("0123abcd"), "an older crabbox's watcher");
     assert!(
-        !watcher_applies("2-0123abcd"),
-        "one that cannot be asked for `u`"
+        !watcher_applies("3-0123abcd"),
+        "one that takes requests naming no watcher"
     );
 }
 
