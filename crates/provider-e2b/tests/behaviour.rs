@@ -1035,6 +1035,27 @@ async fn cancel_stops_the_commands_background_children_on_a_kept_sandbox() {
     emu.shutdown().await;
 }
 
+/// A warm lease synced from `repo`, then read once more: the box's tree watcher is in place.
+async fn watched_lease(
+    p: &crabbox_core::engine::Engine,
+    repo: &RepoFixture,
+) -> crabbox_core::engine::BoxStatus {
+    let warm = p.warmup(&warm_req(repo), &SilentReporter).await.unwrap();
+    for _ in 0..2 {
+        let mut out = CapturedOutput::default();
+        let o = p
+            .run(
+                &request(repo, Some(&warm.lease_id), &["true"]),
+                &mut out,
+                &SilentReporter,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    }
+    warm
+}
+
 /// A small warm sync is applied by the tree's watcher on the box, without starting a
 /// process: with every process start refused, an edit, a new file and a deletion still
 /// reach the box, and the runs after it read the tree it left.
@@ -1047,20 +1068,7 @@ async fn a_small_warm_sync_is_applied_without_a_process_on_the_box() {
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
-    // The first sync, then a reading of the tree that leaves a watcher behind.
-    for _ in 0..2 {
-        let mut out = CapturedOutput::default();
-        let o = p
-            .run(
-                &request(&repo, Some(&warm.lease_id), &["true"]),
-                &mut out,
-                &SilentReporter,
-            )
-            .await
-            .unwrap();
-        assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
-    }
+    let warm = watched_lease(&p, &repo).await;
 
     edit(repo.root(), "tracked.txt", "edited by the watcher\n");
     write(repo.root(), "src/also.txt", "new\n");
@@ -1129,19 +1137,7 @@ async fn a_small_warm_sync_the_watcher_cannot_be_asked_to_apply_still_lands() {
     let world = World::new();
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
-    for _ in 0..2 {
-        let mut out = CapturedOutput::default();
-        let o = p
-            .run(
-                &request(&repo, Some(&warm.lease_id), &["true"]),
-                &mut out,
-                &SilentReporter,
-            )
-            .await
-            .unwrap();
-        assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
-    }
+    let warm = watched_lease(&p, &repo).await;
     // The request directory after `skip` others is refused.
     let refused = |skip| {
         let mut fault = Fault::new(
@@ -1215,19 +1211,7 @@ async fn a_large_warm_sync_is_not_applied_onto_a_tree_changed_since_it_was_vouch
     let repo = RepoFixture::new();
     let noise = |n: usize| (0..n).map(|_| rand::random::<u8>()).collect::<Vec<u8>>();
     std::fs::write(repo.root().join("big.bin"), noise(2 << 20)).unwrap();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
-    for _ in 0..2 {
-        let mut out = CapturedOutput::default();
-        let o = p
-            .run(
-                &request(&repo, Some(&warm.lease_id), &["true"]),
-                &mut out,
-                &SilentReporter,
-            )
-            .await
-            .unwrap();
-        assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
-    }
+    let warm = watched_lease(&p, &repo).await;
     // 2 MiB that do not compress: more than the watcher applies.
     std::fs::write(repo.root().join("big.bin"), noise(2 << 20)).unwrap();
     // The second request directory (the question before the scripts apply) waits, while
