@@ -699,3 +699,34 @@ fn a_sync_for_the_tree_as_last_answered_is_not_applied_onto_a_changed_one() {
     let (changed, _) = crate::scan::segment_changes(&changes(&t.ctl(), &id).unwrap()).unwrap();
     assert!(changed.iter().any(|p| p == "a.txt"), "{changed:?}");
 }
+
+#[test]
+fn a_watcher_runs_the_ops_as_the_commit_script_does() {
+    use crabbox_core::sync::{Codec, SyncOp};
+    assert!(python3(), "python3 is needed to test the tree watcher");
+    let t = Tree::new();
+    t.scan(W);
+    let w = t.wd();
+    // A directory cleared whole, then the last file of its parent deleted: the emptied
+    // parent goes too, the workdir stays.
+    let s = stage_sync(
+        &t,
+        &[("a.txt", "a, again\n", 0o644, 1_700_000_000_000_000_000)],
+        &[
+            SyncOp::Clear("src/deep".into()),
+            SyncOp::Delete("src/b.rs".into()),
+        ],
+        Some(b"fa.txt\0"),
+        Codec::Stored,
+    );
+    let state = apply_request(&t.ctl(), &s.spec).expect("an answer");
+    assert!(apply_answer(&state).unwrap().is_ok());
+    assert!(
+        !w.join("src").exists(),
+        "emptied synced directory is pruned"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.join("a.txt")).unwrap(),
+        "a, again\n"
+    );
+}

@@ -431,77 +431,81 @@ def extract(chunk, stage, codec):
     return placed
 
 
-def parents_real(wd, p):
-    """Every directory on the way to `p` is a real directory (never a symlink)."""
-    parts = p.split(b"/")[:-1]
-    at = wd
-    for part in parts:
-        at = at + b"/" + part
-        try:
-            if not stat.S_ISDIR(os.lstat(at).st_mode):
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def run_op(wd, op, p):
+def run_op(wd, dirs, op, p):
+    """One of the plan's ops (see sync_commit.sh) on workdir-relative `p`, every directory on
+    the way opened from the workdir without following a symlink (`dirs`, a [`Dirs`] of it):
+    where one is not a real directory, `c`, `u` and `x` do nothing."""
+    parts = p.split(b"/")
     full = wd + b"/" + p
 
-    def kind():
+    def lstat_in(d, name):
         try:
-            return os.lstat(full).st_mode
+            return os.stat(name, dir_fd=d, follow_symlinks=False).st_mode
         except FileNotFoundError:
             return None
 
-    def remove(what):
+    def parent():
         try:
-            m = kind()
-            if m is None:
-                return
-            if stat.S_ISDIR(m):
-                shutil.rmtree(full)
+            return dirs.get(parts[:-1], False)
+        except OSError:
+            return None
+
+    def remove(d, name, mode, what):
+        try:
+            if stat.S_ISDIR(mode):
+                remove_tree(d, name, full)
             else:
-                os.unlink(full)
+                os.unlink(name, dir_fd=d)
         except OSError as e:
             raise Failed(b"cannot " + what + b" " + full + b": " + reason(e))
 
-    if op == b"c":
-        if parents_real(wd, p):
-            remove(b"remove")
-    elif op == b"p":
-        at = b""
-        for part in p.split(b"/"):
-            at = at + b"/" + part if at else part
+    if op == b"p":
+        # Every component a real directory or absent: the first that is not is removed (what
+        # lay below it is gone with it).
+        d = dirs.get((), False)
+        for i, part in enumerate(parts):
+            at = wd + b"/" + b"/".join(parts[:i + 1])
             try:
-                m = os.lstat(wd + b"/" + at).st_mode
-            except FileNotFoundError:
-                continue
+                mode = lstat_in(d, part)
             except OSError as e:
-                raise Failed(b"cannot look at " + wd + b"/" + at + b": " + reason(e))
-            if not stat.S_ISDIR(m):
+                raise Failed(b"cannot look at " + at + b": " + reason(e))
+            if mode is None:
+                return
+            if not stat.S_ISDIR(mode):
                 try:
-                    os.unlink(wd + b"/" + at)
+                    os.unlink(part, dir_fd=d)
                 except OSError as e:
-                    raise Failed(b"cannot remove " + wd + b"/" + at + b": " + reason(e))
-    elif op == b"u":
-        m = kind()
-        if parents_real(wd, p) and m is not None and stat.S_ISDIR(m):
-            remove(b"remove")
-    elif op == b"x":
-        m = kind()
-        if parents_real(wd, p) and m is not None and (stat.S_ISLNK(m) or stat.S_ISREG(m)):
+                    raise Failed(b"cannot remove " + at + b": " + reason(e))
+                return
+            d = dirs.get(parts[:i + 1], False)
+        return
+    d = parent()
+    if d is None:
+        return
+    mode = lstat_in(d, parts[-1])
+    if mode is None:
+        return
+    if op == b"c":
+        remove(d, parts[-1], mode, b"remove")
+    elif op == b"u" and stat.S_ISDIR(mode):
+        remove(d, parts[-1], mode, b"remove")
+    elif op == b"x" and (stat.S_ISLNK(mode) or stat.S_ISREG(mode)):
+        remove(d, parts[-1], mode, b"delete")
+        # Directories the deletion emptied go too, up to the workdir.
+        for i in range(len(parts) - 1, 0, -1):
             try:
-                os.unlink(full)
-            except OSError as e:
-                raise Failed(b"cannot delete " + full + b": " + reason(e))
-            d = p.rpartition(b"/")[0]
-            while d:
-                try:
-                    os.rmdir(wd + b"/" + d)
-                except OSError:
-                    break
-                d = d.rpartition(b"/")[0]
+                os.rmdir(parts[i - 1], dir_fd=dirs.get(parts[:i - 1], False))
+            except OSError:
+                break
+
+
+def remove_tree(d, name, full):
+    """Removes directory `name` in open directory `d` with all it holds, never following a
+    symlink (shutil's own fd-based walk; by path where this Python cannot take a dir_fd)."""
+    try:
+        shutil.rmtree(name, dir_fd=d)
+    except TypeError:
+        shutil.rmtree(full)
 
 
 def commit(wd, stage, chunk, ops, rec, record, own_record):
@@ -526,7 +530,12 @@ def commit(wd, stage, chunk, ops, rec, record, own_record):
         with open(ops, "rb") as f:
             entries = [e for e in f.read().split(b"\0") if e]
         for e in entries:
-            run_op(wd, e[:1], e[1:])
+            # Opened afresh for each op: an op before it may have removed what was opened.
+            dirs = Dirs(wd)
+            try:
+                run_op(wd, dirs, e[:1], e[1:])
+            finally:
+                dirs.close()
     staged, into = Dirs(stage), Dirs(wd)
     try:
         for parts in placed:
