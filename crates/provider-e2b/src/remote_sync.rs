@@ -74,10 +74,12 @@ pub enum Applied {
     TreeMoved,
 }
 
-/// The tree's watcher, asked to apply a small sync.
+/// The tree's watcher, asked to apply a small sync, or whether the tree changed.
 #[derive(Debug, Clone, Copy)]
 pub struct Watcher<'a> {
     pub id: &'a str,
+    /// It may apply a small sync itself (else it is only asked whether the tree changed).
+    pub may_apply: bool,
     /// Only if it saw nothing change since it last answered (the sync was planned from the
     /// tree it vouched for then).
     pub if_unchanged: bool,
@@ -156,8 +158,9 @@ pub async fn apply(
                 envs.insert("CBX_COMMIT".into(), COMMIT_SCRIPT.into());
             }
             // A small lone chunk: the tree's watcher applies it, or else the scripts.
-            let by_watcher = watcher.filter(|_| {
-                req.chunks == 1
+            let by_watcher = watcher.filter(|w| {
+                w.may_apply
+                    && req.chunks == 1
                     && chunk.len <= WATCHER_APPLIES_AT_MOST
                     && matches!(chunk.codec, Codec::Stored | Codec::Gzip)
             });
@@ -284,15 +287,15 @@ struct Asked<'a> {
     workdir: &'a str,
     stage: &'a str,
     upload: &'a str,
-    /// `<tag>-<flags>` (see `scripts/sync_watch.py`).
+    /// `<tag>-<flags>-<watcher id>` (see `scripts/sync_watch.py`).
     request: &'a str,
 }
 
 /// Has watcher `w` apply the sync `asked` names: asked by a request directory, answered in
 /// its state file. A watcher that cannot answer (another watcher's, a lost one, none within
 /// [`WATCHER_PATIENCE`]) leaves it to the unpack and commit scripts (`envs`), which claim the
-/// sync first; when the watcher claimed it already, its answer is awaited (the sync's
-/// deadline bounds that). Asked to apply only onto an unchanged tree, a watcher that saw a
+/// sync first; when the watcher claimed it already, its answer is awaited (for
+/// [`TAKEN_PATIENCE`] at most). Asked to apply only onto an unchanged tree, a watcher that saw a
 /// change, or that cannot answer, means [`Applied::TreeMoved`] (the scripts cannot tell).
 async fn apply_by_watcher(
     envd: &Envd,
@@ -308,18 +311,18 @@ async fn apply_by_watcher(
         format!("{}.rec", asked.stage),
     );
     let answer = match make_request(envd, &ctl, "a", request).await {
-        Some(()) => await_answer(envd, &ctl, w.id, request, Await::Asked(WATCHER_PATIENCE)).await,
-        None => Waited::Never,
+        Some(()) => await_answer(envd, &ctl, w.id, request, WATCHER_PATIENCE, false).await,
+        None => None,
     };
     let state = match answer {
-        Waited::Answered(state) => state,
-        Waited::Never | Waited::TimedOut if w.if_unchanged => {
+        Some(state) => state,
+        None if w.if_unchanged => {
             // The sync is taken back (its staging directory made here) so the watcher, if it
             // still sees the request, leaves it; if the watcher has it, its answer is awaited.
             if !claim(envd, asked.stage).await? {
                 awaited(envd, &ctl, w.id, request, workdir).await?
-            } else if let Waited::Answered(state) =
-                await_answer(envd, &ctl, w.id, request, Await::Asked(Duration::ZERO)).await
+            } else if let Some(state) =
+                await_answer(envd, &ctl, w.id, request, Duration::ZERO, false).await
             {
                 // Applied and answered before the claim (the staging directory goes last).
                 remove_files(envd, &[asked.stage]).await;
@@ -331,7 +334,7 @@ async fn apply_by_watcher(
                 return Ok(Applied::TreeMoved);
             }
         }
-        Waited::Never | Waited::TimedOut => {
+        None => {
             let ran = run_script(envd, UNPACK_THEN_COMMIT, envs, pids).await;
             if !matches!(ran, Ok((CLAIMED_EXIT, _, _))) {
                 finished(envd, ran)?;
@@ -364,9 +367,9 @@ async fn awaited(
     request: &str,
     workdir: &str,
 ) -> Result<Vec<u8>> {
-    match await_answer(envd, ctl, id, request, Await::Taken(TAKEN_PATIENCE)).await {
-        Waited::Answered(state) => Ok(state),
-        _ => Err(Error::Sync(format!(
+    match await_answer(envd, ctl, id, request, TAKEN_PATIENCE, true).await {
+        Some(state) => Ok(state),
+        None => Err(Error::Sync(format!(
             "the watcher of {workdir} on the box took the sync but gave no answer; the next \
              run reads the box's tree whole"
         ))),
@@ -673,8 +676,8 @@ pub async fn watcher_changes(envd: &Envd, ctl: &str, id: &str) -> Option<Vec<u8>
 async fn ask_watcher(envd: &Envd, ctl: &str, id: &str, kind: &str) -> Option<(Vec<u8>, String)> {
     let nonce = hex::encode(rand::random::<[u8; 8]>());
     make_request(envd, ctl, kind, &nonce).await?;
-    match await_answer(envd, ctl, id, &nonce, Await::Asked(WATCHER_PATIENCE)).await {
-        Waited::Answered(state) if keeps_count(&state, id) => Some((state, nonce)),
+    match await_answer(envd, ctl, id, &nonce, WATCHER_PATIENCE, false).await {
+        Some(state) if keeps_count(&state, id) => Some((state, nonce)),
         _ => None,
     }
 }
@@ -700,53 +703,32 @@ async fn make_request(envd: &Envd, ctl: &str, kind: &str, nonce: &str) -> Option
     }
 }
 
-/// What became of a request to a watcher.
-enum Waited {
-    /// Its state file answers it (whether the watcher still keeps count or not).
-    Answered(Vec<u8>),
-    /// It never will: another watcher's state, a lost one's, or no state to read.
-    Never,
-    /// Past the patience given.
-    TimedOut,
-}
-
-/// How a request to a watcher is awaited.
-#[derive(Debug, Clone, Copy)]
-enum Await {
-    /// Until this is past; a lost watcher's state answers it never.
-    Asked(Duration),
-    /// Until this is past, through a lost watcher's state: the watcher took the request, and
-    /// answers it whatever else it says meanwhile.
-    Taken(Duration),
-}
-
-/// Reads watcher `id`'s state file until it answers request `nonce`, it never will, or the
-/// patience of `how` is past.
-async fn await_answer(envd: &Envd, ctl: &str, id: &str, nonce: &str, how: Await) -> Waited {
-    let (patience, through_lost) = match how {
-        Await::Asked(p) => (p, false),
-        Await::Taken(p) => (p, true),
-    };
+/// Reads watcher `id`'s state file until it answers request `nonce`: that state; `None`
+/// once it never will (another watcher's state, or a lost one's unless `taken`: a watcher
+/// that took the request answers it whatever else it says meanwhile) or `patience` is past.
+async fn await_answer(
+    envd: &Envd,
+    ctl: &str,
+    id: &str,
+    nonce: &str,
+    patience: Duration,
+    taken: bool,
+) -> Option<Vec<u8>> {
     let state = format!("{ctl}/state");
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
         let mut buf = Vec::new();
-        if envd.download(&state, &mut buf).await.is_err() {
-            return Waited::Never;
-        }
+        envd.download(&state, &mut buf).await.ok()?;
         let mut f = buf.split(|b| *b == 0);
         let ours = f.next() == Some(b"cbxw1") && f.next() == Some(id.as_bytes());
         if ours && answered(&buf, nonce) {
-            return Waited::Answered(buf);
+            return Some(buf);
         }
         // Another watcher's state answers nothing of ours, ever; nor does a lost one's, unless
         // it took the request before.
-        if !ours || (!through_lost && !keeps_count(&buf, id)) {
-            return Waited::Never;
-        }
-        if started.elapsed() >= patience {
-            return Waited::TimedOut;
+        if !ours || (!taken && !keeps_count(&buf, id)) || started.elapsed() >= patience {
+            return None;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));

@@ -134,33 +134,22 @@ impl BoxSession for E2bSession {
         use crate::remote_sync::{self as rs, Applied as By};
         let scans = self.scans.as_ref();
         let sandbox = self.sandbox_id.as_str();
-        // The scans' lock is held from here: another run's scan must not make the watcher
-        // forget changes between this sync and its question to the watcher.
+        // Where the tree has a watcher, the scans' lock is held from here and its note read
+        // again under it: another run's scan must not make the watcher forget changes between
+        // this sync and its question to the watcher.
         let locked = match scans {
-            Some(c) => c.lock(sandbox, req.workdir).await,
-            None => None,
+            Some(c) if c.watched(sandbox, req.workdir).is_some() => {
+                c.lock(sandbox, req.workdir).await
+            }
+            _ => None,
         };
         let noted = scans
             .filter(|_| locked.is_some())
             .and_then(|c| c.watched(sandbox, req.workdir));
-        // A small sync is applied by the watcher itself where it keeps count (no process on
-        // the box), when the tree it leaves may be named.
-        let applies = noted
-            .as_ref()
-            .filter(|w| req.sent.is_some() && rs::watcher_applies(&w.id));
-        // Planned for a named tree: the watcher's note still names it, and the watcher saw
-        // no change since (asked as it applies the sync, or else first).
+        // Planned for a named tree: the watcher's note still names it (and the watcher, asked
+        // as the sync is applied, saw no change since).
         if let Some(state) = req.if_unchanged_since {
-            let named = noted.as_ref().is_some_and(|w| w.state() == state);
-            let ctl = rs::watch_dir(req.workdir);
-            let still = match (&noted, applies) {
-                (_, Some(_)) => named,
-                (Some(w), None) => {
-                    named && rs::watcher_saw_no_change(&self.envd, &ctl, &w.id).await
-                }
-                (None, None) => false,
-            };
-            if !still {
+            if noted.as_ref().is_none_or(|w| w.state() != state) {
                 return Ok(Applied::TreeMoved);
             }
         }
@@ -169,8 +158,11 @@ impl BoxSession for E2bSession {
         if let Some(c) = scans {
             c.forget_watch(sandbox, req.workdir);
         }
-        let watcher = applies.map(|w| rs::Watcher {
+        let watcher = noted.as_ref().map(|w| rs::Watcher {
             id: &w.id,
+            // A small sync is applied by the watcher itself (no process on the box), when
+            // the tree it leaves may be named.
+            may_apply: req.sent.is_some() && rs::watcher_applies(&w.id),
             if_unchanged: req.if_unchanged_since.is_some(),
         });
         let applied = match rs::apply(&self.envd, req, chunks, reporter, watcher).await {
@@ -189,32 +181,33 @@ impl BoxSession for E2bSession {
             Err(e) => return Err(e),
             Ok(applied) => applied,
         };
-        let (Some(c), Some(w)) = (scans, noted.as_ref()) else {
-            if let (Some(c), Some(record)) = (scans, req.record) {
-                c.keep_record(sandbox, req.workdir, record);
-            }
-            return Ok(match applied {
-                By::TreeMoved => Applied::TreeMoved,
-                _ => Applied::Done(None),
-            });
-        };
-        let segment = match applied {
+        let answered = match applied {
             // Nothing applied, and the watcher forgot nothing: its note stands.
             By::TreeMoved => {
-                c.keep_watch(sandbox, req.workdir, w);
+                if let (Some(c), Some(w)) = (scans, &noted) {
+                    c.keep_watch(sandbox, req.workdir, w);
+                }
                 return Ok(Applied::TreeMoved);
             }
-            By::ByWatcher { segment } => segment,
-            // What the sync changed, read afresh by the watcher (which then forgets it): the
-            // next run need not read the tree. A watcher that cannot say (the record changed
-            // under the scripts, say) leaves no note, and the next run reads it all.
-            By::ByScripts => {
-                rs::watcher_changes(&self.envd, &rs::watch_dir(req.workdir), &w.id).await
-            }
+            By::ByWatcher { segment } => Some(segment),
+            By::ByScripts => None,
+        };
+        let Some(c) = scans else {
+            return Ok(Applied::Done(None));
         };
         if let Some(record) = req.record {
             c.keep_record(sandbox, req.workdir, record);
         }
+        let Some(w) = noted.as_ref() else {
+            return Ok(Applied::Done(None));
+        };
+        let segment = match answered {
+            Some(segment) => segment,
+            // What the sync changed, read afresh by the watcher (which then forgets it): the
+            // next run need not read the tree. A watcher that cannot say (the record changed
+            // under the scripts, say) leaves no note, and the next run reads it all.
+            None => rs::watcher_changes(&self.envd, &rs::watch_dir(req.workdir), &w.id).await,
+        };
         let mut state = None;
         if let Some(segment) = segment {
             // A watcher that kept count saw the record the box holds now: the one sent (its

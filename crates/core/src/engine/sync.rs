@@ -122,22 +122,31 @@ impl Engine {
                 // tree has not changed since, it need not be read.
                 let t = Instant::now();
                 let local = chosen.wait(&req.cancel, reporter);
-                let vouched = cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state));
-                // Read (and checked) while the local files are: only used if the box vouches.
-                let kept = {
+                // The kept tree is read (and checked) once the box vouched, while the local
+                // files are still being chosen; not at all when it does not.
+                let vouched = async {
+                    let unchanged =
+                        cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state))
+                            .await?;
                     let (m, memo) = (m.clone(), memo.clone());
-                    tokio::task::spawn_blocking(move || m.kept(&memo))
+                    let kept = match unchanged {
+                        true => tokio::task::spawn_blocking(move || m.kept(&memo))
+                            .await
+                            .ok(),
+                        false => None,
+                    };
+                    Ok::<_, Error>((unchanged, kept))
                 };
-                let (manifest, unchanged, kept) = tokio::join!(local, vouched, kept);
+                let (manifest, vouched) = tokio::join!(local, vouched);
                 let manifest = match source.manifest.clone().or(manifest?) {
                     Some(m) => m,
                     None => return Err(Error::Sync("the files to sync were never chosen".into())),
                 };
+                let (unchanged, kept) = vouched?;
                 // Planned from the files the box holds (`Some(None)`: it holds these), or
                 // `None` to read the box.
-                let plan = match unchanged? {
+                let plan = match unchanged {
                     true => kept
-                        .ok()
                         .flatten()
                         .map(|prev| SyncPlan::delta(prev.entries(), &manifest, source.delete))
                         .map(|plan| (!plan.is_noop()).then_some(plan)),

@@ -120,8 +120,9 @@ impl GitListing {
                 // Kept for the next run while the tracked files are read.
                 let fresh = tracked_fresh || others_fresh;
                 let keeping = cache.as_ref().filter(|_| fresh).map(|c| {
-                    let (tracked, others) = (tracked_bytes.to_vec(), o.to_vec());
-                    scope.spawn(move || c.keep(&tracked, &others))
+                    // The tracked listing outlives the scope; the untracked one is copied.
+                    let (tracked, others) = (&tracked_bytes[..], o.to_vec());
+                    scope.spawn(move || c.keep(tracked, &others))
                 });
                 let stated = stat_all(root, &o, filters, 0);
                 if let Some(k) = keeping {

@@ -184,8 +184,7 @@ impl ListingCache {
         match self.file.parent() {
             Some(dir)
                 if std::fs::create_dir_all(dir).is_ok()
-                    && dev(dir).is_some()
-                    && dev(dir) == dev(&self.root) =>
+                    && dev(dir).is_some_and(|d| Some(d) == dev(&self.root)) =>
             {
                 dir.to_path_buf()
             }
