@@ -165,8 +165,6 @@ pub async fn apply(
                     && matches!(chunk.codec, Codec::Stored | Codec::Gzip)
             });
             if let Some(w) = by_watcher {
-                upload_file(envd, small, &chunk.file, &remote, timeout).await?;
-                drop(chunk.file);
                 let flags = [
                     if chunk.codec == Codec::Stored {
                         "t"
@@ -178,16 +176,22 @@ pub async fn apply(
                     if w.if_unchanged { "u" } else { "" },
                 ]
                 .concat();
+                let request = format!("{tag}-{flags}-{}", w.id);
+                // The request is the upload's last file: the watcher sees it once the rest is
+                // written (envd writes the parts in order).
+                let asking = [(format!("{}/a-{request}", watch_dir(workdir)), Vec::new())];
+                let uploaded =
+                    upload_file(envd, small, &chunk.file, &remote, &asking, timeout).await;
+                drop(chunk.file);
                 // The scripts, if they run, claim the sync first.
                 envs.insert("CBX_CLAIM".into(), "1".into());
-                let request = format!("{tag}-{flags}-{}", w.id);
                 let asked = Asked {
                     workdir,
                     stage: &stage,
                     upload: &remote,
                     request: &request,
                 };
-                applied = apply_by_watcher(envd, &asked, w, envs, &pids).await?;
+                applied = apply_by_watcher(envd, &asked, uploaded, w, envs, &pids).await?;
                 n += 1;
                 continue;
             }
@@ -198,7 +202,7 @@ pub async fn apply(
                     return Ok(Applied::TreeMoved);
                 }
             }
-            let upload = upload_file(envd, small, &chunk.file, &remote, timeout);
+            let upload = upload_file(envd, small, &chunk.file, &remote, &[], timeout);
             if n == 0 {
                 // The staging directory is made beside the first upload, so the box starts no
                 // `mkdir` for it (the script makes it if this failed).
@@ -291,15 +295,19 @@ struct Asked<'a> {
     request: &'a str,
 }
 
-/// Has watcher `w` apply the sync `asked` names: asked by a request directory, answered in
-/// its state file. A watcher that cannot answer (another watcher's, a lost one, none within
+/// Has watcher `w` apply the sync `asked` names (`uploaded` with its request file), answered
+/// in its state file. A watcher that cannot answer (another watcher's, a lost one, none within
 /// [`WATCHER_PATIENCE`]) leaves it to the unpack and commit scripts (`envs`), which claim the
 /// sync first; when the watcher claimed it already, its answer is awaited (for
 /// [`TAKEN_PATIENCE`] at most). Asked to apply only onto an unchanged tree, a watcher that saw a
-/// change, or that cannot answer, means [`Applied::TreeMoved`] (the scripts cannot tell).
+/// change, or that cannot answer, means [`Applied::TreeMoved`] (the scripts cannot tell). An
+/// upload that failed may still have reached the box whole, its request last: the sync is
+/// taken back, or, when the watcher has it, its answer awaited; taken back, the upload's
+/// error is the sync's.
 async fn apply_by_watcher(
     envd: &Envd,
     asked: &Asked<'_>,
+    uploaded: Result<()>,
     w: Watcher<'_>,
     envs: BTreeMap<String, String>,
     pids: &std::sync::Mutex<Vec<u32>>,
@@ -310,13 +318,13 @@ async fn apply_by_watcher(
         format!("{}.ops", asked.stage),
         format!("{}.rec", asked.stage),
     );
-    let answer = match make_request(envd, &ctl, "a", request).await {
-        Some(()) => await_answer(envd, &ctl, w.id, request, WATCHER_PATIENCE, false).await,
-        None => None,
+    let answer = match uploaded {
+        Ok(()) => await_answer(envd, &ctl, w.id, request, WATCHER_PATIENCE, false).await,
+        Err(_) => None,
     };
     let state = match answer {
         Some(state) => state,
-        None if w.if_unchanged => {
+        None if w.if_unchanged || uploaded.is_err() => {
             // The sync is taken back (its staging directory made here) so the watcher, if it
             // still sees the request, leaves it; if the watcher has it, its answer is awaited.
             if !claim(envd, asked.stage).await? {
@@ -331,7 +339,7 @@ async fn apply_by_watcher(
                 // The upload first: a watcher that makes the directory anew finds none.
                 remove_files(envd, &[asked.upload, &ops, &rec]).await;
                 remove_files(envd, &[asked.stage]).await;
-                return Ok(Applied::TreeMoved);
+                return uploaded.map(|()| Applied::TreeMoved);
             }
         }
         None => {
@@ -605,8 +613,9 @@ const WATCHER_PATIENCE: Duration = Duration::from_millis(250);
 /// The version of the watcher this crabbox starts, first in its id: a watcher started by an
 /// older crabbox (an id of hex digits alone, or an older version) is never asked to apply a
 /// sync. 4: applies a sync (`a-`, naming the watcher), only onto the tree as it last answered
-/// with `u`.
-const WATCHER_VERSION: u32 = 4;
+/// with `u`. 5: takes an `a-` request as a file, the last part of the sync's upload (one round
+/// trip less than a directory made after it).
+const WATCHER_VERSION: u32 = 5;
 
 /// A new watcher's id: `<version>-<16 hex digits>`.
 fn new_watcher_id() -> String {
@@ -803,12 +812,13 @@ fn staging_dir(workdir: &str, tag: &str) -> String {
 }
 
 /// Streams a local file to `remote` in pieces (memory stays bounded), with the `small` files
-/// in the same request.
+/// before it and the `after` ones after it in the same request.
 async fn upload_file(
     envd: &Envd,
     small: &[(String, Vec<u8>)],
     local: &std::path::Path,
     remote: &str,
+    after: &[(String, Vec<u8>)],
     timeout: Duration,
 ) -> Result<()> {
     let mut file = tokio::fs::File::open(local)
@@ -842,7 +852,10 @@ async fn upload_file(
             }
         }
     };
-    let (_, result) = tokio::join!(feed, envd.upload_with(small, remote, body, len, timeout));
+    let (_, result) = tokio::join!(
+        feed,
+        envd.upload_with(small, remote, body, len, after, timeout)
+    );
     result
 }
 

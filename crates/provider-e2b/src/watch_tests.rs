@@ -303,7 +303,7 @@ fn stage_sync(
 }
 
 /// The id of the watchers these tests start: one that applies syncs.
-const W: &str = "4-0123abcd";
+const W: &str = "5-0123abcd";
 
 /// Asks watcher [`W`] to apply `spec` (`<tag>-<flags>`) and waits (10 s at most) for its
 /// answer to it.
@@ -314,7 +314,8 @@ fn apply_request(ctl: &str, spec: &str) -> Option<Vec<u8>> {
 fn apply_request_of(ctl: &str, spec: &str, id: &str) -> Option<Vec<u8>> {
     let ctl = PathBuf::from(ctl);
     let request = format!("{spec}-{id}");
-    std::fs::create_dir(ctl.join(format!("a-{request}"))).unwrap();
+    // A file, as the last part of an upload.
+    std::fs::write(ctl.join(format!("a-{request}")), b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(state) = std::fs::read(ctl.join("state")) {
@@ -406,6 +407,9 @@ fn a_watcher_applies_a_small_sync_itself_and_answers_what_it_changed() {
         // The record touched by anyone else afterwards is still a loss of count.
         std::fs::write(t.dir.path().join(".w.crabbox-synced"), "fa.txt\0").unwrap();
         assert_eq!(t.ask(&id), Some(false));
+        // The request file went once the next request was answered (and before the one after).
+        let request = PathBuf::from(t.ctl()).join(format!("a-{}-{W}", s.spec));
+        assert!(!request.exists(), "request left behind ({codec:?})");
     }
 }
 
@@ -506,16 +510,17 @@ fn a_sync_claimed_by_another_gone_or_asked_of_another_watcher_is_left_alone() {
     let claimed = edit(&t);
     std::fs::create_dir(&claimed.stage).unwrap();
     let request = format!("{}-{W}", claimed.spec);
+    // A request directory, as an older crabbox makes it.
     std::fs::create_dir(ctl.join(format!("a-{request}"))).unwrap();
     // Asked of another watcher (one this watcher replaced).
     let other = edit(&t);
-    let other_request = format!("{}-4-ffffffff", other.spec);
-    std::fs::create_dir(ctl.join(format!("a-{other_request}"))).unwrap();
+    let other_request = format!("{}-5-ffffffff", other.spec);
+    std::fs::write(ctl.join(format!("a-{other_request}")), b"").unwrap();
     // Applied and removed already: its upload is gone, so making its directory claims nothing.
     let gone = edit(&t);
     std::fs::remove_file(&gone.paths[0]).unwrap();
     let gone_request = format!("{}-{W}", gone.spec);
-    std::fs::create_dir(ctl.join(format!("a-{gone_request}"))).unwrap();
+    std::fs::write(ctl.join(format!("a-{gone_request}")), b"").unwrap();
     assert_eq!(t.ask(&id), Some(true), "nothing changed");
     let state = std::fs::read(ctl.join("state")).unwrap();
     for r in [&request, &other_request, &gone_request] {
@@ -599,8 +604,12 @@ fn an_apply_answer_is_read_whole() {
         apply_answer(b"cbxw1\0ab\0n\0ok\0A~\0a.txt\0"),
         Some(Ok(ApplyAnswer::Moved))
     );
-    assert!(watcher_applies("4-0123abcd"));
+    assert!(watcher_applies("5-0123abcd"));
     assert!(!watcher_applies("0123abcd"), "an older crabbox's watcher");
+    assert!(
+        !watcher_applies("4-0123abcd"),
+        "one that takes only a request directory made after the upload"
+    );
     assert!(
         !watcher_applies("3-0123abcd"),
         "one that takes requests naming no watcher"

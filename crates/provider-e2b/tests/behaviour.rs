@@ -1125,11 +1125,13 @@ async fn a_small_warm_sync_is_applied_without_a_process_on_the_box() {
     emu.shutdown().await;
 }
 
-/// When the watcher cannot be asked to apply a small sync (here its request is refused), the
-/// sync still lands: planned from the tree the watcher vouched for, it is claimed back and the
-/// box read; planned from a reading, the scripts apply it, claiming it first.
+/// A small warm sync is uploaded with its request to the watcher as the upload's last file.
+/// An upload whose answer is lost after envd wrote it all (the request with it) still lands,
+/// applied once: by the watcher, whose answer crabbox awaits once it finds the sync claimed.
+/// One cut before it reached the box fails with the transport's error, leaving the box's tree
+/// as it was, and the next run sends it.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_small_warm_sync_the_watcher_cannot_be_asked_to_apply_still_lands() {
+async fn a_small_warm_sync_whose_upload_answer_is_lost_lands_once() {
     use e2b_emulator::faults::{Fault, FaultAction, Plane};
     let Some(emu) = common::emulator().await else {
         return;
@@ -1138,21 +1140,7 @@ async fn a_small_warm_sync_the_watcher_cannot_be_asked_to_apply_still_lands() {
     let p = world.provider(&emu, &[]).unwrap();
     let repo = RepoFixture::new();
     let warm = watched_lease(&p, &repo).await;
-    // The request directory after `skip` others is refused.
-    let refused = |skip| {
-        let mut fault = Fault::new(
-            Plane::Envd,
-            "POST",
-            "/filesystem.Filesystem/MakeDir",
-            FaultAction::Status {
-                status: 500,
-                retry_after: None,
-                message: None,
-            },
-        );
-        fault.skip = skip;
-        fault
-    };
+    let upload = |action| Fault::new(Plane::Envd, "POST", "/files", action);
     let run = |argv: &'static [&'static str]| {
         let req = request(&repo, Some(&warm.lease_id), argv);
         let p = &p;
@@ -1162,31 +1150,44 @@ async fn a_small_warm_sync_the_watcher_cannot_be_asked_to_apply_still_lands() {
             (o, out)
         }
     };
-    // Planned from the tree the watcher vouched for ("any change?" is the first request
-    // directory, "apply" the second).
+    let fired = || -> u32 { emu.faults().list().iter().map(|f| f.fired).sum() };
+    // Planned from the tree the watcher vouched for.
     edit(repo.root(), "tracked.txt", "edited\n");
-    emu.faults().add([refused(1)]);
+    emu.faults().add([upload(FaultAction::ResetAfter)]);
     let (o, out) = run(&["cat", "tracked.txt"]).await;
-    let fired: u32 = emu.faults().list().iter().map(|f| f.fired).sum();
+    assert_eq!(fired(), 1);
     emu.faults().clear();
     let o = o.unwrap();
-    assert_eq!((o.exit_code, fired), (0, 1), "{}", out.stderr_str());
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
     assert_eq!(out.stdout_str(), "edited\n");
     assert_eq!(o.sync.unwrap().sent_files, 1);
 
-    // Planned from a reading (a command changed the box: "any change?", then "what
-    // changed?", then "apply").
+    // Planned from a reading (a command changed the box).
     let (o, out) = run(&["/bin/sh", "-c", "echo clobbered > tracked.txt"]).await;
     assert_eq!(o.unwrap().exit_code, 0, "{}", out.stderr_str());
     edit(repo.root(), "src/lib.txt", "edited too\n");
-    emu.faults().add([refused(2)]);
+    emu.faults().add([upload(FaultAction::ResetAfter)]);
     let (o, out) = run(&["cat", "tracked.txt", "src/lib.txt"]).await;
-    let fired: u32 = emu.faults().list().iter().map(|f| f.fired).sum();
+    assert_eq!(fired(), 1);
     emu.faults().clear();
     let o = o.unwrap();
-    assert_eq!((o.exit_code, fired), (0, 1), "{}", out.stderr_str());
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
     assert_eq!(out.stdout_str(), "edited\nedited too\n");
     assert_eq!(o.sync.unwrap().sent_files, 2);
+
+    // Cut before it reached the box: the run fails naming the sync, the tree is as it was.
+    edit(repo.root(), "tracked.txt", "edited again\n");
+    emu.faults().add([upload(FaultAction::ResetBefore)]);
+    let (o, _) = run(&["cat", "tracked.txt"]).await;
+    assert_eq!(fired(), 1);
+    emu.faults().clear();
+    let e = o.expect_err("a sync whose upload never arrived");
+    assert!(e.to_string().contains("sync"), "{e}");
+    let (o, out) = run(&["cat", "tracked.txt"]).await;
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "edited again\n");
+    assert_eq!(o.sync.unwrap().sent_files, 1);
     p.stop(&StopRequest {
         id: warm.lease_id.clone(),
         reclaim: false,

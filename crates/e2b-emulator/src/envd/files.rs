@@ -133,7 +133,10 @@ pub async fn upload(
         let mut multipart = Multipart::from_request(request, &())
             .await
             .map_err(|e| HttpError::bad_request(format!("invalid multipart body: {e}")))?;
-        let mut parts = Vec::new();
+        // As envd: each part is written as it is read, whole before the next is made (a
+        // later part's failure leaves the earlier ones written); `path`, when given, names
+        // every part's target (envd refuses a second part to one path; crabbox sends none).
+        let mut any = false;
         while let Some(field) = multipart
             .next_field()
             .await
@@ -142,31 +145,27 @@ pub async fn upload(
             if field.name() != Some("file") {
                 continue;
             }
+            any = true;
             let filename = field.file_name().map(str::to_string);
-            let data = field
-                .bytes()
-                .await
-                .map_err(|e| HttpError::bad_request(format!("reading multipart part: {e}")))?;
-            parts.push((filename, data));
-        }
-        if parts.is_empty() {
-            return Err(HttpError::bad_request(
-                "no `file` part in the multipart body",
-            ));
-        }
-        let single = parts.len() == 1;
-        for (filename, data) in parts {
             let target = match (&path_param, filename) {
-                (Some(path), _) if single => path.clone(),
-                (_, Some(name)) if !name.is_empty() => name,
                 (Some(path), _) => path.clone(),
+                (None, Some(name)) if !name.is_empty() => name,
                 _ => {
                     return Err(HttpError::bad_request(
                         "a `file` part has no filename and no `path` was given",
                     ))
                 }
             };
+            let data = field
+                .bytes()
+                .await
+                .map_err(|e| HttpError::bad_request(format!("reading multipart part: {e}")))?;
             written.push(write_file(&sandbox, user, &target, &data).await?);
+        }
+        if !any {
+            return Err(HttpError::bad_request(
+                "no `file` part in the multipart body",
+            ));
         }
     } else {
         let path = path_param.ok_or_else(|| {

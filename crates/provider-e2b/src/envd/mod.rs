@@ -146,18 +146,20 @@ impl Envd {
         len: u64,
         timeout: Duration,
     ) -> Result<()> {
-        self.upload_with(&[], path, body, len, timeout).await
+        self.upload_with(&[], path, body, len, &[], timeout).await
     }
 
-    /// [`Envd::upload`], with small files (`(path, bytes)`) written by the same request
-    /// first: one round trip for all (each part named by its path, as envd takes them when
-    /// no `path` is given).
+    /// [`Envd::upload`], with small files (`(path, bytes)`) written by the same request,
+    /// `small` before `body` and `after` after it: one round trip for all (each part named by
+    /// its path, as envd takes them when no `path` is given). envd writes the parts in order,
+    /// each whole before the next is made.
     pub async fn upload_with(
         &self,
         small: &[(String, Vec<u8>)],
         path: &str,
         body: reqwest::Body,
         len: u64,
+        after: &[(String, Vec<u8>)],
         timeout: Duration,
     ) -> Result<()> {
         let what = format!("uploading {path}");
@@ -173,8 +175,12 @@ impl Envd {
             form = form.part("file", part(reqwest::Body::from(bytes.clone()), len, name));
         }
         form = form.part("file", part(body, len, path));
+        for (name, bytes) in after {
+            let len = bytes.len() as u64;
+            form = form.part("file", part(reqwest::Body::from(bytes.clone()), len, name));
+        }
         let mut query = vec![("username", self.user.as_str())];
-        if small.is_empty() {
+        if small.is_empty() && after.is_empty() {
             query.push(("path", path));
         }
         let resp = self

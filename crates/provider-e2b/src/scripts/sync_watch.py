@@ -9,15 +9,16 @@
 #   ID       this watcher's id, named in every answer
 #   RECORD   the sync record's path (in WORKDIR's parent)
 #
-# A request is a directory made in CTL: `p-<nonce>` asks for the state, answered in CTL/state
-# (written whole, then renamed) as NUL-separated fields: `cbxw1`, ID, nonce, `ok` or `lost`, then
-# every path (relative to WORKDIR) that had an event since the watches were set (or the last
-# `r-`). `r-<nonce>` asks for the changes and forgets them: after the four fields, `C<n>` and the
-# n paths, then `E<m>` and the m entries of those that exist now (lstat, six fields each as the
-# scan's find prints them: type, mode, size, mtime, ./path, link target), so whoever asked lays
-# them over the listing it keeps and counting starts again from there.
-# `a-<tag>-<flags>-<id>` asks watcher <id> (any other ignores it) to apply a small sync itself,
-# as the unpack and commit scripts would, with no process started on the box: the upload
+# A request is a name made in CTL (a directory, but for `a-`): `p-<nonce>` asks for the state,
+# answered in CTL/state (written whole, then renamed) as NUL-separated fields: `cbxw1`, ID, nonce,
+# `ok` or `lost`, then every path (relative to WORKDIR) that had an event since the watches were
+# set (or the last `r-`). `r-<nonce>` asks for the changes and forgets them: after the four
+# fields, `C<n>` and the n paths, then `E<m>` and the m entries of those that exist now (lstat,
+# six fields each as the scan's find prints them: type, mode, size, mtime, ./path, link target),
+# so whoever asked lays them over the listing it keeps and counting starts again from there.
+# `a-<tag>-<flags>-<id>`, an empty file uploaded after the files it names (in the same upload),
+# asks watcher <id> (any other ignores it) to apply a small sync itself, as the unpack and commit
+# scripts would, with no process started on the box: the upload
 # /tmp/crabbox-<tag>-0.tar (flags `t`) or .tgz (`z`), with `o` the ops and `r` the new record
 # beside the staging directory `.<workdir>.crabbox-stage-<tag>`. Making that directory claims the
 # sync: whoever makes it first (this watcher, the scripts, or crabbox taking it back) applies it
@@ -177,6 +178,13 @@ def main(ctl, workdir, dirs_file, ident, record):
                     lost = True
                     gone[0] = True
                     return
+                if name.startswith(b"a-"):
+                    # A file, the last part of the upload it applies (envd writes the parts of
+                    # one upload in order, so the rest is whole by now); a directory from an
+                    # older crabbox. Applied once every event queued before it is counted (see
+                    # the loop).
+                    pending.append(name)
+                    continue
                 if not mask & IN_ISDIR:
                     continue
                 if name.startswith((b"p-", b"r-")):
@@ -187,9 +195,6 @@ def main(ctl, workdir, dirs_file, ident, record):
                     if reset:
                         changed.clear()
                     done_with(name)
-                elif name.startswith(b"a-"):
-                    # Applied once every event queued before it is counted (see the loop).
-                    pending.append(name)
             elif w == parent_watch:
                 # The workdir's own times and mode do not matter; its going does, and any
                 # touch of the record (but this watcher's own storing of it, checked after).
@@ -225,6 +230,11 @@ def main(ctl, workdir, dirs_file, ident, record):
         for old in asked:
             try:
                 os.rmdir(os.path.join(ctl, old))
+            except NotADirectoryError:
+                try:
+                    os.unlink(os.path.join(ctl, old))
+                except OSError:
+                    pass
             except OSError:
                 pass
         asked[:] = [name]
