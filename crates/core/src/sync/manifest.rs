@@ -323,11 +323,14 @@ fn stat_all(root: &Path, listing: &[u8], filters: &Filters<'_>, capacity: usize)
         };
         let (kind, link_target) = match st.mode & libc::S_IFMT {
             libc::S_IFLNK => {
-                let full = root.join(rel);
-                let target = std::fs::read_link(&full).map_err(Error::io("reading link", &full))?;
+                let target = match read_link_at(at, &c_name) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("reading link", root.join(rel))(e)),
+                };
                 (
                     EntryKind::Symlink,
-                    Some(target.to_string_lossy().into_owned()),
+                    Some(String::from_utf8_lossy(&target).into_owned()),
                 )
             }
             libc::S_IFREG => (EntryKind::File, None),
@@ -565,6 +568,38 @@ fn statx_at(dir: std::os::fd::RawFd, c_name: &[u8]) -> std::io::Result<Option<Me
         blocks: sx.stx_blocks,
         mtime: (sx.stx_mtime.tv_sec, sx.stx_mtime.tv_nsec),
     }))
+}
+
+/// The target of the symlink `c_name` (NUL-terminated, as [`lstat_at`] leaves it) in the
+/// open directory `dir`: read from the directory the link was found in, not by its path.
+fn read_link_at(dir: &std::fs::File, c_name: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    if c_name.last() != Some(&0) {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `c_name` is NUL-terminated, `buf` is writable for its length, and `dir` is
+        // an open descriptor for the duration of the call.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                c_name.as_ptr().cast(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // A target that filled the buffer may have been cut: read again with more room.
+        if n < buf.len() {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 4, 0);
+    }
 }
 
 fn is_sparse(size: u64, blocks: u64) -> bool {

@@ -106,10 +106,28 @@ fn symlinks_stay_links_and_are_not_followed() {
         .find(|e| e.path == "escape")
         .expect("link synced as a link");
     assert_eq!(link.kind, EntryKind::Symlink);
+    assert_eq!(
+        link.link_target.as_deref(),
+        Some(outside.path().to_str().unwrap())
+    );
     assert!(
         !m.paths().any(|p| p.starts_with("escape/")),
         "link target must not be walked"
     );
+}
+
+#[test]
+fn a_long_link_target_is_read_whole() {
+    let repo = RepoFixture::new();
+    std::fs::create_dir(repo.root().join("d")).unwrap();
+    // Longer than a first read's buffer, and a multiple of it.
+    for (name, len) in [("d/long", 1000), ("d/exact", 256), ("d/short", 3)] {
+        let target = "x".repeat(len);
+        std::os::unix::fs::symlink(&target, repo.root().join(name)).unwrap();
+        let m = SyncManifest::build(repo.root(), &SyncOptions::default()).unwrap();
+        let link = m.entries.iter().find(|e| e.path == name).expect("the link");
+        assert_eq!(link.link_target.as_deref(), Some(target.as_str()), "{name}");
+    }
 }
 
 #[test]
