@@ -28,6 +28,8 @@ use crate::envd::{exit_code_of, Envd};
 
 /// Chunk size of the upload stream.
 const UPLOAD_CHUNK: usize = 256 * 1024;
+/// A sync archive this small is read whole before its upload (see [`upload_file`]).
+const READ_WHOLE_UP_TO: u64 = 64 * 1024;
 /// Bound of the remote cleanup after an abandoned sync, and of each of its calls.
 pub const CLEANUP_BUDGET: Duration = Duration::from_secs(10);
 const CLEANUP_STEP: Duration = Duration::from_secs(3);
@@ -819,7 +821,9 @@ fn staging_dir(workdir: &str, tag: &str) -> String {
 }
 
 /// Streams a local file to `remote` in pieces (memory stays bounded), with the `small` files
-/// before it and the `after` ones after it in the same request.
+/// before it and the `after` ones after it in the same request. A file of at most
+/// [`READ_WHOLE_UP_TO`] is read at once, here (one read of a few pages, rather than three
+/// trips through the blocking pool).
 async fn upload_file(
     envd: &Envd,
     small: &[(String, Vec<u8>)],
@@ -828,6 +832,25 @@ async fn upload_file(
     after: &[(String, Vec<u8>)],
     timeout: Duration,
 ) -> Result<()> {
+    {
+        use std::io::Read;
+        let mut file =
+            std::fs::File::open(local).map_err(Error::io("opening sync archive", local))?;
+        let len = file
+            .metadata()
+            .map_err(Error::io("reading sync archive", local))?
+            .len();
+        if len <= READ_WHOLE_UP_TO {
+            let mut bytes = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut bytes)
+                .map_err(Error::io("reading sync archive", local))?;
+            let len = bytes.len() as u64;
+            let body = reqwest::Body::from(bytes);
+            return envd
+                .upload_with(small, remote, body, len, after, timeout)
+                .await;
+        }
+    }
     let mut file = tokio::fs::File::open(local)
         .await
         .map_err(Error::io("opening sync archive", local))?;

@@ -378,7 +378,8 @@ impl Engine {
             let (memo, manifest) = (to.memo.to_path_buf(), to.manifest.clone());
             tokio::task::spawn_blocking(move || SyncMemo::keep_tree(&memo, &manifest))
         });
-        let (applied, packed) = tokio::join!(session.apply_sync(&apply, rx, reporter), packing);
+        // The packing first: its first chunk is on its way while the provider prepares.
+        let (packed, applied) = tokio::join!(packing, session.apply_sync(&apply, rx, reporter));
         reporter.finish_progress();
         let kept = match keeping {
             Some(k) => k.await.ok().flatten(),
