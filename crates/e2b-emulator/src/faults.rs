@@ -80,6 +80,11 @@ pub struct Fault {
     /// Matching requests let through before it starts firing.
     #[serde(default)]
     pub skip: u32,
+    /// `"METHOD path"` (the path a pattern as in `path`) of a request on the same plane that
+    /// must be seen, after the fault is armed, before it counts any: a fault for a step that
+    /// follows another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
     pub action: FaultAction,
 }
 
@@ -95,8 +100,25 @@ impl Fault {
             path: path.to_string(),
             count: 1,
             skip: 0,
+            after: None,
             action,
         }
+    }
+
+    /// Counts requests only once one `"METHOD path"` has been seen (see [`Fault::after`]).
+    pub fn after(mut self, request: &str) -> Self {
+        self.after = Some(request.to_string());
+        self
+    }
+
+    /// The request opens this fault (see [`Fault::after`]).
+    fn opened_by(&self, plane: Plane, method: &str, path: &str) -> bool {
+        let Some((m, p)) = self.after.as_deref().and_then(|a| a.split_once(' ')) else {
+            return false;
+        };
+        (self.plane == Plane::Any || self.plane == plane)
+            && m.eq_ignore_ascii_case(method)
+            && glob_match(p.as_bytes(), path.as_bytes())
     }
 
     pub fn times(mut self, count: u32) -> Self {
@@ -127,6 +149,8 @@ struct Armed {
     fault: Fault,
     seen: AtomicU32,
     fired: AtomicU32,
+    /// Counting requests ([`Fault::after`] seen, or none to wait for).
+    open: std::sync::atomic::AtomicBool,
 }
 
 /// The faults armed in one emulator, shared by every request.
@@ -141,6 +165,7 @@ impl Faults {
         let mut armed = self.armed.lock().expect("faults lock");
         armed.extend(faults.into_iter().map(|fault| {
             Arc::new(Armed {
+                open: std::sync::atomic::AtomicBool::new(fault.after.is_none()),
                 fault,
                 seen: AtomicU32::new(0),
                 fired: AtomicU32::new(0),
@@ -169,8 +194,19 @@ impl Faults {
     /// The action for a request, if a fault fires on it (counting it as fired).
     pub fn take(&self, plane: Plane, method: &str, path: &str) -> Option<FaultAction> {
         let armed = self.armed.lock().expect("faults lock");
-        for a in armed.iter() {
-            if a.fired.load(Ordering::SeqCst) >= a.fault.count
+        // Opened by this request: counting from the next one.
+        let opened: Vec<bool> = armed
+            .iter()
+            .map(|a| {
+                !a.open.load(Ordering::SeqCst)
+                    && a.fault.opened_by(plane, method, path)
+                    && !a.open.swap(true, Ordering::SeqCst)
+            })
+            .collect();
+        for (a, opened_now) in armed.iter().zip(opened) {
+            if opened_now
+                || !a.open.load(Ordering::SeqCst)
+                || a.fired.load(Ordering::SeqCst) >= a.fault.count
                 || !a.fault.matches(plane, method, path)
             {
                 continue;
@@ -242,6 +278,37 @@ mod tests {
         assert_eq!(take(), Some(FaultAction::ResetBefore));
         assert_eq!(take(), None, "spent");
         assert_eq!(faults.list()[0].fired, 2);
+    }
+
+    #[test]
+    fn a_fault_after_another_request_counts_only_once_that_is_seen() {
+        let faults = Faults::default();
+        let f = Fault::new(Plane::Envd, "GET", "/files", FaultAction::ResetBefore)
+            .after("POST /files")
+            .times(1);
+        faults.add([f]);
+        let get = || faults.take(Plane::Envd, "GET", "/files");
+        assert_eq!(get(), None, "nothing posted yet");
+        assert_eq!(faults.take(Plane::Control, "POST", "/files"), None);
+        assert_eq!(get(), None, "a post on another plane does not open it");
+        assert_eq!(faults.take(Plane::Envd, "POST", "/files"), None);
+        assert_eq!(get(), Some(FaultAction::ResetBefore));
+        assert_eq!(get(), None, "spent");
+        // A fault that matches its own opener does not fire on it.
+        let faults = Faults::default();
+        faults.add([
+            Fault::new(Plane::Envd, "POST", "/files", FaultAction::ResetAfter).after("POST /files"),
+        ]);
+        assert_eq!(faults.take(Plane::Envd, "POST", "/files"), None);
+        assert_eq!(
+            faults.take(Plane::Envd, "POST", "/files"),
+            Some(FaultAction::ResetAfter)
+        );
+        let parsed: Fault = serde_json::from_str(
+            r#"{"plane":"envd","method":"GET","path":"/files","after":"POST /files","action":"resetBefore"}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.after.as_deref(), Some("POST /files"));
     }
 
     #[test]

@@ -499,6 +499,44 @@ async fn upload_then_download_files() {
     assert_eq!(&a.bytes().await.unwrap()[..], b"multipart body");
     let b = download("/home/user/notes/b.txt").await.unwrap();
     assert_eq!(&b.bytes().await.unwrap()[..], b"octet body");
+    // Several parts are written in order, each as it is read; a second part to one path
+    // (here, `path` names every part's target) is refused, the first left written.
+    let form = |names: [&str; 2]| {
+        names.iter().fold(reqwest::multipart::Form::new(), |f, n| {
+            f.part(
+                "file",
+                reqwest::multipart::Part::bytes(n.as_bytes().to_vec()).file_name(n.to_string()),
+            )
+        })
+    };
+    let res = c
+        .envd(&sbx, reqwest::Method::POST, "/files")
+        .multipart(form(["/home/user/m/one", "/home/user/m/two"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let written: Value = res.json().await.unwrap();
+    assert_eq!(written.as_array().map(Vec::len), Some(2));
+    let res = c
+        .envd(&sbx, reqwest::Method::POST, "/files")
+        .query(&[("path", "/home/user/m/same")])
+        .multipart(form(["first", "second"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("multiple files to the same path")),
+        "{body}"
+    );
+    let same = download("/home/user/m/same").await.unwrap();
+    assert_eq!(&same.bytes().await.unwrap()[..], b"first");
+    let two = download("/home/user/m/two").await.unwrap();
+    assert_eq!(&two.bytes().await.unwrap()[..], b"/home/user/m/two");
     let missing = download("/home/user/nope").await.unwrap();
     assert_eq!(missing.status(), 404);
     let body: Value = missing.json().await.unwrap();

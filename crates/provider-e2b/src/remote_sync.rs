@@ -281,6 +281,7 @@ pub async fn apply(
         let leftovers = Leftovers {
             tag: &tag,
             stage: &stage,
+            ctl: &watch_dir(workdir),
         };
         let _ =
             tokio::time::timeout(CLEANUP_BUDGET, remove_leftovers(envd, &pids, &leftovers)).await;
@@ -303,9 +304,9 @@ struct Asked<'a> {
 /// sync first; when the watcher claimed it already, its answer is awaited (for
 /// [`TAKEN_PATIENCE`] at most). Asked to apply only onto an unchanged tree, a watcher that saw a
 /// change, or that cannot answer, means [`Applied::TreeMoved`] (the scripts cannot tell). An
-/// upload that failed may still have reached the box whole, its request last: the sync is
-/// taken back, or, when the watcher has it, its answer awaited; taken back, the upload's
-/// error is the sync's.
+/// upload that failed but whose request (its last part) is on the box reached it whole, and is
+/// answered as any; one whose request is not there is taken back, or, when the watcher has it,
+/// its answer awaited; taken back, the upload's error is the sync's.
 async fn apply_by_watcher(
     envd: &Envd,
     asked: &Asked<'_>,
@@ -320,6 +321,15 @@ async fn apply_by_watcher(
         format!("{}.ops", asked.stage),
         format!("{}.rec", asked.stage),
     );
+    // An upload cut short may still have reached the box whole: its request, the last part,
+    // is there only then (envd writes the parts in order).
+    let uploaded = match uploaded {
+        Err(e) => match envd.exists(&format!("{ctl}/a-{request}")).await {
+            Ok(true) => Ok(()),
+            _ => Err(e),
+        },
+        ok => ok,
+    };
     let answer = match uploaded {
         Ok(()) => await_answer(envd, &ctl, w.id, request, WATCHER_PATIENCE, false).await,
         Err(_) => None,
@@ -329,7 +339,12 @@ async fn apply_by_watcher(
         None if w.if_unchanged || uploaded.is_err() => {
             // The sync is taken back (its staging directory made here) so the watcher, if it
             // still sees the request, leaves it; if the watcher has it, its answer is awaited.
-            if !claim(envd, asked.stage).await? {
+            // A failed upload's error is the sync's, whatever the claim meets next.
+            let claimed = match claim(envd, asked.stage).await {
+                Ok(claimed) => claimed,
+                Err(e) => return Err(uploaded.err().unwrap_or(e)),
+            };
+            if !claimed {
                 awaited(envd, &ctl, w.id, request, workdir).await?
             } else if let Some(state) =
                 await_answer(envd, &ctl, w.id, request, Duration::ZERO, false).await
@@ -801,6 +816,7 @@ async fn remove_leftovers(envd: &Envd, pids: &[u32], leftovers: &Leftovers<'_>) 
     let envs = BTreeMap::from([
         ("CBX_TAG".to_string(), leftovers.tag.to_string()),
         ("CBX_STAGE".to_string(), leftovers.stage.to_string()),
+        ("CBX_CTL".to_string(), leftovers.ctl.to_string()),
     ]);
     let _ = tokio::time::timeout(CLEANUP_STEP, run_captured(envd, REAP_SCRIPT, envs)).await;
     let ops = format!("{}.ops", leftovers.stage);
@@ -808,10 +824,12 @@ async fn remove_leftovers(envd: &Envd, pids: &[u32], leftovers: &Leftovers<'_>) 
     remove_files(envd, &[leftovers.stage, &ops, &rec]).await;
 }
 
-/// The remote paths one sync creates: uploads named by its tag, and its staging directory.
+/// The remote paths one sync creates: uploads named by its tag, its staging directory, and
+/// a request to the tree's watcher in its control directory `ctl`.
 struct Leftovers<'a> {
     tag: &'a str,
     stage: &'a str,
+    ctl: &'a str,
 }
 
 /// `<parent>/.<name>.crabbox-stage-<tag>`, next to the workdir so the final move is a rename.

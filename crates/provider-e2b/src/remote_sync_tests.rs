@@ -385,6 +385,11 @@ fn reap_script_kills_what_works_on_the_sync_and_removes_its_files() {
     std::fs::write(&archive, "x").unwrap();
     std::fs::create_dir_all(stage.join("sub")).unwrap();
     std::fs::write(format!("{}.ops", stage.display()), "x").unwrap();
+    // A request to the tree's watcher naming the sync, and one naming another.
+    let ctl = dir.path().join(".wd.crabbox-watch");
+    std::fs::create_dir(&ctl).unwrap();
+    std::fs::write(ctl.join(format!("a-{tag}-t-5-ab")), "").unwrap();
+    std::fs::write(ctl.join("a-0123456789abcdef-t-5-ab"), "").unwrap();
     // Stands in for a tail or tar left running after its script was SIGKILLed.
     let mut reader = std::process::Command::new("tail")
         .arg("-f")
@@ -399,6 +404,7 @@ fn reap_script_kills_what_works_on_the_sync_and_removes_its_files() {
         .args(["-c", REAP_SCRIPT])
         .env("CBX_TAG", &tag)
         .env("CBX_STAGE", &stage)
+        .env("CBX_CTL", &ctl)
         .output()
         .unwrap();
     assert!(
@@ -423,8 +429,20 @@ fn reap_script_kills_what_works_on_the_sync_and_removes_its_files() {
     assert!(reaped.is_some(), "the upload's reader must be killed");
     assert!(alive, "unrelated processes are left alone");
     assert!(!archive.exists(), "the upload is removed");
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert!(left.is_empty(), "{left:?}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [std::ffi::OsString::from(".wd.crabbox-watch")]);
+    let requests: Vec<_> = std::fs::read_dir(&ctl)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        requests,
+        [std::ffi::OsString::from("a-0123456789abcdef-t-5-ab")],
+        "only the sync's own request is removed"
+    );
 }
 
 /// The box's tree under `wd`; with `watch`, a watcher of that id started first.

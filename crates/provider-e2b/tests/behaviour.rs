@@ -1197,6 +1197,77 @@ async fn a_small_warm_sync_whose_upload_answer_is_lost_lands_once() {
     emu.shutdown().await;
 }
 
+/// When the watcher's answer to a small sync cannot be read (here the first read of its state
+/// after the upload fails), the sync still lands, applied once: planned from the tree the
+/// watcher vouched for, it is claimed back (or, taken by the watcher already, its answer read
+/// again), and a sync that was claimed back sends the run on to reading the box; planned from
+/// a reading, the scripts claim it first and apply it, or leave it to the watcher that has it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_warm_sync_whose_answer_cannot_be_read_still_lands() {
+    use e2b_emulator::faults::{Fault, FaultAction, Plane};
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = watched_lease(&p, &repo).await;
+    // The first read of a file after the sync's upload (the watcher's state) is refused.
+    let unread = || {
+        Fault::new(
+            Plane::Envd,
+            "GET",
+            "/files",
+            FaultAction::Status {
+                status: 500,
+                retry_after: None,
+                message: None,
+            },
+        )
+        .after("POST /files")
+    };
+    let run = |argv: &'static [&'static str]| {
+        let req = request(&repo, Some(&warm.lease_id), argv);
+        let p = &p;
+        async move {
+            let mut out = CapturedOutput::default();
+            let o = p.run(&req, &mut out, &SilentReporter).await;
+            (o, out)
+        }
+    };
+    let fired = || -> u32 { emu.faults().list().iter().map(|f| f.fired).sum() };
+    // Planned from the tree the watcher vouched for.
+    edit(repo.root(), "tracked.txt", "edited\n");
+    emu.faults().add([unread()]);
+    let (o, out) = run(&["cat", "tracked.txt"]).await;
+    assert_eq!(fired(), 1);
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "edited\n");
+    assert_eq!(o.sync.unwrap().sent_files, 1);
+
+    // Planned from a reading (a command changed the box).
+    let (o, out) = run(&["/bin/sh", "-c", "echo clobbered > tracked.txt"]).await;
+    assert_eq!(o.unwrap().exit_code, 0, "{}", out.stderr_str());
+    edit(repo.root(), "src/lib.txt", "edited too\n");
+    emu.faults().add([unread()]);
+    let (o, out) = run(&["cat", "tracked.txt", "src/lib.txt"]).await;
+    assert_eq!(fired(), 1);
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "edited\nedited too\n");
+    assert_eq!(o.sync.unwrap().sent_files, 2);
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
+
 /// A warm sync too large for the watcher to apply, planned from the tree the watcher vouched
 /// for, is applied by the scripts only after the watcher says nothing changed since: here a
 /// command of another workspace rewrites a synced file just before that question, so the run

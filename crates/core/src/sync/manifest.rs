@@ -325,7 +325,10 @@ fn stat_all(root: &Path, listing: &[u8], filters: &Filters<'_>, capacity: usize)
             libc::S_IFLNK => {
                 let target = match read_link_at(at, &c_name) {
                     Ok(t) => t,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    // Gone, or no longer a link, since it was stat'ed: as if listed after.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => {
+                        continue
+                    }
                     Err(e) => return Err(Error::io("reading link", root.join(rel))(e)),
                 };
                 (
@@ -398,7 +401,7 @@ impl<'a> OpenDirs<'a> {
         // The root as the user named it (it may be reached through a symlink).
         let root = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECTORY)
+            .custom_flags(libc::O_DIRECTORY | DIR_LOOKUP)
             .open(root_path)
             .map_err(Error::io("reading", root_path))?;
         Ok(OpenDirs {
@@ -448,6 +451,14 @@ impl<'a> OpenDirs<'a> {
     }
 }
 
+/// How a directory is opened to look names up in: on Linux for lookups only (`O_PATH`), which
+/// asks only for the search permission a lookup needs (an intermediate directory may be
+/// `--x`, as stat-ing through it by path allows); elsewhere, for reading.
+#[cfg(target_os = "linux")]
+const DIR_LOOKUP: libc::c_int = libc::O_PATH;
+#[cfg(not(target_os = "linux"))]
+const DIR_LOOKUP: libc::c_int = libc::O_RDONLY;
+
 /// The directory `name` in the open directory `dir`, never through a symlink.
 fn open_dir_at(dir: &std::fs::File, name: &str) -> std::io::Result<std::fs::File> {
     use std::os::fd::{AsRawFd, FromRawFd};
@@ -459,7 +470,7 @@ fn open_dir_at(dir: &std::fs::File, name: &str) -> std::io::Result<std::fs::File
         let fd = libc::openat(
             dir.as_raw_fd(),
             c_name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            DIR_LOOKUP | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         );
         if fd < 0 {
             Err(std::io::Error::last_os_error())
@@ -536,15 +547,17 @@ fn statx_at(dir: std::os::fd::RawFd, c_name: &[u8]) -> std::io::Result<Option<Me
         return Ok(None);
     }
     // SAFETY: a zeroed statx is a valid out-parameter; `c_name` is NUL-terminated and `dir`
-    // an open descriptor for the duration of the call.
+    // an open descriptor for the duration of the call. The system call itself, not glibc's
+    // wrapper (2.28 and later): the binary still loads on an older glibc, and falls back.
     let (rc, sx) = unsafe {
         let mut sx: libc::statx = std::mem::zeroed();
-        let rc = libc::statx(
+        let rc = libc::syscall(
+            libc::SYS_statx,
             dir,
-            c_name.as_ptr().cast(),
+            c_name.as_ptr().cast::<libc::c_char>(),
             libc::AT_SYMLINK_NOFOLLOW,
             WANTED,
-            &mut sx,
+            &mut sx as *mut libc::statx,
         );
         (rc, sx)
     };

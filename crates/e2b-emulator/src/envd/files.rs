@@ -135,7 +135,7 @@ pub async fn upload(
             .map_err(|e| HttpError::bad_request(format!("invalid multipart body: {e}")))?;
         // As envd: each part is written as it is read, whole before the next is made (a
         // later part's failure leaves the earlier ones written); `path`, when given, names
-        // every part's target (envd refuses a second part to one path; crabbox sends none).
+        // every part's target (envd refuses a second part to one path).
         let mut any = false;
         while let Some(field) = multipart
             .next_field()
@@ -156,6 +156,18 @@ pub async fn upload(
                     ))
                 }
             };
+            // A second part to one path is refused (the first stays written).
+            let resolved = sandbox
+                .fs
+                .resolve(&target, user, true)
+                .map_err(|e| HttpError::from_rpc(&e))?;
+            if written.iter().any(|w: &WriteInfo| w.path == resolved.path) {
+                return Err(HttpError::bad_request(format!(
+                    "you cannot upload multiple files to the same path '{}' in one upload \
+                     request, only the first specified file was uploaded",
+                    resolved.path
+                )));
+            }
             let data = field
                 .bytes()
                 .await

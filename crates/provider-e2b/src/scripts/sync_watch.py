@@ -9,7 +9,8 @@
 #   ID       this watcher's id, named in every answer
 #   RECORD   the sync record's path (in WORKDIR's parent)
 #
-# A request is a name made in CTL (a directory, but for `a-`): `p-<nonce>` asks for the state,
+# A request is a name made in CTL, a directory (`a-` is a file; a directory from an older
+# crabbox is taken too): `p-<nonce>` asks for the state,
 # answered in CTL/state (written whole, then renamed) as NUL-separated fields: `cbxw1`, ID, nonce,
 # `ok` or `lost`, then every path (relative to WORKDIR) that had an event since the watches were
 # set (or the last `r-`). `r-<nonce>` asks for the changes and forgets them: after the four
@@ -225,8 +226,8 @@ def main(ctl, workdir, dirs_file, ident, record):
                     lost = True
 
     def done_with(name):
-        # The request before this one is removed (not this one: envd may still be looking at
-        # the directory it just made).
+        # The request before this one is removed (not this one: envd may still be at the
+        # directory or file it just made, setting its owner).
         for old in asked:
             try:
                 os.rmdir(os.path.join(ctl, old))
