@@ -1125,11 +1125,63 @@ async fn a_small_warm_sync_is_applied_without_a_process_on_the_box() {
     emu.shutdown().await;
 }
 
+/// A command run on `lease`: its outcome and output.
+async fn run_on(
+    p: &crabbox_core::engine::Engine,
+    repo: &RepoFixture,
+    lease: &str,
+    argv: &[&str],
+) -> (
+    crabbox_core::Result<crabbox_core::engine::RunOutcome>,
+    CapturedOutput,
+) {
+    let mut out = CapturedOutput::default();
+    let o = p
+        .run(&request(repo, Some(lease), argv), &mut out, &SilentReporter)
+        .await;
+    (o, out)
+}
+
+/// Two small warm syncs to `lease` (watched), each with a `fault` armed: one planned from the
+/// tree the watcher vouched for, one from a reading (a command changed the box first). Each
+/// lands, its command seeing the edits, and the fault fired once each time.
+async fn small_syncs_land_despite(
+    emu: &e2b_emulator::EmulatorHandle,
+    p: &crabbox_core::engine::Engine,
+    repo: &RepoFixture,
+    lease: &str,
+    fault: impl Fn() -> e2b_emulator::faults::Fault,
+) {
+    let fired = || -> u32 { emu.faults().list().iter().map(|f| f.fired).sum() };
+    edit(repo.root(), "tracked.txt", "edited\n");
+    emu.faults().add([fault()]);
+    let (o, out) = run_on(p, repo, lease, &["cat", "tracked.txt"]).await;
+    assert_eq!(fired(), 1);
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "edited\n");
+    assert_eq!(o.sync.unwrap().sent_files, 1);
+
+    let clobber = ["/bin/sh", "-c", "echo clobbered > tracked.txt"];
+    let (o, out) = run_on(p, repo, lease, &clobber).await;
+    assert_eq!(o.unwrap().exit_code, 0, "{}", out.stderr_str());
+    edit(repo.root(), "src/lib.txt", "edited too\n");
+    emu.faults().add([fault()]);
+    let (o, out) = run_on(p, repo, lease, &["cat", "tracked.txt", "src/lib.txt"]).await;
+    assert_eq!(fired(), 1);
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "edited\nedited too\n");
+    assert_eq!(o.sync.unwrap().sent_files, 2);
+}
+
 /// A small warm sync is uploaded with its request to the watcher as the upload's last file.
 /// An upload whose answer is lost after envd wrote it all (the request with it) still lands,
-/// applied once: by the watcher, whose answer crabbox awaits once it finds the sync claimed.
-/// One cut before it reached the box fails with the transport's error, leaving the box's tree
-/// as it was, and the next run sends it.
+/// applied once, by the watcher: its request is on the box, so its answer is awaited. One cut
+/// before it reached the box fails with the transport's error, leaving the box's tree as it
+/// was, and the next run sends it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_warm_sync_whose_upload_answer_is_lost_lands_once() {
     use e2b_emulator::faults::{Fault, FaultAction, Plane};
@@ -1141,49 +1193,20 @@ async fn a_small_warm_sync_whose_upload_answer_is_lost_lands_once() {
     let repo = RepoFixture::new();
     let warm = watched_lease(&p, &repo).await;
     let upload = |action| Fault::new(Plane::Envd, "POST", "/files", action);
-    let run = |argv: &'static [&'static str]| {
-        let req = request(&repo, Some(&warm.lease_id), argv);
-        let p = &p;
-        async move {
-            let mut out = CapturedOutput::default();
-            let o = p.run(&req, &mut out, &SilentReporter).await;
-            (o, out)
-        }
-    };
-    let fired = || -> u32 { emu.faults().list().iter().map(|f| f.fired).sum() };
-    // Planned from the tree the watcher vouched for.
-    edit(repo.root(), "tracked.txt", "edited\n");
-    emu.faults().add([upload(FaultAction::ResetAfter)]);
-    let (o, out) = run(&["cat", "tracked.txt"]).await;
-    assert_eq!(fired(), 1);
-    emu.faults().clear();
-    let o = o.unwrap();
-    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
-    assert_eq!(out.stdout_str(), "edited\n");
-    assert_eq!(o.sync.unwrap().sent_files, 1);
-
-    // Planned from a reading (a command changed the box).
-    let (o, out) = run(&["/bin/sh", "-c", "echo clobbered > tracked.txt"]).await;
-    assert_eq!(o.unwrap().exit_code, 0, "{}", out.stderr_str());
-    edit(repo.root(), "src/lib.txt", "edited too\n");
-    emu.faults().add([upload(FaultAction::ResetAfter)]);
-    let (o, out) = run(&["cat", "tracked.txt", "src/lib.txt"]).await;
-    assert_eq!(fired(), 1);
-    emu.faults().clear();
-    let o = o.unwrap();
-    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
-    assert_eq!(out.stdout_str(), "edited\nedited too\n");
-    assert_eq!(o.sync.unwrap().sent_files, 2);
+    small_syncs_land_despite(&emu, &p, &repo, &warm.lease_id, || {
+        upload(FaultAction::ResetAfter)
+    })
+    .await;
 
     // Cut before it reached the box: the run fails naming the sync, the tree is as it was.
     edit(repo.root(), "tracked.txt", "edited again\n");
     emu.faults().add([upload(FaultAction::ResetBefore)]);
-    let (o, _) = run(&["cat", "tracked.txt"]).await;
-    assert_eq!(fired(), 1);
+    let (o, _) = run_on(&p, &repo, &warm.lease_id, &["cat", "tracked.txt"]).await;
+    assert_eq!(emu.faults().list()[0].fired, 1);
     emu.faults().clear();
     let e = o.expect_err("a sync whose upload never arrived");
     assert!(e.to_string().contains("sync"), "{e}");
-    let (o, out) = run(&["cat", "tracked.txt"]).await;
+    let (o, out) = run_on(&p, &repo, &warm.lease_id, &["cat", "tracked.txt"]).await;
     let o = o.unwrap();
     assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
     assert_eq!(out.stdout_str(), "edited again\n");
@@ -1226,39 +1249,7 @@ async fn a_small_warm_sync_whose_answer_cannot_be_read_still_lands() {
         )
         .after("POST /files")
     };
-    let run = |argv: &'static [&'static str]| {
-        let req = request(&repo, Some(&warm.lease_id), argv);
-        let p = &p;
-        async move {
-            let mut out = CapturedOutput::default();
-            let o = p.run(&req, &mut out, &SilentReporter).await;
-            (o, out)
-        }
-    };
-    let fired = || -> u32 { emu.faults().list().iter().map(|f| f.fired).sum() };
-    // Planned from the tree the watcher vouched for.
-    edit(repo.root(), "tracked.txt", "edited\n");
-    emu.faults().add([unread()]);
-    let (o, out) = run(&["cat", "tracked.txt"]).await;
-    assert_eq!(fired(), 1);
-    emu.faults().clear();
-    let o = o.unwrap();
-    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
-    assert_eq!(out.stdout_str(), "edited\n");
-    assert_eq!(o.sync.unwrap().sent_files, 1);
-
-    // Planned from a reading (a command changed the box).
-    let (o, out) = run(&["/bin/sh", "-c", "echo clobbered > tracked.txt"]).await;
-    assert_eq!(o.unwrap().exit_code, 0, "{}", out.stderr_str());
-    edit(repo.root(), "src/lib.txt", "edited too\n");
-    emu.faults().add([unread()]);
-    let (o, out) = run(&["cat", "tracked.txt", "src/lib.txt"]).await;
-    assert_eq!(fired(), 1);
-    emu.faults().clear();
-    let o = o.unwrap();
-    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
-    assert_eq!(out.stdout_str(), "edited\nedited too\n");
-    assert_eq!(o.sync.unwrap().sent_files, 2);
+    small_syncs_land_despite(&emu, &p, &repo, &warm.lease_id, unread).await;
     p.stop(&StopRequest {
         id: warm.lease_id.clone(),
         reclaim: false,
