@@ -850,33 +850,22 @@ async fn upload_file(
     after: &[(String, Vec<u8>)],
     timeout: Duration,
 ) -> Result<()> {
-    {
-        use std::io::Read;
-        let mut file =
-            std::fs::File::open(local).map_err(Error::io("opening sync archive", local))?;
-        let len = file
-            .metadata()
-            .map_err(Error::io("reading sync archive", local))?
-            .len();
-        if len <= READ_WHOLE_UP_TO {
-            let mut bytes = Vec::with_capacity(len as usize);
-            file.read_to_end(&mut bytes)
-                .map_err(Error::io("reading sync archive", local))?;
-            let len = bytes.len() as u64;
-            let body = reqwest::Body::from(bytes);
-            return envd
-                .upload_with(small, remote, body, len, after, timeout)
-                .await;
-        }
-    }
-    let mut file = tokio::fs::File::open(local)
-        .await
-        .map_err(Error::io("opening sync archive", local))?;
+    let mut file = std::fs::File::open(local).map_err(Error::io("opening sync archive", local))?;
     let len = file
         .metadata()
-        .await
         .map_err(Error::io("reading sync archive", local))?
         .len();
+    if len <= READ_WHOLE_UP_TO {
+        let mut bytes = Vec::with_capacity(len as usize);
+        std::io::Read::read_to_end(&mut file, &mut bytes)
+            .map_err(Error::io("reading sync archive", local))?;
+        let len = bytes.len() as u64;
+        let body = reqwest::Body::from(bytes);
+        return envd
+            .upload_with(small, remote, body, len, after, timeout)
+            .await;
+    }
+    let mut file = tokio::fs::File::from_std(file);
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))

@@ -58,7 +58,7 @@ impl SyncMemo {
             })
         })
         .ok()?;
-        Some(format!("{:032x}", hash.finish_128()))
+        Some(hex128(hash.finish_128()))
     }
 
     /// Remembers that the box's tree named `state` holds the tree [`SyncMemo::keep_tree`] wrote
@@ -111,7 +111,11 @@ impl SyncMemo {
 /// could write the memo as well); tens of times cheaper than SHA-256 on a large tree's
 /// megabytes, read and written by every warm run.
 fn tree_hash(bytes: &[u8]) -> String {
-    format!("{:032x}", twox_hash::XxHash3_128::oneshot(bytes))
+    hex128(twox_hash::XxHash3_128::oneshot(bytes))
+}
+
+fn hex128(hash: u128) -> String {
+    format!("{hash:032x}")
 }
 
 fn tree_path(memo: &Path) -> PathBuf {

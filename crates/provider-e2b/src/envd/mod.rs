@@ -169,16 +169,14 @@ impl Envd {
                 .mime_str("application/octet-stream")
                 .expect("static mime type parses")
         };
-        let mut form = reqwest::multipart::Form::new();
-        for (name, bytes) in small {
-            let len = bytes.len() as u64;
-            form = form.part("file", part(reqwest::Body::from(bytes.clone()), len, name));
-        }
-        form = form.part("file", part(body, len, path));
-        for (name, bytes) in after {
-            let len = bytes.len() as u64;
-            form = form.part("file", part(reqwest::Body::from(bytes.clone()), len, name));
-        }
+        let with_small = |form: reqwest::multipart::Form, files: &[(String, Vec<u8>)]| {
+            files.iter().fold(form, |form, (name, bytes)| {
+                let len = bytes.len() as u64;
+                form.part("file", part(reqwest::Body::from(bytes.clone()), len, name))
+            })
+        };
+        let form = with_small(reqwest::multipart::Form::new(), small);
+        let form = with_small(form.part("file", part(body, len, path)), after);
         let mut query = vec![("username", self.user.as_str())];
         if small.is_empty() && after.is_empty() {
             query.push(("path", path));

@@ -10,13 +10,13 @@
 #   RECORD   the sync record's path (in WORKDIR's parent)
 #
 # A request is a name made in CTL, a directory (`a-` is a file; a directory from an older
-# crabbox is taken too): `p-<nonce>` asks for the state,
-# answered in CTL/state (written whole, then renamed) as NUL-separated fields: `cbxw1`, ID, nonce,
-# `ok` or `lost`, then every path (relative to WORKDIR) that had an event since the watches were
-# set (or the last `r-`). `r-<nonce>` asks for the changes and forgets them: after the four
-# fields, `C<n>` and the n paths, then `E<m>` and the m entries of those that exist now (lstat,
-# six fields each as the scan's find prints them: type, mode, size, mtime, ./path, link target),
-# so whoever asked lays them over the listing it keeps and counting starts again from there.
+# crabbox is taken too): `p-<nonce>` asks for the state, answered in CTL/state (written whole,
+# then renamed) as NUL-separated fields: `cbxw1`, ID, nonce, `ok` or `lost`, then every path
+# (relative to WORKDIR) that had an event since the watches were set (or the last `r-`).
+# `r-<nonce>` asks for the changes and forgets them: after the four fields, `C<n>` and the n
+# paths, then `E<m>` and the m entries of those that exist now (lstat, six fields each as the
+# scan's find prints them: type, mode, size, mtime, ./path, link target), so whoever asked lays
+# them over the listing it keeps and counting starts again from there.
 # `a-<tag>-<flags>-<id>`, an empty file uploaded after the files it names (in the same upload),
 # asks watcher <id> (any other ignores it) to apply a small sync itself, as the unpack and commit
 # scripts would, with no process started on the box: the upload
