@@ -28,6 +28,8 @@ pub(super) struct Acquired {
     /// The run's workspace (`main` unless `--workspace` named another).
     pub workspace: String,
     pub session: Box<dyn BoxSession>,
+    /// The claim's record of this use, being written (see [`Engine::touched`]).
+    pub touching: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
 impl Engine {
@@ -75,6 +77,7 @@ impl Engine {
         let (sync, _tree) = match synced {
             Ok(synced) => synced,
             Err(e) => {
+                self.touched(&mut acquired, reporter).await;
                 self.release_within(CANCEL_BUDGET / 2, &acquired, req, reporter)
                     .await;
                 return Err(self.gone_hint(&acquired, e));
@@ -117,6 +120,7 @@ impl Engine {
             }
         };
         timing.command_ms = ms(t.elapsed());
+        self.touched(&mut acquired, reporter).await;
 
         let t = Instant::now();
         // A box made for a sync-only or detached run stays: that is what it was made for.
@@ -196,6 +200,7 @@ impl Engine {
                 claim: Some(claim),
                 created: true,
                 session,
+                touching: None,
             });
         };
         if let Some(snapshot) = &req.from_snapshot {
@@ -255,6 +260,7 @@ impl Engine {
             claim,
             created: false,
             session,
+            touching: None,
         })
     }
 

@@ -111,7 +111,7 @@ impl Engine {
         lock.hold(Hold::Shared, reporter, &req.cancel).await?;
         let Some(source) = &req.sync else {
             cancellable(&req.cancel, session.make_dir(&workdir)).await?;
-            self.touch_claim(acquired)?;
+            self.touch_claim(acquired);
             return Ok((None, lock));
         };
         let mut wait_ms = ms(t.elapsed());
@@ -165,7 +165,7 @@ impl Engine {
                             "sync: {} files up to date on the box (verified in {} ms)",
                             report.files, report.scan_ms
                         ));
-                        self.synced(acquired, workdir)?;
+                        self.synced(acquired, workdir);
                         return Ok((Some(report), lock));
                     }
                     Some(Some(plan)) => {
@@ -190,7 +190,7 @@ impl Engine {
                                 .await?;
                             if applied {
                                 report.apply_ms = ms(sent.elapsed());
-                                self.synced(acquired, workdir)?;
+                                self.synced(acquired, workdir);
                                 lock.hold(Hold::Shared, reporter, &req.cancel).await?;
                                 return Ok((Some(report), lock));
                             }
@@ -285,7 +285,7 @@ impl Engine {
             }
             report.apply_ms = ms(t.elapsed()).saturating_sub(report.pack_ms);
         }
-        self.synced(acquired, workdir)?;
+        self.synced(acquired, workdir);
         // The command runs while the tree is held shared: other runs' commands may run
         // beside it, but no other sync changes the tree under it.
         lock.hold(Hold::Shared, reporter, &req.cancel).await?;
@@ -418,7 +418,7 @@ impl Engine {
 
     /// Records a sync of `workdir`: the claim keeps the lease's workdir (main's, never a
     /// workspace's) and its last use.
-    fn synced(&self, acquired: &mut Acquired, workdir: String) -> Result<()> {
+    fn synced(&self, acquired: &mut Acquired, workdir: String) {
         if let Some(claim) = acquired
             .claim
             .as_mut()
@@ -426,16 +426,37 @@ impl Engine {
         {
             claim.workdir = workdir;
         }
-        self.touch_claim(acquired)
+        self.touch_claim(acquired);
     }
 
-    /// Records the lease's last use (and workdir) in its claim.
-    fn touch_claim(&self, acquired: &mut Acquired) -> Result<()> {
+    /// Records the lease's last use (and workdir) in its claim. The claim is written (and
+    /// flushed to disk, two fsyncs) on the blocking pool while the command starts rather
+    /// than before it: [`Engine::touched`] waits for it before the run releases the box.
+    fn touch_claim(&self, acquired: &mut Acquired) {
         let Some(claim) = &mut acquired.claim else {
-            return Ok(());
+            return;
         };
         claim.last_used_at = now_rfc3339();
-        self.claims.write(claim)
+        let (claims, claim) = (self.claims.clone(), claim.clone());
+        acquired.touching = Some(tokio::task::spawn_blocking(move || claims.write(&claim)));
+    }
+
+    /// Waits for the claim [`Engine::touch_claim`] is writing; a write that failed is said
+    /// (the claim on disk is the one before it: a whole file, the lease still claimed), but
+    /// does not fail a run whose command ran.
+    pub(super) async fn touched(&self, acquired: &mut Acquired, reporter: &dyn Reporter) {
+        let Some(touching) = acquired.touching.take() else {
+            return;
+        };
+        let written = touching
+            .await
+            .unwrap_or_else(|e| Err(Error::Sync(format!("the claim's writer stopped: {e}"))));
+        if let Err(e) = written {
+            reporter.status(&format!(
+                "warning: could not record this use of lease {} in its claim: {e}",
+                acquired.target.lease_id
+            ));
+        }
     }
 
     /// Packs `chunks` into spool files under the state directory (not a possibly small

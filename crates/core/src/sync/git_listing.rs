@@ -6,9 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::super::listing_cache::{ListingBytes, ListingCache, Unverified};
-use super::{
-    git_root, stat_all, stat_join, stat_parallel, stat_spawn, walk_files, Filters, Stated,
-};
+use super::{git_root, stat_all, stat_parallel, stat_spawn, walk_files, Filters, Stated};
 use crate::error::{Error, Result};
 
 /// `git ls-files` of the tracked files and, side by side, of the untracked ones git does not
@@ -104,8 +102,9 @@ impl GitListing {
             return stat_parallel(root, &walk_files(root)?, filters);
         };
         let mut mixed = false;
-        let found = std::thread::scope(|scope| -> Result<Stated> {
-            let tracked = stat_spawn(scope, root, &tracked_bytes, filters);
+        let mut entries = Vec::new();
+        let (joined, untracked) = std::thread::scope(|scope| {
+            let tracked = stat_spawn(scope, root, &tracked_bytes, filters, &mut entries);
             let listed = others.output(root);
             let untracked = listed.and_then(|(o, others_fresh)| {
                 let o = o.ok_or_else(|| {
@@ -124,18 +123,17 @@ impl GitListing {
                     let (tracked, others) = (&tracked_bytes[..], o.to_vec());
                     scope.spawn(move || c.keep(tracked, &others))
                 });
-                let stated = stat_all(root, &o, filters, 0);
+                let stated = stat_all(root, &o, filters, Vec::new());
                 if let Some(k) = keeping {
                     let _ = k.join();
                 }
                 stated
             });
-            let joined = stat_join(tracked);
-            let untracked = untracked?;
-            let mut found = joined?;
-            found.append(untracked);
-            Ok(found)
-        })?;
+            (tracked.join(), untracked)
+        });
+        let tracked = joined.adopt(&mut entries);
+        let mut found = tracked?.map_entries(|()| entries);
+        found.append(untracked?);
         if mixed && cache.as_ref().is_some_and(ListingCache::index_moved) {
             return match GitListing::start(root, None)? {
                 Some(git) => git.stat(root, filters),

@@ -293,3 +293,67 @@ fn files_read_on_several_threads_are_each_read_once_with_their_own_metadata() {
     let once: Vec<&str> = want.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(paths, once);
 }
+
+#[test]
+fn entries_read_on_several_threads_close_the_gaps_their_runs_leave_in_listing_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut listing = Vec::new();
+    let mut want = Vec::new();
+    // Every run leaves slots unused: names that are gone, directories, excluded files.
+    for i in 0..(3 * STAT_BATCH_MIN) {
+        let rel = format!("d{}/f{i:05}", i / 700);
+        std::fs::create_dir_all(root.join(&rel).parent().unwrap()).unwrap();
+        match i % 4 {
+            0 => {}
+            1 => std::fs::create_dir(root.join(&rel)).unwrap(),
+            2 if i % 3 == 0 => std::fs::write(root.join(&rel), "left out").unwrap(),
+            _ => {
+                std::fs::write(root.join(&rel), "x".repeat(i % 13)).unwrap();
+                want.push(rel.clone());
+            }
+        }
+        listing.extend_from_slice(rel.as_bytes());
+        listing.push(0);
+    }
+    let mut ignore = GitignoreBuilder::new(root);
+    for i in (0..(3 * STAT_BATCH_MIN)).filter(|i| i % 4 == 2 && i % 3 == 0) {
+        ignore.add_line(None, &format!("f{i:05}")).unwrap();
+    }
+    let exclude = ignore.build().unwrap();
+    let filters = Filters {
+        exclude: &exclude,
+        include: None,
+    };
+    let found = stat_parallel(root, &listing, &filters).unwrap();
+    let paths: Vec<&str> = found.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, want);
+    assert!(found
+        .entries
+        .iter()
+        .all(|e| e.size == e.path[4..].parse::<u64>().unwrap() % 13));
+}
+
+#[test]
+fn a_run_that_fails_fails_the_read_and_names_its_file_whatever_the_others_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut listing = Vec::new();
+    for i in 0..(3 * STAT_BATCH_MIN) {
+        let rel = format!("f{i:05}");
+        std::fs::write(root.join(&rel), "x").unwrap();
+        listing.extend_from_slice(rel.as_bytes());
+        listing.push(0);
+        if i == 2 * STAT_BATCH_MIN {
+            // Longer than any file name may be: its stat fails (not "gone").
+            listing.extend_from_slice("n".repeat(300).as_bytes());
+            listing.push(0);
+        }
+    }
+    let filters = Filters {
+        exclude: &Gitignore::empty(),
+        include: None,
+    };
+    let err = stat_parallel(root, &listing, &filters).err().unwrap();
+    assert!(err.to_string().contains(&"n".repeat(300)), "{err}");
+}

@@ -382,3 +382,18 @@ async fn checksum_and_full_resync_never_skip_reading_the_box() {
     assert_eq!(b.fake.count(Op::Vouch), 0, "{:?}", b.fake.calls());
     assert_eq!(b.fake.count(Op::Scan), 2, "{:?}", b.fake.calls());
 }
+
+#[tokio::test]
+async fn a_run_has_recorded_its_use_in_the_claim_when_it_returns() {
+    let b = Bench::new();
+    let lease = warm_and_synced(&b).await;
+    let mut before = b.claim(&lease).unwrap();
+    before.last_used_at = "2000-01-01T00:00:00Z".into();
+    b.engine.claims().write(&before).unwrap();
+    b.write("a.txt", "edited\n");
+    b.run(&b.request_on(&lease, "true")).await.0.unwrap();
+    // Written while the command started, and awaited before the run returned.
+    let after = b.claim(&lease).unwrap();
+    assert!(after.last_used_at > before.last_used_at, "{after:?}");
+    assert_eq!(after.workdir, before.workdir);
+}
