@@ -334,3 +334,16 @@ fn a_cache_names_its_root_and_the_manifest_is_the_same_with_it() {
         .reuse()
         .is_none());
 }
+
+#[test]
+fn a_directory_whose_name_is_not_utf8_is_stamped_too() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = Tree::new();
+    let dir = t.root().join(std::ffi::OsStr::from_bytes(b"raw-\xff"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), "x").unwrap();
+    t.keep();
+    assert_eq!(t.reused(), (true, true));
+    std::fs::write(dir.join("b.txt"), "x").unwrap();
+    assert_eq!(t.reused(), (true, false));
+}
