@@ -62,6 +62,10 @@ impl ScanCache {
             .write(true)
             .open(self.path(sandbox, workdir, What::Lock))
             .ok()?;
+        // Free (the usual case): taken here, with no hop to a blocking thread.
+        if fs4::fs_std::FileExt::try_lock_exclusive(&file).ok()? {
+            return Some(file);
+        }
         tokio::task::spawn_blocking(move || {
             fs4::fs_std::FileExt::lock_exclusive(&file).ok()?;
             Some(file)

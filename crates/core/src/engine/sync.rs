@@ -372,14 +372,23 @@ impl Engine {
         };
         let wire = Arc::new(AtomicU64::new(0));
         let (tx, rx) = tokio::sync::mpsc::channel(PACKED_AHEAD);
-        let packing = self.pack(source, chunks, tx, wire.clone(), reporter, &req.cancel);
-        // The new tree is written while the box applies it, where the box may name it.
-        let keeping = session.may_name_tree(&apply).then(|| {
-            let (memo, manifest) = (to.memo.to_path_buf(), to.manifest.clone());
-            tokio::task::spawn_blocking(move || SyncMemo::keep_tree(&memo, &manifest))
-        });
+        // The new tree is written once the last chunk is packed, while the box applies it,
+        // where the box may name it: not beside the packing (a small sync's one chunk waited
+        // for it).
+        let may_name = session.may_name_tree(&apply);
+        let packing = async {
+            let packed = self
+                .pack(source, chunks, tx, wire.clone(), reporter, &req.cancel)
+                .await;
+            let keeping = (may_name && packed.is_ok()).then(|| {
+                let (memo, manifest) = (to.memo.to_path_buf(), to.manifest.clone());
+                tokio::task::spawn_blocking(move || SyncMemo::keep_tree(&memo, &manifest))
+            });
+            (packed, keeping)
+        };
         // The packing first: its first chunk is on its way while the provider prepares.
-        let (packed, applied) = tokio::join!(packing, session.apply_sync(&apply, rx, reporter));
+        let ((packed, keeping), applied) =
+            tokio::join!(packing, session.apply_sync(&apply, rx, reporter));
         reporter.finish_progress();
         let kept = match keeping {
             Some(k) => k.await.ok().flatten(),
