@@ -60,6 +60,10 @@ pub struct Samples {
     /// `syncMs` of a warm sync after a one-file edit.
     pub warm_edit_sync_ms: Vec<f64>,
     pub warm_edit_sent_files: Vec<f64>,
+    /// Wall time of the run after a one-file edit minus that of a `--no-sync` run right after
+    /// it: what the edit's sync costs the whole run, the local stat pass included (`syncMs`
+    /// starts once the box is reached, and the stat pass starts before).
+    pub warm_edit_overhead_ms: Vec<f64>,
     /// Wall time of `run --id L -- true` and `run --id L --no-sync -- true`, no change.
     pub nochange_wall_ms: Vec<f64>,
     pub nosync_wall_ms: Vec<f64>,
@@ -252,21 +256,40 @@ impl Provider<'_> {
         self.crabbox.timed(&["--id", &lease, "--", "true"])?;
         self.crabbox.timed(&["--id", &lease, "--", "true"])?;
         for round in 0..rounds {
+            let without = || {
+                self.crabbox
+                    .timed(&["--id", &lease, "--no-sync", "--", "true"])
+            };
+            // The `--no-sync` run of the pair before the edit's run or after it, alternately,
+            // so neither always runs on a box still busy with the other.
+            let before = if round % 2 == 0 {
+                Some(without()?)
+            } else {
+                None
+            };
             repo.edit(round)?;
             settle();
             let t = self.crabbox.timed(&["--id", &lease, "--", "true"])?;
+            let without = match before {
+                Some(b) => b,
+                None => without()?,
+            };
             progress(
                 self,
                 repo,
                 &format!(
-                    "round {}/{rounds}: warm sync after an edit {:.0} ms, {} files sent",
+                    "round {}/{rounds}: warm sync after an edit {:.0} ms, {} files sent \
+                     (the run {:.0} ms over --no-sync)",
                     round + 1,
                     t.ms("syncMs"),
-                    t.sync("sentFiles")
+                    t.sync("sentFiles"),
+                    t.run.wall_ms - without.run.wall_ms
                 ),
             );
             s.warm_edit_sync_ms.push(t.ms("syncMs"));
             s.warm_edit_sent_files.push(t.sync("sentFiles"));
+            s.warm_edit_overhead_ms
+                .push(t.run.wall_ms - without.run.wall_ms);
         }
         // The first unchanged run may still settle something; it is not counted.
         self.crabbox.timed(&["--id", &lease, "--", "true"])?;

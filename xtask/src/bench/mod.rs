@@ -11,7 +11,10 @@
 //!   box: the run's wall time minus creating, running on and releasing the box (so, like the
 //!   baseline, it includes listing the files);
 //! - a warm sync after a one-file edit vs a full sync (`syncMs` against `syncMs`), after one
-//!   uncounted warm run (the first after a box's first sync reads the box whole, once);
+//!   uncounted warm run (the first after a box's first sync reads the box whole, once); and,
+//!   with no target, the same edit's whole run over a `--no-sync` run paired with it (before
+//!   or after it in turn) against the full sync's wall time (`syncMs` starts once the box is
+//!   reached, and the local stat pass before it);
 //! - a warm run with no change: the wall time of `run --id L -- true` minus that of
 //!   `run --id L --no-sync -- true` (the median of 2N+1 adjacent pairs' differences);
 //! - the peak RSS of the crabbox process syncing a 1 GB tree (100,000 files, one round;
