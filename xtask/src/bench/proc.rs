@@ -101,6 +101,8 @@ pub fn measure(mut cmd: Command) -> Result<Measured> {
             return Err(format!("waiting for {:?}: {e}", cmd.get_program()));
         }
     }
+    // Timed at the exit, not after the sampler's join (it sleeps 10 ms between readings).
+    let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
     stop.store(true, Ordering::Relaxed);
     let own_rss_kib = sampler.join().expect("sampler thread");
     let mut status: libc::c_int = 0;
@@ -117,7 +119,6 @@ pub fn measure(mut cmd: Command) -> Result<Measured> {
             return Err(format!("waiting for {:?}: {e}", cmd.get_program()));
         }
     }
-    let wall_ms = start.elapsed().as_secs_f64() * 1000.0;
     read_err.map_err(|e| e.to_string())?;
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
