@@ -131,7 +131,8 @@ impl GitListing {
             });
             (tracked.join(), untracked)
         });
-        let tracked = joined.adopt(&mut entries);
+        // SAFETY: `entries` is the vector the tracked files' job was lent, untouched since.
+        let tracked = unsafe { joined.adopt(&mut entries) };
         let mut found = tracked?.map_entries(|()| entries);
         found.append(untracked?);
         if mixed && cache.as_ref().is_some_and(ListingCache::index_moved) {

@@ -785,7 +785,7 @@ const STAT_RUN_MIN: usize = 512;
 
 /// [`stat_all`] of `listing` on a few threads of `scope`, which take its runs of
 /// neighbouring paths one at a time until none is left, writing the entries into `out`'s
-/// spare capacity (reserved here) for [`StatJob::adopt`] to take in.
+/// spare capacity (reserved here) for [`Joined::adopt`] to take in.
 fn stat_spawn<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
     root: &'env Path,
@@ -841,6 +841,7 @@ fn stat_spawn<'scope, 'env>(
         .collect();
     StatJob { handles }
 }
+
 /// What one of [`stat_spawn`]'s threads read: each run's index, where its window starts,
 /// and what it found (the number of entries kept in its window).
 type RunsRead = Vec<(usize, usize, Result<Stated<usize>>)>;
@@ -890,12 +891,14 @@ struct Joined {
 }
 
 impl Joined {
-    /// The entries, in listing order, taken into `out` (the vector lent to [`stat_spawn`],
-    /// untouched since), and what was noted.
-    fn adopt(self, out: &mut Vec<SyncEntry>) -> Result<Stated<()>> {
+    /// The entries, in listing order, taken into `out`, and what was noted.
+    ///
+    /// # Safety
+    /// `out` is the vector lent to [`stat_spawn`] for this job, untouched since.
+    unsafe fn adopt(self, out: &mut Vec<SyncEntry>) -> Result<Stated<()>> {
         // SAFETY: each window holds the entries its run kept, from its start in the spare
-        // capacity of `out` as `stat_spawn` found it, in increasing order and apart; no one
-        // else owns them (a run that failed dropped its own).
+        // capacity of `out` as `stat_spawn` found it (the caller's), in increasing order and
+        // apart; no one else owns them (a run that failed dropped its own).
         unsafe { adopt(out, &self.windows) };
         self.noted
     }
@@ -906,7 +909,9 @@ fn stat_parallel(root: &Path, listing: &[u8], filters: &Filters<'_>) -> Result<S
     let mut entries = Vec::new();
     let joined =
         std::thread::scope(|scope| stat_spawn(scope, root, listing, filters, &mut entries).join());
-    Ok(joined.adopt(&mut entries)?.map_entries(|()| entries))
+    // SAFETY: `entries` is the vector the job was lent, untouched since.
+    let noted = unsafe { joined.adopt(&mut entries) }?;
+    Ok(noted.map_entries(|()| entries))
 }
 
 /// The files of a tree that is not git's (honouring `.gitignore`, `.ignore` and
