@@ -189,7 +189,7 @@ const SPARSE_MIN_BYTES: u64 = 16 << 20;
 /// Threads reading metadata, at most, and files each at least. One more thread than the
 /// machine has cores (up to the most): the reading is all system calls, and a warm run's other
 /// work (its requests, the runtime, on a shared machine everyone else's) takes cores from it
-/// while it runs; a third thread on two cores gave a warm edit 2-7 ms back here.
+/// while it runs; a third thread on two cores gave a warm edit's run 1-4 ms back here.
 const STAT_THREADS: usize = 4;
 const STAT_BATCH_MIN: usize = 2048;
 
