@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crabbox_core::sync::{SyncManifest, SyncRecord};
+use crabbox_core::sync::{ChunkSpec, SyncManifest, SyncRecord};
 
 #[test]
 fn staging_sits_next_to_the_workdir() {
@@ -79,14 +79,10 @@ impl Box_ {
         for (n, (part, codec)) in chunks.into_iter().enumerate().skip(usize::from(!record)) {
             let upload = self.dir.path().join(format!("crabbox-{tag}-{n}.tar"));
             let mut bytes = Vec::new();
-            crabbox_core::sync::write_archive_with(
-                self.src.path(),
-                part.iter().copied(),
-                codec,
-                &mut bytes,
-                |_| {},
-            )
-            .unwrap();
+            // Two chunks name their directories, as a sync of several chunks does.
+            let mut spec = ChunkSpec::new(codec, part.iter().map(|e| (*e).clone()).collect());
+            spec.name_dirs = record;
+            spec.write(self.src.path(), &mut bytes, |_| {}).unwrap();
             std::fs::write(&upload, bytes).unwrap();
             let mut cmd = if record {
                 unpacking(UNPACK_SCRIPT, &upload, codec.name(), &stage, &wd)
@@ -324,6 +320,58 @@ fn unpack_then_commit(
         .env("CBX_RECORD", record_path(wd.to_str().unwrap()))
         .env("CBX_OPS_SENT", if ops_sent { "1" } else { "" });
     cmd
+}
+
+#[test]
+fn chunks_unpacking_side_by_side_into_one_staging_directory_all_land() {
+    // Files of the same directories spread over eight chunks, unpacked at once again and
+    // again: GNU tar fails a file whose directories another tar made under it, unless the
+    // chunk names them (without that, this failed in its first round).
+    let b = Box_::new();
+    for d in 0..60 {
+        for f in 0..16 {
+            b.write_src(&format!("pkg_{}/mod_{d}/sub/f{f}.ts", d % 6), "x");
+        }
+    }
+    let m = SyncManifest::build(b.src.path(), &Default::default()).unwrap();
+    let chunks: Vec<Vec<u8>> = (0..8)
+        .map(|k| {
+            let mine = m.entries.iter().skip(k).step_by(8).cloned().collect();
+            let mut spec = ChunkSpec::new(Codec::Stored, mine);
+            spec.name_dirs = true;
+            let mut bytes = Vec::new();
+            spec.write(b.src.path(), &mut bytes, |_| {}).unwrap();
+            bytes
+        })
+        .collect();
+    let wd = b.wd();
+    for round in 0..8 {
+        let stage = staging_dir(wd.to_str().unwrap(), &format!("r{round}"));
+        std::fs::create_dir(&stage).unwrap();
+        let running: Vec<_> = chunks
+            .iter()
+            .enumerate()
+            .map(|(n, bytes)| {
+                let upload = b.dir.path().join(format!("crabbox-r{round}-{n}.tar"));
+                std::fs::write(&upload, bytes).unwrap();
+                unpacking(UNPACK_SCRIPT, &upload, "none", &stage, &wd)
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in running {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let landed = SyncManifest::build(Path::new(&stage), &Default::default()).unwrap();
+        assert_eq!(landed.len(), m.len(), "round {round}: every file lands");
+        std::fs::remove_dir_all(&stage).unwrap();
+    }
 }
 
 /// A workdir holding `keep.txt`, and an upload that is not the gzip it claims to be: (workdir,

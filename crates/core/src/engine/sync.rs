@@ -16,8 +16,7 @@ use crate::error::{Error, Result};
 use crate::events::Reporter;
 use crate::provider::{Applied, ApplySync, PackedChunk};
 use crate::sync::{
-    split, write_archive_with, ChunkSpec, Codec, PlanOptions, RemoteTree, SyncManifest, SyncOp,
-    SyncPlan,
+    split, ChunkSpec, Codec, PlanOptions, RemoteTree, SyncManifest, SyncOp, SyncPlan,
 };
 
 use super::sync_memo::SyncMemo;
@@ -619,7 +618,7 @@ fn pack_chunk(
     let mut last = 0;
     {
         let mut w = std::io::BufWriter::with_capacity(256 << 10, spool.as_file_mut());
-        write_archive_with(root, &spec.entries, spec.codec, &mut w, |b| {
+        spec.write(root, &mut w, |b| {
             done.fetch_add(b - last, Ordering::Relaxed);
             last = b;
         })?;

@@ -102,6 +102,20 @@ pub fn write_archive_with<'a, W: Write>(
     entries: impl IntoIterator<Item = &'a SyncEntry>,
     codec: Codec,
     out: W,
+    on_progress: impl FnMut(u64),
+) -> Result<ArchiveStats> {
+    write_entries(root, entries, codec, false, out, on_progress)
+}
+
+/// [`write_archive_with`]; with `name_dirs`, each entry's directories not named yet are
+/// named (as directory entries, mode 0755) before it, so that an unpacker never has to make
+/// one on its own way to a file.
+pub(super) fn write_entries<'a, W: Write>(
+    root: &Path,
+    entries: impl IntoIterator<Item = &'a SyncEntry>,
+    codec: Codec,
+    name_dirs: bool,
+    out: W,
     mut on_progress: impl FnMut(u64),
 ) -> Result<ArchiveStats> {
     let write_err = |e: std::io::Error| Error::Sync(format!("writing sync archive: {e}"));
@@ -109,7 +123,12 @@ pub fn write_archive_with<'a, W: Write>(
     let mut tar = tar::Builder::new(enc);
     tar.mode(tar::HeaderMode::Deterministic);
     let mut stats = ArchiveStats::default();
+    let mut dirs = name_dirs.then(NamedDirs::default);
     for entry in entries {
+        if let Some(dirs) = dirs.as_mut() {
+            dirs.name_parents(&mut tar, &entry.path)
+                .map_err(write_err)?;
+        }
         let full = root.join(&entry.path);
         let mut header = tar::Header::new_gnu();
         header.set_mode(entry.mode & super::SYNCED_MODE_BITS);
@@ -166,6 +185,53 @@ pub fn write_archive_with<'a, W: Write>(
         .flush()
         .map_err(write_err)?;
     Ok(stats)
+}
+
+/// The directories an archive has named so far (see [`write_entries`]).
+#[derive(Default)]
+struct NamedDirs {
+    named: std::collections::HashSet<String>,
+    /// The parent of the entry written last: its own entries need nothing named.
+    last_parent: String,
+    /// Their mtime: when the archive was written, as a directory made by an unpacker.
+    mtime: u64,
+}
+
+impl NamedDirs {
+    /// Names (parents first) each directory on the way to `path` that is not named yet.
+    fn name_parents<W: Write>(
+        &mut self,
+        tar: &mut tar::Builder<W>,
+        path: &str,
+    ) -> std::io::Result<()> {
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        if parent.is_empty() || parent == self.last_parent {
+            return Ok(());
+        }
+        if self.mtime == 0 {
+            self.mtime = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs());
+        }
+        for (at, _) in parent.match_indices('/').chain([(parent.len(), "")]) {
+            let dir = &parent[..at];
+            if self.named.contains(dir) {
+                continue;
+            }
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_mtime(self.mtime);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_size(0);
+            tar.append_data(&mut header, dir, std::io::empty())?;
+            self.named.insert(dir.to_string());
+        }
+        self.last_parent.clear();
+        self.last_parent.push_str(parent);
+        Ok(())
+    }
 }
 
 /// A file of the tree that cannot be read: the tree cannot be synced (exit 6).

@@ -22,11 +22,43 @@ const SAMPLE: usize = 16 << 10;
 pub struct ChunkSpec {
     pub codec: Codec,
     pub entries: Vec<SyncEntry>,
+    /// The chunk names the directories of its entries (see [`ChunkSpec::write`]).
+    pub name_dirs: bool,
 }
 
 impl ChunkSpec {
+    /// Files to pack through `codec`, naming no directory.
+    pub fn new(codec: Codec, entries: Vec<SyncEntry>) -> Self {
+        ChunkSpec {
+            codec,
+            entries,
+            name_dirs: false,
+        }
+    }
+
     pub fn bytes(&self) -> u64 {
         self.entries.iter().map(|e| e.size).sum()
+    }
+
+    /// Writes the chunk's archive. One chunk of several names every directory on the way to
+    /// its entries before them: chunks unpack side by side into one directory, and GNU tar
+    /// (1.34 at least) fails a file, "Cannot open: No such file or directory", when another
+    /// tar made the directories on its way between its own failed open and its attempt to
+    /// make them; a named directory it finds made is no failure.
+    pub fn write<W: std::io::Write>(
+        &self,
+        root: &Path,
+        out: W,
+        on_progress: impl FnMut(u64),
+    ) -> crate::error::Result<super::archive::ArchiveStats> {
+        super::archive::write_entries(
+            root,
+            &self.entries,
+            self.codec,
+            self.name_dirs,
+            out,
+            on_progress,
+        )
     }
 }
 
@@ -46,29 +78,24 @@ pub fn split(root: &Path, entries: Vec<SyncEntry>, codec: Codec) -> Vec<ChunkSpe
     let mut chunks = cut(packed, codec, target);
     chunks.extend(cut(stored, Codec::Stored, target));
     if chunks.is_empty() {
-        chunks.push(ChunkSpec {
-            codec,
-            entries: Vec::new(),
-        });
+        chunks.push(ChunkSpec::new(codec, Vec::new()));
+    }
+    let several = chunks.len() > 1;
+    for c in &mut chunks {
+        c.name_dirs = several;
     }
     chunks
 }
 
 fn cut(entries: Vec<SyncEntry>, codec: Codec, target: u64) -> Vec<ChunkSpec> {
     let mut chunks = Vec::new();
-    let mut current = ChunkSpec {
-        codec,
-        entries: Vec::new(),
-    };
+    let mut current = ChunkSpec::new(codec, Vec::new());
     let mut bytes = 0;
     for e in entries {
         if bytes >= target && !current.entries.is_empty() {
             chunks.push(std::mem::replace(
                 &mut current,
-                ChunkSpec {
-                    codec,
-                    entries: Vec::new(),
-                },
+                ChunkSpec::new(codec, Vec::new()),
             ));
             bytes = 0;
         }
@@ -155,5 +182,71 @@ mod tests {
         let all: usize = chunks.iter().map(|c| c.entries.len()).sum();
         assert_eq!(all, all_entries);
         assert_eq!(split(dir.path(), Vec::new(), Codec::Gzip).len(), 1);
+        assert!(
+            chunks.iter().all(|c| c.name_dirs),
+            "several chunks name dirs"
+        );
+        let lone = split(dir.path(), vec![entry("text.txt", 120_000)], Codec::Zstd);
+        assert!(!lone[0].name_dirs, "a lone chunk unpacks alone");
+    }
+
+    #[test]
+    fn a_chunk_that_names_dirs_names_each_once_before_anything_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [
+            "a/b/c/1.txt",
+            "a/b/c/2.txt",
+            "a/b-x/3.txt",
+            "a/b/d/4.txt",
+            "top.txt",
+        ];
+        for p in paths {
+            let full = dir.path().join(p);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, "x").unwrap();
+        }
+        let mut spec = ChunkSpec::new(Codec::Stored, paths.iter().map(|p| entry(p, 1)).collect());
+        let names = |spec: &ChunkSpec| {
+            let mut bytes = Vec::new();
+            spec.write(dir.path(), &mut bytes, |_| {}).unwrap();
+            let mut archive = tar::Archive::new(&bytes[..]);
+            let names: Vec<(bool, String)> = archive
+                .entries()
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let dir = e.header().entry_type().is_dir();
+                    let path = e.path().unwrap().to_string_lossy().into_owned();
+                    (dir, path.trim_end_matches('/').to_string())
+                })
+                .collect();
+            names
+        };
+        let plain = names(&spec);
+        assert!(plain.iter().all(|(dir, _)| !dir), "{plain:?}");
+        spec.name_dirs = true;
+        let named = names(&spec);
+        let dirs: Vec<&str> = named
+            .iter()
+            .filter(|(d, _)| *d)
+            .map(|(_, p)| p.as_str())
+            .collect();
+        assert_eq!(dirs, ["a", "a/b", "a/b/c", "a/b-x", "a/b/d"]);
+        for (i, (is_dir, path)) in named.iter().enumerate() {
+            if !is_dir {
+                let mut up = path.as_str();
+                while let Some((parent, _)) = up.rsplit_once('/') {
+                    let at = named.iter().position(|(d, p)| *d && p == parent);
+                    assert!(at.is_some_and(|at| at < i), "{parent} before {path}");
+                    up = parent;
+                }
+            }
+        }
+        let files: Vec<&str> = named
+            .iter()
+            .filter(|(d, _)| !d)
+            .map(|(_, p)| p.as_str())
+            .collect();
+        assert_eq!(files, paths);
     }
 }
