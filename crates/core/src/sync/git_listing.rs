@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::super::listing_cache::{ListingBytes, ListingCache, Unverified};
+use super::super::listing_cache::{Held, ListingBytes, ListingCache, Unverified, Verified};
 use super::{git_root, stat_all, stat_parallel, stat_spawn, walk_files, Filters, Stated};
 use crate::error::{Error, Result};
 
@@ -27,21 +27,30 @@ enum Listing {
 }
 
 impl Listing {
-    /// What it listed (`None` when git will not read a work tree here), and whether git
-    /// listed it now.
-    fn output(self, root: &Path) -> Result<(Option<ListingBytes>, bool)> {
+    /// What it listed (`None` when git will not read a work tree here), whether git listed
+    /// (some of) it now, and what a listing kept again takes from the kept one.
+    fn output(self, root: &Path) -> Result<(Option<ListingBytes>, bool, Option<Held>)> {
         let running = match self {
-            Listing::Kept(bytes) => return Ok((Some(bytes), false)),
+            Listing::Kept(bytes) => return Ok((Some(bytes), false, None)),
             Listing::Unverified(kept) => match kept.verify() {
-                Some(bytes) => return Ok((Some(bytes), false)),
-                None => {
+                Verified::Holds(bytes) => return Ok((Some(bytes), false, None)),
+                // Only the changed directories are listed again (git walks them alone).
+                Verified::Stale(stale) => match stale.relist() {
+                    Some(listed) => {
+                        let held = Some(stale.into_held());
+                        return Ok((Some(ListingBytes::Listed(listed)), true, held));
+                    }
+                    None => ls_files(root, OTHERS)
+                        .map_err(Error::io("running git ls-files in", root))?,
+                },
+                Verified::Void => {
                     ls_files(root, OTHERS).map_err(Error::io("running git ls-files in", root))?
                 }
             },
             Listing::Running(child) => child,
         };
         let listed = git_output(root, running.wait_with_output())?;
-        Ok((listed.map(ListingBytes::Listed), true))
+        Ok((listed.map(ListingBytes::Listed), true, None))
     }
 
     fn stop(self) {
@@ -96,7 +105,7 @@ impl GitListing {
             others,
             cache,
         } = self;
-        let (tracked_bytes, tracked_fresh) = cached.output(root)?;
+        let (tracked_bytes, tracked_fresh, _) = cached.output(root)?;
         let Some(tracked_bytes) = tracked_bytes else {
             others.stop();
             return stat_parallel(root, &walk_files(root)?, filters);
@@ -106,7 +115,7 @@ impl GitListing {
         let (joined, untracked) = std::thread::scope(|scope| {
             let tracked = stat_spawn(scope, root, &tracked_bytes, filters, &mut entries);
             let listed = others.output(root);
-            let untracked = listed.and_then(|(o, others_fresh)| {
+            let untracked = listed.and_then(|(o, others_fresh, held)| {
                 let o = o.ok_or_else(|| {
                     Error::Sync(format!(
                         "git ls-files --others failed in {} after --cached worked",
@@ -121,7 +130,7 @@ impl GitListing {
                 let keeping = cache.as_ref().filter(|_| fresh).map(|c| {
                     // The tracked listing outlives the scope; the untracked one is copied.
                     let (tracked, others) = (&tracked_bytes[..], o.to_vec());
-                    scope.spawn(move || c.keep(tracked, &others))
+                    scope.spawn(move || c.keep(tracked, &others, held))
                 });
                 let stated = stat_all(root, &o, filters, Vec::new());
                 if let Some(k) = keeping {

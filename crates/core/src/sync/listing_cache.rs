@@ -10,11 +10,14 @@
 //! changes its mtime and ctime, so a new untracked file anywhere git looks is seen; a file
 //! edited in place changes no directory, and the stat pass that follows every listing reads
 //! it. `GIT_CONFIG*` variables are part of the key (and a config file they name is stamped).
-//! Any doubt (`GIT_DIR`, `GIT_INDEX_FILE` and the like in the environment, `.git` not a
-//! directory at the root,
-//! a directory or ignore file changed so recently that a later change could share its
-//! timestamp, counted on the filesystem's own clock where it lags this machine's, an
-//! unreadable cache) means git lists the tree as before.
+//! Where only a few directories below the root changed (or their `.gitignore`, which rules
+//! only below it), git lists those again and the rest of the kept listing stands. A directory
+//! or ignore file changed so recently that a later change could share its timestamp (counted
+//! on the filesystem's own clock where it lags this machine's) is kept as changed, so it is
+//! listed again on every run until one finds it settled. Any other doubt (`GIT_DIR`,
+//! `GIT_INDEX_FILE` and the like in the environment, `.git` not a directory at the root, an
+//! ignore source outside the tree changed recently, an unreadable cache) means git lists the
+//! tree as before.
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -32,7 +35,7 @@ const RACY: Duration = Duration::from_secs(2);
 
 /// What identifies one version of a file or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(super) struct Stamp {
     dev: u64,
     ino: u64,
     size: u64,
@@ -78,6 +81,16 @@ impl Stamp {
         Some(Stamp::of_meta(&m))
     }
 
+    /// Kept for a directory changed too recently to vouch for: no directory has it (a real
+    /// stamp's nanoseconds are never negative), so it is always found changed.
+    const UNVOUCHED: Stamp = Stamp {
+        dev: u64::MAX,
+        ino: u64::MAX,
+        size: u64::MAX,
+        mtime: (0, -1),
+        ctime: (0, -1),
+    };
+
     /// Changed at or after `since` (as far as its timestamps tell).
     fn is_racy(&self, since: (i64, i64)) -> bool {
         self.mtime >= since || self.ctime >= since
@@ -111,28 +124,9 @@ impl std::ops::Deref for ListingBytes {
 /// A kept untracked listing, and the stamps it holds while.
 pub(super) struct Unverified {
     root: PathBuf,
-    sources: Vec<(Vec<u8>, Option<Stamp>)>,
+    sources: Sources,
     dirs: Vec<(Vec<u8>, Stamp, Option<Stamp>)>,
     others: ListingBytes,
-}
-
-impl Unverified {
-    /// The listing, while everything it depends on keeps its stamp.
-    pub(super) fn verify(self) -> Option<ListingBytes> {
-        let sources = self.sources.iter().all(|(path, stamp)| {
-            Stamp::of_source(Path::new(std::ffi::OsStr::from_bytes(path))) == *stamp
-        });
-        let dirs = || {
-            self.dirs.iter().all(|(rel, dir, ignore)| {
-                // A `.gitignore` made since changed its directory; one that was there may
-                // have been edited in place.
-                let at = self.root.join(std::ffi::OsStr::from_bytes(rel));
-                Stamp::of(&at) == Some(*dir)
-                    && ignore.is_none_or(|s| Stamp::of(&at.join(".gitignore")) == Some(s))
-            })
-        };
-        (sources && dirs()).then_some(self.others)
-    }
 }
 
 /// One work tree's kept listing, in `<cache dir>/<hash of the root>.listing`.
@@ -222,8 +216,10 @@ impl ListingCache {
     }
 
     /// Keeps what git just listed, with the stamps that make it reusable; nothing when the
-    /// index was missing or anything it depends on changed too recently to vouch for.
-    pub(super) fn keep(&self, tracked: &[u8], others: &[u8]) {
+    /// index was missing or an ignore source changed too recently to vouch for. With `held`,
+    /// only the changed directories are walked and the ignore sources are those found
+    /// holding (else git is asked).
+    pub(super) fn keep(&self, tracked: &[u8], others: &[u8], held: Option<Held>) {
         let Some(index) = self.index else {
             return;
         };
@@ -241,8 +237,18 @@ impl ListingCache {
             .map_or((0, 0), |d| {
                 (d.as_secs() as i64, i64::from(d.subsec_nanos()))
             });
-        let Some(dirs) = walked_dirs(&self.root, tracked, others) else {
-            return;
+        let (dirs, sources) = match held {
+            Some(h) => {
+                let Some(mut dirs) = walked_dirs(&self.root, tracked, others, &h.changed) else {
+                    return;
+                };
+                dirs.extend(h.outside);
+                (dirs, Some(h.sources))
+            }
+            None => match walked_dirs(&self.root, tracked, others, &[Vec::new()]) {
+                Some(dirs) => (dirs, None),
+                None => return,
+            },
         };
         let mut stamped = Vec::with_capacity(dirs.len());
         for rel in dirs {
@@ -250,19 +256,25 @@ impl ListingCache {
             let (Some(dir), ignore) = (Stamp::of(&at), Stamp::of(&at.join(".gitignore"))) else {
                 return;
             };
-            if dir.is_racy(since) || ignore.is_some_and(|s| s.is_racy(since)) {
-                return;
-            }
-            stamped.push((rel, dir, ignore));
+            // Changed too recently to vouch for: kept as changed, so every later run lists
+            // it again (the root: the whole tree) until one keeps it settled.
+            let racy = dir.is_racy(since) || ignore.is_some_and(|s| s.is_racy(since));
+            stamped.push((rel, if racy { Stamp::UNVOUCHED } else { dir }, ignore));
         }
-        let mut sources = Vec::new();
-        for path in ignore_sources(&self.root) {
-            let stamp = Stamp::of_source(&path);
-            if stamp.is_some_and(|s| s.is_racy(since)) {
-                return;
+        let sources = match sources {
+            Some(held) => held,
+            None => {
+                let mut sources = Vec::new();
+                for path in ignore_sources(&self.root) {
+                    let stamp = Stamp::of_source(&path);
+                    if stamp.is_some_and(|s| s.is_racy(since)) {
+                        return;
+                    }
+                    sources.push((path.into_os_string().into_vec(), stamp));
+                }
+                sources
             }
-            sources.push((path.into_os_string().into_vec(), stamp));
-        }
+        };
         let kept = Kept {
             root: self.key.clone(),
             index,
@@ -396,14 +408,22 @@ fn rooted(root: &Path, path: &[u8]) -> PathBuf {
     }
 }
 
-/// Every directory git walked to list the tree (root-relative, `""` the root): those on the
-/// way to a listed file, and, found by reading those, each directory holding no listed file
-/// that git does not ignore (an empty one, or one of ignored files, where a new file would
-/// be listed); never a `.git`, and never below a nested repository. `None` when it cannot
-/// be told.
-fn walked_dirs(root: &Path, tracked: &[u8], others: &[u8]) -> Option<BTreeSet<Vec<u8>>> {
-    let mut dirs = BTreeSet::from([Vec::new()]);
+/// Every directory git walked to list the tree (root-relative, `""` the root) in and below
+/// `tops`: those on the way to a listed file, and, found by reading those, each directory
+/// holding no listed file that git does not ignore (an empty one, or one of ignored files,
+/// where a new file would be listed); never a `.git`, and never below a nested repository.
+/// `None` when it cannot be told.
+fn walked_dirs(
+    root: &Path,
+    tracked: &[u8],
+    others: &[u8],
+    tops: &[Vec<u8>],
+) -> Option<BTreeSet<Vec<u8>>> {
+    let mut dirs: BTreeSet<Vec<u8>> = tops.iter().cloned().collect();
     for path in tracked.split(|b| *b == 0).chain(others.split(|b| *b == 0)) {
+        if !tops.iter().any(|t| is_below(path, t)) {
+            continue;
+        }
         let mut end = path.len();
         while let Some(slash) = path[..end].iter().rposition(|b| *b == b'/') {
             if !dirs.insert(path[..slash].to_vec()) {
@@ -483,125 +503,14 @@ fn not_ignored(root: &Path, dirs: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
     )
 }
 
-/// A cache file's content (the listings borrowed from where they are).
-struct Kept<'a> {
-    root: Vec<u8>,
-    index: Stamp,
-    sources: Vec<(Vec<u8>, Option<Stamp>)>,
-    dirs: Vec<(Vec<u8>, Stamp, Option<Stamp>)>,
-    tracked: &'a [u8],
-    others: &'a [u8],
-}
+#[path = "listing_format.rs"]
+mod format;
+#[path = "listing_relist.rs"]
+mod relist;
 
-impl<'a> Kept<'a> {
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(MAGIC.to_vec());
-        w.bytes(&self.root);
-        w.stamp(Some(self.index));
-        w.u64(self.sources.len() as u64);
-        for (path, stamp) in &self.sources {
-            w.bytes(path);
-            w.stamp(*stamp);
-        }
-        w.u64(self.dirs.len() as u64);
-        for (rel, dir, ignore) in &self.dirs {
-            w.bytes(rel);
-            w.stamp(Some(*dir));
-            w.stamp(*ignore);
-        }
-        w.bytes(self.tracked);
-        w.bytes(self.others);
-        w.0
-    }
-
-    fn decode(bytes: &'a [u8]) -> Option<Kept<'a>> {
-        let mut r = Reader(bytes.strip_prefix(MAGIC)?);
-        let root = r.bytes()?.to_vec();
-        let index = r.stamp()??;
-        let mut sources = Vec::new();
-        for _ in 0..r.u64()? {
-            sources.push((r.bytes()?.to_vec(), r.stamp()?));
-        }
-        let mut dirs = Vec::new();
-        for _ in 0..r.u64()? {
-            dirs.push((r.bytes()?.to_vec(), r.stamp()??, r.stamp()?));
-        }
-        let tracked = r.bytes()?;
-        let others = r.bytes()?;
-        r.0.is_empty().then_some(Kept {
-            root,
-            index,
-            sources,
-            dirs,
-            tracked,
-            others,
-        })
-    }
-}
-
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.u64(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
-    fn stamp(&mut self, s: Option<Stamp>) {
-        match s {
-            None => self.0.push(0),
-            Some(s) => {
-                self.0.push(1);
-                for v in [s.dev, s.ino, s.size] {
-                    self.u64(v);
-                }
-                for (secs, nanos) in [s.mtime, s.ctime] {
-                    self.u64(secs as u64);
-                    self.u64(nanos as u64);
-                }
-            }
-        }
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn u64(&mut self) -> Option<u64> {
-        let (v, rest) = self.0.split_first_chunk::<8>()?;
-        self.0 = rest;
-        Some(u64::from_le_bytes(*v))
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = usize::try_from(self.u64()?).ok()?;
-        let (b, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(b)
-    }
-    /// `None` when damaged; `Some(None)` for a path that was not there.
-    fn stamp(&mut self) -> Option<Option<Stamp>> {
-        let (tag, rest) = self.0.split_first()?;
-        self.0 = rest;
-        match tag {
-            0 => Some(None),
-            1 => {
-                let (dev, ino, size) = (self.u64()?, self.u64()?, self.u64()?);
-                let mtime = (self.u64()? as i64, self.u64()? as i64);
-                let ctime = (self.u64()? as i64, self.u64()? as i64);
-                Some(Some(Stamp {
-                    dev,
-                    ino,
-                    size,
-                    mtime,
-                    ctime,
-                }))
-            }
-            _ => None,
-        }
-    }
-}
+use format::Kept;
+use relist::{is_below, Sources};
+pub(super) use relist::{Held, Verified};
 
 #[cfg(test)]
 #[path = "listing_cache_tests.rs"]

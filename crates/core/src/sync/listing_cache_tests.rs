@@ -72,27 +72,31 @@ impl Tree {
         c
     }
 
-    /// Lists the tree with git and keeps it, once nothing in it is recent enough to be
-    /// racy (the clock is waited for, not a guess).
-    fn keep(&self) {
+    /// Waits until nothing in the tree is recent enough to be racy (the clock is waited
+    /// for, not a guess).
+    fn settle(&self) {
         let mark = newest(self.root()) + Duration::from_millis(60);
         while SystemTime::now() < mark {
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Lists the tree with git and keeps it, once settled.
+    fn keep(&self) {
+        self.settle();
         let others = self.list_into(&self.open());
         let r = self.open().reuse().expect("kept");
-        assert_eq!(
-            r.others.verify().as_deref(),
-            Some(&others[..]),
-            "reused at once"
-        );
+        let Verified::Holds(kept) = r.others.verify() else {
+            panic!("not reused at once");
+        };
+        assert_eq!(kept[..], others[..], "reused at once");
     }
 
     /// Lists the tree with git now and has `c` keep it (if it will); the untracked listing.
     fn list_into(&self, c: &ListingCache) -> Vec<u8> {
         let tracked = git(self.root(), &["ls-files", "--cached", "-z"]);
         let others = self.others();
-        c.keep(&tracked, &others);
+        c.keep(&tracked, &others, None);
         others
     }
 
@@ -105,25 +109,44 @@ impl Tree {
     }
 
     /// What the cache offers now, checked against git: never a listing git would not give.
-    /// Returns (tracked reused, untracked reused).
+    /// Returns (tracked reused, untracked reused as kept).
     fn reused(&self) -> (bool, bool) {
+        let (tracked, relisted) = self.relisted();
+        (tracked, relisted.as_deref() == Some(&[][..]))
+    }
+
+    /// What the cache offers now, checked against git as [`Tree::reused`]: (tracked reused,
+    /// the directories listed again: none when the untracked listing holds as kept, `None`
+    /// when git lists the whole tree).
+    fn relisted(&self) -> (bool, Option<Vec<String>>) {
         let Some(r) = self.open().reuse() else {
-            return (false, false);
+            return (false, None);
         };
         assert_eq!(
             r.tracked[..],
             git(self.root(), &["ls-files", "--cached", "-z"])[..]
         );
-        let Some(others) = r.others.verify() else {
-            return (true, false);
+        let (others, dirs) = match r.others.verify() {
+            Verified::Holds(o) => (o.to_vec(), Vec::new()),
+            Verified::Stale(stale) => {
+                let dirs = stale
+                    .dirs()
+                    .iter()
+                    .map(|d| String::from_utf8_lossy(d).into_owned());
+                (
+                    stale.relist().expect("git lists the directories"),
+                    dirs.collect(),
+                )
+            }
+            Verified::Void => return (true, None),
         };
         let fresh = self.others();
         assert_eq!(
             String::from_utf8_lossy(&others),
             String::from_utf8_lossy(&fresh),
-            "a reused listing differs from git's"
+            "a reused listing differs from git's (directories listed again: {dirs:?})"
         );
-        (true, true)
+        (true, Some(dirs))
     }
 }
 
@@ -262,16 +285,26 @@ fn a_changed_index_lists_both_again() {
 }
 
 #[test]
-fn a_tree_changed_just_before_the_listing_is_not_kept() {
+fn a_directory_changed_just_before_the_listing_is_kept_as_changed() {
     let t = Tree::new();
+    t.keep();
     t.write("src/new.txt", "x");
-    // No waiting: src changed within the racy window of this listing.
+    // No waiting: src changed within the racy window of this listing. It is listed again
+    // by every run (the rest of the listing stands) until a listing finds it settled.
     t.list_into(&t.open());
-    assert!(t.open().reuse().is_none());
+    assert_eq!(t.relisted(), (true, Some(vec!["src".to_string()])));
+    write_in_place(&t.root().join("src/new.txt"), b"y");
+    assert_eq!(t.relisted(), (true, Some(vec!["src".to_string()])));
+    t.keep();
+    assert_eq!(t.relisted(), (true, Some(Vec::new())));
+    // The root too: then git lists the whole tree, the tracked listing still reused.
+    t.write("new.txt", "x");
+    t.list_into(&t.open());
+    assert_eq!(t.relisted(), (true, None));
 }
 
 #[test]
-fn a_change_recent_on_a_filesystem_whose_clock_lags_is_not_kept() {
+fn a_change_recent_on_a_filesystem_whose_clock_lags_is_not_vouched_for() {
     let t = Tree::new();
     t.write("src/new.txt", "x");
     // Past the racy window by this machine's clock...
@@ -283,13 +316,11 @@ fn a_change_recent_on_a_filesystem_whose_clock_lags_is_not_kept() {
     let mut c = t.open();
     c.fs_now = |_| SystemTime::now().checked_sub(Duration::from_secs(1));
     t.list_into(&c);
-    assert!(
-        t.open().reuse().is_none(),
-        "kept though recent on the filesystem"
-    );
-    // The same listing on a filesystem whose clock agrees is kept.
+    // (Not kept at all while the repository's own config is as recent.)
+    assert!(!t.reused().1, "vouched for though recent on the filesystem");
+    // The same listing on a filesystem whose clock agrees is vouched for.
     t.list_into(&t.open());
-    assert!(t.open().reuse().is_some());
+    assert_eq!(t.reused(), (true, true));
 }
 
 #[test]
@@ -346,4 +377,147 @@ fn a_directory_whose_name_is_not_utf8_is_stamped_too() {
     assert_eq!(t.reused(), (true, true));
     std::fs::write(dir.join("b.txt"), "x").unwrap();
     assert_eq!(t.reused(), (true, false));
+}
+
+#[test]
+fn a_change_below_the_root_lists_only_its_directories_again_as_git_would() {
+    type Relisted = (&'static str, fn(&Tree), &'static [&'static str]);
+    let cases: [Relisted; 8] = [
+        (
+            "a file made in a directory",
+            |t| t.write("src/new.txt", "x"),
+            &["src"],
+        ),
+        (
+            "an untracked file saved by rename",
+            |t| {
+                t.write("src/notes.txt.tmp", "x");
+                std::fs::rename(
+                    t.root().join("src/notes.txt.tmp"),
+                    t.root().join("src/notes.txt"),
+                )
+                .unwrap();
+            },
+            &["src"],
+        ),
+        (
+            "a tracked file saved by rename",
+            |t| {
+                t.write("src/.lib.txt.swp", "y");
+                std::fs::rename(
+                    t.root().join("src/.lib.txt.swp"),
+                    t.root().join("src/lib.txt"),
+                )
+                .unwrap();
+            },
+            &["src"],
+        ),
+        (
+            "a new directory in a directory",
+            |t| t.write("src/deep/er/a.txt", "x"),
+            &["src"],
+        ),
+        (
+            "a directory removed",
+            |t| std::fs::remove_dir_all(t.root().join("src/sub")).unwrap(),
+            &["src"],
+        ),
+        (
+            "a .gitignore edited in place",
+            |t| write_in_place(&t.root().join("src/sub/.gitignore"), b"*.md\n"),
+            &["src/sub"],
+        ),
+        (
+            "names that read as patterns",
+            |t| t.write("[ab]*?/:(glob)x/new.txt", "x"),
+            &["[ab]*?/:(glob)x"],
+        ),
+        (
+            "two directories, one below another",
+            |t| {
+                t.write("src/new.txt", "x");
+                t.write("src/sub/new.txt", "x");
+                t.write("other/new.txt", "x");
+            },
+            &["other", "src"],
+        ),
+    ];
+    for (what, change, dirs) in cases {
+        let t = Tree::new();
+        t.write("src/sub/.gitignore", "*.txt\n");
+        t.write("src/sub/a.txt", "ignored\n");
+        t.write("src/sub/b.md", "listed\n");
+        t.write("src/left.txt", "untracked\n");
+        t.write("other/keep.txt", "untracked\n");
+        t.write("[ab]*?/:(glob)x/old.txt", "untracked\n");
+        t.write("[ab]*?/:(glob)y/old.txt", "untracked\n");
+        t.keep();
+        change(&t);
+        let (tracked, relisted) = t.relisted();
+        let mut want: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
+        want.sort();
+        let got = relisted.map(|mut d| {
+            d.sort();
+            d
+        });
+        assert_eq!((tracked, got), (true, Some(want)), "{what}");
+    }
+    // The root's own entries: the whole tree is listed again.
+    let t = Tree::new();
+    t.keep();
+    t.write("new.txt", "x");
+    assert_eq!(t.relisted(), (true, None));
+}
+
+#[test]
+fn a_manifest_built_over_a_changed_directory_is_the_tree_as_it_is_and_keeps_the_rest() {
+    let t = Tree::new();
+    t.write("src/deep/old.txt", "untracked\n");
+    t.write("other/keep.txt", "untracked\n");
+    // Walked, though no listed file is there: a new one would be.
+    t.write("logs/x.log", "ignored\n");
+    t.write("src/deep/er/x.log", "ignored\n");
+    // The builds keep their own cache (their racy window is two seconds, the tests' 50 ms).
+    let builds = tempfile::tempdir().unwrap();
+    let opts = crate::sync::SyncOptions {
+        listing_cache: Some(builds.path().to_path_buf()),
+        ..Default::default()
+    };
+    let build = |opts: &crate::sync::SyncOptions| {
+        let m = crate::sync::SyncManifest::build(t.root(), opts).unwrap();
+        m.entries.iter().map(|e| e.path.clone()).collect::<Vec<_>>()
+    };
+    t.keep();
+    build(&opts);
+    t.write("src/deep/new.txt", "x");
+    std::fs::remove_file(t.root().join("src/deep/old.txt")).unwrap();
+    // Listed again under src/deep only (the builds' cache: the root too is recent to it).
+    assert_eq!(t.relisted(), (true, Some(vec!["src/deep".to_string()])));
+    let relisted = build(&opts);
+    assert_eq!(relisted, build(&Default::default()));
+    assert!(relisted.contains(&"src/deep/new.txt".to_string()));
+    assert!(!relisted.contains(&"src/deep/old.txt".to_string()));
+    // A relisted listing kept with what the kept one held (the ignore sources, the walked
+    // directories outside src/deep) holds as it is once settled.
+    t.settle();
+    let Verified::Stale(stale) = t.open().reuse().unwrap().others.verify() else {
+        panic!("src/deep is still as kept before");
+    };
+    let relisted = stale.relist().unwrap();
+    let tracked = git(t.root(), &["ls-files", "--cached", "-z"]);
+    t.open().keep(&tracked, &relisted, Some(stale.into_held()));
+    assert_eq!(t.relisted(), (true, Some(Vec::new())));
+    t.write("other/new.txt", "x");
+    t.write("logs/a.txt", "x");
+    t.write("src/deep/er/a.txt", "x");
+    let (tracked, dirs) = t.relisted();
+    let mut dirs = dirs.unwrap();
+    dirs.sort();
+    assert_eq!(
+        (tracked, dirs),
+        (
+            true,
+            vec!["logs".into(), "other".into(), "src/deep/er".into()]
+        )
+    );
 }
