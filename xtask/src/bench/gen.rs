@@ -48,6 +48,18 @@ impl Repo {
         }
     }
 
+    /// Changes the same source file as [`Repo::edit`], saved as many editors and formatters
+    /// save: a new file written beside it, then renamed over it (its directory changes).
+    pub fn edit_by_rename(&self, round: usize) -> Result {
+        let target = self.root.join(&self.edit_target);
+        let mut text = std::fs::read(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+        text.extend_from_slice(format!("// bench edit saved by rename {round}\n").as_bytes());
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = target.with_file_name(format!(".{name}.swp"));
+        std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &target).map_err(|e| format!("{}: {e}", target.display()))
+    }
+
     /// Changes one source file (a line appended), as an edit between two runs would.
     pub fn edit(&self, round: usize) -> Result {
         use std::io::Write;

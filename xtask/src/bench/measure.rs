@@ -64,6 +64,9 @@ pub struct Samples {
     /// it: what the edit's sync costs the whole run, the local stat pass included (`syncMs`
     /// starts once the box is reached, and the stat pass starts before).
     pub warm_edit_overhead_ms: Vec<f64>,
+    /// `syncMs` of a warm sync after the same edit saved by rename (its directory changes,
+    /// so git lists it again).
+    pub warm_rename_sync_ms: Vec<f64>,
     /// Wall time of `run --id L -- true` and `run --id L --no-sync -- true`, no change.
     pub nochange_wall_ms: Vec<f64>,
     pub nosync_wall_ms: Vec<f64>,
@@ -324,6 +327,25 @@ impl Provider<'_> {
                 s.nochange_overhead_ms.len()
             ),
         );
+        // The same edit saved by rename, as many editors and formatters save (after the
+        // unchanged runs: those measure a tree whose last change has settled).
+        for round in 0..rounds {
+            repo.edit_by_rename(round)?;
+            settle();
+            let t = self.crabbox.timed(&["--id", &lease, "--", "true"])?;
+            progress(
+                self,
+                repo,
+                &format!(
+                    "round {}/{rounds}: warm sync after an edit saved by rename {:.0} ms, {} \
+                     files sent",
+                    round + 1,
+                    t.ms("syncMs"),
+                    t.sync("sentFiles"),
+                ),
+            );
+            s.warm_rename_sync_ms.push(t.ms("syncMs"));
+        }
         self.crabbox.stop(&lease)?;
         Ok(s)
     }

@@ -60,6 +60,8 @@ pub fn figures(s: &Samples, targets: &Targets) -> Vec<Figure> {
     let (with, without) = (median(&s.nochange_wall_ms), median(&s.nosync_wall_ms));
     let overhead = median(&s.nochange_overhead_ms);
     let edit_overhead = median(&s.warm_edit_overhead_ms);
+    let renamed = median(&s.warm_rename_sync_ms);
+    let renamed_pct = renamed / full_sync * 100.0;
     let ratio = full_wall / base;
     let pct = warm / full_sync * 100.0;
     let edit_wall_pct = edit_overhead / full_wall * 100.0;
@@ -86,6 +88,14 @@ pub fn figures(s: &Samples, targets: &Targets) -> Vec<Figure> {
             value: edit_wall_pct,
             unit: "%",
             shown: format!("{edit_wall_pct:.1}% ({edit_overhead:.0} / {full_wall:.0} ms)"),
+            target: None,
+        },
+        Figure {
+            id: "warm_rename_vs_full_sync",
+            label: "  the same edit saved by rename",
+            value: renamed_pct,
+            unit: "%",
+            shown: format!("{renamed_pct:.1}% ({renamed:.0} / {full_sync:.0} ms)"),
             target: None,
         },
         Figure {
@@ -194,6 +204,7 @@ pub fn medians(s: &Samples) -> serde_json::Value {
         "warmEditSyncMs": m(s.warm_edit_sync_ms.clone()),
         "warmEditSentFiles": m(s.warm_edit_sent_files.clone()),
         "warmEditOverheadMs": m(s.warm_edit_overhead_ms.clone()),
+        "warmRenameSyncMs": m(s.warm_rename_sync_ms.clone()),
         "noChangeWallMs": m(s.nochange_wall_ms.clone()),
         "noSyncWallMs": m(s.nosync_wall_ms.clone()),
         "noChangeOverheadMs": m(s.nochange_overhead_ms.clone()),

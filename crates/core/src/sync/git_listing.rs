@@ -26,19 +26,36 @@ enum Listing {
     Unverified(Unverified),
 }
 
+/// Whether a listing is kept for the next run, and how.
+enum Keep {
+    /// Not: reused as kept, or listed again with nothing to keep that the kept one lacks.
+    Not,
+    /// Listed whole: kept walking the whole tree.
+    Anew,
+    /// Listed again in a few directories: kept walking only those.
+    With(Held),
+}
+
 impl Listing {
     /// What it listed (`None` when git will not read a work tree here), whether git listed
-    /// (some of) it now, and what a listing kept again takes from the kept one.
-    fn output(self, root: &Path) -> Result<(Option<ListingBytes>, bool, Option<Held>)> {
+    /// (some of) it now, and how it is to be kept.
+    fn output(self, root: &Path) -> Result<(Option<ListingBytes>, bool, Keep)> {
         let running = match self {
-            Listing::Kept(bytes) => return Ok((Some(bytes), false, None)),
+            Listing::Kept(bytes) => return Ok((Some(bytes), false, Keep::Not)),
             Listing::Unverified(kept) => match kept.verify() {
-                Verified::Holds(bytes) => return Ok((Some(bytes), false, None)),
+                Verified::Holds(bytes) => return Ok((Some(bytes), false, Keep::Not)),
                 // Only the changed directories are listed again (git walks them alone).
                 Verified::Stale(stale) => match stale.relist() {
                     Some(listed) => {
-                        let held = Some(stale.into_held());
-                        return Ok((Some(ListingBytes::Listed(listed)), true, held));
+                        // Changed so lately that they cannot be vouched for yet, and listing
+                        // the same: keeping them again would change nothing (an edit saved by
+                        // rename, run after run).
+                        let keep = if stale.settling_as_kept(&listed) {
+                            Keep::Not
+                        } else {
+                            Keep::With(stale.into_held())
+                        };
+                        return Ok((Some(ListingBytes::Listed(listed)), true, keep));
                     }
                     None => ls_files(root, OTHERS)
                         .map_err(Error::io("running git ls-files in", root))?,
@@ -50,7 +67,7 @@ impl Listing {
             Listing::Running(child) => child,
         };
         let listed = git_output(root, running.wait_with_output())?;
-        Ok((listed.map(ListingBytes::Listed), true, None))
+        Ok((listed.map(ListingBytes::Listed), true, Keep::Anew))
     }
 
     fn stop(self) {
@@ -115,7 +132,7 @@ impl GitListing {
         let (joined, untracked) = std::thread::scope(|scope| {
             let tracked = stat_spawn(scope, root, &tracked_bytes, filters, &mut entries);
             let listed = others.output(root);
-            let untracked = listed.and_then(|(o, others_fresh, held)| {
+            let untracked = listed.and_then(|(o, others_fresh, keep)| {
                 let o = o.ok_or_else(|| {
                     Error::Sync(format!(
                         "git ls-files --others failed in {} after --cached worked",
@@ -126,8 +143,13 @@ impl GitListing {
                 // moved between them (a file `git add`ed meanwhile would be in neither).
                 mixed = !tracked_fresh && others_fresh;
                 // Kept for the next run while the tracked files are read.
-                let fresh = tracked_fresh || others_fresh;
-                let keeping = cache.as_ref().filter(|_| fresh).map(|c| {
+                let keep = match keep {
+                    _ if tracked_fresh => Some(None),
+                    Keep::Not => None,
+                    Keep::Anew => Some(None),
+                    Keep::With(held) => Some(Some(held)),
+                };
+                let keeping = cache.as_ref().zip(keep).map(|(c, held)| {
                     // The tracked listing outlives the scope; the untracked one is copied.
                     let (tracked, others) = (&tracked_bytes[..], o.to_vec());
                     scope.spawn(move || c.keep(tracked, &others, held))

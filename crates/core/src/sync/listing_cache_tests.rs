@@ -521,3 +521,28 @@ fn a_manifest_built_over_a_changed_directory_is_the_tree_as_it_is_and_keeps_the_
         )
     );
 }
+
+#[test]
+fn a_directory_still_settling_that_lists_the_same_is_not_kept_again() {
+    let t = Tree::new();
+    t.keep();
+    let stale = |t: &Tree| match t.open().reuse().unwrap().others.verify() {
+        Verified::Stale(stale) => stale,
+        _ => panic!("src changed"),
+    };
+    // A tracked file saved by rename: src lists the same, and changed just now.
+    t.write("src/.lib.txt.swp", "y");
+    std::fs::rename(
+        t.root().join("src/.lib.txt.swp"),
+        t.root().join("src/lib.txt"),
+    )
+    .unwrap();
+    let s = stale(&t);
+    let relisted = s.relist().unwrap();
+    assert!(s.settling_as_kept(&relisted));
+    // A new untracked file there lists differently: kept again.
+    t.write("src/new.txt", "x");
+    let s = stale(&t);
+    let relisted = s.relist().unwrap();
+    assert!(!s.settling_as_kept(&relisted));
+}

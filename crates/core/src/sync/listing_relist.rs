@@ -48,6 +48,24 @@ pub(in crate::sync) struct Stale {
 }
 
 impl Stale {
+    /// `relisted` (from [`Stale::relist`]) is the kept listing, and every changed directory
+    /// changed within the racy window of now (so a listing kept now could not vouch for it
+    /// either).
+    pub(in crate::sync) fn settling_as_kept(&self, relisted: &[u8]) -> bool {
+        let recent = std::time::SystemTime::now()
+            .checked_sub(super::RACY)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| (d.as_secs() as i64, i64::from(d.subsec_nanos())));
+        let Some(since) = recent else {
+            return false;
+        };
+        relisted == &self.others[..]
+            && self.dirs.iter().all(|d| {
+                let at = self.root.join(std::ffi::OsStr::from_bytes(d));
+                Stamp::of(&at).is_some_and(|s| s.is_racy(since))
+            })
+    }
+
     /// What a listing kept again takes from this one.
     pub(in crate::sync) fn into_held(self) -> Held {
         let dirs = &self.dirs;
