@@ -420,13 +420,20 @@ fn walked_dirs(
     tops: &[Vec<u8>],
 ) -> Option<BTreeSet<Vec<u8>>> {
     let mut dirs: BTreeSet<Vec<u8>> = tops.iter().cloned().collect();
+    // On the way to a listed file (not a nested repository, listed as `dir/`): git walks
+    // these whatever they hold.
+    let mut holding: BTreeSet<Vec<u8>> = BTreeSet::new();
     for path in tracked.split(|b| *b == 0).chain(others.split(|b| *b == 0)) {
         if !tops.iter().any(|t| is_below(path, t)) {
             continue;
         }
+        let file = !path.ends_with(b"/");
         let mut end = path.len();
         while let Some(slash) = path[..end].iter().rposition(|b| *b == b'/') {
-            if !dirs.insert(path[..slash].to_vec()) {
+            let dir = &path[..slash];
+            let new_dir = dirs.insert(dir.to_vec());
+            let new_holding = file && holding.insert(dir.to_vec());
+            if !new_dir && !new_holding {
                 break;
             }
             end = slash;
@@ -437,7 +444,9 @@ fn walked_dirs(
         let mut unlisted = Vec::new();
         for rel in &level {
             let at = root.join(std::ffi::OsStr::from_bytes(rel));
-            if !rel.is_empty() && at.join(".git").exists() {
+            // A repository of its own that git does not walk into (one holding a tracked or
+            // listed file, or whose `.git` is not plainly a repository, git does walk).
+            if !rel.is_empty() && !holding.contains(rel) && is_repository(&at) {
                 continue;
             }
             let entries = std::fs::read_dir(&at).ok()?;
@@ -462,6 +471,14 @@ fn walked_dirs(
         level = kept;
     }
     Some(dirs)
+}
+
+/// `dir` holds a `.git` directory that is plainly a repository (`HEAD`, `objects`, `refs`).
+fn is_repository(dir: &Path) -> bool {
+    let git = dir.join(".git");
+    ["HEAD", "objects", "refs"]
+        .iter()
+        .all(|p| std::fs::symlink_metadata(git.join(p)).is_ok())
 }
 
 /// The directories of `dirs` git does not ignore (`git check-ignore`, one process).

@@ -546,3 +546,41 @@ fn a_directory_still_settling_that_lists_the_same_is_not_kept_again() {
     let relisted = s.relist().unwrap();
     assert!(!s.settling_as_kept(&relisted));
 }
+
+#[test]
+fn directories_holding_a_git_of_their_own_are_walked_as_git_walks_them() {
+    // A tracked directory that holds a repository of its own: git walks it (it has tracked
+    // files), though given one pathspec below it, it lists nothing there.
+    let t = Tree::new();
+    t.write("T/a.txt", "tracked\n");
+    git(t.root(), &["add", "T/a.txt"]);
+    git(&t.root().join("T"), &["init", "-q"]);
+    t.write("T/e/new2.txt", "x");
+    std::fs::create_dir_all(t.root().join("T/h")).unwrap();
+    t.keep();
+    t.write("T/e/x.txt", "y");
+    assert_eq!(
+        t.relisted(),
+        (true, None),
+        "a change below T lists the tree"
+    );
+    t.keep();
+    t.write("T/h/new.txt", "x");
+    assert_eq!(
+        t.reused(),
+        (true, false),
+        "an empty directory in T is stamped"
+    );
+    // An untracked directory whose `.git` is no repository: git walks it.
+    let t = Tree::new();
+    t.write("E/b.txt", "x");
+    std::fs::create_dir_all(t.root().join("E/.git")).unwrap();
+    std::fs::create_dir_all(t.root().join("E/empty")).unwrap();
+    t.keep();
+    t.write("E/empty/new.txt", "x");
+    assert_eq!(
+        t.reused(),
+        (true, false),
+        "an empty directory in E is stamped"
+    );
+}

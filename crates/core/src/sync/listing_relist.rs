@@ -149,6 +149,11 @@ impl Unverified {
             if rel.is_empty() || changed.len() == 4 * RELIST_AT_MOST {
                 return Verified::Void;
             }
+            // Below (or at) a directory holding a `.git` of its own, git given the one
+            // pathspec may list nothing where a whole listing lists files: git lists the tree.
+            if below_a_git(&self.root, rel) {
+                return Verified::Void;
+            }
             changed.push(rel);
         }
         if changed.is_empty() {
@@ -173,6 +178,15 @@ impl Unverified {
             dirs,
         })
     }
+}
+
+/// `rel` (a directory below the root) or a directory on the way to it holds a `.git`.
+fn below_a_git(root: &Path, rel: &[u8]) -> bool {
+    let mut at = root.to_path_buf();
+    rel.split(|b| *b == b'/').any(|part| {
+        at.push(std::ffi::OsStr::from_bytes(part));
+        std::fs::symlink_metadata(at.join(".git")).is_ok()
+    })
 }
 
 /// `path` is below directory `dir` (root-relative; everything but the root is below `""`).
