@@ -142,9 +142,9 @@ impl GitListing {
                 // A reused tracked listing beside a fresh untracked one: the index must not have
                 // moved between them (a file `git add`ed meanwhile would be in neither).
                 mixed = !tracked_fresh && others_fresh;
-                // Kept for the next run while the tracked files are read.
+                // Kept for the next run while the tracked files are read (a fresh tracked
+                // listing comes with a fresh untracked one: nothing was reused).
                 let keep = match keep {
-                    _ if tracked_fresh => Some(None),
                     Keep::Not => None,
                     Keep::Anew => Some(None),
                     Keep::With(held) => Some(Some(held)),

@@ -230,13 +230,7 @@ impl ListingCache {
             return;
         };
         let lag = SystemTime::now().duration_since(fs_now).unwrap_or_default();
-        let since = self
-            .started
-            .checked_sub(self.racy + lag)
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or((0, 0), |d| {
-                (d.as_secs() as i64, i64::from(d.subsec_nanos()))
-            });
+        let since = racy_since(self.started, self.racy + lag).unwrap_or((0, 0));
         let (dirs, sources) = match held {
             Some(h) => {
                 let Some(mut dirs) = walked_dirs(&self.root, tracked, others, &h.changed) else {
@@ -286,6 +280,15 @@ impl ListingCache {
         // Replaced whole (a unique temporary file, renamed), so a reader never sees half.
         let _ = crate::paths::write_atomic(&self.file, &kept.encode());
     }
+}
+
+/// `window` before `t`, as a stamp's time: what changed at or after it is racy.
+fn racy_since(t: SystemTime, window: Duration) -> Option<(i64, i64)> {
+    let d = t
+        .checked_sub(window)?
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?;
+    Some((d.as_secs() as i64, i64::from(d.subsec_nanos())))
 }
 
 /// The time on the filesystem of `dir`, as it stamps a file made there now.

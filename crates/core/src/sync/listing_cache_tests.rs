@@ -92,6 +92,13 @@ impl Tree {
         assert_eq!(kept[..], others[..], "reused at once");
     }
 
+    /// Saves `text` as `rel` the way many editors do: written beside it, renamed over it.
+    fn save_by_rename(&self, rel: &str, text: &str) {
+        let tmp = format!("{rel}.swp");
+        self.write(&tmp, text);
+        std::fs::rename(self.root().join(tmp), self.root().join(rel)).unwrap();
+    }
+
     /// Lists the tree with git now and has `c` keep it (if it will); the untracked listing.
     fn list_into(&self, c: &ListingCache) -> Vec<u8> {
         let tracked = git(self.root(), &["ls-files", "--cached", "-z"]);
@@ -390,26 +397,12 @@ fn a_change_below_the_root_lists_only_its_directories_again_as_git_would() {
         ),
         (
             "an untracked file saved by rename",
-            |t| {
-                t.write("src/notes.txt.tmp", "x");
-                std::fs::rename(
-                    t.root().join("src/notes.txt.tmp"),
-                    t.root().join("src/notes.txt"),
-                )
-                .unwrap();
-            },
+            |t| t.save_by_rename("src/notes.txt", "x"),
             &["src"],
         ),
         (
             "a tracked file saved by rename",
-            |t| {
-                t.write("src/.lib.txt.swp", "y");
-                std::fs::rename(
-                    t.root().join("src/.lib.txt.swp"),
-                    t.root().join("src/lib.txt"),
-                )
-                .unwrap();
-            },
+            |t| t.save_by_rename("src/lib.txt", "y"),
             &["src"],
         ),
         (
@@ -531,12 +524,7 @@ fn a_directory_still_settling_that_lists_the_same_is_not_kept_again() {
         _ => panic!("src changed"),
     };
     // A tracked file saved by rename: src lists the same, and changed just now.
-    t.write("src/.lib.txt.swp", "y");
-    std::fs::rename(
-        t.root().join("src/.lib.txt.swp"),
-        t.root().join("src/lib.txt"),
-    )
-    .unwrap();
+    t.save_by_rename("src/lib.txt", "y");
     let s = stale(&t);
     let relisted = s.relist().unwrap();
     assert!(s.settling_as_kept(&relisted));

@@ -52,11 +52,7 @@ impl Stale {
     /// changed within the racy window of now (so a listing kept now could not vouch for it
     /// either).
     pub(in crate::sync) fn settling_as_kept(&self, relisted: &[u8]) -> bool {
-        let recent = std::time::SystemTime::now()
-            .checked_sub(super::RACY)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| (d.as_secs() as i64, i64::from(d.subsec_nanos())));
-        let Some(since) = recent else {
+        let Some(since) = super::racy_since(std::time::SystemTime::now(), super::RACY) else {
             return false;
         };
         relisted == &self.others[..]
