@@ -547,6 +547,90 @@ fn a_sync_claimed_by_another_gone_or_asked_of_another_watcher_is_left_alone() {
     std::fs::remove_file(&other.paths[0]).unwrap();
 }
 
+/// Watcher processes stopped (SIGSTOP) until dropped: requests made meanwhile all reach the
+/// watcher in one read.
+struct Paused(Vec<String>);
+
+impl Paused {
+    /// Stops every process whose arguments name `ctl` (the watcher of that control directory).
+    fn watcher(ctl: &str) -> Self {
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            if cmdline.split(|b| *b == 0).any(|a| a == ctl.as_bytes()) {
+                pids.push(pid);
+            }
+        }
+        assert!(!pids.is_empty(), "no watcher of {ctl} found");
+        let paused = Paused(pids);
+        paused.signal("-STOP");
+        paused
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .args(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig} {:?}", self.0);
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-CONT").args(&self.0).status();
+    }
+}
+
+#[test]
+fn requests_are_taken_in_the_order_they_were_made() {
+    use crabbox_core::sync::Codec;
+    assert!(python3(), "python3 is needed to test the tree watcher");
+    let t = Tree::new();
+    let id = t.scan(W);
+    let ctl = PathBuf::from(t.ctl());
+    let s = stage_sync(
+        &t,
+        &[("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)],
+        &[],
+        None,
+        Codec::Stored,
+    );
+    // An apply, then a question, both read by the watcher at once: the question is answered
+    // after the apply, so whoever asked sees the tree as applied.
+    let paused = Paused::watcher(&t.ctl());
+    std::fs::write(ctl.join(format!("a-{}-{W}", s.spec)), b"").unwrap();
+    let nonce = "0badc0ffee";
+    std::fs::create_dir(ctl.join(format!("p-{nonce}"))).unwrap();
+    drop(paused);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let state = std::fs::read(ctl.join("state")).unwrap_or_default();
+        if answered(&state, nonce) {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "the question went unanswered");
+        std::thread::yield_now();
+    };
+    assert_eq!(
+        watcher_answer(&state, &id, nonce),
+        Some(true),
+        "nothing else changed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(t.wd().join("src/b.rs")).unwrap(),
+        "edited\n",
+        "the apply made before the question was taken before it"
+    );
+}
+
 #[test]
 fn a_watcher_that_loses_track_after_applying_still_answers_the_apply() {
     use crabbox_core::sync::Codec;

@@ -29,13 +29,15 @@
 # The upload, ops and record are removed before the answer, the staging directory after it.
 # With `u`, a watcher that saw any change since it last answered applies nothing, claims
 # nothing and forgets nothing: `A~`, then the paths that changed, as for `p-`.
-# Events are read in the order the kernel queued them, so when the request is read every change
-# made before it was is already counted (a path whose entries change counts, and so does its
-# directory, whose times change with them). `lost` means the watcher can no longer tell (queue
-# overflow, a watched directory removed, moved or replaced, a listed directory made or removed,
-# the record touched, the workdir itself removed or moved): only a full scan can; it is said at
-# once (repeating the last answer's nonce and apply field) and the watcher ends. CTL/ready holds ID once the watches are in place
-# (`-` if they cannot be). The removal of CTL (a newer watcher's scan remakes it) ends this one.
+# Requests are taken one at a time in the order they were made (an apply is answered before a
+# question made after it). Events are read in the order the kernel queued them, so when a
+# request is taken every change made before it was is already counted (a path whose entries
+# change counts, and so does its directory, whose times change with them). `lost` means the
+# watcher can no longer tell (queue overflow, a watched directory removed, moved or replaced, a
+# listed directory made or removed, the record touched, the workdir itself removed or moved):
+# only a full scan can; it is said at once (repeating the last answer's nonce and apply field)
+# and the watcher ends. CTL/ready holds ID once the watches are in place (`-` if they cannot
+# be). The removal of CTL (a newer watcher's scan remakes it) ends this one.
 import ctypes
 import os
 import select
@@ -179,23 +181,13 @@ def main(ctl, workdir, dirs_file, ident, record):
                     lost = True
                     gone[0] = True
                     return
-                if name.startswith(b"a-"):
-                    # A file, the last part of the upload it applies (envd writes the parts of
-                    # one upload in order, so the rest is whole by now); a directory from an
-                    # older crabbox. Applied once every event queued before it is counted (see
-                    # the loop).
+                # Every request is taken in the order made (the loop), once every event queued
+                # before it is counted. `a-`: a file, the last part of the upload it applies
+                # (envd writes the parts of one upload in order, so the rest is whole by now);
+                # a directory from an older crabbox.
+                if name.startswith(b"a-") or (
+                        mask & IN_ISDIR and name.startswith((b"p-", b"r-"))):
                     pending.append(name)
-                    continue
-                if not mask & IN_ISDIR:
-                    continue
-                if name.startswith((b"p-", b"r-")):
-                    # `r-`: the changes are answered with what those paths are now, and counting
-                    # starts again from here.
-                    reset = name.startswith(b"r-")
-                    answer(name[2:], entries=reset)
-                    if reset:
-                        changed.clear()
-                    done_with(name)
             elif w == parent_watch:
                 # The workdir's own times and mode do not matter; its going does, and any
                 # touch of the record (but this watcher's own storing of it, checked after).
@@ -261,6 +253,15 @@ def main(ctl, workdir, dirs_file, ident, record):
             drain()
             if lost:
                 break
+            if not name.startswith(b"a-"):
+                # `r-`: the changes are answered with what those paths are now, and counting
+                # starts again from here.
+                reset = name.startswith(b"r-")
+                answer(name[2:], entries=reset)
+                if reset:
+                    changed.clear()
+                done_with(name)
+                continue
             own_record[:] = [None, False]
             tag, _, rest = name[2:].partition(b"-")
             flags, _, to = rest.partition(b"-")
