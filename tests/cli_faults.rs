@@ -46,9 +46,9 @@ fn status_after(code: u16, secs: u64) -> Value {
     json!({"status": {"status": code, "retryAfter": secs}})
 }
 
-/// Longer than the control timeout the tests configure (1 s).
+/// Longer than the control timeout the tests configure (2 s).
 fn stall() -> Value {
-    json!({"stall": {"ms": 1500}})
+    json!({"stall": {"ms": 2500}})
 }
 
 const CREATE: (&str, &str, &str) = ("control", "POST", "/v2/sandboxes");
@@ -321,7 +321,9 @@ fn cases() -> Vec<Case> {
 
 fn fast(sb: Sandbox) -> Sandbox {
     sb.with_env("CRABBOX_PROVIDER", "e2b")
-        .with_env("CRABBOX_E2B_CONTROL_TIMEOUT", "1s")
+        // Short, so that stalls cost little, yet room for a loaded machine's sandbox start
+        // (every control call has it, create included).
+        .with_env("CRABBOX_E2B_CONTROL_TIMEOUT", "2s")
         .with_env("CRABBOX_E2B_RETRY_MAX_WAIT", "100ms")
 }
 

@@ -320,9 +320,10 @@ fn second_ctrl_c_exits_at_once() {
     let t = Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(child.wait().unwrap().code(), Some(130));
-    // The first Ctrl-C's cleanup waits out a 3 s grace for this command; the second skips it.
+    // The first Ctrl-C's cleanup waits out a 3 s grace for this command; the second skips it
+    // (the bound leaves a loaded machine room, and is still well short of the grace).
     assert!(
-        t.elapsed() < Duration::from_millis(1500),
+        t.elapsed() < Duration::from_millis(2500),
         "second Ctrl-C took {:?}",
         t.elapsed()
     );

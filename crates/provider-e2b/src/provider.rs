@@ -34,6 +34,8 @@ pub struct E2bProvider {
     pub(crate) control: ControlPlane,
     /// What scans read of sandboxes' trees, when a state directory was given.
     scans: Option<ScanCache>,
+    /// How long a tree's watcher is given to answer.
+    watcher_patience: Duration,
     pub(crate) http: reqwest::Client,
     /// The API URL: the claims' endpoint scope.
     pub(crate) endpoint: String,
@@ -119,6 +121,7 @@ impl E2bProvider {
         Ok(E2bProvider {
             control,
             scans: None,
+            watcher_patience: crate::remote_sync::WATCHER_PATIENCE,
             http,
             endpoint: endpoints.api_url,
             domain: endpoints.domain,
@@ -150,6 +153,13 @@ impl E2bProvider {
     /// Keeps what scans read of sandboxes' trees under `dir` (see [`ScanCache`]).
     pub fn with_scan_cache(mut self, dir: std::path::PathBuf) -> Self {
         self.scans = Some(ScanCache::new(dir));
+        self
+    }
+
+    /// How long a tree's watcher is given to answer (see [`E2bSession::with_watcher_patience`]);
+    /// tests on a loaded machine give it longer, so that which path a sync took is not a race.
+    pub fn with_watcher_patience(mut self, patience: Duration) -> Self {
+        self.watcher_patience = patience;
         self
     }
 
@@ -211,6 +221,7 @@ impl E2bProvider {
             self.control.clone(),
         )
         .with_scan_cache(self.scans.clone())
+        .with_watcher_patience(self.watcher_patience)
     }
 
     /// Checks that `detail` is the sandbox `target` names: this lease's for a claimed box,

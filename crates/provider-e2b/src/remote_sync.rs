@@ -85,6 +85,8 @@ pub struct Watcher<'a> {
     /// Only if it saw nothing change since it last answered (the sync was planned from the
     /// tree it vouched for then).
     pub if_unchanged: bool,
+    /// How long it is given to answer (past it, the scripts apply the sync).
+    pub patience: Duration,
 }
 
 /// Syncs of at most this many bytes on the wire may be applied by the tree's watcher.
@@ -200,7 +202,7 @@ pub async fn apply(
             // Planned for the tree the watcher vouched for, applied by the scripts: the watcher
             // is asked first whether it saw a change since (the scripts cannot tell).
             if let Some(w) = watcher.filter(|w| n == 0 && w.if_unchanged) {
-                if !watcher_saw_no_change(envd, &watch_dir(workdir), w.id).await {
+                if !watcher_saw_no_change(envd, &watch_dir(workdir), w.id, w.patience).await {
                     return Ok(Applied::TreeMoved);
                 }
             }
@@ -300,7 +302,7 @@ struct Asked<'a> {
 
 /// Has watcher `w` apply the sync `asked` names (`uploaded` with its request file), answered
 /// in its state file. A watcher that cannot answer (another watcher's, a lost one, none within
-/// [`WATCHER_PATIENCE`]) leaves it to the unpack and commit scripts (`envs`), which claim the
+/// its patience) leaves it to the unpack and commit scripts (`envs`), which claim the
 /// sync first; when the watcher claimed it already, its answer is awaited (for
 /// [`TAKEN_PATIENCE`] at most). Asked to apply only onto an unchanged tree, a watcher that saw a
 /// change, or that cannot answer, means [`Applied::TreeMoved`] (the scripts cannot tell). An
@@ -331,7 +333,7 @@ async fn apply_by_watcher(
         ok => ok,
     };
     let answer = match uploaded {
-        Ok(()) => await_answer(envd, &ctl, w.id, request, WATCHER_PATIENCE, false).await,
+        Ok(()) => await_answer(envd, &ctl, w.id, request, w.patience, false).await,
         Err(_) => None,
     };
     let state = match answer {
@@ -525,6 +527,7 @@ pub async fn scan(
     workdir: &str,
     checksum: bool,
     cache: Option<(&ScanCache, &str)>,
+    patience: Duration,
 ) -> Result<RemoteTree> {
     // One scan of this workdir at a time on this machine (see `ScanCache::lock`).
     let locked = match cache {
@@ -546,7 +549,7 @@ pub async fn scan(
             // What changed since is read afresh and laid over the kept listing; the note is
             // void meanwhile (the watcher forgets what it answers).
             c.forget_watch(sandbox, workdir);
-            if let Some(segment) = watcher_changes(envd, &ctl, &w.id).await {
+            if let Some(segment) = watcher_changes(envd, &ctl, &w.id, patience).await {
                 let mut out = b"W\0".to_vec();
                 if w.record.is_some() {
                     out.extend_from_slice(b"r\0");
@@ -595,6 +598,9 @@ pub async fn scan(
         envs.insert("CBX_WATCHER".into(), WATCHER.into());
         envs.insert("CBX_WATCH_CTL".into(), ctl);
         envs.insert("CBX_WATCH_ID".into(), new_watcher_id());
+        // Its start waited for in ticks of 5 ms: 2 s at least, longer with more patience.
+        let ticks = (patience.as_millis() / 5).max(400);
+        envs.insert("CBX_WATCH_WAIT_TICKS".into(), ticks.to_string());
     }
     let (code, out, err) = run_tracked(
         envd,
@@ -624,8 +630,9 @@ pub async fn scan(
 
 /// Watches a synced tree between scans (see the script's header).
 const WATCHER: &str = include_str!("scripts/sync_watch.py");
-/// How long a watcher is given to answer: past it, the tree is read whole.
-const WATCHER_PATIENCE: Duration = Duration::from_millis(250);
+/// How long a watcher is given to answer, unless the provider says otherwise: past it, the
+/// tree is read whole (or a sync left to the scripts).
+pub const WATCHER_PATIENCE: Duration = Duration::from_millis(250);
 
 /// The version of the watcher this crabbox starts, first in its id: a watcher started by an
 /// older crabbox (an id of hex digits alone, or an older version) is never asked to apply a
@@ -663,6 +670,7 @@ pub async fn unchanged_since(
     workdir: &str,
     state: &str,
     cache: Option<(&ScanCache, &str)>,
+    patience: Duration,
 ) -> bool {
     let Some((c, sandbox)) = cache else {
         return false;
@@ -675,15 +683,15 @@ pub async fn unchanged_since(
     let Some(w) = c.watched(sandbox, workdir) else {
         return false;
     };
-    w.state() == state && watcher_saw_no_change(envd, &watch_dir(workdir), &w.id).await
+    w.state() == state && watcher_saw_no_change(envd, &watch_dir(workdir), &w.id, patience).await
 }
 
 /// Asks watcher `id` (by making a request directory in `ctl`, which it sees after every
 /// change made before) whether it saw any change since it started (or last forgot). Anything
 /// but a clear "none" (another watcher, a lost one, no answer in time, a failed call) is false:
 /// the caller then reads the tree whole.
-pub async fn watcher_saw_no_change(envd: &Envd, ctl: &str, id: &str) -> bool {
-    ask_watcher(envd, ctl, id, "p")
+pub async fn watcher_saw_no_change(envd: &Envd, ctl: &str, id: &str, patience: Duration) -> bool {
+    ask_watcher(envd, ctl, id, "p", patience)
         .await
         .is_some_and(|(state, nonce)| watcher_answer(&state, id, &nonce) == Some(true))
 }
@@ -691,18 +699,29 @@ pub async fn watcher_saw_no_change(envd: &Envd, ctl: &str, id: &str) -> bool {
 /// Asks watcher `id` for what changed since it started (or last forgot), with those paths'
 /// entries now, and to forget it: a patch segment for the kept listing
 /// ([`crate::scan::apply_patch`]); `None` when it cannot say.
-pub async fn watcher_changes(envd: &Envd, ctl: &str, id: &str) -> Option<Vec<u8>> {
-    let (state, _) = ask_watcher(envd, ctl, id, "r").await?;
+pub async fn watcher_changes(
+    envd: &Envd,
+    ctl: &str,
+    id: &str,
+    patience: Duration,
+) -> Option<Vec<u8>> {
+    let (state, _) = ask_watcher(envd, ctl, id, "r", patience).await?;
     crate::scan::watcher_segment(&state)
 }
 
 /// Makes request `<kind>-<nonce>` of watcher `id` and reads its state file until it answered
 /// it: the state and the nonce; `None` when it never will (another watcher, a lost one, past
-/// [`WATCHER_PATIENCE`], a failed call).
-async fn ask_watcher(envd: &Envd, ctl: &str, id: &str, kind: &str) -> Option<(Vec<u8>, String)> {
+/// `patience`, a failed call).
+async fn ask_watcher(
+    envd: &Envd,
+    ctl: &str,
+    id: &str,
+    kind: &str,
+    patience: Duration,
+) -> Option<(Vec<u8>, String)> {
     let nonce = hex::encode(rand::random::<[u8; 8]>());
     make_request(envd, ctl, kind, &nonce).await?;
-    match await_answer(envd, ctl, id, &nonce, WATCHER_PATIENCE, false).await {
+    match await_answer(envd, ctl, id, &nonce, patience, false).await {
         Some(state) if keeps_count(&state, id) => Some((state, nonce)),
         _ => None,
     }

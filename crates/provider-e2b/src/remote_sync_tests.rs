@@ -628,6 +628,38 @@ fn the_scripts_leave_a_sync_whose_upload_is_gone_to_the_watcher_that_applied_it(
         "the claim made for nothing is undone"
     );
     assert_eq!(read(&wd.join("a.txt")), "a1");
+
+    // The same, the watcher's staging directory still there when the scripts' `mkdir` met it
+    // and gone by the time they looked (a `mkdir` on the path that fails once, as on a
+    // directory that exists): still the watcher's sync, not a failure.
+    use std::os::unix::fs::PermissionsExt;
+    let shim = b.dir.path().join("shim");
+    std::fs::create_dir(&shim).unwrap();
+    let mark = b.dir.path().join("mkdir-failed-once");
+    std::fs::write(
+        shim.join("mkdir"),
+        "#!/bin/sh\nif [ ! -e \"$MARK\" ]; then : > \"$MARK\"; \
+         echo \"mkdir: cannot create directory: File exists\" >&2; exit 1; fi\n\
+         exec /bin/mkdir \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(shim.join("mkdir"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap());
+    let out = unpack_then_commit(&upload, "none", &stage, &wd, false)
+        .env("CBX_CLAIM", "1")
+        .env("PATH", path)
+        .env("MARK", &mark)
+        .output()
+        .unwrap();
+    assert!(mark.exists(), "the first mkdir was the shim's");
+    assert_eq!(
+        out.status.code(),
+        Some(CLAIMED_EXIT),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(&stage).exists());
+    assert_eq!(read(&wd.join("a.txt")), "a1");
 }
 
 #[test]

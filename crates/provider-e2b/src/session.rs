@@ -35,6 +35,8 @@ pub struct E2bSession {
     scans: Option<ScanCache>,
     /// Opening it woke the sandbox from a pause.
     resumed: bool,
+    /// How long the tree's watcher is given to answer.
+    watcher_patience: Duration,
 }
 
 impl E2bSession {
@@ -46,6 +48,7 @@ impl E2bSession {
             codecs: tokio::sync::Mutex::default(),
             scans: None,
             resumed: false,
+            watcher_patience: crate::remote_sync::WATCHER_PATIENCE,
         }
     }
 
@@ -53,6 +56,13 @@ impl E2bSession {
     /// by hash rather than sent again.
     pub fn with_scan_cache(mut self, cache: Option<ScanCache>) -> Self {
         self.scans = cache;
+        self
+    }
+
+    /// How long the tree's watcher is given to answer before the tree is read whole or a sync
+    /// left to the scripts ([`crate::remote_sync::WATCHER_PATIENCE`] unless set).
+    pub fn with_watcher_patience(mut self, patience: Duration) -> Self {
+        self.watcher_patience = patience;
         self
     }
 
@@ -86,7 +96,8 @@ impl BoxSession for E2bSession {
 
     async fn scan(&self, workdir: &str, checksum: bool) -> Result<RemoteTree> {
         let cache = self.scans.as_ref().map(|c| (c, self.sandbox_id.as_str()));
-        match crate::remote_sync::scan(&self.envd, workdir, checksum, cache).await {
+        let patience = self.watcher_patience;
+        match crate::remote_sync::scan(&self.envd, workdir, checksum, cache, patience).await {
             Err(Error::Transport(e)) => {
                 let broken = Error::Transport(format!(
                     "reading the synced tree on sandbox {} failed: {e}; nothing on the box \
@@ -101,7 +112,8 @@ impl BoxSession for E2bSession {
 
     async fn unchanged_since(&self, workdir: &str, state: &str) -> Result<bool> {
         let cache = self.scans.as_ref().map(|c| (c, self.sandbox_id.as_str()));
-        Ok(crate::remote_sync::unchanged_since(&self.envd, workdir, state, cache).await)
+        let patience = self.watcher_patience;
+        Ok(crate::remote_sync::unchanged_since(&self.envd, workdir, state, cache, patience).await)
     }
 
     async fn make_dir(&self, path: &str) -> Result<()> {
@@ -164,6 +176,7 @@ impl BoxSession for E2bSession {
             // the tree it leaves may be named.
             may_apply: req.sent.is_some() && rs::watcher_applies(&w.id),
             if_unchanged: req.if_unchanged_since.is_some(),
+            patience: self.watcher_patience,
         });
         let applied = match rs::apply(&self.envd, req, chunks, reporter, watcher).await {
             Err(Error::Transport(e)) => {
@@ -206,7 +219,10 @@ impl BoxSession for E2bSession {
             // What the sync changed, read afresh by the watcher (which then forgets it): the
             // next run need not read the tree. A watcher that cannot say (the record changed
             // under the scripts, say) leaves no note, and the next run reads it all.
-            None => rs::watcher_changes(&self.envd, &rs::watch_dir(req.workdir), &w.id).await,
+            None => {
+                let ctl = rs::watch_dir(req.workdir);
+                rs::watcher_changes(&self.envd, &ctl, &w.id, self.watcher_patience).await
+            }
         };
         let mut state = None;
         if let Some(segment) = segment {

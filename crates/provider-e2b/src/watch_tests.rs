@@ -63,9 +63,11 @@ pub(super) fn scan_locally(wd: &Path, id: Option<&str>) -> (RemoteTree, Option<W
         .env("CBX_WORKDIR", wd)
         .env("CBX_RECORD", crabbox_core::provider::record_path(wd_s));
     if let Some(id) = id {
+        // Its start waited for up to 30 s: a loaded machine's python may take seconds.
         cmd.env("CBX_WATCHER", WATCHER)
             .env("CBX_WATCH_CTL", watch_dir(wd_s))
-            .env("CBX_WATCH_ID", id);
+            .env("CBX_WATCH_ID", id)
+            .env("CBX_WATCH_WAIT_TICKS", "6000");
     }
     let out = cmd.output().unwrap();
     assert!(
@@ -79,14 +81,14 @@ pub(super) fn scan_locally(wd: &Path, id: Option<&str>) -> (RemoteTree, Option<W
 }
 
 /// Asks watcher `id` as crabbox does (a request directory in `ctl`, then its state file):
-/// whether it saw no change. `None`: no answer within 10 s.
+/// whether it saw no change. `None`: no answer within 30 s.
 pub(super) fn ask(ctl: &str, id: &str) -> Option<bool> {
     let (state, nonce) = request(ctl, "p")?;
     watcher_answer(&state, id, &nonce)
 }
 
 /// Asks watcher `id` for what changed, and to forget it, as crabbox does: the patch segment;
-/// `None` when it does not answer that (lost, another watcher) or not within 10 s.
+/// `None` when it does not answer that (lost, another watcher) or not within 30 s.
 pub(super) fn changes(ctl: &str, id: &str) -> Option<Vec<u8>> {
     let (state, nonce) = request(ctl, "r")?;
     (keeps_count(&state, id) && answered(&state, &nonce))
@@ -99,14 +101,14 @@ fn request(ctl: &str, kind: &str) -> Option<(Vec<u8>, String)> {
     let nonce = hex::encode(rand::random::<[u8; 8]>());
     let ctl = PathBuf::from(ctl);
     std::fs::create_dir(ctl.join(format!("{kind}-{nonce}"))).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(state) = std::fs::read(ctl.join("state")) {
             if answered(&state, &nonce) || state.split(|b| *b == 0).nth(3) == Some(b"lost") {
                 return Some((state, nonce));
             }
         }
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(1));
     }
     None
 }
@@ -305,7 +307,7 @@ fn stage_sync(
 /// The id of the watchers these tests start: one that applies syncs.
 const W: &str = "5-0123abcd";
 
-/// Asks watcher [`W`] to apply `spec` (`<tag>-<flags>`) and waits (10 s at most) for its
+/// Asks watcher [`W`] to apply `spec` (`<tag>-<flags>`) and waits (30 s at most) for its
 /// answer to it.
 fn apply_request(ctl: &str, spec: &str) -> Option<Vec<u8>> {
     apply_request_of(ctl, spec, W)
@@ -316,14 +318,14 @@ fn apply_request_of(ctl: &str, spec: &str, id: &str) -> Option<Vec<u8>> {
     let request = format!("{spec}-{id}");
     // A file, as the last part of an upload.
     std::fs::write(ctl.join(format!("a-{request}")), b"").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(state) = std::fs::read(ctl.join("state")) {
             if answered(&state, &request) {
                 return Some(state);
             }
         }
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(1));
     }
     None
 }
@@ -610,14 +612,14 @@ fn requests_are_taken_in_the_order_they_were_made() {
     let nonce = "0badc0ffee";
     std::fs::create_dir(ctl.join(format!("p-{nonce}"))).unwrap();
     drop(paused);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let state = loop {
         let state = std::fs::read(ctl.join("state")).unwrap_or_default();
         if answered(&state, nonce) {
             break state;
         }
         assert!(Instant::now() < deadline, "the question went unanswered");
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(1));
     };
     assert_eq!(
         watcher_answer(&state, &id, nonce),

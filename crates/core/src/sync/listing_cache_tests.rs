@@ -73,9 +73,10 @@ impl Tree {
     }
 
     /// Waits until nothing in the tree is recent enough to be racy (the clock is waited
-    /// for, not a guess).
+    /// for, not a guess), with room for the filesystem clock's lag a listing adds to its
+    /// window (a coarse clock's tick, and any pause of a loaded machine while it reads it).
     fn settle(&self) {
-        let mark = newest(self.root()) + Duration::from_millis(60);
+        let mark = newest(self.root()) + Duration::from_millis(150);
         while SystemTime::now() < mark {
             std::thread::sleep(Duration::from_millis(5));
         }

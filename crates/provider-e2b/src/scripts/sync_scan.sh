@@ -15,7 +15,8 @@
 # workdir and uploads in /tmp older than CBX_STALE_MINUTES (longer than any sync may take).
 # Inputs (environment): CBX_WORKDIR, CBX_RECORD, CBX_CHECKSUM, CBX_STALE_MINUTES, CBX_KNOWN_RECORD,
 # CBX_KNOWN_LIST, and to start a watcher CBX_WATCHER (its source), CBX_WATCH_ID, CBX_WATCH_CTL (its
-# control directory, made anew: an older watcher of this workdir ends when it is removed).
+# control directory, made anew: an older watcher of this workdir ends when it is removed) and
+# CBX_WATCH_WAIT_TICKS (how many 5 ms ticks its start is waited for; 400 when unset).
 set -u
 wd=$CBX_WORKDIR
 rec=$CBX_RECORD
@@ -50,7 +51,9 @@ if [ -n "$ctl" ] && [ -n "${CBX_WATCH_ID:-}" ] && command -v python3 >/dev/null 
   setsid python3 -c "$CBX_WATCHER" "$ctl" "$wd" "$dirs" "$CBX_WATCH_ID" "$rec" \
     </dev/null >/dev/null 2>&1 &
   i=0
-  while [ "$i" -lt 400 ]; do
+  ticks=${CBX_WATCH_WAIT_TICKS:-400}
+  case $ticks in '' | *[!0-9]*) ticks=400 ;; esac
+  while [ "$i" -lt "$ticks" ]; do
     got=
     if [ -f "$ctl/ready" ]; then read -r got < "$ctl/ready"; fi
     # Vouched for only if the record is still the one copied before the watches were set.

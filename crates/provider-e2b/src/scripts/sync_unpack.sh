@@ -10,10 +10,14 @@ fail() { printf 'crabbox sync: %s\n' "$*" >&2; exit 1; }
 [ -n "${CBX_JOINED:-}" ] || trap 'rm -f -- "$CBX_CHUNK"' EXIT
 if [ -n "${CBX_CLAIM:-}" ]; then
   # Whoever makes the staging directory applies the sync: made first by the tree's watcher,
-  # it is the watcher's (exit 75, nothing removed).
+  # it is the watcher's (exit 75, nothing removed). Gone again by the time it is looked at
+  # (the watcher applied the sync and removed it), it is made anew here: see below.
   mkdir -- "$CBX_STAGE" 2>/dev/null || {
     [ -d "$CBX_STAGE" ] && { trap - EXIT; exit 75; }
-    fail "cannot create staging directory $CBX_STAGE"
+    mkdir -- "$CBX_STAGE" 2>/dev/null || {
+      [ -d "$CBX_STAGE" ] && { trap - EXIT; exit 75; }
+      fail "cannot create staging directory $CBX_STAGE"
+    }
   }
   # Made anew after the watcher applied the sync and removed it: the upload went first.
   [ -f "$CBX_CHUNK" ] || { rmdir -- "$CBX_STAGE"; trap - EXIT; exit 75; }

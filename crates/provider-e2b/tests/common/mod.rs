@@ -102,7 +102,10 @@ impl World {
         let provider = E2bProvider::from_config(&cfg)?
             .with_retry_policy(retry)
             .with_reporter(reporter)
-            .with_scan_cache(self.state_dir().join("e2b-scans"));
+            .with_scan_cache(self.state_dir().join("e2b-scans"))
+            // Tests assert which path a sync took (the watcher's or the scripts'): on a loaded
+            // machine the watcher must not lose that race to the production patience.
+            .with_watcher_patience(Duration::from_secs(10));
         Ok(Engine::new(Box::new(provider), self.claims(), self.state_dir()).configured(&cfg))
     }
 
