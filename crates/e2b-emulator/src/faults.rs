@@ -46,7 +46,9 @@ pub enum FaultAction {
         message: Option<String>,
     },
     /// Waits this many milliseconds before handling the request (a client with a shorter
-    /// timeout gives up first; the request is handled anyway, as a slow service would).
+    /// timeout gives up first; the request is handled anyway, as a slow service would), or
+    /// until the faults are cleared, whichever comes first: a test holds a request for as
+    /// long as it takes something else to happen, then lets it go.
     Stall { ms: u64 },
     /// Closes the connection without an answer, before the request reaches a handler.
     ResetBefore,
@@ -157,6 +159,8 @@ struct Armed {
 #[derive(Clone, Default)]
 pub struct Faults {
     armed: Arc<Mutex<Vec<Arc<Armed>>>>,
+    /// Counts clears: stalls end at the next one.
+    cleared: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Faults {
@@ -173,9 +177,19 @@ impl Faults {
         }));
     }
 
-    /// Disarms every fault.
+    /// Disarms every fault, and ends the stalls under way.
     pub fn clear(&self) {
         self.armed.lock().expect("faults lock").clear();
+        self.cleared.send_modify(|n| *n += 1);
+    }
+
+    /// Waits `ms` milliseconds, or less when the faults are cleared meanwhile.
+    pub async fn stall(&self, ms: u64) {
+        let mut cleared = self.cleared.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => {}
+            _ = cleared.changed() => {}
+        }
     }
 
     /// Every fault armed since the last clear, spent ones included, with how often it fired.

@@ -193,8 +193,9 @@ async fn answer(app: Router, state: AppState, request: Request) -> Result<Respon
         FaultAction::Stall { ms } => {
             // Handled to the end even when the client gave up meanwhile, as a slow service
             // goes on with a request whose caller left (a create still makes its sandbox).
+            let faults = state.faults.clone();
             let handled = tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                faults.stall(ms).await;
                 app.oneshot(request).await.unwrap_or_else(|e| match e {})
             });
             handled.await.map_err(|_| InjectedReset)

@@ -177,6 +177,40 @@ async fn a_stall_outlasts_a_client_timeout() {
     emu.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stall_ends_when_the_faults_are_cleared() {
+    let Some(emu) = emulator().await else {
+        return;
+    };
+    arm(
+        &emu,
+        json!([{"plane": "control", "path": "/v2/sandboxes", "action": {"stall": {"ms": 600_000}}}]),
+    )
+    .await;
+    let url = format!("{}/v2/sandboxes", emu.api_url());
+    let held = tokio::spawn(async move {
+        let res = reqwest::Client::new()
+            .get(url)
+            .header("X-API-Key", KEY)
+            .send()
+            .await
+            .unwrap();
+        res.status()
+    });
+    while emu.faults().list().iter().all(|f| f.fired == 0) {
+        tokio::task::yield_now().await;
+    }
+    assert!(!held.is_finished(), "held by the stall");
+    emu.faults().clear();
+    // Ten minutes of stall, ended by the clear.
+    let status = tokio::time::timeout(Duration::from_secs(60), held)
+        .await
+        .expect("the clear ended the stall")
+        .unwrap();
+    assert_eq!(status, 200);
+    emu.shutdown().await;
+}
+
 fn start_request(
     http: &reqwest::Client,
     emu: &EmulatorHandle,

@@ -1278,12 +1278,13 @@ async fn a_large_warm_sync_is_not_applied_onto_a_tree_changed_since_it_was_vouch
     // 2 MiB that do not compress: more than the watcher applies.
     std::fs::write(repo.root().join("big.bin"), noise(2 << 20)).unwrap();
     // The second request directory (the question before the scripts apply) waits, while
-    // another workspace's command rewrites a synced file of the main tree.
+    // another workspace's command rewrites a synced file of the main tree (held until then:
+    // a stall ends when the faults are cleared).
     let mut stall = Fault::new(
         Plane::Envd,
         "POST",
         "/filesystem.Filesystem/MakeDir",
-        FaultAction::Stall { ms: 3000 },
+        FaultAction::Stall { ms: 120_000 },
     );
     stall.skip = 1;
     emu.faults().add([stall]);
@@ -1316,8 +1317,9 @@ async fn a_large_warm_sync_is_not_applied_onto_a_tree_changed_since_it_was_vouch
     let mut out = CapturedOutput::default();
     let o = p.run(&other, &mut out, &SilentReporter).await.unwrap();
     assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
-    let (o, out) = syncing.await.unwrap();
+    assert!(!syncing.is_finished(), "the question was held");
     emu.faults().clear();
+    let (o, out) = syncing.await.unwrap();
     let o = o.unwrap();
     assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
     assert_eq!(
