@@ -1,5 +1,6 @@
 //! Tests of [`super`] (manifest.rs).
 
+use super::parallel::{split_listing, STAT_BATCH_MIN};
 use super::*;
 use crate::conformance::RepoFixture;
 
