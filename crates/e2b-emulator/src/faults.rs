@@ -87,8 +87,16 @@ pub struct Fault {
     /// follows another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
+    /// Text the request's body must contain (a body is read for it when its stated length is
+    /// at most [`BODY_MATCHED_AT_MOST`] bytes; any other never matches): a fault for one of
+    /// many requests to one route, such as a `MakeDir` of one directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
     pub action: FaultAction,
 }
+
+/// The longest request body a fault's [`Fault::body`] is looked for in.
+pub const BODY_MATCHED_AT_MOST: usize = 1 << 20;
 
 fn one() -> u32 {
     1
@@ -103,8 +111,15 @@ impl Fault {
             count: 1,
             skip: 0,
             after: None,
+            body: None,
             action,
         }
+    }
+
+    /// Fires only on requests whose body contains `text` (see [`Fault::body`]).
+    pub fn with_body(mut self, text: &str) -> Self {
+        self.body = Some(text.to_string());
+        self
     }
 
     /// Counts requests only once one `"METHOD path"` has been seen (see [`Fault::after`]).
@@ -135,6 +150,12 @@ impl Fault {
                 .as_deref()
                 .is_none_or(|m| m.eq_ignore_ascii_case(method))
             && glob_match(self.path.as_bytes(), path.as_bytes())
+    }
+
+    fn matches_body(&self, body: Option<&[u8]>) -> bool {
+        self.body.as_deref().is_none_or(|want| {
+            body.is_some_and(|b| b.windows(want.len()).any(|w| w == want.as_bytes()))
+        })
     }
 }
 
@@ -207,6 +228,26 @@ impl Faults {
 
     /// The action for a request, if a fault fires on it (counting it as fired).
     pub fn take(&self, plane: Plane, method: &str, path: &str) -> Option<FaultAction> {
+        self.take_with_body(plane, method, path, None)
+    }
+
+    /// Whether a request's body is needed to tell which faults it matches ([`Fault::body`]).
+    pub fn wants_body(&self, plane: Plane, method: &str, path: &str) -> bool {
+        let armed = self.armed.lock().expect("faults lock");
+        armed
+            .iter()
+            .any(|a| a.fault.body.is_some() && a.fault.matches(plane, method, path))
+    }
+
+    /// [`Faults::take`] of a request whose body (when read, see [`Faults::wants_body`]) is
+    /// `body`.
+    pub fn take_with_body(
+        &self,
+        plane: Plane,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Option<FaultAction> {
         let armed = self.armed.lock().expect("faults lock");
         // Opened by this request: counting from the next one.
         let opened: Vec<bool> = armed
@@ -222,6 +263,7 @@ impl Faults {
                 || !a.open.load(Ordering::SeqCst)
                 || a.fired.load(Ordering::SeqCst) >= a.fault.count
                 || !a.fault.matches(plane, method, path)
+                || !a.fault.matches_body(body)
             {
                 continue;
             }
@@ -292,6 +334,29 @@ mod tests {
         assert_eq!(take(), Some(FaultAction::ResetBefore));
         assert_eq!(take(), None, "spent");
         assert_eq!(faults.list()[0].fired, 2);
+    }
+
+    #[test]
+    fn a_fault_with_body_text_fires_only_on_requests_whose_body_has_it() {
+        let faults = Faults::default();
+        let route = "/filesystem.Filesystem/MakeDir";
+        faults.add([
+            Fault::new(Plane::Envd, "POST", route, FaultAction::ResetBefore).with_body("/p-"),
+        ]);
+        assert!(faults.wants_body(Plane::Envd, "POST", route));
+        assert!(!faults.wants_body(Plane::Envd, "POST", "/files"));
+        let take = |body: Option<&[u8]>| faults.take_with_body(Plane::Envd, "POST", route, body);
+        assert_eq!(take(Some(br#"{"path":"/home/user/w"}"#)), None);
+        assert_eq!(take(None), None, "a body not read never matches");
+        assert_eq!(
+            take(Some(br#"{"path":"/home/user/.w.crabbox-watch/p-0a1b"}"#)),
+            Some(FaultAction::ResetBefore)
+        );
+        let parsed: Fault = serde_json::from_str(&format!(
+            r#"{{"plane":"envd","path":"{route}","body":"/p-","action":"resetBefore"}}"#
+        ))
+        .unwrap();
+        assert_eq!(parsed.body.as_deref(), Some("/p-"));
     }
 
     #[test]

@@ -164,12 +164,34 @@ async fn handle(app: Router, state: AppState, request: Request) -> Result<Respon
 /// [`handle`], but for the connection's fate.
 async fn answer(app: Router, state: AppState, request: Request) -> Result<Response, InjectedReset> {
     let path = request.uri().path().to_string();
+    let (plane, method) = (plane_of(&request), request.method().as_str().to_string());
+    // Read first when a fault looks for text in it and it says it is short enough to hold
+    // (a body of no stated length, or a longer one, is not looked in).
+    let short = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= crate::faults::BODY_MATCHED_AT_MOST);
+    let (request, body) =
+        if short && path != ADMIN_PREFIX && state.faults.wants_body(plane, &method, &path) {
+            let (parts, body) = request.into_parts();
+            match axum::body::to_bytes(body, crate::faults::BODY_MATCHED_AT_MOST).await {
+                Ok(bytes) => (
+                    Request::from_parts(parts, axum::body::Body::from(bytes.clone())),
+                    Some(bytes),
+                ),
+                // Cut short by the client: nothing to handle.
+                Err(_) => return Err(InjectedReset),
+            }
+        } else {
+            (request, None)
+        };
     let action = if path == ADMIN_PREFIX {
         None
     } else {
         state
             .faults
-            .take(plane_of(&request), request.method().as_str(), &path)
+            .take_with_body(plane, &method, &path, body.as_deref())
     };
     let Some(action) = action else {
         return Ok(app.oneshot(request).await.unwrap_or_else(|e| match e {}));

@@ -1220,6 +1220,91 @@ async fn a_small_warm_sync_whose_upload_answer_is_lost_lands_once() {
     emu.shutdown().await;
 }
 
+/// A warm run with an edit to send does not wait for the watcher's answer to whether the
+/// tree is still the one the last sync left (every such question is held here): the sync is
+/// applied only onto that tree, which the watcher checks as it applies it. A tree changed on
+/// the box meanwhile is read and restored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_warm_sync_does_not_wait_for_the_question_before_it() {
+    use e2b_emulator::faults::{Fault, FaultAction, Plane};
+    let Some(emu) = common::emulator().await else {
+        return;
+    };
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = watched_lease(&p, &repo).await;
+    let held = || {
+        Fault::new(
+            Plane::Envd,
+            "POST",
+            "/filesystem.Filesystem/MakeDir",
+            FaultAction::Stall { ms: 600_000 },
+        )
+        .with_body(".crabbox-watch/p-")
+        .times(1000)
+    };
+
+    // Held far longer than the runs are given (30 s, where envd's call would give up and the
+    // tree be read): each must go on without the answer.
+    edit(repo.root(), "tracked.txt", "edited\n");
+    // No process may start either: the tree is not read instead of waiting.
+    let refused = Fault::new(
+        Plane::Envd,
+        "POST",
+        "/process.Process/Start",
+        FaultAction::Status {
+            status: 500,
+            retry_after: None,
+            message: Some("no process may start".into()),
+        },
+    )
+    .times(1000);
+    emu.faults().add([held(), refused]);
+    let mut req = request(&repo, Some(&warm.lease_id), &["true"]);
+    req.extras.mode = crabbox_core::engine::RunMode::SyncOnly;
+    let mut out = CapturedOutput::default();
+    let o = tokio::time::timeout(
+        Duration::from_secs(30),
+        p.run(&req, &mut out, &SilentReporter),
+    )
+    .await
+    .expect("the sync waited for the held question");
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(o.sync.unwrap().sent_files, 1);
+    let (o, out) = run_on(&p, &repo, &warm.lease_id, &["cat", "tracked.txt"]).await;
+    assert_eq!(o.unwrap().exit_code, 0, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "edited\n");
+
+    let clobber = ["/bin/sh", "-c", "echo clobbered > src/lib.txt"];
+    let (o, out) = run_on(&p, &repo, &warm.lease_id, &clobber).await;
+    assert_eq!(o.unwrap().exit_code, 0, "{}", out.stderr_str());
+    edit(repo.root(), "tracked.txt", "edited again\n");
+    emu.faults().add([held()]);
+    let argv = ["cat", "tracked.txt", "src/lib.txt"];
+    let (o, out) = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_on(&p, &repo, &warm.lease_id, &argv),
+    )
+    .await
+    .expect("the sync waited for the held question");
+    emu.faults().clear();
+    let o = o.unwrap();
+    assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
+    let lib = std::fs::read_to_string(repo.root().join("src/lib.txt")).unwrap();
+    assert_eq!(out.stdout_str(), format!("edited again\n{lib}"));
+    assert_eq!(o.sync.unwrap().sent_files, 2);
+    p.stop(&StopRequest {
+        id: warm.lease_id.clone(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
+
 /// When the watcher's answer to a small sync cannot be read (here the first read of its state
 /// after the upload fails), the sync still lands, applied once: planned from the tree the
 /// watcher vouched for, it is claimed back (or, taken by the watcher already, its answer read
@@ -1277,16 +1362,18 @@ async fn a_large_warm_sync_is_not_applied_onto_a_tree_changed_since_it_was_vouch
     let warm = watched_lease(&p, &repo).await;
     // 2 MiB that do not compress: more than the watcher applies.
     std::fs::write(repo.root().join("big.bin"), noise(2 << 20)).unwrap();
-    // The second request directory (the question before the scripts apply) waits, while
-    // another workspace's command rewrites a synced file of the main tree (held until then:
-    // a stall ends when the faults are cleared).
-    let mut stall = Fault::new(
+    // Every question to the watcher waits (held until the faults are cleared), the one before
+    // the scripts apply among them, while another workspace's command rewrites a synced file
+    // of the main tree. (The run's first question, before it planned, it may or may not make
+    // and need: with something to send it goes on without its answer.)
+    let stall = Fault::new(
         Plane::Envd,
         "POST",
         "/filesystem.Filesystem/MakeDir",
         FaultAction::Stall { ms: 120_000 },
-    );
-    stall.skip = 1;
+    )
+    .with_body(".crabbox-watch/p-")
+    .times(1000);
     emu.faults().add([stall]);
     let syncing = {
         let (p, req) = (

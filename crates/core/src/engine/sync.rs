@@ -118,38 +118,53 @@ impl Engine {
         if !acquired.created && !req.checksum && !req.full_resync {
             if let Some(m) = SyncMemo::read(&memo).filter(|m| m.fits(&workdir, source.delete)) {
                 // The last sync left these files on the box; if the box can vouch that its
-                // tree has not changed since, it need not be read.
+                // tree has not changed since, it need not be read. The box is asked while the
+                // local files are chosen and the kept tree is read (and checked).
                 let t = Instant::now();
-                let local = chosen.wait(&req.cancel, reporter);
-                // The kept tree is read (and checked) once the box vouched, while the local
-                // files are still being chosen; not at all when it does not.
-                let vouched = async {
-                    let unchanged =
-                        cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state))
-                            .await?;
+                let kept = {
                     let (m, memo) = (m.clone(), memo.clone());
-                    let kept = match unchanged {
-                        true => tokio::task::spawn_blocking(move || m.kept(&memo))
-                            .await
-                            .ok(),
-                        false => None,
-                    };
-                    Ok::<_, Error>((unchanged, kept))
+                    tokio::task::spawn_blocking(move || m.kept(&memo))
                 };
-                let (manifest, vouched) = tokio::join!(local, vouched);
-                let manifest = match source.manifest.clone().or(manifest?) {
-                    Some(m) => m,
-                    None => return Err(Error::Sync("the files to sync were never chosen".into())),
-                };
-                let (unchanged, kept) = vouched?;
                 // Planned from the files the box holds (`Some(None)`: it holds these), or
-                // `None` to read the box.
-                let plan = match unchanged {
-                    true => kept
+                // `None` to read the box. Nothing to send needs the box's word; a plan to
+                // send does not wait for it: it is applied only onto the tree vouched for
+                // (`if_unchanged_since`, checked by the provider as the box applies it), so
+                // a box still being asked costs no round trip.
+                let (manifest, plan) = {
+                    let local = chosen.wait(&req.cancel, reporter);
+                    let question =
+                        cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state));
+                    tokio::pin!(local, question);
+                    let mut answer = None;
+                    let manifest = loop {
+                        tokio::select! {
+                            // The question first: asked at once, and its answer taken when
+                            // it came with the files.
+                            biased;
+                            a = &mut question, if answer.is_none() => answer = Some(a?),
+                            m = &mut local => break m?,
+                        }
+                    };
+                    let Some(manifest) = source.manifest.clone().or(manifest) else {
+                        return Err(Error::Sync("the files to sync were never chosen".into()));
+                    };
+                    let delta = kept
+                        .await
+                        .ok()
                         .flatten()
-                        .map(|prev| SyncPlan::delta(prev.entries(), &manifest, source.delete))
-                        .map(|plan| (!plan.is_noop()).then_some(plan)),
-                    false => None,
+                        .map(|prev| SyncPlan::delta(prev.entries(), &manifest, source.delete));
+                    let plan = match delta {
+                        Some(plan) if plan.is_noop() => {
+                            let unchanged = match answer {
+                                Some(a) => a,
+                                None => question.await?,
+                            };
+                            unchanged.then_some(None)
+                        }
+                        Some(plan) if answer != Some(false) => Some(Some(plan)),
+                        _ => None,
+                    };
+                    (manifest, plan)
                 };
                 let mut report = SyncReport {
                     files: manifest.len() as u64,
