@@ -204,12 +204,19 @@ impl Faults {
         self.cleared.send_modify(|n| *n += 1);
     }
 
-    /// Waits `ms` milliseconds, or less when the faults are cleared meanwhile.
-    pub async fn stall(&self, ms: u64) {
+    /// How many times the faults were cleared so far: read before a request's fault is taken,
+    /// for [`Faults::stall`].
+    pub fn clears(&self) -> u64 {
+        *self.cleared.borrow()
+    }
+
+    /// Waits `ms` milliseconds, or less once the faults are cleared after `since` clears (a
+    /// clear before the stall began but after its fault was taken ends it at once).
+    pub async fn stall(&self, ms: u64, since: u64) {
         let mut cleared = self.cleared.subscribe();
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => {}
-            _ = cleared.changed() => {}
+            _ = cleared.wait_for(|n| *n != since) => {}
         }
     }
 
@@ -334,6 +341,26 @@ mod tests {
         assert_eq!(take(), Some(FaultAction::ResetBefore));
         assert_eq!(take(), None, "spent");
         assert_eq!(faults.list()[0].fired, 2);
+    }
+
+    #[tokio::test]
+    async fn a_stall_ends_on_a_clear_made_after_its_fault_was_taken_even_before_it_began() {
+        let faults = Faults::default();
+        faults.add([Fault::new(
+            Plane::Control,
+            "GET",
+            "/x",
+            FaultAction::Stall { ms: 600_000 },
+        )]);
+        let since = faults.clears();
+        assert!(faults.take(Plane::Control, "GET", "/x").is_some());
+        faults.clear();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            faults.stall(600_000, since),
+        )
+        .await
+        .expect("the clear ended the stall");
     }
 
     #[test]

@@ -186,6 +186,8 @@ async fn answer(app: Router, state: AppState, request: Request) -> Result<Respon
         } else {
             (request, None)
         };
+    // Before the fault is taken: a clear from then on ends a stall.
+    let clears = state.faults.clears();
     let action = if path == ADMIN_PREFIX {
         None
     } else {
@@ -217,7 +219,7 @@ async fn answer(app: Router, state: AppState, request: Request) -> Result<Respon
             // goes on with a request whose caller left (a create still makes its sandbox).
             let faults = state.faults.clone();
             let handled = tokio::spawn(async move {
-                faults.stall(ms).await;
+                faults.stall(ms, clears).await;
                 app.oneshot(request).await.unwrap_or_else(|e| match e {})
             });
             handled.await.map_err(|_| InjectedReset)
