@@ -344,6 +344,17 @@ async fn a_local_edit_after_a_vouched_run_is_sent() {
     assert_eq!(b.fake.count(Op::Apply), 0, "{:?}", b.fake.calls());
 }
 
+/// A run on `lease` whose box never answers whether its tree is still the one vouched for.
+async fn run_with_the_question_unanswered(b: &Bench, lease: &str) -> crate::engine::RunOutcome {
+    b.fake.hang(Op::Vouch);
+    let req = b.request_on(lease, "true");
+    tokio::time::timeout(Duration::from_secs(60), b.run(&req))
+        .await
+        .expect("the sync waited for an answer it did not need")
+        .0
+        .unwrap()
+}
+
 /// A box that has not answered whether its tree is still the one vouched for by the time the
 /// local files are chosen: a run with nothing to send waits for the answer, a run with
 /// something to send does not. Its sync is applied only onto that tree, which the box checks
@@ -353,13 +364,7 @@ async fn a_local_edit_is_sent_while_the_box_is_still_asked_about_its_tree() {
     let b = Bench::new();
     let lease = found_up_to_date(&b).await;
     b.write("a.txt", "alpha, edited\n");
-    b.fake.hang(Op::Vouch);
-    let req = b.request_on(&lease, "true");
-    let outcome = tokio::time::timeout(Duration::from_secs(60), b.run(&req))
-        .await
-        .expect("the sync waited for an answer it did not need")
-        .0
-        .unwrap();
+    let outcome = run_with_the_question_unanswered(&b, &lease).await;
     assert_eq!(outcome.sync.unwrap().sent_files, 1);
     assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha, edited\n"));
     assert_eq!(b.fake.count(Op::Scan), 0, "{:?}", b.fake.calls());
@@ -373,13 +378,7 @@ async fn a_box_changed_while_still_asked_about_its_tree_is_read_when_the_sync_re
     let path = format!("{}/a.txt", b.workdir(&lease));
     b.fake.write_file("sbx1", &path, b"clobbered\n");
     b.write("b.txt", "beta, edited\n");
-    b.fake.hang(Op::Vouch);
-    let req = b.request_on(&lease, "true");
-    let outcome = tokio::time::timeout(Duration::from_secs(60), b.run(&req))
-        .await
-        .expect("the sync waited for an answer it did not need")
-        .0
-        .unwrap();
+    let outcome = run_with_the_question_unanswered(&b, &lease).await;
     // Not applied onto the changed tree: the box is read, and both files are sent.
     assert_eq!(outcome.sync.unwrap().sent_files, 2);
     assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha\n"));
