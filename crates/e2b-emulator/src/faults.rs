@@ -200,18 +200,15 @@ impl Faults {
 
     /// Disarms every fault, and ends the stalls under way.
     pub fn clear(&self) {
-        self.armed.lock().expect("faults lock").clear();
+        let mut armed = self.armed.lock().expect("faults lock");
+        armed.clear();
+        // Counted under the lock: a fault taken is taken between two clears.
         self.cleared.send_modify(|n| *n += 1);
     }
 
-    /// How many times the faults were cleared so far: read before a request's fault is taken,
-    /// for [`Faults::stall`].
-    pub fn clears(&self) -> u64 {
-        *self.cleared.borrow()
-    }
-
-    /// Waits `ms` milliseconds, or less once the faults are cleared after `since` clears (a
-    /// clear before the stall began but after its fault was taken ends it at once).
+    /// Waits `ms` milliseconds, or less once the faults are cleared after `since` clears (the
+    /// count [`Faults::take_counted`] gave with the stall: a clear after its fault was taken,
+    /// even before the stall began, ends it at once).
     pub async fn stall(&self, ms: u64, since: u64) {
         let mut cleared = self.cleared.subscribe();
         tokio::select! {
@@ -238,6 +235,20 @@ impl Faults {
         self.take_with_body(plane, method, path, None)
     }
 
+    /// [`Faults::take_with_body`], with how many times the faults had been cleared when it
+    /// was taken (for [`Faults::stall`]).
+    pub fn take_counted(
+        &self,
+        plane: Plane,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Option<(FaultAction, u64)> {
+        let armed = self.armed.lock().expect("faults lock");
+        let clears = *self.cleared.borrow();
+        Self::take_from(&armed, plane, method, path, body).map(|a| (a, clears))
+    }
+
     /// Whether a request's body is needed to tell which faults it matches ([`Fault::body`]).
     pub fn wants_body(&self, plane: Plane, method: &str, path: &str) -> bool {
         let armed = self.armed.lock().expect("faults lock");
@@ -255,7 +266,17 @@ impl Faults {
         path: &str,
         body: Option<&[u8]>,
     ) -> Option<FaultAction> {
-        let armed = self.armed.lock().expect("faults lock");
+        self.take_counted(plane, method, path, body).map(|(a, _)| a)
+    }
+
+    /// The action of the first armed fault `armed` holds that this request fires.
+    fn take_from(
+        armed: &[Arc<Armed>],
+        plane: Plane,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Option<FaultAction> {
         // Opened by this request: counting from the next one.
         let opened: Vec<bool> = armed
             .iter()
@@ -352,8 +373,9 @@ mod tests {
             "/x",
             FaultAction::Stall { ms: 600_000 },
         )]);
-        let since = faults.clears();
-        assert!(faults.take(Plane::Control, "GET", "/x").is_some());
+        let (_, since) = faults
+            .take_counted(Plane::Control, "GET", "/x", None)
+            .expect("armed");
         faults.clear();
         tokio::time::timeout(
             std::time::Duration::from_secs(30),

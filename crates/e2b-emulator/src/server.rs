@@ -186,16 +186,16 @@ async fn answer(app: Router, state: AppState, request: Request) -> Result<Respon
         } else {
             (request, None)
         };
-    // Before the fault is taken: a clear from then on ends a stall.
-    let clears = state.faults.clears();
-    let action = if path == ADMIN_PREFIX {
+    // With how often the faults were cleared when it was taken: a clear after that ends a
+    // stall.
+    let taken = if path == ADMIN_PREFIX {
         None
     } else {
         state
             .faults
-            .take_with_body(plane, &method, &path, body.as_deref())
+            .take_counted(plane, &method, &path, body.as_deref())
     };
-    let Some(action) = action else {
+    let Some((action, clears)) = taken else {
         return Ok(app.oneshot(request).await.unwrap_or_else(|e| match e {}));
     };
     match action {
