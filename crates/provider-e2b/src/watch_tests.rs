@@ -308,6 +308,12 @@ fn stage_sync(
 const W: &str = "5-0123abcd";
 
 /// Asks watcher [`W`] to apply `spec` (`<tag>-<flags>`) and waits (30 s at most) for its
+/// The sync of one edit (`src/b.rs`), staged for the watcher: a plain tar, no ops, no record.
+fn stage_edit(t: &Tree) -> Staged {
+    let edit = [("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)];
+    stage_sync(t, &edit, &[], None, crabbox_core::sync::Codec::Stored)
+}
+
 /// answer to it.
 fn apply_request(ctl: &str, spec: &str) -> Option<Vec<u8>> {
     apply_request_of(ctl, spec, W)
@@ -492,34 +498,24 @@ fn a_sync_the_watcher_cannot_apply_leaves_the_tree_and_says_why() {
 
 #[test]
 fn a_sync_claimed_by_another_gone_or_asked_of_another_watcher_is_left_alone() {
-    use crabbox_core::sync::Codec;
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
     let id = t.scan(W);
     let ctl = PathBuf::from(t.ctl());
-    let edit = |t: &Tree| {
-        stage_sync(
-            t,
-            &[("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)],
-            &[],
-            None,
-            Codec::Stored,
-        )
-    };
     // Claimed first by the scripts (or taken back by crabbox): they made the staging
     // directory. Requests are taken in order: once a later question is answered, the
     // claimed one was seen, and neither answered nor touched.
-    let claimed = edit(&t);
+    let claimed = stage_edit(&t);
     std::fs::create_dir(&claimed.stage).unwrap();
     let request = format!("{}-{W}", claimed.spec);
     // A request directory, as an older crabbox makes it.
     std::fs::create_dir(ctl.join(format!("a-{request}"))).unwrap();
     // Asked of another watcher (one this watcher replaced).
-    let other = edit(&t);
+    let other = stage_edit(&t);
     let other_request = format!("{}-5-ffffffff", other.spec);
     std::fs::write(ctl.join(format!("a-{other_request}")), b"").unwrap();
     // Applied and removed already: its upload is gone, so making its directory claims nothing.
-    let gone = edit(&t);
+    let gone = stage_edit(&t);
     std::fs::remove_file(&gone.paths[0]).unwrap();
     let gone_request = format!("{}-{W}", gone.spec);
     std::fs::write(ctl.join(format!("a-{gone_request}")), b"").unwrap();
@@ -593,18 +589,11 @@ impl Drop for Paused {
 
 #[test]
 fn requests_are_taken_in_the_order_they_were_made() {
-    use crabbox_core::sync::Codec;
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
     let id = t.scan(W);
     let ctl = PathBuf::from(t.ctl());
-    let s = stage_sync(
-        &t,
-        &[("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)],
-        &[],
-        None,
-        Codec::Stored,
-    );
+    let s = stage_edit(&t);
     // An apply, then a question, both read by the watcher at once: the question is answered
     // after the apply, so whoever asked sees the tree as applied.
     let paused = Paused::watcher(&t.ctl());
@@ -635,17 +624,10 @@ fn requests_are_taken_in_the_order_they_were_made() {
 
 #[test]
 fn a_watcher_that_loses_track_after_applying_still_answers_the_apply() {
-    use crabbox_core::sync::Codec;
     assert!(python3(), "python3 is needed to test the tree watcher");
     let t = Tree::new();
     let id = t.scan(W);
-    let s = stage_sync(
-        &t,
-        &[("src/b.rs", "edited\n", 0o644, 1_700_000_000_000_000_000)],
-        &[],
-        None,
-        Codec::Stored,
-    );
+    let s = stage_edit(&t);
     let state = apply_request(&t.ctl(), &s.spec).expect("an answer");
     assert!(matches!(
         apply_answer(&state),

@@ -1056,12 +1056,22 @@ async fn watched_lease(
     warm
 }
 
+/// Every process start on the box refused (a sync that needs none still lands).
+fn no_process_starts() -> e2b_emulator::faults::Fault {
+    use e2b_emulator::faults::{Fault, FaultAction, Plane};
+    let refused = FaultAction::Status {
+        status: 500,
+        retry_after: None,
+        message: Some("no process may start".into()),
+    };
+    Fault::new(Plane::Envd, "POST", "/process.Process/Start", refused).times(1000)
+}
+
 /// A small warm sync is applied by the tree's watcher on the box, without starting a
 /// process: with every process start refused, an edit, a new file and a deletion still
 /// reach the box, and the runs after it read the tree it left.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_warm_sync_is_applied_without_a_process_on_the_box() {
-    use e2b_emulator::faults::{Fault, FaultAction, Plane};
     let Some(emu) = common::emulator().await else {
         return;
     };
@@ -1073,13 +1083,7 @@ async fn a_small_warm_sync_is_applied_without_a_process_on_the_box() {
     edit(repo.root(), "tracked.txt", "edited by the watcher\n");
     write(repo.root(), "src/also.txt", "new\n");
     std::fs::remove_file(repo.root().join("untracked.txt")).unwrap();
-    let refused = FaultAction::Status {
-        status: 500,
-        retry_after: None,
-        message: Some("no process may start".into()),
-    };
-    emu.faults()
-        .add([Fault::new(Plane::Envd, "POST", "/process.Process/Start", refused).times(1000)]);
+    emu.faults().add([no_process_starts()]);
     let mut req = request(&repo, Some(&warm.lease_id), &["true"]);
     req.extras.mode = crabbox_core::engine::RunMode::SyncOnly;
     let mut out = CapturedOutput::default();
@@ -1249,18 +1253,7 @@ async fn a_small_warm_sync_does_not_wait_for_the_question_before_it() {
     // tree be read): each must go on without the answer.
     edit(repo.root(), "tracked.txt", "edited\n");
     // No process may start either: the tree is not read instead of waiting.
-    let refused = Fault::new(
-        Plane::Envd,
-        "POST",
-        "/process.Process/Start",
-        FaultAction::Status {
-            status: 500,
-            retry_after: None,
-            message: Some("no process may start".into()),
-        },
-    )
-    .times(1000);
-    emu.faults().add([held(), refused]);
+    emu.faults().add([held(), no_process_starts()]);
     let mut req = request(&repo, Some(&warm.lease_id), &["true"]);
     req.extras.mode = crabbox_core::engine::RunMode::SyncOnly;
     let mut out = CapturedOutput::default();

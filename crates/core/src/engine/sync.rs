@@ -129,7 +129,8 @@ impl Engine {
                 // `None` to read the box. Nothing to send needs the box's word; a plan to
                 // send does not wait for it: it is applied only onto the tree vouched for
                 // (`if_unchanged_since`, checked by the provider as the box applies it), so
-                // a box still being asked costs no round trip.
+                // a box still being asked costs no round trip. (A block of its own: a question
+                // still unanswered is dropped before the box is asked anything else.)
                 let (manifest, plan) = {
                     let local = chosen.wait(&req.cancel, reporter);
                     let question =
