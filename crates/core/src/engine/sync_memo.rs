@@ -20,7 +20,7 @@ pub(super) struct SyncMemo {
 }
 
 /// Format tag of a kept manifest.
-const TREE_MAGIC: &[u8] = b"crabbox-tree-3\n";
+const TREE_MAGIC: &[u8] = b"crabbox-tree-4\n";
 
 impl SyncMemo {
     pub fn path(state_dir: &Path, lease: &str, workspace: &str) -> PathBuf {
@@ -86,8 +86,10 @@ impl SyncMemo {
             return None;
         }
         let tree = KeptTree { bytes };
-        // Read through once: whole, and sorted by path (as a manifest is).
-        let mut count = 0usize;
+        // Read through once: whole (every record, all the text), and sorted by path (as a
+        // manifest is).
+        let (count, text, _) = tree.parts()?;
+        let (mut n, mut used) = (0usize, 0usize);
         let mut last: Option<&str> = None;
         for e in tree.iter() {
             let e = e?;
@@ -95,9 +97,10 @@ impl SyncMemo {
                 return None;
             }
             last = Some(e.path);
-            count += 1;
+            n += 1;
+            used += e.path.len() + e.link_target.map_or(0, str::len);
         }
-        (count == tree.len()?).then_some(tree)
+        (n == count && used == text.len()).then_some(tree)
     }
 
     pub fn forget(path: &Path) {
@@ -123,7 +126,9 @@ fn tree_path(memo: &Path) -> PathBuf {
 }
 
 /// A manifest's entries, compactly: read back without a copy of each path (reading the JSON
-/// of a large tree would cost more than the plan saves).
+/// of a large tree would cost more than the plan saves). After the tag and the number of
+/// entries, every entry's path and link target as one text (checked as UTF-8 once, whole,
+/// when read), then each entry's fixed-size record ([`RECORD`]).
 #[cfg(test)]
 fn encode(m: &SyncManifest) -> Vec<u8> {
     let mut out = Vec::new();
@@ -135,20 +140,47 @@ fn encode(m: &SyncManifest) -> Vec<u8> {
     out
 }
 
-/// [`encode`], given to `write` in pieces of about [`PIECE`] bytes.
+/// Bytes of an entry's record: the lengths of its path and its link target (`NO_LINK` for
+/// none) in the text, its kind, mode, size and mtime.
+const RECORD: usize = 4 + 4 + 1 + 4 + 8 + 16;
+/// The link-target length of an entry that is no symlink.
+const NO_LINK: u32 = u32::MAX;
+
+/// [`encode`], given to `write` in pieces of about [`PIECE`] bytes; an error for a path or
+/// link target too long to record (then nothing is kept).
 fn encode_to(
     m: &SyncManifest,
     mut write: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    let too_long = || std::io::Error::other("a path too long to keep");
+    let len32 = |s: &str| u32::try_from(s.len()).ok().filter(|n| *n != NO_LINK);
+    let text_len: usize = m
+        .entries
+        .iter()
+        .map(|e| e.path.len() + e.link_target.as_ref().map_or(0, String::len))
+        .sum();
     let mut out = Vec::with_capacity(PIECE + 4096);
     out.extend_from_slice(TREE_MAGIC);
     out.extend_from_slice(&(m.entries.len() as u64).to_le_bytes());
-    let text = |b: &[u8], out: &mut Vec<u8>| {
-        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-        out.extend_from_slice(b);
-    };
+    out.extend_from_slice(&(text_len as u64).to_le_bytes());
     for e in &m.entries {
-        text(e.path.as_bytes(), &mut out);
+        out.extend_from_slice(e.path.as_bytes());
+        if let Some(t) = &e.link_target {
+            out.extend_from_slice(t.as_bytes());
+        }
+        if out.len() >= PIECE {
+            write(&out)?;
+            out.clear();
+        }
+    }
+    for e in &m.entries {
+        let path = len32(&e.path).ok_or_else(too_long)?;
+        let link = match &e.link_target {
+            Some(t) => len32(t).ok_or_else(too_long)?,
+            None => NO_LINK,
+        };
+        out.extend_from_slice(&path.to_le_bytes());
+        out.extend_from_slice(&link.to_le_bytes());
         out.push(match e.kind {
             EntryKind::File => 0,
             EntryKind::Symlink => 1,
@@ -156,13 +188,6 @@ fn encode_to(
         out.extend_from_slice(&e.mode.to_le_bytes());
         out.extend_from_slice(&e.size.to_le_bytes());
         out.extend_from_slice(&e.mtime_ns.to_le_bytes());
-        match &e.link_target {
-            Some(t) => {
-                out.push(1);
-                text(t.as_bytes(), &mut out);
-            }
-            None => out.push(0),
-        }
         if out.len() >= PIECE {
             write(&out)?;
             out.clear();
@@ -180,24 +205,37 @@ pub(super) struct KeptTree {
 }
 
 impl KeptTree {
-    fn len(&self) -> Option<usize> {
+    /// The number of entries, the text of their paths and link targets (`None` where it is
+    /// not UTF-8), and their records.
+    fn parts(&self) -> Option<(usize, &str, &[u8])> {
         let body = self.bytes.strip_prefix(TREE_MAGIC)?;
-        usize::try_from(u64::from_le_bytes(body.get(..8)?.try_into().ok()?)).ok()
+        let (count, body) = body.split_at_checked(8)?;
+        let (text_len, body) = body.split_at_checked(8)?;
+        let count = usize::try_from(u64::from_le_bytes(count.try_into().ok()?)).ok()?;
+        let text_len = usize::try_from(u64::from_le_bytes(text_len.try_into().ok()?)).ok()?;
+        let (text, records) = body.split_at_checked(text_len)?;
+        let text = std::str::from_utf8(text).ok()?;
+        (records.len() == count.checked_mul(RECORD)?).then_some((count, text, records))
     }
 
-    /// The entries in order, borrowed from the bytes; `None` where they are damaged.
+    /// The entries in order, borrowed from the bytes; `None` where they are damaged (then
+    /// nothing more).
     fn iter(&self) -> impl Iterator<Item = Option<KeptEntry<'_>>> {
-        let mut rest = self.bytes.strip_prefix(TREE_MAGIC).and_then(|b| b.get(8..));
+        let mut parts = self
+            .parts()
+            .map(|(_, text, records)| (text, records.chunks(RECORD)));
+        let mut damaged = parts.is_none();
+        let mut at = 0usize;
         std::iter::from_fn(move || {
-            let r = rest.as_mut()?;
-            if r.is_empty() {
-                return None;
+            if std::mem::take(&mut damaged) {
+                return Some(None);
             }
-            let e = read_entry(r);
-            if e.is_none() {
-                rest = None;
+            let (text, records) = parts.as_mut()?;
+            let entry = read_entry(records.next()?, text, &mut at);
+            if entry.is_none() {
+                parts = None;
             }
-            Some(e)
+            Some(entry)
         })
     }
 
@@ -207,38 +245,33 @@ impl KeptTree {
     }
 }
 
-/// One entry of [`encode`]'s output, moving `r` past it.
-fn read_entry<'a>(r: &mut &'a [u8]) -> Option<KeptEntry<'a>> {
-    let mut take = |n: usize| -> Option<&'a [u8]> {
-        let (head, tail) = r.split_at_checked(n)?;
-        *r = tail;
-        Some(head)
+/// The entry of `record` (its path and link target read from `text` at `at`, moved past
+/// them).
+fn read_entry<'a>(record: &[u8], text: &'a str, at: &mut usize) -> Option<KeptEntry<'a>> {
+    let record: &[u8; RECORD] = record.try_into().ok()?;
+    let u32_at = |i: usize| u32::from_le_bytes(record[i..i + 4].try_into().expect("4 bytes"));
+    let mut take = |n: u32| -> Option<&'a str> {
+        let end = at.checked_add(usize::try_from(n).ok()?)?;
+        let s = text.get(*at..end)?;
+        *at = end;
+        Some(s)
     };
-    let mut len = || usize::try_from(u64::from_le_bytes(take(8)?.try_into().ok()?)).ok();
-    let n = len()?;
-    let path = std::str::from_utf8(take(n)?).ok()?;
-    let kind = match take(1)?[0] {
+    let path = take(u32_at(0))?;
+    let link_target = match u32_at(4) {
+        NO_LINK => None,
+        n => Some(take(n)?),
+    };
+    let kind = match record[8] {
         0 => EntryKind::File,
         1 => EntryKind::Symlink,
-        _ => return None,
-    };
-    let mode = u32::from_le_bytes(take(4)?.try_into().ok()?);
-    let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
-    let mtime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
-    let link_target = match take(1)?[0] {
-        0 => None,
-        1 => {
-            let n = usize::try_from(u64::from_le_bytes(take(8)?.try_into().ok()?)).ok()?;
-            Some(std::str::from_utf8(take(n)?).ok()?)
-        }
         _ => return None,
     };
     Some(KeptEntry {
         path,
         kind,
-        mode,
-        size,
-        mtime_ns,
+        mode: u32_at(9),
+        size: u64::from_le_bytes(record[13..21].try_into().expect("8 bytes")),
+        mtime_ns: i128::from_le_bytes(record[21..37].try_into().expect("16 bytes")),
         link_target,
     })
 }
@@ -304,10 +337,25 @@ mod tests {
         assert!(SyncMemo::read(&path).is_none() && !tree_path(&path).exists());
     }
 
+    impl SyncMemo {
+        /// A memo naming `bytes` as its tree, kept in `dir`, read back.
+        fn read_tree_for_test(dir: &tempfile::TempDir, bytes: &[u8]) -> Option<Vec<String>> {
+            let path = dir.path().join("cbx_t.json");
+            std::fs::write(tree_path(&path), bytes).unwrap();
+            let memo = SyncMemo {
+                tree: tree_hash(bytes),
+                state: "s".into(),
+                workdir: "/w".into(),
+                delete: true,
+            };
+            let kept = memo.kept(&path)?;
+            Some(kept.entries().map(|e| e.path.to_string()).collect())
+        }
+    }
+
     #[test]
     fn a_damaged_or_unsorted_tree_is_never_read_even_with_a_matching_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cbx_b.json");
         let unsorted = SyncManifest {
             entries: vec![entry("b", None), entry("a", None)],
             ..Default::default()
@@ -317,16 +365,33 @@ mod tests {
             ..Default::default()
         });
         short[TREE_MAGIC.len()] = 2; // claims two entries
-        for bytes in [encode(&unsorted), short] {
-            std::fs::create_dir_all(dir.path()).unwrap();
-            std::fs::write(tree_path(&path), &bytes).unwrap();
-            let memo = SyncMemo {
-                tree: tree_hash(&bytes),
-                state: "s".into(),
-                workdir: "/w".into(),
-                delete: true,
-            };
-            assert!(memo.kept(&path).is_none());
+        let one = encode(&SyncManifest {
+            entries: vec![entry("ab", None)],
+            ..Default::default()
+        });
+        let text_at = TREE_MAGIC.len() + 16;
+        // Text no record reads: one more byte in it, and counted.
+        let mut extra = one.clone();
+        extra.insert(text_at + 2, b'c');
+        extra[TREE_MAGIC.len() + 8] = 3;
+        // Text that is not UTF-8.
+        let mut not_utf8 = one.clone();
+        not_utf8[text_at] = 0xff;
+        // A record whose path runs past the text.
+        let mut past = one.clone();
+        past[text_at + 2] = 3;
+        assert_eq!(
+            SyncMemo::read_tree_for_test(&dir, &one),
+            Some(vec!["ab".to_string()])
+        );
+        for (what, bytes) in [
+            ("unsorted", encode(&unsorted)),
+            ("short", short),
+            ("extra text", extra),
+            ("not UTF-8", not_utf8),
+            ("a path past the text", past),
+        ] {
+            assert_eq!(SyncMemo::read_tree_for_test(&dir, &bytes), None, "{what}");
         }
     }
 }

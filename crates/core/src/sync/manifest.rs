@@ -111,8 +111,12 @@ impl SyncManifest {
             sparse,
             ..
         } = stated;
-        entries.sort_unstable_by(|a: &SyncEntry, b: &SyncEntry| a.path.cmp(&b.path));
-        entries.dedup_by(|a, b| a.path == b.path);
+        // Usually in order already (git lists in it, and an untracked file is rare): checked
+        // in one pass.
+        if !entries.is_sorted_by(|a, b| a.path < b.path) {
+            entries.sort_unstable_by(|a: &SyncEntry, b: &SyncEntry| a.path.cmp(&b.path));
+            entries.dedup_by(|a, b| a.path == b.path);
+        }
         let total_bytes = entries.iter().map(|e| e.size).sum();
         let mut manifest = SyncManifest {
             entries,
@@ -273,9 +277,11 @@ impl Filters<'_> {
         )))
     }
 
-    /// `rel` is one crabbox syncs (by name; the disk is not looked at).
-    fn keeps(&self, rel: &str) -> bool {
-        if !is_clean_unexcluded(rel) || rel.starts_with(OWN_DIR) {
+    /// `rel` (`name` in a directory whose [`clean_dir`] is `parent_clean`) is one crabbox
+    /// syncs (by name; the disk is not looked at). A directory's path is checked once for all
+    /// its files, each file's name alone.
+    fn keeps(&self, rel: &str, parent_clean: bool, name: &str) -> bool {
+        if !parent_clean || !is_clean_part(name.as_bytes()) {
             return false;
         }
         // Asked of every file: an empty matcher (the usual case) is not walked up each path.
@@ -316,23 +322,37 @@ fn stat_all<E: EntrySink>(
     let mut c_name = Vec::with_capacity(256);
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
-    for raw in names(listing) {
+    // The directory of the previous kept path, and whether its path is one crabbox syncs.
+    let mut clean: Option<(&str, bool)> = None;
+    for (raw, text) in names(listing) {
         // git lists a path once per stage of a merge conflict.
         if raw.is_empty() || raw == last {
             continue;
         }
         last = raw;
-        let Ok(rel) = std::str::from_utf8(raw) else {
+        let Some(rel) = text else {
             found.not_utf8.push((
                 String::from_utf8_lossy(raw).into_owned(),
                 raw.escape_ascii().to_string(),
             ));
             continue;
         };
-        if !filters.keeps(rel) {
+        // The directory's path with its final `/` ("" for the root's files).
+        let (parent, name, prefix) = match memchr::memrchr(b'/', raw) {
+            Some(i) => (&rel[..i], &rel[i + 1..], &rel[..=i]),
+            None => ("", rel, ""),
+        };
+        let parent_clean = match clean {
+            Some((p, c)) if p == prefix => c,
+            _ => {
+                let c = clean_dir(prefix);
+                clean = Some((prefix, c));
+                c
+            }
+        };
+        if !filters.keeps(rel, parent_clean, name) {
             continue;
         }
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         if dir.is_none_or(|(d, _)| d != parent) {
             dir = Some((parent, dirs.enter(parent)?));
         }
@@ -397,15 +417,22 @@ fn stat_all<E: EntrySink>(
     Ok(found)
 }
 
-/// The names of a NUL-separated listing (and an empty one after a final NUL).
-fn names(listing: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// The names of a NUL-separated listing (and an empty one after a final NUL), each with its
+/// text where it is UTF-8. The listing is checked whole, once: a name of a listing that is
+/// all UTF-8 is too (NUL, the separator, is a character of its own).
+fn names(listing: &[u8]) -> impl Iterator<Item = (&[u8], Option<&str>)> {
+    let text = std::str::from_utf8(listing).ok();
     let mut start = 0;
     memchr::memchr_iter(0, listing)
         .chain(std::iter::once(listing.len()))
         .map(move |end| {
             let name = &listing[start..end];
+            let named = match text {
+                Some(t) => t.get(start..end),
+                None => std::str::from_utf8(name).ok(),
+            };
             start = end + 1;
-            name
+            (name, named)
         })
 }
 
@@ -470,13 +497,23 @@ fn matcher(root: &Path, patterns: &[String], file: Option<&Path>) -> Result<Giti
         .map_err(|e| Error::Usage(format!("bad sync patterns: {e}")))
 }
 
-/// Relative, `/`-separated, with no empty, `.` or `..` component, and none of
-/// [`BUILTIN_EXCLUDES`] (one pass: it is asked of every file).
-fn is_clean_unexcluded(rel: &str) -> bool {
-    !rel.is_empty()
-        && rel
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != ".." && !BUILTIN_EXCLUDES.contains(&c))
+/// The files in directory `prefix` ("" for the root, else the directory's path and a final
+/// `/`) are ones crabbox may sync, by their directory's path: relative, `/`-separated, with no
+/// empty, `.` or `..` component, none of [`BUILTIN_EXCLUDES`], and not in crabbox's own
+/// [`OWN_DIR`]. Asked once per directory of a listing.
+fn clean_dir(prefix: &str) -> bool {
+    match prefix.strip_suffix('/') {
+        None => prefix.is_empty(),
+        Some(dir) => {
+            dir.as_bytes().split(|b| *b == b'/').all(is_clean_part) && !prefix.starts_with(OWN_DIR)
+        }
+    }
+}
+
+/// One component of a path crabbox syncs: not empty, `.` or `..`, nor one of
+/// [`BUILTIN_EXCLUDES`]. Asked of every file's name.
+fn is_clean_part(c: &[u8]) -> bool {
+    !matches!(c, b"" | b"." | b"..") && !BUILTIN_EXCLUDES.iter().any(|x| x.as_bytes() == c)
 }
 
 #[path = "git_listing.rs"]

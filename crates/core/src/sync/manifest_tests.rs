@@ -358,3 +358,81 @@ fn a_run_that_fails_fails_the_read_and_names_its_file_whatever_the_others_found(
     let err = stat_parallel(root, &listing, &filters).err().unwrap();
     assert!(err.to_string().contains(&"n".repeat(300)), "{err}");
 }
+
+/// Whatever a listing names, only clean relative paths outside `.git` and crabbox's own
+/// directory are read, whether the listing is all UTF-8 (checked once, whole) or not (then
+/// name by name, the others still read); a directory's path is judged once for its files.
+#[test]
+fn a_listing_yields_only_clean_paths_outside_git_and_crabboxs_own_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for rel in [
+        "ok.txt",
+        "a/b/ok.txt",
+        "a/b/c.git",
+        "a/.gitx/ok.txt",
+        "x.crabbox/ok.txt",
+        "sub/.crabbox/ok.txt",
+        ".git/config",
+        "a/.git/config",
+        ".crabbox/art.txt",
+    ] {
+        std::fs::create_dir_all(root.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(root.join(rel), "x").unwrap();
+    }
+    let named: &[&[u8]] = &[
+        b"ok.txt",
+        b"/ok.txt",
+        b"./ok.txt",
+        b"a/./b/ok.txt",
+        b"a/b/../b/ok.txt",
+        b"a//b/ok.txt",
+        b"a/b/",
+        b"a/b/ok.txt",
+        b"a/b/c.git",
+        b".git/config",
+        b"a/.git/config",
+        b"a/.gitx/ok.txt",
+        b".crabbox/art.txt",
+        b"sub/.crabbox/ok.txt",
+        b"x.crabbox/ok.txt",
+        b".git",
+        b"..",
+        b".",
+    ];
+    let want = [
+        "ok.txt",
+        "a/b/ok.txt",
+        "a/b/c.git",
+        "a/.gitx/ok.txt",
+        "sub/.crabbox/ok.txt",
+        "x.crabbox/ok.txt",
+    ];
+    let filters = Filters {
+        exclude: &Gitignore::empty(),
+        include: None,
+    };
+    for not_utf8 in [false, true] {
+        let mut listing = Vec::new();
+        for name in named {
+            listing.extend_from_slice(name);
+            listing.push(0);
+        }
+        if not_utf8 {
+            listing.extend_from_slice(b"bad-\xff.txt\0");
+        }
+        let found = stat_all(root, &listing, &filters, Vec::new()).unwrap();
+        let mut got: Vec<&str> = found.entries.iter().map(|e| e.path.as_str()).collect();
+        got.sort_unstable();
+        let mut want = want.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want, "listing all UTF-8: {}", !not_utf8);
+        let refused: Vec<&str> = found.not_utf8.iter().map(|(_, s)| s.as_str()).collect();
+        let none: [&str; 0] = [];
+        if not_utf8 {
+            assert_eq!(refused, ["bad-\\xff.txt"]);
+        } else {
+            assert_eq!(refused, none);
+        }
+    }
+}

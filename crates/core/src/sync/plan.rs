@@ -189,12 +189,23 @@ impl SyncPlan {
         let mut ops = BTreeSet::new();
         let mut gone = Vec::new();
         let mut prev_len = 0;
-        let mut old = prev.into_iter().inspect(|_| prev_len += 1).peekable();
+        let mut old = prev.into_iter().inspect(|_| prev_len += 1);
+        let mut next = old.next();
         for e in &now.entries {
-            while let Some(o) = old.next_if(|o| o.path < e.path.as_str()) {
-                gone.push(o.path);
+            // One comparison of the paths per kept entry passed.
+            let mut kept = None;
+            while let Some(o) = next {
+                match o.path.cmp(e.path.as_str()) {
+                    std::cmp::Ordering::Less => gone.push(o.path),
+                    std::cmp::Ordering::Equal => kept = Some(o),
+                    std::cmp::Ordering::Greater => break,
+                }
+                next = old.next();
+                if kept.is_some() {
+                    break;
+                }
             }
-            match old.next_if(|o| o.path == e.path) {
+            match kept {
                 Some(o) if o.same_as(e) => {}
                 Some(_) => send.push(e.clone()),
                 None => {
@@ -206,7 +217,7 @@ impl SyncPlan {
                 }
             }
         }
-        gone.extend(old.map(|o| o.path));
+        gone.extend(next.into_iter().chain(old).map(|o| o.path));
         let keeps_record = gone.is_empty() && prev_len == now.len();
         let mut ops: Vec<SyncOp> = ops.into_iter().collect();
         ops.sort_by_key(op_order);
