@@ -24,6 +24,36 @@ fn warm_req(repo: &RepoFixture) -> WarmupRequest {
     }
 }
 
+/// How [`leased`] warms its lease.
+enum Warmed {
+    /// Warmed up, never synced.
+    Plain,
+    /// Synced twice, so its tree has a watcher ([`watched_lease`]).
+    Watched,
+}
+
+/// A test's emulator, world, provider and repository, and a lease warmed up for it (`None`
+/// where no emulator runs here).
+async fn leased(
+    how: Warmed,
+) -> Option<(
+    e2b_emulator::EmulatorHandle,
+    World,
+    crabbox_core::engine::Engine,
+    RepoFixture,
+    crabbox_core::engine::BoxStatus,
+)> {
+    let emu = common::emulator().await?;
+    let world = World::new();
+    let p = world.provider(&emu, &[]).unwrap();
+    let repo = RepoFixture::new();
+    let warm = match how {
+        Warmed::Plain => p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap(),
+        Warmed::Watched => watched_lease(&p, &repo).await,
+    };
+    Some((emu, world, p, repo, warm))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_key_is_refused_without_echoing_it() {
     let Some(emu) = common::emulator().await else {
@@ -155,13 +185,9 @@ async fn unsafe_workdir_or_user_is_refused_before_any_sandbox_exists() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_sync_sends_only_changes_and_keeps_build_outputs() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, world, p, repo, warm)) = leased(Warmed::Plain).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
 
     let first = request(
         &repo,
@@ -242,13 +268,9 @@ async fn warm_sync_sends_only_changes_and_keeps_build_outputs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_refuses_a_sandbox_whose_metadata_does_not_match_the_claim() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, world, p, _repo, warm)) = leased(Warmed::Plain).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
     let foreign = raw_create(&emu, BTreeMap::from([("owner", "someone-else")])).await;
     let foreign_id = foreign["sandboxID"].as_str().unwrap().to_string();
 
@@ -313,13 +335,9 @@ async fn stop_refuses_a_sandbox_whose_metadata_does_not_match_the_claim() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_of_a_vanished_sandbox_drops_the_claim() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, world, p, _repo, warm)) = leased(Warmed::Plain).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
     raw_delete(&emu, &warm.remote_id).await;
     let o = p
         .stop(&StopRequest {
@@ -335,13 +353,9 @@ async fn stop_of_a_vanished_sandbox_drops_the_claim() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reclaim_releases_a_crabbox_sandbox_whose_claim_was_lost() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, world, p, _repo, warm)) = leased(Warmed::Plain).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
     world.claims().remove(&warm.lease_id).unwrap();
 
     let listed = p.list().await.unwrap();
@@ -387,13 +401,9 @@ async fn reclaim_releases_a_crabbox_sandbox_whose_claim_was_lost() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn raw_and_synthetic_sandbox_ids_reach_an_unclaimed_crabbox_sandbox() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, world, p, repo, warm)) = leased(Warmed::Plain).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
     world.claims().remove(&warm.lease_id).unwrap();
     for id in [warm.remote_id.clone(), format!("e2b_{}", warm.remote_id)] {
         let st = p
@@ -427,13 +437,9 @@ async fn raw_and_synthetic_sandbox_ids_reach_an_unclaimed_crabbox_sandbox() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn claim_from_another_endpoint_is_never_used() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, world, p, _repo, warm)) = leased(Warmed::Plain).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
     let store = world.claims();
     let mut claim = store.get(&warm.lease_id).unwrap().unwrap();
     claim.endpoint = "https://api.other.example".into();
@@ -453,13 +459,9 @@ async fn claim_from_another_endpoint_is_never_used() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_wait_times_out_on_a_paused_sandbox() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, _world, p, _repo, warm)) = leased(Warmed::Plain).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
     let st = p
         .status(&StatusRequest {
             id: Some(warm.slug.clone()),
@@ -750,13 +752,9 @@ async fn killed_command_reports_128_plus_signal() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn warm_sync_resends_everything_when_the_workdir_vanished_on_the_box() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, _world, p, repo, warm)) = leased(Warmed::Plain).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
     let mut out = CapturedOutput::default();
     p.run(
         &request(&repo, Some(&warm.lease_id), &["true"]),
@@ -862,13 +860,9 @@ impl crabbox_core::events::Reporter for CancelAfterUpload {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn interrupted_warm_sync_leaves_no_archive_on_the_box() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, _world, p, repo, warm)) = leased(Warmed::Plain).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = p.warmup(&warm_req(&repo), &SilentReporter).await.unwrap();
     let mut out = CapturedOutput::default();
     p.run(
         &request(&repo, Some(&warm.lease_id), &["true"]),
@@ -1072,13 +1066,9 @@ fn no_process_starts() -> e2b_emulator::faults::Fault {
 /// reach the box, and the runs after it read the tree it left.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_warm_sync_is_applied_without_a_process_on_the_box() {
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, _world, p, repo, warm)) = leased(Warmed::Watched).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = watched_lease(&p, &repo).await;
 
     edit(repo.root(), "tracked.txt", "edited by the watcher\n");
     write(repo.root(), "src/also.txt", "new\n");
@@ -1189,13 +1179,9 @@ async fn small_syncs_land_despite(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_warm_sync_whose_upload_answer_is_lost_lands_once() {
     use e2b_emulator::faults::{Fault, FaultAction, Plane};
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, _world, p, repo, warm)) = leased(Warmed::Watched).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = watched_lease(&p, &repo).await;
     let upload = |action| Fault::new(Plane::Envd, "POST", "/files", action);
     small_syncs_land_despite(&emu, &p, &repo, &warm.lease_id, || {
         upload(FaultAction::ResetAfter)
@@ -1231,13 +1217,9 @@ async fn a_small_warm_sync_whose_upload_answer_is_lost_lands_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_warm_sync_does_not_wait_for_the_question_before_it() {
     use e2b_emulator::faults::{Fault, FaultAction, Plane};
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, _world, p, repo, warm)) = leased(Warmed::Watched).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = watched_lease(&p, &repo).await;
     let held = || {
         Fault::new(
             Plane::Envd,
@@ -1306,13 +1288,9 @@ async fn a_small_warm_sync_does_not_wait_for_the_question_before_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_warm_sync_whose_answer_cannot_be_read_still_lands() {
     use e2b_emulator::faults::{Fault, FaultAction, Plane};
-    let Some(emu) = common::emulator().await else {
+    let Some((emu, _world, p, repo, warm)) = leased(Warmed::Watched).await else {
         return;
     };
-    let world = World::new();
-    let p = world.provider(&emu, &[]).unwrap();
-    let repo = RepoFixture::new();
-    let warm = watched_lease(&p, &repo).await;
     // The first read of a file after the sync's upload (the watcher's state) is refused.
     let unread = || {
         Fault::new(
