@@ -146,11 +146,24 @@ impl ScanCache {
                 _ => return None,
             },
         };
+        let kept = !patch.is_empty();
         patch.extend_from_slice(segment);
         if patch.len() > KEEP_PATCH_AT_MOST {
             return None;
         }
-        self.write(sandbox, workdir, What::Patch, &patch);
+        // A kept patch (read and checked above, under the cache's lock) grows in place: an
+        // append is much cheaper than a new file renamed over it, and the note still naming
+        // the shorter patch until it is replaced (or a write cut short) only makes a reader
+        // find the patch changed and read the box.
+        let appended = kept
+            && std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, segment))
+                .is_ok();
+        if !appended {
+            self.write(sandbox, workdir, What::Patch, &patch);
+        }
         let noted = Watched {
             patch: Some(Part::sha256_of(&patch)),
             ..w.clone()
@@ -270,5 +283,43 @@ mod tests {
         cache.forget("sbx");
         assert!(cache.load("sbx", "/w").record.is_none());
         assert!(cache.load("sbx", "/other").record.is_none());
+    }
+
+    /// Each sync's segment grows the patch its note names (in place once there is one); a
+    /// patch that is not the one its note names, or is gone, grows no more.
+    #[test]
+    fn a_patch_grows_by_each_segment_and_only_while_it_is_the_one_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ScanCache::new(dir.path().join("scans"));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let w = Watched {
+            id: "ab12".into(),
+            listing: "cd34".into(),
+            record: None,
+            patch: None,
+            since: now,
+        };
+        let sha = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+        let first = cache.extend_patch("sbx", "/w", &w, b"P\0a\0").unwrap();
+        assert_eq!(first.patch, Some(sha(b"P\0a\0")));
+        let second = cache.extend_patch("sbx", "/w", &first, b"P\0b\0").unwrap();
+        assert_eq!(second.patch, Some(sha(b"P\0a\0P\0b\0")));
+        let known = cache.load("sbx", "/w");
+        assert_eq!(known.patch.unwrap().bytes, b"P\0a\0P\0b\0");
+        assert_eq!(known.watch, Some(second.clone()));
+        // The note before: its patch is no longer the one on disk.
+        assert_eq!(cache.extend_patch("sbx", "/w", &first, b"P\0c\0"), None);
+        let path = cache.path("sbx", "/w", What::Patch);
+        std::fs::write(&path, b"P\0x\0P\0b\0").unwrap();
+        assert_eq!(cache.extend_patch("sbx", "/w", &second, b"P\0c\0"), None);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(cache.extend_patch("sbx", "/w", &second, b"P\0c\0"), None);
+        assert!(
+            !path.exists(),
+            "nothing is made for a note whose patch is gone"
+        );
     }
 }

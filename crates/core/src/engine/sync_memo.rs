@@ -88,10 +88,10 @@ impl SyncMemo {
         let tree = KeptTree { bytes };
         // Read through once: whole (every record, all the text), and sorted by path (as a
         // manifest is).
-        let (count, text, _) = tree.parts()?;
+        let (count, text, records) = tree.parts()?;
         let (mut n, mut used) = (0usize, 0usize);
         let mut last: Option<&str> = None;
-        for e in tree.iter() {
+        for e in read_entries(text, records) {
             let e = e?;
             if last.is_some_and(|l| l >= e.path) {
                 return None;
@@ -127,8 +127,8 @@ fn tree_path(memo: &Path) -> PathBuf {
 
 /// A manifest's entries, compactly: read back without a copy of each path (reading the JSON
 /// of a large tree would cost more than the plan saves). After the tag and the number of
-/// entries, every entry's path and link target as one text (checked as UTF-8 once, whole,
-/// when read), then each entry's fixed-size record ([`RECORD`]).
+/// entries, every entry's path and link target as one text (checked as UTF-8 whole when read,
+/// not path by path), then each entry's fixed-size record ([`RECORD`]).
 #[cfg(test)]
 fn encode(m: &SyncManifest) -> Vec<u8> {
     let mut out = Vec::new();
@@ -205,8 +205,8 @@ pub(super) struct KeptTree {
 }
 
 impl KeptTree {
-    /// The number of entries, the text of their paths and link targets (`None` where it is
-    /// not UTF-8), and their records.
+    /// The number of entries, the text of their paths and link targets, and their records;
+    /// `None` where the tree is damaged (its text not UTF-8 among others).
     fn parts(&self) -> Option<(usize, &str, &[u8])> {
         let body = self.bytes.strip_prefix(TREE_MAGIC)?;
         let (count, body) = body.split_at_checked(8)?;
@@ -218,31 +218,31 @@ impl KeptTree {
         (records.len() == count.checked_mul(RECORD)?).then_some((count, text, records))
     }
 
-    /// The entries in order, borrowed from the bytes; `None` where they are damaged (then
-    /// nothing more).
-    fn iter(&self) -> impl Iterator<Item = Option<KeptEntry<'_>>> {
-        let mut parts = self
-            .parts()
-            .map(|(_, text, records)| (text, records.chunks(RECORD)));
-        let mut damaged = parts.is_none();
-        let mut at = 0usize;
-        std::iter::from_fn(move || {
-            if std::mem::take(&mut damaged) {
-                return Some(None);
-            }
-            let (text, records) = parts.as_mut()?;
-            let entry = read_entry(records.next()?, text, &mut at);
-            if entry.is_none() {
-                parts = None;
-            }
-            Some(entry)
-        })
-    }
-
-    /// The entries in order (the tree was checked whole when kept).
+    /// The entries in order (the tree was checked whole when kept; its text is checked as
+    /// UTF-8 again, whole, once).
     pub fn entries(&self) -> impl Iterator<Item = KeptEntry<'_>> {
-        self.iter().map_while(|e| e)
+        let (text, records) = self
+            .parts()
+            .map_or(("", &[][..]), |(_, text, records)| (text, records));
+        read_entries(text, records).map_while(|e| e)
     }
+}
+
+/// The entries of `records`, in order, their paths and link targets read from `text`; `None`
+/// for a damaged one, then nothing more.
+fn read_entries<'a>(
+    text: &'a str,
+    records: &'a [u8],
+) -> impl Iterator<Item = Option<KeptEntry<'a>>> {
+    let mut records = Some(records.chunks(RECORD));
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let entry = read_entry(records.as_mut()?.next()?, text, &mut at);
+        if entry.is_none() {
+            records = None;
+        }
+        Some(entry)
+    })
 }
 
 /// The entry of `record` (its path and link target read from `text` at `at`, moved past

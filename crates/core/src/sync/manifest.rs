@@ -322,7 +322,7 @@ fn stat_all<E: EntrySink>(
     let mut c_name = Vec::with_capacity(256);
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
-    // The directory of the previous kept path, and whether its path is one crabbox syncs.
+    // The directory of the previous UTF-8 path, and whether its files' paths may be synced.
     let mut clean: Option<(&str, bool)> = None;
     for (raw, text) in names(listing) {
         // git lists a path once per stage of a merge conflict.

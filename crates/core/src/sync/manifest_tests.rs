@@ -376,6 +376,9 @@ fn a_listing_yields_only_clean_paths_outside_git_and_crabboxs_own_directory() {
         ".git/config",
         "a/.git/config",
         ".crabbox/art.txt",
+        ".crabbox.yaml",
+        "w/.git",
+        "w/..x",
     ] {
         std::fs::create_dir_all(root.join(rel).parent().unwrap()).unwrap();
         std::fs::write(root.join(rel), "x").unwrap();
@@ -399,6 +402,10 @@ fn a_listing_yields_only_clean_paths_outside_git_and_crabboxs_own_directory() {
         b".git",
         b"..",
         b".",
+        // Files, not directories: left out by their names alone.
+        b"w/.git",
+        b"w/..x",
+        b".crabbox.yaml",
     ];
     let want = [
         "ok.txt",
@@ -407,6 +414,8 @@ fn a_listing_yields_only_clean_paths_outside_git_and_crabboxs_own_directory() {
         "a/.gitx/ok.txt",
         "sub/.crabbox/ok.txt",
         "x.crabbox/ok.txt",
+        "w/..x",
+        ".crabbox.yaml",
     ];
     let filters = Filters {
         exclude: &Gitignore::empty(),
