@@ -227,14 +227,25 @@ fn file_safe(id: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parts_are_kept_per_sandbox_and_workdir_and_forgotten_with_the_sandbox() {
+    /// A cache in a directory of its own (removed when the first is dropped).
+    fn cache() -> (tempfile::TempDir, ScanCache) {
         let dir = tempfile::tempdir().unwrap();
         let cache = ScanCache::new(dir.path().join("scans"));
-        let now = std::time::SystemTime::now()
+        (dir, cache)
+    }
+
+    /// Seconds since the epoch, as a note's `since`.
+    fn now() -> u64 {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_secs();
+            .as_secs()
+    }
+
+    #[test]
+    fn parts_are_kept_per_sandbox_and_workdir_and_forgotten_with_the_sandbox() {
+        let (_dir, cache) = cache();
+        let now = now();
         assert!(cache.load("sbx", "/w").record.is_none());
         cache.keep(
             "sbx",
@@ -289,12 +300,8 @@ mod tests {
     /// patch that is not the one its note names, or is gone, grows no more.
     #[test]
     fn a_patch_grows_by_each_segment_and_only_while_it_is_the_one_noted() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ScanCache::new(dir.path().join("scans"));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let (_dir, cache) = cache();
+        let now = now();
         let w = Watched {
             id: "ab12".into(),
             listing: "cd34".into(),
