@@ -24,6 +24,21 @@ fn warm_req(repo: &RepoFixture) -> WarmupRequest {
     }
 }
 
+/// Stops the test's lease (it must stop), then the emulator.
+async fn stop_and_shut_down(
+    p: &crabbox_core::engine::Engine,
+    lease: &str,
+    emu: e2b_emulator::EmulatorHandle,
+) {
+    p.stop(&StopRequest {
+        id: lease.to_string(),
+        reclaim: false,
+    })
+    .await
+    .unwrap();
+    emu.shutdown().await;
+}
+
 /// How [`leased`] warms its lease.
 enum Warmed {
     /// Warmed up, never synced.
@@ -550,13 +565,7 @@ async fn ttl_is_capped_by_max_ttl_unless_raised() {
         .unwrap();
     let secs = lifetime(&st);
     assert!((1790..=1800).contains(&secs), "30m cap: {secs}");
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -590,13 +599,7 @@ async fn sandbox_carries_crabbox_tags() {
         std::fs::read_to_string(world.claims().dir().join(format!("{}.json", warm.lease_id)))
             .unwrap();
     assert!(!claim_text.contains(KEY));
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -629,13 +632,7 @@ async fn keep_on_failure_prints_how_to_rerun_and_stop() {
         "{}",
         rec.text()
     );
-    p.stop(&StopRequest {
-        id: o.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &o.lease_id, emu).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -686,13 +683,7 @@ async fn env_travels_as_envs_and_signals_reach_the_remote_command() {
         out.stderr_str()
     );
     assert_eq!(out.stdout_str(), "from-env\n");
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -785,13 +776,7 @@ async fn warm_sync_resends_everything_when_the_workdir_vanished_on_the_box() {
         RepoFixture::expected_files().len() as u64
     );
     assert_eq!(out.stdout_str(), "tracked\n");
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -928,13 +913,7 @@ async fn interrupted_warm_sync_leaves_no_archive_on_the_box() {
         out.stderr_str()
     );
     assert_eq!(o.exit_code, 0);
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 /// Captures output and cancels the run once stdout contains `needle`.
@@ -1020,13 +999,7 @@ async fn cancel_stops_the_commands_background_children_on_a_kept_sandbox() {
     let mut out = CapturedOutput::default();
     let o = p.run(&again, &mut out, &SilentReporter).await.unwrap();
     assert_eq!((o.exit_code, out.stdout_str().as_str()), (0, "ok\n"));
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 /// A warm lease synced from `repo`, then read once more: the box's tree watcher is in place.
@@ -1059,6 +1032,16 @@ fn no_process_starts() -> e2b_emulator::faults::Fault {
         message: Some("no process may start".into()),
     };
     Fault::new(Plane::Envd, "POST", "/process.Process/Start", refused).times(1000)
+}
+
+/// Every question to a tree's watcher (`p-`, made through envd's `MakeDir`) held until the
+/// faults are cleared.
+fn held_questions() -> e2b_emulator::faults::Fault {
+    use e2b_emulator::faults::{Fault, FaultAction, Plane};
+    let stall = FaultAction::Stall { ms: 600_000 };
+    Fault::new(Plane::Envd, "POST", "/filesystem.Filesystem/MakeDir", stall)
+        .with_body(".crabbox-watch/p-")
+        .times(1000)
 }
 
 /// A small warm sync is applied by the tree's watcher on the box, without starting a
@@ -1110,13 +1093,7 @@ async fn a_small_warm_sync_is_applied_without_a_process_on_the_box() {
         "the box holds the edit, and nothing of the sync is left"
     );
     assert_eq!(o.sync.unwrap().sent_files, 0, "verified up to date");
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 /// A command run on `lease`: its outcome and output.
@@ -1201,13 +1178,7 @@ async fn a_small_warm_sync_whose_upload_answer_is_lost_lands_once() {
     assert_eq!(o.exit_code, 0, "{}", out.stderr_str());
     assert_eq!(out.stdout_str(), "edited again\n");
     assert_eq!(o.sync.unwrap().sent_files, 1);
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 /// A warm run with an edit to send does not wait for the watcher's answer to whether the
@@ -1216,26 +1187,15 @@ async fn a_small_warm_sync_whose_upload_answer_is_lost_lands_once() {
 /// the box meanwhile is read and restored.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_warm_sync_does_not_wait_for_the_question_before_it() {
-    use e2b_emulator::faults::{Fault, FaultAction, Plane};
     let Some((emu, _world, p, repo, warm)) = leased(Warmed::Watched).await else {
         return;
-    };
-    let held = || {
-        Fault::new(
-            Plane::Envd,
-            "POST",
-            "/filesystem.Filesystem/MakeDir",
-            FaultAction::Stall { ms: 600_000 },
-        )
-        .with_body(".crabbox-watch/p-")
-        .times(1000)
     };
 
     // Held far longer than the runs are given (30 s, where envd's call would give up and the
     // tree be read): each must go on without the answer.
     edit(repo.root(), "tracked.txt", "edited\n");
     // No process may start either: the tree is not read instead of waiting.
-    emu.faults().add([held(), no_process_starts()]);
+    emu.faults().add([held_questions(), no_process_starts()]);
     let mut req = request(&repo, Some(&warm.lease_id), &["true"]);
     req.extras.mode = crabbox_core::engine::RunMode::SyncOnly;
     let mut out = CapturedOutput::default();
@@ -1257,7 +1217,7 @@ async fn a_small_warm_sync_does_not_wait_for_the_question_before_it() {
     let (o, out) = run_on(&p, &repo, &warm.lease_id, &clobber).await;
     assert_eq!(o.unwrap().exit_code, 0, "{}", out.stderr_str());
     edit(repo.root(), "tracked.txt", "edited again\n");
-    emu.faults().add([held()]);
+    emu.faults().add([held_questions()]);
     let argv = ["cat", "tracked.txt", "src/lib.txt"];
     let (o, out) = tokio::time::timeout(
         Duration::from_secs(30),
@@ -1271,13 +1231,7 @@ async fn a_small_warm_sync_does_not_wait_for_the_question_before_it() {
     let lib = std::fs::read_to_string(repo.root().join("src/lib.txt")).unwrap();
     assert_eq!(out.stdout_str(), format!("edited again\n{lib}"));
     assert_eq!(o.sync.unwrap().sent_files, 2);
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 /// When the watcher's answer to a small sync cannot be read (here the first read of its state
@@ -1306,13 +1260,7 @@ async fn a_small_warm_sync_whose_answer_cannot_be_read_still_lands() {
         .after("POST /files")
     };
     small_syncs_land_despite(&emu, &p, &repo, &warm.lease_id, unread).await;
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }
 
 /// A warm sync too large for the watcher to apply, planned from the tree the watcher vouched
@@ -1321,7 +1269,6 @@ async fn a_small_warm_sync_whose_answer_cannot_be_read_still_lands() {
 /// reads the box and restores it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_warm_sync_is_not_applied_onto_a_tree_changed_since_it_was_vouched_for() {
-    use e2b_emulator::faults::{Fault, FaultAction, Plane};
     let Some(emu) = common::emulator().await else {
         return;
     };
@@ -1337,15 +1284,7 @@ async fn a_large_warm_sync_is_not_applied_onto_a_tree_changed_since_it_was_vouch
     // the scripts apply among them, while another workspace's command rewrites a synced file
     // of the main tree. (The run's first question, before it planned, it may or may not make
     // and need: with something to send it goes on without its answer.)
-    let stall = Fault::new(
-        Plane::Envd,
-        "POST",
-        "/filesystem.Filesystem/MakeDir",
-        FaultAction::Stall { ms: 120_000 },
-    )
-    .with_body(".crabbox-watch/p-")
-    .times(1000);
-    emu.faults().add([stall]);
+    emu.faults().add([held_questions()]);
     let syncing = {
         let (p, req) = (
             p.clone(),
@@ -1387,11 +1326,5 @@ async fn a_large_warm_sync_is_not_applied_onto_a_tree_changed_since_it_was_vouch
     );
     let s = o.sync.unwrap();
     assert_eq!(s.sent_files, 2, "the large file and the restored one");
-    p.stop(&StopRequest {
-        id: warm.lease_id.clone(),
-        reclaim: false,
-    })
-    .await
-    .unwrap();
-    emu.shutdown().await;
+    stop_and_shut_down(&p, &warm.lease_id, emu).await;
 }

@@ -91,6 +91,21 @@ impl Choosing {
         }
         Ok(self.done.clone())
     }
+
+    /// The files `source` syncs: given with it, or chosen ([`Choosing::wait`]).
+    async fn files(
+        &mut self,
+        source: &SyncSource,
+        cancel: &CancellationToken,
+        reporter: &dyn Reporter,
+    ) -> Result<Arc<SyncManifest>> {
+        let chosen = self.wait(cancel, reporter).await?;
+        source
+            .manifest
+            .clone()
+            .or(chosen)
+            .ok_or_else(|| Error::Sync("the files to sync were never chosen".into()))
+    }
 }
 
 impl Engine {
@@ -132,7 +147,7 @@ impl Engine {
                 // a box still being asked costs no round trip. (A block of its own: a question
                 // still unanswered is dropped before the box is asked anything else.)
                 let (manifest, plan) = {
-                    let local = chosen.wait(&req.cancel, reporter);
+                    let local = chosen.files(source, &req.cancel, reporter);
                     let question =
                         cancellable(&req.cancel, session.unchanged_since(&workdir, &m.state));
                     tokio::pin!(local, question);
@@ -145,9 +160,6 @@ impl Engine {
                             a = &mut question, if answer.is_none() => answer = Some(a?),
                             m = &mut local => break m?,
                         }
-                    };
-                    let Some(manifest) = source.manifest.clone().or(manifest) else {
-                        return Err(Error::Sync("the files to sync were never chosen".into()));
                     };
                     let delta = kept
                         .await
@@ -222,10 +234,7 @@ impl Engine {
         // the other. A box this run just made holds nothing yet; any other is read, not
         // remembered.
         let local = async {
-            let chosen = chosen.wait(&req.cancel, reporter).await?;
-            let Some(manifest) = source.manifest.clone().or(chosen) else {
-                return Err(Error::Sync("the files to sync were never chosen".into()));
-            };
+            let manifest = chosen.files(source, &req.cancel, reporter).await?;
             let hashes = if req.checksum {
                 Some(hash_files(&source.root, &manifest, &req.cancel).await?)
             } else {

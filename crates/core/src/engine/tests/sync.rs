@@ -355,6 +355,16 @@ async fn run_with_the_question_unanswered(b: &Bench, lease: &str) -> crate::engi
         .unwrap()
 }
 
+/// Not applied onto the tree changed on the box (a.txt clobbered there, b.txt edited here): the
+/// box is read, and both files are sent.
+fn read_and_restored(b: &Bench, outcome: crate::engine::RunOutcome) {
+    assert_eq!(outcome.sync.unwrap().sent_files, 2);
+    assert_eq!(content(b, "a.txt").as_deref(), Some("alpha\n"));
+    assert_eq!(content(b, "b.txt").as_deref(), Some("beta, edited\n"));
+    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
+    assert_eq!(b.fake.count(Op::Apply), 2, "{:?}", b.fake.calls());
+}
+
 /// A box that has not answered whether its tree is still the one vouched for by the time the
 /// local files are chosen: a run with nothing to send waits for the answer, a run with
 /// something to send does not. Its sync is applied only onto that tree, which the box checks
@@ -379,12 +389,7 @@ async fn a_box_changed_while_still_asked_about_its_tree_is_read_when_the_sync_re
     b.fake.write_file("sbx1", &path, b"clobbered\n");
     b.write("b.txt", "beta, edited\n");
     let outcome = run_with_the_question_unanswered(&b, &lease).await;
-    // Not applied onto the changed tree: the box is read, and both files are sent.
-    assert_eq!(outcome.sync.unwrap().sent_files, 2);
-    assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha\n"));
-    assert_eq!(content(&b, "b.txt").as_deref(), Some("beta, edited\n"));
-    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
-    assert_eq!(b.fake.count(Op::Apply), 2, "{:?}", b.fake.calls());
+    read_and_restored(&b, outcome);
 }
 
 #[tokio::test]
@@ -398,12 +403,7 @@ async fn a_change_on_the_box_between_the_vouch_and_the_apply_is_found_and_undone
     b.fake
         .write_file_when(Op::Apply, "sbx1", &path, b"clobbered\n");
     let outcome = b.run(&b.request_on(&lease, "true")).await.0.unwrap();
-    // Not applied onto the changed tree: the box is read, and both files are sent.
-    assert_eq!(outcome.sync.unwrap().sent_files, 2);
-    assert_eq!(content(&b, "a.txt").as_deref(), Some("alpha\n"));
-    assert_eq!(content(&b, "b.txt").as_deref(), Some("beta, edited\n"));
-    assert_eq!(b.fake.count(Op::Scan), 1, "{:?}", b.fake.calls());
-    assert_eq!(b.fake.count(Op::Apply), 2, "{:?}", b.fake.calls());
+    read_and_restored(&b, outcome);
     assert!(b
         .reporter
         .statuses()
